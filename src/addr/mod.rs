@@ -1,0 +1,692 @@
+//! The address grammar: socat-style address strings turned into resolved [`Address`] values.
+//!
+//! Parsing is pure (no name lookups, no sockets), so every rule and error message here is
+//! unit-tested. Stage one ([`lex`]) splits the text; stage two ([`Address::parse`]) gives the
+//! pieces meaning: it picks the address type from the keyword table (socat's aliases, case
+//! insensitive), checks parameter counts and ranges, and checks that every option applies to
+//! the address type, so that a typo fails before anything is opened.
+
+mod lex;
+pub mod size;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use lex::{LexError, RawAddress, RawOption, lex};
+pub use size::{parse_duration, parse_size};
+
+/// IP family restriction of a TCP address (`TCP4`, `TCP6`, or either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+/// What an address opens, with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    TcpConnect {
+        host: String,
+        port: u16,
+        family: Family,
+    },
+    TcpListen {
+        port: u16,
+        family: Family,
+    },
+    UnixConnect {
+        path: PathBuf,
+    },
+    UnixListen {
+        path: PathBuf,
+    },
+    VsockConnect {
+        cid: u32,
+        port: u32,
+    },
+    VsockListen {
+        port: u32,
+    },
+    /// Connect to a VMM's hybrid-vsock UNIX socket and ask for a guest port.
+    VsockUdsConnect {
+        path: PathBuf,
+        port: u32,
+    },
+    /// Accept guest connections to host port `port`, delivered at `<path>_<port>`.
+    VsockUdsListen {
+        path: PathBuf,
+        port: u32,
+    },
+    Stdio,
+}
+
+/// Address types without their parameters: the rows of the keyword table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindTag {
+    TcpConnect(Family),
+    TcpListen(Family),
+    UnixConnect,
+    UnixListen,
+    VsockConnect,
+    VsockListen,
+    VsockUdsConnect,
+    VsockUdsListen,
+    Stdio,
+}
+
+/// Keywords and their aliases, as socat spells them.
+const KEYWORDS: &[(&str, KindTag)] = &[
+    ("TCP", KindTag::TcpConnect(Family::Any)),
+    ("TCP-CONNECT", KindTag::TcpConnect(Family::Any)),
+    ("TCP4", KindTag::TcpConnect(Family::V4)),
+    ("TCP4-CONNECT", KindTag::TcpConnect(Family::V4)),
+    ("TCP6", KindTag::TcpConnect(Family::V6)),
+    ("TCP6-CONNECT", KindTag::TcpConnect(Family::V6)),
+    ("TCP-LISTEN", KindTag::TcpListen(Family::Any)),
+    ("TCP-L", KindTag::TcpListen(Family::Any)),
+    ("TCP4-LISTEN", KindTag::TcpListen(Family::V4)),
+    ("TCP4-L", KindTag::TcpListen(Family::V4)),
+    ("TCP6-LISTEN", KindTag::TcpListen(Family::V6)),
+    ("TCP6-L", KindTag::TcpListen(Family::V6)),
+    ("UNIX-CONNECT", KindTag::UnixConnect),
+    ("UNIX", KindTag::UnixConnect),
+    ("UNIX-LISTEN", KindTag::UnixListen),
+    ("UNIX-L", KindTag::UnixListen),
+    ("VSOCK-CONNECT", KindTag::VsockConnect),
+    ("VSOCK", KindTag::VsockConnect),
+    ("VSOCK-LISTEN", KindTag::VsockListen),
+    ("VSOCK-L", KindTag::VsockListen),
+    ("VSOCK-UDS-CONNECT", KindTag::VsockUdsConnect),
+    ("VSOCK-UDS", KindTag::VsockUdsConnect),
+    ("VSOCK-UDS-LISTEN", KindTag::VsockUdsListen),
+    ("VSOCK-UDS-L", KindTag::VsockUdsListen),
+    ("STDIO", KindTag::Stdio),
+    ("-", KindTag::Stdio),
+];
+
+impl KindTag {
+    /// Looks a keyword up, ignoring case.
+    pub fn from_keyword(keyword: &str) -> Option<KindTag> {
+        KEYWORDS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(keyword))
+            .map(|(_, tag)| *tag)
+    }
+
+    /// The canonical keyword, used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            KindTag::TcpConnect(Family::Any) => "TCP",
+            KindTag::TcpConnect(Family::V4) => "TCP4",
+            KindTag::TcpConnect(Family::V6) => "TCP6",
+            KindTag::TcpListen(Family::Any) => "TCP-LISTEN",
+            KindTag::TcpListen(Family::V4) => "TCP4-LISTEN",
+            KindTag::TcpListen(Family::V6) => "TCP6-LISTEN",
+            KindTag::UnixConnect => "UNIX-CONNECT",
+            KindTag::UnixListen => "UNIX-LISTEN",
+            KindTag::VsockConnect => "VSOCK-CONNECT",
+            KindTag::VsockListen => "VSOCK-LISTEN",
+            KindTag::VsockUdsConnect => "VSOCK-UDS-CONNECT",
+            KindTag::VsockUdsListen => "VSOCK-UDS-LISTEN",
+            KindTag::Stdio => "STDIO",
+        }
+    }
+
+    /// The parameters the address type takes, as shown in "needs ..." messages.
+    fn form(self) -> &'static str {
+        match self {
+            KindTag::TcpConnect(_) => "host:port",
+            KindTag::TcpListen(_) | KindTag::VsockListen => "port",
+            KindTag::UnixConnect | KindTag::UnixListen => "path",
+            KindTag::VsockConnect => "cid:port",
+            KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
+            KindTag::Stdio => "no parameters",
+        }
+    }
+
+    pub fn is_listener(self) -> bool {
+        matches!(
+            self,
+            KindTag::TcpListen(_)
+                | KindTag::UnixListen
+                | KindTag::VsockListen
+                | KindTag::VsockUdsListen
+        )
+    }
+
+    pub fn is_connector(self) -> bool {
+        matches!(
+            self,
+            KindTag::TcpConnect(_)
+                | KindTag::UnixConnect
+                | KindTag::VsockConnect
+                | KindTag::VsockUdsConnect
+        )
+    }
+
+    fn is_tcp(self) -> bool {
+        matches!(self, KindTag::TcpConnect(_) | KindTag::TcpListen(_))
+    }
+
+    fn is_socket(self) -> bool {
+        self != KindTag::Stdio
+    }
+}
+
+impl Kind {
+    pub fn tag(&self) -> KindTag {
+        match self {
+            Kind::TcpConnect { family, .. } => KindTag::TcpConnect(*family),
+            Kind::TcpListen { family, .. } => KindTag::TcpListen(*family),
+            Kind::UnixConnect { .. } => KindTag::UnixConnect,
+            Kind::UnixListen { .. } => KindTag::UnixListen,
+            Kind::VsockConnect { .. } => KindTag::VsockConnect,
+            Kind::VsockListen { .. } => KindTag::VsockListen,
+            Kind::VsockUdsConnect { .. } => KindTag::VsockUdsConnect,
+            Kind::VsockUdsListen { .. } => KindTag::VsockUdsListen,
+            Kind::Stdio => KindTag::Stdio,
+        }
+    }
+}
+
+/// Where a socket binds before it listens or connects (`bind=`), typed by address family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    /// `host[:port]`; an IPv6 host is written in brackets.
+    Inet { host: String, port: Option<u16> },
+    /// A client-side path for UNIX sockets.
+    Unix(PathBuf),
+    /// `[cid][:port]`.
+    Vsock { cid: Option<u32>, port: Option<u32> },
+}
+
+/// The address options vsplice understands, after validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    pub fork: bool,
+    pub max_children: Option<usize>,
+    pub backlog: Option<u32>,
+    /// `None` means the type's default (on for TCP listeners, as in socat 1.8).
+    pub reuseaddr: Option<bool>,
+    pub reuseport: bool,
+    pub bind: Option<Bind>,
+    pub connect_timeout: Option<Duration>,
+    pub rcvbuf: Option<usize>,
+    pub sndbuf: Option<usize>,
+    pub nodelay: bool,
+    pub keepalive: bool,
+    pub keepidle: Option<u32>,
+    pub keepintvl: Option<u32>,
+    pub keepcnt: Option<u32>,
+    pub unlink_early: bool,
+    /// Extra connect attempts after the first fails.
+    pub retry: u32,
+    /// Pause between connect attempts (`interval=`).
+    pub interval: Option<Duration>,
+}
+
+/// Option names and their aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptName {
+    Fork,
+    MaxChildren,
+    Backlog,
+    ReuseAddr,
+    ReusePort,
+    Bind,
+    ConnectTimeout,
+    RcvBuf,
+    SndBuf,
+    NoDelay,
+    KeepAlive,
+    KeepIdle,
+    KeepIntvl,
+    KeepCnt,
+    UnlinkEarly,
+    Retry,
+    Interval,
+}
+
+const OPTION_NAMES: &[(&str, OptName)] = &[
+    ("fork", OptName::Fork),
+    ("max-children", OptName::MaxChildren),
+    ("backlog", OptName::Backlog),
+    ("reuseaddr", OptName::ReuseAddr),
+    ("so-reuseaddr", OptName::ReuseAddr),
+    ("reuseport", OptName::ReusePort),
+    ("so-reuseport", OptName::ReusePort),
+    ("bind", OptName::Bind),
+    ("connect-timeout", OptName::ConnectTimeout),
+    ("rcvbuf", OptName::RcvBuf),
+    ("so-rcvbuf", OptName::RcvBuf),
+    ("sndbuf", OptName::SndBuf),
+    ("so-sndbuf", OptName::SndBuf),
+    ("nodelay", OptName::NoDelay),
+    ("tcp-nodelay", OptName::NoDelay),
+    ("keepalive", OptName::KeepAlive),
+    ("so-keepalive", OptName::KeepAlive),
+    ("keepidle", OptName::KeepIdle),
+    ("tcp-keepidle", OptName::KeepIdle),
+    ("keepintvl", OptName::KeepIntvl),
+    ("tcp-keepintvl", OptName::KeepIntvl),
+    ("keepcnt", OptName::KeepCnt),
+    ("tcp-keepcnt", OptName::KeepCnt),
+    ("unlink-early", OptName::UnlinkEarly),
+    ("retry", OptName::Retry),
+    ("interval", OptName::Interval),
+];
+
+impl OptName {
+    fn lookup(name: &str) -> Option<OptName> {
+        OPTION_NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, o)| *o)
+    }
+
+    /// Whether the option means anything for this address type.
+    fn applies_to(self, tag: KindTag) -> bool {
+        match self {
+            OptName::Fork | OptName::MaxChildren | OptName::Backlog => tag.is_listener(),
+            OptName::ReuseAddr | OptName::ReusePort | OptName::NoDelay => tag.is_tcp(),
+            OptName::KeepAlive | OptName::KeepIdle | OptName::KeepIntvl | OptName::KeepCnt => {
+                tag.is_tcp()
+            }
+            OptName::Bind => matches!(
+                tag,
+                KindTag::TcpConnect(_)
+                    | KindTag::TcpListen(_)
+                    | KindTag::UnixConnect
+                    | KindTag::VsockConnect
+                    | KindTag::VsockListen
+            ),
+            OptName::ConnectTimeout | OptName::Retry | OptName::Interval => tag.is_connector(),
+            OptName::RcvBuf | OptName::SndBuf => tag.is_socket(),
+            OptName::UnlinkEarly => {
+                matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
+            }
+        }
+    }
+
+    /// How the value is written, for "needs a value" messages.
+    fn value_hint(self) -> &'static str {
+        match self {
+            OptName::MaxChildren
+            | OptName::Backlog
+            | OptName::KeepCnt
+            | OptName::Retry
+            | OptName::KeepIdle
+            | OptName::KeepIntvl => "=N",
+            OptName::Bind => "=ADDRESS",
+            OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
+            OptName::RcvBuf | OptName::SndBuf => "=SIZE",
+            _ => "",
+        }
+    }
+
+    fn is_flag(self) -> bool {
+        matches!(
+            self,
+            OptName::Fork
+                | OptName::ReuseAddr
+                | OptName::ReusePort
+                | OptName::NoDelay
+                | OptName::KeepAlive
+                | OptName::UnlinkEarly
+        )
+    }
+}
+
+/// Why an address string was rejected. Each message names the offending token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0}")]
+    Lex(LexError),
+    #[error("unknown address type \"{0}\"")]
+    UnknownType(String),
+    #[error("{kind} needs {form}")]
+    Parameters {
+        kind: &'static str,
+        form: &'static str,
+    },
+    #[error("{kind} takes no parameters")]
+    NoParameters { kind: &'static str },
+    #[error("port {0} out of range 0-65535")]
+    PortRange(String),
+    #[error("port \"{0}\" is not a number")]
+    PortNotNumber(String),
+    #[error("vsock port \"{0}\" is not a number 0-4294967295 (or -1 for any)")]
+    VsockPort(String),
+    #[error("cid \"{0}\" is not a number 0-4294967295 (or -1 for any)")]
+    Cid(String),
+    #[error("empty host in {0}")]
+    EmptyHost(&'static str),
+    #[error("empty path in {0}")]
+    EmptyPath(&'static str),
+    #[error("UNIX socket path is {len} bytes, longer than the kernel's 107")]
+    PathTooLong { len: usize },
+    #[error("option \"{option}\" is not valid for {kind}")]
+    OptionNotValid { option: String, kind: &'static str },
+    #[error("option \"{option}\" needs a value ({option}{hint})")]
+    OptionNeedsValue { option: String, hint: &'static str },
+    #[error("invalid value \"{value}\" for option \"{option}\": {why}")]
+    OptionValue {
+        option: String,
+        value: String,
+        why: String,
+    },
+}
+
+/// A fully parsed address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The address as the user wrote it, for messages.
+    pub text: String,
+    pub kind: Kind,
+    pub options: Options,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The longest UNIX socket path the kernel accepts (sun_path minus the terminating NUL).
+pub const UNIX_PATH_MAX: usize = 107;
+
+fn parse_port(text: &str) -> Result<u16, AddressError> {
+    match text.parse::<u64>() {
+        Ok(n) if n <= u16::MAX as u64 => Ok(n as u16),
+        Ok(_) => Err(AddressError::PortRange(text.to_string())),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(AddressError::PortRange(text.to_string()))
+        }
+        Err(_) => Err(AddressError::PortNotNumber(text.to_string())),
+    }
+}
+
+/// Parses a u32 that may also be written `-1` (all ones: "any").
+fn parse_u32_or_any(text: &str) -> Option<u32> {
+    if text == "-1" {
+        return Some(u32::MAX);
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        return u32::from_str_radix(hex, 16).ok();
+    }
+    text.parse::<u32>().ok()
+}
+
+fn parse_cid(text: &str) -> Result<u32, AddressError> {
+    parse_u32_or_any(text).ok_or_else(|| AddressError::Cid(text.to_string()))
+}
+
+fn parse_vsock_port(text: &str) -> Result<u32, AddressError> {
+    parse_u32_or_any(text).ok_or_else(|| AddressError::VsockPort(text.to_string()))
+}
+
+fn parse_path(text: &str, kind: &'static str) -> Result<PathBuf, AddressError> {
+    if text.is_empty() {
+        return Err(AddressError::EmptyPath(kind));
+    }
+    if text.len() > UNIX_PATH_MAX {
+        return Err(AddressError::PathTooLong { len: text.len() });
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// Removes the brackets around an IPv6 literal: `[::1]` -> `::1`.
+pub fn strip_brackets(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+fn parse_host(text: &str, kind: &'static str) -> Result<String, AddressError> {
+    let host = strip_brackets(text);
+    if host.is_empty() {
+        return Err(AddressError::EmptyHost(kind));
+    }
+    Ok(host.to_string())
+}
+
+fn parse_bool_value(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Splits `bind=` values of the form `[host][:port]`, where host may be `[v6]`.
+fn split_host_port(text: &str) -> (&str, Option<&str>) {
+    if text.starts_with('[') {
+        if let Some(end) = text.find(']') {
+            let host = &text[..=end];
+            let rest = &text[end + 1..];
+            return (host, rest.strip_prefix(':'));
+        }
+    }
+    match text.rsplit_once(':') {
+        // More than one colon without brackets: a bare IPv6 address, no port.
+        Some((host, _)) if host.contains(':') => (text, None),
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    }
+}
+
+fn parse_bind(tag: KindTag, value: &str) -> Result<Bind, String> {
+    match tag {
+        KindTag::TcpConnect(_) | KindTag::TcpListen(_) => {
+            let (host, port) = split_host_port(value);
+            let port = match port {
+                Some(p) => Some(parse_port(p).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            Ok(Bind::Inet {
+                host: strip_brackets(host).to_string(),
+                port,
+            })
+        }
+        KindTag::UnixConnect => {
+            if value.is_empty() {
+                return Err("empty path".into());
+            }
+            Ok(Bind::Unix(PathBuf::from(value)))
+        }
+        _ => {
+            let (cid, port) = match value.split_once(':') {
+                Some((c, p)) => (c, Some(p)),
+                None => (value, None),
+            };
+            let cid = if cid.is_empty() {
+                None
+            } else {
+                Some(parse_cid(cid).map_err(|e| e.to_string())?)
+            };
+            let port = match port {
+                Some(p) => Some(parse_vsock_port(p).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            Ok(Bind::Vsock { cid, port })
+        }
+    }
+}
+
+fn option_value_error(option: &str, value: &str, why: impl Into<String>) -> AddressError {
+    AddressError::OptionValue {
+        option: option.to_string(),
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(option: &str, value: &str) -> Result<T, AddressError> {
+    value
+        .parse::<T>()
+        .map_err(|_| option_value_error(option, value, "not a number"))
+}
+
+/// Applies one raw option to `opts`, checking that it belongs to `tag`.
+fn apply_option(opts: &mut Options, tag: KindTag, raw: &RawOption) -> Result<(), AddressError> {
+    let name = raw.name.as_str();
+    let not_valid = || AddressError::OptionNotValid {
+        option: name.to_string(),
+        kind: tag.name(),
+    };
+    let opt = OptName::lookup(name).ok_or_else(not_valid)?;
+    if !opt.applies_to(tag) {
+        return Err(not_valid());
+    }
+    if opt.is_flag() {
+        let on = match &raw.value {
+            None => true,
+            Some(v) => {
+                parse_bool_value(v).ok_or_else(|| option_value_error(name, v, "expected 0 or 1"))?
+            }
+        };
+        match opt {
+            OptName::Fork => opts.fork = on,
+            OptName::ReuseAddr => opts.reuseaddr = Some(on),
+            OptName::ReusePort => opts.reuseport = on,
+            OptName::NoDelay => opts.nodelay = on,
+            OptName::KeepAlive => opts.keepalive = on,
+            OptName::UnlinkEarly => opts.unlink_early = on,
+            _ => unreachable!("flag options are listed in is_flag"),
+        }
+        return Ok(());
+    }
+    let value = raw
+        .value
+        .as_deref()
+        .ok_or_else(|| AddressError::OptionNeedsValue {
+            option: name.to_string(),
+            hint: opt.value_hint(),
+        })?;
+    match opt {
+        OptName::MaxChildren => {
+            let n: usize = parse_number(name, value)?;
+            if n == 0 {
+                return Err(option_value_error(name, value, "must be at least 1"));
+            }
+            opts.max_children = Some(n);
+        }
+        OptName::Backlog => opts.backlog = Some(parse_number(name, value)?),
+        OptName::Bind => {
+            opts.bind =
+                Some(parse_bind(tag, value).map_err(|why| option_value_error(name, value, why))?)
+        }
+        OptName::ConnectTimeout => {
+            opts.connect_timeout =
+                Some(parse_duration(value).map_err(|why| option_value_error(name, value, why))?)
+        }
+        OptName::Interval => {
+            opts.interval =
+                Some(parse_duration(value).map_err(|why| option_value_error(name, value, why))?)
+        }
+        OptName::RcvBuf => {
+            opts.rcvbuf =
+                Some(parse_size(value).map_err(|why| option_value_error(name, value, why))?)
+        }
+        OptName::SndBuf => {
+            opts.sndbuf =
+                Some(parse_size(value).map_err(|why| option_value_error(name, value, why))?)
+        }
+        OptName::KeepIdle => {
+            opts.keepidle = Some(parse_number(name, value)?);
+            opts.keepalive = true;
+        }
+        OptName::KeepIntvl => {
+            opts.keepintvl = Some(parse_number(name, value)?);
+            opts.keepalive = true;
+        }
+        OptName::KeepCnt => {
+            opts.keepcnt = Some(parse_number(name, value)?);
+            opts.keepalive = true;
+        }
+        OptName::Retry => opts.retry = parse_number(name, value)?,
+        _ => unreachable!("value options handled above"),
+    }
+    Ok(())
+}
+
+impl Address {
+    /// Parses one address string (stage two: meaning, ranges, option applicability).
+    pub fn parse(text: &str) -> Result<Address, AddressError> {
+        let raw = lex(text).map_err(AddressError::Lex)?;
+        let tag = KindTag::from_keyword(&raw.keyword)
+            .ok_or_else(|| AddressError::UnknownType(raw.keyword.clone()))?;
+        let kind = Self::kind_from_params(tag, &raw.params)?;
+        let mut options = Options::default();
+        for option in &raw.options {
+            apply_option(&mut options, tag, option)?;
+        }
+        Ok(Address {
+            text: text.to_string(),
+            kind,
+            options,
+        })
+    }
+
+    fn kind_from_params(tag: KindTag, params: &[String]) -> Result<Kind, AddressError> {
+        let wrong = || AddressError::Parameters {
+            kind: tag.name(),
+            form: tag.form(),
+        };
+        let name = tag.name();
+        Ok(match (tag, params) {
+            (KindTag::TcpConnect(family), [host, port]) => Kind::TcpConnect {
+                host: parse_host(host, name)?,
+                port: parse_port(port)?,
+                family,
+            },
+            (KindTag::TcpListen(family), [port]) => Kind::TcpListen {
+                port: parse_port(port)?,
+                family,
+            },
+            (KindTag::UnixConnect, [path]) => Kind::UnixConnect {
+                path: parse_path(path, name)?,
+            },
+            (KindTag::UnixListen, [path]) => Kind::UnixListen {
+                path: parse_path(path, name)?,
+            },
+            (KindTag::VsockConnect, [cid, port]) => Kind::VsockConnect {
+                cid: parse_cid(cid)?,
+                port: parse_vsock_port(port)?,
+            },
+            (KindTag::VsockListen, [port]) => Kind::VsockListen {
+                port: parse_vsock_port(port)?,
+            },
+            (KindTag::VsockUdsConnect, [path, port]) => Kind::VsockUdsConnect {
+                path: parse_path(path, name)?,
+                port: parse_vsock_port(port)?,
+            },
+            (KindTag::VsockUdsListen, [path, port]) => {
+                let port = parse_vsock_port(port)?;
+                let path = parse_path(path, name)?;
+                // The VMM listens at `<path>_<port>`: that full path must fit too.
+                let full = format!("{}_{}", path.display(), port);
+                if full.len() > UNIX_PATH_MAX {
+                    return Err(AddressError::PathTooLong { len: full.len() });
+                }
+                Kind::VsockUdsListen { path, port }
+            }
+            (KindTag::Stdio, []) => Kind::Stdio,
+            (KindTag::Stdio, _) => return Err(AddressError::NoParameters { kind: name }),
+            _ => return Err(wrong()),
+        })
+    }
+
+    pub fn is_listener(&self) -> bool {
+        self.kind.tag().is_listener()
+    }
+
+    pub fn is_connector(&self) -> bool {
+        self.kind.tag().is_connector()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! The command line, parsed in two stages: clap turns `argv` into raw strings and flags
+//! ([`Cli`]), then [`plan`] resolves them into checked objects ([`Plan`]): parsed addresses,
+//! the engine configuration, the bench settings. Every grammar or usage error surfaces before
+//! anything is opened, with exit status 2.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::addr::{Address, parse_duration, parse_size};
+use crate::bench::{BenchArgs, BenchPlan};
+use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode};
+use crate::error::{Error, Result};
+use crate::relay::{RelayPlan, check_pair};
+
+const ADDRESS_HELP: &str = "\
+Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensitive):
+  TCP:host:port            TCP4:, TCP6:, TCP-CONNECT:
+  TCP-LISTEN:port          TCP-L:, TCP4-LISTEN:, TCP6-LISTEN:
+  UNIX-CONNECT:path        UNIX:
+  UNIX-LISTEN:path         UNIX-L:   (removes the socket file on exit)
+  VSOCK-CONNECT:cid:port   VSOCK:    (cid 2 = host, 1 = local, -1 = any)
+  VSOCK-LISTEN:port        VSOCK-L:
+  VSOCK-UDS-CONNECT:path:port   hybrid vsock (Firecracker, cloud-hypervisor): CONNECT <port>
+  VSOCK-UDS-LISTEN:path:port    guest connections to host port <port>, at <path>_<port>
+  STDIO                    -
+Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
+  connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
+  keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early
+
+Examples:
+  vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201
+  vsplice TCP-LISTEN:2222,fork VSOCK-UDS-CONNECT:/run/firecracker.vsock:22
+  vsplice bench demo";
+
+fn size_arg(s: &str) -> std::result::Result<usize, String> {
+    let n = parse_size(s)?;
+    if n < 4096 {
+        return Err(format!("size \"{s}\" is below the 4K minimum"));
+    }
+    if n > 1 << 30 {
+        return Err(format!("size \"{s}\" is above the 1G maximum"));
+    }
+    Ok(n)
+}
+
+fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn threads_arg(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("\"{s}\" is not a thread count 1-1024")),
+    }
+}
+
+/// Stage one: what clap sees.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vsplice",
+    version,
+    about = "Relay bytes between AF_VSOCK, TCP, UNIX sockets and STDIO with splice(2) on io_uring",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = ADDRESS_HELP
+)]
+pub struct Cli {
+    /// Pipe / buffer size per direction (K, M suffixes) [default: 256K]
+    #[arg(short = 'b', value_name = "SIZE", value_parser = size_arg)]
+    pub block: Option<usize>,
+    /// After one side's EOF, how long the other direction may go on [default: until it ends]
+    #[arg(short = 't', value_name = "SECONDS", value_parser = duration_arg)]
+    pub half_close_timeout: Option<Duration>,
+    /// Close a connection after this long without data
+    #[arg(short = 'T', value_name = "SECONDS", value_parser = duration_arg)]
+    pub idle_timeout: Option<Duration>,
+    /// One-way: only first address -> second address
+    #[arg(short = 'u', conflicts_with = "reverse_only")]
+    pub forward_only: bool,
+    /// One-way: only second address -> first address
+    #[arg(short = 'U')]
+    pub reverse_only: bool,
+    /// More diagnostics on stderr (repeat: -d warnings, -dd notices, -ddd info, -dddd debug)
+    #[arg(short = 'd', action = ArgAction::Count)]
+    pub debug: u8,
+    /// Print byte counts per connection and in total at exit
+    #[arg(short = 'S')]
+    pub stats: bool,
+    /// Worker threads [default: one per core]
+    #[arg(long, value_name = "N", value_parser = threads_arg)]
+    pub threads: Option<usize>,
+    /// Data path [default: splice]
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Do not pin worker threads to cores
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The two addresses to relay between
+    #[arg(value_name = "ADDRESS", num_args = 2, required = true)]
+    pub addresses: Vec<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure throughput (iperf style) over vsock, TCP or UNIX, with or without a relay
+    Bench(BenchArgs),
+}
+
+/// Stage two: checked objects, ready to run.
+#[derive(Debug)]
+pub enum Plan {
+    Relay(Box<RelayPlan>),
+    Bench(Box<BenchPlan>),
+}
+
+fn parse_address(text: &str) -> Result<Address> {
+    Address::parse(text).map_err(|source| Error::Address {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// The engine configuration the global options describe.
+pub fn engine_config(cli: &Cli) -> EngineConfig {
+    let size = cli.block.unwrap_or(DEFAULT_PIPE_SIZE);
+    EngineConfig {
+        mode: cli.mode.unwrap_or(Mode::Splice),
+        pipe_size: size,
+        copy_size: size,
+        directions: [!cli.reverse_only, !cli.forward_only],
+        idle_timeout: cli.idle_timeout,
+        linger: cli.half_close_timeout,
+        stats: cli.stats,
+        pin_workers: !cli.no_pin,
+        ..EngineConfig::default()
+    }
+}
+
+/// Resolves parsed arguments into a plan.
+pub fn plan(cli: Cli) -> Result<Plan> {
+    if let Some(Command::Bench(args)) = cli.command {
+        return Ok(Plan::Bench(Box::new(crate::bench::plan(args)?)));
+    }
+    let [first, second] = <[String; 2]>::try_from(cli.addresses.clone())
+        .map_err(|_| Error::Usage("exactly two addresses are needed".into()))?;
+    let first = parse_address(&first)?;
+    let second = parse_address(&second)?;
+    check_pair(&first, &second)?;
+    let mut engine = engine_config(&cli);
+    engine.single_connection = !first.options.fork;
+    let threads = cli.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    Ok(Plan::Relay(Box::new(RelayPlan {
+        first,
+        second,
+        threads,
+        engine,
+    })))
+}
+
+/// `main` for the binary: parse, plan, run, map errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::log::set_verbosity(cli.debug);
+    match plan(cli).and_then(run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vsplice: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(plan: Plan) -> Result<ExitCode> {
+    match plan {
+        Plan::Relay(p) => crate::relay::run(*p),
+        Plan::Bench(b) => crate::bench::run(*b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(args: &[&str]) -> Result<Plan> {
+        let mut argv = vec!["vsplice"];
+        argv.extend_from_slice(args);
+        plan(Cli::try_parse_from(argv).map_err(|e| Error::Usage(e.to_string()))?)
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        match plan_of(args) {
+            Ok(p) => panic!("{args:?} planned as {p:?}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn global_options_reach_the_engine() {
+        let Plan::Relay(p) = plan_of(&[
+            "-b",
+            "64K",
+            "-t",
+            "1.5",
+            "-T",
+            "30",
+            "-u",
+            "-dd",
+            "-S",
+            "--threads",
+            "3",
+            "--mode",
+            "copy",
+            "TCP-LISTEN:1,fork",
+            "TCP:h:2",
+        ])
+        .unwrap() else {
+            panic!("relay")
+        };
+        assert_eq!(p.engine.pipe_size, 65536);
+        assert_eq!(p.engine.linger, Some(Duration::from_millis(1500)));
+        assert_eq!(p.engine.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(p.engine.directions, [true, false]);
+        assert!(p.engine.stats);
+        assert_eq!(p.threads, 3);
+        assert_eq!(p.engine.mode, Mode::Copy);
+        assert!(!p.engine.single_connection);
+        let Plan::Relay(p) = plan_of(&["-U", "-", "TCP:h:2"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.engine.directions, [false, true]);
+        assert!(p.engine.single_connection);
+    }
+
+    #[test]
+    fn address_errors_exit_2_and_name_the_token() {
+        assert_eq!(
+            usage_error(&["NOPE:1", "TCP:h:1"]),
+            "invalid address \"NOPE:1\": unknown address type \"NOPE\""
+        );
+        assert_eq!(
+            usage_error(&["TCP-LISTEN:99999", "TCP:h:1"]),
+            "invalid address \"TCP-LISTEN:99999\": port 99999 out of range 0-65535"
+        );
+        assert_eq!(
+            usage_error(&["TCP-LISTEN:1,frobnicate", "TCP:h:1"]),
+            "invalid address \"TCP-LISTEN:1,frobnicate\": option \"frobnicate\" is not valid for TCP-LISTEN"
+        );
+        assert_eq!(
+            usage_error(&["TCP-L:1", "VSOCK-CONNECT:5"]),
+            "invalid address \"VSOCK-CONNECT:5\": VSOCK-CONNECT needs cid:port"
+        );
+    }
+
+    #[test]
+    fn pair_errors() {
+        assert!(
+            usage_error(&["TCP:h:1", "TCP-L:2,fork"]).contains("only valid on the first address")
+        );
+        assert!(usage_error(&["-", "STDIO"]).contains("STDIO can be used only once"));
+        assert!(usage_error(&["TCP-L:1,fork", "-"]).contains("STDIO cannot serve more than one"));
+        assert!(usage_error(&["TCP-L:1,max-children=3", "TCP:h:1"]).contains("needs \"fork\""));
+        assert!(usage_error(&["TCP-L:1", "UNIX-L:/x"]).contains("both addresses listen"));
+    }
+
+    #[test]
+    fn global_option_errors_name_the_value() {
+        let e = usage_error(&["-b", "12Q", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("12Q"), "{e}");
+        let e = usage_error(&["-b", "100", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("below the 4K minimum"), "{e}");
+        let e = usage_error(&["--threads", "0", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("not a thread count"), "{e}");
+        let e = usage_error(&["-t", "soon", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("soon"), "{e}");
+        let e = usage_error(&["-u", "-U", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = usage_error(&["TCP-L:1"]);
+        assert!(e.contains("2 values required"), "{e}");
+    }
+}

@@ -1,0 +1,504 @@
+//! Opening a connect address without blocking, as a state machine.
+//!
+//! A [`Dial`] resolves the address (again for every retry round, so DNS changes are seen),
+//! tries each target in turn, bounds each attempt by `connect-timeout`, starts a new round
+//! `interval` later up to `retry` times, and for `VSOCK-UDS-CONNECT` speaks the hybrid-vsock
+//! handshake (`CONNECT <port>\n`, answered by `OK <n>\n`). It never blocks: it says what to
+//! wait for ([`Progress::Wait`]), and a driver waits, with poll(2) in [`dial_blocking`] or
+//! with io_uring in the workers.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::addr::{Address, Kind};
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::open::{connect_socket, connect_targets, connected_endpoint};
+use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
+
+/// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between retry rounds when `interval` is not given (socat's default).
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before asking a UNIX listener with a full backlog again.
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// The longest handshake reply line accepted.
+const MAX_REPLY: usize = 128;
+
+/// What a waiting dial waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Readable,
+    Writable,
+}
+
+/// What happened since the last [`Dial::advance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Start,
+    /// The descriptor of the last `Wait` became ready.
+    Ready,
+    /// The deadline of the last `Wait` passed.
+    Timeout,
+}
+
+/// What the driver should do next.
+#[derive(Debug)]
+pub enum Progress {
+    /// Wait for `fd` (if any) to become ready, or until `deadline`; then advance again.
+    Wait {
+        fd: Option<RawFd>,
+        interest: Interest,
+        deadline: Option<Instant>,
+    },
+    Connected(Endpoint),
+    /// Every attempt failed; the message names the target and the reason.
+    Failed(String),
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Connecting {
+        socket: Socket,
+        target: SockAddr,
+    },
+    Busy {
+        socket: Socket,
+        target: SockAddr,
+        deadline: Option<Instant>,
+    },
+    Backoff,
+    Handshake {
+        socket: Socket,
+        target: SockAddr,
+        request: Vec<u8>,
+        sent: usize,
+        reply: Vec<u8>,
+        deadline: Instant,
+    },
+    Done,
+}
+
+/// The connect state machine for one connection's second address.
+#[derive(Debug)]
+pub struct Dial {
+    address: Arc<Address>,
+    targets: Vec<SockAddr>,
+    next: usize,
+    rounds_left: u32,
+    phase: Phase,
+    last_error: Option<String>,
+}
+
+/// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected.
+pub fn parse_handshake_reply(line: &[u8]) -> Result<u32, String> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    match text.strip_prefix("OK ") {
+        Some(port) => port
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("unexpected reply \"{text}\"")),
+        None => Err(format!("reply \"{text}\"")),
+    }
+}
+
+impl Dial {
+    pub fn new(address: Arc<Address>) -> Dial {
+        let rounds_left = address.options.retry;
+        Dial {
+            address,
+            targets: Vec::new(),
+            next: 0,
+            rounds_left,
+            phase: Phase::Idle,
+            last_error: None,
+        }
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    fn attempt_deadline(&self) -> Option<Instant> {
+        self.address
+            .options
+            .connect_timeout
+            .map(|t| Instant::now() + t)
+    }
+
+    fn hybrid_port(&self) -> Option<(u32, String)> {
+        match &self.address.kind {
+            Kind::VsockUdsConnect { path, port } => Some((*port, path.display().to_string())),
+            _ => None,
+        }
+    }
+
+    /// Feeds an event to the machine and returns what to do next.
+    pub fn advance(&mut self, event: Event) -> Progress {
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        match (phase, event) {
+            (Phase::Idle, _) => self.start_round(),
+            (Phase::Backoff, _) => self.start_round(),
+            (Phase::Connecting { socket, target, .. }, Event::Ready) => match socket.take_error() {
+                Ok(None) => self.connected(socket, target),
+                Ok(Some(e)) | Err(e) => {
+                    self.attempt_failed(&target, &e.to_string());
+                    self.try_next()
+                }
+            },
+            (Phase::Connecting { target, .. }, _) => {
+                self.attempt_failed(&target, "connect timed out");
+                self.try_next()
+            }
+            (
+                Phase::Busy {
+                    socket,
+                    target,
+                    deadline,
+                },
+                _,
+            ) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    self.attempt_failed(&target, "connect timed out (listener backlog full)");
+                    return self.try_next();
+                }
+                self.connect_on(socket, target, deadline)
+            }
+            (phase @ Phase::Handshake { .. }, event) => self.handshake(phase, event),
+            (Phase::Done, _) => Progress::Failed("dial already finished".into()),
+        }
+    }
+
+    fn start_round(&mut self) -> Progress {
+        match connect_targets(&self.address) {
+            Ok(targets) => self.targets = targets,
+            Err(e) => {
+                self.targets.clear();
+                self.last_error = Some(format!("cannot resolve: {e}"));
+            }
+        }
+        self.next = 0;
+        self.try_next()
+    }
+
+    fn attempt_failed(&mut self, target: &SockAddr, why: &str) {
+        self.last_error = Some(match self.hybrid_port() {
+            Some((port, path)) => format!("guest port {port} refused via {path}: {why}"),
+            None => format!("connect to {target} failed: {why}"),
+        });
+    }
+
+    /// Tries the next target, or schedules the next round, or gives up.
+    fn try_next(&mut self) -> Progress {
+        while self.next < self.targets.len() {
+            let target = self.targets[self.next].clone();
+            self.next += 1;
+            let socket = match connect_socket(&self.address, &target) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.attempt_failed(&target, &e.to_string());
+                    continue;
+                }
+            };
+            let deadline = self.attempt_deadline();
+            match self.connect_on(socket, target, deadline) {
+                Progress::Failed(_) => continue,
+                progress => return progress,
+            }
+        }
+        if self.rounds_left > 0 {
+            self.rounds_left -= 1;
+            self.phase = Phase::Backoff;
+            let interval = self
+                .address
+                .options
+                .interval
+                .unwrap_or(DEFAULT_RETRY_INTERVAL);
+            return Progress::Wait {
+                fd: None,
+                interest: Interest::Readable,
+                deadline: Some(Instant::now() + interval),
+            };
+        }
+        self.phase = Phase::Done;
+        Progress::Failed(
+            self.last_error
+                .clone()
+                .unwrap_or_else(|| "no address to connect to".into()),
+        )
+    }
+
+    /// Starts (or restarts, after a busy backlog) a connect on `socket`.
+    fn connect_on(
+        &mut self,
+        socket: Socket,
+        target: SockAddr,
+        deadline: Option<Instant>,
+    ) -> Progress {
+        match socket.connect(&target) {
+            Ok(ConnectProgress::Connected) => self.connected(socket, target),
+            Ok(ConnectProgress::InProgress) => {
+                let fd = socket.as_raw_fd();
+                self.phase = Phase::Connecting { socket, target };
+                Progress::Wait {
+                    fd: Some(fd),
+                    interest: Interest::Writable,
+                    deadline,
+                }
+            }
+            Ok(ConnectProgress::Busy) => {
+                let retry_at = Instant::now() + BUSY_PAUSE;
+                self.phase = Phase::Busy {
+                    socket,
+                    target,
+                    deadline,
+                };
+                Progress::Wait {
+                    fd: None,
+                    interest: Interest::Writable,
+                    deadline: Some(deadline.map_or(retry_at, |d| d.min(retry_at))),
+                }
+            }
+            Err(e) => {
+                self.attempt_failed(&target, &e.to_string());
+                self.try_next()
+            }
+        }
+    }
+
+    /// The transport is connected: finish, or start the hybrid-vsock handshake.
+    fn connected(&mut self, socket: Socket, target: SockAddr) -> Progress {
+        if let Some((port, _)) = self.hybrid_port() {
+            let deadline = Instant::now()
+                + self
+                    .address
+                    .options
+                    .connect_timeout
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+            let phase = Phase::Handshake {
+                socket,
+                target,
+                request: format!("CONNECT {port}\n").into_bytes(),
+                sent: 0,
+                reply: Vec::new(),
+                deadline,
+            };
+            return self.handshake(phase, Event::Ready);
+        }
+        match connected_endpoint(&self.address, socket, &target) {
+            Ok(endpoint) => {
+                self.phase = Phase::Done;
+                Progress::Connected(endpoint)
+            }
+            Err(e) => {
+                self.attempt_failed(&target, &e.to_string());
+                self.try_next()
+            }
+        }
+    }
+
+    /// Drives the `CONNECT <port>` / `OK <n>` exchange. The reply is read with MSG_PEEK first
+    /// so that not one byte past its newline is consumed: whatever the VMM sends after `OK`
+    /// belongs to the relayed stream.
+    fn handshake(&mut self, phase: Phase, event: Event) -> Progress {
+        let Phase::Handshake {
+            socket,
+            target,
+            request,
+            mut sent,
+            mut reply,
+            deadline,
+        } = phase
+        else {
+            unreachable!("handshake called with another phase")
+        };
+        let fail = |this: &mut Dial, why: String| {
+            this.attempt_failed(&target, &why);
+            this.try_next()
+        };
+        if event == Event::Timeout || Instant::now() >= deadline {
+            return fail(self, "no reply to CONNECT before the timeout".into());
+        }
+        while sent < request.len() {
+            match nix::sys::socket::send(
+                socket.as_raw_fd(),
+                &request[sent..],
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => sent += n,
+                Err(nix::Error::EAGAIN) => {
+                    let fd = socket.as_raw_fd();
+                    self.phase = Phase::Handshake {
+                        socket,
+                        target,
+                        request,
+                        sent,
+                        reply,
+                        deadline,
+                    };
+                    return Progress::Wait {
+                        fd: Some(fd),
+                        interest: Interest::Writable,
+                        deadline: Some(deadline),
+                    };
+                }
+                Err(e) => return fail(self, format!("sending CONNECT: {e}")),
+            }
+        }
+        let mut peek = [0u8; MAX_REPLY];
+        let room = MAX_REPLY - reply.len();
+        let peeked = match nix::sys::socket::recv(
+            socket.as_raw_fd(),
+            &mut peek[..room],
+            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => return fail(self, "connection closed without a reply".into()),
+            Ok(n) => n,
+            Err(nix::Error::EAGAIN) => 0,
+            Err(e) => return fail(self, format!("reading the reply: {e}")),
+        };
+        if peeked > 0 {
+            let newline = peek[..peeked].iter().position(|&b| b == b'\n');
+            // Consume exactly the reply bytes: up to and including the newline, or all of
+            // what was peeked when it holds no newline yet.
+            let take = newline.map_or(peeked, |i| i + 1);
+            let mut line = vec![0u8; take];
+            match nix::unistd::read(socket.as_fd(), &mut line) {
+                Ok(n) if n == take => {}
+                Ok(n) => return fail(self, format!("short read of the reply ({n} of {take})")),
+                Err(e) => return fail(self, format!("reading the reply: {e}")),
+            }
+            reply.extend_from_slice(&line);
+            if newline.is_some() {
+                reply.pop();
+                return match parse_handshake_reply(&reply) {
+                    Ok(_) => match connected_endpoint(&self.address, socket, &target) {
+                        Ok(endpoint) => {
+                            self.phase = Phase::Done;
+                            Progress::Connected(endpoint)
+                        }
+                        Err(e) => fail(self, e.to_string()),
+                    },
+                    Err(why) => fail(self, why),
+                };
+            }
+            if reply.len() >= MAX_REPLY {
+                return fail(self, "reply line too long".into());
+            }
+        }
+        let fd = socket.as_raw_fd();
+        self.phase = Phase::Handshake {
+            socket,
+            target,
+            request,
+            sent,
+            reply,
+            deadline,
+        };
+        Progress::Wait {
+            fd: Some(fd),
+            interest: Interest::Readable,
+            deadline: Some(deadline),
+        }
+    }
+}
+
+/// Dials on the calling thread, waiting with poll(2). Used where blocking is fine: opening the
+/// first address when it is not a listener, and the bench client.
+pub fn dial_blocking(address: Arc<Address>) -> Result<Endpoint, Error> {
+    let mut dial = Dial::new(address.clone());
+    let mut event = Event::Start;
+    loop {
+        match dial.advance(event) {
+            Progress::Connected(endpoint) => return Ok(endpoint),
+            Progress::Failed(why) => {
+                return Err(Error::Connect {
+                    address: address.text.clone(),
+                    source: io::Error::other(why),
+                });
+            }
+            Progress::Wait {
+                fd,
+                interest,
+                deadline,
+            } => {
+                event = match fd {
+                    None => {
+                        if let Some(d) = deadline {
+                            std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                        }
+                        Event::Timeout
+                    }
+                    Some(fd) => {
+                        // SAFETY: `fd` belongs to the socket the dial holds in its current
+                        // phase, which stays open until the next `advance`.
+                        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                        let ready = match interest {
+                            Interest::Readable => wait_readable(fd, deadline),
+                            Interest::Writable => crate::sys::socket::wait_writable(fd, deadline),
+                        };
+                        match ready {
+                            Ok(true) => Event::Ready,
+                            _ => Event::Timeout,
+                        }
+                    }
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_replies() {
+        assert_eq!(parse_handshake_reply(b"OK 1073741824"), Ok(1073741824));
+        assert_eq!(parse_handshake_reply(b"OK 5\r"), Ok(5));
+        assert_eq!(
+            parse_handshake_reply(b"ERR no listener"),
+            Err("reply \"ERR no listener\"".to_string())
+        );
+        assert_eq!(
+            parse_handshake_reply(b"OK x"),
+            Err("unexpected reply \"OK x\"".to_string())
+        );
+    }
+
+    #[test]
+    fn refused_connect_fails_with_the_target_named() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let addr = Arc::new(Address::parse(&format!("TCP:127.0.0.1:{port}")).unwrap());
+        let err = dial_blocking(addr).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "TCP:127.0.0.1:{port}: connect to 127.0.0.1:{port} failed: Connection refused (os error 111)"
+            )
+        );
+    }
+
+    #[test]
+    fn retry_rounds_reach_a_late_listener() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let _ = l.accept();
+        });
+        let addr = Arc::new(
+            Address::parse(&format!("TCP:127.0.0.1:{port},retry=20,interval=0.05")).unwrap(),
+        );
+        dial_blocking(addr).expect("a retry reaches the listener");
+        late.join().unwrap();
+    }
+}

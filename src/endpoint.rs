@@ -1,0 +1,121 @@
+//! An opened end of a relay: a connected socket, or standard input and output.
+//!
+//! An [`Endpoint`] owns its descriptors. It knows which descriptor the relay reads from and
+//! which it writes to (the same socket, or fd 0 and fd 1), whether each can take part in
+//! splice(2), and how to pass end of file on: `shutdown(SHUT_WR)` for a socket, closing fd 1
+//! for standard output (so a reader of our stdout sees EOF).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::sys::socket::Socket;
+use crate::sys::stdio;
+
+#[derive(Debug)]
+enum Io {
+    Socket(Socket),
+    Stdio {
+        input: Option<OwnedFd>,
+        output: Option<OwnedFd>,
+    },
+}
+
+/// One opened end of a relayed connection.
+#[derive(Debug)]
+pub struct Endpoint {
+    io: Io,
+    label: String,
+}
+
+static STDIO_TAKEN: AtomicBool = AtomicBool::new(false);
+
+impl Endpoint {
+    pub fn socket(socket: Socket, label: String) -> Endpoint {
+        Endpoint {
+            io: Io::Socket(socket),
+            label,
+        }
+    }
+
+    /// Takes ownership of fds 0 and 1. Only one STDIO endpoint may exist in a process.
+    pub fn stdio() -> io::Result<Endpoint> {
+        if STDIO_TAKEN.swap(true, Ordering::SeqCst) {
+            return Err(io::Error::other("STDIO is already in use"));
+        }
+        // SAFETY: fds 0 and 1 are open for the life of the process unless closed, and the
+        // STDIO_TAKEN guard makes this the only owner; nothing else in vsplice uses them
+        // (diagnostics go to fd 2).
+        let (input, output) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
+        Ok(Endpoint {
+            io: Io::Stdio {
+                input: Some(input),
+                output: Some(output),
+            },
+            label: "STDIO".to_string(),
+        })
+    }
+
+    /// The descriptor bytes are read from; `None` once standard input is gone.
+    pub fn read_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.io {
+            Io::Socket(s) => Some(s.as_fd()),
+            Io::Stdio { input, .. } => input.as_ref().map(AsFd::as_fd),
+        }
+    }
+
+    /// The descriptor bytes are written to; `None` after standard output was closed.
+    pub fn write_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.io {
+            Io::Socket(s) => Some(s.as_fd()),
+            Io::Stdio { output, .. } => output.as_ref().map(AsFd::as_fd),
+        }
+    }
+
+    /// Passes end of file on to whoever reads from this endpoint.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        match &mut self.io {
+            Io::Socket(s) => s.shutdown_write(),
+            Io::Stdio { output, .. } => {
+                drop(output.take());
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether splice(2) can read from this endpoint.
+    pub fn can_splice_read(&self) -> bool {
+        match &self.io {
+            Io::Socket(_) => true,
+            Io::Stdio { input, .. } => input
+                .as_ref()
+                .is_some_and(|fd| stdio::can_splice_from(fd.as_fd())),
+        }
+    }
+
+    /// Whether splice(2) can write to this endpoint.
+    pub fn can_splice_write(&self) -> bool {
+        match &self.io {
+            Io::Socket(_) => true,
+            Io::Stdio { output, .. } => output
+                .as_ref()
+                .is_some_and(|fd| stdio::can_splice_to(fd.as_fd())),
+        }
+    }
+
+    pub fn is_socket(&self) -> bool {
+        matches!(self.io, Io::Socket(_))
+    }
+
+    pub fn socket_ref(&self) -> Option<&Socket> {
+        match &self.io {
+            Io::Socket(s) => Some(s),
+            Io::Stdio { .. } => None,
+        }
+    }
+
+    /// A short description for logs: the peer address, or "STDIO".
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}

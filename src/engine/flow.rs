@@ -1,0 +1,355 @@
+//! One direction of a relayed connection (source socket -> staging -> destination socket) as a
+//! pure state machine.
+//!
+//! The machine decides *what* to do next ([`Flow::next`] returns a [`Step`]); a driver does it
+//! (an inline non-blocking `splice(2)`, an io_uring SPLICE, or an io_uring read/write into a
+//! registered buffer) and reports the result with [`Flow::complete`]. Nothing here touches a
+//! descriptor, so every rule (partial transfers, EOF passed on as a write shutdown, waiting
+//! for readiness, failure) is unit-tested without a ring. The staging area is a pipe or a
+//! buffer; the machine only tracks how many bytes sit in it.
+
+use std::fmt;
+
+/// What the driver should do next for this direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Move up to `max` bytes from the source into the (empty) staging area.
+    Fill { max: usize },
+    /// Move the `len` staged bytes to the destination.
+    Drain { len: usize },
+    /// The source had nothing: wait until it is readable, then call [`Flow::readable`].
+    WaitReadable,
+    /// The destination is full: wait until it is writable, then call [`Flow::writable`].
+    WaitWritable,
+    /// The source ended and everything was delivered: shut down the destination's write side.
+    ShutdownWrite,
+    /// End of stream passed on; nothing more to do.
+    Finished,
+    /// A transfer failed; see [`Flow::failure`].
+    Failed,
+}
+
+/// Which operation of a direction failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowOp {
+    Read,
+    Write,
+    Shutdown,
+}
+
+/// A failed direction: the operation and the OS error number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowError {
+    pub op: FlowOp,
+    pub errno: i32,
+}
+
+impl fmt::Display for FlowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            FlowOp::Read => "read",
+            FlowOp::Write => "write",
+            FlowOp::Shutdown => "shutdown",
+        };
+        write!(
+            f,
+            "{op} failed: {}",
+            std::io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+/// The lifecycle of a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowState {
+    /// The source may still produce bytes.
+    Open,
+    /// The source reached end of file; staged bytes still go out, then the shutdown.
+    SourceEnded,
+    /// End of file has been passed on to the destination.
+    Finished,
+    Failed(FlowError),
+}
+
+/// One direction's bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    state: FlowState,
+    capacity: usize,
+    staged: usize,
+    source_idle: bool,
+    sink_full: bool,
+    /// After a fill that returned less than asked, assume the source is empty and wait for
+    /// readiness instead of trying again (saves one EAGAIN round trip per burst).
+    short_fill_means_idle: bool,
+    delivered: u64,
+}
+
+impl Flow {
+    /// A new direction whose staging area holds `capacity` bytes.
+    pub fn new(capacity: usize, short_fill_means_idle: bool) -> Flow {
+        assert!(capacity > 0, "staging capacity must be positive");
+        Flow {
+            state: FlowState::Open,
+            capacity,
+            staged: 0,
+            source_idle: false,
+            sink_full: false,
+            short_fill_means_idle,
+            delivered: 0,
+        }
+    }
+
+    pub fn state(&self) -> FlowState {
+        self.state
+    }
+
+    /// Bytes sitting in the staging area.
+    pub fn staged(&self) -> usize {
+        self.staged
+    }
+
+    /// Bytes delivered to the destination so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn failure(&self) -> Option<FlowError> {
+        match self.state {
+            FlowState::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn is_over(&self) -> bool {
+        matches!(self.state, FlowState::Finished | FlowState::Failed(_))
+    }
+
+    /// Changes the staging capacity (a different pipe or a buffer). Staged bytes must fit.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        assert!(capacity >= self.staged.max(1), "staged bytes must fit");
+        self.capacity = capacity;
+    }
+
+    /// The next thing to do; a pure function of the state.
+    pub fn next(&self) -> Step {
+        match self.state {
+            FlowState::Finished => Step::Finished,
+            FlowState::Failed(_) => Step::Failed,
+            FlowState::Open | FlowState::SourceEnded => {
+                if self.staged > 0 {
+                    if self.sink_full {
+                        Step::WaitWritable
+                    } else {
+                        Step::Drain { len: self.staged }
+                    }
+                } else if self.state == FlowState::SourceEnded {
+                    Step::ShutdownWrite
+                } else if self.source_idle {
+                    Step::WaitReadable
+                } else {
+                    Step::Fill { max: self.capacity }
+                }
+            }
+        }
+    }
+
+    /// Records the result of `step`: a byte count, or an OS error number.
+    pub fn complete(&mut self, step: Step, result: Result<usize, i32>) {
+        if self.is_over() {
+            return;
+        }
+        match (step, result) {
+            (_, Err(libc::EINTR)) => {}
+            (Step::Fill { .. }, Ok(0)) => self.state = FlowState::SourceEnded,
+            (Step::Fill { max }, Ok(n)) => {
+                debug_assert!(n <= max, "filled {n} of at most {max}");
+                self.staged += n;
+                if n < max && self.short_fill_means_idle {
+                    self.source_idle = true;
+                }
+            }
+            (Step::Fill { .. }, Err(libc::EAGAIN)) => self.source_idle = true,
+            (Step::Fill { .. }, Err(errno)) => self.fail(FlowOp::Read, errno),
+            (Step::Drain { len }, Ok(n)) => {
+                debug_assert!(n <= self.staged, "drained {n} of {} staged", self.staged);
+                self.staged -= n.min(self.staged);
+                self.delivered += n as u64;
+                if n < len {
+                    self.sink_full = true;
+                }
+            }
+            (Step::Drain { .. }, Err(libc::EAGAIN)) => self.sink_full = true,
+            (Step::Drain { .. }, Err(errno)) => self.fail(FlowOp::Write, errno),
+            (Step::ShutdownWrite, Ok(_)) => self.state = FlowState::Finished,
+            (Step::ShutdownWrite, Err(errno)) => self.fail(FlowOp::Shutdown, errno),
+            (Step::WaitReadable | Step::WaitWritable | Step::Finished | Step::Failed, _) => {}
+        }
+    }
+
+    /// The source became readable (or reported an error or hang-up: the next fill tells).
+    pub fn readable(&mut self) {
+        self.source_idle = false;
+    }
+
+    /// The destination became writable.
+    pub fn writable(&mut self) {
+        self.sink_full = false;
+    }
+
+    /// Marks the direction failed from outside (for example, its staging area could not be set up).
+    pub fn fail(&mut self, op: FlowOp, errno: i32) {
+        if !self.is_over() {
+            self.state = FlowState::Failed(FlowError { op, errno });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cycle_passes_bytes_then_eof_as_shutdown() {
+        let mut f = Flow::new(100, false);
+        assert_eq!(f.next(), Step::Fill { max: 100 });
+        f.complete(Step::Fill { max: 100 }, Ok(60));
+        assert_eq!(f.next(), Step::Drain { len: 60 });
+        f.complete(Step::Drain { len: 60 }, Ok(60));
+        assert_eq!(f.delivered(), 60);
+        assert_eq!(f.next(), Step::Fill { max: 100 });
+        f.complete(Step::Fill { max: 100 }, Ok(0));
+        assert_eq!(f.state(), FlowState::SourceEnded);
+        assert_eq!(f.next(), Step::ShutdownWrite);
+        f.complete(Step::ShutdownWrite, Ok(0));
+        assert_eq!(f.next(), Step::Finished);
+        assert!(f.is_over());
+    }
+
+    #[test]
+    fn eof_waits_until_staged_bytes_are_delivered() {
+        let mut f = Flow::new(100, false);
+        f.complete(Step::Fill { max: 100 }, Ok(100));
+        f.complete(Step::Drain { len: 100 }, Ok(30));
+        // Partial write: the destination is probably full, wait for room.
+        assert_eq!(f.next(), Step::WaitWritable);
+        f.writable();
+        assert_eq!(f.next(), Step::Drain { len: 70 });
+        f.complete(Step::Drain { len: 70 }, Err(libc::EAGAIN));
+        assert_eq!(f.next(), Step::WaitWritable);
+        f.writable();
+        f.complete(Step::Drain { len: 70 }, Ok(70));
+        assert_eq!(f.delivered(), 100);
+        f.complete(Step::Fill { max: 100 }, Ok(0));
+        assert_eq!(f.next(), Step::ShutdownWrite);
+    }
+
+    #[test]
+    fn would_block_on_the_source_waits_for_readiness() {
+        let mut f = Flow::new(100, false);
+        f.complete(Step::Fill { max: 100 }, Err(libc::EAGAIN));
+        assert_eq!(f.next(), Step::WaitReadable);
+        f.readable();
+        assert_eq!(f.next(), Step::Fill { max: 100 });
+    }
+
+    #[test]
+    fn short_fill_policy() {
+        let mut eager = Flow::new(100, false);
+        eager.complete(Step::Fill { max: 100 }, Ok(10));
+        eager.complete(Step::Drain { len: 10 }, Ok(10));
+        assert_eq!(eager.next(), Step::Fill { max: 100 });
+
+        let mut lazy = Flow::new(100, true);
+        lazy.complete(Step::Fill { max: 100 }, Ok(10));
+        // Staged bytes still go out first.
+        assert_eq!(lazy.next(), Step::Drain { len: 10 });
+        lazy.complete(Step::Drain { len: 10 }, Ok(10));
+        assert_eq!(lazy.next(), Step::WaitReadable);
+        // A full fill does not mark the source idle.
+        lazy.readable();
+        lazy.complete(Step::Fill { max: 100 }, Ok(100));
+        lazy.complete(Step::Drain { len: 100 }, Ok(100));
+        assert_eq!(lazy.next(), Step::Fill { max: 100 });
+    }
+
+    #[test]
+    fn errors_fail_the_direction_with_the_operation() {
+        let mut f = Flow::new(100, false);
+        f.complete(Step::Fill { max: 100 }, Err(libc::ECONNRESET));
+        assert_eq!(f.next(), Step::Failed);
+        assert_eq!(
+            f.failure(),
+            Some(FlowError {
+                op: FlowOp::Read,
+                errno: libc::ECONNRESET
+            })
+        );
+        let mut g = Flow::new(100, false);
+        g.complete(Step::Fill { max: 100 }, Ok(5));
+        g.complete(Step::Drain { len: 5 }, Err(libc::EPIPE));
+        assert_eq!(g.failure().map(|e| e.op), Some(FlowOp::Write));
+        // Results after failure change nothing.
+        g.complete(Step::Drain { len: 5 }, Ok(5));
+        assert_eq!(g.delivered(), 0);
+        assert_eq!(g.next(), Step::Failed);
+    }
+
+    #[test]
+    fn error_messages_name_the_operation() {
+        let e = FlowError {
+            op: FlowOp::Write,
+            errno: libc::EPIPE,
+        };
+        assert!(
+            e.to_string().starts_with("write failed: Broken pipe"),
+            "{e}"
+        );
+        let e = FlowError {
+            op: FlowOp::Read,
+            errno: libc::ECONNRESET,
+        };
+        assert!(
+            e.to_string().starts_with("read failed: Connection reset"),
+            "{e}"
+        );
+        let e = FlowError {
+            op: FlowOp::Shutdown,
+            errno: libc::EBADF,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("shutdown failed: Bad file descriptor"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn eintr_is_retried() {
+        let mut f = Flow::new(100, false);
+        f.complete(Step::Fill { max: 100 }, Err(libc::EINTR));
+        assert_eq!(f.next(), Step::Fill { max: 100 });
+    }
+
+    #[test]
+    fn shutdown_failure_is_reported() {
+        let mut f = Flow::new(8, false);
+        f.complete(Step::Fill { max: 8 }, Ok(0));
+        f.complete(Step::ShutdownWrite, Err(libc::EBADF));
+        assert_eq!(f.failure().map(|e| e.op), Some(FlowOp::Shutdown));
+    }
+
+    #[test]
+    fn capacity_changes_keep_staged_bytes() {
+        let mut f = Flow::new(16, false);
+        f.complete(Step::Fill { max: 16 }, Ok(16));
+        f.set_capacity(64);
+        assert_eq!(f.next(), Step::Drain { len: 16 });
+        f.complete(Step::Drain { len: 16 }, Ok(16));
+        assert_eq!(f.next(), Step::Fill { max: 64 });
+    }
+}

@@ -1,0 +1,267 @@
+//! The relay engine: N worker threads, each pinned to a core and owning one io_uring, that
+//! serve connections handed to them by the acceptor.
+//!
+//! A connection is handed over once, through a crossbeam channel plus an eventfd the worker's
+//! ring polls, and never migrates. Inside a worker every connection is a [`conn::ConnState`]
+//! with two directions, each a pure [`flow::Flow`] machine driven by one of three data paths
+//! ([`Mode`]): non-blocking splice(2) after readiness, io_uring SPLICE after readiness, or
+//! io_uring reads and writes through registered buffers (the fallback where splice cannot
+//! work). Readiness is always waited for with io_uring POLL_ADD, so an idle connection costs
+//! no kernel thread.
+
+pub mod conn;
+pub mod flow;
+pub mod staging;
+pub mod token;
+mod worker;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::addr::Address;
+use crate::endpoint::Endpoint;
+use crate::sys::eventfd::EventFd;
+
+/// How bytes move between the two sockets of a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Non-blocking splice(2) through a pipe, called inline once io_uring reports readiness.
+    Splice,
+    /// IORING_OP_SPLICE through a pipe, submitted once io_uring reports readiness.
+    UringSplice,
+    /// io_uring read/write through a registered buffer (one copy in, one copy out).
+    Copy,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Splice => "splice",
+            Mode::UringSplice => "uring-splice",
+            Mode::Copy => "copy",
+        }
+    }
+}
+
+/// Everything a worker needs to know about how to relay.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub mode: Mode,
+    /// Requested pipe capacity (`-b`).
+    pub pipe_size: usize,
+    /// Copy-path buffer size (`-b`).
+    pub copy_size: usize,
+    /// Which directions run: [first->second, second->first] (`-u` / `-U`).
+    pub directions: [bool; 2],
+    /// Close a connection after this long without a byte moved (`-T`).
+    pub idle_timeout: Option<Duration>,
+    /// After one direction ends, how long the other may go on (`-t`).
+    pub linger: Option<Duration>,
+    /// Print per-connection byte counts (`-S`).
+    pub stats: bool,
+    /// Transfers one direction may make before yielding to other connections.
+    pub budget: u32,
+    /// After a short fill, wait for readiness instead of trying the source again.
+    pub short_fill_means_idle: bool,
+    /// Empty pipes a worker keeps for reuse.
+    pub max_idle_pipes: usize,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Pin worker threads to cores.
+    pub pin_workers: bool,
+    /// The relay serves one connection: its failure is an error the user must see, not a
+    /// warning that needs `-d`.
+    pub single_connection: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            mode: Mode::Splice,
+            pipe_size: DEFAULT_PIPE_SIZE,
+            copy_size: DEFAULT_PIPE_SIZE,
+            directions: [true, true],
+            idle_timeout: None,
+            linger: None,
+            stats: false,
+            budget: 16,
+            short_fill_means_idle: true,
+            max_idle_pipes: 64,
+            ring_entries: 1024,
+            pin_workers: true,
+            single_connection: false,
+        }
+    }
+}
+
+/// Default pipe and buffer size when `-b` is not given.
+pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
+
+/// The second end of a new connection: already open, or to be dialed by the worker.
+#[derive(Debug)]
+pub enum Second {
+    Ready(Endpoint),
+    Dial(Arc<Address>),
+}
+
+/// A connection handed to a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub first: Endpoint,
+    pub second: Second,
+}
+
+#[derive(Debug)]
+enum Message {
+    Relay(Job),
+    Stop,
+}
+
+/// Counters shared by all workers and the acceptor.
+#[derive(Debug)]
+pub struct Shared {
+    /// Connections handed to workers and not yet closed.
+    pub live: AtomicUsize,
+    /// Connections that ended well / badly.
+    pub served: AtomicU64,
+    pub failed: AtomicU64,
+    /// Bytes delivered [first->second, second->first].
+    pub bytes: [AtomicU64; 2],
+    /// Numbers connections for logs.
+    pub next_id: AtomicU64,
+    /// Notified whenever a connection closes.
+    pub closed: EventFd,
+}
+
+impl Shared {
+    fn new() -> io::Result<Shared> {
+        Ok(Shared {
+            live: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+            next_id: AtomicU64::new(1),
+            closed: EventFd::new()?,
+        })
+    }
+}
+
+struct WorkerHandle {
+    jobs: Sender<Message>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The running workers.
+pub struct Engine {
+    workers: Vec<WorkerHandle>,
+    next: usize,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts `threads` workers. Fails if a worker cannot set up its io_uring.
+    pub fn start(threads: usize, config: Arc<EngineConfig>) -> io::Result<Engine> {
+        let shared = Arc::new(Shared::new()?);
+        let cores = if config.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut workers = Vec::with_capacity(threads);
+        for index in 0..threads.max(1) {
+            let (tx, rx): (Sender<Message>, Receiver<Message>) = crossbeam_channel::unbounded();
+            let wake = Arc::new(EventFd::new()?);
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(1);
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let thread = {
+                let wake = wake.clone();
+                let shared = shared.clone();
+                let config = config.clone();
+                std::thread::Builder::new()
+                    .name(format!("vsplice-w{index}"))
+                    .spawn(move || {
+                        if let Some(core) = core {
+                            core_affinity::set_for_current(core);
+                        }
+                        match worker::Worker::new(index, rx, wake, shared, config) {
+                            Ok(w) => {
+                                let _ = ready_tx.send(Ok(()));
+                                w.run();
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                            }
+                        }
+                    })?
+            };
+            let ready = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("worker thread died at start")));
+            workers.push(WorkerHandle {
+                jobs: tx,
+                wake,
+                thread: Some(thread),
+            });
+            if let Err(e) = ready {
+                let mut engine = Engine {
+                    workers,
+                    next: 0,
+                    shared,
+                };
+                engine.stop();
+                return Err(e);
+            }
+        }
+        Ok(Engine {
+            workers,
+            next: 0,
+            shared,
+        })
+    }
+
+    /// Hands a connection to the next worker (round robin).
+    pub fn submit(&mut self, job: Job) {
+        self.shared.live.fetch_add(1, Ordering::SeqCst);
+        let worker = &self.workers[self.next % self.workers.len()];
+        self.next = self.next.wrapping_add(1);
+        if worker.jobs.send(Message::Relay(job)).is_err() {
+            // The worker is gone (it only exits when stopped); the job is dropped with it.
+            self.shared.live.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        worker.wake.notify();
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Closes every connection and joins the workers.
+    pub fn stop(&mut self) {
+        for w in &self.workers {
+            let _ = w.jobs.send(Message::Stop);
+            w.wake.notify();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,158 @@
+//! Where a direction's bytes wait between source and destination: a pipe borrowed from the
+//! worker's pool (splice path), or a heap buffer registered with the ring (copy path).
+//!
+//! Idle connections hold no pipe: a direction borrows one when it has bytes to move and gives
+//! it back, empty, when it goes back to waiting for its source. That keeps pipe descriptors and
+//! the per-user pipe quota proportional to the connections that are moving data, not to the
+//! connections that exist.
+
+use std::io;
+
+use crate::sys::pipe::Pipe;
+
+/// A worker's pool of empty pipes, all asked for with the same size.
+#[derive(Debug)]
+pub struct PipePool {
+    size: usize,
+    idle: Vec<Pipe>,
+    max_idle: usize,
+    /// Pipes created over the pool's life (for diagnostics).
+    pub created: u64,
+}
+
+impl PipePool {
+    pub fn new(size: usize, max_idle: usize) -> PipePool {
+        PipePool {
+            size,
+            idle: Vec::new(),
+            max_idle,
+            created: 0,
+        }
+    }
+
+    /// An empty pipe: a pooled one, or a new one.
+    pub fn take(&mut self) -> io::Result<Pipe> {
+        if let Some(pipe) = self.idle.pop() {
+            return Ok(pipe);
+        }
+        self.created += 1;
+        Pipe::new(self.size)
+    }
+
+    /// Returns an *empty* pipe to the pool (closing it when the pool is full).
+    pub fn give(&mut self, pipe: Pipe) {
+        if self.idle.len() < self.max_idle {
+            self.idle.push(pipe);
+        }
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// A heap buffer for the copy path. Staged bytes live at `data[start..start + staged]`.
+#[derive(Debug)]
+pub struct CopyBuffer {
+    data: Box<[u8]>,
+    /// Offset of the first staged byte.
+    pub start: usize,
+    /// Index in the ring's registered-buffer table, when registered.
+    pub slot: Option<u16>,
+}
+
+impl CopyBuffer {
+    pub fn new(size: usize) -> CopyBuffer {
+        CopyBuffer {
+            data: vec![0u8; size].into_boxed_slice(),
+            start: 0,
+            slot: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Start of the buffer; stable for the buffer's life (the heap block never moves).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.data.as_mut_ptr()
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
+    pub fn iovec(&mut self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.data.as_mut_ptr().cast(),
+            iov_len: self.data.len(),
+        }
+    }
+}
+
+/// Free slots of a worker's sparse registered-buffer table.
+#[derive(Debug)]
+pub struct BufferSlots {
+    free: Vec<u16>,
+}
+
+impl BufferSlots {
+    /// A table of `n` slots, or none at all when the ring could not register a sparse table.
+    pub fn new(n: u16) -> BufferSlots {
+        BufferSlots {
+            free: (0..n).rev().collect(),
+        }
+    }
+
+    pub fn take(&mut self) -> Option<u16> {
+        self.free.pop()
+    }
+
+    pub fn give(&mut self, slot: u16) {
+        self.free.push(slot);
+    }
+}
+
+/// A direction's staging area.
+#[derive(Debug)]
+pub enum Staging {
+    /// Splice path: a pipe while bytes are in flight, none while idle.
+    Pipe(Option<Pipe>),
+    /// Copy path: a buffer for the connection's life.
+    Copy(CopyBuffer),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_and_bounds_idle_pipes() {
+        let mut pool = PipePool::new(64 * 1024, 1);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        assert_eq!(pool.created, 2);
+        assert_eq!(a.capacity(), 64 * 1024);
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.idle(), 1, "the second pipe is closed, not pooled");
+        let _c = pool.take().unwrap();
+        assert_eq!(pool.created, 2, "a pooled pipe is reused");
+    }
+
+    #[test]
+    fn buffer_slots_are_handed_out_once() {
+        let mut slots = BufferSlots::new(2);
+        let a = slots.take().unwrap();
+        let b = slots.take().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(slots.take(), None);
+        slots.give(a);
+        assert_eq!(slots.take(), Some(a));
+    }
+}

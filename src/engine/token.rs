@@ -1,0 +1,117 @@
+//! io_uring `user_data` values: a connection's slab key and an operation tag, plus reserved
+//! sentinels for the worker's own requests. Every request in flight on a connection has its
+//! own tag, so the connection knows exactly which requests it must wait for before its slot
+//! (and the descriptors and buffers the kernel may still touch) can be reused.
+
+/// The worker's wake-up poll on its eventfd.
+pub const WAKE: u64 = u64::MAX;
+/// Cancellation requests; their own completions carry nothing the worker needs.
+pub const CANCEL: u64 = u64::MAX - 1;
+
+/// What an in-flight request on a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// The second address's connect or handshake readiness.
+    Dial,
+    /// Waiting for a direction's source to be readable.
+    Readable(usize),
+    /// Waiting for a direction's destination to be writable.
+    Writable(usize),
+    /// An io_uring transfer from the source into staging.
+    Fill(usize),
+    /// An io_uring transfer from staging to the destination.
+    Drain(usize),
+}
+
+impl Op {
+    /// A small number, unique per operation of one connection (bit index in its in-flight set).
+    pub fn tag(self) -> u8 {
+        match self {
+            Op::Dial => 0,
+            Op::Readable(d) => 1 + 4 * d as u8,
+            Op::Writable(d) => 2 + 4 * d as u8,
+            Op::Fill(d) => 3 + 4 * d as u8,
+            Op::Drain(d) => 4 + 4 * d as u8,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Op> {
+        if tag == 0 {
+            return Some(Op::Dial);
+        }
+        let d = ((tag - 1) / 4) as usize;
+        if d > 1 {
+            return None;
+        }
+        Some(match (tag - 1) % 4 {
+            0 => Op::Readable(d),
+            1 => Op::Writable(d),
+            2 => Op::Fill(d),
+            _ => Op::Drain(d),
+        })
+    }
+
+    /// This operation's bit in a connection's in-flight set.
+    pub fn bit(self) -> u16 {
+        1 << self.tag()
+    }
+}
+
+/// Encodes a connection request.
+pub fn encode(key: usize, op: Op) -> u64 {
+    ((key as u64) << 8) | u64::from(op.tag())
+}
+
+/// What a completion belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    Wake,
+    Cancel,
+    Conn { key: usize, op: Op },
+    Unknown(u64),
+}
+
+pub fn decode(user_data: u64) -> Token {
+    match user_data {
+        WAKE => Token::Wake,
+        CANCEL => Token::Cancel,
+        other => match Op::from_tag((other & 0xff) as u8) {
+            Some(op) => Token::Conn {
+                key: (other >> 8) as usize,
+                op,
+            },
+            None => Token::Unknown(other),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_distinct_bits() {
+        let ops = [
+            Op::Dial,
+            Op::Readable(0),
+            Op::Writable(0),
+            Op::Fill(0),
+            Op::Drain(0),
+            Op::Readable(1),
+            Op::Writable(1),
+            Op::Fill(1),
+            Op::Drain(1),
+        ];
+        let mut bits = 0u16;
+        for op in ops {
+            assert_eq!(bits & op.bit(), 0, "{op:?} bit is unique");
+            bits |= op.bit();
+            for key in [0usize, 1, 12345, u32::MAX as usize] {
+                assert_eq!(decode(encode(key, op)), Token::Conn { key, op });
+            }
+        }
+        assert_eq!(decode(WAKE), Token::Wake);
+        assert_eq!(decode(CANCEL), Token::Cancel);
+        assert_eq!(decode(0x55), Token::Unknown(0x55));
+    }
+}

@@ -1,0 +1,1082 @@
+//! One worker thread: an io_uring, the connections it owns, and the loop that drives them.
+//!
+//! The loop reaps completions, runs directions that yielded their turn, fires timers, and then
+//! waits in one `io_uring_enter` that also submits everything queued meanwhile. Every request a
+//! connection has in flight is tracked in its in-flight set; a closing connection cancels them
+//! and keeps its descriptors, pipes and buffers until the kernel has returned every one, so
+//! nothing the kernel may still touch is freed or reused early.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+
+use super::conn::{CloseReason, ConnState, Direction, Verdict, verdict};
+use super::flow::{Flow, FlowOp, Step};
+use super::staging::{BufferSlots, CopyBuffer, PipePool, Staging};
+use super::token::{self, Op, Token};
+use super::{EngineConfig, Job, Message, Mode, Second, Shared};
+use crate::dial::{Dial, Event as DialEvent, Interest, Progress};
+use crate::endpoint::Endpoint;
+use crate::sys::eventfd::EventFd;
+use crate::sys::pipe;
+use crate::{debug, error, info, notice, warn};
+
+/// Registered-buffer slots per worker (a sparse table; a slot is filled per copy direction).
+const BUFFER_SLOTS: u16 = 1024;
+
+/// One direction of a connection: its state machine, staging area and in-flight transfer.
+struct Lane {
+    flow: Flow,
+    staging: Staging,
+    /// The io_uring transfer in flight, if any.
+    pending: Option<Step>,
+    /// A direction turned off by `-u`/`-U`: its bytes are read and dropped (into /dev/null),
+    /// so the peer can finish sending and close cleanly instead of being reset.
+    discard: bool,
+}
+
+/// Dial bookkeeping while the second address connects.
+struct Dialing {
+    dial: Dial,
+    /// Incremented per wait, so a timer of an earlier wait is recognised as stale.
+    epoch: u32,
+    /// The wait's deadline passed while its poll was in flight; the poll is being cancelled.
+    timed_out: bool,
+}
+
+struct Conn {
+    serial: u64,
+    id: u64,
+    first: Endpoint,
+    second: Option<Endpoint>,
+    dialing: Option<Dialing>,
+    lanes: [Option<Lane>; 2],
+    state: ConnState,
+    /// Bits of [`Op::bit`] for every request in flight.
+    inflight: u16,
+    started: Instant,
+    last_active: Instant,
+    lingering: bool,
+}
+
+impl Conn {
+    /// (source, destination) descriptors of direction `d`; a discarding direction writes to
+    /// `devnull`.
+    fn ends<'a>(
+        &'a self,
+        d: usize,
+        devnull: BorrowedFd<'a>,
+    ) -> (Option<BorrowedFd<'a>>, Option<BorrowedFd<'a>>) {
+        let second = self.second.as_ref();
+        let (src, dst) = if d == 0 {
+            (self.first.read_fd(), second.and_then(Endpoint::write_fd))
+        } else {
+            (second.and_then(Endpoint::read_fd), self.first.write_fd())
+        };
+        let discard = self.lanes[d].as_ref().is_some_and(|l| l.discard);
+        (src, if discard { Some(devnull) } else { dst })
+    }
+
+    fn sink_mut(&mut self, d: usize) -> Option<&mut Endpoint> {
+        if d == 0 {
+            self.second.as_mut()
+        } else {
+            Some(&mut self.first)
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.second {
+            Some(s) => format!("{} <-> {}", self.first.label(), s.label()),
+            None => self.first.label().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Dial(u32),
+    Idle,
+    Linger,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    key: usize,
+    serial: u64,
+    kind: TimerKind,
+}
+
+pub(super) struct Worker {
+    index: usize,
+    ring: IoUring,
+    conns: Slab<Conn>,
+    inbox: Receiver<Message>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+    config: Arc<EngineConfig>,
+    pipes: PipePool,
+    slots: Option<BufferSlots>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    runq: VecDeque<(usize, u64, usize)>,
+    next_serial: u64,
+    stopping: bool,
+    completions: Vec<(u64, i32, u32)>,
+    /// Where discarding directions write.
+    devnull: std::os::fd::OwnedFd,
+}
+
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    let cq = entries.saturating_mul(16).max(4096);
+    // Newer kernels take the cheaper task-run modes; older ones refuse the flags (EINVAL).
+    IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))
+}
+
+impl Worker {
+    pub(super) fn new(
+        index: usize,
+        inbox: Receiver<Message>,
+        wake: Arc<EventFd>,
+        shared: Arc<Shared>,
+        config: Arc<EngineConfig>,
+    ) -> io::Result<Worker> {
+        let ring = build_ring(config.ring_entries)?;
+        let slots = match ring
+            .submitter()
+            .register_buffers_sparse(u32::from(BUFFER_SLOTS))
+        {
+            Ok(()) => Some(BufferSlots::new(BUFFER_SLOTS)),
+            Err(e) => {
+                debug!("worker {index}: no registered buffers ({e}); copy path uses plain reads");
+                None
+            }
+        };
+        Ok(Worker {
+            index,
+            ring,
+            conns: Slab::new(),
+            inbox,
+            wake,
+            shared,
+            pipes: PipePool::new(config.pipe_size, config.max_idle_pipes),
+            config,
+            slots,
+            timers: BinaryHeap::new(),
+            runq: VecDeque::new(),
+            next_serial: 1,
+            stopping: false,
+            completions: Vec::with_capacity(256),
+            devnull: std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")?
+                .into(),
+        })
+    }
+
+    /// Queues a submission, flushing the queue to the kernel when it is full.
+    ///
+    /// # Safety
+    /// Every descriptor and buffer `sqe` names must stay valid until its completion is reaped.
+    /// The worker guarantees this by keeping a connection (and its endpoints, pipes and
+    /// buffers) alive while any bit of its in-flight set is set.
+    unsafe fn push(&mut self, sqe: &squeue::Entry) {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    warn!("worker {}: submit failed: {e}", self.index);
+                }
+                self.reap();
+            }
+        }
+    }
+
+    /// Queues a request for connection `key` and records it in its in-flight set.
+    fn push_op(&mut self, key: usize, op: Op, sqe: squeue::Entry) {
+        let sqe = sqe.user_data(token::encode(key, op));
+        if let Some(conn) = self.conns.get_mut(key) {
+            debug_assert_eq!(conn.inflight & op.bit(), 0, "{op:?} already in flight");
+            conn.inflight |= op.bit();
+        }
+        // SAFETY: the connection holds the descriptors and buffers of `sqe` until the
+        // completion clears `op` from its in-flight set (see `finalize`).
+        unsafe { self.push(&sqe) };
+    }
+
+    fn arm_wake(&mut self) {
+        let sqe = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(token::WAKE);
+        // SAFETY: the eventfd is owned by this worker (through its Arc) for the ring's life.
+        unsafe { self.push(&sqe) };
+    }
+
+    pub(super) fn run(mut self) {
+        self.arm_wake();
+        loop {
+            self.reap();
+            self.run_queue();
+            self.fire_timers();
+            if self.stopping && self.conns.is_empty() {
+                break;
+            }
+            self.wait();
+        }
+        debug!(
+            "worker {} done: {} pipes created",
+            self.index, self.pipes.created
+        );
+    }
+
+    fn wait(&mut self) {
+        let result = if !self.runq.is_empty() {
+            self.ring.submit()
+        } else if let Some(Reverse(next)) = self.timers.peek() {
+            let left = next.at.saturating_duration_since(Instant::now());
+            let ts = types::Timespec::from(left);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
+        } else {
+            self.ring.submit_and_wait(1)
+        };
+        if let Err(e) = result {
+            match e.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                _ => warn!("worker {}: io_uring_enter failed: {e}", self.index),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut batch = std::mem::take(&mut self.completions);
+        loop {
+            batch.clear();
+            batch.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if batch.is_empty() {
+                break;
+            }
+            for &(user_data, result, flags) in &batch {
+                self.on_completion(user_data, result, flags);
+            }
+        }
+        self.completions = batch;
+    }
+
+    fn on_completion(&mut self, user_data: u64, result: i32, flags: u32) {
+        match token::decode(user_data) {
+            Token::Wake => {
+                self.wake.drain();
+                if !cqueue::more(flags) {
+                    self.arm_wake();
+                }
+                self.take_jobs();
+            }
+            Token::Cancel | Token::Unknown(_) => {}
+            Token::Conn { key, op } => {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    debug!("worker {}: completion for a closed slot {key}", self.index);
+                    return;
+                };
+                conn.inflight &= !op.bit();
+                if let ConnState::Closing(_) = conn.state {
+                    if conn.inflight == 0 {
+                        self.finalize(key);
+                    }
+                    return;
+                }
+                match op {
+                    Op::Dial => self.on_dial_ready(key),
+                    Op::Readable(d) => {
+                        if let Some(lane) = conn.lanes[d].as_mut() {
+                            lane.flow.readable();
+                        }
+                        self.pump(key, d);
+                    }
+                    Op::Writable(d) => {
+                        if let Some(lane) = conn.lanes[d].as_mut() {
+                            lane.flow.writable();
+                        }
+                        self.pump(key, d);
+                    }
+                    Op::Fill(d) | Op::Drain(d) => {
+                        let outcome = if result < 0 {
+                            Err(-result)
+                        } else {
+                            Ok(result as usize)
+                        };
+                        self.on_transfer(key, d, outcome);
+                        self.pump(key, d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_jobs(&mut self) {
+        while let Ok(message) = self.inbox.try_recv() {
+            match message {
+                Message::Stop => self.begin_stop(),
+                Message::Relay(job) => self.admit(job),
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, CloseReason::Stopped);
+        }
+    }
+
+    fn admit(&mut self, job: Job) {
+        if self.stopping {
+            drop(job);
+            self.shared.live.fetch_sub(1, Ordering::SeqCst);
+            self.shared.closed.notify();
+            return;
+        }
+        let now = Instant::now();
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (second, dialing) = match job.second {
+            Second::Ready(endpoint) => (Some(endpoint), None),
+            Second::Dial(address) => (
+                None,
+                Some(Dialing {
+                    dial: Dial::new(address),
+                    epoch: 0,
+                    timed_out: false,
+                }),
+            ),
+        };
+        let dials = dialing.is_some();
+        let key = self.conns.insert(Conn {
+            serial,
+            id,
+            first: job.first,
+            second,
+            dialing,
+            lanes: [None, None],
+            state: ConnState::Dialing,
+            inflight: 0,
+            started: now,
+            last_active: now,
+            lingering: false,
+        });
+        if dials {
+            let conn = &self.conns[key];
+            info!(
+                "conn {id}: accepted {}, connecting {}",
+                conn.first.label(),
+                conn.dialing
+                    .as_ref()
+                    .map(|d| d.dial.address().text.as_str())
+                    .unwrap_or("")
+            );
+            self.advance_dial(key, DialEvent::Start);
+        } else {
+            self.start_relay(key);
+        }
+    }
+
+    // ---- dialing the second address ----
+
+    fn advance_dial(&mut self, key: usize, event: DialEvent) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(dialing) = conn.dialing.as_mut() else {
+            return;
+        };
+        dialing.epoch = dialing.epoch.wrapping_add(1);
+        dialing.timed_out = false;
+        let epoch = dialing.epoch;
+        match dialing.dial.advance(event) {
+            Progress::Connected(endpoint) => {
+                conn.second = Some(endpoint);
+                conn.dialing = None;
+                self.start_relay(key);
+            }
+            Progress::Failed(why) => {
+                let text = dialing.dial.address().text.clone();
+                self.close(key, CloseReason::DialFailed(format!("{text}: {why}")));
+            }
+            Progress::Wait {
+                fd,
+                interest,
+                deadline,
+            } => {
+                let serial = conn.serial;
+                if let Some(at) = deadline {
+                    self.timers.push(Reverse(Timer {
+                        at,
+                        key,
+                        serial,
+                        kind: TimerKind::Dial(epoch),
+                    }));
+                }
+                if let Some(fd) = fd {
+                    let events = match interest {
+                        Interest::Readable => libc::POLLIN,
+                        Interest::Writable => libc::POLLOUT,
+                    };
+                    let sqe = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
+                    self.push_op(key, Op::Dial, sqe);
+                }
+            }
+        }
+    }
+
+    fn on_dial_ready(&mut self, key: usize) {
+        let timed_out = self
+            .conns
+            .get(key)
+            .and_then(|c| c.dialing.as_ref())
+            .is_some_and(|d| d.timed_out);
+        let event = if timed_out {
+            DialEvent::Timeout
+        } else {
+            DialEvent::Ready
+        };
+        self.advance_dial(key, event);
+    }
+
+    fn on_dial_timer(&mut self, key: usize, epoch: u32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let polling = conn.inflight & Op::Dial.bit() != 0;
+        let Some(dialing) = conn.dialing.as_mut() else {
+            return;
+        };
+        if dialing.epoch != epoch || dialing.timed_out {
+            return;
+        }
+        if polling {
+            // Let the poll come back (cancelled, or ready after all) before moving on, so no
+            // completion of this wait can be mistaken for one of the next.
+            dialing.timed_out = true;
+            self.cancel(key, Op::Dial);
+        } else {
+            self.advance_dial(key, DialEvent::Timeout);
+        }
+    }
+
+    // ---- relaying ----
+
+    fn new_copy_buffer(&mut self, at_least: usize) -> CopyBuffer {
+        let mut buffer = CopyBuffer::new(self.config.copy_size.max(at_least).max(4096));
+        if let Some(slot) = self.slots.as_mut().and_then(BufferSlots::take) {
+            let iov = buffer.iovec();
+            // SAFETY: the buffer is owned by a lane of a connection until `finalize`, which
+            // runs only when no request is in flight and clears the slot before freeing it.
+            match unsafe {
+                self.ring
+                    .submitter()
+                    .register_buffers_update(u32::from(slot), &[iov], None)
+            } {
+                Ok(()) => buffer.slot = Some(slot),
+                Err(e) => {
+                    debug!("worker {}: cannot register a buffer: {e}", self.index);
+                    if let Some(slots) = self.slots.as_mut() {
+                        slots.give(slot);
+                    }
+                }
+            }
+        }
+        buffer
+    }
+
+    fn start_relay(&mut self, key: usize) {
+        let config = self.config.clone();
+        let mut lanes: [Option<Lane>; 2] = [None, None];
+        for (d, lane) in lanes.iter_mut().enumerate() {
+            let discard = !config.directions[d];
+            let conn = &self.conns[key];
+            let (src_ok, dst_ok) = if discard {
+                let src = if d == 0 {
+                    Some(&conn.first)
+                } else {
+                    conn.second.as_ref()
+                };
+                (src.is_some_and(Endpoint::can_splice_read), true)
+            } else if d == 0 {
+                (
+                    conn.first.can_splice_read(),
+                    conn.second.as_ref().is_some_and(Endpoint::can_splice_write),
+                )
+            } else {
+                (
+                    conn.second.as_ref().is_some_and(Endpoint::can_splice_read),
+                    conn.first.can_splice_write(),
+                )
+            };
+            let staging = if config.mode != Mode::Copy && src_ok && dst_ok {
+                Staging::Pipe(None)
+            } else {
+                Staging::Copy(self.new_copy_buffer(0))
+            };
+            let capacity = match &staging {
+                Staging::Pipe(_) => config.pipe_size,
+                Staging::Copy(b) => b.len(),
+            };
+            *lane = Some(Lane {
+                flow: Flow::new(capacity, config.short_fill_means_idle),
+                staging,
+                pending: None,
+                discard,
+            });
+        }
+        let conn = &mut self.conns[key];
+        conn.lanes = lanes;
+        conn.state = ConnState::Relaying;
+        conn.last_active = Instant::now();
+        if crate::log::enabled(crate::log::Level::Info) {
+            let path = |lane: &Option<Lane>| match lane.as_ref().map(|l| (l.discard, &l.staging)) {
+                None => "none",
+                Some((true, _)) => "discard",
+                Some((_, Staging::Pipe(_))) if config.mode == Mode::UringSplice => "uring-splice",
+                Some((_, Staging::Pipe(_))) => "splice",
+                Some((_, Staging::Copy(_))) => "copy",
+            };
+            info!(
+                "conn {}: relaying {} (first->second: {}, second->first: {})",
+                conn.id,
+                conn.label(),
+                path(&conn.lanes[0]),
+                path(&conn.lanes[1])
+            );
+        }
+        if let Some(t) = config.idle_timeout {
+            self.timers.push(Reverse(Timer {
+                at: conn.last_active + t,
+                key,
+                serial: conn.serial,
+                kind: TimerKind::Idle,
+            }));
+        }
+        for d in 0..2 {
+            self.pump(key, d);
+        }
+        self.evaluate(key);
+    }
+
+    /// Applies the result of an io_uring transfer to its direction.
+    fn on_transfer(&mut self, key: usize, d: usize, outcome: Result<usize, i32>) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(lane) = conn.lanes[d].as_mut() else {
+            return;
+        };
+        let Some(step) = lane.pending.take() else {
+            return;
+        };
+        if outcome == Err(libc::EINVAL)
+            && lane.flow.delivered() == 0
+            && matches!(lane.staging, Staging::Pipe(_))
+        {
+            self.fall_back_to_copy(key, d);
+            return;
+        }
+        if let (Step::Drain { .. }, Ok(n), Staging::Copy(buffer)) =
+            (step, outcome, &mut lane.staging)
+        {
+            buffer.start += n;
+        }
+        lane.flow.complete(step, outcome);
+        if let Staging::Copy(buffer) = &mut lane.staging {
+            if lane.flow.staged() == 0 {
+                buffer.start = 0;
+            }
+        }
+        if matches!(outcome, Ok(n) if n > 0) && self.config.idle_timeout.is_some() {
+            conn.last_active = Instant::now();
+        }
+    }
+
+    /// splice(2) refused this pair of files: move what the pipe holds into a buffer and copy
+    /// from now on. Nothing is lost: staged bytes go out first.
+    fn fall_back_to_copy(&mut self, key: usize, d: usize) {
+        let staged = self.conns[key].lanes[d]
+            .as_ref()
+            .map_or(0, |l| l.flow.staged());
+        let mut buffer = self.new_copy_buffer(staged);
+        let conn = &mut self.conns[key];
+        let id = conn.id;
+        let Some(lane) = conn.lanes[d].as_mut() else {
+            return;
+        };
+        if let Staging::Pipe(Some(pipe)) = &lane.staging {
+            let mut got = 0;
+            while got < staged {
+                match pipe::read(pipe.reader(), &mut buffer.as_mut_slice()[got..staged]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        lane.flow.fail(FlowOp::Read, errno_of(&e));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Staging::Pipe(slot) = &mut lane.staging {
+            if let Some(pipe) = slot.take() {
+                self.pipes.give(pipe);
+            }
+        }
+        lane.flow.set_capacity(buffer.len());
+        lane.staging = Staging::Copy(buffer);
+        info!(
+            "conn {id}: {}: splice not supported here, copying through a buffer",
+            Direction::from_index(d)
+        );
+    }
+
+    /// Runs direction `d` until it must wait, ends, or uses up its turn.
+    fn pump(&mut self, key: usize, d: usize) {
+        let mode = self.config.mode;
+        let mut budget = self.config.budget;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.state != ConnState::Relaying {
+                return;
+            }
+            let waiting = conn.inflight & (Op::Readable(d).bit() | Op::Writable(d).bit()) != 0;
+            let Some(lane) = conn.lanes[d].as_ref() else {
+                return;
+            };
+            if waiting || lane.pending.is_some() {
+                return;
+            }
+            let step = lane.flow.next();
+            match step {
+                Step::Fill { max } => {
+                    if let Err(e) = self.ensure_pipe(key, d) {
+                        self.lane(key, d).flow.fail(FlowOp::Read, errno_of(&e));
+                        continue;
+                    }
+                    let conn = &mut self.conns[key];
+                    let (src, _) = conn.ends(d, self.devnull.as_fd());
+                    let Some(src) = src.map(|fd| fd.as_raw_fd()) else {
+                        self.lane(key, d).flow.fail(FlowOp::Read, libc::EBADF);
+                        continue;
+                    };
+                    let lane = conn.lanes[d].as_mut().expect("lane");
+                    match &mut lane.staging {
+                        Staging::Pipe(Some(p)) => {
+                            let max = max.min(p.capacity());
+                            if mode == Mode::Splice {
+                                // SAFETY: `src` is a descriptor of this connection's endpoint,
+                                // open for the duration of this call.
+                                let src = unsafe { BorrowedFd::borrow_raw(src) };
+                                let r = pipe::splice(src, p.writer(), max);
+                                if !self.inline_result(key, d, step, r) {
+                                    continue;
+                                }
+                            } else {
+                                let sqe = opcode::Splice::new(
+                                    types::Fd(src),
+                                    -1,
+                                    types::Fd(p.writer().as_raw_fd()),
+                                    -1,
+                                    max as u32,
+                                )
+                                .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+                                .build();
+                                lane.pending = Some(Step::Fill { max });
+                                self.push_op(key, Op::Fill(d), sqe);
+                                return;
+                            }
+                        }
+                        Staging::Pipe(None) => unreachable!("ensure_pipe gave a pipe"),
+                        Staging::Copy(buffer) => {
+                            let max = max.min(buffer.len());
+                            let ptr = buffer.as_mut_ptr();
+                            let sqe = match buffer.slot {
+                                Some(slot) => {
+                                    opcode::ReadFixed::new(types::Fd(src), ptr, max as u32, slot)
+                                        .offset(u64::MAX)
+                                        .build()
+                                }
+                                None => opcode::Read::new(types::Fd(src), ptr, max as u32)
+                                    .offset(u64::MAX)
+                                    .build(),
+                            };
+                            lane.pending = Some(Step::Fill { max });
+                            self.push_op(key, Op::Fill(d), sqe);
+                            return;
+                        }
+                    }
+                }
+                Step::Drain { len } => {
+                    let conn = &mut self.conns[key];
+                    let (_, dst) = conn.ends(d, self.devnull.as_fd());
+                    let Some(dst) = dst.map(|fd| fd.as_raw_fd()) else {
+                        self.lane(key, d).flow.fail(FlowOp::Write, libc::EBADF);
+                        continue;
+                    };
+                    let lane = conn.lanes[d].as_mut().expect("lane");
+                    match &mut lane.staging {
+                        Staging::Pipe(Some(p)) => {
+                            if mode == Mode::Splice {
+                                // SAFETY: as for the fill: an open endpoint descriptor.
+                                let dst = unsafe { BorrowedFd::borrow_raw(dst) };
+                                let r = pipe::splice(p.reader(), dst, len);
+                                if !self.inline_result(key, d, step, r) {
+                                    continue;
+                                }
+                            } else {
+                                let sqe = opcode::Splice::new(
+                                    types::Fd(p.reader().as_raw_fd()),
+                                    -1,
+                                    types::Fd(dst),
+                                    -1,
+                                    len.min(u32::MAX as usize) as u32,
+                                )
+                                .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+                                .build();
+                                lane.pending = Some(step);
+                                self.push_op(key, Op::Drain(d), sqe);
+                                return;
+                            }
+                        }
+                        Staging::Pipe(None) => {
+                            unreachable!("bytes are staged, so the direction holds a pipe")
+                        }
+                        Staging::Copy(buffer) => {
+                            // SAFETY: start + len stays within the buffer: staged bytes are
+                            // data[start..start + staged] and len == staged.
+                            let ptr = unsafe { buffer.as_mut_ptr().add(buffer.start) };
+                            let sqe = match buffer.slot {
+                                Some(slot) => {
+                                    opcode::WriteFixed::new(types::Fd(dst), ptr, len as u32, slot)
+                                        .offset(u64::MAX)
+                                        .build()
+                                }
+                                None => opcode::Write::new(types::Fd(dst), ptr, len as u32)
+                                    .offset(u64::MAX)
+                                    .build(),
+                            };
+                            lane.pending = Some(step);
+                            self.push_op(key, Op::Drain(d), sqe);
+                            return;
+                        }
+                    }
+                }
+                Step::WaitReadable => {
+                    self.release_pipe(key, d);
+                    let (src, _) = self.conns[key].ends(d, self.devnull.as_fd());
+                    let Some(src) = src.map(|fd| fd.as_raw_fd()) else {
+                        self.lane(key, d).flow.fail(FlowOp::Read, libc::EBADF);
+                        continue;
+                    };
+                    let sqe = opcode::PollAdd::new(types::Fd(src), libc::POLLIN as u32).build();
+                    self.push_op(key, Op::Readable(d), sqe);
+                    return;
+                }
+                Step::WaitWritable => {
+                    let (_, dst) = self.conns[key].ends(d, self.devnull.as_fd());
+                    let Some(dst) = dst.map(|fd| fd.as_raw_fd()) else {
+                        self.lane(key, d).flow.fail(FlowOp::Write, libc::EBADF);
+                        continue;
+                    };
+                    let sqe = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
+                    self.push_op(key, Op::Writable(d), sqe);
+                    return;
+                }
+                Step::ShutdownWrite => {
+                    let conn = &mut self.conns[key];
+                    let discard = conn.lanes[d].as_ref().is_some_and(|l| l.discard);
+                    let result = match conn.sink_mut(d) {
+                        _ if discard => Ok(0),
+                        Some(sink) => sink.shutdown_write().map(|_| 0).map_err(|e| errno_of(&e)),
+                        None => Err(libc::EBADF),
+                    };
+                    debug!(
+                        "conn {}: {} reached end of file",
+                        conn.id,
+                        Direction::from_index(d)
+                    );
+                    self.lane(key, d).flow.complete(step, result);
+                }
+                Step::Finished | Step::Failed => {
+                    self.release_pipe(key, d);
+                    self.evaluate(key);
+                    return;
+                }
+            }
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                let serial = self.conns[key].serial;
+                self.runq.push_back((key, serial, d));
+                return;
+            }
+        }
+    }
+
+    fn lane(&mut self, key: usize, d: usize) -> &mut Lane {
+        self.conns[key].lanes[d].as_mut().expect("lane exists")
+    }
+
+    /// Records an inline splice result. Returns false when the direction switched to the copy
+    /// path instead (the caller then loops to issue the copy).
+    fn inline_result(&mut self, key: usize, d: usize, step: Step, r: io::Result<usize>) -> bool {
+        let outcome = r.map_err(|e| errno_of(&e));
+        let track = self.config.idle_timeout.is_some();
+        let conn = &mut self.conns[key];
+        let lane = conn.lanes[d].as_mut().expect("lane");
+        if outcome == Err(libc::EINVAL) && lane.flow.delivered() == 0 {
+            self.fall_back_to_copy(key, d);
+            return false;
+        }
+        lane.flow.complete(step, outcome);
+        if track && matches!(outcome, Ok(n) if n > 0) {
+            conn.last_active = Instant::now();
+        }
+        true
+    }
+
+    /// Makes sure a splice direction holds a pipe before it fills.
+    fn ensure_pipe(&mut self, key: usize, d: usize) -> io::Result<()> {
+        let needs = matches!(
+            self.conns[key].lanes[d].as_ref().map(|l| &l.staging),
+            Some(Staging::Pipe(None))
+        );
+        if needs {
+            let pipe = self.pipes.take()?;
+            let lane = self.lane(key, d);
+            lane.flow.set_capacity(pipe.capacity());
+            lane.staging = Staging::Pipe(Some(pipe));
+        }
+        Ok(())
+    }
+
+    /// Gives an empty pipe back to the pool (a pipe with bytes in it is never pooled).
+    fn release_pipe(&mut self, key: usize, d: usize) {
+        let Some(lane) = self.conns[key].lanes[d].as_mut() else {
+            return;
+        };
+        if lane.flow.staged() != 0 || lane.pending.is_some() {
+            return;
+        }
+        if let Staging::Pipe(slot) = &mut lane.staging {
+            if let Some(pipe) = slot.take() {
+                self.pipes.give(pipe);
+            }
+        }
+    }
+
+    /// Decides, after a direction ended, whether the connection goes on.
+    fn evaluate(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.state != ConnState::Relaying {
+            return;
+        }
+        let flows = [
+            conn.lanes[0].as_ref().map(|l| &l.flow),
+            conn.lanes[1].as_ref().map(|l| &l.flow),
+        ];
+        match verdict(flows, self.config.linger.is_some(), conn.lingering) {
+            Verdict::KeepGoing => {}
+            Verdict::StartLinger => {
+                conn.lingering = true;
+                let at = Instant::now() + self.config.linger.unwrap_or_default();
+                let serial = conn.serial;
+                self.timers.push(Reverse(Timer {
+                    at,
+                    key,
+                    serial,
+                    kind: TimerKind::Linger,
+                }));
+            }
+            Verdict::Close(reason) => self.close(key, reason),
+        }
+    }
+
+    fn cancel(&mut self, key: usize, op: Op) {
+        let sqe = opcode::AsyncCancel::new(token::encode(key, op))
+            .build()
+            .user_data(token::CANCEL);
+        // SAFETY: a cancellation names no descriptor or buffer of ours.
+        unsafe { self.push(&sqe) };
+    }
+
+    /// Ends a connection: cancels what it has in flight; `finalize` frees it once all returned.
+    fn close(&mut self, key: usize, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let ConnState::Closing(_) = conn.state {
+            return;
+        }
+        conn.state = ConnState::Closing(reason);
+        let inflight = conn.inflight;
+        if inflight == 0 {
+            self.finalize(key);
+            return;
+        }
+        for tag in 0..16u8 {
+            if inflight & (1 << tag) != 0 {
+                if let Some(op) = Op::from_tag(tag) {
+                    self.cancel(key, op);
+                }
+            }
+        }
+    }
+
+    fn finalize(&mut self, key: usize) {
+        let conn = self.conns.remove(key);
+        let ConnState::Closing(reason) = &conn.state else {
+            unreachable!("only closing connections are finalized")
+        };
+        let mut delivered = [0u64; 2];
+        let Conn {
+            lanes, id, started, ..
+        } = &conn;
+        for (d, lane) in lanes.iter().enumerate() {
+            match lane {
+                Some(lane) if !lane.discard => delivered[d] = lane.flow.delivered(),
+                _ => {}
+            }
+        }
+        let label = conn.label();
+        let secs = started.elapsed().as_secs_f64();
+        if reason.is_failure() {
+            self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            if self.config.single_connection {
+                error!("{reason}");
+            } else {
+                warn!("conn {id} ({label}) closed: {reason}");
+            }
+        } else {
+            self.shared.served.fetch_add(1, Ordering::Relaxed);
+            notice!(
+                "conn {id} ({label}) closed: {reason}; {} + {} bytes in {secs:.3} s",
+                delivered[0],
+                delivered[1]
+            );
+        }
+        for (d, n) in delivered.iter().enumerate() {
+            self.shared.bytes[d].fetch_add(*n, Ordering::Relaxed);
+        }
+        if self.config.stats {
+            eprintln!(
+                "vsplice: conn {id} ({label}): {} bytes first->second, {} bytes second->first, {secs:.3} s, {reason}",
+                delivered[0], delivered[1]
+            );
+        }
+        let Conn { lanes, .. } = conn;
+        for lane in lanes.into_iter().flatten() {
+            match lane.staging {
+                Staging::Pipe(Some(pipe)) if lane.flow.staged() == 0 => self.pipes.give(pipe),
+                Staging::Pipe(_) => {}
+                Staging::Copy(buffer) => {
+                    if let Some(slot) = buffer.slot {
+                        let empty = libc::iovec {
+                            iov_base: std::ptr::null_mut(),
+                            iov_len: 0,
+                        };
+                        // SAFETY: clearing a slot hands the kernel no memory.
+                        let cleared = unsafe {
+                            self.ring.submitter().register_buffers_update(
+                                u32::from(slot),
+                                &[empty],
+                                None,
+                            )
+                        };
+                        if cleared.is_ok() {
+                            if let Some(slots) = self.slots.as_mut() {
+                                slots.give(slot);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+        self.shared.closed.notify();
+    }
+
+    fn run_queue(&mut self) {
+        for _ in 0..self.runq.len() {
+            let Some((key, serial, d)) = self.runq.pop_front() else {
+                break;
+            };
+            if self.conns.get(key).is_some_and(|c| c.serial == serial) {
+                self.pump(key, d);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get(timer.key) else {
+                continue;
+            };
+            if conn.serial != timer.serial {
+                continue;
+            }
+            match timer.kind {
+                TimerKind::Dial(epoch) => self.on_dial_timer(timer.key, epoch),
+                TimerKind::Linger => {
+                    if conn.state == ConnState::Relaying {
+                        self.close(timer.key, CloseReason::LingerExpired);
+                    }
+                }
+                TimerKind::Idle => {
+                    let Some(limit) = self.config.idle_timeout else {
+                        continue;
+                    };
+                    if conn.state != ConnState::Relaying {
+                        continue;
+                    }
+                    let due = conn.last_active + limit;
+                    if due <= now {
+                        self.close(timer.key, CloseReason::IdleTimeout);
+                    } else {
+                        self.timers.push(Reverse(Timer { at: due, ..timer }));
+                    }
+                }
+            }
+        }
+    }
+}

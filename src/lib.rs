@@ -1,0 +1,22 @@
+//! vsplice: a socat-compatible relay that moves bulk bytes between AF_VSOCK, TCP and UNIX
+//! sockets (and STDIO) with splice(2), on a thread-per-core io_uring engine, plus an
+//! iperf-style benchmark for vsock throughput.
+//!
+//! Layout: [`addr`] parses the address grammar (pure); [`cli`] parses the command line in two
+//! stages; [`open`] and [`dial`] open addresses; [`endpoint`] is an opened end; [`engine`]
+//! runs connections on io_uring workers; [`relay`] is the accept loop; [`bench`] measures;
+//! [`sys`] holds every raw system call behind safe wrappers.
+
+pub mod addr;
+pub mod bench;
+pub mod cli;
+pub mod dial;
+pub mod endpoint;
+pub mod engine;
+pub mod error;
+pub mod log;
+pub mod open;
+pub mod relay;
+pub mod sys;
+
+pub use error::{Error, Result};

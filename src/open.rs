@@ -1,0 +1,390 @@
+//! Turning parsed addresses into sockets: listeners (with their per-connection options),
+//! the resolved targets of connect addresses, and the socket options of each address type.
+//!
+//! Name lookups happen here, at open time and again for every connection and retry round, so
+//! a relay never keeps using an address that DNS has since changed.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use nix::sys::socket::AddressFamily;
+
+use crate::addr::{Address, Bind, Family, Kind, Options};
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::sys::socket::{SockAddr, Socket};
+
+/// vsock socket options (linux/vm_sockets.h); the level is AF_VSOCK.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+
+/// Backlog when none is given. socat uses 5; a relay that serves bursts of connections needs
+/// more (vsock has no SYN retry, so a full backlog refuses the connection outright).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<SocketAddr>> {
+    let all: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => (host, port).to_socket_addrs()?.collect(),
+    };
+    let wanted: Vec<SocketAddr> = all
+        .into_iter()
+        .filter(|a| match family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no {family:?} address for \"{host}\""),
+        ));
+    }
+    Ok(wanted)
+}
+
+/// Where a connect address connects to, freshly resolved.
+pub fn connect_targets(address: &Address) -> io::Result<Vec<SockAddr>> {
+    match &address.kind {
+        Kind::TcpConnect { host, port, family } => Ok(resolve_host(host, *port, *family)?
+            .into_iter()
+            .map(SockAddr::Inet)
+            .collect()),
+        Kind::UnixConnect { path } | Kind::VsockUdsConnect { path, .. } => {
+            Ok(vec![SockAddr::Unix(path.clone())])
+        }
+        Kind::VsockConnect { cid, port } => Ok(vec![SockAddr::Vsock {
+            cid: *cid,
+            port: *port,
+        }]),
+        _ => Err(io::Error::other(format!(
+            "{} is not a connect address",
+            address.kind.tag().name()
+        ))),
+    }
+}
+
+/// Options that must be set before bind/listen/connect.
+fn apply_pre_options(
+    socket: &Socket,
+    family: AddressFamily,
+    opts: &Options,
+    listener: bool,
+) -> io::Result<()> {
+    let inet = matches!(family, AddressFamily::Inet | AddressFamily::Inet6);
+    if inet {
+        let reuseaddr = opts.reuseaddr.unwrap_or(listener);
+        if reuseaddr {
+            socket.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        }
+        if opts.reuseport {
+            socket.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+    }
+    if family == AddressFamily::Vsock {
+        // vsock's receive buffer is its credit window, set through its own options.
+        if let Some(size) = opts.rcvbuf {
+            let size = size as u64;
+            socket.set_u64(libc::AF_VSOCK, SO_VM_SOCKETS_BUFFER_MAX_SIZE, size)?;
+            socket.set_u64(libc::AF_VSOCK, SO_VM_SOCKETS_BUFFER_SIZE, size)?;
+        }
+    } else if let Some(size) = opts.rcvbuf {
+        socket.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, clamp_int(size))?;
+    }
+    if let Some(size) = opts.sndbuf {
+        socket.set_int(libc::SOL_SOCKET, libc::SO_SNDBUF, clamp_int(size))?;
+    }
+    Ok(())
+}
+
+fn clamp_int(n: usize) -> libc::c_int {
+    n.min(libc::c_int::MAX as usize) as libc::c_int
+}
+
+/// Options that apply to a connected TCP socket (set on every accepted or connected one).
+pub fn apply_connected_options(socket: &Socket, opts: &Options) -> io::Result<()> {
+    if opts.nodelay {
+        socket.set_int(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    }
+    if opts.keepalive {
+        socket.set_int(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        if let Some(s) = opts.keepidle {
+            socket.set_int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, clamp_int(s as usize))?;
+        }
+        if let Some(s) = opts.keepintvl {
+            socket.set_int(
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPINTVL,
+                clamp_int(s as usize),
+            )?;
+        }
+        if let Some(n) = opts.keepcnt {
+            socket.set_int(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, clamp_int(n as usize))?;
+        }
+    }
+    Ok(())
+}
+
+/// The local address a `bind=` option asks for, matched to the target's family.
+fn bind_address(bind: &Bind, family: AddressFamily) -> io::Result<SockAddr> {
+    match bind {
+        Bind::Inet { host, port } => {
+            let want = if family == AddressFamily::Inet6 {
+                Family::V6
+            } else {
+                Family::V4
+            };
+            let addr = resolve_host(host, port.unwrap_or(0), want)?;
+            Ok(SockAddr::Inet(addr[0]))
+        }
+        Bind::Unix(path) => Ok(SockAddr::Unix(path.clone())),
+        Bind::Vsock { cid, port } => Ok(SockAddr::Vsock {
+            cid: cid.unwrap_or(libc::VMADDR_CID_ANY),
+            port: port.unwrap_or(libc::VMADDR_PORT_ANY),
+        }),
+    }
+}
+
+/// A fresh socket for connecting `address` to `target`, with its pre-connect options and bind.
+pub fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket> {
+    let family = target.family();
+    let socket = Socket::new(family)?;
+    apply_pre_options(&socket, family, &address.options, false)?;
+    if let Some(bind) = &address.options.bind {
+        socket.bind(&bind_address(bind, family)?)?;
+    }
+    Ok(socket)
+}
+
+/// Wraps a connected socket as an endpoint, with its post-connect options.
+pub fn connected_endpoint(
+    address: &Address,
+    socket: Socket,
+    target: &SockAddr,
+) -> io::Result<Endpoint> {
+    if matches!(address.kind, Kind::TcpConnect { .. }) {
+        apply_connected_options(&socket, &address.options)?;
+    }
+    Ok(Endpoint::socket(socket, target.to_string()))
+}
+
+/// A listening socket and what it needs to clean up.
+#[derive(Debug)]
+pub struct Listener {
+    socket: Socket,
+    address: Address,
+    local: SockAddr,
+    /// The UNIX socket file this listener created, removed on drop.
+    socket_file: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Binds and listens. Errors name the address and the OS error.
+    pub fn open(address: &Address) -> Result<Listener, Error> {
+        let opts = &address.options;
+        let (local, socket_file) = match &address.kind {
+            Kind::TcpListen { port, family } => {
+                let local = match &opts.bind {
+                    Some(Bind::Inet { port: Some(p), .. }) if p != port => {
+                        return Err(Error::Usage(format!(
+                            "{}: bind port {p} differs from the listening port {port}",
+                            address.text
+                        )));
+                    }
+                    Some(Bind::Inet { host, .. }) => resolve_host(host, *port, *family)
+                        .map(|a| SockAddr::Inet(a[0]))
+                        .map_err(|source| Error::Resolve {
+                            address: address.text.clone(),
+                            source,
+                        })?,
+                    _ => {
+                        let ip = match family {
+                            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                            Family::V6 | Family::Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                        };
+                        SockAddr::Inet(SocketAddr::new(ip, *port))
+                    }
+                };
+                (local, None)
+            }
+            Kind::UnixListen { path } => (SockAddr::Unix(path.clone()), Some(path.clone())),
+            Kind::VsockUdsListen { path, port } => {
+                let full = PathBuf::from(format!("{}_{}", path.display(), port));
+                (SockAddr::Unix(full.clone()), Some(full))
+            }
+            Kind::VsockListen { port } => {
+                let cid = match &opts.bind {
+                    Some(Bind::Vsock { cid: Some(c), .. }) => *c,
+                    _ => libc::VMADDR_CID_ANY,
+                };
+                (SockAddr::Vsock { cid, port: *port }, None)
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "{} is not a listening address",
+                    address.text
+                )));
+            }
+        };
+        let fail = |source: io::Error| Error::Listen {
+            address: address.text.clone(),
+            local: local.to_string(),
+            source,
+        };
+        if let (Some(path), true) = (&socket_file, opts.unlink_early) {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        let (socket, local) = match Self::bind_listen(&local, opts) {
+            Ok(s) => (s, local),
+            // A machine without IPv6 still serves the dual-stack default over IPv4.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                    && matches!(
+                        address.kind,
+                        Kind::TcpListen {
+                            family: Family::Any,
+                            ..
+                        }
+                    )
+                    && opts.bind.is_none() =>
+            {
+                let port = match local {
+                    SockAddr::Inet(a) => a.port(),
+                    _ => 0,
+                };
+                let v4 = SockAddr::Inet(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+                (Self::bind_listen(&v4, opts).map_err(fail)?, v4)
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        let local = socket.local_addr().unwrap_or(local);
+        Ok(Listener {
+            socket,
+            address: address.clone(),
+            local,
+            socket_file,
+        })
+    }
+
+    fn bind_listen(local: &SockAddr, opts: &Options) -> io::Result<Socket> {
+        let family = local.family();
+        let socket = Socket::new(family)?;
+        apply_pre_options(&socket, family, opts, true)?;
+        if family == AddressFamily::Inet6 {
+            // Dual stack for the unspecified address, so TCP-LISTEN serves IPv4 too.
+            if let SockAddr::Inet(a) = local {
+                if a.ip().is_unspecified() {
+                    let _ = socket.set_int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
+                }
+            }
+        }
+        socket.bind(local)?;
+        let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
+        socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+        Ok(socket)
+    }
+
+    /// Accepts one pending connection as an endpoint; `Ok(None)` when none is pending.
+    pub fn accept(&self) -> io::Result<Option<Endpoint>> {
+        let Some(socket) = self.socket.accept()? else {
+            return Ok(None);
+        };
+        if matches!(self.address.kind, Kind::TcpListen { .. }) {
+            apply_connected_options(&socket, &self.address.options)?;
+        }
+        let label = socket
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| self.local.to_string());
+        Ok(Some(Endpoint::socket(socket, label)))
+    }
+
+    pub fn local_addr(&self) -> &SockAddr {
+        &self.local
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = &self.socket_file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_listener_is_dual_stack_and_reports_its_port() {
+        let addr = Address::parse("TCP-LISTEN:0").unwrap();
+        let l = Listener::open(&addr).unwrap();
+        let SockAddr::Inet(local) = l.local_addr() else {
+            panic!("inet listener")
+        };
+        assert_ne!(local.port(), 0);
+    }
+
+    #[test]
+    fn listen_in_use_names_address_and_error() {
+        let first =
+            Listener::open(&Address::parse("TCP4-LISTEN:0,bind=127.0.0.1").unwrap()).unwrap();
+        let SockAddr::Inet(local) = first.local_addr() else {
+            panic!()
+        };
+        let text = format!("TCP4-LISTEN:{},bind=127.0.0.1,reuseaddr=0", local.port());
+        let err = Listener::open(&Address::parse(&text).unwrap()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "{text}: cannot listen on 127.0.0.1:{}",
+                local.port()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("Address already in use"), "{msg}");
+    }
+
+    #[test]
+    fn unix_listener_removes_its_file_and_honours_unlink_early() {
+        let dir = std::env::temp_dir().join(format!("vsplice-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l.sock");
+        let text = format!("UNIX-LISTEN:{}", path.display());
+        {
+            let _l = Listener::open(&Address::parse(&text).unwrap()).unwrap();
+            assert!(path.exists());
+        }
+        assert!(!path.exists(), "socket file removed on drop");
+        std::fs::write(&path, b"stale").unwrap();
+        let err = Listener::open(&Address::parse(&text).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("Address already in use"), "{err}");
+        let _l = Listener::open(&Address::parse(&format!("{text},unlink-early")).unwrap()).unwrap();
+        drop(_l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dns_failure_is_an_io_error() {
+        let addr = Address::parse("TCP:no-such-host.invalid:80").unwrap();
+        assert!(connect_targets(&addr).is_err());
+        let addr = Address::parse("TCP4:[::1]:80").unwrap();
+        let err = connect_targets(&addr).unwrap_err();
+        assert!(err.to_string().contains("no V4 address"), "{err}");
+    }
+}

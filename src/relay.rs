@@ -1,0 +1,316 @@
+//! The relay command: open the first address, hand each of its connections to the engine
+//! together with the second address, and stop cleanly on SIGINT/SIGTERM.
+//!
+//! The acceptor runs on the main thread: poll(2) on the listener, the stop signalfd and the
+//! engine's "a connection closed" eventfd. With `max-children` it stops polling the listener
+//! while the relay is full, so excess clients wait in the backlog instead of being refused.
+
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::addr::{Address, Kind};
+use crate::dial::dial_blocking;
+use crate::endpoint::Endpoint;
+use crate::engine::{Engine, EngineConfig, Job, Second, Shared};
+use crate::error::{Error, Result};
+use crate::open::Listener;
+use crate::sys::limits;
+use crate::sys::signal::{StopSignals, ignore_sigpipe};
+use crate::{notice, warn};
+
+/// A relay ready to run: both addresses checked, the engine configured.
+#[derive(Debug, Clone)]
+pub struct RelayPlan {
+    pub first: Address,
+    pub second: Address,
+    pub threads: usize,
+    pub engine: EngineConfig,
+}
+
+/// Checks that the two addresses make sense together (stage two of argument parsing).
+pub fn check_pair(first: &Address, second: &Address) -> Result<()> {
+    if second.options.fork {
+        return Err(Error::Usage(format!(
+            "option \"fork\" is only valid on the first address, not on \"{}\"",
+            second.text
+        )));
+    }
+    for a in [first, second] {
+        if a.options.max_children.is_some() && !a.options.fork {
+            return Err(Error::Usage(format!(
+                "option \"max-children\" needs \"fork\" in \"{}\"",
+                a.text
+            )));
+        }
+    }
+    let stdio = |a: &Address| a.kind == Kind::Stdio;
+    if stdio(first) && stdio(second) {
+        return Err(Error::Usage("STDIO can be used only once".into()));
+    }
+    if first.options.fork && stdio(second) {
+        return Err(Error::Usage(format!(
+            "STDIO cannot serve more than one connection: remove \"fork\" from \"{}\"",
+            first.text
+        )));
+    }
+    if first.is_listener() && second.is_listener() {
+        return Err(Error::Usage(
+            "both addresses listen: one of them must connect or be STDIO".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Descriptors wanted: two sockets per connection plus pipes in flight and some slack.
+fn wanted_descriptors(first: &Address) -> u64 {
+    match first.options.max_children {
+        Some(n) => (n as u64) * 4 + 1024,
+        None if first.options.fork => 1 << 20,
+        None => 1024,
+    }
+}
+
+pub fn run(plan: RelayPlan) -> Result<ExitCode> {
+    ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
+    let signals = StopSignals::install().map_err(|e| Error::io("installing signal handling", e))?;
+    match limits::raise_nofile(wanted_descriptors(&plan.first)) {
+        Ok(change) if change.after != change.before => {
+            crate::info!(
+                "descriptor limit raised from {} to {}",
+                change.before,
+                change.after
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the descriptor limit: {e}"),
+    }
+    let max_pipe = limits::pipe_max_size();
+    if plan.engine.pipe_size > max_pipe && !nix::unistd::geteuid().is_root() {
+        warn!(
+            "-b {} is above fs.pipe-max-size ({max_pipe}); pipes keep the kernel's size",
+            plan.engine.pipe_size
+        );
+    }
+    let second = Arc::new(plan.second.clone());
+    if plan.first.is_listener() {
+        let listener = Listener::open(&plan.first)?;
+        notice!(
+            "listening on {} ({})",
+            listener.local_addr(),
+            plan.first.text
+        );
+        let fork = plan.first.options.fork;
+        let threads = if fork { plan.threads } else { 1 };
+        let engine =
+            Engine::start(threads, Arc::new(plan.engine.clone())).map_err(Error::Engine)?;
+        serve(listener, engine, &signals, &plan, second)
+    } else {
+        let first = open_active(&plan.first)?;
+        let second_end = match open_second(&second, &signals)? {
+            Some(s) => s,
+            None => return Ok(ExitCode::SUCCESS),
+        };
+        let mut engine = Engine::start(1, Arc::new(plan.engine.clone())).map_err(Error::Engine)?;
+        engine.submit(Job {
+            first,
+            second: second_end,
+        });
+        let stopped = wait_idle(&engine, &signals);
+        finish(engine, &plan, stopped)
+    }
+}
+
+/// Opens a non-listening first address.
+fn open_active(address: &Address) -> Result<Endpoint> {
+    match &address.kind {
+        Kind::Stdio => Endpoint::stdio().map_err(Error::Stdio),
+        _ => dial_blocking(Arc::new(address.clone())),
+    }
+}
+
+/// How the second address is opened for a connection: dialed by the worker, STDIO, or (when
+/// it listens) one connection accepted here. `None` if a stop signal came first.
+fn open_second(second: &Arc<Address>, signals: &StopSignals) -> Result<Option<Second>> {
+    match &second.kind {
+        Kind::Stdio => Ok(Some(Second::Ready(
+            Endpoint::stdio().map_err(Error::Stdio)?,
+        ))),
+        _ if second.is_listener() => {
+            let listener = Listener::open(second)?;
+            notice!("listening on {} ({})", listener.local_addr(), second.text);
+            Ok(accept_one(&listener, signals)?.map(Second::Ready))
+        }
+        _ => Ok(Some(Second::Dial(second.clone()))),
+    }
+}
+
+/// Blocks until one connection arrives on `listener` or a stop signal does.
+fn accept_one(listener: &Listener, signals: &StopSignals) -> Result<Option<Endpoint>> {
+    loop {
+        let mut fds = [
+            PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", crate::sys::from_nix(e))),
+        }
+        if signals.take().is_some() {
+            return Ok(None);
+        }
+        match listener.accept() {
+            Ok(Some(endpoint)) => return Ok(Some(endpoint)),
+            Ok(None) => {}
+            Err(e) if transient_accept_error(&e) => {}
+            Err(source) => {
+                return Err(Error::Accept {
+                    address: listener.address().text.clone(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Accept errors that concern one client, not the listener.
+fn transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::ENETDOWN)
+    )
+}
+
+/// The accept loop for a listening first address.
+fn serve(
+    listener: Listener,
+    mut engine: Engine,
+    signals: &StopSignals,
+    plan: &RelayPlan,
+    second: Arc<Address>,
+) -> Result<ExitCode> {
+    let fork = plan.first.options.fork;
+    let max_children = plan.first.options.max_children;
+    let shared = engine.shared().clone();
+    let mut listener = Some(listener);
+    let mut warned_full_fds = false;
+    loop {
+        let live = shared.live.load(Ordering::SeqCst);
+        let full = max_children.is_some_and(|m| live >= m);
+        if listener.is_none() && live == 0 {
+            return finish(engine, plan, false);
+        }
+        let mut fds = vec![
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.closed.as_fd(), PollFlags::POLLIN),
+        ];
+        if let (Some(l), false) = (&listener, full) {
+            fds.push(PollFd::new(l.socket().as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", crate::sys::from_nix(e))),
+        }
+        drop(fds);
+        if let Some(signo) = signals.take() {
+            notice!("signal {signo}: stopping");
+            drop(listener.take());
+            return finish(engine, plan, true);
+        }
+        shared.closed.drain();
+        let Some(l) = listener.as_ref() else { continue };
+        if full {
+            continue;
+        }
+        loop {
+            if max_children.is_some_and(|m| shared.live.load(Ordering::SeqCst) >= m) {
+                break;
+            }
+            match l.accept() {
+                Ok(Some(first)) => {
+                    let second = match &second.kind {
+                        Kind::Stdio => match Endpoint::stdio() {
+                            Ok(e) => Second::Ready(e),
+                            Err(e) => return Err(Error::Stdio(e)),
+                        },
+                        _ => Second::Dial(second.clone()),
+                    };
+                    engine.submit(Job { first, second });
+                    if !fork {
+                        // One connection only: stop listening (and remove a UNIX socket file).
+                        listener = None;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if transient_accept_error(&e) => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    if !warned_full_fds {
+                        warn!("accept: {e}; waiting for connections to close");
+                        warned_full_fds = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    break;
+                }
+                Err(source) => {
+                    return Err(Error::Accept {
+                        address: plan.first.text.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Waits until no connection is left or a stop signal arrives; true if stopped by a signal.
+fn wait_idle(engine: &Engine, signals: &StopSignals) -> bool {
+    let shared = engine.shared();
+    while shared.live.load(Ordering::SeqCst) > 0 {
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.closed.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(&mut fds, PollTimeout::NONE);
+        if let Some(signo) = signals.take() {
+            notice!("signal {signo}: stopping");
+            return true;
+        }
+        shared.closed.drain();
+    }
+    false
+}
+
+fn print_totals(shared: &Shared) {
+    eprintln!(
+        "vsplice: total: {} connections ({} failed), {} bytes first->second, {} bytes second->first",
+        shared.served.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed),
+        shared.failed.load(Ordering::Relaxed),
+        shared.bytes[0].load(Ordering::Relaxed),
+        shared.bytes[1].load(Ordering::Relaxed),
+    );
+}
+
+/// Stops the engine and picks the exit status: 1 when the only connection of a non-forking
+/// relay failed, 0 otherwise (including a stop by signal).
+fn finish(mut engine: Engine, plan: &RelayPlan, stopped: bool) -> Result<ExitCode> {
+    engine.stop();
+    let shared = engine.shared().clone();
+    if plan.engine.stats {
+        print_totals(&shared);
+    }
+    let failed = shared.failed.load(Ordering::Relaxed);
+    if plan.engine.single_connection && failed > 0 && !stopped {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,30 @@
+//! Every raw system call vsplice makes outside io_uring, behind safe RAII wrappers.
+//!
+//! One module per kernel object: [`socket`] (non-blocking stream sockets of the three
+//! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
+//! [`signal`] (signalfd and the process signal setup) and [`limits`] (RLIMIT_NOFILE, pipe
+//! quotas). Descriptors are `OwnedFd` from the moment the kernel returns them, so no error
+//! path leaks one. Nothing outside this module and the io_uring worker calls `libc` directly.
+
+pub mod eventfd;
+pub mod limits;
+pub mod pipe;
+pub mod signal;
+pub mod socket;
+pub mod stdio;
+
+use std::io;
+
+/// Turns a `-1`-on-error libc return value into an `io::Result`.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Turns a nix error into the std error type the rest of vsplice uses.
+pub(crate) fn from_nix(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}

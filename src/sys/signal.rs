@@ -1,0 +1,61 @@
+//! Process signal setup: SIGINT and SIGTERM arrive on a signalfd the acceptor polls (so they
+//! stop the relay cleanly instead of killing it), and SIGPIPE is ignored (a peer that went
+//! away shows up as EPIPE on that connection, never as the death of the process).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::from_nix;
+
+/// The signals that ask vsplice to stop.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set
+}
+
+/// Ignores SIGPIPE for the whole process.
+pub fn ignore_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety rules apply.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+        .map(drop)
+        .map_err(from_nix)
+}
+
+/// A signalfd for SIGINT and SIGTERM. Create it on the main thread before any other thread
+/// starts: the signals are blocked in the calling thread and threads inherit that mask.
+#[derive(Debug)]
+pub struct StopSignals(SignalFd);
+
+impl StopSignals {
+    pub fn install() -> io::Result<StopSignals> {
+        let set = stop_signals();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(from_nix)?;
+        SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map(StopSignals)
+            .map_err(from_nix)
+    }
+
+    /// Returns the pending stop signal's number, if one arrived.
+    pub fn take(&self) -> Option<i32> {
+        match self.0.read_signal() {
+            Ok(Some(info)) => Some(info.ssi_signo as i32),
+            _ => None,
+        }
+    }
+}
+
+impl AsFd for StopSignals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Undoes the signal mask in a child process before exec (used by tests and bench helpers).
+pub fn unblock_stop_signals() -> io::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None).map_err(from_nix)
+}

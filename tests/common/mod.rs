@@ -1,0 +1,454 @@
+//! Fixtures shared by the integration tests: random payloads and their hashes, streams of the
+//! three socket families behind one trait, an exchange (send a payload while receiving one,
+//! then half-close) for clients and servers, and a running `vsplice` process.
+//!
+//! Everything here uses real sockets. The vsock helpers are only ever called inside the
+//! user-mode-linux guest (see `guest_only`): the machine itself must never open an AF_VSOCK
+//! connection.
+
+#![allow(dead_code)]
+
+pub mod lab;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const MIB: usize = 1 << 20;
+
+pub fn vsplice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vsplice")
+}
+
+/// A deterministic pseudo-random payload and its SHA-256.
+#[derive(Clone)]
+pub struct Payload {
+    pub data: Arc<Vec<u8>>,
+    pub sha: String,
+}
+
+/// Fills `len` bytes from a xorshift generator seeded with `seed` (incompressible, repeatable).
+pub fn payload(len: usize, seed: u64) -> Payload {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    let sha = sha_hex(&data);
+    Payload {
+        data: Arc::new(data),
+        sha,
+    }
+}
+
+pub fn sha_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A bidirectional byte stream that can be split and half-closed.
+pub trait Duplex: Read + Write + Send + 'static {
+    fn split(&self) -> io::Result<Box<dyn Duplex>>;
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Duplex for TcpStream {
+    fn split(&self) -> io::Result<Box<dyn Duplex>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Duplex for UnixStream {
+    fn split(&self) -> io::Result<Box<dyn Duplex>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// A blocking AF_VSOCK stream (guest only).
+pub struct VsockStream(File);
+
+impl VsockStream {
+    pub fn connect(cid: u32, port: u32) -> io::Result<VsockStream> {
+        guest_only();
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, VsockAddr, connect, socket};
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        connect(fd.as_raw_fd(), &VsockAddr::new(cid, port)).map_err(io::Error::from)?;
+        Ok(VsockStream(File::from(fd)))
+    }
+}
+
+impl Read for VsockStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for VsockStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Duplex for VsockStream {
+    fn split(&self) -> io::Result<Box<dyn Duplex>> {
+        Ok(Box::new(VsockStream(self.0.try_clone()?)))
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        nix::sys::socket::shutdown(self.0.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(io::Error::from)
+    }
+}
+
+/// Refuses to go on unless running inside the user-mode-linux guest lab.
+pub fn guest_only() {
+    let marked = std::env::var("VSPLICE_LAB_GUEST").as_deref() == Ok("1");
+    let uml = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.contains("UML"))
+        .unwrap_or(false);
+    assert!(
+        marked && uml,
+        "AF_VSOCK connections are only allowed inside the guest lab"
+    );
+}
+
+/// A listening socket of any family.
+pub enum Listen {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+    Vsock(OwnedFd, u32),
+}
+
+impl Listen {
+    pub fn tcp() -> Listen {
+        Listen::Tcp(TcpListener::bind("127.0.0.1:0").expect("bind tcp"))
+    }
+
+    pub fn unix(path: &Path) -> Listen {
+        let _ = std::fs::remove_file(path);
+        Listen::Unix(
+            UnixListener::bind(path).expect("bind unix"),
+            path.to_path_buf(),
+        )
+    }
+
+    /// A vsock listener on `port` (guest only), with a generous backlog.
+    pub fn vsock(port: u32) -> Listen {
+        guest_only();
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, VsockAddr, bind, listen, socket,
+        };
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("vsock socket");
+        bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port)).expect("bind vsock");
+        listen(&fd, Backlog::new(1024).unwrap()).expect("listen vsock");
+        Listen::Vsock(fd, port)
+    }
+
+    pub fn port(&self) -> u32 {
+        match self {
+            Listen::Tcp(l) => u32::from(l.local_addr().unwrap().port()),
+            Listen::Vsock(_, p) => *p,
+            Listen::Unix(..) => 0,
+        }
+    }
+
+    /// The vsplice address that connects to this listener.
+    pub fn connect_address(&self) -> String {
+        match self {
+            Listen::Tcp(l) => format!("TCP:127.0.0.1:{}", l.local_addr().unwrap().port()),
+            Listen::Unix(_, p) => format!("UNIX-CONNECT:{}", p.display()),
+            Listen::Vsock(_, p) => format!("VSOCK-CONNECT:1:{p}"),
+        }
+    }
+
+    pub fn accept(&self) -> io::Result<Box<dyn Duplex>> {
+        Ok(match self {
+            Listen::Tcp(l) => Box::new(l.accept()?.0),
+            Listen::Unix(l, _) => Box::new(l.accept()?.0),
+            Listen::Vsock(fd, _) => {
+                let c = nix::sys::socket::accept4(fd, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+                    .map_err(io::Error::from)?;
+                Box::new(VsockStream(File::from(c)))
+            }
+        })
+    }
+}
+
+impl Drop for Listen {
+    fn drop(&mut self) {
+        if let Listen::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// What one side of an exchange received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub received: usize,
+    pub sha: String,
+}
+
+/// Reads until end of file, hashing.
+pub fn drain(stream: &mut dyn Read) -> io::Result<Outcome> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                received += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let sha = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Outcome { received, sha })
+}
+
+/// Sends `send` (then half-closes) while receiving until end of file, both at once.
+pub fn exchange(mut stream: Box<dyn Duplex>, send: Arc<Vec<u8>>) -> io::Result<Outcome> {
+    let mut writer = stream.split()?;
+    let sender = std::thread::spawn(move || -> io::Result<()> {
+        for chunk in send.chunks(64 * 1024) {
+            writer.write_all(chunk)?;
+        }
+        writer.shutdown_write()
+    });
+    let outcome = drain(&mut stream);
+    sender
+        .join()
+        .map_err(|_| io::Error::other("sender panicked"))??;
+    outcome
+}
+
+/// A server that runs [`exchange`] with `reply` on each of `conns` accepted connections and
+/// reports what each received.
+pub struct ExchangeServer {
+    pub results: mpsc::Receiver<io::Result<Outcome>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ExchangeServer {
+    pub fn spawn(listen: Listen, reply: Arc<Vec<u8>>, conns: usize) -> ExchangeServer {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut workers = Vec::new();
+            for _ in 0..conns {
+                let stream = match listen.accept() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let tx = tx.clone();
+                let reply = reply.clone();
+                workers.push(std::thread::spawn(move || {
+                    let _ = tx.send(exchange(stream, reply));
+                }));
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        ExchangeServer {
+            results: rx,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn next(&self, timeout: Duration) -> Outcome {
+        self.results
+            .recv_timeout(timeout)
+            .expect("server reported in time")
+            .expect("server exchange succeeded")
+    }
+}
+
+impl Drop for ExchangeServer {
+    fn drop(&mut self) {
+        // The accept loop may still wait; the thread is detached rather than joined.
+        drop(self.thread.take());
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let base = std::env::var_os("VSPLICE_SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = base.join(format!("vsplice-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `vsplice` process, stopped (SIGTERM) on drop. Its stderr goes to a file so a
+/// failing test can show it.
+pub struct Relay {
+    pub child: Child,
+    log: PathBuf,
+    _scratch: Scratch,
+}
+
+impl Relay {
+    /// Starts `vsplice -dd ARGS` and waits until it logs that it listens.
+    pub fn start(args: &[&str]) -> Relay {
+        let relay = Relay::spawn(args, Stdio::null(), Stdio::null());
+        relay.wait_for_log("listening on", Duration::from_secs(20));
+        relay
+    }
+
+    /// Starts `vsplice -dd ARGS` with the given stdin and stdout, without waiting.
+    pub fn spawn(args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
+        let scratch = Scratch::new("relay");
+        let log = scratch.path("stderr.log");
+        let child = Command::new(vsplice_bin())
+            .arg("-dd")
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn vsplice");
+        Relay {
+            child,
+            log,
+            _scratch: scratch,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vsplice did not log {needle:?} in time; stderr:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vsplice did not exit in time; stderr:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `vsplice ARGS` to completion and returns (status code, stderr).
+pub fn run_vsplice(args: &[&str]) -> (i32, String) {
+    let out = Command::new(vsplice_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vsplice");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,272 @@
+//! vsock end to end, inside the guest lab (user-mode-linux with vsock_loopback, CID 1).
+//!
+//! This test binary has two roles. On the machine (`cargo test`), it boots one guest per
+//! scenario and checks that the scenario passed in there. In the guest (`--guest NAME`), it
+//! runs the scenario: real AF_VSOCK listeners and clients, a real `vsplice`, 32 MiB each way
+//! with hashes checked on both ends. The machine itself never opens an AF_VSOCK connection.
+//!
+//! Run a subset with `cargo test --test vsock_guest -- NAME_SUBSTRING`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::lab::Lab;
+use common::*;
+
+const BIG: usize = 32 * MIB;
+const LONG: Duration = Duration::from_secs(600);
+
+type Scenario = (&'static str, fn());
+
+const SCENARIOS: &[Scenario] = &[
+    ("vsock_to_tcp", vsock_to_tcp),
+    ("tcp_to_vsock", tcp_to_vsock),
+    ("vsock_to_vsock", vsock_to_vsock),
+    ("stdio_to_vsock", stdio_to_vsock),
+    ("vsock_to_tcp_uring_splice", vsock_to_tcp_uring_splice),
+    ("vsock_to_tcp_copy", vsock_to_tcp_copy),
+    ("fifty_concurrent_vsock_connections", fifty_concurrent),
+    ("vsock_half_close_late_reply", vsock_half_close_late_reply),
+];
+
+/// client -> vsplice(listen, upstream) -> server, BIG bytes each way at once.
+fn bulk(mode: &str, listen: &str, server: Listen, client: impl FnOnce() -> Box<dyn Duplex>) {
+    let up = payload(BIG, 21);
+    let down = payload(BIG, 22);
+    let upstream = server.connect_address();
+    let srv = ExchangeServer::spawn(server, down.data.clone(), 1);
+    let mut relay = Relay::start(&["--mode", mode, listen, &upstream]);
+    let got = exchange(client(), up.data.clone()).expect("client exchange");
+    assert_eq!(
+        (got.received, got.sha.as_str()),
+        (BIG, down.sha.as_str()),
+        "client side"
+    );
+    let at_server = srv.next(LONG);
+    assert_eq!(
+        (at_server.received, at_server.sha.as_str()),
+        (BIG, up.sha.as_str()),
+        "server side"
+    );
+    let status = relay.wait_exit(LONG);
+    assert!(status.success(), "relay: {status}\n{}", relay.log());
+    println!("relay log:\n{}", relay.log());
+}
+
+fn vsock_to_tcp_mode(mode: &str) {
+    bulk(mode, "VSOCK-LISTEN:5001", Listen::tcp(), || {
+        Box::new(VsockStream::connect(1, 5001).expect("connect vsock"))
+    });
+}
+
+fn vsock_to_tcp() {
+    vsock_to_tcp_mode("splice");
+}
+
+fn vsock_to_tcp_uring_splice() {
+    vsock_to_tcp_mode("uring-splice");
+}
+
+fn vsock_to_tcp_copy() {
+    vsock_to_tcp_mode("copy");
+}
+
+fn tcp_to_vsock() {
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
+    bulk("splice", &listen, Listen::vsock(6001), move || {
+        Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap())
+    });
+}
+
+fn vsock_to_vsock() {
+    bulk("splice", "VSOCK-LISTEN:5002", Listen::vsock(6002), || {
+        Box::new(VsockStream::connect(1, 5002).expect("connect vsock"))
+    });
+}
+
+fn stdio_to_vsock() {
+    let up = payload(BIG, 23);
+    let down = payload(BIG, 24);
+    let server = Listen::vsock(6003);
+    let upstream = server.connect_address();
+    let srv = ExchangeServer::spawn(server, down.data.clone(), 1);
+    let mut relay = Relay::spawn(&["-", &upstream], Stdio::piped(), Stdio::piped());
+    let mut stdin = relay.child.stdin.take().unwrap();
+    let mut stdout = relay.child.stdout.take().unwrap();
+    let data = up.data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let got = drain(&mut stdout).unwrap();
+    writer.join().unwrap();
+    assert_eq!((got.received, got.sha.as_str()), (BIG, down.sha.as_str()));
+    let at_server = srv.next(LONG);
+    assert_eq!(
+        (at_server.received, at_server.sha.as_str()),
+        (BIG, up.sha.as_str())
+    );
+    assert!(relay.wait_exit(LONG).success(), "{}", relay.log());
+}
+
+fn fifty_concurrent() {
+    const N: usize = 50;
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let echo = std::thread::spawn(move || {
+        let handles: Vec<_> = (0..N)
+            .map(|_| {
+                let mut s = server.accept().unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf).unwrap();
+                    s.write_all(&buf).unwrap();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let mut relay = Relay::start(&["VSOCK-LISTEN:5003,fork", &upstream]);
+    let barrier = Arc::new(Barrier::new(N));
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let message = payload(64 * 1024 + i * 101, 200 + i as u64);
+                let mut c = VsockStream::connect(1, 5003).expect("connect vsock");
+                barrier.wait();
+                c.write_all(&message.data).unwrap();
+                c.shutdown_write().unwrap();
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                sha_hex(&back) == message.sha
+            })
+        })
+        .collect();
+    let correct = clients
+        .into_iter()
+        .map(|c| c.join().unwrap_or(false))
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(correct, N, "every reply correct");
+    echo.join().unwrap();
+    assert!(relay.is_running());
+    assert!(relay.stop().success());
+}
+
+/// Over vsock too: request, SHUT_WR, and a reply 1.5 s later still arrives.
+fn vsock_half_close_late_reply() {
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let reply = payload(MIB, 25);
+    let data = reply.data.clone();
+    let srv = std::thread::spawn(move || {
+        let mut s = server.accept().unwrap();
+        let got = drain(&mut s).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        s.write_all(&data).unwrap();
+        got
+    });
+    let mut relay = Relay::start(&["VSOCK-LISTEN:5004", &upstream]);
+    let request = payload(MIB, 26);
+    let mut c = VsockStream::connect(1, 5004).expect("connect vsock");
+    c.write_all(&request.data).unwrap();
+    c.shutdown_write().unwrap();
+    let got = drain(&mut c).unwrap();
+    assert_eq!(got.sha, reply.sha);
+    assert_eq!(srv.join().unwrap().sha, request.sha);
+    assert!(relay.wait_exit(LONG).success(), "{}", relay.log());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--guest") {
+        guest_only();
+        let name = args.get(i + 1).expect("scenario name");
+        let (_, scenario) = SCENARIOS
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no scenario {name}"));
+        scenario();
+        println!("scenario {name} passed");
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in SCENARIOS {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        println!("vsock_guest: no scenario matches {filters:?}");
+        return;
+    }
+    let lab = match Lab::prepare() {
+        Ok(lab) => lab,
+        Err(why) => {
+            eprintln!("vsock guest lab cannot start: {why}");
+            std::process::exit(1);
+        }
+    };
+    let me = std::env::current_exe().expect("own path");
+    println!(
+        "running {} vsock scenarios in the guest lab",
+        selected.len()
+    );
+    // Two guests at a time: one per core.
+    let queue = Arc::new(std::sync::Mutex::new(
+        selected.into_iter().collect::<Vec<_>>(),
+    ));
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runners: Vec<_> = (0..2)
+        .map(|_| {
+            let (queue, results, lab, me) =
+                (queue.clone(), results.clone(), lab.clone(), me.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let Some((name, _)) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
+                    let run = lab.run(name, &me, &["--guest", name], Duration::from_secs(900));
+                    let line = match &run {
+                        Ok(r) if r.exit == Some(0) => {
+                            println!(
+                                "test vsock_guest::{name} ... ok ({:.1} s)",
+                                r.elapsed.as_secs_f64()
+                            );
+                            None
+                        }
+                        Ok(r) => Some(format!(
+                            "test vsock_guest::{name} ... FAILED (exit {:?})\n{}",
+                            r.exit, r.console
+                        )),
+                        Err(e) => Some(format!("test vsock_guest::{name} ... FAILED\n{e}")),
+                    };
+                    if let Some(l) = line {
+                        println!("{l}");
+                        results.lock().unwrap().push(name);
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in runners {
+        r.join().unwrap();
+    }
+    let failed = results.lock().unwrap();
+    if !failed.is_empty() {
+        println!("vsock_guest: {} failed: {failed:?}", failed.len());
+        std::process::exit(1);
+    }
+    println!("vsock_guest: all passed");
+}
