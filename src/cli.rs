@@ -83,7 +83,7 @@ pub struct Cli {
     #[arg(short = 'U')]
     pub reverse_only: bool,
     /// More diagnostics on stderr (repeat: -d warnings, -dd notices, -ddd info, -dddd debug)
-    #[arg(short = 'd', action = ArgAction::Count)]
+    #[arg(short = 'd', action = ArgAction::Count, global = true)]
     pub debug: u8,
     /// Print byte counts per connection and in total at exit
     #[arg(short = 'S')]

@@ -114,6 +114,14 @@ impl Endpoint {
         }
     }
 
+    /// The socket, for callers that do their own I/O (the bench).
+    pub fn into_socket(self) -> Option<Socket> {
+        match self.io {
+            Io::Socket(s) => Some(s),
+            Io::Stdio { .. } => None,
+        }
+    }
+
     /// A short description for logs: the peer address, or "STDIO".
     pub fn label(&self) -> &str {
         &self.label

@@ -1,18 +1,292 @@
-//! `vsplice bench` (work in progress).
+//! `vsplice bench`: iperf-style throughput measurement over vsock, TCP and UNIX sockets, with
+//! both ends' figures, byte counts checked, optional pattern verification and MSG_ZEROCOPY,
+//! write-size sweeps, and a self-contained demo of the relay's cost.
+//!
+//! [`proto`] is the wire protocol, [`stream`] the sender and receiver loops, [`server`] and
+//! [`client`] the two ends, [`demo`] the one-command demonstration, [`cpu`] the accounting.
+
+pub mod client;
+pub mod cpu;
+pub mod demo;
+pub mod pattern;
+pub mod proto;
+pub mod server;
+pub mod stream;
+
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use clap::Subcommand;
+
+use crate::addr::{Address, parse_duration, parse_size};
+use crate::engine::Mode;
 use crate::error::{Error, Result};
+use crate::open::Listener;
+use crate::sys::signal::{StopSignals, ignore_sigpipe};
+use client::{Output, TestReport, print_sweep, run_test};
+use demo::{DemoPlan, Transport};
+use proto::{Direction, Limit, Params};
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
-
-#[derive(Debug)]
-pub struct BenchPlan {}
-
-pub fn plan(_args: BenchArgs) -> Result<BenchPlan> {
-    Err(Error::Bench("not implemented yet".into()))
+fn size_arg(s: &str) -> std::result::Result<usize, String> {
+    match parse_size(s)? {
+        0 => Err(format!("size \"{s}\" must be more than 0")),
+        n => Ok(n),
+    }
 }
 
-pub fn run(_plan: BenchPlan) -> Result<ExitCode> {
-    Err(Error::Bench("not implemented yet".into()))
+fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn streams_arg(s: &str) -> std::result::Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=20_000).contains(&n) => Ok(n),
+        _ => Err(format!("\"{s}\" is not a stream count 1-20000")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Serve bench tests on a listening address until stopped
+    /// (VSOCK-LISTEN:port, TCP-LISTEN:port, UNIX-LISTEN:path, VSOCK-UDS-LISTEN:path:port)
+    Server {
+        /// Where to listen
+        address: String,
+    },
+    /// Run a test against a bench server
+    /// (VSOCK-CONNECT:cid:port, TCP:host:port, UNIX-CONNECT:path, VSOCK-UDS-CONNECT:path:port)
+    Client(ClientArgs),
+    /// Measure on this machine, without setup: straight to a bench server, and through a
+    /// vsplice relay (and socat, when installed), side by side
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The bench server to connect to
+    pub address: String,
+    /// Seconds to send for [default: 10]
+    #[arg(long, value_name = "SECONDS", value_parser = duration_arg, conflicts_with = "bytes")]
+    pub time: Option<Duration>,
+    /// Bytes to send in total (K, M, G suffixes) instead of --time
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub bytes: Option<usize>,
+    /// Parallel streams
+    #[arg(long, default_value = "1", value_parser = streams_arg)]
+    pub streams: u32,
+    /// Bytes per write and read
+    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = size_arg)]
+    pub len: usize,
+    /// The server sends, the client receives
+    #[arg(long, conflicts_with = "bidir")]
+    pub reverse: bool,
+    /// Both ends send at once on every stream
+    #[arg(long)]
+    pub bidir: bool,
+    /// Seconds between progress lines (0: none)
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = duration_arg)]
+    pub interval: Duration,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Send with MSG_ZEROCOPY (TCP; vsock from Linux 6.7)
+    #[arg(long)]
+    pub zerocopy: bool,
+    /// Run once per write size and print one table, e.g. --sweep 4K,64K,1M
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = size_arg)]
+    pub sweep: Vec<usize>,
+    /// Fill the data with a known pattern and check every byte on receipt
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Seconds per measured run
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = duration_arg)]
+    pub time: Duration,
+    /// Bytes per write and read
+    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = size_arg)]
+    pub len: usize,
+    /// Parallel streams
+    #[arg(long, default_value = "1", value_parser = streams_arg)]
+    pub streams: u32,
+    /// Runs per path, interleaved; the median is shown
+    #[arg(long, default_value = "1")]
+    pub rounds: u32,
+    /// Socket family
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// The relay's data path
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Leave socat out even if it is installed
+    #[arg(long)]
+    pub no_socat: bool,
+    /// Print one JSON document instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A checked client run.
+#[derive(Debug)]
+pub struct ClientPlan {
+    pub address: Arc<Address>,
+    pub params: Params,
+    pub interval: Option<Duration>,
+    pub json: bool,
+    /// Write sizes to sweep; empty for a single run.
+    pub sweep: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub enum BenchPlan {
+    Server(Address),
+    Client(ClientPlan),
+    Demo(DemoPlan),
+}
+
+fn parse_address(text: &str) -> Result<Address> {
+    Address::parse(text).map_err(|source| Error::Address {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// Stage two for `vsplice bench`.
+pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
+    match args.command {
+        BenchCommand::Server { address } => {
+            let address = parse_address(&address)?;
+            if !address.is_listener() {
+                return Err(Error::Usage(format!(
+                    "bench server needs a listening address (VSOCK-LISTEN, TCP-LISTEN, UNIX-LISTEN, VSOCK-UDS-LISTEN), not \"{}\"",
+                    address.text
+                )));
+            }
+            Ok(BenchPlan::Server(address))
+        }
+        BenchCommand::Client(c) => {
+            let address = parse_address(&c.address)?;
+            if !address.is_connector() {
+                return Err(Error::Usage(format!(
+                    "bench client needs a connect address (VSOCK-CONNECT, TCP, UNIX-CONNECT, VSOCK-UDS-CONNECT), not \"{}\"",
+                    address.text
+                )));
+            }
+            let limit = match (c.bytes, c.time) {
+                (Some(b), _) => Limit::Bytes { total: b as u64 },
+                (None, t) => Limit::Time {
+                    ms: t.unwrap_or(Duration::from_secs(10)).as_millis() as u64,
+                },
+            };
+            let direction = match (c.reverse, c.bidir) {
+                (true, _) => Direction::Reverse,
+                (_, true) => Direction::Bidir,
+                _ => Direction::Forward,
+            };
+            Ok(BenchPlan::Client(ClientPlan {
+                address: Arc::new(address),
+                params: Params {
+                    streams: c.streams,
+                    len: c.len,
+                    direction,
+                    limit,
+                    verify: c.verify,
+                    zerocopy: c.zerocopy,
+                },
+                interval: Some(c.interval).filter(|i| !i.is_zero()),
+                json: c.json,
+                sweep: c.sweep,
+            }))
+        }
+        BenchCommand::Demo(d) => {
+            if d.rounds == 0 {
+                return Err(Error::Usage("--rounds must be at least 1".into()));
+            }
+            Ok(BenchPlan::Demo(DemoPlan {
+                transport: d.transport,
+                seconds: d.time.as_secs_f64(),
+                len: d.len,
+                streams: d.streams,
+                rounds: d.rounds,
+                mode: d.mode,
+                socat: !d.no_socat,
+                json: d.json,
+            }))
+        }
+    }
+}
+
+pub fn run(plan: BenchPlan) -> Result<ExitCode> {
+    ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
+    match plan {
+        BenchPlan::Server(address) => {
+            let signals =
+                StopSignals::install().map_err(|e| Error::io("installing signal handling", e))?;
+            let _ = crate::sys::limits::raise_nofile(1 << 16);
+            let listener = Listener::open(&address)?;
+            println!(
+                "vsplice bench server listening on {}",
+                listener.local_addr()
+            );
+            server::serve(listener, &signals).map_err(|e| Error::io("bench server", e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchPlan::Client(c) => run_client(c),
+        BenchPlan::Demo(d) => {
+            demo::run(&d)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_client(c: ClientPlan) -> Result<ExitCode> {
+    let _ = crate::sys::limits::raise_nofile(u64::from(c.params.streams) * 2 + 64);
+    let output = if c.json {
+        Output::Json
+    } else if c.sweep.is_empty() {
+        Output::Text
+    } else {
+        Output::Quiet
+    };
+    let reports: Vec<TestReport> = if c.sweep.is_empty() {
+        vec![run_test(&c.address, &c.params, c.interval, output)?]
+    } else {
+        let mut reports = Vec::new();
+        for &len in &c.sweep {
+            let params = Params {
+                len,
+                ..c.params.clone()
+            };
+            reports.push(run_test(&c.address, &params, None, Output::Quiet)?);
+        }
+        reports
+    };
+    if c.json {
+        let doc = if c.sweep.is_empty() {
+            serde_json::to_string_pretty(&reports[0])
+        } else {
+            serde_json::to_string_pretty(&serde_json::json!({ "sweep": reports }))
+        };
+        println!("{}", doc.map_err(|e| Error::Bench(e.to_string()))?);
+    } else if !c.sweep.is_empty() {
+        print_sweep(&reports);
+    }
+    let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).collect();
+    if errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for e in errors {
+            eprintln!("vsplice bench: {e}");
+        }
+        Ok(ExitCode::from(1))
+    }
 }

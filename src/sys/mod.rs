@@ -12,6 +12,7 @@ pub mod pipe;
 pub mod signal;
 pub mod socket;
 pub mod stdio;
+pub mod zerocopy;
 
 use std::io;
 

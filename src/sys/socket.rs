@@ -53,7 +53,12 @@ impl SockAddr {
             return Some(SockAddr::Inet(SocketAddr::V4(SocketAddrV4::from(*a))));
         }
         if let Some(a) = ss.as_sockaddr_in6() {
-            return Some(SockAddr::Inet(SocketAddr::V6(SocketAddrV6::from(*a))));
+            let v6 = SocketAddrV6::from(*a);
+            // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
+            return Some(SockAddr::Inet(match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => SocketAddr::V6(v6),
+            }));
         }
         if let Some(a) = ss.as_vsock_addr() {
             return Some(SockAddr::Vsock {

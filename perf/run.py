@@ -1,0 +1,416 @@
+#!/usr/bin/env python3
+"""vsplice performance harness: vsplice vs a plain splice relay vs socat vs no relay, side by side.
+
+Runs every case with all relays interleaved (A B C D A B C D ...), several rounds, and prints
+medians in one table: throughput, the relay's CPU seconds per GiB moved (from /proc/PID/stat of
+the relay and all its threads and children, before and after), and its peak RSS. Installs
+iperf3 and socat from Debian when missing (as root).
+
+    perf/run.py                      # all cases, 5 rounds
+    perf/run.py --rounds 3 --time 3 --cases single,parallel8
+    perf/run.py --cases idle10k      # 10,000 idle connections + one active stream
+    perf/run.py --json out.json      # also write the raw figures
+
+Cases:
+  single     TCP->TCP, one iperf3 stream
+  parallel8  TCP->TCP, iperf3 -P 8
+  unix       UNIX->TCP, one stream (vsplice bench client over UNIX, bench server on TCP)
+  many       1,000 concurrent connections each moving data (vsplice bench --streams 1000)
+  crr        short connections per second through a fork listener (connect, 64 B, reply, close)
+  idle10k    10,000 idle connections held through the relay, every one checked, plus one active
+             stream among them; relay RSS and io_uring worker threads counted
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+VSPLICE = os.path.join(REL, "vsplice")
+BASELINE = os.path.join(REL, "examples", "baseline-relay")
+LOADGEN = os.path.join(REL, "examples", "loadgen")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def ensure_tools():
+    missing = [t for t in ("iperf3", "socat") if shutil.which(t) is None]
+    if missing:
+        if os.geteuid() != 0:
+            sys.exit(f"perf/run.py needs {' '.join(missing)}: apt-get install {' '.join(missing)}")
+        log(f"installing {' '.join(missing)} from Debian")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", *missing], check=False, env=env,
+                       stdout=subprocess.DEVNULL)
+        if any(shutil.which(t) is None for t in missing):
+            subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(["apt-get", "install", "-y", *missing], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+    log("building vsplice (release)")
+    subprocess.run(["cargo", "build", "--release", "--bin", "vsplice", "--example", "baseline-relay",
+                    "--example", "loadgen"], cwd=ROOT, check=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid):
+    """utime+stime of pid, its reaped children, and its live descendants."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    for child in f.read().split():
+                        total += cpu_ticks(int(child))
+            except OSError:
+                pass
+    except (OSError, IndexError):
+        pass
+    return total
+
+
+def proc_status(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_peak_rss(pid):
+    peak = proc_status(pid, "VmHWM")
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    peak = max(peak, tree_peak_rss(int(child)))
+    except OSError:
+        pass
+    return peak
+
+
+def iou_workers(pid):
+    n = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                if f.read().startswith("iou-wrk"):
+                    n += 1
+    except OSError:
+        pass
+    return n
+
+
+class Proc:
+    def __init__(self, argv, ready=None, stderr_ready=True, name=None, user=None):
+        self.name = name or os.path.basename(argv[0])
+        self.log = tempfile.TemporaryFile()
+        kwargs = {}
+        if user is not None:
+            kwargs["user"] = user
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                  stderr=subprocess.STDOUT, **kwargs)
+        if ready:
+            deadline = time.time() + 15
+            while time.time() < deadline:
+                self.log.seek(0)
+                if ready.encode() in self.log.read():
+                    break
+                if self.p.poll() is not None:
+                    break
+                time.sleep(0.02)
+            else:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not get ready")
+            if self.p.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited: {self.log.read().decode(errors='replace')}")
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def start_relay(kind, listen, upstream, extra=()):
+    """listen/upstream: ('tcp', port) or ('unix', path)."""
+    def vs_addr(a, lst):
+        if a[0] == "tcp":
+            return f"TCP-LISTEN:{a[1]},bind=127.0.0.1,fork" if lst else f"TCP:127.0.0.1:{a[1]}"
+        return f"UNIX-LISTEN:{a[1]},fork,unlink-early" if lst else f"UNIX-CONNECT:{a[1]}"
+
+    def plain(a):
+        return f"127.0.0.1:{a[1]}" if a[0] == "tcp" else a[1]
+
+    if kind == "vsplice":
+        return Proc([VSPLICE, "-dd", *extra, vs_addr(listen, True), vs_addr(upstream, False)],
+                    ready="listening on", name="vsplice")
+    if kind == "baseline":
+        return Proc([BASELINE, plain(listen), plain(upstream)], ready="listening on", name="baseline")
+    if kind == "socat":
+        lst = vs_addr(listen, True).replace(",unlink-early", ",unlink-early")
+        if listen[0] == "tcp":
+            lst = lst + ",reuseaddr"
+        return Proc(["socat", "-d", "-d", lst, vs_addr(upstream, False)], ready="listening on",
+                    name="socat")
+    raise ValueError(kind)
+
+
+def measure(relay, fn):
+    """Runs fn() -> (bytes_moved or None, figure); returns dict with relay CPU deltas."""
+    before = cpu_ticks(relay.pid) if relay else 0
+    t0 = time.time()
+    moved, figure = fn()
+    wall = time.time() - t0
+    used = (cpu_ticks(relay.pid) - before) / TICKS if relay else None
+    out = {"figure": figure, "wall": wall}
+    if relay:
+        out["cpu_s"] = used
+        out["cpu_pct"] = 100 * used / wall
+        if moved:
+            out["cpu_s_per_gib"] = used / (moved / 2**30)
+    return out
+
+
+def iperf(port, seconds, parallel=1):
+    r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J",
+                        "-P", str(parallel)], capture_output=True, text=True, timeout=seconds + 60)
+    d = json.loads(r.stdout)
+    if "error" in d:
+        raise RuntimeError(d["error"])
+    s = d["end"]["sum_received"]
+    return s["bytes"], s["bits_per_second"] / 1e9
+
+
+def bench_client(address, seconds, streams=1):
+    r = subprocess.run([VSPLICE, "bench", "client", address, "--time", str(seconds), "--json",
+                        "--streams", str(streams), "--interval", "0"],
+                       capture_output=True, text=True, timeout=seconds + 120)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench client {address}: {r.stderr.strip()} {r.stdout[-300:]}")
+    d = json.loads(r.stdout)
+    s = d["sum_client_to_server"]
+    return s["receiver_bytes"], s["receiver_bits_per_second"] / 1e9
+
+
+def crr(port, seconds):
+    r = subprocess.run([LOADGEN, "crr", f"127.0.0.1:{port}", "--time", str(seconds),
+                        "--concurrency", "8"], capture_output=True, text=True, timeout=seconds + 60)
+    d = json.loads(r.stdout)
+    return None, d["per_second"]
+
+
+RELAYS = ["vsplice", "baseline", "socat", "direct"]
+
+
+def run_case(case, args, vsplice_extra):
+    rounds, seconds = args.rounds, args.time
+    results = {k: [] for k in RELAYS}
+    tmp = tempfile.mkdtemp(prefix="vsplice-perf-")
+    procs = []
+    try:
+        if case in ("single", "parallel8"):
+            sport = free_port()
+            procs.append(Proc(["iperf3", "-s", "--forceflush", "-p", str(sport)], ready="Server listening",
+                              name="iperf3"))
+            upstream = ("tcp", sport)
+            fronts = {}
+            for k in RELAYS[:3]:
+                fronts[k] = ("tcp", free_port())
+            par = 8 if case == "parallel8" else 1
+            load = lambda port: (lambda: iperf(port, seconds, par))
+            unit = "Gbit/s"
+            direct_port = sport
+        elif case in ("unix", "many"):
+            sport = free_port()
+            procs.append(Proc([VSPLICE, "bench", "server", f"TCP-LISTEN:{sport},bind=127.0.0.1"],
+                              ready="listening on", name="bench-server"))
+            upstream = ("tcp", sport)
+            fronts = {}
+            for k in RELAYS[:3]:
+                fronts[k] = ("unix", os.path.join(tmp, f"{k}.sock")) if case == "unix" else ("tcp", free_port())
+            streams = 1000 if case == "many" else 1
+
+            def load(front):
+                addr = (f"UNIX-CONNECT:{front[1]}" if front[0] == "unix" else f"TCP:127.0.0.1:{front[1]}")
+                return lambda: bench_client(addr, seconds, streams)
+            unit = "Gbit/s"
+            direct_port = None
+        elif case == "crr":
+            sport = free_port()
+            procs.append(Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening",
+                              name="echo"))
+            upstream = ("tcp", sport)
+            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            load = lambda port: (lambda: crr(port, seconds))
+            unit = "conn/s"
+            direct_port = sport
+        else:
+            raise ValueError(case)
+
+        relays = {}
+        for k in RELAYS[:3]:
+            relays[k] = start_relay(k, fronts[k], upstream, vsplice_extra if k == "vsplice" else ())
+            procs.append(relays[k])
+        for r in range(rounds):
+            for k in RELAYS:
+                if k == "direct":
+                    if case in ("unix", "many"):
+                        fn = load(("tcp", sport))
+                    else:
+                        fn = load(direct_port)
+                    results[k].append(measure(None, fn))
+                else:
+                    front = fronts[k]
+                    fn = load(front) if case in ("unix", "many") else load(front[1])
+                    results[k].append(measure(relays[k], fn))
+            log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
+                f"{k} {results[k][-1]['figure']:.2f}" for k in RELAYS))
+        peaks = {k: tree_peak_rss(relays[k].pid) for k in RELAYS[:3]}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary = {}
+    for k in RELAYS:
+        rows = results[k]
+        s = {"figure": statistics.median(r["figure"] for r in rows), "unit": unit,
+             "rounds": [r["figure"] for r in rows]}
+        if k != "direct":
+            cps = [r["cpu_s_per_gib"] for r in rows if "cpu_s_per_gib" in r]
+            if cps:
+                s["cpu_s_per_gib"] = statistics.median(cps)
+            s["cpu_pct"] = statistics.median(r["cpu_pct"] for r in rows)
+            s["peak_rss"] = peaks[k]
+        summary[k] = s
+    return summary
+
+
+def loadgen_stream(port, seconds):
+    r = subprocess.run([LOADGEN, "stream", f"127.0.0.1:{port}", "--time", str(seconds)],
+                       capture_output=True, text=True, timeout=seconds + 60)
+    d = json.loads(r.stdout)
+    return d["bytes"] * 2, d["gbit"]
+
+
+def run_idle(args, vsplice_extra, count, user=None):
+    """count idle connections held through one vsplice listener (each checked to be served),
+    and one active stream through the same listener, before and among them."""
+    sport = free_port()
+    echo = Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening", name="echo")
+    fport = free_port()
+    relay = Proc([VSPLICE, "-dd", *vsplice_extra, f"TCP-LISTEN:{fport},bind=127.0.0.1,fork",
+                  f"TCP:127.0.0.1:{sport}"], ready="listening on", name="vsplice", user=user)
+    out = {"connections": count, "user": user or "root"}
+    try:
+        alone = [measure(relay, lambda: loadgen_stream(fport, args.time)) for _ in range(3)]
+        holder = subprocess.Popen([LOADGEN, "hold", f"127.0.0.1:{fport}", "--count", str(count)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        out["hold"] = holder.stdout.readline().strip()
+        time.sleep(1)
+        out["relay_rss_idle_mib"] = round(proc_status(relay.pid, "VmRSS") / 2**20, 1)
+        out["iou_wrk_threads_idle"] = iou_workers(relay.pid)
+        out["relay_threads"] = len(os.listdir(f"/proc/{relay.pid}/task"))
+        out["relay_fds"] = len(os.listdir(f"/proc/{relay.pid}/fd"))
+        among = [measure(relay, lambda: loadgen_stream(fport, args.time)) for _ in range(3)]
+        out["iou_wrk_threads_active"] = iou_workers(relay.pid)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        out["after"] = holder.stdout.readline().strip()
+        holder.wait(120)
+        out["relay_peak_rss_mib"] = round(proc_status(relay.pid, "VmHWM") / 2**20, 1)
+        out["stream_alone_gbit"] = round(statistics.median(m["figure"] for m in alone), 2)
+        out["stream_among_idle_gbit"] = round(statistics.median(m["figure"] for m in among), 2)
+        out["ratio"] = round(out["stream_among_idle_gbit"] / out["stream_alone_gbit"], 3)
+    finally:
+        relay.stop()
+        echo.stop()
+    return out
+
+
+def table(all_results):
+    lines = ["| case | relay | throughput | relay CPU-s/GiB | relay CPU | peak RSS | vs baseline | vs socat |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for case, res in all_results.items():
+        base = res["baseline"]["figure"]
+        soc = res["socat"]["figure"]
+        for k in RELAYS:
+            r = res[k]
+            cps = f"{r['cpu_s_per_gib']:.3f}" if "cpu_s_per_gib" in r else "-"
+            cpu = f"{r['cpu_pct']:.0f}%" if "cpu_pct" in r else "-"
+            rss = f"{r['peak_rss'] / 2**20:.1f} MiB" if r.get("peak_rss") else "-"
+            vb = f"{r['figure'] / base:.2f}x" if base else "-"
+            vsoc = f"{r['figure'] / soc:.2f}x" if soc else "-"
+            lines.append(f"| {case} | {k} | {r['figure']:.2f} {r['unit']} | {cps} | {cpu} | {rss} | {vb} | {vsoc} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--time", type=float, default=5)
+    ap.add_argument("--cases", default="single,parallel8,unix,many,crr,idle10k")
+    ap.add_argument("--vsplice-args", default="", help="extra vsplice options, e.g. '--mode copy'")
+    ap.add_argument("--json", help="also write all figures to this file")
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    if not args.no_build:
+        ensure_tools()
+    extra = args.vsplice_args.split()
+    cpus = os.cpu_count()
+    uname = os.uname()
+    log(f"machine: {cpus} CPUs, {uname.sysname} {uname.release}; {args.rounds} rounds x {args.time} s")
+    results = {}
+    idle = None
+    for case in args.cases.split(","):
+        if case == "idle10k":
+            log("  idle10k: 10,000 idle connections as root, 9,000 as nobody")
+            idle = [run_idle(args, extra, 10000)]
+            if os.geteuid() == 0:
+                idle.append(run_idle(args, extra, 9000, user="nobody"))
+            continue
+        results[case] = run_case(case, args, extra)
+    print(f"\nvsplice perf, {time.strftime('%Y-%m-%d')}, {cpus} CPUs, kernel {uname.release}, "
+          f"{args.rounds} rounds x {args.time:g} s, medians; vsplice {' '.join(extra) or '(defaults)'}\n")
+    if results:
+        print(table(results))
+    for run in idle or []:
+        print(f"\nidle ({run['user']}): " + json.dumps(run))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cases": results, "idle10k": idle, "cpus": cpus, "kernel": uname.release,
+                       "rounds": args.rounds, "seconds": args.time, "vsplice_args": extra}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

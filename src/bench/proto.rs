@@ -1,0 +1,239 @@
+//! The bench wire protocol: JSON lines on a control connection, and one JSON hello line at the
+//! start of each data connection.
+//!
+//! A test: the client opens the control connection and sends `Hello::Control` with the test
+//! parameters; the server answers `Ready`. The client opens `streams` data connections, each
+//! starting with `Hello::Data`; once all arrived the server sends `Start`. Bytes flow for the
+//! test's time or byte budget; senders half-close when done and receivers read to end of file.
+//! The client then sends `Done`, and the server answers `Results` with its own counts and CPU,
+//! so the client prints both ends.
+
+use std::io::{self, BufRead, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u32 = 1;
+
+/// Which way the bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The client sends (default).
+    Forward,
+    /// The server sends (`--reverse`).
+    Reverse,
+    /// Both at once on every stream (`--bidir`).
+    Bidir,
+}
+
+impl Direction {
+    pub fn client_sends(self) -> bool {
+        matches!(self, Direction::Forward | Direction::Bidir)
+    }
+
+    pub fn server_sends(self) -> bool {
+        matches!(self, Direction::Reverse | Direction::Bidir)
+    }
+}
+
+/// When senders stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// Send for this many milliseconds.
+    Time { ms: u64 },
+    /// Send this many bytes in total, split over the streams.
+    Bytes { total: u64 },
+}
+
+/// The parameters of one test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    pub streams: u32,
+    /// Bytes per write and per read.
+    pub len: usize,
+    pub direction: Direction,
+    pub limit: Limit,
+    /// Fill with a known pattern and check it on receipt.
+    pub verify: bool,
+    /// Send with MSG_ZEROCOPY.
+    pub zerocopy: bool,
+}
+
+impl Params {
+    /// Bytes stream `stream` sends under a byte limit (the remainder goes to stream 0).
+    pub fn stream_bytes(&self, stream: u32) -> Option<u64> {
+        match self.limit {
+            Limit::Time { .. } => None,
+            Limit::Bytes { total } => {
+                let n = u64::from(self.streams.max(1));
+                let share = total / n;
+                Some(if stream == 0 {
+                    share + total % n
+                } else {
+                    share
+                })
+            }
+        }
+    }
+}
+
+/// The first line of every connection to a bench server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Hello {
+    Control {
+        version: u32,
+        cookie: String,
+        params: Params,
+    },
+    Data {
+        cookie: String,
+        stream: u32,
+    },
+}
+
+/// CPU time used by one end during a test, as a share of the test's wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cpu {
+    pub user_pct: f64,
+    pub system_pct: f64,
+}
+
+impl Cpu {
+    pub fn total_pct(&self) -> f64 {
+        self.user_pct + self.system_pct
+    }
+}
+
+/// One end's view of one stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamCounts {
+    pub stream: u32,
+    pub sent: u64,
+    pub send_seconds: f64,
+    pub received: u64,
+    pub recv_seconds: f64,
+    /// Anything that went wrong on this stream at this end (I/O error, pattern mismatch).
+    pub error: Option<String>,
+}
+
+/// Messages the server sends on the control connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Ready,
+    Start,
+    Results {
+        streams: Vec<StreamCounts>,
+        cpu: Cpu,
+        seconds: f64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Messages the client sends on the control connection after the hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Done,
+}
+
+/// Writes one message as a JSON line.
+pub fn send_line<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+/// Reads one JSON line; end of file is an `UnexpectedEof` error.
+pub fn recv_line<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> io::Result<T> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    serde_json::from_str(line.trim_end())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
+}
+
+/// Reads one line byte by byte, so not one byte of the data that follows is consumed.
+pub fn read_hello(r: &mut impl Read) -> io::Result<Hello> {
+    let mut line = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    loop {
+        if r.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before its hello",
+            ));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+        if line.len() > 4096 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "hello line too long (not a vsplice bench client?)",
+            ));
+        }
+    }
+    serde_json::from_slice(&line).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad hello (not a vsplice bench client?): {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_leaves_following_bytes_unread() {
+        let hello = Hello::Data {
+            cookie: "abc".into(),
+            stream: 3,
+        };
+        let mut wire = Vec::new();
+        send_line(&mut wire, &hello).unwrap();
+        wire.extend_from_slice(b"DATA");
+        let mut cursor = io::Cursor::new(wire);
+        assert_eq!(read_hello(&mut cursor).unwrap(), hello);
+        let mut rest = String::new();
+        cursor.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "DATA");
+    }
+
+    #[test]
+    fn messages_are_tagged_json_lines() {
+        let mut wire = Vec::new();
+        send_line(&mut wire, &ServerMsg::Start).unwrap();
+        assert_eq!(wire, b"{\"type\":\"start\"}\n");
+        let back: ServerMsg = recv_line(&mut io::Cursor::new(wire)).unwrap();
+        assert_eq!(back, ServerMsg::Start);
+        let err = recv_line::<ServerMsg>(&mut io::Cursor::new(Vec::new())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn byte_limits_split_over_streams() {
+        let p = Params {
+            streams: 3,
+            len: 1,
+            direction: Direction::Forward,
+            limit: Limit::Bytes { total: 10 },
+            verify: false,
+            zerocopy: false,
+        };
+        assert_eq!(p.stream_bytes(0), Some(4));
+        assert_eq!(p.stream_bytes(1), Some(3));
+        assert_eq!(p.stream_bytes(2), Some(3));
+    }
+}

@@ -1,0 +1,314 @@
+//! `vsplice bench server`: accepts control and data connections, runs the tests clients ask
+//! for, and reports its side (byte counts per stream, CPU) back on the control connection.
+//! Tests may overlap; CPU figures are then shared between them.
+
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::os::fd::AsFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::cpu::CpuTimes;
+use super::proto::{self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION};
+use super::stream::{self, SendLimit, Stream};
+use crate::open::Listener;
+use crate::sys::signal::StopSignals;
+use crate::{debug, info, notice, warn};
+
+/// How long a server waits for a test's data connections, and for a silent peer.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct SessionState {
+    arrived: u32,
+    started: Option<Instant>,
+    aborted: bool,
+    finished: u32,
+    results: Vec<Option<StreamCounts>>,
+}
+
+#[derive(Debug)]
+struct Session {
+    params: Params,
+    state: Mutex<SessionState>,
+    changed: Condvar,
+}
+
+impl Session {
+    fn wait<F: Fn(&SessionState) -> bool>(&self, until: F, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        while !until(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self.changed.wait_timeout(state, left).unwrap().0;
+        }
+        true
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SessionState)) {
+        f(&mut self.state.lock().unwrap());
+        self.changed.notify_all();
+    }
+}
+
+type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
+
+/// Serves until SIGINT/SIGTERM.
+pub fn serve(listener: Listener, signals: &StopSignals) -> std::io::Result<()> {
+    let sessions: Sessions = Arc::default();
+    loop {
+        let mut fds = [
+            PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(signo) = signals.take() {
+            notice!("bench server: signal {signo}, stopping");
+            return Ok(());
+        }
+        loop {
+            match listener.accept() {
+                Ok(Some(endpoint)) => {
+                    let sessions = sessions.clone();
+                    let peer = endpoint.label().to_string();
+                    let spawned = std::thread::Builder::new()
+                        .name("bench-conn".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            if let Err(e) = handle(endpoint, &sessions) {
+                                warn!("bench server: {peer}: {e}");
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        warn!("bench server: cannot start a thread: {e}");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("bench server: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn handle(endpoint: crate::endpoint::Endpoint, sessions: &Sessions) -> std::io::Result<()> {
+    let stream = Stream::from_endpoint(endpoint)?;
+    stream.set_timeouts(SETUP_TIMEOUT)?;
+    match proto::read_hello(&mut stream.reader())? {
+        Hello::Control {
+            version,
+            cookie,
+            params,
+        } => control(stream, sessions, version, cookie, params),
+        Hello::Data { cookie, stream: id } => {
+            let session = sessions.lock().unwrap().get(&cookie).cloned();
+            match session {
+                Some(session) => {
+                    data(stream, &session, id);
+                    Ok(())
+                }
+                None => Err(std::io::Error::other(format!(
+                    "data connection for unknown test {cookie}"
+                ))),
+            }
+        }
+    }
+}
+
+fn control(
+    stream: Stream,
+    sessions: &Sessions,
+    version: u32,
+    cookie: String,
+    params: Params,
+) -> std::io::Result<()> {
+    let mut out = stream.writer();
+    if version != VERSION {
+        let message = format!(
+            "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
+        );
+        proto::send_line(
+            &mut out,
+            &ServerMsg::Error {
+                message: message.clone(),
+            },
+        )?;
+        return Err(std::io::Error::other(message));
+    }
+    if params.streams == 0 || params.len == 0 {
+        let message = "a test needs at least one stream and a write size".to_string();
+        proto::send_line(
+            &mut out,
+            &ServerMsg::Error {
+                message: message.clone(),
+            },
+        )?;
+        return Err(std::io::Error::other(message));
+    }
+    info!("bench server: test {cookie}: {params:?}");
+    let session = Arc::new(Session {
+        params: params.clone(),
+        state: Mutex::new(SessionState {
+            results: vec![None; params.streams as usize],
+            ..SessionState::default()
+        }),
+        changed: Condvar::new(),
+    });
+    sessions
+        .lock()
+        .unwrap()
+        .insert(cookie.clone(), session.clone());
+    let result = run_control(&stream, &session, &params);
+    session.update(|s| {
+        if s.finished < params.streams {
+            s.aborted = true;
+        }
+    });
+    sessions.lock().unwrap().remove(&cookie);
+    result
+}
+
+fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::Result<()> {
+    let mut out = stream.writer();
+    proto::send_line(&mut out, &ServerMsg::Ready)?;
+    let all_here = session.wait(|s| s.arrived >= params.streams, SETUP_TIMEOUT);
+    if !all_here {
+        let message = "not all data connections arrived".to_string();
+        let _ = proto::send_line(
+            &mut out,
+            &ServerMsg::Error {
+                message: message.clone(),
+            },
+        );
+        return Err(std::io::Error::other(message));
+    }
+    let cpu_start = CpuTimes::of_self();
+    let started = Instant::now();
+    session.update(|s| s.started = Some(started));
+    proto::send_line(&mut out, &ServerMsg::Start)?;
+    // The client says Done once its streams ended; allow the test's length plus slack.
+    let test_time = match params.limit {
+        Limit::Time { ms } => Duration::from_millis(ms),
+        Limit::Bytes { .. } => Duration::from_secs(3600),
+    };
+    stream.set_timeouts(test_time + SETUP_TIMEOUT)?;
+    let mut reader = BufReader::new(stream.reader());
+    let done: ClientMsg = proto::recv_line(&mut reader)?;
+    debug!("bench server: client says {done:?}");
+    session.wait(|s| s.finished >= params.streams, SETUP_TIMEOUT);
+    let seconds = started.elapsed();
+    let cpu = CpuTimes::of_self().since(cpu_start, seconds);
+    let streams = session
+        .state
+        .lock()
+        .unwrap()
+        .results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.clone().unwrap_or_else(|| StreamCounts {
+                stream: i as u32,
+                error: Some("stream did not finish at the server".into()),
+                ..StreamCounts::default()
+            })
+        })
+        .collect();
+    proto::send_line(
+        &mut out,
+        &ServerMsg::Results {
+            streams,
+            cpu,
+            seconds: seconds.as_secs_f64(),
+        },
+    )
+}
+
+fn data(stream: Stream, session: &Session, id: u32) {
+    let params = session.params.clone();
+    if id >= params.streams {
+        warn!(
+            "bench server: stream {id} is beyond the test's {}",
+            params.streams
+        );
+        return;
+    }
+    session.update(|s| s.arrived += 1);
+    let idle = match params.limit {
+        Limit::Time { ms } => Duration::from_millis(ms) + SETUP_TIMEOUT,
+        Limit::Bytes { .. } => SETUP_TIMEOUT,
+    };
+    let _ = stream.set_timeouts(idle);
+    if params.zerocopy && params.direction.server_sends() {
+        if let Err(e) = stream.enable_zerocopy() {
+            let counts = StreamCounts {
+                stream: id,
+                error: Some(e.to_string()),
+                ..StreamCounts::default()
+            };
+            session.update(|s| {
+                s.results[id as usize] = Some(counts);
+                s.finished += 1;
+            });
+            return;
+        }
+    }
+    let counter = AtomicU64::new(0);
+    let counts = std::thread::scope(|scope| {
+        let receiver = params.direction.client_sends().then(|| {
+            scope.spawn(|| stream::receive(&stream, id, params.len, params.verify, &counter))
+        });
+        let sent = if params.direction.server_sends() {
+            let go = session.wait(|s| s.started.is_some() || s.aborted, SETUP_TIMEOUT);
+            let started = session.state.lock().unwrap().started;
+            match (go, started) {
+                (true, Some(t0)) => {
+                    let limit = match params.limit {
+                        Limit::Time { ms } => SendLimit::Until(t0 + Duration::from_millis(ms)),
+                        Limit::Bytes { .. } => {
+                            SendLimit::Bytes(params.stream_bytes(id).unwrap_or(0))
+                        }
+                    };
+                    stream::send(
+                        &stream,
+                        id,
+                        params.len,
+                        limit,
+                        params.verify,
+                        params.zerocopy,
+                        &counter,
+                    )
+                }
+                _ => StreamCounts {
+                    stream: id,
+                    error: Some("the test never started".into()),
+                    ..StreamCounts::default()
+                },
+            }
+        } else {
+            StreamCounts {
+                stream: id,
+                ..StreamCounts::default()
+            }
+        };
+        match receiver {
+            Some(r) => stream::merge(sent, r.join().unwrap_or_default()),
+            None => sent,
+        }
+    });
+    session.update(|s| {
+        s.results[id as usize] = Some(counts);
+        s.finished += 1;
+    });
+}

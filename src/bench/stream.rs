@@ -1,0 +1,333 @@
+//! A blocking bench connection and the sender and receiver loops that run on it, shared by
+//! client and server. Each loop counts its bytes in an atomic the interval reporter reads.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+use super::pattern;
+use super::proto::StreamCounts;
+use crate::endpoint::Endpoint;
+use crate::sys::zerocopy;
+
+/// A connected, blocking socket.
+#[derive(Debug)]
+pub struct Stream {
+    file: File,
+    family: &'static str,
+}
+
+impl Stream {
+    pub fn from_endpoint(endpoint: Endpoint) -> io::Result<Stream> {
+        let label = endpoint.label().to_string();
+        let socket = endpoint
+            .into_socket()
+            .ok_or_else(|| io::Error::other("the bench needs a socket address, not STDIO"))?;
+        let fd: OwnedFd = socket.into_owned();
+        let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+        let family = if label.starts_with("unix:") {
+            "UNIX"
+        } else if label.starts_with("vsock:") {
+            "vsock"
+        } else {
+            "TCP"
+        };
+        Ok(Stream {
+            file: File::from(fd),
+            family,
+        })
+    }
+
+    /// Bounds every blocking read and write, so a vanished peer gives an error, not a hang.
+    pub fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+            // SAFETY: the pointer and length describe `tv`, live for the call.
+            crate::sys::cvt(unsafe {
+                libc::setsockopt(
+                    self.file.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match nix::sys::socket::shutdown(self.file.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+            Ok(()) | Err(nix::Error::ENOTCONN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn enable_zerocopy(&self) -> io::Result<()> {
+        zerocopy::enable(self.file.as_fd()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "--zerocopy: {} sockets do not support MSG_ZEROCOPY here ({e})",
+                    self.family
+                ),
+            )
+        })
+    }
+
+    pub fn reader(&self) -> &File {
+        &self.file
+    }
+
+    pub fn writer(&self) -> &File {
+        &self.file
+    }
+}
+
+/// When a sender stops.
+#[derive(Debug, Clone, Copy)]
+pub enum SendLimit {
+    Until(Instant),
+    Bytes(u64),
+}
+
+fn describe(e: &io::Error, what: &str) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("{what} timed out (peer gone or stalled)")
+        }
+        _ => format!("{what} failed: {e}"),
+    }
+}
+
+/// Sends until the limit, then half-closes. Returns this stream's counts (sender side).
+pub fn send(
+    stream: &Stream,
+    id: u32,
+    len: usize,
+    limit: SendLimit,
+    verify: bool,
+    use_zerocopy: bool,
+    counter: &AtomicU64,
+) -> StreamCounts {
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let result = if use_zerocopy {
+        send_zerocopy(stream, id, len, limit, verify, counter, &mut sent)
+    } else {
+        send_copy(stream, id, len, limit, verify, counter, &mut sent)
+    };
+    let error = result
+        .and_then(|_| stream.shutdown_write())
+        .err()
+        .map(|e| describe(&e, "send"));
+    StreamCounts {
+        stream: id,
+        sent,
+        send_seconds: started.elapsed().as_secs_f64(),
+        error,
+        ..StreamCounts::default()
+    }
+}
+
+fn next_len(limit: SendLimit, len: usize, sent: u64) -> usize {
+    match limit {
+        SendLimit::Until(t) => {
+            if Instant::now() >= t {
+                0
+            } else {
+                len
+            }
+        }
+        SendLimit::Bytes(total) => (total.saturating_sub(sent)).min(len as u64) as usize,
+    }
+}
+
+fn send_copy(
+    stream: &Stream,
+    id: u32,
+    len: usize,
+    limit: SendLimit,
+    verify: bool,
+    counter: &AtomicU64,
+    sent: &mut u64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; len];
+    if !verify {
+        pattern::fill(id, 0, &mut buf);
+    }
+    let mut w = stream.writer();
+    loop {
+        let n = next_len(limit, len, *sent);
+        if n == 0 {
+            return Ok(());
+        }
+        if verify {
+            pattern::fill(id, *sent, &mut buf[..n]);
+        }
+        let mut off = 0;
+        while off < n {
+            match w.write(&buf[off..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    off += k;
+                    *sent += k as u64;
+                    counter.fetch_add(k as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Blocks until the kernel has reported at least `target` zerocopy sends complete.
+fn wait_completed(
+    fd: std::os::fd::BorrowedFd<'_>,
+    completed: &mut u64,
+    target: u64,
+) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        *completed += u64::from(zerocopy::reap(fd)?);
+        if *completed >= target {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "zerocopy completions did not arrive",
+            ));
+        }
+        // Notifications arrive on the error queue, which poll reports as POLLERR.
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::empty())];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
+    }
+}
+
+/// MSG_ZEROCOPY sending. With `--verify` each send gets its own buffer from a small ring and
+/// a buffer is refilled only after the kernel reported its send complete.
+fn send_zerocopy(
+    stream: &Stream,
+    id: u32,
+    len: usize,
+    limit: SendLimit,
+    verify: bool,
+    counter: &AtomicU64,
+    sent: &mut u64,
+) -> io::Result<()> {
+    const RING: u64 = 8;
+    const MAX_OUTSTANDING: u64 = 64;
+    let fd = stream.file.as_fd();
+    let mut buffers: Vec<Vec<u8>> = (0..if verify { RING } else { 1 })
+        .map(|_| vec![0u8; len])
+        .collect();
+    if !verify {
+        pattern::fill(id, 0, &mut buffers[0]);
+    }
+    let mut issued: u64 = 0;
+    let mut completed: u64 = 0;
+    loop {
+        let n = next_len(limit, len, *sent);
+        if n == 0 {
+            break;
+        }
+        let slot = (issued % buffers.len() as u64) as usize;
+        if verify {
+            // This buffer last carried send number `issued - RING`: wait for it.
+            if issued >= RING {
+                wait_completed(fd, &mut completed, issued - RING + 1)?;
+            }
+            pattern::fill(id, *sent, &mut buffers[slot][..n]);
+        }
+        let mut off = 0;
+        while off < n {
+            match zerocopy::send(fd, &buffers[slot][off..n]) {
+                Ok(k) => {
+                    issued += 1;
+                    off += k;
+                    *sent += k as u64;
+                    counter.fetch_add(k as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Too many notifications pending: collect one and retry.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && issued > completed => {
+                    let next = completed + 1;
+                    wait_completed(fd, &mut completed, next)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if issued - completed > MAX_OUTSTANDING {
+            wait_completed(fd, &mut completed, issued - MAX_OUTSTANDING)?;
+        }
+    }
+    // Every buffer must be released by the kernel before it is freed.
+    wait_completed(fd, &mut completed, issued)
+}
+
+/// Receives until end of file. Returns this stream's counts (receiver side).
+pub fn receive(
+    stream: &Stream,
+    id: u32,
+    len: usize,
+    verify: bool,
+    counter: &AtomicU64,
+) -> StreamCounts {
+    let started = Instant::now();
+    let mut buf = vec![0u8; len.max(4096)];
+    let mut received: u64 = 0;
+    let mut r = stream.reader();
+    let mut error = None;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if verify && error.is_none() {
+                    if let Err(at) = pattern::check(id, received, &buf[..n]) {
+                        error = Some(format!("data mismatch at byte {at} of stream {}", id + 1));
+                    }
+                }
+                received += n as u64;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                error.get_or_insert_with(|| describe(&e, "receive"));
+                break;
+            }
+        }
+    }
+    StreamCounts {
+        stream: id,
+        received,
+        recv_seconds: started.elapsed().as_secs_f64(),
+        error,
+        ..StreamCounts::default()
+    }
+}
+
+/// Merges a stream's sender and receiver counts (bidirectional streams have both).
+pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
+    StreamCounts {
+        stream: a.stream,
+        sent: a.sent + b.sent,
+        send_seconds: a.send_seconds.max(b.send_seconds),
+        received: a.received + b.received,
+        recv_seconds: a.recv_seconds.max(b.recv_seconds),
+        error: a.error.or(b.error),
+    }
+}
+
+/// Writes a line on a control stream.
+pub fn write_all(stream: &Stream, data: &[u8]) -> io::Result<()> {
+    stream.writer().write_all(data)
+}
