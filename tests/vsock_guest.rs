@@ -32,7 +32,65 @@ const SCENARIOS: &[Scenario] = &[
     ("vsock_to_tcp_copy", vsock_to_tcp_copy),
     ("fifty_concurrent_vsock_connections", fifty_concurrent),
     ("vsock_half_close_late_reply", vsock_half_close_late_reply),
+    ("bench_over_vsock", bench_over_vsock),
+    ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
 ];
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(vsplice_bin())
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
+fn bench_over_vsock() {
+    let mut server = Relay::spawn(&["bench", "server", "VSOCK-LISTEN:5101"], Stdio::null(), Stdio::piped());
+    let mut out = server.child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("listening on") {
+        assert_eq!(out.read(&mut byte).unwrap(), 1, "bench server exited");
+        seen.push(byte[0]);
+    }
+    let doc = bench_json(&[
+        "bench", "client", "VSOCK-CONNECT:1:5101", "--bytes", "32M", "--streams", "2", "--verify",
+    ]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    assert_eq!(doc["sum_client_to_server"]["sender_bytes"], 32 << 20);
+    assert_eq!(doc["sum_client_to_server"]["receiver_bytes"], 32 << 20);
+    let doc = bench_json(&[
+        "bench", "client", "VSOCK-CONNECT:1:5101", "--bytes", "16M", "--reverse", "--verify",
+    ]);
+    assert_eq!(doc["sum_server_to_client"]["receiver_bytes"], 16 << 20);
+    let doc = bench_json(&["bench", "client", "VSOCK-CONNECT:1:5101", "--time", "1", "--bidir"]);
+    let up = &doc["sum_client_to_server"];
+    assert_eq!(up["sender_bytes"], up["receiver_bytes"]);
+    assert!(up["receiver_bytes"].as_u64().unwrap() > 0);
+    assert!(server.stop().success());
+}
+
+/// One command answers "what does the relay cost on vsock": direct vs through vsplice.
+fn bench_demo_vsock() {
+    let doc = bench_json(&["bench", "demo", "--transport", "vsock", "--time", "1", "--no-socat"]);
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs[0]["path"], "client -> server (direct)");
+    assert_eq!(runs[1]["path"], "client -> vsplice -> server");
+    for r in runs {
+        assert!(r["gbit_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["report"]["errors"].as_array().unwrap().len(), 0);
+    }
+    assert!(runs[1]["relay_cpu_s_per_gib"].as_f64().unwrap() > 0.0);
+}
 
 /// client -> vsplice(listen, upstream) -> server, BIG bytes each way at once.
 fn bulk(mode: &str, listen: &str, server: Listen, client: impl FnOnce() -> Box<dyn Duplex>) {

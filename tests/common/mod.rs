@@ -365,13 +365,13 @@ impl Relay {
         relay
     }
 
-    /// Starts `vsplice -dd ARGS` with the given stdin and stdout, without waiting.
+    /// Starts `vsplice ARGS -dd` with the given stdin and stdout, without waiting.
     pub fn spawn(args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
         let scratch = Scratch::new("relay");
         let log = scratch.path("stderr.log");
         let child = Command::new(vsplice_bin())
-            .arg("-dd")
             .args(args)
+            .arg("-dd")
             .stdin(stdin)
             .stdout(stdout)
             .stderr(File::create(&log).unwrap())
