@@ -78,7 +78,11 @@ fn byte_budget_is_delivered_and_verified_at_both_ends() {
     let doc = json_client(&[&addr, "--bytes", "64M", "--streams", "2", "--verify"]);
     let sum = &doc["sum_client_to_server"];
     assert_eq!(sum["sender_bytes"], 64 << 20);
-    assert_eq!(sum["receiver_bytes"], 64 << 20, "the server counted every byte");
+    assert_eq!(
+        sum["receiver_bytes"],
+        64 << 20,
+        "the server counted every byte"
+    );
     assert!(sum["receiver_bits_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(doc["errors"].as_array().unwrap().len(), 0);
     assert!(doc["cpu"]["server"]["total_pct"].as_f64().unwrap() > 0.0);
@@ -138,7 +142,12 @@ fn zerocopy_where_unsupported_is_a_clear_error() {
     let dir = Scratch::new("bench-zc");
     let path = dir.path("bench.sock");
     let _server = Server::start(&format!("UNIX-LISTEN:{}", path.display()));
-    let (code, out, err) = client(&[&format!("UNIX-CONNECT:{}", path.display()), "--time", "1", "--zerocopy"]);
+    let (code, out, err) = client(&[
+        &format!("UNIX-CONNECT:{}", path.display()),
+        "--time",
+        "1",
+        "--zerocopy",
+    ]);
     assert_ne!(code, 0, "{out}");
     assert!(
         err.contains("--zerocopy: UNIX sockets do not support MSG_ZEROCOPY"),
@@ -151,11 +160,17 @@ fn a_sweep_gives_one_row_per_size() {
     let (_server, addr) = tcp_server();
     let doc = json_client(&[&addr, "--time", "0.3", "--sweep", "4K,64K,1M"]);
     let rows = doc["sweep"].as_array().unwrap();
-    let lens: Vec<u64> = rows.iter().map(|r| r["params"]["len"].as_u64().unwrap()).collect();
+    let lens: Vec<u64> = rows
+        .iter()
+        .map(|r| r["params"]["len"].as_u64().unwrap())
+        .collect();
     assert_eq!(lens, vec![4096, 65536, 1 << 20]);
     let (code, out, _) = client(&[&addr, "--time", "0.3", "--sweep", "4K,1M"]);
     assert_eq!(code, 0);
-    assert!(out.contains("len") && out.contains("4K") && out.contains("1M"), "{out}");
+    assert!(
+        out.contains("len") && out.contains("4K") && out.contains("1M"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -191,7 +206,11 @@ fn a_server_that_dies_mid_test_gives_a_clear_error_not_a_hang() {
     let (code, out, err) = client(&[&addr, "--time", "20", "--interval", "0"]);
     killer.join().unwrap();
     assert_ne!(code, 0, "{out}");
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(
         err.contains("(did the bench server stop or die?)"),
         "stderr: {err}\nstdout: {out}"
@@ -220,7 +239,11 @@ fn the_demo_runs_without_setup() {
         .args(["bench", "demo", "--time", "0.5", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let runs = doc["runs"].as_array().unwrap();
     assert!(runs.len() >= 2);

@@ -54,7 +54,11 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
 fn bench_over_vsock() {
-    let mut server = Relay::spawn(&["bench", "server", "VSOCK-LISTEN:5101"], Stdio::null(), Stdio::piped());
+    let mut server = Relay::spawn(
+        &["bench", "server", "VSOCK-LISTEN:5101"],
+        Stdio::null(),
+        Stdio::piped(),
+    );
     let mut out = server.child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
@@ -63,16 +67,36 @@ fn bench_over_vsock() {
         seen.push(byte[0]);
     }
     let doc = bench_json(&[
-        "bench", "client", "VSOCK-CONNECT:1:5101", "--bytes", "32M", "--streams", "2", "--verify",
+        "bench",
+        "client",
+        "VSOCK-CONNECT:1:5101",
+        "--bytes",
+        "32M",
+        "--streams",
+        "2",
+        "--verify",
     ]);
     assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
     assert_eq!(doc["sum_client_to_server"]["sender_bytes"], 32 << 20);
     assert_eq!(doc["sum_client_to_server"]["receiver_bytes"], 32 << 20);
     let doc = bench_json(&[
-        "bench", "client", "VSOCK-CONNECT:1:5101", "--bytes", "16M", "--reverse", "--verify",
+        "bench",
+        "client",
+        "VSOCK-CONNECT:1:5101",
+        "--bytes",
+        "16M",
+        "--reverse",
+        "--verify",
     ]);
     assert_eq!(doc["sum_server_to_client"]["receiver_bytes"], 16 << 20);
-    let doc = bench_json(&["bench", "client", "VSOCK-CONNECT:1:5101", "--time", "1", "--bidir"]);
+    let doc = bench_json(&[
+        "bench",
+        "client",
+        "VSOCK-CONNECT:1:5101",
+        "--time",
+        "1",
+        "--bidir",
+    ]);
     let up = &doc["sum_client_to_server"];
     assert_eq!(up["sender_bytes"], up["receiver_bytes"]);
     assert!(up["receiver_bytes"].as_u64().unwrap() > 0);
@@ -81,7 +105,15 @@ fn bench_over_vsock() {
 
 /// One command answers "what does the relay cost on vsock": direct vs through vsplice.
 fn bench_demo_vsock() {
-    let doc = bench_json(&["bench", "demo", "--transport", "vsock", "--time", "1", "--no-socat"]);
+    let doc = bench_json(&[
+        "bench",
+        "demo",
+        "--transport",
+        "vsock",
+        "--time",
+        "1",
+        "--no-socat",
+    ]);
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs[0]["path"], "client -> server (direct)");
     assert_eq!(runs[1]["path"], "client -> vsplice -> server");
