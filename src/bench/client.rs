@@ -160,7 +160,9 @@ fn connect(address: &Arc<Address>) -> Result<Stream> {
 
 fn bench_err(what: &str, e: std::io::Error) -> Error {
     let hint = match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => " (did the bench server stop or die?)",
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe => " (did the bench server stop or die?)",
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
             " (the bench server stopped answering)"
         }
