@@ -104,6 +104,12 @@ fn serve(client: Sock, upstream: &str) {
     let _ = t.join();
 }
 
+/// The same listen backlog vsplice uses, so bursts of connections compare fairly.
+fn widen_backlog(fd: BorrowedFd<'_>) {
+    // SAFETY: listen() again on a listening socket only changes its backlog.
+    unsafe { libc::listen(fd.as_raw_fd(), 1024) };
+}
+
 fn main() {
     // SAFETY: ignoring SIGPIPE installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
@@ -118,6 +124,7 @@ fn main() {
     if listen.starts_with('/') {
         let _ = std::fs::remove_file(&listen);
         let l = UnixListener::bind(&listen).expect("bind");
+        widen_backlog(l.as_fd());
         eprintln!("listening on {listen}");
         for c in l.incoming().flatten() {
             let up = upstream.clone();
@@ -125,6 +132,7 @@ fn main() {
         }
     } else {
         let l = TcpListener::bind(&listen).expect("bind");
+        widen_backlog(l.as_fd());
         eprintln!("listening on {listen}");
         for c in l.incoming().flatten() {
             let up = upstream.clone();

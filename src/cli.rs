@@ -97,6 +97,12 @@ pub struct Cli {
     /// Do not pin worker threads to cores
     #[arg(long)]
     pub no_pin: bool,
+    /// Tuning: transfers a direction makes before yielding to other connections
+    #[arg(long, hide = true, value_name = "N")]
+    pub budget: Option<u32>,
+    /// Tuning: after a short fill, try the source again instead of waiting for readiness
+    #[arg(long, hide = true)]
+    pub eager_fill: bool,
     /// The two addresses to relay between
     #[arg(value_name = "ADDRESS", num_args = 2, required = true)]
     pub addresses: Vec<String>,
@@ -136,6 +142,8 @@ pub fn engine_config(cli: &Cli) -> EngineConfig {
         linger: cli.half_close_timeout,
         stats: cli.stats,
         pin_workers: !cli.no_pin,
+        budget: cli.budget.unwrap_or(EngineConfig::default().budget).max(1),
+        short_fill_means_idle: !cli.eager_fill,
         ..EngineConfig::default()
     }
 }

@@ -3,8 +3,8 @@
 //! JSON document.
 
 use std::io::BufReader;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -240,27 +240,35 @@ pub fn run_test(
         }
         streams.push(s);
     }
-    expect(proto::recv_line(&mut replies), ServerMsg::Start)?;
-    let started = Instant::now();
-    let cpu_start = CpuTimes::of_self();
-    if output == Output::Text {
-        print_header(address, params);
-    }
-
     let tx: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let rx: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let finished = AtomicBool::new(false);
     let mut intervals = Vec::new();
     let mut counts: Vec<StreamCounts> = Vec::with_capacity(n);
-    std::thread::scope(|scope| {
+    // Every stream thread exists before the clock starts and all start together: spawning a
+    // thousand threads on a loaded machine takes longer than a short test.
+    let ready = Barrier::new(n + 1);
+    let clock: OnceLock<Instant> = OnceLock::new();
+    let mut started_at = None;
+    let mut cpu_start = CpuTimes::default();
+    let outcome: Result<()> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(n);
         for (i, s) in streams.iter().enumerate() {
             let id = i as u32;
             let (tx, rx) = (&tx[i], &rx[i]);
+            let (ready, clock) = (&ready, &clock);
             let params = params.clone();
             let handle = std::thread::Builder::new()
                 .stack_size(256 * 1024)
                 .spawn_scoped(scope, move || {
+                    ready.wait();
+                    // Unset when the test was called off before it started.
+                    let Some(&started) = clock.get() else {
+                        return StreamCounts {
+                            stream: id,
+                            ..StreamCounts::default()
+                        };
+                    };
                     std::thread::scope(|inner| {
                         let receiver = params.direction.server_sends().then(|| {
                             inner.spawn(|| stream::receive(s, id, params.len, params.verify, rx))
@@ -300,14 +308,32 @@ pub fn run_test(
                 .expect("spawn a stream thread");
             handles.push(handle);
         }
+        let go = expect(proto::recv_line(&mut replies), ServerMsg::Start);
+        if go.is_ok() {
+            let now = Instant::now();
+            let _ = clock.set(now);
+            started_at = Some(now);
+            cpu_start = CpuTimes::of_self();
+            if output == Output::Text {
+                print_header(address, params);
+            }
+        }
+        ready.wait();
+        let Some(started) = started_at else {
+            for h in handles {
+                let _ = h.join();
+            }
+            return go;
+        };
         // The interval reporter runs on this thread until every stream ended.
-        let reporter = scope.spawn(|| {
+        let (tx, rx, finished) = (&tx, &rx, &finished);
+        let reporter = scope.spawn(move || {
             report_intervals(
                 started,
                 interval,
-                &tx,
-                &rx,
-                &finished,
+                tx,
+                rx,
+                finished,
                 params.direction,
                 output,
             )
@@ -325,7 +351,10 @@ pub fn run_test(
             .collect();
         finished.store(true, Ordering::SeqCst);
         intervals = reporter.join().unwrap_or_default();
+        Ok(())
     });
+    outcome?;
+    let started = started_at.expect("the test started");
     let wall = started.elapsed();
     let client_cpu = CpuTimes::of_self().since(cpu_start, wall);
 

@@ -28,6 +28,9 @@ use client::{Output, TestReport, print_sweep, run_test};
 use demo::{DemoPlan, Transport};
 use proto::{Direction, Limit, Params};
 
+/// How long a bench client waits for each connection when the address does not say.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn size_arg(s: &str) -> std::result::Result<usize, String> {
     match parse_size(s)? {
         0 => Err(format!("size \"{s}\" must be more than 0")),
@@ -174,7 +177,12 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
             Ok(BenchPlan::Server(address))
         }
         BenchCommand::Client(c) => {
-            let address = parse_address(&c.address)?;
+            let mut address = parse_address(&c.address)?;
+            // A server that never answers must give an error, not a hang in TCP's SYN backoff.
+            address
+                .options
+                .connect_timeout
+                .get_or_insert(DEFAULT_CONNECT_TIMEOUT);
             if !address.is_connector() {
                 return Err(Error::Usage(format!(
                     "bench client needs a connect address (VSOCK-CONNECT, TCP, UNIX-CONNECT, VSOCK-UDS-CONNECT), not \"{}\"",

@@ -131,6 +131,8 @@ pub(super) struct Worker {
     next_serial: u64,
     stopping: bool,
     completions: Vec<(u64, i32, u32)>,
+    /// Submissions that found the queue full and the kernel busy.
+    overflow: VecDeque<squeue::Entry>,
     /// Where discarding directions write.
     devnull: std::os::fd::OwnedFd,
 }
@@ -184,6 +186,7 @@ impl Worker {
             next_serial: 1,
             stopping: false,
             completions: Vec::with_capacity(256),
+            overflow: VecDeque::new(),
             devnull: std::fs::OpenOptions::new()
                 .write(true)
                 .open("/dev/null")?
@@ -191,24 +194,42 @@ impl Worker {
         })
     }
 
-    /// Queues a submission, flushing the queue to the kernel when it is full.
+    /// Queues a submission. When the queue is full it is flushed to the kernel; if the
+    /// kernel cannot take more now, the entry waits in `overflow` until the next `wait`.
+    /// Never reaps completions: that would re-enter connection code from inside it.
     ///
     /// # Safety
     /// Every descriptor and buffer `sqe` names must stay valid until its completion is reaped.
     /// The worker guarantees this by keeping a connection (and its endpoints, pipes and
     /// buffers) alive while any bit of its in-flight set is set.
     unsafe fn push(&mut self, sqe: &squeue::Entry) {
-        loop {
+        if self.overflow.is_empty() {
             // SAFETY: forwarded from this function's contract.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    warn!("worker {}: submit failed: {e}", self.index);
+            if self.ring.submit().is_ok() {
+                // SAFETY: as above.
+                if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                    return;
                 }
-                self.reap();
             }
+        }
+        self.overflow.push_back(sqe.clone());
+    }
+
+    /// Moves entries that did not fit earlier into the submission queue, as room allows.
+    fn flush_overflow(&mut self) {
+        while let Some(sqe) = self.overflow.front() {
+            // SAFETY: the entry was accepted by `push` under the same contract and its
+            // connection still holds it in flight.
+            if unsafe { self.ring.submission().push(sqe) }.is_err() {
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                continue;
+            }
+            self.overflow.pop_front();
         }
     }
 
@@ -251,7 +272,8 @@ impl Worker {
     }
 
     fn wait(&mut self) {
-        let result = if !self.runq.is_empty() {
+        self.flush_overflow();
+        let result = if !self.runq.is_empty() || !self.overflow.is_empty() {
             self.ring.submit()
         } else if let Some(Reverse(next)) = self.timers.peek() {
             let left = next.at.saturating_duration_since(Instant::now());
