@@ -178,6 +178,8 @@ pub struct Listener {
     local: SockAddr,
     /// The UNIX socket file this listener created, removed on drop.
     socket_file: Option<PathBuf>,
+    /// Label accepted connections with their peer address (a getpeername per connection).
+    peer_labels: bool,
 }
 
 impl Listener {
@@ -269,6 +271,7 @@ impl Listener {
             address: address.clone(),
             local,
             socket_file,
+            peer_labels: true,
         })
     }
 
@@ -298,11 +301,18 @@ impl Listener {
         if matches!(self.address.kind, Kind::TcpListen { .. }) {
             apply_connected_options(&socket, &self.address.options)?;
         }
-        let label = socket
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| self.local.to_string());
+        let label = match self.peer_labels {
+            true => socket.peer_addr().map(|a| a.to_string()).ok(),
+            false => None,
+        }
+        .unwrap_or_else(|| format!("client of {}", self.local));
         Ok(Some(Endpoint::socket(socket, label)))
+    }
+
+    /// Whether accepted connections are labelled with their peer address. Off saves a
+    /// system call per connection when nothing will print the label.
+    pub fn set_peer_labels(&mut self, on: bool) {
+        self.peer_labels = on;
     }
 
     pub fn local_addr(&self) -> &SockAddr {

@@ -196,6 +196,10 @@ fn serve(
     let fork = plan.first.options.fork;
     let max_children = plan.first.options.max_children;
     let shared = engine.shared().clone();
+    // A forking listener without a limit never waits for closes: spare it the wake-ups.
+    shared
+        .wake_on_close
+        .store(!fork || max_children.is_some(), Ordering::SeqCst);
     let mut listener = Some(listener);
     let mut warned_full_fds = false;
     loop {
@@ -215,13 +219,23 @@ fn serve(
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(Error::io("poll", crate::sys::from_nix(e))),
         }
+        let readable = |i: usize| {
+            fds.get(i)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (signalled, closed) = (readable(0), readable(1));
         drop(fds);
-        if let Some(signo) = signals.take() {
-            notice!("signal {signo}: stopping");
-            drop(listener.take());
-            return finish(engine, plan, true);
+        if signalled {
+            if let Some(signo) = signals.take() {
+                notice!("signal {signo}: stopping");
+                drop(listener.take());
+                return finish(engine, plan, true);
+            }
         }
-        shared.closed.drain();
+        if closed {
+            shared.closed.drain();
+        }
         let Some(l) = listener.as_ref() else { continue };
         if full {
             continue;
@@ -239,7 +253,7 @@ fn serve(
                         },
                         _ => Second::Dial(second.clone()),
                     };
-                    engine.submit(Job { first, second });
+                    engine.queue(Job { first, second });
                     if !fork {
                         // One connection only: stop listening (and remove a UNIX socket file).
                         listener = None;
@@ -269,6 +283,7 @@ fn serve(
                 }
             }
         }
+        engine.wake_all();
     }
 }
 

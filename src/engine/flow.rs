@@ -191,6 +191,14 @@ impl Flow {
         }
     }
 
+    /// Waits for readiness before the first fill: a fresh connection's source is usually
+    /// still empty, and a poll on a ready source completes at once anyway.
+    pub fn await_readiness_first(&mut self) {
+        if self.state == FlowState::Open && self.staged == 0 {
+            self.source_idle = true;
+        }
+    }
+
     /// The source became readable (or reported an error or hang-up: the next fill tells).
     pub fn readable(&mut self) {
         self.source_idle = false;
@@ -326,6 +334,15 @@ mod tests {
                 .starts_with("shutdown failed: Bad file descriptor"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_fresh_direction_can_wait_for_readiness_first() {
+        let mut f = Flow::new(100, false);
+        f.await_readiness_first();
+        assert_eq!(f.next(), Step::WaitReadable);
+        f.readable();
+        assert_eq!(f.next(), Step::Fill { max: 100 });
     }
 
     #[test]

@@ -134,8 +134,11 @@ pub struct Shared {
     pub bytes: [AtomicU64; 2],
     /// Numbers connections for logs.
     pub next_id: AtomicU64,
-    /// Notified whenever a connection closes.
+    /// Notified when a connection closes, if `wake_on_close` is set.
     pub closed: EventFd,
+    /// Whether the acceptor waits for closes (`max-children`, or a single connection);
+    /// otherwise closes do not wake it.
+    pub wake_on_close: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -147,7 +150,17 @@ impl Shared {
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             next_id: AtomicU64::new(1),
             closed: EventFd::new()?,
+            wake_on_close: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+}
+
+impl Shared {
+    /// Tells the acceptor a connection closed, when it waits for that.
+    pub fn notify_closed(&self) {
+        if self.wake_on_close.load(Ordering::Relaxed) {
+            self.closed.notify();
+        }
     }
 }
 
@@ -155,6 +168,8 @@ struct WorkerHandle {
     jobs: Sender<Message>,
     wake: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
+    /// Jobs sent since the last wake-up.
+    unwoken: bool,
 }
 
 /// The running workers.
@@ -207,6 +222,7 @@ impl Engine {
                 jobs: tx,
                 wake,
                 thread: Some(thread),
+                unwoken: false,
             });
             if let Err(e) = ready {
                 let mut engine = Engine {
@@ -225,17 +241,34 @@ impl Engine {
         })
     }
 
-    /// Hands a connection to the next worker (round robin).
+    /// Hands a connection to the next worker (round robin) and wakes it.
     pub fn submit(&mut self, job: Job) {
+        self.queue(job);
+        self.wake_all();
+    }
+
+    /// Hands a connection to the next worker without waking it yet: a batch of accepted
+    /// connections costs one wake-up per worker, given by [`Engine::wake_all`].
+    pub fn queue(&mut self, job: Job) {
         self.shared.live.fetch_add(1, Ordering::SeqCst);
-        let worker = &self.workers[self.next % self.workers.len()];
+        let index = self.next % self.workers.len();
         self.next = self.next.wrapping_add(1);
+        let worker = &mut self.workers[index];
         if worker.jobs.send(Message::Relay(job)).is_err() {
             // The worker is gone (it only exits when stopped); the job is dropped with it.
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        worker.wake.notify();
+        worker.unwoken = true;
+    }
+
+    /// Wakes every worker that was handed work since its last wake-up.
+    pub fn wake_all(&mut self) {
+        for w in &mut self.workers {
+            if std::mem::take(&mut w.unwoken) {
+                w.wake.notify();
+            }
+        }
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

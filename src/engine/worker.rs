@@ -381,7 +381,7 @@ impl Worker {
         if self.stopping {
             drop(job);
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
-            self.shared.closed.notify();
+            self.shared.notify_closed();
             return;
         }
         let now = Instant::now();
@@ -570,8 +570,10 @@ impl Worker {
                 Staging::Pipe(_) => config.pipe_size,
                 Staging::Copy(b) => b.len(),
             };
+            let mut flow = Flow::new(capacity, config.short_fill_means_idle);
+            flow.await_readiness_first();
             *lane = Some(Lane {
-                flow: Flow::new(capacity, config.short_fill_means_idle),
+                flow,
                 staging,
                 pending: None,
                 discard,
@@ -995,8 +997,15 @@ impl Worker {
                 _ => {}
             }
         }
-        let label = conn.label();
         let secs = started.elapsed().as_secs_f64();
+        let wants_label = self.config.stats
+            || crate::log::enabled(crate::log::Level::Notice)
+            || (reason.is_failure() && crate::log::enabled(crate::log::Level::Warn));
+        let label = if wants_label {
+            conn.label()
+        } else {
+            String::new()
+        };
         if reason.is_failure() {
             self.shared.failed.fetch_add(1, Ordering::Relaxed);
             if self.config.single_connection {
@@ -1050,7 +1059,7 @@ impl Worker {
             }
         }
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
-        self.shared.closed.notify();
+        self.shared.notify_closed();
     }
 
     fn run_queue(&mut self) {
