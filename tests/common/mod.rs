@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod qemu;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -128,16 +129,58 @@ impl Duplex for VsockStream {
     }
 }
 
-/// Refuses to go on unless running inside the user-mode-linux guest lab.
+/// Refuses to go on unless running inside one of the guest labs: the user-mode-linux guest
+/// (its CPU model says UML) or the QEMU guest (an emulated "QEMU Virtual CPU").
 pub fn guest_only() {
     let marked = std::env::var("VSPLICE_LAB_GUEST").as_deref() == Ok("1");
-    let uml = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| c.contains("UML"))
+    let guest_cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.contains("UML") || c.contains("QEMU Virtual CPU"))
         .unwrap_or(false);
     assert!(
-        marked && uml,
+        marked && guest_cpu,
         "AF_VSOCK connections are only allowed inside the guest lab"
     );
+}
+
+/// Sends `send` while reading exactly `expect` bytes, without half-closing: for transports
+/// that cannot pass a half-close on (vhost-device-vsock).
+pub fn exchange_exact(
+    stream: &dyn Duplex,
+    send: Arc<Vec<u8>>,
+    expect: usize,
+) -> io::Result<Outcome> {
+    let mut writer = stream.split()?;
+    let mut reader = stream.split()?;
+    let sender = std::thread::spawn(move || -> io::Result<()> {
+        for chunk in send.chunks(64 * 1024) {
+            writer.write_all(chunk)?;
+        }
+        Ok(())
+    });
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < expect {
+        let want = (expect - received).min(buf.len());
+        let n = reader.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("end of file after {received} of {expect} bytes"),
+            ));
+        }
+        hasher.update(&buf[..n]);
+        received += n;
+    }
+    sender
+        .join()
+        .map_err(|_| io::Error::other("sender panicked"))??;
+    let sha = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Outcome { received, sha })
 }
 
 /// A listening socket of any family.
