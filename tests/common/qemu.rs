@@ -5,6 +5,9 @@
 //! machine. The machine reaches the guest only through that backend's UNIX socket (hybrid
 //! vsock), never through AF_VSOCK.
 //!
+//! The initramfs root is writable as it is; nothing is mounted over /tmp, where a checkout (and
+//! so the binaries, stored at their own paths) may live.
+//!
 //! Setup, cached under `target/vsplice-lab/qemu` (or `$VSPLICE_LAB_DIR/qemu`): the kernel from
 //! `apt-get download` of the package `linux-image-amd64` depends on, and `vhost-device-vsock`
 //! from crates.io with `cargo install`. QEMU itself comes from Debian's `qemu-system-x86`.
@@ -251,7 +254,6 @@ impl QemuLab {
              /bin/busybox mount -t proc proc /proc\n\
              /bin/busybox mount -t sysfs sys /sys\n\
              /bin/busybox mount -t devtmpfs dev /dev\n\
-             /bin/busybox mount -t tmpfs tmp /tmp\n\
              {loads}\
              /bin/busybox ip link set lo up\n\
              scenario=$(/bin/busybox sed -n 's/.*vsplice.scenario=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n\
@@ -387,6 +389,12 @@ impl Guest {
                     self.console.push(line.clone());
                     if hit {
                         return Ok(line);
+                    }
+                    if line.contains("VSPLICE-LAB-EXIT") {
+                        return Err(format!(
+                            "the guest program ended before printing {marker:?}; console:\n{}",
+                            self.console.join("\n")
+                        ));
                     }
                 }
                 Err(_) => {
