@@ -44,6 +44,8 @@ fn raise_nofile() {
 /// Echo server: every byte read is written back. Buffers what a full socket refuses.
 fn echo(addr: &str) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
+    // std listens with a backlog of 128; bursts through a relay need more.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(4096).unwrap())?;
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     const LISTENER: u64 = u64::MAX;

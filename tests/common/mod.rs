@@ -183,6 +183,12 @@ pub fn exchange_exact(
     Ok(Outcome { received, sha })
 }
 
+/// Calls listen() again with a large backlog (the kernel caps it at net.core.somaxconn).
+pub fn widen_backlog(listener: &impl std::os::fd::AsFd) {
+    nix::sys::socket::listen(listener, nix::sys::socket::Backlog::new(4096).unwrap())
+        .expect("widen the listen backlog");
+}
+
 /// A listening socket of any family.
 pub enum Listen {
     Tcp(TcpListener),
@@ -191,16 +197,20 @@ pub enum Listen {
 }
 
 impl Listen {
+    /// A TCP listener on loopback. std listens with a backlog of 128, which a burst of
+    /// hundreds of relayed connects overflows (the kernel then falls back to SYN cookies, and
+    /// some fail with a reset): widen it.
     pub fn tcp() -> Listen {
-        Listen::Tcp(TcpListener::bind("127.0.0.1:0").expect("bind tcp"))
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        widen_backlog(&l);
+        Listen::Tcp(l)
     }
 
     pub fn unix(path: &Path) -> Listen {
         let _ = std::fs::remove_file(path);
-        Listen::Unix(
-            UnixListener::bind(path).expect("bind unix"),
-            path.to_path_buf(),
-        )
+        let l = UnixListener::bind(path).expect("bind unix");
+        widen_backlog(&l);
+        Listen::Unix(l, path.to_path_buf())
     }
 
     /// A vsock listener on `port` (guest only), with a generous backlog.
