@@ -10,6 +10,7 @@ iperf3 and socat from Debian when missing (as root).
     perf/run.py --rounds 3 --time 3 --cases single,parallel8
     perf/run.py --cases idle10k      # 10,000 idle connections + one active stream
     perf/run.py --json out.json      # also write the raw figures
+    perf/run.py --vsplice-args="--mode copy"    # give vsplice options (note the "=")
 
 Cases:
   single     TCP->TCP, one iperf3 stream
@@ -19,6 +20,11 @@ Cases:
   crr        short connections per second through a fork listener (connect, 64 B, reply, close)
   idle10k    10,000 idle connections held through the relay, every one checked, plus one active
              stream among them; relay RSS and io_uring worker threads counted
+  anchor     `vsplice bench` against iperf3 on TCP loopback, no relay: same streams (1 and 4),
+             128 KiB writes, same duration, interleaved; throughput and CPU of both ends
+  modes      vsplice's data paths side by side (--mode splice, uring-splice, copy): one TCP
+             stream's throughput and CPU, and io_uring worker threads (iou-wrk) with 1,000 idle
+             connections held and while a stream runs among them
 """
 
 import argparse
@@ -372,6 +378,90 @@ def run_idle(args, vsplice_extra, count, user=None):
     return out
 
 
+def run_anchor(args):
+    """vsplice bench vs iperf3, both straight to their own server."""
+    iport, bport = free_port(), free_port()
+    iperf_server = Proc(["iperf3", "-s", "--forceflush", "-p", str(iport)], ready="Server listening",
+                        name="iperf3")
+    bench_server = Proc([VSPLICE, "bench", "server", f"TCP-LISTEN:{bport},bind=127.0.0.1"],
+                        ready="listening on", name="bench-server")
+    out = {}
+    try:
+        for streams in (1, 4):
+            rows = {"iperf3": [], "vsplice bench": []}
+            for _ in range(args.rounds):
+                r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(iport), "-t", str(args.time),
+                                    "-P", str(streams), "-l", "128K", "-J"],
+                                   capture_output=True, text=True, timeout=args.time + 60)
+                d = json.loads(r.stdout)
+                cpu = d["end"]["cpu_utilization_percent"]
+                rows["iperf3"].append((d["end"]["sum_received"]["bits_per_second"] / 1e9,
+                                       cpu["host_total"], cpu["remote_total"]))
+                r = subprocess.run([VSPLICE, "bench", "client", f"TCP:127.0.0.1:{bport}", "--time",
+                                    str(args.time), "--streams", str(streams), "--len", "128K",
+                                    "--json", "--interval", "0"],
+                                   capture_output=True, text=True, timeout=args.time + 60)
+                d = json.loads(r.stdout)
+                rows["vsplice bench"].append((d["sum_client_to_server"]["receiver_bits_per_second"] / 1e9,
+                                              d["cpu"]["client"]["total_pct"],
+                                              d["cpu"]["server"]["total_pct"]))
+            out[streams] = {k: tuple(round(statistics.median(x[i] for x in v), 2) for i in range(3))
+                            for k, v in rows.items()}
+            log(f"  anchor {streams} stream(s): {out[streams]}")
+    finally:
+        iperf_server.stop()
+        bench_server.stop()
+    return out
+
+
+MODES = ["splice", "uring-splice", "copy"]
+
+
+def run_modes(args, extra):
+    """The three data paths, interleaved, through relays to one echo backend."""
+    sport = free_port()
+    echo = Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening", name="echo")
+    relays, ports = {}, {}
+    out = {}
+    try:
+        for m in MODES:
+            ports[m] = free_port()
+            relays[m] = Proc([VSPLICE, "-dd", *extra, "--mode", m,
+                              f"TCP-LISTEN:{ports[m]},bind=127.0.0.1,fork", f"TCP:127.0.0.1:{sport}"],
+                             ready="listening on", name=f"vsplice-{m}")
+        runs = {m: [] for m in MODES}
+        for r in range(args.rounds):
+            for m in MODES:
+                runs[m].append(measure(relays[m], lambda: loadgen_stream(ports[m], args.time)))
+            log("  modes round %d/%d: " % (r + 1, args.rounds) + ", ".join(
+                f"{m} {runs[m][-1]['figure']:.2f}" for m in MODES))
+        for m in MODES:
+            holder = subprocess.Popen([LOADGEN, "hold", f"127.0.0.1:{ports[m]}", "--count", "1000"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            held = holder.stdout.readline().strip()
+            time.sleep(1)
+            idle_workers = iou_workers(relays[m].pid)
+            among = measure(relays[m], lambda: loadgen_stream(ports[m], args.time))
+            busy_workers = iou_workers(relays[m].pid)
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            holder.stdout.readline()
+            holder.wait(60)
+            out[m] = {
+                "gbit": round(statistics.median(x["figure"] for x in runs[m]), 2),
+                "cpu_s_per_gib": round(statistics.median(x["cpu_s_per_gib"] for x in runs[m]), 3),
+                "held": held,
+                "iou_wrk_with_1000_idle": idle_workers,
+                "iou_wrk_with_1000_idle_and_a_stream": busy_workers,
+                "gbit_among_1000_idle": round(among["figure"], 2),
+            }
+    finally:
+        for p in relays.values():
+            p.stop()
+        echo.stop()
+    return out
+
+
 def table(all_results):
     lines = ["| case | relay | throughput | relay CPU-s/GiB | relay CPU | peak RSS | vs baseline | vs socat |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -394,7 +484,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--time", type=float, default=5)
-    ap.add_argument("--cases", default="single,parallel8,unix,many,crr,idle10k")
+    ap.add_argument("--cases", default="single,parallel8,unix,many,crr,idle10k,modes,anchor")
     ap.add_argument("--vsplice-args", default="", help="extra vsplice options, e.g. '--mode copy'")
     ap.add_argument("--json", help="also write all figures to this file")
     ap.add_argument("--no-build", action="store_true")
@@ -407,7 +497,15 @@ def main():
     log(f"machine: {cpus} CPUs, {uname.sysname} {uname.release}; {args.rounds} rounds x {args.time} s")
     results = {}
     idle = None
+    modes = None
+    anchor = None
     for case in args.cases.split(","):
+        if case == "anchor":
+            anchor = run_anchor(args)
+            continue
+        if case == "modes":
+            modes = run_modes(args, extra)
+            continue
         if case == "idle10k":
             log("  idle10k: 10,000 idle connections as root, 9,000 as nobody")
             idle = [run_idle(args, extra, 10000)]
@@ -419,11 +517,25 @@ def main():
           f"{args.rounds} rounds x {args.time:g} s, medians; vsplice {' '.join(extra) or '(defaults)'}\n")
     if results:
         print(table(results))
+    if anchor:
+        print("\n| streams | tool | Gbit/s | client CPU | server CPU | client+server CPU |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for streams, rows in anchor.items():
+            for tool, (gbit, c, srv) in rows.items():
+                print(f"| {streams} | {tool} | {gbit} | {c:.1f}% | {srv:.1f}% | {c + srv:.1f}% |")
+            ratio = rows["vsplice bench"][0] / rows["iperf3"][0]
+            print(f"| {streams} | ratio | {ratio:.3f} | | | |")
+    if modes:
+        print("\n| data path | Gbit/s (echoed stream) | CPU-s/GiB | iou-wrk, 1,000 idle | iou-wrk, 1,000 idle + stream | Gbit/s among 1,000 idle |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for m, r in modes.items():
+            print(f"| {m} | {r['gbit']} | {r['cpu_s_per_gib']} | {r['iou_wrk_with_1000_idle']} | "
+                  f"{r['iou_wrk_with_1000_idle_and_a_stream']} | {r['gbit_among_1000_idle']} |")
     for run in idle or []:
         print(f"\nidle ({run['user']}): " + json.dumps(run))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cases": results, "idle10k": idle, "cpus": cpus, "kernel": uname.release,
+            json.dump({"cases": results, "idle10k": idle, "modes": modes, "anchor": anchor, "cpus": cpus, "kernel": uname.release,
                        "rounds": args.rounds, "seconds": args.time, "vsplice_args": extra}, f, indent=2)
 
 

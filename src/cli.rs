@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, Subcommand};
 
 use crate::addr::{Address, parse_duration, parse_size};
 use crate::bench::{BenchArgs, BenchPlan};
+use crate::engine::flow::FillPolicy;
 use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode};
 use crate::error::{Error, Result};
 use crate::relay::{RelayPlan, check_pair};
@@ -67,7 +68,7 @@ fn threads_arg(s: &str) -> std::result::Result<usize, String> {
     after_help = ADDRESS_HELP
 )]
 pub struct Cli {
-    /// Pipe / buffer size per direction (K, M suffixes) [default: 256K]
+    /// Pipe / buffer size per direction (K, M suffixes) [default: 1M]
     #[arg(short = 'b', value_name = "SIZE", value_parser = size_arg)]
     pub block: Option<usize>,
     /// After one side's EOF, how long the other direction may go on [default: until it ends]
@@ -94,15 +95,19 @@ pub struct Cli {
     /// Data path [default: splice]
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Pin each worker thread to a core [default: only when workers leave cores free]
+    #[arg(long, conflicts_with = "no_pin")]
+    pub pin: bool,
     /// Do not pin worker threads to cores
     #[arg(long)]
     pub no_pin: bool,
     /// Tuning: transfers a direction makes before yielding to other connections
     #[arg(long, hide = true, value_name = "N")]
     pub budget: Option<u32>,
-    /// Tuning: after a short fill, try the source again instead of waiting for readiness
-    #[arg(long, hide = true)]
-    pub eager_fill: bool,
+    /// Tuning: after a short fill, try the source again (eager), wait for readiness (lazy),
+    /// or decide by the fill's size (adaptive, the default)
+    #[arg(long, hide = true, value_enum)]
+    pub fill: Option<FillPolicy>,
     /// The two addresses to relay between
     #[arg(value_name = "ADDRESS", num_args = 2, required = true)]
     pub addresses: Vec<String>,
@@ -141,11 +146,20 @@ pub fn engine_config(cli: &Cli) -> EngineConfig {
         idle_timeout: cli.idle_timeout,
         linger: cli.half_close_timeout,
         stats: cli.stats,
-        pin_workers: !cli.no_pin,
         budget: cli.budget.unwrap_or(EngineConfig::default().budget).max(1),
-        short_fill_means_idle: !cli.eager_fill,
+        fill_policy: cli.fill.unwrap_or(FillPolicy::Adaptive),
         ..EngineConfig::default()
     }
+}
+
+/// Whether workers are pinned. Pinning pays on cores the relay has to itself; when the
+/// workers occupy every core, the relay shares each of them with whatever else runs, and a
+/// pinned worker cannot be moved off a contested core (measured: README, Performance).
+pub fn pin_policy(pin: bool, no_pin: bool, threads: usize, cores: usize) -> bool {
+    if pin || no_pin {
+        return pin;
+    }
+    threads < cores
 }
 
 /// Resolves parsed arguments into a plan.
@@ -160,11 +174,11 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     check_pair(&first, &second)?;
     let mut engine = engine_config(&cli);
     engine.single_connection = !first.options.fork;
-    let threads = cli.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = cli.threads.unwrap_or(cores);
+    engine.pin_workers = pin_policy(cli.pin, cli.no_pin, threads, cores);
     Ok(Plan::Relay(Box::new(RelayPlan {
         first,
         second,
@@ -248,6 +262,26 @@ mod tests {
         };
         assert_eq!(p.engine.directions, [false, true]);
         assert!(p.engine.single_connection);
+    }
+
+    #[test]
+    fn workers_are_pinned_when_they_leave_cores_free_or_when_asked() {
+        assert!(!pin_policy(false, false, 2, 2));
+        assert!(pin_policy(false, false, 2, 8));
+        assert!(pin_policy(true, false, 2, 2));
+        assert!(!pin_policy(false, true, 2, 8));
+        let Plan::Relay(p) = plan_of(&["--threads", "1", "TCP-L:1,fork", "TCP:h:2"]).unwrap()
+        else {
+            panic!()
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        assert_eq!(p.engine.pin_workers, cores > 1);
+        let Plan::Relay(p) = plan_of(&["--pin", "TCP-L:1,fork", "TCP:h:2"]).unwrap() else {
+            panic!()
+        };
+        assert!(p.engine.pin_workers);
     }
 
     #[test]

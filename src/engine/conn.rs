@@ -135,26 +135,26 @@ pub fn verdict(flows: [Option<&Flow>; 2], linger: bool, lingering: bool) -> Verd
 
 #[cfg(test)]
 mod tests {
-    use super::super::flow::Step;
+    use super::super::flow::{FillPolicy, Step};
     use super::*;
 
     fn finished() -> Flow {
-        let mut f = Flow::new(8, false);
+        let mut f = Flow::new(8, FillPolicy::Eager);
         f.complete(Step::Fill { max: 8 }, Ok(0));
         f.complete(Step::ShutdownWrite, Ok(0));
         f
     }
 
     fn failed(errno: i32) -> Flow {
-        let mut f = Flow::new(8, false);
+        let mut f = Flow::new(8, FillPolicy::Eager);
         f.complete(Step::Fill { max: 8 }, Err(errno));
         f
     }
 
     #[test]
     fn open_flows_keep_going() {
-        let a = Flow::new(8, false);
-        let b = Flow::new(8, false);
+        let a = Flow::new(8, FillPolicy::Eager);
+        let b = Flow::new(8, FillPolicy::Eager);
         assert_eq!(
             verdict([Some(&a), Some(&b)], false, false),
             Verdict::KeepGoing
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn half_close_keeps_the_other_direction_flowing() {
         let a = finished();
-        let b = Flow::new(8, false);
+        let b = Flow::new(8, FillPolicy::Eager);
         assert_eq!(
             verdict([Some(&a), Some(&b)], false, false),
             Verdict::KeepGoing
@@ -196,13 +196,13 @@ mod tests {
             verdict([Some(&a), None], true, false),
             Verdict::Close(CloseReason::Done)
         );
-        let b = Flow::new(8, false);
+        let b = Flow::new(8, FillPolicy::Eager);
         assert_eq!(verdict([None, Some(&b)], false, false), Verdict::KeepGoing);
     }
 
     #[test]
     fn a_failure_closes_and_names_the_direction() {
-        let a = Flow::new(8, false);
+        let a = Flow::new(8, FillPolicy::Eager);
         let b = failed(libc::ECONNRESET);
         let v = verdict([Some(&a), Some(&b)], false, false);
         let Verdict::Close(reason) = v else {

@@ -59,6 +59,30 @@ impl fmt::Display for FlowError {
     }
 }
 
+/// What a direction does after a fill that returned less than it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FillPolicy {
+    /// Wait for readiness after any short fill: fewest system calls, but data that arrives
+    /// while the staged bytes go out waits for a wake-up.
+    Lazy,
+    /// Always fill again until the source says EAGAIN: the most throughput, one failing
+    /// system call per burst.
+    Eager,
+    /// Fill again after a short fill of at least 1/16 of the staging area (a stream is
+    /// flowing), wait for readiness after a smaller one (a trickle). The default.
+    Adaptive,
+}
+
+impl FillPolicy {
+    fn idle_below(self, capacity: usize) -> usize {
+        match self {
+            FillPolicy::Lazy => usize::MAX,
+            FillPolicy::Eager => 0,
+            FillPolicy::Adaptive => (capacity / 16).max(1),
+        }
+    }
+}
+
 /// The lifecycle of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
@@ -79,15 +103,16 @@ pub struct Flow {
     staged: usize,
     source_idle: bool,
     sink_full: bool,
-    /// After a fill that returned less than asked, assume the source is empty and wait for
-    /// readiness instead of trying again (saves one EAGAIN round trip per burst).
-    short_fill_means_idle: bool,
+    /// When a fill returns less than asked, the source is taken to be empty (wait for
+    /// readiness) if the fill was also smaller than this; a larger short fill is followed by
+    /// another fill at once, which picks up what arrived meanwhile (see [`FillPolicy`]).
+    idle_below: usize,
     delivered: u64,
 }
 
 impl Flow {
     /// A new direction whose staging area holds `capacity` bytes.
-    pub fn new(capacity: usize, short_fill_means_idle: bool) -> Flow {
+    pub fn new(capacity: usize, policy: FillPolicy) -> Flow {
         assert!(capacity > 0, "staging capacity must be positive");
         Flow {
             state: FlowState::Open,
@@ -95,7 +120,7 @@ impl Flow {
             staged: 0,
             source_idle: false,
             sink_full: false,
-            short_fill_means_idle,
+            idle_below: policy.idle_below(capacity),
             delivered: 0,
         }
     }
@@ -169,7 +194,7 @@ impl Flow {
             (Step::Fill { max }, Ok(n)) => {
                 debug_assert!(n <= max, "filled {n} of at most {max}");
                 self.staged += n;
-                if n < max && self.short_fill_means_idle {
+                if n < max && n < self.idle_below {
                     self.source_idle = true;
                 }
             }
@@ -223,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_full_cycle_passes_bytes_then_eof_as_shutdown() {
-        let mut f = Flow::new(100, false);
+        let mut f = Flow::new(100, FillPolicy::Eager);
         assert_eq!(f.next(), Step::Fill { max: 100 });
         f.complete(Step::Fill { max: 100 }, Ok(60));
         assert_eq!(f.next(), Step::Drain { len: 60 });
@@ -240,7 +265,7 @@ mod tests {
 
     #[test]
     fn eof_waits_until_staged_bytes_are_delivered() {
-        let mut f = Flow::new(100, false);
+        let mut f = Flow::new(100, FillPolicy::Eager);
         f.complete(Step::Fill { max: 100 }, Ok(100));
         f.complete(Step::Drain { len: 100 }, Ok(30));
         // Partial write: the destination is probably full, wait for room.
@@ -258,7 +283,7 @@ mod tests {
 
     #[test]
     fn would_block_on_the_source_waits_for_readiness() {
-        let mut f = Flow::new(100, false);
+        let mut f = Flow::new(100, FillPolicy::Eager);
         f.complete(Step::Fill { max: 100 }, Err(libc::EAGAIN));
         assert_eq!(f.next(), Step::WaitReadable);
         f.readable();
@@ -267,12 +292,12 @@ mod tests {
 
     #[test]
     fn short_fill_policy() {
-        let mut eager = Flow::new(100, false);
+        let mut eager = Flow::new(100, FillPolicy::Eager);
         eager.complete(Step::Fill { max: 100 }, Ok(10));
         eager.complete(Step::Drain { len: 10 }, Ok(10));
         assert_eq!(eager.next(), Step::Fill { max: 100 });
 
-        let mut lazy = Flow::new(100, true);
+        let mut lazy = Flow::new(100, FillPolicy::Lazy);
         lazy.complete(Step::Fill { max: 100 }, Ok(10));
         // Staged bytes still go out first.
         assert_eq!(lazy.next(), Step::Drain { len: 10 });
@@ -286,8 +311,21 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_policy_keeps_pulling_a_flowing_stream_and_waits_on_a_trickle() {
+        let mut f = Flow::new(1600, FillPolicy::Adaptive);
+        // 200 of 1600 is at least 1/16: a stream is flowing, fill again after the drain.
+        f.complete(Step::Fill { max: 1600 }, Ok(200));
+        f.complete(Step::Drain { len: 200 }, Ok(200));
+        assert_eq!(f.next(), Step::Fill { max: 1600 });
+        // 50 is a trickle: wait for readiness.
+        f.complete(Step::Fill { max: 1600 }, Ok(50));
+        f.complete(Step::Drain { len: 50 }, Ok(50));
+        assert_eq!(f.next(), Step::WaitReadable);
+    }
+
+    #[test]
     fn errors_fail_the_direction_with_the_operation() {
-        let mut f = Flow::new(100, false);
+        let mut f = Flow::new(100, FillPolicy::Eager);
         f.complete(Step::Fill { max: 100 }, Err(libc::ECONNRESET));
         assert_eq!(f.next(), Step::Failed);
         assert_eq!(
@@ -297,7 +335,7 @@ mod tests {
                 errno: libc::ECONNRESET
             })
         );
-        let mut g = Flow::new(100, false);
+        let mut g = Flow::new(100, FillPolicy::Eager);
         g.complete(Step::Fill { max: 100 }, Ok(5));
         g.complete(Step::Drain { len: 5 }, Err(libc::EPIPE));
         assert_eq!(g.failure().map(|e| e.op), Some(FlowOp::Write));
@@ -338,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_fresh_direction_can_wait_for_readiness_first() {
-        let mut f = Flow::new(100, false);
+        let mut f = Flow::new(100, FillPolicy::Eager);
         f.await_readiness_first();
         assert_eq!(f.next(), Step::WaitReadable);
         f.readable();
@@ -347,14 +385,14 @@ mod tests {
 
     #[test]
     fn eintr_is_retried() {
-        let mut f = Flow::new(100, false);
+        let mut f = Flow::new(100, FillPolicy::Eager);
         f.complete(Step::Fill { max: 100 }, Err(libc::EINTR));
         assert_eq!(f.next(), Step::Fill { max: 100 });
     }
 
     #[test]
     fn shutdown_failure_is_reported() {
-        let mut f = Flow::new(8, false);
+        let mut f = Flow::new(8, FillPolicy::Eager);
         f.complete(Step::Fill { max: 8 }, Ok(0));
         f.complete(Step::ShutdownWrite, Err(libc::EBADF));
         assert_eq!(f.failure().map(|e| e.op), Some(FlowOp::Shutdown));
@@ -362,7 +400,7 @@ mod tests {
 
     #[test]
     fn capacity_changes_keep_staged_bytes() {
-        let mut f = Flow::new(16, false);
+        let mut f = Flow::new(16, FillPolicy::Eager);
         f.complete(Step::Fill { max: 16 }, Ok(16));
         f.set_capacity(64);
         assert_eq!(f.next(), Step::Drain { len: 16 });

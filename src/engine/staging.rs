@@ -39,9 +39,11 @@ impl PipePool {
         Pipe::new(self.size)
     }
 
-    /// Returns an *empty* pipe to the pool (closing it when the pool is full).
+    /// Returns an *empty* pipe to the pool. It is closed instead when the pool is full, or
+    /// when the kernel gave it less than the asked size (an unprivileged user over the pipe
+    /// quota): closing it frees quota, so a later pipe may get the full size again.
     pub fn give(&mut self, pipe: Pipe) {
-        if self.idle.len() < self.max_idle {
+        if self.idle.len() < self.max_idle && pipe.capacity() >= self.size {
             self.idle.push(pipe);
         }
     }

@@ -570,7 +570,7 @@ impl Worker {
                 Staging::Pipe(_) => config.pipe_size,
                 Staging::Copy(b) => b.len(),
             };
-            let mut flow = Flow::new(capacity, config.short_fill_means_idle);
+            let mut flow = Flow::new(capacity, config.fill_policy);
             flow.await_readiness_first();
             *lane = Some(Lane {
                 flow,
