@@ -101,6 +101,7 @@ fn throughput<P: Pairs>(c: &mut Criterion, family: &str) {
         (Mode::Splice, 1 << 20),
         (Mode::UringSplice, 256 << 10),
         (Mode::Copy, 256 << 10),
+        (Mode::Recv, 1 << 20),
     ] {
         let config = EngineConfig {
             mode,

@@ -24,7 +24,7 @@ fn bulk_through(
     listen_addr: &str,
     server: Listen,
     connect: impl FnOnce() -> Box<dyn Duplex>,
-) {
+) -> String {
     let up = payload(BIG, 1);
     let down = payload(BIG, 2);
     let upstream = server.connect_address();
@@ -51,14 +51,19 @@ fn bulk_through(
         "relay exit {status}; stderr:\n{}",
         relay.log()
     );
+    relay.log()
 }
 
+/// TCP->TCP on one data path; the log (at -ddd) must show both directions really took it,
+/// not a fallback.
 fn tcp_to_tcp(mode: &str) {
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
-    bulk_through(&["--mode", mode], &listen, Listen::tcp(), || {
+    let log = bulk_through(&["-d", "--mode", mode], &listen, Listen::tcp(), || {
         Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap())
     });
+    let path = format!("(first->second: {mode}, second->first: {mode})");
+    assert!(log.contains(&path), "expected {path} in:\n{log}");
 }
 
 #[test]
@@ -74,6 +79,29 @@ fn tcp_to_tcp_uring_splice_32mib_each_way() {
 #[test]
 fn tcp_to_tcp_copy_32mib_each_way() {
     tcp_to_tcp("copy");
+}
+
+#[test]
+fn tcp_to_tcp_recv_ring_32mib_each_way() {
+    tcp_to_tcp("recv");
+}
+
+/// The ring path with small buffers (-b 32K: 4 KiB each) keeps running out of buffers, so the
+/// multishot receive ends and is armed again many times: every byte must still arrive.
+#[test]
+fn recv_ring_back_pressure_with_small_buffers() {
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
+    let log = bulk_through(
+        &["-d", "--mode", "recv", "-b", "32K"],
+        &listen,
+        Listen::tcp(),
+        || Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap()),
+    );
+    assert!(
+        log.contains("(first->second: recv, second->first: recv)"),
+        "{log}"
+    );
 }
 
 #[test]

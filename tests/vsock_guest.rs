@@ -30,6 +30,7 @@ const SCENARIOS: &[Scenario] = &[
     ("stdio_to_vsock", stdio_to_vsock),
     ("vsock_to_tcp_uring_splice", vsock_to_tcp_uring_splice),
     ("vsock_to_tcp_copy", vsock_to_tcp_copy),
+    ("vsock_to_tcp_recv_ring", vsock_to_tcp_recv),
     ("fifty_concurrent_vsock_connections", fifty_concurrent),
     ("vsock_half_close_late_reply", vsock_half_close_late_reply),
     ("bench_over_vsock", bench_over_vsock),
@@ -130,7 +131,7 @@ fn bulk(mode: &str, listen: &str, server: Listen, client: impl FnOnce() -> Box<d
     let down = payload(BIG, 22);
     let upstream = server.connect_address();
     let srv = ExchangeServer::spawn(server, down.data.clone(), 1);
-    let mut relay = Relay::start(&["--mode", mode, listen, &upstream]);
+    let mut relay = Relay::start(&["-d", "--mode", mode, listen, &upstream]);
     let got = exchange(client(), up.data.clone()).expect("client exchange");
     assert_eq!(
         (got.received, got.sha.as_str()),
@@ -145,7 +146,12 @@ fn bulk(mode: &str, listen: &str, server: Listen, client: impl FnOnce() -> Box<d
     );
     let status = relay.wait_exit(LONG);
     assert!(status.success(), "relay: {status}\n{}", relay.log());
-    println!("relay log:\n{}", relay.log());
+    let path = format!("(first->second: {mode}, second->first: {mode})");
+    assert!(
+        relay.log().contains(&path),
+        "expected {path}:\n{}",
+        relay.log()
+    );
 }
 
 fn vsock_to_tcp_mode(mode: &str) {
@@ -164,6 +170,10 @@ fn vsock_to_tcp_uring_splice() {
 
 fn vsock_to_tcp_copy() {
     vsock_to_tcp_mode("copy");
+}
+
+fn vsock_to_tcp_recv() {
+    vsock_to_tcp_mode("recv");
 }
 
 fn tcp_to_vsock() {

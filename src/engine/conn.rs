@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::flow::{Flow, FlowError, FlowState};
+use super::flow::{FlowError, FlowState};
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,22 +107,23 @@ pub enum Verdict {
     Close(CloseReason),
 }
 
-/// Decides the connection's fate from its directions (`None` = no such direction).
-/// `lingering` is whether the `-t` countdown already runs; `linger` whether `-t` was given.
-pub fn verdict(flows: [Option<&Flow>; 2], linger: bool, lingering: bool) -> Verdict {
-    for (i, flow) in flows.iter().enumerate() {
-        if let Some(FlowState::Failed(error)) = flow.map(Flow::state) {
+/// Decides the connection's fate from the state of its directions (`None` = no such
+/// direction). `lingering` is whether the `-t` countdown already runs; `linger` whether `-t`
+/// was given.
+pub fn verdict(states: [Option<FlowState>; 2], linger: bool, lingering: bool) -> Verdict {
+    for (i, state) in states.iter().enumerate() {
+        if let Some(FlowState::Failed(error)) = state {
             return Verdict::Close(CloseReason::Failed {
                 direction: Direction::from_index(i),
-                error,
+                error: *error,
             });
         }
     }
-    let enabled = flows.iter().flatten().count();
-    let finished = flows
+    let enabled = states.iter().flatten().count();
+    let finished = states
         .iter()
         .flatten()
-        .filter(|f| f.state() == FlowState::Finished)
+        .filter(|s| **s == FlowState::Finished)
         .count();
     if finished == enabled {
         Verdict::Close(CloseReason::Done)
@@ -135,7 +136,7 @@ pub fn verdict(flows: [Option<&Flow>; 2], linger: bool, lingering: bool) -> Verd
 
 #[cfg(test)]
 mod tests {
-    use super::super::flow::{FillPolicy, Step};
+    use super::super::flow::{FillPolicy, Flow, Step};
     use super::*;
 
     fn finished() -> Flow {
@@ -156,7 +157,7 @@ mod tests {
         let a = Flow::new(8, FillPolicy::Eager);
         let b = Flow::new(8, FillPolicy::Eager);
         assert_eq!(
-            verdict([Some(&a), Some(&b)], false, false),
+            verdict([Some(a.state()), Some(b.state())], false, false),
             Verdict::KeepGoing
         );
     }
@@ -166,15 +167,15 @@ mod tests {
         let a = finished();
         let b = Flow::new(8, FillPolicy::Eager);
         assert_eq!(
-            verdict([Some(&a), Some(&b)], false, false),
+            verdict([Some(a.state()), Some(b.state())], false, false),
             Verdict::KeepGoing
         );
         assert_eq!(
-            verdict([Some(&a), Some(&b)], true, false),
+            verdict([Some(a.state()), Some(b.state())], true, false),
             Verdict::StartLinger
         );
         assert_eq!(
-            verdict([Some(&a), Some(&b)], true, true),
+            verdict([Some(a.state()), Some(b.state())], true, true),
             Verdict::KeepGoing
         );
     }
@@ -184,7 +185,7 @@ mod tests {
         let a = finished();
         let b = finished();
         assert_eq!(
-            verdict([Some(&a), Some(&b)], false, false),
+            verdict([Some(a.state()), Some(b.state())], false, false),
             Verdict::Close(CloseReason::Done)
         );
     }
@@ -193,18 +194,21 @@ mod tests {
     fn one_way_relays_close_when_their_direction_ends() {
         let a = finished();
         assert_eq!(
-            verdict([Some(&a), None], true, false),
+            verdict([Some(a.state()), None], true, false),
             Verdict::Close(CloseReason::Done)
         );
         let b = Flow::new(8, FillPolicy::Eager);
-        assert_eq!(verdict([None, Some(&b)], false, false), Verdict::KeepGoing);
+        assert_eq!(
+            verdict([None, Some(b.state())], false, false),
+            Verdict::KeepGoing
+        );
     }
 
     #[test]
     fn a_failure_closes_and_names_the_direction() {
         let a = Flow::new(8, FillPolicy::Eager);
         let b = failed(libc::ECONNRESET);
-        let v = verdict([Some(&a), Some(&b)], false, false);
+        let v = verdict([Some(a.state()), Some(b.state())], false, false);
         let Verdict::Close(reason) = v else {
             panic!("expected close, got {v:?}")
         };

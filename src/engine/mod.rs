@@ -11,6 +11,7 @@
 
 pub mod conn;
 pub mod flow;
+pub mod recv;
 pub mod staging;
 pub mod token;
 mod worker;
@@ -36,6 +37,9 @@ pub enum Mode {
     UringSplice,
     /// io_uring read/write through a registered buffer (one copy in, one copy out).
     Copy,
+    /// Multishot receive into a ring of provided buffers, then io_uring writes: receiving and
+    /// sending overlap, no io-wq thread is involved (one copy in, one copy out).
+    Recv,
 }
 
 impl Mode {
@@ -44,6 +48,7 @@ impl Mode {
             Mode::Splice => "splice",
             Mode::UringSplice => "uring-splice",
             Mode::Copy => "copy",
+            Mode::Recv => "recv",
         }
     }
 }

@@ -19,8 +19,9 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use super::conn::{CloseReason, ConnState, Direction, Verdict, verdict};
-use super::flow::{Flow, FlowOp, Step};
-use super::staging::{BufferSlots, CopyBuffer, PipePool, Staging};
+use super::flow::{Flow, FlowOp, FlowState, Step};
+use super::recv::{RecvFlow, RecvStep};
+use super::staging::{BufRing, BufferSlots, CopyBuffer, PipePool, Staging};
 use super::token::{self, Op, Token};
 use super::{EngineConfig, Job, Message, Mode, Second, Shared};
 use crate::dial::{Dial, Event as DialEvent, Interest, Progress};
@@ -31,9 +32,14 @@ use crate::{debug, error, info, notice, warn};
 
 /// Registered-buffer slots per worker (a sparse table; a slot is filled per copy direction).
 const BUFFER_SLOTS: u16 = 1024;
+/// Buffers per direction on the ring path (`--mode recv`); each is `-b` divided by this.
+const RING_BUFFERS: u16 = 8;
+/// Provided-buffer group ids a worker hands out (one per ring-path direction).
+const RING_GROUPS: u16 = 16384;
 
-/// One direction of a connection: its state machine, staging area and in-flight transfer.
-struct Lane {
+/// One direction of a connection on the pipe or copy path: its state machine, staging area
+/// and in-flight transfer.
+struct StagedLane {
     flow: Flow,
     staging: Staging,
     /// The io_uring transfer in flight, if any.
@@ -41,6 +47,56 @@ struct Lane {
     /// A direction turned off by `-u`/`-U`: its bytes are read and dropped (into /dev/null),
     /// so the peer can finish sending and close cleanly instead of being reset.
     discard: bool,
+}
+
+/// One direction on the buffer-ring path (`--mode recv`).
+struct RingLane {
+    flow: RecvFlow,
+    ring: BufRing,
+    discard: bool,
+}
+
+/// One direction of a connection, on one of the data paths.
+enum Lane {
+    Staged(StagedLane),
+    Ring(RingLane),
+}
+
+impl Lane {
+    fn discard(&self) -> bool {
+        match self {
+            Lane::Staged(l) => l.discard,
+            Lane::Ring(l) => l.discard,
+        }
+    }
+
+    fn state(&self) -> FlowState {
+        match self {
+            Lane::Staged(l) => l.flow.state(),
+            Lane::Ring(l) => l.flow.state(),
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        match self {
+            Lane::Staged(l) => l.flow.delivered(),
+            Lane::Ring(l) => l.flow.delivered(),
+        }
+    }
+
+    fn staged(&self) -> Option<&StagedLane> {
+        match self {
+            Lane::Staged(l) => Some(l),
+            Lane::Ring(_) => None,
+        }
+    }
+
+    fn staged_mut(&mut self) -> Option<&mut StagedLane> {
+        match self {
+            Lane::Staged(l) => Some(l),
+            Lane::Ring(_) => None,
+        }
+    }
 }
 
 /// Dial bookkeeping while the second address connects.
@@ -81,7 +137,7 @@ impl Conn {
         } else {
             (second.and_then(Endpoint::read_fd), self.first.write_fd())
         };
-        let discard = self.lanes[d].as_ref().is_some_and(|l| l.discard);
+        let discard = self.lanes[d].as_ref().is_some_and(Lane::discard);
         (src, if discard { Some(devnull) } else { dst })
     }
 
@@ -116,6 +172,14 @@ struct Timer {
     kind: TimerKind,
 }
 
+/// The staged lane of direction `d`; callers reach it only on the staged path.
+fn staged_lane(conn: &mut Conn, d: usize) -> &mut StagedLane {
+    conn.lanes[d]
+        .as_mut()
+        .and_then(Lane::staged_mut)
+        .expect("a staged lane")
+}
+
 pub(super) struct Worker {
     index: usize,
     ring: IoUring,
@@ -135,6 +199,8 @@ pub(super) struct Worker {
     overflow: VecDeque<squeue::Entry>,
     /// Where discarding directions write.
     devnull: std::os::fd::OwnedFd,
+    /// Free provided-buffer group ids for ring-path directions.
+    ring_groups: Vec<u16>,
 }
 
 fn errno_of(e: &io::Error) -> i32 {
@@ -191,6 +257,7 @@ impl Worker {
                 .write(true)
                 .open("/dev/null")?
                 .into(),
+            ring_groups: (0..RING_GROUPS).rev().collect(),
         })
     }
 
@@ -325,7 +392,10 @@ impl Worker {
                     debug!("worker {}: completion for a closed slot {key}", self.index);
                     return;
                 };
-                conn.inflight &= !op.bit();
+                // A multishot request stays in flight while the kernel says more will come.
+                if !cqueue::more(flags) {
+                    conn.inflight &= !op.bit();
+                }
                 if let ConnState::Closing(_) = conn.state {
                     if conn.inflight == 0 {
                         self.finalize(key);
@@ -335,15 +405,19 @@ impl Worker {
                 match op {
                     Op::Dial => self.on_dial_ready(key),
                     Op::Readable(d) => {
-                        if let Some(lane) = conn.lanes[d].as_mut() {
+                        if let Some(lane) = conn.lanes[d].as_mut().and_then(Lane::staged_mut) {
                             lane.flow.readable();
                         }
                         self.pump(key, d);
                     }
                     Op::Writable(d) => {
-                        if let Some(lane) = conn.lanes[d].as_mut() {
+                        if let Some(lane) = conn.lanes[d].as_mut().and_then(Lane::staged_mut) {
                             lane.flow.writable();
                         }
+                        self.pump(key, d);
+                    }
+                    Op::Fill(d) | Op::Drain(d) if matches!(conn.lanes[d], Some(Lane::Ring(_))) => {
+                        self.on_ring(key, d, op, result, flags);
                         self.pump(key, d);
                     }
                     Op::Fill(d) | Op::Drain(d) => {
@@ -537,6 +611,141 @@ impl Worker {
         buffer
     }
 
+    /// A registered provided-buffer ring for a ring-path direction; `None` when the kernel
+    /// (or the group-id supply) says no: the direction then takes the copy path.
+    fn new_ring(&mut self) -> Option<BufRing> {
+        let bgid = self.ring_groups.pop()?;
+        let size = (self.config.pipe_size / usize::from(RING_BUFFERS)).max(4096);
+        let ring = BufRing::new(bgid, RING_BUFFERS, size);
+        // SAFETY: the ring memory lives in `ring`, which the lane owns until `drop_ring`
+        // unregisters the group before freeing it.
+        let registered = unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                ring.ring_addr(),
+                ring.count(),
+                bgid,
+                0,
+            )
+        };
+        match registered {
+            Ok(()) => Some(ring),
+            Err(e) => {
+                debug!(
+                    "worker {}: no provided-buffer ring ({e}); copying instead",
+                    self.index
+                );
+                self.ring_groups.push(bgid);
+                None
+            }
+        }
+    }
+
+    /// Unregisters a ring (no request uses it any more) and frees it.
+    fn drop_ring(&mut self, ring: BufRing) {
+        let bgid = ring.bgid();
+        if self.ring.submitter().unregister_buf_ring(bgid).is_ok() {
+            self.ring_groups.push(bgid);
+            drop(ring);
+        } else {
+            // The kernel may still know the memory: keep it rather than free it under it.
+            std::mem::forget(ring);
+        }
+    }
+
+    /// Runs a ring-path direction: arm the multishot receive, write filled buffers in order.
+    fn pump_ring(&mut self, key: usize, d: usize) {
+        loop {
+            let devnull = self.devnull.as_raw_fd();
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.state != ConnState::Relaying {
+                return;
+            }
+            let (src, dst) = conn.ends(d, self.devnull.as_fd());
+            let (src, dst) = (src.map(|f| f.as_raw_fd()), dst.map(|f| f.as_raw_fd()));
+            let Some(Lane::Ring(lane)) = conn.lanes[d].as_mut() else {
+                return;
+            };
+            let step = lane.flow.next();
+            match step {
+                RecvStep::ArmReceive => {
+                    let Some(src) = src else {
+                        lane.flow.fail(FlowOp::Read, libc::EBADF);
+                        continue;
+                    };
+                    let sqe = opcode::RecvMulti::new(types::Fd(src), lane.ring.bgid()).build();
+                    lane.flow.started(step);
+                    self.push_op(key, Op::Fill(d), sqe);
+                }
+                RecvStep::Send { bid, offset, len } => {
+                    let Some(dst) = dst.or(lane.discard.then_some(devnull)) else {
+                        lane.flow.fail(FlowOp::Write, libc::EBADF);
+                        continue;
+                    };
+                    let data = lane.ring.data(bid, offset);
+                    let sqe = opcode::Write::new(types::Fd(dst), data, len as u32)
+                        .offset(u64::MAX)
+                        .build();
+                    lane.flow.started(step);
+                    self.push_op(key, Op::Drain(d), sqe);
+                }
+                RecvStep::ShutdownWrite => {
+                    lane.flow.started(step);
+                    let discard = lane.discard;
+                    let result = match conn.sink_mut(d) {
+                        _ if discard => Ok(()),
+                        Some(sink) => sink.shutdown_write().map_err(|e| errno_of(&e)),
+                        None => Err(libc::EBADF),
+                    };
+                    if let Some(Lane::Ring(lane)) = conn.lanes[d].as_mut() {
+                        lane.flow.shut_down(result);
+                    }
+                }
+                RecvStep::Wait => return,
+                RecvStep::Finished | RecvStep::Failed => {
+                    self.evaluate(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A completion of a ring-path direction: a receive (Fill) or a write (Drain).
+    fn on_ring(&mut self, key: usize, d: usize, op: Op, result: i32, flags: u32) {
+        let track = self.config.idle_timeout.is_some();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(Lane::Ring(lane)) = conn.lanes[d].as_mut() else {
+            return;
+        };
+        match op {
+            Op::Fill(_) => {
+                let more = cqueue::more(flags);
+                let outcome = match (result, cqueue::buffer_select(flags)) {
+                    (n, Some(bid)) if n > 0 => Ok((bid, n as usize)),
+                    (n, _) if n >= 0 => Ok((0, 0)),
+                    (errno, _) => Err(-errno),
+                };
+                lane.flow.received(outcome, more);
+            }
+            _ => {
+                let outcome = if result < 0 {
+                    Err(-result)
+                } else {
+                    Ok(result as usize)
+                };
+                if let Some(bid) = lane.flow.sent(outcome) {
+                    lane.ring.provide(bid);
+                }
+            }
+        }
+        if track && result > 0 {
+            conn.last_active = Instant::now();
+        }
+    }
+
     fn start_relay(&mut self, key: usize) {
         let config = self.config.clone();
         let mut lanes: [Option<Lane>; 2] = [None, None];
@@ -561,7 +770,25 @@ impl Worker {
                     conn.first.can_splice_write(),
                 )
             };
-            let staging = if config.mode != Mode::Copy && src_ok && dst_ok {
+            let src_is_socket = if d == 0 {
+                conn.first.is_socket()
+            } else {
+                conn.second.as_ref().is_some_and(Endpoint::is_socket)
+            };
+            // The ring path receives with multishot recv: sockets only.
+            if config.mode == Mode::Recv && src_is_socket {
+                if let Some(ring) = self.new_ring() {
+                    let flow = RecvFlow::new(usize::from(ring.count()));
+                    *lane = Some(Lane::Ring(RingLane {
+                        flow,
+                        ring,
+                        discard,
+                    }));
+                    continue;
+                }
+            }
+            let splice = matches!(config.mode, Mode::Splice | Mode::UringSplice);
+            let staging = if splice && src_ok && dst_ok {
                 Staging::Pipe(None)
             } else {
                 Staging::Copy(self.new_copy_buffer(0))
@@ -572,24 +799,27 @@ impl Worker {
             };
             let mut flow = Flow::new(capacity, config.fill_policy);
             flow.await_readiness_first();
-            *lane = Some(Lane {
+            *lane = Some(Lane::Staged(StagedLane {
                 flow,
                 staging,
                 pending: None,
                 discard,
-            });
+            }));
         }
         let conn = &mut self.conns[key];
         conn.lanes = lanes;
         conn.state = ConnState::Relaying;
         conn.last_active = Instant::now();
         if crate::log::enabled(crate::log::Level::Info) {
-            let path = |lane: &Option<Lane>| match lane.as_ref().map(|l| (l.discard, &l.staging)) {
+            let path = |lane: &Option<Lane>| match lane {
                 None => "none",
-                Some((true, _)) => "discard",
-                Some((_, Staging::Pipe(_))) if config.mode == Mode::UringSplice => "uring-splice",
-                Some((_, Staging::Pipe(_))) => "splice",
-                Some((_, Staging::Copy(_))) => "copy",
+                Some(l) if l.discard() => "discard",
+                Some(Lane::Ring(_)) => "recv",
+                Some(Lane::Staged(l)) => match l.staging {
+                    Staging::Pipe(_) if config.mode == Mode::UringSplice => "uring-splice",
+                    Staging::Pipe(_) => "splice",
+                    Staging::Copy(_) => "copy",
+                },
             };
             info!(
                 "conn {}: relaying {} (first->second: {}, second->first: {})",
@@ -618,7 +848,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let Some(lane) = conn.lanes[d].as_mut() else {
+        let Some(lane) = conn.lanes[d].as_mut().and_then(Lane::staged_mut) else {
             return;
         };
         let Some(step) = lane.pending.take() else {
@@ -652,11 +882,12 @@ impl Worker {
     fn fall_back_to_copy(&mut self, key: usize, d: usize) {
         let staged = self.conns[key].lanes[d]
             .as_ref()
+            .and_then(Lane::staged)
             .map_or(0, |l| l.flow.staged());
         let mut buffer = self.new_copy_buffer(staged);
         let conn = &mut self.conns[key];
         let id = conn.id;
-        let Some(lane) = conn.lanes[d].as_mut() else {
+        let Some(lane) = conn.lanes[d].as_mut().and_then(Lane::staged_mut) else {
             return;
         };
         if let Staging::Pipe(Some(pipe)) = &lane.staging {
@@ -698,8 +929,10 @@ impl Worker {
                 return;
             }
             let waiting = conn.inflight & (Op::Readable(d).bit() | Op::Writable(d).bit()) != 0;
-            let Some(lane) = conn.lanes[d].as_ref() else {
-                return;
+            let lane = match conn.lanes[d].as_ref() {
+                None => return,
+                Some(Lane::Ring(_)) => return self.pump_ring(key, d),
+                Some(Lane::Staged(lane)) => lane,
             };
             if waiting || lane.pending.is_some() {
                 return;
@@ -717,7 +950,7 @@ impl Worker {
                         self.lane(key, d).flow.fail(FlowOp::Read, libc::EBADF);
                         continue;
                     };
-                    let lane = conn.lanes[d].as_mut().expect("lane");
+                    let lane = staged_lane(conn, d);
                     match &mut lane.staging {
                         Staging::Pipe(Some(p)) => {
                             let max = max.min(p.capacity());
@@ -771,7 +1004,7 @@ impl Worker {
                         self.lane(key, d).flow.fail(FlowOp::Write, libc::EBADF);
                         continue;
                     };
-                    let lane = conn.lanes[d].as_mut().expect("lane");
+                    let lane = staged_lane(conn, d);
                     match &mut lane.staging {
                         Staging::Pipe(Some(p)) => {
                             if mode == Mode::Splice {
@@ -842,7 +1075,7 @@ impl Worker {
                 }
                 Step::ShutdownWrite => {
                     let conn = &mut self.conns[key];
-                    let discard = conn.lanes[d].as_ref().is_some_and(|l| l.discard);
+                    let discard = conn.lanes[d].as_ref().is_some_and(Lane::discard);
                     let result = match conn.sink_mut(d) {
                         _ if discard => Ok(0),
                         Some(sink) => sink.shutdown_write().map(|_| 0).map_err(|e| errno_of(&e)),
@@ -870,8 +1103,8 @@ impl Worker {
         }
     }
 
-    fn lane(&mut self, key: usize, d: usize) -> &mut Lane {
-        self.conns[key].lanes[d].as_mut().expect("lane exists")
+    fn lane(&mut self, key: usize, d: usize) -> &mut StagedLane {
+        staged_lane(&mut self.conns[key], d)
     }
 
     /// Records an inline splice result. Returns false when the direction switched to the copy
@@ -880,7 +1113,7 @@ impl Worker {
         let outcome = r.map_err(|e| errno_of(&e));
         let track = self.config.idle_timeout.is_some();
         let conn = &mut self.conns[key];
-        let lane = conn.lanes[d].as_mut().expect("lane");
+        let lane = staged_lane(conn, d);
         if outcome == Err(libc::EINVAL) && lane.flow.delivered() == 0 {
             self.fall_back_to_copy(key, d);
             return false;
@@ -895,7 +1128,10 @@ impl Worker {
     /// Makes sure a splice direction holds a pipe before it fills.
     fn ensure_pipe(&mut self, key: usize, d: usize) -> io::Result<()> {
         let needs = matches!(
-            self.conns[key].lanes[d].as_ref().map(|l| &l.staging),
+            self.conns[key].lanes[d]
+                .as_ref()
+                .and_then(Lane::staged)
+                .map(|l| &l.staging),
             Some(Staging::Pipe(None))
         );
         if needs {
@@ -909,7 +1145,7 @@ impl Worker {
 
     /// Gives an empty pipe back to the pool (a pipe with bytes in it is never pooled).
     fn release_pipe(&mut self, key: usize, d: usize) {
-        let Some(lane) = self.conns[key].lanes[d].as_mut() else {
+        let Some(lane) = self.conns[key].lanes[d].as_mut().and_then(Lane::staged_mut) else {
             return;
         };
         if lane.flow.staged() != 0 || lane.pending.is_some() {
@@ -930,11 +1166,11 @@ impl Worker {
         if conn.state != ConnState::Relaying {
             return;
         }
-        let flows = [
-            conn.lanes[0].as_ref().map(|l| &l.flow),
-            conn.lanes[1].as_ref().map(|l| &l.flow),
+        let states = [
+            conn.lanes[0].as_ref().map(Lane::state),
+            conn.lanes[1].as_ref().map(Lane::state),
         ];
-        match verdict(flows, self.config.linger.is_some(), conn.lingering) {
+        match verdict(states, self.config.linger.is_some(), conn.lingering) {
             Verdict::KeepGoing => {}
             Verdict::StartLinger => {
                 conn.lingering = true;
@@ -993,7 +1229,7 @@ impl Worker {
         } = &conn;
         for (d, lane) in lanes.iter().enumerate() {
             match lane {
-                Some(lane) if !lane.discard => delivered[d] = lane.flow.delivered(),
+                Some(lane) if !lane.discard() => delivered[d] = lane.delivered(),
                 _ => {}
             }
         }
@@ -1032,6 +1268,13 @@ impl Worker {
         }
         let Conn { lanes, .. } = conn;
         for lane in lanes.into_iter().flatten() {
+            let lane = match lane {
+                Lane::Ring(r) => {
+                    self.drop_ring(r.ring);
+                    continue;
+                }
+                Lane::Staged(lane) => lane,
+            };
             match lane.staging {
                 Staging::Pipe(Some(pipe)) if lane.flow.staged() == 0 => self.pipes.give(pipe),
                 Staging::Pipe(_) => {}
