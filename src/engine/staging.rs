@@ -129,36 +129,6 @@ pub enum Staging {
     Copy(CopyBuffer),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_reuses_and_bounds_idle_pipes() {
-        let mut pool = PipePool::new(64 * 1024, 1);
-        let a = pool.take().unwrap();
-        let b = pool.take().unwrap();
-        assert_eq!(pool.created, 2);
-        assert_eq!(a.capacity(), 64 * 1024);
-        pool.give(a);
-        pool.give(b);
-        assert_eq!(pool.idle(), 1, "the second pipe is closed, not pooled");
-        let _c = pool.take().unwrap();
-        assert_eq!(pool.created, 2, "a pooled pipe is reused");
-    }
-
-    #[test]
-    fn buffer_slots_are_handed_out_once() {
-        let mut slots = BufferSlots::new(2);
-        let a = slots.take().unwrap();
-        let b = slots.take().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(slots.take(), None);
-        slots.give(a);
-        assert_eq!(slots.take(), Some(a));
-    }
-}
-
 /// A provided-buffer ring for one direction of the `recv` data path: `count` buffers of
 /// `size` bytes that a multishot receive fills, and the ring through which the worker hands
 /// them (back) to the kernel. The ring memory is page-aligned and shared with the kernel; it
@@ -267,5 +237,35 @@ impl Drop for BufRing {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout; the worker unregistered the ring first.
         unsafe { std::alloc::dealloc(self.ring.as_ptr().cast(), self.layout) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_and_bounds_idle_pipes() {
+        let mut pool = PipePool::new(64 * 1024, 1);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        assert_eq!(pool.created, 2);
+        assert_eq!(a.capacity(), 64 * 1024);
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.idle(), 1, "the second pipe is closed, not pooled");
+        let _c = pool.take().unwrap();
+        assert_eq!(pool.created, 2, "a pooled pipe is reused");
+    }
+
+    #[test]
+    fn buffer_slots_are_handed_out_once() {
+        let mut slots = BufferSlots::new(2);
+        let a = slots.take().unwrap();
+        let b = slots.take().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(slots.take(), None);
+        slots.give(a);
+        assert_eq!(slots.take(), Some(a));
     }
 }
