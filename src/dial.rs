@@ -24,6 +24,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before asking a UNIX listener with a full backlog again.
 const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// Pause before trying again for a descriptor.
+const NO_DESCRIPTOR_PAUSE: Duration = Duration::from_millis(20);
+/// How long a dial waits for descriptors when `connect-timeout` does not say.
+const NO_DESCRIPTOR_PATIENCE: Duration = Duration::from_secs(10);
 /// The longest handshake reply line accepted.
 const MAX_REPLY: usize = 128;
 
@@ -71,6 +75,12 @@ enum Phase {
         deadline: Option<Instant>,
     },
     Backoff,
+    /// Out of descriptors (EMFILE/ENFILE): try the same target again shortly, until the
+    /// deadline, rather than fail the connection (a busy relay frees descriptors soon).
+    NoDescriptors {
+        target: SockAddr,
+        deadline: Instant,
+    },
     Handshake {
         socket: Socket,
         target: SockAddr,
@@ -154,6 +164,12 @@ impl Dial {
                 self.attempt_failed(&target, "connect timed out");
                 self.try_next()
             }
+            (Phase::NoDescriptors { target, deadline }, _) => {
+                match self.start_target(target, Some(deadline)) {
+                    Progress::Failed(_) => self.try_next(),
+                    progress => progress,
+                }
+            }
             (
                 Phase::Busy {
                     socket,
@@ -197,15 +213,7 @@ impl Dial {
         while self.next < self.targets.len() {
             let target = self.targets[self.next].clone();
             self.next += 1;
-            let socket = match connect_socket(&self.address, &target) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.attempt_failed(&target, &e.to_string());
-                    continue;
-                }
-            };
-            let deadline = self.attempt_deadline();
-            match self.connect_on(socket, target, deadline) {
+            match self.start_target(target, None) {
                 Progress::Failed(_) => continue,
                 progress => return progress,
             }
@@ -230,6 +238,41 @@ impl Dial {
                 .clone()
                 .unwrap_or_else(|| "no address to connect to".into()),
         )
+    }
+
+    /// Creates a socket for `target` and starts connecting it. Out of descriptors, it waits
+    /// and tries again (until `descriptor_deadline`, or a fresh one) instead of failing.
+    /// `Failed` means this target failed; the caller moves on to the next.
+    fn start_target(&mut self, target: SockAddr, descriptor_deadline: Option<Instant>) -> Progress {
+        match connect_socket(&self.address, &target) {
+            Ok(socket) => {
+                let deadline = self.attempt_deadline();
+                self.connect_on(socket, target, deadline)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                let now = Instant::now();
+                let patience = self
+                    .address
+                    .options
+                    .connect_timeout
+                    .unwrap_or(NO_DESCRIPTOR_PATIENCE);
+                let deadline = descriptor_deadline.unwrap_or(now + patience);
+                if now >= deadline {
+                    self.attempt_failed(&target, &e.to_string());
+                    return Progress::Failed(e.to_string());
+                }
+                self.phase = Phase::NoDescriptors { target, deadline };
+                Progress::Wait {
+                    fd: None,
+                    interest: Interest::Writable,
+                    deadline: Some((now + NO_DESCRIPTOR_PAUSE).min(deadline)),
+                }
+            }
+            Err(e) => {
+                self.attempt_failed(&target, &e.to_string());
+                Progress::Failed(e.to_string())
+            }
+        }
     }
 
     /// Starts (or restarts, after a busy backlog) a connect on `socket`.

@@ -19,6 +19,8 @@ enum Io {
         input: Option<OwnedFd>,
         output: Option<OwnedFd>,
     },
+    /// The socket lives on as an io_uring direct descriptor (see [`Endpoint::take_socket`]).
+    Parked,
 }
 
 /// One opened end of a relayed connection.
@@ -61,6 +63,7 @@ impl Endpoint {
         match &self.io {
             Io::Socket(s) => Some(s.as_fd()),
             Io::Stdio { input, .. } => input.as_ref().map(AsFd::as_fd),
+            Io::Parked => None,
         }
     }
 
@@ -69,6 +72,7 @@ impl Endpoint {
         match &self.io {
             Io::Socket(s) => Some(s.as_fd()),
             Io::Stdio { output, .. } => output.as_ref().map(AsFd::as_fd),
+            Io::Parked => None,
         }
     }
 
@@ -80,13 +84,14 @@ impl Endpoint {
                 drop(output.take());
                 Ok(())
             }
+            Io::Parked => Err(io::Error::from_raw_os_error(libc::EBADF)),
         }
     }
 
     /// Whether splice(2) can read from this endpoint.
     pub fn can_splice_read(&self) -> bool {
         match &self.io {
-            Io::Socket(_) => true,
+            Io::Socket(_) | Io::Parked => true,
             Io::Stdio { input, .. } => input
                 .as_ref()
                 .is_some_and(|fd| stdio::can_splice_from(fd.as_fd())),
@@ -96,7 +101,7 @@ impl Endpoint {
     /// Whether splice(2) can write to this endpoint.
     pub fn can_splice_write(&self) -> bool {
         match &self.io {
-            Io::Socket(_) => true,
+            Io::Socket(_) | Io::Parked => true,
             Io::Stdio { output, .. } => output
                 .as_ref()
                 .is_some_and(|fd| stdio::can_splice_to(fd.as_fd())),
@@ -104,13 +109,19 @@ impl Endpoint {
     }
 
     pub fn is_socket(&self) -> bool {
-        matches!(self.io, Io::Socket(_))
+        matches!(self.io, Io::Socket(_) | Io::Parked)
     }
 
-    pub fn socket_ref(&self) -> Option<&Socket> {
-        match &self.io {
+    /// Takes the socket out, leaving the endpoint without a descriptor: the engine parks an
+    /// idle connection's sockets in its io_uring fixed-file table (direct descriptors do not
+    /// count against RLIMIT_NOFILE) and closes the real ones.
+    pub fn take_socket(&mut self) -> Option<Socket> {
+        match std::mem::replace(&mut self.io, Io::Parked) {
             Io::Socket(s) => Some(s),
-            Io::Stdio { .. } => None,
+            other => {
+                self.io = other;
+                None
+            }
         }
     }
 
@@ -118,7 +129,7 @@ impl Endpoint {
     pub fn into_socket(self) -> Option<Socket> {
         match self.io {
             Io::Socket(s) => Some(s),
-            Io::Stdio { .. } => None,
+            Io::Stdio { .. } | Io::Parked => None,
         }
     }
 

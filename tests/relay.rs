@@ -380,6 +380,67 @@ fn five_hundred_concurrent_connections_through_one_fork_listener() {
     assert_eq!(log.matches("closed: finished").count(), N, "{log}");
 }
 
+/// More connections than the descriptor limit can hold with two sockets each: idle ones are
+/// parked in the io_uring fixed-file table (their descriptors closed), every connection is
+/// served, and bytes still flow on parked connections afterwards.
+#[test]
+fn idle_connections_beyond_the_descriptor_limit_are_parked_and_still_served() {
+    const N: usize = 300;
+    const LIMIT: u32 = 256;
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    // Echo every chunk as it comes, keeping each connection open until the client closes.
+    std::thread::spawn(move || {
+        for _ in 0..N {
+            let Ok(mut s) = server.accept() else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start_limited(LIMIT, &["-d", &listen, &upstream]);
+    let ping = |c: &mut TcpStream, byte: u8| -> std::io::Result<()> {
+        c.write_all(&[byte])?;
+        let mut back = [0u8; 1];
+        c.read_exact(&mut back)?;
+        assert_eq!(back[0], byte);
+        Ok(())
+    };
+    let mut clients = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        ping(&mut c, i as u8)
+            .unwrap_or_else(|e| panic!("connection {i} not served: {e}\n{}", relay.log()));
+        clients.push(c);
+    }
+    let log = relay.log();
+    assert!(
+        log.contains("parked in the fixed-file table"),
+        "{N} connections under a {LIMIT}-descriptor limit needed parking:\n{log}"
+    );
+    // Parked connections still move bytes, both ways, through the fixed-file table.
+    std::thread::sleep(Duration::from_millis(800));
+    for (i, c) in clients.iter_mut().enumerate() {
+        ping(c, 255 - i as u8).unwrap_or_else(|e| panic!("connection {i} after parking: {e}"));
+    }
+    let pid = relay.child.id();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(fds < LIMIT as usize, "{fds} descriptors open");
+    drop(clients);
+    assert!(relay.is_running());
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
 /// A refused upstream costs only that connection; once the upstream is up, the next client is
 /// served by the same relay process.
 #[test]

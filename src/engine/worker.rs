@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -36,6 +36,10 @@ const BUFFER_SLOTS: u16 = 1024;
 const RING_BUFFERS: u16 = 8;
 /// Provided-buffer group ids a worker hands out (one per ring-path direction).
 const RING_GROUPS: u16 = 16384;
+/// A connection idle this long may be parked when descriptors run short.
+const PARK_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a worker looks for connections to park while descriptors run short.
+const PARK_SWEEP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One direction of a connection on the pipe or copy path: its state machine, staging area
 /// and in-flight transfer.
@@ -121,24 +125,68 @@ struct Conn {
     started: Instant,
     last_active: Instant,
     lingering: bool,
+    /// Fixed-file slots of the first and second socket once the connection is parked.
+    parked: Option<[u32; 2]>,
 }
 
 impl Conn {
-    /// (source, destination) descriptors of direction `d`; a discarding direction writes to
-    /// `devnull`.
-    fn ends<'a>(
-        &'a self,
-        d: usize,
-        devnull: BorrowedFd<'a>,
-    ) -> (Option<BorrowedFd<'a>>, Option<BorrowedFd<'a>>) {
-        let second = self.second.as_ref();
-        let (src, dst) = if d == 0 {
-            (self.first.read_fd(), second.and_then(Endpoint::write_fd))
-        } else {
-            (second.and_then(Endpoint::read_fd), self.first.write_fd())
-        };
+    /// (source, destination) of direction `d`: descriptors, or fixed-file slots once parked;
+    /// a discarding direction writes to `devnull`.
+    fn ends(&self, d: usize, devnull: RawFd) -> (Option<Target>, Option<Target>) {
         let discard = self.lanes[d].as_ref().is_some_and(Lane::discard);
-        (src, if discard { Some(devnull) } else { dst })
+        let (src, dst) = match self.parked {
+            Some([first, second]) => {
+                let (src, dst) = if d == 0 {
+                    (first, second)
+                } else {
+                    (second, first)
+                };
+                (Some(Target::Fixed(src)), Some(Target::Fixed(dst)))
+            }
+            None => {
+                let raw = |fd: Option<BorrowedFd<'_>>| fd.map(|f| Target::Fd(f.as_raw_fd()));
+                let second = self.second.as_ref();
+                if d == 0 {
+                    (
+                        raw(self.first.read_fd()),
+                        raw(second.and_then(Endpoint::write_fd)),
+                    )
+                } else {
+                    (
+                        raw(second.and_then(Endpoint::read_fd)),
+                        raw(self.first.write_fd()),
+                    )
+                }
+            }
+        };
+        (
+            src,
+            if discard {
+                Some(Target::Fd(devnull))
+            } else {
+                dst
+            },
+        )
+    }
+
+    /// Whether the connection can be parked: relaying, idle since `now - PARK_IDLE`, both
+    /// ends sockets, both directions on pipes holding nothing and doing nothing but wait for
+    /// their source.
+    fn parkable(&self, now: Instant) -> bool {
+        let waits_only = Op::Readable(0).bit() | Op::Readable(1).bit();
+        self.state == ConnState::Relaying
+            && self.parked.is_none()
+            && self.inflight & !waits_only == 0
+            && now.saturating_duration_since(self.last_active) >= PARK_IDLE
+            && self.first.is_socket()
+            && self.second.as_ref().is_some_and(Endpoint::is_socket)
+            && self.lanes.iter().all(|lane| match lane {
+                Some(Lane::Staged(l)) => {
+                    matches!(l.staging, Staging::Pipe(None)) && l.pending.is_none()
+                }
+                Some(Lane::Ring(_)) => false,
+                None => true,
+            })
     }
 
     fn sink_mut(&mut self, d: usize) -> Option<&mut Endpoint> {
@@ -172,6 +220,56 @@ struct Timer {
     kind: TimerKind,
 }
 
+/// Where a request reads or writes: a descriptor, or a slot of the ring's fixed-file table
+/// (the sockets of a parked connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+fn poll_sqe(target: Target, events: libc::c_short) -> squeue::Entry {
+    let events = events as u32;
+    match target {
+        Target::Fd(fd) => opcode::PollAdd::new(types::Fd(fd), events).build(),
+        Target::Fixed(slot) => opcode::PollAdd::new(types::Fixed(slot), events).build(),
+    }
+}
+
+fn splice_sqe(from: Target, to: Target, len: usize) -> squeue::Entry {
+    let len = len.min(u32::MAX as usize) as u32;
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    match (from, to) {
+        (Target::Fd(a), Target::Fd(b)) => {
+            opcode::Splice::new(types::Fd(a), -1, types::Fd(b), -1, len)
+                .flags(flags)
+                .build()
+        }
+        (Target::Fd(a), Target::Fixed(b)) => {
+            opcode::Splice::new(types::Fd(a), -1, types::Fixed(b), -1, len)
+                .flags(flags)
+                .build()
+        }
+        (Target::Fixed(a), Target::Fd(b)) => {
+            opcode::Splice::new(types::Fixed(a), -1, types::Fd(b), -1, len)
+                .flags(flags)
+                .build()
+        }
+        (Target::Fixed(a), Target::Fixed(b)) => {
+            opcode::Splice::new(types::Fixed(a), -1, types::Fixed(b), -1, len)
+                .flags(flags)
+                .build()
+        }
+    }
+}
+
+fn shutdown_sqe(target: Target) -> squeue::Entry {
+    match target {
+        Target::Fd(fd) => opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build(),
+        Target::Fixed(slot) => opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_WR).build(),
+    }
+}
+
 /// The staged lane of direction `d`; callers reach it only on the staged path.
 fn staged_lane(conn: &mut Conn, d: usize) -> &mut StagedLane {
     conn.lanes[d]
@@ -201,6 +299,13 @@ pub(super) struct Worker {
     devnull: std::os::fd::OwnedFd,
     /// Free provided-buffer group ids for ring-path directions.
     ring_groups: Vec<u16>,
+    /// Free pairs of fixed-file slots (pair `p` is slots 2p and 2p+1) for parking
+    /// connections; empty when the ring has no fixed-file table.
+    park_pairs: Vec<u32>,
+    /// Live connections in the process above which idle ones are parked.
+    park_above: usize,
+    next_sweep: Instant,
+    parked: usize,
 }
 
 fn errno_of(e: &io::Error) -> i32 {
@@ -227,6 +332,22 @@ impl Worker {
         config: Arc<EngineConfig>,
     ) -> io::Result<Worker> {
         let ring = build_ring(config.ring_entries)?;
+        // Parking: a fixed-file table as large as the descriptor limit allows (direct
+        // descriptors do not count against it), used once live connections approach what
+        // the limit can hold with two sockets each.
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
+        let table = nofile.min(1 << 16) as u32 & !1;
+        let park_pairs = match ring.submitter().register_files_sparse(table) {
+            Ok(()) => (0..table / 2).rev().collect(),
+            Err(e) => {
+                debug!("worker {index}: no fixed-file table ({e}); connections are never parked");
+                Vec::new()
+            }
+        };
+        let reserve = (nofile / 4).min(512);
+        let park_above = ((nofile.saturating_sub(reserve) / 2) * 3 / 4) as usize;
         let slots = match ring
             .submitter()
             .register_buffers_sparse(u32::from(BUFFER_SLOTS))
@@ -258,6 +379,10 @@ impl Worker {
                 .open("/dev/null")?
                 .into(),
             ring_groups: (0..RING_GROUPS).rev().collect(),
+            park_pairs,
+            park_above,
+            next_sweep: Instant::now(),
+            parked: 0,
         })
     }
 
@@ -327,6 +452,7 @@ impl Worker {
             self.reap();
             self.run_queue();
             self.fire_timers();
+            self.sweep_for_parking();
             if self.stopping && self.conns.is_empty() {
                 break;
             }
@@ -342,8 +468,15 @@ impl Worker {
         self.flush_overflow();
         let result = if !self.runq.is_empty() || !self.overflow.is_empty() {
             self.ring.submit()
-        } else if let Some(Reverse(next)) = self.timers.peek() {
-            let left = next.at.saturating_duration_since(Instant::now());
+        } else if let Some(at) = self
+            .timers
+            .peek()
+            .map(|Reverse(t)| t.at)
+            .into_iter()
+            .chain(self.parking_wanted().then_some(self.next_sweep))
+            .min()
+        {
+            let left = at.saturating_duration_since(Instant::now());
             let ts = types::Timespec::from(left);
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
@@ -486,6 +619,7 @@ impl Worker {
             started: now,
             last_active: now,
             lingering: false,
+            parked: None,
         });
         if dials {
             let conn = &self.conns[key];
@@ -662,8 +796,13 @@ impl Worker {
             if conn.state != ConnState::Relaying {
                 return;
             }
-            let (src, dst) = conn.ends(d, self.devnull.as_fd());
-            let (src, dst) = (src.map(|f| f.as_raw_fd()), dst.map(|f| f.as_raw_fd()));
+            // Ring lanes are never parked: their ends are descriptors.
+            let fd = |t: Option<Target>| match t {
+                Some(Target::Fd(fd)) => Some(fd),
+                _ => None,
+            };
+            let (src, dst) = conn.ends(d, devnull);
+            let (src, dst) = (fd(src), fd(dst));
             let Some(Lane::Ring(lane)) = conn.lanes[d].as_mut() else {
                 return;
             };
@@ -713,7 +852,6 @@ impl Worker {
 
     /// A completion of a ring-path direction: a receive (Fill) or a write (Drain).
     fn on_ring(&mut self, key: usize, d: usize, op: Op, result: i32, flags: u32) {
-        let track = self.config.idle_timeout.is_some();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -741,7 +879,7 @@ impl Worker {
                 }
             }
         }
-        if track && result > 0 {
+        if result > 0 {
             conn.last_active = Instant::now();
         }
     }
@@ -854,13 +992,20 @@ impl Worker {
         let Some(step) = lane.pending.take() else {
             return;
         };
+        // A parked connection's sockets have no descriptors for the copy path to use.
         if outcome == Err(libc::EINVAL)
             && lane.flow.delivered() == 0
             && matches!(lane.staging, Staging::Pipe(_))
+            && conn.parked.is_none()
         {
             self.fall_back_to_copy(key, d);
             return;
         }
+        // A peer already gone is no shutdown failure (as in `Socket::shutdown_write`).
+        let outcome = match (step, outcome) {
+            (Step::ShutdownWrite, Err(libc::ENOTCONN)) => Ok(0),
+            (_, o) => o,
+        };
         if let (Step::Drain { .. }, Ok(n), Staging::Copy(buffer)) =
             (step, outcome, &mut lane.staging)
         {
@@ -872,7 +1017,7 @@ impl Worker {
                 buffer.start = 0;
             }
         }
-        if matches!(outcome, Ok(n) if n > 0) && self.config.idle_timeout.is_some() {
+        if matches!(outcome, Ok(n) if n > 0) {
             conn.last_active = Instant::now();
         }
     }
@@ -917,9 +1062,12 @@ impl Worker {
         );
     }
 
-    /// Runs direction `d` until it must wait, ends, or uses up its turn.
+    /// Runs direction `d` until it must wait, ends, or uses up its turn. A parked
+    /// connection's sockets are fixed-file slots, which only io_uring requests can name, so
+    /// parked connections splice with IORING_OP_SPLICE whatever the mode.
     fn pump(&mut self, key: usize, d: usize) {
         let mode = self.config.mode;
+        let devnull = self.devnull.as_raw_fd();
         let mut budget = self.config.budget;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -937,6 +1085,7 @@ impl Worker {
             if waiting || lane.pending.is_some() {
                 return;
             }
+            let inline = mode == Mode::Splice && conn.parked.is_none();
             let step = lane.flow.next();
             match step {
                 Step::Fill { max } => {
@@ -945,40 +1094,32 @@ impl Worker {
                         continue;
                     }
                     let conn = &mut self.conns[key];
-                    let (src, _) = conn.ends(d, self.devnull.as_fd());
-                    let Some(src) = src.map(|fd| fd.as_raw_fd()) else {
+                    let (src, _) = conn.ends(d, devnull);
+                    let Some(src) = src else {
                         self.lane(key, d).flow.fail(FlowOp::Read, libc::EBADF);
                         continue;
                     };
                     let lane = staged_lane(conn, d);
-                    match &mut lane.staging {
-                        Staging::Pipe(Some(p)) => {
+                    match (&mut lane.staging, src) {
+                        (Staging::Pipe(Some(p)), Target::Fd(fd)) if inline => {
                             let max = max.min(p.capacity());
-                            if mode == Mode::Splice {
-                                // SAFETY: `src` is a descriptor of this connection's endpoint,
-                                // open for the duration of this call.
-                                let src = unsafe { BorrowedFd::borrow_raw(src) };
-                                let r = pipe::splice(src, p.writer(), max);
-                                if !self.inline_result(key, d, step, r) {
-                                    continue;
-                                }
-                            } else {
-                                let sqe = opcode::Splice::new(
-                                    types::Fd(src),
-                                    -1,
-                                    types::Fd(p.writer().as_raw_fd()),
-                                    -1,
-                                    max as u32,
-                                )
-                                .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-                                .build();
-                                lane.pending = Some(Step::Fill { max });
-                                self.push_op(key, Op::Fill(d), sqe);
-                                return;
+                            // SAFETY: `fd` is a descriptor of this connection's endpoint,
+                            // open for the duration of this call.
+                            let src = unsafe { BorrowedFd::borrow_raw(fd) };
+                            let r = pipe::splice(src, p.writer(), max);
+                            if !self.inline_result(key, d, Step::Fill { max }, r) {
+                                continue;
                             }
                         }
-                        Staging::Pipe(None) => unreachable!("ensure_pipe gave a pipe"),
-                        Staging::Copy(buffer) => {
+                        (Staging::Pipe(Some(p)), src) => {
+                            let max = max.min(p.capacity());
+                            let sqe = splice_sqe(src, Target::Fd(p.writer().as_raw_fd()), max);
+                            lane.pending = Some(Step::Fill { max });
+                            self.push_op(key, Op::Fill(d), sqe);
+                            return;
+                        }
+                        (Staging::Pipe(None), _) => unreachable!("ensure_pipe gave a pipe"),
+                        (Staging::Copy(buffer), Target::Fd(src)) => {
                             let max = max.min(buffer.len());
                             let ptr = buffer.as_mut_ptr();
                             let sqe = match buffer.slot {
@@ -995,44 +1136,38 @@ impl Worker {
                             self.push_op(key, Op::Fill(d), sqe);
                             return;
                         }
+                        (Staging::Copy(_), Target::Fixed(_)) => {
+                            unreachable!("only splice directions are parked")
+                        }
                     }
                 }
                 Step::Drain { len } => {
                     let conn = &mut self.conns[key];
-                    let (_, dst) = conn.ends(d, self.devnull.as_fd());
-                    let Some(dst) = dst.map(|fd| fd.as_raw_fd()) else {
+                    let (_, dst) = conn.ends(d, devnull);
+                    let Some(dst) = dst else {
                         self.lane(key, d).flow.fail(FlowOp::Write, libc::EBADF);
                         continue;
                     };
                     let lane = staged_lane(conn, d);
-                    match &mut lane.staging {
-                        Staging::Pipe(Some(p)) => {
-                            if mode == Mode::Splice {
-                                // SAFETY: as for the fill: an open endpoint descriptor.
-                                let dst = unsafe { BorrowedFd::borrow_raw(dst) };
-                                let r = pipe::splice(p.reader(), dst, len);
-                                if !self.inline_result(key, d, step, r) {
-                                    continue;
-                                }
-                            } else {
-                                let sqe = opcode::Splice::new(
-                                    types::Fd(p.reader().as_raw_fd()),
-                                    -1,
-                                    types::Fd(dst),
-                                    -1,
-                                    len.min(u32::MAX as usize) as u32,
-                                )
-                                .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-                                .build();
-                                lane.pending = Some(step);
-                                self.push_op(key, Op::Drain(d), sqe);
-                                return;
+                    match (&mut lane.staging, dst) {
+                        (Staging::Pipe(Some(p)), Target::Fd(fd)) if inline => {
+                            // SAFETY: as for the fill: an open endpoint descriptor.
+                            let dst = unsafe { BorrowedFd::borrow_raw(fd) };
+                            let r = pipe::splice(p.reader(), dst, len);
+                            if !self.inline_result(key, d, step, r) {
+                                continue;
                             }
                         }
-                        Staging::Pipe(None) => {
+                        (Staging::Pipe(Some(p)), dst) => {
+                            let sqe = splice_sqe(Target::Fd(p.reader().as_raw_fd()), dst, len);
+                            lane.pending = Some(step);
+                            self.push_op(key, Op::Drain(d), sqe);
+                            return;
+                        }
+                        (Staging::Pipe(None), _) => {
                             unreachable!("bytes are staged, so the direction holds a pipe")
                         }
-                        Staging::Copy(buffer) => {
+                        (Staging::Copy(buffer), Target::Fd(dst)) => {
                             // SAFETY: start + len stays within the buffer: staged bytes are
                             // data[start..start + staged] and len == staged.
                             let ptr = unsafe { buffer.as_mut_ptr().add(buffer.start) };
@@ -1050,42 +1185,52 @@ impl Worker {
                             self.push_op(key, Op::Drain(d), sqe);
                             return;
                         }
+                        (Staging::Copy(_), Target::Fixed(_)) => {
+                            unreachable!("only splice directions are parked")
+                        }
                     }
                 }
                 Step::WaitReadable => {
                     self.release_pipe(key, d);
-                    let (src, _) = self.conns[key].ends(d, self.devnull.as_fd());
-                    let Some(src) = src.map(|fd| fd.as_raw_fd()) else {
+                    let (src, _) = self.conns[key].ends(d, devnull);
+                    let Some(src) = src else {
                         self.lane(key, d).flow.fail(FlowOp::Read, libc::EBADF);
                         continue;
                     };
-                    let sqe = opcode::PollAdd::new(types::Fd(src), libc::POLLIN as u32).build();
-                    self.push_op(key, Op::Readable(d), sqe);
+                    self.push_op(key, Op::Readable(d), poll_sqe(src, libc::POLLIN));
                     return;
                 }
                 Step::WaitWritable => {
-                    let (_, dst) = self.conns[key].ends(d, self.devnull.as_fd());
-                    let Some(dst) = dst.map(|fd| fd.as_raw_fd()) else {
+                    let (_, dst) = self.conns[key].ends(d, devnull);
+                    let Some(dst) = dst else {
                         self.lane(key, d).flow.fail(FlowOp::Write, libc::EBADF);
                         continue;
                     };
-                    let sqe = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
-                    self.push_op(key, Op::Writable(d), sqe);
+                    self.push_op(key, Op::Writable(d), poll_sqe(dst, libc::POLLOUT));
                     return;
                 }
                 Step::ShutdownWrite => {
                     let conn = &mut self.conns[key];
                     let discard = conn.lanes[d].as_ref().is_some_and(Lane::discard);
-                    let result = match conn.sink_mut(d) {
-                        _ if discard => Ok(0),
-                        Some(sink) => sink.shutdown_write().map(|_| 0).map_err(|e| errno_of(&e)),
-                        None => Err(libc::EBADF),
-                    };
                     debug!(
                         "conn {}: {} reached end of file",
                         conn.id,
                         Direction::from_index(d)
                     );
+                    if let (Some(_), false) = (conn.parked, discard) {
+                        // A parked socket has no descriptor: shut it down through the ring.
+                        let (_, dst) = conn.ends(d, devnull);
+                        let lane = staged_lane(conn, d);
+                        lane.pending = Some(step);
+                        let dst = dst.expect("a parked connection has both ends");
+                        self.push_op(key, Op::Drain(d), shutdown_sqe(dst));
+                        return;
+                    }
+                    let result = match conn.sink_mut(d) {
+                        _ if discard => Ok(0),
+                        Some(sink) => sink.shutdown_write().map(|_| 0).map_err(|e| errno_of(&e)),
+                        None => Err(libc::EBADF),
+                    };
                     self.lane(key, d).flow.complete(step, result);
                 }
                 Step::Finished | Step::Failed => {
@@ -1111,7 +1256,6 @@ impl Worker {
     /// path instead (the caller then loops to issue the copy).
     fn inline_result(&mut self, key: usize, d: usize, step: Step, r: io::Result<usize>) -> bool {
         let outcome = r.map_err(|e| errno_of(&e));
-        let track = self.config.idle_timeout.is_some();
         let conn = &mut self.conns[key];
         let lane = staged_lane(conn, d);
         if outcome == Err(libc::EINVAL) && lane.flow.delivered() == 0 {
@@ -1119,7 +1263,7 @@ impl Worker {
             return false;
         }
         lane.flow.complete(step, outcome);
-        if track && matches!(outcome, Ok(n) if n > 0) {
+        if matches!(outcome, Ok(n) if n > 0) {
             conn.last_active = Instant::now();
         }
         true
@@ -1266,6 +1410,17 @@ impl Worker {
                 delivered[0], delivered[1]
             );
         }
+        if let Some([first, _]) = conn.parked {
+            // Clearing the slots (-1) drops the kernel's references: the sockets close.
+            let cleared = self
+                .ring
+                .submitter()
+                .register_files_update(first, &[-1, -1]);
+            if cleared.is_ok() {
+                self.park_pairs.push(first / 2);
+            }
+            self.parked -= 1;
+        }
         let Conn { lanes, .. } = conn;
         for lane in lanes.into_iter().flatten() {
             let lane = match lane {
@@ -1303,6 +1458,71 @@ impl Worker {
         }
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
         self.shared.notify_closed();
+    }
+
+    /// Whether idle connections should be parked now: the process holds more live
+    /// connections than its descriptor limit comfortably allows.
+    fn parking_wanted(&self) -> bool {
+        !self.park_pairs.is_empty() && self.shared.live.load(Ordering::Relaxed) > self.park_above
+    }
+
+    /// Parks every connection that has been idle for PARK_IDLE, while parking is wanted.
+    fn sweep_for_parking(&mut self) {
+        let now = Instant::now();
+        if now < self.next_sweep || !self.parking_wanted() {
+            return;
+        }
+        self.next_sweep = now + PARK_SWEEP;
+        let candidates: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.parkable(now))
+            .map(|(k, _)| k)
+            .collect();
+        let before = self.parked;
+        for key in candidates {
+            if !self.park(key) {
+                break;
+            }
+        }
+        if self.parked != before {
+            info!(
+                "worker {}: {} connections parked in the fixed-file table ({} live in all)",
+                self.index,
+                self.parked,
+                self.shared.live.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// Moves a connection's two sockets into the fixed-file table and closes their
+    /// descriptors. Its readiness polls in flight keep working: they hold the files.
+    fn park(&mut self, key: usize) -> bool {
+        let Some(pair) = self.park_pairs.pop() else {
+            return false;
+        };
+        let conn = &mut self.conns[key];
+        let fds = match (
+            conn.first.read_fd(),
+            conn.second.as_ref().and_then(Endpoint::read_fd),
+        ) {
+            (Some(a), Some(b)) => [a.as_raw_fd(), b.as_raw_fd()],
+            _ => {
+                self.park_pairs.push(pair);
+                return true;
+            }
+        };
+        let first = pair * 2;
+        if let Err(e) = self.ring.submitter().register_files_update(first, &fds) {
+            debug!("worker {}: cannot park conn {}: {e}", self.index, conn.id);
+            self.park_pairs.push(pair);
+            return false;
+        }
+        drop(conn.first.take_socket());
+        drop(conn.second.as_mut().and_then(Endpoint::take_socket));
+        conn.parked = Some([first, first + 1]);
+        self.parked += 1;
+        true
     }
 
     fn run_queue(&mut self) {

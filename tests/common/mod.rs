@@ -420,9 +420,24 @@ impl Relay {
 
     /// Starts `vsplice ARGS -dd` with the given stdin and stdout, without waiting.
     pub fn spawn(args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
+        Relay::spawn_with(Command::new(vsplice_bin()), args, stdin, stdout)
+    }
+
+    /// Starts `vsplice -dd ARGS` with at most `nofile` descriptors (soft and hard limit, set
+    /// with util-linux `prlimit`), and waits until it listens.
+    pub fn start_limited(nofile: u32, args: &[&str]) -> Relay {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(vsplice_bin());
+        let relay = Relay::spawn_with(cmd, args, Stdio::null(), Stdio::null());
+        relay.wait_for_log("listening on", Duration::from_secs(20));
+        relay
+    }
+
+    fn spawn_with(mut command: Command, args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
         let scratch = Scratch::new("relay");
         let log = scratch.path("stderr.log");
-        let child = Command::new(vsplice_bin())
+        let child = command
             .args(args)
             .arg("-dd")
             .stdin(stdin)
