@@ -147,6 +147,8 @@ pub struct Shared {
     /// Whether the acceptor waits for closes (`max-children`, or a single connection);
     /// otherwise closes do not wake it.
     pub wake_on_close: std::sync::atomic::AtomicBool,
+    /// Connections whose sockets are parked in a fixed-file table (no descriptors).
+    pub parked: AtomicUsize,
 }
 
 impl Shared {
@@ -159,6 +161,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             closed: EventFd::new()?,
             wake_on_close: std::sync::atomic::AtomicBool::new(true),
+            parked: AtomicUsize::new(0),
         })
     }
 }

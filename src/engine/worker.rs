@@ -1420,6 +1420,7 @@ impl Worker {
                 self.park_pairs.push(first / 2);
             }
             self.parked -= 1;
+            self.shared.parked.fetch_sub(1, Ordering::Relaxed);
         }
         let Conn { lanes, .. } = conn;
         for lane in lanes.into_iter().flatten() {
@@ -1460,10 +1461,19 @@ impl Worker {
         self.shared.notify_closed();
     }
 
-    /// Whether idle connections should be parked now: the process holds more live
-    /// connections than its descriptor limit comfortably allows.
+    /// Connections of the whole process that hold descriptors beyond the comfortable number
+    /// (`park_above`): how many should be parked now.
+    fn parking_wanted_count(&self) -> usize {
+        if self.park_pairs.is_empty() {
+            return 0;
+        }
+        let live = self.shared.live.load(Ordering::Relaxed);
+        let parked = self.shared.parked.load(Ordering::Relaxed);
+        live.saturating_sub(parked).saturating_sub(self.park_above)
+    }
+
     fn parking_wanted(&self) -> bool {
-        !self.park_pairs.is_empty() && self.shared.live.load(Ordering::Relaxed) > self.park_above
+        self.parking_wanted_count() > 0
     }
 
     /// Parks every connection that has been idle for PARK_IDLE, while parking is wanted.
@@ -1473,12 +1483,17 @@ impl Worker {
             return;
         }
         self.next_sweep = now + PARK_SWEEP;
-        let candidates: Vec<usize> = self
+        // Park only what brings the process back under the mark (longest idle first): parked
+        // connections move bytes on the slower IORING_OP_SPLICE path.
+        let mut candidates: Vec<(Instant, usize)> = self
             .conns
             .iter()
             .filter(|(_, c)| c.parkable(now))
-            .map(|(k, _)| k)
+            .map(|(k, c)| (c.last_active, k))
             .collect();
+        candidates.sort_unstable();
+        let wanted = self.parking_wanted_count();
+        let candidates = candidates.into_iter().take(wanted).map(|(_, k)| k);
         let before = self.parked;
         for key in candidates {
             if !self.park(key) {
@@ -1522,6 +1537,7 @@ impl Worker {
         drop(conn.second.as_mut().and_then(Endpoint::take_socket));
         conn.parked = Some([first, first + 1]);
         self.parked += 1;
+        self.shared.parked.fetch_add(1, Ordering::Relaxed);
         true
     }
 
