@@ -81,15 +81,19 @@ enum Phase {
         target: SockAddr,
         deadline: Instant,
     },
-    Handshake {
-        socket: Socket,
-        target: SockAddr,
-        request: Vec<u8>,
-        sent: usize,
-        reply: Vec<u8>,
-        deadline: Instant,
-    },
+    Handshake(Handshake),
     Done,
+}
+
+/// A hybrid-vsock handshake in progress on a connected socket.
+#[derive(Debug)]
+struct Handshake {
+    socket: Socket,
+    target: SockAddr,
+    request: Vec<u8>,
+    sent: usize,
+    reply: Vec<u8>,
+    deadline: Instant,
 }
 
 /// The connect state machine for one connection's second address.
@@ -184,7 +188,7 @@ impl Dial {
                 }
                 self.connect_on(socket, target, deadline)
             }
-            (phase @ Phase::Handshake { .. }, event) => self.handshake(phase, event),
+            (Phase::Handshake(h), event) => self.handshake(h, event),
             (Phase::Done, _) => Progress::Failed("dial already finished".into()),
         }
     }
@@ -322,7 +326,7 @@ impl Dial {
                     .options
                     .connect_timeout
                     .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-            let phase = Phase::Handshake {
+            let handshake = Handshake {
                 socket,
                 target,
                 request: format!("CONNECT {port}\n").into_bytes(),
@@ -330,7 +334,7 @@ impl Dial {
                 reply: Vec::new(),
                 deadline,
             };
-            return self.handshake(phase, Event::Ready);
+            return self.handshake(handshake, Event::Ready);
         }
         match connected_endpoint(&self.address, socket, &target) {
             Ok(endpoint) => {
@@ -347,62 +351,40 @@ impl Dial {
     /// Drives the `CONNECT <port>` / `OK <n>` exchange. The reply is read with MSG_PEEK first
     /// so that not one byte past its newline is consumed: whatever the VMM sends after `OK`
     /// belongs to the relayed stream.
-    fn handshake(&mut self, phase: Phase, event: Event) -> Progress {
-        let Phase::Handshake {
-            socket,
-            target,
-            request,
-            mut sent,
-            mut reply,
-            deadline,
-        } = phase
-        else {
-            unreachable!("handshake called with another phase")
-        };
-        let fail = |this: &mut Dial, why: String| {
-            this.attempt_failed(&target, &why);
+    fn handshake(&mut self, mut h: Handshake, event: Event) -> Progress {
+        let fail = |this: &mut Dial, target: &SockAddr, why: String| {
+            this.attempt_failed(target, &why);
             this.try_next()
         };
-        if event == Event::Timeout || Instant::now() >= deadline {
-            return fail(self, "no reply to CONNECT before the timeout".into());
+        if event == Event::Timeout || Instant::now() >= h.deadline {
+            return fail(
+                self,
+                &h.target,
+                "no reply to CONNECT before the timeout".into(),
+            );
         }
-        while sent < request.len() {
+        while h.sent < h.request.len() {
             match nix::sys::socket::send(
-                socket.as_raw_fd(),
-                &request[sent..],
+                h.socket.as_raw_fd(),
+                &h.request[h.sent..],
                 nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
             ) {
-                Ok(n) => sent += n,
-                Err(nix::Error::EAGAIN) => {
-                    let fd = socket.as_raw_fd();
-                    self.phase = Phase::Handshake {
-                        socket,
-                        target,
-                        request,
-                        sent,
-                        reply,
-                        deadline,
-                    };
-                    return Progress::Wait {
-                        fd: Some(fd),
-                        interest: Interest::Writable,
-                        deadline: Some(deadline),
-                    };
-                }
-                Err(e) => return fail(self, format!("sending CONNECT: {e}")),
+                Ok(n) => h.sent += n,
+                Err(nix::Error::EAGAIN) => return self.await_handshake(h, Interest::Writable),
+                Err(e) => return fail(self, &h.target, format!("sending CONNECT: {e}")),
             }
         }
         let mut peek = [0u8; MAX_REPLY];
-        let room = MAX_REPLY - reply.len();
+        let room = MAX_REPLY - h.reply.len();
         let peeked = match nix::sys::socket::recv(
-            socket.as_raw_fd(),
+            h.socket.as_raw_fd(),
             &mut peek[..room],
             nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
         ) {
-            Ok(0) => return fail(self, "connection closed without a reply".into()),
+            Ok(0) => return fail(self, &h.target, "connection closed without a reply".into()),
             Ok(n) => n,
             Err(nix::Error::EAGAIN) => 0,
-            Err(e) => return fail(self, format!("reading the reply: {e}")),
+            Err(e) => return fail(self, &h.target, format!("reading the reply: {e}")),
         };
         if peeked > 0 {
             let newline = peek[..peeked].iter().position(|&b| b == b'\n');
@@ -410,41 +392,42 @@ impl Dial {
             // what was peeked when it holds no newline yet.
             let take = newline.map_or(peeked, |i| i + 1);
             let mut line = vec![0u8; take];
-            match nix::unistd::read(socket.as_fd(), &mut line) {
+            match nix::unistd::read(h.socket.as_fd(), &mut line) {
                 Ok(n) if n == take => {}
-                Ok(n) => return fail(self, format!("short read of the reply ({n} of {take})")),
-                Err(e) => return fail(self, format!("reading the reply: {e}")),
+                Ok(n) => {
+                    let why = format!("short read of the reply ({n} of {take})");
+                    return fail(self, &h.target, why);
+                }
+                Err(e) => return fail(self, &h.target, format!("reading the reply: {e}")),
             }
-            reply.extend_from_slice(&line);
+            h.reply.extend_from_slice(&line);
             if newline.is_some() {
-                reply.pop();
-                return match parse_handshake_reply(&reply) {
-                    Ok(_) => match connected_endpoint(&self.address, socket, &target) {
+                h.reply.pop();
+                return match parse_handshake_reply(&h.reply) {
+                    Ok(_) => match connected_endpoint(&self.address, h.socket, &h.target) {
                         Ok(endpoint) => {
                             self.phase = Phase::Done;
                             Progress::Connected(endpoint)
                         }
-                        Err(e) => fail(self, e.to_string()),
+                        Err(e) => fail(self, &h.target, e.to_string()),
                     },
-                    Err(why) => fail(self, why),
+                    Err(why) => fail(self, &h.target, why),
                 };
             }
-            if reply.len() >= MAX_REPLY {
-                return fail(self, "reply line too long".into());
+            if h.reply.len() >= MAX_REPLY {
+                return fail(self, &h.target, "reply line too long".into());
             }
         }
-        let fd = socket.as_raw_fd();
-        self.phase = Phase::Handshake {
-            socket,
-            target,
-            request,
-            sent,
-            reply,
-            deadline,
-        };
+        self.await_handshake(h, Interest::Readable)
+    }
+
+    /// Keeps the handshake until its socket is ready for `interest`, or its deadline.
+    fn await_handshake(&mut self, h: Handshake, interest: Interest) -> Progress {
+        let (fd, deadline) = (h.socket.as_raw_fd(), h.deadline);
+        self.phase = Phase::Handshake(h);
         Progress::Wait {
             fd: Some(fd),
-            interest: Interest::Readable,
+            interest,
             deadline: Some(deadline),
         }
     }

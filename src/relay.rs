@@ -152,15 +152,10 @@ fn open_second(second: &Arc<Address>, signals: &StopSignals) -> Result<Option<Se
 /// Blocks until one connection arrives on `listener` or a stop signal does.
 fn accept_one(listener: &Listener, signals: &StopSignals) -> Result<Option<Endpoint>> {
     loop {
-        let mut fds = [
-            PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(Error::io("poll", crate::sys::from_nix(e))),
-        }
-        if signals.take().is_some() {
+        let signal = signals
+            .wait_with(listener.socket().as_fd())
+            .map_err(|e| Error::io("poll", e))?;
+        if signal.is_some() {
             return Ok(None);
         }
         match listener.accept() {

@@ -57,11 +57,9 @@ fn client(args: &[&str]) -> (i32, String, String) {
 }
 
 fn json_client(args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (code, out, err) = client(&all);
-    assert_eq!(code, 0, "bench client {args:?}: {err}\n{out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON: {e}\n{out}"))
+    let mut all = vec!["bench", "client"];
+    all.extend_from_slice(args);
+    vsplice_json(&all)
 }
 
 fn tcp_server() -> (Server, String) {

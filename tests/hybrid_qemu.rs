@@ -87,6 +87,23 @@ fn guest_bench() {
 
 // ---------------------------------------------------------------- host sides
 
+/// Host side of a bulk exchange: 16 MiB each way at once, hashes checked at both ends (the
+/// guest prints what it received).
+fn host_exchange(guest: &mut Guest, stream: &dyn Duplex) {
+    let got = exchange_exact(stream, host_payload().data, SIZE).unwrap();
+    assert_eq!(
+        got.sha,
+        guest_payload().sha,
+        "host received the guest's bytes intact"
+    );
+    let at_guest = guest.wait_for("GUEST-RESULT", LONG).unwrap();
+    assert_eq!(
+        result_sha(&at_guest),
+        host_payload().sha,
+        "guest received the host's bytes intact"
+    );
+}
+
 fn result_sha(line: &str) -> String {
     line.split("sha=").nth(1).unwrap_or("").trim().to_string()
 }
@@ -103,18 +120,7 @@ fn host_host_to_guest(guest: &mut Guest) {
     );
     let mut relay = Relay::start(&["-dddd", &listen, &target]);
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let got = exchange_exact(&s, host_payload().data, SIZE).unwrap();
-    assert_eq!(
-        got.sha,
-        guest_payload().sha,
-        "host received the guest's bytes intact"
-    );
-    let at_guest = guest.wait_for("GUEST-RESULT", LONG).unwrap();
-    assert_eq!(
-        result_sha(&at_guest),
-        host_payload().sha,
-        "guest received the host's bytes intact"
-    );
+    host_exchange(guest, &s);
     // Half-close: the host client shuts down its write side and keeps its socket open. The
     // guest can only see end of file if vsplice forwarded the shutdown.
     s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -132,18 +138,7 @@ fn host_guest_to_host(guest: &mut Guest) {
     let listen = format!("VSOCK-UDS-LISTEN:{}:{HOST_PORT}", guest.uds().display());
     let mut relay = Relay::start(&["-ddd", &listen, &upstream]);
     let s = server.accept().unwrap();
-    let got = exchange_exact(&*s, host_payload().data, SIZE).unwrap();
-    assert_eq!(
-        got.sha,
-        guest_payload().sha,
-        "host received the guest's bytes intact"
-    );
-    let at_guest = guest.wait_for("GUEST-RESULT", LONG).unwrap();
-    assert_eq!(
-        result_sha(&at_guest),
-        host_payload().sha,
-        "guest received the host's bytes intact"
-    );
+    host_exchange(guest, &*s);
     drop(s);
     let _ = relay.wait_exit(LONG);
     let socket_file = format!("{}_{HOST_PORT}", guest.uds().display());
@@ -153,21 +148,6 @@ fn host_guest_to_host(guest: &mut Guest) {
     );
 }
 
-fn bench_json(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(vsplice_bin())
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap()
-}
-
 /// Host: the bench client over hybrid vsock, byte counts checked at both ends.
 fn host_bench(guest: &mut Guest) {
     guest.wait_for("GUEST-READY", BOOT).unwrap();
@@ -175,7 +155,7 @@ fn host_bench(guest: &mut Guest) {
         "VSOCK-UDS-CONNECT:{}:{BENCH_PORT},retry=100,interval=0.2",
         guest.uds().display()
     );
-    let doc = bench_json(&[
+    let doc = vsplice_json(&[
         "bench",
         "client",
         &target,
@@ -194,7 +174,7 @@ fn host_bench(guest: &mut Guest) {
             .unwrap()
             / 1e9
     );
-    let doc = bench_json(&[
+    let doc = vsplice_json(&[
         "bench",
         "client",
         &target,

@@ -37,22 +37,6 @@ const SCENARIOS: &[Scenario] = &[
     ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
 ];
 
-fn bench_json(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(vsplice_bin())
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
-    serde_json::from_str(&stdout).unwrap()
-}
-
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
 fn bench_over_vsock() {
     let mut server = Relay::spawn(
@@ -67,7 +51,7 @@ fn bench_over_vsock() {
         assert_eq!(out.read(&mut byte).unwrap(), 1, "bench server exited");
         seen.push(byte[0]);
     }
-    let doc = bench_json(&[
+    let doc = vsplice_json(&[
         "bench",
         "client",
         "VSOCK-CONNECT:1:5101",
@@ -80,7 +64,7 @@ fn bench_over_vsock() {
     assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
     assert_eq!(doc["sum_client_to_server"]["sender_bytes"], 32 << 20);
     assert_eq!(doc["sum_client_to_server"]["receiver_bytes"], 32 << 20);
-    let doc = bench_json(&[
+    let doc = vsplice_json(&[
         "bench",
         "client",
         "VSOCK-CONNECT:1:5101",
@@ -90,7 +74,7 @@ fn bench_over_vsock() {
         "--verify",
     ]);
     assert_eq!(doc["sum_server_to_client"]["receiver_bytes"], 16 << 20);
-    let doc = bench_json(&[
+    let doc = vsplice_json(&[
         "bench",
         "client",
         "VSOCK-CONNECT:1:5101",
@@ -106,7 +90,7 @@ fn bench_over_vsock() {
 
 /// One command answers "what does the relay cost on vsock": direct vs through vsplice.
 fn bench_demo_vsock() {
-    let doc = bench_json(&[
+    let doc = vsplice_json(&[
         "bench",
         "demo",
         "--transport",

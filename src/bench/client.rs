@@ -13,7 +13,7 @@ use super::cpu::CpuTimes;
 use super::proto::{
     self, ClientMsg, Cpu, Direction, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION,
 };
-use super::stream::{self, SendLimit, Stream};
+use super::stream::{self, Stream};
 use crate::addr::Address;
 use crate::dial::dial_blocking;
 use crate::error::{Error, Result};
@@ -269,42 +269,15 @@ pub fn run_test(
                             ..StreamCounts::default()
                         };
                     };
-                    std::thread::scope(|inner| {
-                        let receiver = params.direction.server_sends().then(|| {
-                            inner.spawn(|| stream::receive(s, id, params.len, params.verify, rx))
-                        });
-                        let sent = if params.direction.client_sends() {
-                            let limit = match params.limit {
-                                Limit::Time { ms } => {
-                                    SendLimit::Until(started + Duration::from_millis(ms))
-                                }
-                                Limit::Bytes { .. } => {
-                                    SendLimit::Bytes(params.stream_bytes(id).unwrap_or(0))
-                                }
-                            };
-                            stream::send(
-                                s,
-                                id,
-                                params.len,
-                                limit,
-                                params.verify,
-                                params.zerocopy,
-                                tx,
-                            )
-                        } else {
-                            // Nothing to send, and no reader at the server to tell: the write
-                            // side stays open (some hybrid-vsock backends turn a host half-close
-                            // into a full shutdown that would cut the server's sending off).
-                            StreamCounts {
-                                stream: id,
-                                ..StreamCounts::default()
-                            }
-                        };
-                        match receiver {
-                            Some(r) => stream::merge(sent, r.join().unwrap_or_default()),
-                            None => sent,
-                        }
-                    })
+                    stream::run_end(
+                        s,
+                        id,
+                        &params,
+                        params.direction.client_sends().then_some(started),
+                        params.direction.server_sends(),
+                        tx,
+                        rx,
+                    )
                 })
                 .expect("spawn a stream thread");
             handles.push(handle);

@@ -9,11 +9,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use super::cpu::CpuTimes;
 use super::proto::{self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION};
-use super::stream::{self, SendLimit, Stream};
+use super::stream::{self, Stream};
 use crate::open::Listener;
 use crate::sys::signal::StopSignals;
 use crate::{debug, info, notice, warn};
@@ -63,15 +61,7 @@ type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
 pub fn serve(listener: Listener, signals: &StopSignals) -> std::io::Result<()> {
     let sessions: Sessions = Arc::default();
     loop {
-        let mut fds = [
-            PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if let Some(signo) = signals.take() {
+        if let Some(signo) = signals.wait_with(listener.socket().as_fd())? {
             notice!("bench server: signal {signo}, stopping");
             return Ok(());
         }
@@ -265,48 +255,26 @@ fn data(stream: Stream, session: &Session, id: u32) {
         }
     }
     let counter = AtomicU64::new(0);
-    let counts = std::thread::scope(|scope| {
-        let receiver = params.direction.client_sends().then(|| {
-            scope.spawn(|| stream::receive(&stream, id, params.len, params.verify, &counter))
-        });
-        let sent = if params.direction.server_sends() {
-            let go = session.wait(|s| s.started.is_some() || s.aborted, SETUP_TIMEOUT);
-            let started = session.state.lock().unwrap().started;
-            match (go, started) {
-                (true, Some(t0)) => {
-                    let limit = match params.limit {
-                        Limit::Time { ms } => SendLimit::Until(t0 + Duration::from_millis(ms)),
-                        Limit::Bytes { .. } => {
-                            SendLimit::Bytes(params.stream_bytes(id).unwrap_or(0))
-                        }
-                    };
-                    stream::send(
-                        &stream,
-                        id,
-                        params.len,
-                        limit,
-                        params.verify,
-                        params.zerocopy,
-                        &counter,
-                    )
-                }
-                _ => StreamCounts {
-                    stream: id,
-                    error: Some("the test never started".into()),
-                    ..StreamCounts::default()
-                },
-            }
-        } else {
-            StreamCounts {
-                stream: id,
-                ..StreamCounts::default()
-            }
-        };
-        match receiver {
-            Some(r) => stream::merge(sent, r.join().unwrap_or_default()),
-            None => sent,
-        }
-    });
+    let started = if params.direction.server_sends() {
+        session.wait(|s| s.started.is_some() || s.aborted, SETUP_TIMEOUT);
+        session.state.lock().unwrap().started
+    } else {
+        None
+    };
+    let mut counts = stream::run_end(
+        &stream,
+        id,
+        &params,
+        started,
+        params.direction.client_sends(),
+        &counter,
+        &counter,
+    );
+    if params.direction.server_sends() && started.is_none() {
+        counts
+            .error
+            .get_or_insert_with(|| "the test never started".into());
+    }
     session.update(|s| {
         s.results[id as usize] = Some(counts);
         s.finished += 1;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 use super::pattern;
-use super::proto::StreamCounts;
+use super::proto::{Limit, Params, StreamCounts};
 use crate::endpoint::Endpoint;
 use crate::sys::zerocopy;
 
@@ -313,6 +313,53 @@ pub fn receive(
         error,
         ..StreamCounts::default()
     }
+}
+
+/// What a sender of stream `id` may send, for a test that started at `started`.
+pub fn limit_for(params: &Params, id: u32, started: Instant) -> SendLimit {
+    match params.limit {
+        Limit::Time { ms } => SendLimit::Until(started + Duration::from_millis(ms)),
+        Limit::Bytes { .. } => SendLimit::Bytes(params.stream_bytes(id).unwrap_or(0)),
+    }
+}
+
+/// One end of one stream: the receiver runs on a helper thread when `receive` is set, the
+/// sender on this one when `send_from` gives the test's start; their counts are merged. An
+/// end with nothing to send leaves its write side open: some hybrid-vsock backends turn a
+/// host half-close into a full shutdown that would cut the other end's sending off.
+pub fn run_end(
+    stream: &Stream,
+    id: u32,
+    params: &Params,
+    send_from: Option<Instant>,
+    receive: bool,
+    sent: &AtomicU64,
+    received: &AtomicU64,
+) -> StreamCounts {
+    std::thread::scope(|scope| {
+        let receiver = receive.then(|| {
+            scope.spawn(|| self::receive(stream, id, params.len, params.verify, received))
+        });
+        let sent = match send_from {
+            Some(started) => send(
+                stream,
+                id,
+                params.len,
+                limit_for(params, id, started),
+                params.verify,
+                params.zerocopy,
+                sent,
+            ),
+            None => StreamCounts {
+                stream: id,
+                ..StreamCounts::default()
+            },
+        };
+        match receiver {
+            Some(r) => merge(sent, r.join().unwrap_or_default()),
+            None => sent,
+        }
+    })
 }
 
 /// Merges a stream's sender and receiver counts (bidirectional streams have both).

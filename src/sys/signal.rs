@@ -40,6 +40,20 @@ impl StopSignals {
             .map_err(from_nix)
     }
 
+    /// Waits until `fd` is readable or a stop signal arrives; returns the signal's number in
+    /// the second case.
+    pub fn wait_with(&self, fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [
+            PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(self.0.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => Ok(self.take()),
+            Err(e) => Err(from_nix(e)),
+        }
+    }
+
     /// Returns the pending stop signal's number, if one arrived.
     pub fn take(&self) -> Option<i32> {
         match self.0.read_signal() {

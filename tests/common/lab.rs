@@ -46,8 +46,8 @@ fn modules_under(root: &Path) -> Option<PathBuf> {
     vsock.exists().then(|| entry.path())
 }
 
-/// `apt-get download PACKAGE` into `dir` and unpack it under `dir/root`.
-fn fetch_package(dir: &Path, package: &str) -> Result<(), String> {
+/// `apt-get download PACKAGE` into `dir`, unpack it under `into` and remove the .deb.
+pub fn fetch_package(dir: &Path, package: &str, into: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let out = Command::new("apt-get")
         .args(["download", package])
@@ -73,9 +73,10 @@ fn fetch_package(dir: &Path, package: &str) -> Result<(), String> {
     let status = Command::new("dpkg")
         .arg("-x")
         .arg(&deb)
-        .arg(dir.join("root"))
+        .arg(into)
         .status()
         .map_err(|e| format!("running dpkg -x: {e}"))?;
+    let _ = std::fs::remove_file(&deb);
     if !status.success() {
         return Err(format!("dpkg -x {} failed", deb.display()));
     }
@@ -99,7 +100,7 @@ impl Lab {
             _ => {
                 let cached_kernel = cache_root.join("usr/bin/linux.uml");
                 if !cached_kernel.exists() || modules_under(&cache_root).is_none() {
-                    fetch_package(&dir, "user-mode-linux").map_err(|e| {
+                    fetch_package(&dir, "user-mode-linux", &cache_root).map_err(|e| {
                         format!("user-mode-linux is not installed and {e}; {HOW_TO_FIX}")
                     })?;
                 }
@@ -121,7 +122,7 @@ impl Lab {
             None => {
                 let cached = cache_root.join("bin/busybox");
                 if !cached.exists() {
-                    fetch_package(&dir, "busybox-static")
+                    fetch_package(&dir, "busybox-static", &cache_root)
                         .map_err(|e| format!("busybox is not installed and {e}; {HOW_TO_FIX}"))?;
                 }
                 if !cached.exists() {

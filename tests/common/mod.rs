@@ -508,6 +508,23 @@ impl Drop for Relay {
     }
 }
 
+/// Runs `vsplice ARGS --json` to completion, asserts success, prints and parses its output.
+pub fn vsplice_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(vsplice_bin())
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run vsplice");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vsplice {args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON: {e}\n{stdout}"))
+}
+
 /// Runs `vsplice ARGS` to completion and returns (status code, stderr).
 pub fn run_vsplice(args: &[&str]) -> (i32, String) {
     let out = Command::new(vsplice_bin())

@@ -116,28 +116,7 @@ impl QemuLab {
                 .ok_or_else(|| {
                     format!("cannot tell which kernel linux-image-amd64 wants; {HOW}")
                 })?;
-            run(
-                Command::new("apt-get")
-                    .args(["download", &package])
-                    .current_dir(&dir),
-                &format!("apt-get download {package}"),
-            )
-            .map_err(|e| format!("{e}; {HOW}"))?;
-            let deb = std::fs::read_dir(&dir)
-                .map_err(|e| e.to_string())?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&package) && n.ends_with(".deb"))
-                })
-                .ok_or("the kernel package did not download")?;
-            run(
-                Command::new("dpkg").arg("-x").arg(&deb).arg(&kroot),
-                "dpkg -x",
-            )?;
-            let _ = std::fs::remove_file(&deb);
+            super::lab::fetch_package(&dir, &package, &kroot).map_err(|e| format!("{e}; {HOW}"))?;
         }
         let (kernel, modules) = find_kernel().ok_or("no vmlinuz in the kernel package")?;
         for m in MODULES {
