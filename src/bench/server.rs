@@ -125,27 +125,23 @@ fn control(
     params: Params,
 ) -> std::io::Result<()> {
     let mut out = stream.writer();
-    if version != VERSION {
-        let message = format!(
-            "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
-        );
+    // Tells the client why the test is refused, and ends this control connection.
+    let mut refuse = |message: String| -> std::io::Result<()> {
         proto::send_line(
             &mut out,
             &ServerMsg::Error {
                 message: message.clone(),
             },
         )?;
-        return Err(std::io::Error::other(message));
+        Err(std::io::Error::other(message))
+    };
+    if version != VERSION {
+        return refuse(format!(
+            "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
+        ));
     }
     if params.streams == 0 || params.len == 0 {
-        let message = "a test needs at least one stream and a write size".to_string();
-        proto::send_line(
-            &mut out,
-            &ServerMsg::Error {
-                message: message.clone(),
-            },
-        )?;
-        return Err(std::io::Error::other(message));
+        return refuse("a test needs at least one stream and a write size".into());
     }
     info!("bench server: test {cookie}: {params:?}");
     let session = Arc::new(Session {
