@@ -102,6 +102,7 @@ fn throughput<P: Pairs>(c: &mut Criterion, family: &str) {
         (Mode::UringSplice, 256 << 10),
         (Mode::Copy, 256 << 10),
         (Mode::Recv, 1 << 20),
+        (Mode::RecvZc, 1 << 20),
     ] {
         let config = EngineConfig {
             mode,

@@ -22,7 +22,7 @@ Cases:
              stream among them; relay RSS and io_uring worker threads counted
   anchor     `vsplice bench` against iperf3 on TCP loopback, no relay: same streams (1 and 4),
              128 KiB writes, same duration, interleaved; throughput and CPU of both ends
-  modes      vsplice's data paths side by side (--mode splice, uring-splice, copy, recv): one TCP
+  modes      vsplice's data paths side by side (--mode splice, uring-splice, copy, recv, recv-zc): one TCP
              stream's throughput and CPU, and io_uring worker threads (iou-wrk) with 1,000 idle
              connections held and while a stream runs among them
 """
@@ -414,7 +414,7 @@ def run_anchor(args):
     return out
 
 
-MODES = ["splice", "uring-splice", "copy", "recv"]
+MODES = ["splice", "uring-splice", "copy", "recv", "recv-zc"]
 
 
 def run_modes(args, extra):

@@ -56,7 +56,7 @@ fn bulk_through(
 
 /// TCP->TCP on one data path; the log (at -ddd) must show both directions really took it,
 /// not a fallback.
-fn tcp_to_tcp(mode: &str) {
+fn tcp_to_tcp(mode: &str) -> String {
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
     let log = bulk_through(&["-d", "--mode", mode], &listen, Listen::tcp(), || {
@@ -64,6 +64,7 @@ fn tcp_to_tcp(mode: &str) {
     });
     let path = format!("(first->second: {mode}, second->first: {mode})");
     assert!(log.contains(&path), "expected {path} in:\n{log}");
+    log
 }
 
 #[test]
@@ -84,6 +85,13 @@ fn tcp_to_tcp_copy_32mib_each_way() {
 #[test]
 fn tcp_to_tcp_recv_ring_32mib_each_way() {
     tcp_to_tcp("recv");
+}
+
+/// SEND_ZC from the ring's registered memory: TCP supports it, so no direction falls back.
+#[test]
+fn tcp_to_tcp_recv_zerocopy_32mib_each_way() {
+    let log = tcp_to_tcp("recv-zc");
+    assert!(!log.contains("no SEND_ZC here"), "{log}");
 }
 
 /// The ring path with small buffers (-b 32K: 4 KiB each) keeps running out of buffers, so the

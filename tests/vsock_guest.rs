@@ -31,6 +31,7 @@ const SCENARIOS: &[Scenario] = &[
     ("vsock_to_tcp_uring_splice", vsock_to_tcp_uring_splice),
     ("vsock_to_tcp_copy", vsock_to_tcp_copy),
     ("vsock_to_tcp_recv_ring", vsock_to_tcp_recv),
+    ("vsock_to_tcp_recv_zerocopy", vsock_to_tcp_recv_zc),
     ("fifty_concurrent_vsock_connections", fifty_concurrent),
     ("vsock_half_close_late_reply", vsock_half_close_late_reply),
     ("bench_over_vsock", bench_over_vsock),
@@ -110,7 +111,12 @@ fn bench_demo_vsock() {
 }
 
 /// client -> vsplice(listen, upstream) -> server, BIG bytes each way at once.
-fn bulk(mode: &str, listen: &str, server: Listen, client: impl FnOnce() -> Box<dyn Duplex>) {
+fn bulk(
+    mode: &str,
+    listen: &str,
+    server: Listen,
+    client: impl FnOnce() -> Box<dyn Duplex>,
+) -> String {
     let up = payload(BIG, 21);
     let down = payload(BIG, 22);
     let upstream = server.connect_address();
@@ -136,12 +142,13 @@ fn bulk(mode: &str, listen: &str, server: Listen, client: impl FnOnce() -> Box<d
         "expected {path}:\n{}",
         relay.log()
     );
+    relay.log()
 }
 
-fn vsock_to_tcp_mode(mode: &str) {
+fn vsock_to_tcp_mode(mode: &str) -> String {
     bulk(mode, "VSOCK-LISTEN:5001", Listen::tcp(), || {
         Box::new(VsockStream::connect(1, 5001).expect("connect vsock"))
-    });
+    })
 }
 
 fn vsock_to_tcp() {
@@ -158,6 +165,17 @@ fn vsock_to_tcp_copy() {
 
 fn vsock_to_tcp_recv() {
     vsock_to_tcp_mode("recv");
+}
+
+/// SEND_ZC where the socket has it (the TCP side), plain writes where it does not (vsock
+/// before Linux 6.7: the guest kernel is 6.1), in one connection.
+fn vsock_to_tcp_recv_zc() {
+    let log = vsock_to_tcp_mode("recv-zc");
+    assert!(
+        log.contains("second->first: no SEND_ZC here, writing"),
+        "{log}"
+    );
+    assert!(!log.contains("first->second: no SEND_ZC here"), "{log}");
 }
 
 fn tcp_to_vsock() {

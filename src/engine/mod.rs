@@ -40,6 +40,9 @@ pub enum Mode {
     /// Multishot receive into a ring of provided buffers, then io_uring writes: receiving and
     /// sending overlap, no io-wq thread is involved (one copy in, one copy out).
     Recv,
+    /// As `recv`, but filled buffers go out with SEND_ZC from the ring's memory registered as
+    /// a fixed buffer; where the socket cannot (UNIX, vsock before 6.7), plain writes.
+    RecvZc,
 }
 
 impl Mode {
@@ -49,6 +52,7 @@ impl Mode {
             Mode::UringSplice => "uring-splice",
             Mode::Copy => "copy",
             Mode::Recv => "recv",
+            Mode::RecvZc => "recv-zc",
         }
     }
 }

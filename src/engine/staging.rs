@@ -191,6 +191,14 @@ impl BufRing {
         self.count
     }
 
+    /// The buffers' memory as one region, to register as a fixed buffer (SEND_ZC).
+    pub fn buffers_iovec(&mut self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.buffers.as_mut_ptr().cast(),
+            iov_len: self.buffers.len(),
+        }
+    }
+
     /// Address of the ring entries, for IORING_REGISTER_PBUF_RING.
     pub fn ring_addr(&self) -> u64 {
         self.ring.as_ptr() as u64

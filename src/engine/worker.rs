@@ -53,11 +53,17 @@ struct StagedLane {
     discard: bool,
 }
 
-/// One direction on the buffer-ring path (`--mode recv`).
+/// One direction on the buffer-ring path (`--mode recv`, `--mode recv-zc`).
 struct RingLane {
     flow: RecvFlow,
     ring: BufRing,
     discard: bool,
+    /// The registered-buffer slot of the ring's memory, when filled buffers go out with
+    /// SEND_ZC (`recv-zc`); `None` for plain writes.
+    zerocopy: Option<u16>,
+    /// A buffer fully sent with SEND_ZC, handed back to the ring when the kernel's
+    /// notification says it no longer reads it.
+    awaiting_notification: Option<u16>,
 }
 
 /// One direction of a connection, on one of the data paths.
@@ -774,6 +780,50 @@ impl Worker {
         }
     }
 
+    /// Registers a memory region in a free slot of the fixed-buffer table.
+    fn register_region(&mut self, iov: libc::iovec) -> Option<u16> {
+        let slot = self.slots.as_mut()?.take()?;
+        // SAFETY: the region belongs to a lane of a connection until `finalize`, which clears
+        // the slot (`release_region`) only once no request is in flight.
+        let registered = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(u32::from(slot), &[iov], None)
+        };
+        match registered {
+            Ok(()) => Some(slot),
+            Err(e) => {
+                debug!(
+                    "worker {}: cannot register a buffer region: {e}",
+                    self.index
+                );
+                if let Some(slots) = self.slots.as_mut() {
+                    slots.give(slot);
+                }
+                None
+            }
+        }
+    }
+
+    /// Clears a fixed-buffer slot and makes it free again.
+    fn release_region(&mut self, slot: u16) {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: clearing a slot hands the kernel no memory.
+        let cleared = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(u32::from(slot), &[empty], None)
+        };
+        if cleared.is_ok() {
+            if let Some(slots) = self.slots.as_mut() {
+                slots.give(slot);
+            }
+        }
+    }
+
     /// Unregisters a ring (no request uses it any more) and frees it.
     fn drop_ring(&mut self, ring: BufRing) {
         let bgid = ring.bgid();
@@ -818,14 +868,24 @@ impl Worker {
                     self.push_op(key, Op::Fill(d), sqe);
                 }
                 RecvStep::Send { bid, offset, len } => {
+                    // A SEND_ZC stays in flight until its notification: one at a time.
+                    if conn.inflight & Op::Drain(d).bit() != 0 {
+                        return;
+                    }
                     let Some(dst) = dst.or(lane.discard.then_some(devnull)) else {
                         lane.flow.fail(FlowOp::Write, libc::EBADF);
                         continue;
                     };
                     let data = lane.ring.data(bid, offset);
-                    let sqe = opcode::Write::new(types::Fd(dst), data, len as u32)
-                        .offset(u64::MAX)
-                        .build();
+                    let sqe = match lane.zerocopy {
+                        Some(slot) => opcode::SendZc::new(types::Fd(dst), data, len as u32)
+                            .buf_index(Some(slot))
+                            .flags(libc::MSG_NOSIGNAL)
+                            .build(),
+                        None => opcode::Write::new(types::Fd(dst), data, len as u32)
+                            .offset(u64::MAX)
+                            .build(),
+                    };
                     lane.flow.started(step);
                     self.push_op(key, Op::Drain(d), sqe);
                 }
@@ -868,14 +928,40 @@ impl Worker {
                 };
                 lane.flow.received(outcome, more);
             }
+            _ if cqueue::notif(flags) => {
+                // The kernel no longer reads the buffer of the last SEND_ZC.
+                if let Some(bid) = lane.awaiting_notification.take() {
+                    lane.ring.provide(bid);
+                }
+            }
             _ => {
                 let outcome = if result < 0 {
                     Err(-result)
                 } else {
                     Ok(result as usize)
                 };
+                // Sockets that cannot send zero-copy say so on the first try: write instead.
+                if lane.zerocopy.is_some()
+                    && matches!(outcome, Err(libc::EOPNOTSUPP | libc::EINVAL))
+                    && lane.flow.delivered() == 0
+                {
+                    lane.zerocopy = None;
+                    lane.flow.sent(Err(libc::EAGAIN));
+                    info!(
+                        "conn {}: {}: no SEND_ZC here, writing",
+                        conn.id,
+                        Direction::from_index(d)
+                    );
+                    return;
+                }
                 if let Some(bid) = lane.flow.sent(outcome) {
-                    lane.ring.provide(bid);
+                    // A notification follows a SEND_ZC that sent bytes (the kernel flags it
+                    // with MORE): the buffer goes back to the ring only then.
+                    if cqueue::more(flags) {
+                        lane.awaiting_notification = Some(bid);
+                    } else {
+                        lane.ring.provide(bid);
+                    }
                 }
             }
         }
@@ -914,13 +1000,20 @@ impl Worker {
                 conn.second.as_ref().is_some_and(Endpoint::is_socket)
             };
             // The ring path receives with multishot recv: sockets only.
-            if config.mode == Mode::Recv && src_is_socket {
-                if let Some(ring) = self.new_ring() {
+            if matches!(config.mode, Mode::Recv | Mode::RecvZc) && src_is_socket {
+                if let Some(mut ring) = self.new_ring() {
                     let flow = RecvFlow::new(usize::from(ring.count()));
+                    let zerocopy = if config.mode == Mode::RecvZc && !discard {
+                        self.register_region(ring.buffers_iovec())
+                    } else {
+                        None
+                    };
                     *lane = Some(Lane::Ring(RingLane {
                         flow,
                         ring,
                         discard,
+                        zerocopy,
+                        awaiting_notification: None,
                     }));
                     continue;
                 }
@@ -952,7 +1045,7 @@ impl Worker {
             let path = |lane: &Option<Lane>| match lane {
                 None => "none",
                 Some(l) if l.discard() => "discard",
-                Some(Lane::Ring(_)) => "recv",
+                Some(Lane::Ring(_)) => config.mode.name(),
                 Some(Lane::Staged(l)) => match l.staging {
                     Staging::Pipe(_) if config.mode == Mode::UringSplice => "uring-splice",
                     Staging::Pipe(_) => "splice",
@@ -1426,6 +1519,9 @@ impl Worker {
         for lane in lanes.into_iter().flatten() {
             let lane = match lane {
                 Lane::Ring(r) => {
+                    if let Some(slot) = r.zerocopy {
+                        self.release_region(slot);
+                    }
                     self.drop_ring(r.ring);
                     continue;
                 }
