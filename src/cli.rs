@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use crate::addr::{Address, parse_duration, parse_size};
 use crate::bench::{BenchArgs, BenchPlan};
 use crate::engine::flow::FillPolicy;
+use crate::engine::rcvbudget::ReceiveBudget;
 use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode};
 use crate::error::{Error, Result};
 use crate::relay::{RelayPlan, check_pair};
@@ -101,6 +102,11 @@ pub struct Cli {
     /// Do not pin worker threads to cores
     #[arg(long)]
     pub no_pin: bool,
+    /// Memory the relay's TCP receive queues may hold together; past it, each connection's
+    /// TCP sockets get a fixed receive buffer instead of autotuning (0: never)
+    /// [default: half of net.ipv4.tcp_mem's pressure threshold]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub receive_budget: Option<usize>,
     /// Tuning: transfers a direction makes before yielding to other connections
     #[arg(long, hide = true, value_name = "N")]
     pub budget: Option<u32>,
@@ -174,6 +180,15 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     check_pair(&first, &second)?;
     let mut engine = engine_config(&cli);
     engine.single_connection = !first.options.fork;
+    engine.receive_budget = match cli.receive_budget {
+        Some(0) => None,
+        Some(n) => Some(ReceiveBudget(n)),
+        None => ReceiveBudget::from_system(),
+    };
+    engine.user_rcvbuf = [
+        first.options.rcvbuf.is_some(),
+        second.options.rcvbuf.is_some(),
+    ];
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -225,6 +240,36 @@ mod tests {
                 e.to_string()
             }
         }
+    }
+
+    #[test]
+    fn receive_budget_defaults_to_the_system_and_yields_to_rcvbuf() {
+        let relay = |args: &[&str]| match plan_of(args).unwrap() {
+            Plan::Relay(p) => p,
+            Plan::Bench(_) => panic!("relay"),
+        };
+        let p = relay(&["TCP-LISTEN:1,fork", "TCP:h:2"]);
+        assert_eq!(p.engine.receive_budget, ReceiveBudget::from_system());
+        assert_eq!(p.engine.user_rcvbuf, [false, false]);
+        let p = relay(&[
+            "--receive-budget",
+            "0",
+            "TCP-LISTEN:1,fork",
+            "TCP:h:2,rcvbuf=1M",
+        ]);
+        assert_eq!(p.engine.receive_budget, None);
+        assert_eq!(p.engine.user_rcvbuf, [false, true]);
+        let p = relay(&[
+            "--receive-budget",
+            "1G",
+            "TCP-LISTEN:1,rcvbuf=64K",
+            "TCP:h:2",
+        ]);
+        assert_eq!(p.engine.receive_budget, Some(ReceiveBudget(1 << 30)));
+        assert_eq!(p.engine.user_rcvbuf, [true, false]);
+        assert!(
+            usage_error(&["--receive-budget", "lots", "TCP-LISTEN:1", "TCP:h:2"]).contains("lots")
+        );
     }
 
     #[test]

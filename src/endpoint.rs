@@ -133,6 +133,15 @@ impl Endpoint {
         }
     }
 
+    /// Caps a TCP socket's receive buffer (see [`Socket::cap_tcp_receive_buffer`]); `Ok(false)`
+    /// for other ends.
+    pub fn cap_tcp_receive_buffer(&self, bytes: usize) -> io::Result<bool> {
+        match &self.io {
+            Io::Socket(s) => s.cap_tcp_receive_buffer(bytes),
+            Io::Stdio { .. } | Io::Parked => Ok(false),
+        }
+    }
+
     /// A short description for logs: the peer address, or "STDIO".
     pub fn label(&self) -> &str {
         &self.label

@@ -94,6 +94,24 @@ fn tcp_to_tcp_recv_zerocopy_32mib_each_way() {
     assert!(!log.contains("no SEND_ZC here"), "{log}");
 }
 
+/// A receive budget too small for even one autotuned connection: the relay fixes its TCP
+/// sockets' receive buffers (256 KiB over two sockets) and every byte still arrives.
+#[test]
+fn a_small_receive_budget_caps_tcp_receive_buffers_and_every_byte_arrives() {
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
+    let log = bulk_through(
+        &["-ddd", "--receive-budget", "256K"],
+        &listen,
+        Listen::tcp(),
+        || Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap()),
+    );
+    assert!(
+        log.contains("TCP receive buffers capped at 128 KiB (1 busy connections"),
+        "{log}"
+    );
+}
+
 /// The ring path with small buffers (-b 32K: 4 KiB each) keeps running out of buffers, so the
 /// multishot receive ends and is armed again many times: every byte must still arrive.
 #[test]

@@ -11,6 +11,7 @@
 
 pub mod conn;
 pub mod flow;
+pub mod rcvbudget;
 pub mod recv;
 pub mod staging;
 pub mod token;
@@ -83,6 +84,11 @@ pub struct EngineConfig {
     pub ring_entries: u32,
     /// Pin worker threads to cores.
     pub pin_workers: bool,
+    /// Memory the relay's TCP receive queues may hold together; past it, connections get
+    /// fixed receive buffers (see [`rcvbudget`]). `None`: autotuning always.
+    pub receive_budget: Option<rcvbudget::ReceiveBudget>,
+    /// Whether the user set `rcvbuf` on [first, second] address: such sockets keep it.
+    pub user_rcvbuf: [bool; 2],
     /// The relay serves one connection: its failure is an error the user must see, not a
     /// warning that needs `-d`.
     pub single_connection: bool,
@@ -103,6 +109,8 @@ impl Default for EngineConfig {
             max_idle_pipes: 16,
             ring_entries: 1024,
             pin_workers: true,
+            receive_budget: None,
+            user_rcvbuf: [false, false],
             single_connection: false,
         }
     }
@@ -153,6 +161,9 @@ pub struct Shared {
     pub wake_on_close: std::sync::atomic::AtomicBool,
     /// Connections whose sockets are parked in a fixed-file table (no descriptors).
     pub parked: AtomicUsize,
+    /// Connections that moved data lately, as the workers last counted them (the receive
+    /// budget's divisor).
+    pub busy: AtomicUsize,
 }
 
 impl Shared {
@@ -166,6 +177,7 @@ impl Shared {
             closed: EventFd::new()?,
             wake_on_close: std::sync::atomic::AtomicBool::new(true),
             parked: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
         })
     }
 }

@@ -20,6 +20,7 @@ use slab::Slab;
 
 use super::conn::{CloseReason, ConnState, Direction, Verdict, verdict};
 use super::flow::{Flow, FlowOp, FlowState, Step};
+use super::rcvbudget;
 use super::recv::{RecvFlow, RecvStep};
 use super::staging::{BufRing, BufferSlots, CopyBuffer, PipePool, Staging};
 use super::token::{self, Op, Token};
@@ -40,6 +41,10 @@ const RING_GROUPS: u16 = 16384;
 const PARK_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 /// How often a worker looks for connections to park while descriptors run short.
 const PARK_SWEEP: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a worker counts its busy connections while a receive-buffer cap may apply.
+const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_millis(100);
+/// A connection that moved data this recently counts as busy for the receive budget.
+const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One direction of a connection on the pipe or copy path: its state machine, staging area
 /// and in-flight transfer.
@@ -133,6 +138,8 @@ struct Conn {
     lingering: bool,
     /// Fixed-file slots of the first and second socket once the connection is parked.
     parked: Option<[u32; 2]>,
+    /// The receive buffer its TCP sockets were fixed at, if the receive budget capped them.
+    receive_cap: Option<usize>,
 }
 
 impl Conn {
@@ -193,6 +200,26 @@ impl Conn {
                 Some(Lane::Ring(_)) => false,
                 None => true,
             })
+    }
+
+    /// Brings the receive buffers of the connection's TCP sockets in line with the worker's
+    /// cap (see [`rcvbudget::target`]), except where the user set `rcvbuf` on that address
+    /// (`user`: [first, second]). A parked connection's sockets have no descriptors: they
+    /// keep what they had.
+    fn apply_receive_cap(&mut self, cap: Option<usize>, user: [bool; 2]) {
+        let Some(bytes) = rcvbudget::target(self.receive_cap, cap) else {
+            return;
+        };
+        let ends = [Some(&self.first), self.second.as_ref()];
+        for (end, user_set) in ends.into_iter().zip(user) {
+            let Some(end) = end.filter(|_| !user_set) else {
+                continue;
+            };
+            if let Err(e) = end.cap_tcp_receive_buffer(bytes) {
+                debug!("conn {}: cannot cap the receive buffer: {e}", self.id);
+            }
+        }
+        self.receive_cap = Some(bytes);
     }
 
     fn sink_mut(&mut self, d: usize) -> Option<&mut Endpoint> {
@@ -312,6 +339,11 @@ pub(super) struct Worker {
     park_above: usize,
     next_sweep: Instant,
     parked: usize,
+    /// The receive-buffer cap this worker last applied to all its connections.
+    receive_cap: Option<usize>,
+    /// Busy connections of this worker at the last budget sweep (part of `Shared::busy`).
+    busy: usize,
+    next_budget_sweep: Instant,
 }
 
 fn errno_of(e: &io::Error) -> i32 {
@@ -389,6 +421,9 @@ impl Worker {
             park_above,
             next_sweep: Instant::now(),
             parked: 0,
+            receive_cap: None,
+            busy: 0,
+            next_budget_sweep: Instant::now(),
         })
     }
 
@@ -459,6 +494,7 @@ impl Worker {
             self.run_queue();
             self.fire_timers();
             self.sweep_for_parking();
+            self.sweep_receive_budget();
             if self.stopping && self.conns.is_empty() {
                 break;
             }
@@ -480,6 +516,10 @@ impl Worker {
             .map(|Reverse(t)| t.at)
             .into_iter()
             .chain(self.parking_wanted().then_some(self.next_sweep))
+            .chain(
+                (self.config.receive_budget.is_some() && self.budget_sweep_wanted())
+                    .then_some(self.next_budget_sweep),
+            )
             .min()
         {
             let left = at.saturating_duration_since(Instant::now());
@@ -626,6 +666,7 @@ impl Worker {
             last_active: now,
             lingering: false,
             parked: None,
+            receive_cap: None,
         });
         if dials {
             let conn = &self.conns[key];
@@ -1041,6 +1082,8 @@ impl Worker {
         conn.lanes = lanes;
         conn.state = ConnState::Relaying;
         conn.last_active = Instant::now();
+        self.receive_budget_on_start(key);
+        let conn = &self.conns[key];
         if crate::log::enabled(crate::log::Level::Info) {
             let path = |lane: &Option<Lane>| match lane {
                 None => "none",
@@ -1072,6 +1115,95 @@ impl Worker {
             self.pump(key, d);
         }
         self.evaluate(key);
+    }
+
+    /// Keeps the relay's TCP receive queues within the receive budget (see [`rcvbudget`]):
+    /// every BUDGET_SWEEP while enough connections are live for a cap to matter, counts this
+    /// worker's busy connections (data moved within BUSY_WINDOW) into the process-wide count
+    /// and updates the cap.
+    fn sweep_receive_budget(&mut self) {
+        if self.config.receive_budget.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next_budget_sweep || !self.budget_sweep_wanted() {
+            return;
+        }
+        self.next_budget_sweep = now + BUDGET_SWEEP;
+        let busy = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.state == ConnState::Relaying
+                    && now.saturating_duration_since(c.last_active) < BUSY_WINDOW
+            })
+            .count();
+        if busy >= self.busy {
+            self.shared
+                .busy
+                .fetch_add(busy - self.busy, Ordering::Relaxed);
+        } else {
+            self.shared
+                .busy
+                .fetch_sub(self.busy - busy, Ordering::Relaxed);
+        }
+        self.busy = busy;
+        self.update_receive_cap();
+    }
+
+    /// Counts a connection that starts relaying as busy at once (the next sweep recounts),
+    /// so a burst of connections is capped as it arrives, and gives it the worker's cap.
+    fn receive_budget_on_start(&mut self, key: usize) {
+        if self.config.receive_budget.is_none() {
+            return;
+        }
+        self.busy += 1;
+        self.shared.busy.fetch_add(1, Ordering::Relaxed);
+        self.update_receive_cap();
+        let user = self.config.user_rcvbuf;
+        self.conns[key].apply_receive_cap(self.receive_cap, user);
+    }
+
+    /// Recomputes the cap from the process-wide busy count and, when it changed enough,
+    /// applies it to every connection this worker relays.
+    fn update_receive_cap(&mut self) {
+        let Some(budget) = self.config.receive_budget else {
+            return;
+        };
+        let total = self.shared.busy.load(Ordering::Relaxed);
+        let cap = budget.cap(total);
+        if !rcvbudget::worth_a_sweep(self.receive_cap, cap) {
+            return;
+        }
+        self.receive_cap = cap;
+        match cap {
+            Some(cap) => info!(
+                "worker {}: TCP receive buffers capped at {} KiB ({total} busy connections, \
+                 receive budget {} MiB)",
+                self.index,
+                cap >> 10,
+                budget.0 >> 20
+            ),
+            None => info!(
+                "worker {}: TCP receive buffers no longer capped ({total} busy connections)",
+                self.index
+            ),
+        }
+        let user = self.config.user_rcvbuf;
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.state == ConnState::Relaying {
+                conn.apply_receive_cap(cap, user);
+            }
+        }
+    }
+
+    fn budget_sweep_wanted(&self) -> bool {
+        let live = self.shared.live.load(Ordering::Relaxed);
+        self.config
+            .receive_budget
+            .is_some_and(|b| b.could_cap(live))
+            || self.receive_cap.is_some()
+            || self.busy > 0
     }
 
     /// Applies the result of an io_uring transfer to its direction.

@@ -1,5 +1,6 @@
 //! Process resource limits: the descriptor limit vsplice raises at start, and the pipe quota
-//! that decides how many pipes an unprivileged user may size up.
+//! that decides how many pipes an unprivileged user may size up, and the page size those
+//! kernel settings count in.
 
 use std::io;
 
@@ -45,4 +46,12 @@ pub fn raise_nofile(want: u64) -> io::Result<NofileChange> {
 /// The largest pipe an unprivileged process may ask for (`fs.pipe-max-size`).
 pub fn pipe_max_size() -> usize {
     read_proc_u64("/proc/sys/fs/pipe-max-size").unwrap_or(1 << 20) as usize
+}
+
+/// The system's page size (the unit of `net.ipv4.tcp_mem` and of the pipe quotas).
+pub fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |n| n as usize)
 }

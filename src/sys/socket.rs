@@ -230,6 +230,26 @@ impl Socket {
         .map(drop)
     }
 
+    /// Fixes a TCP socket's receive buffer (the kernel's `sk_rcvbuf`) at about `bytes`,
+    /// which also turns receive autotuning off. Sockets of other families are left alone
+    /// (`Ok(false)`): vsock and UNIX queues do not count against TCP's memory limits.
+    pub fn cap_tcp_receive_buffer(&self, bytes: usize) -> io::Result<bool> {
+        let domain = self.get_int(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+        if domain != libc::AF_INET && domain != libc::AF_INET6 {
+            return Ok(false);
+        }
+        // The kernel doubles the value it is given (bookkeeping overhead). SO_RCVBUFFORCE
+        // passes net.core.rmem_max when the process may (CAP_NET_ADMIN).
+        let value = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+        match self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, value)?
+            }
+            other => other?,
+        }
+        Ok(true)
+    }
+
     pub fn into_owned(self) -> OwnedFd {
         self.fd
     }
