@@ -114,6 +114,10 @@ pub struct Cli {
     /// or decide by the fill's size (adaptive, the default)
     #[arg(long, hide = true, value_enum)]
     pub fill: Option<FillPolicy>,
+    /// Tuning: a kernel thread polls each worker's submission queue (IORING_SETUP_SQPOLL),
+    /// going idle after this many milliseconds without submissions
+    #[arg(long, hide = true, value_name = "MS")]
+    pub sqpoll: Option<u32>,
     /// The two addresses to relay between
     #[arg(value_name = "ADDRESS", num_args = 2, required = true)]
     pub addresses: Vec<String>,
@@ -154,6 +158,7 @@ pub fn engine_config(cli: &Cli) -> EngineConfig {
         stats: cli.stats,
         budget: cli.budget.unwrap_or(EngineConfig::default().budget).max(1),
         fill_policy: cli.fill.unwrap_or(FillPolicy::Adaptive),
+        sqpoll_idle_ms: cli.sqpoll,
         ..EngineConfig::default()
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! A connection is handed over once, through a crossbeam channel plus an eventfd the worker's
 //! ring polls, and never migrates. Inside a worker every connection is a [`conn::ConnState`]
-//! with two directions, each a pure [`flow::Flow`] machine driven by one of three data paths
-//! ([`Mode`]): non-blocking splice(2) after readiness, io_uring SPLICE after readiness, or
-//! io_uring reads and writes through registered buffers (the fallback where splice cannot
-//! work). Readiness is always waited for with io_uring POLL_ADD, so an idle connection costs
-//! no kernel thread.
+//! with two directions, each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on
+//! the buffer-ring paths) driven by one of the data paths ([`Mode`]): non-blocking splice(2)
+//! after readiness, io_uring SPLICE after readiness, io_uring reads and writes through a
+//! registered buffer (the fallback where splice cannot work), or multishot receive into a
+//! provided-buffer ring followed by writes or SEND_ZC. Readiness is always waited for with
+//! io_uring POLL_ADD, so an idle connection costs no kernel thread. [`rcvbudget`] bounds
+//! the memory the relay's TCP receive queues hold when many connections are busy.
 
 pub mod conn;
 pub mod flow;
@@ -82,6 +84,9 @@ pub struct EngineConfig {
     pub max_idle_pipes: usize,
     /// Submission queue entries per ring.
     pub ring_entries: u32,
+    /// Let a kernel thread poll each ring's submission queue, idling after this many ms
+    /// (IORING_SETUP_SQPOLL); `None`: submit with io_uring_enter.
+    pub sqpoll_idle_ms: Option<u32>,
     /// Pin worker threads to cores.
     pub pin_workers: bool,
     /// Memory the relay's TCP receive queues may hold together; past it, connections get
@@ -108,6 +113,7 @@ impl Default for EngineConfig {
             fill_policy: flow::FillPolicy::Adaptive,
             max_idle_pipes: 16,
             ring_entries: 1024,
+            sqpoll_idle_ms: None,
             pin_workers: true,
             receive_budget: None,
             user_rcvbuf: [false, false],
