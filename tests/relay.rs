@@ -112,6 +112,26 @@ fn a_small_receive_budget_caps_tcp_receive_buffers_and_every_byte_arrives() {
     );
 }
 
+/// `-S` counts every byte of each connection, and the total at exit.
+#[test]
+fn statistics_count_every_byte_per_connection_and_in_total() {
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
+    let log = bulk_through(&["-S"], &listen, Listen::tcp(), || {
+        Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap())
+    });
+    let each = format!("{BIG} bytes first->second, {BIG} bytes second->first");
+    let conn = log
+        .lines()
+        .find(|l| l.contains("vsplice: conn 1 ("))
+        .unwrap_or_else(|| panic!("no connection line:\n{log}"));
+    assert!(conn.contains(&each) && conn.ends_with("finished"), "{conn}");
+    assert!(
+        log.contains(&format!("vsplice: total: 1 connections (0 failed), {each}")),
+        "{log}"
+    );
+}
+
 /// The ring path with small buffers (-b 32K: 4 KiB each) keeps running out of buffers, so the
 /// multishot receive ends and is armed again many times: every byte must still arrive.
 #[test]
