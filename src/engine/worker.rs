@@ -1162,7 +1162,12 @@ impl Worker {
     /// Counts a connection that starts relaying as busy at once (the next sweep recounts),
     /// so a burst of connections is capped as it arrives, and gives it the worker's cap.
     fn receive_budget_on_start(&mut self, key: usize) {
-        if self.config.receive_budget.is_none() {
+        let Some(budget) = self.config.receive_budget else {
+            return;
+        };
+        // Too few connections for any cap: nothing to count (a sweep recounts from scratch
+        // once there are enough).
+        if !budget.could_cap(self.shared.live.load(Ordering::Relaxed)) && self.busy == 0 {
             return;
         }
         self.busy += 1;
