@@ -1,6 +1,7 @@
 //! Opening a connect address without blocking, as a state machine.
 //!
-//! A [`Dial`] resolves the address (again for every retry round, so DNS changes are seen),
+//! A [`Dial`] resolves the address (again for every retry round, so DNS changes are seen;
+//! names on a resolver thread, so a slow DNS server never stalls a worker),
 //! tries each target in turn, bounds each attempt by `connect-timeout`, starts a new round
 //! `interval` later up to `retry` times, and for `VSOCK-UDS-CONNECT` speaks the hybrid-vsock
 //! handshake (`CONNECT <port>\n`, answered by `OK <n>\n`). It never blocks: it says what to
@@ -16,6 +17,7 @@ use crate::addr::{Address, Kind};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::open::{connect_socket, connect_targets, connected_endpoint};
+use crate::resolve::{Lookup, needs_lookup};
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
@@ -82,6 +84,11 @@ enum Phase {
         deadline: Instant,
     },
     Handshake(Handshake),
+    /// A resolver thread looks the host up (see [`crate::resolve`]).
+    Resolving {
+        lookup: Lookup,
+        deadline: Option<Instant>,
+    },
     Done,
 }
 
@@ -189,12 +196,49 @@ impl Dial {
                 self.connect_on(socket, target, deadline)
             }
             (Phase::Handshake(h), event) => self.handshake(h, event),
+            (Phase::Resolving { lookup, deadline }, Event::Ready) => match lookup.take() {
+                Some(answer) => self.round(answer),
+                // Woken early: keep waiting.
+                None => {
+                    let fd = lookup.fd();
+                    self.phase = Phase::Resolving { lookup, deadline };
+                    Progress::Wait {
+                        fd: Some(fd),
+                        interest: Interest::Readable,
+                        deadline,
+                    }
+                }
+            },
+            (Phase::Resolving { .. }, _) => self.round(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "lookup timed out",
+            ))),
             (Phase::Done, _) => Progress::Failed("dial already finished".into()),
         }
     }
 
+    /// Resolves the address afresh (a name on a resolver thread, bounded by
+    /// `connect-timeout`) and tries its targets.
     fn start_round(&mut self) -> Progress {
-        match connect_targets(&self.address) {
+        if needs_lookup(&self.address) {
+            if let Ok(lookup) = Lookup::start(self.address.clone()) {
+                let fd = lookup.fd();
+                let deadline = self.attempt_deadline();
+                self.phase = Phase::Resolving { lookup, deadline };
+                return Progress::Wait {
+                    fd: Some(fd),
+                    interest: Interest::Readable,
+                    deadline,
+                };
+            }
+        }
+        let answer = connect_targets(&self.address);
+        self.round(answer)
+    }
+
+    /// Starts a round of attempts on the targets a lookup gave.
+    fn round(&mut self, answer: io::Result<Vec<SockAddr>>) -> Progress {
+        match answer {
             Ok(targets) => self.targets = targets,
             Err(e) => {
                 self.targets.clear();

@@ -3,9 +3,10 @@
 //! iperf-style benchmark for vsock throughput.
 //!
 //! Layout: [`addr`] parses the address grammar (pure); [`cli`] parses the command line in two
-//! stages; [`open`] and [`dial`] open addresses; [`endpoint`] is an opened end; [`engine`]
-//! runs connections on io_uring workers; [`relay`] is the accept loop; [`bench`] measures;
-//! [`sys`] holds every raw system call behind safe wrappers.
+//! stages; [`open`] and [`dial`] open addresses ([`resolve`] looks names up off the workers);
+//! [`endpoint`] is an opened end; [`engine`] runs connections on io_uring workers; [`relay`]
+//! is the accept loop; [`bench`] measures; [`sys`] holds every raw system call behind safe
+//! wrappers.
 
 pub mod addr;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod log;
 pub mod open;
 pub mod relay;
+pub mod resolve;
 pub mod sys;
 
 pub use error::{Error, Result};

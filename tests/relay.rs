@@ -132,6 +132,45 @@ fn statistics_count_every_byte_per_connection_and_in_total() {
     );
 }
 
+/// An upstream given by name: the worker hands the lookup to a resolver thread and waits
+/// for its answer like for any other event; every connection gets through, bytes intact.
+#[test]
+fn upstream_by_name_is_resolved_off_the_worker() {
+    let server = Listen::tcp();
+    let upstream = format!("TCP:localhost:{}", server.port());
+    let reply = payload(MIB, 7);
+    let server = ExchangeServer::spawn(server, reply.data.clone(), 3);
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start(&["-ddd", "--threads", "1", &listen, &upstream]);
+    let sent = payload(MIB, 8);
+    for _ in 0..3 {
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let got = exchange(Box::new(client), sent.data.clone()).expect("client exchange");
+        assert_eq!(
+            got.sha, reply.sha,
+            "client received the server's bytes intact"
+        );
+        let at_server = server.next(LONG);
+        assert_eq!(
+            at_server.sha, sent.sha,
+            "server received the client's bytes intact"
+        );
+    }
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", relay.child.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t.starts_with("vsplice-dns")),
+        "no resolver thread among {threads:?}"
+    );
+    relay.stop();
+    let log = relay.log();
+    assert_eq!(log.matches("closed: finished").count(), 3, "{log}");
+}
+
 /// The ring path with small buffers (-b 32K: 4 KiB each) keeps running out of buffers, so the
 /// multishot receive ends and is armed again many times: every byte must still arrive.
 #[test]

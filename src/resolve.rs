@@ -1,0 +1,162 @@
+//! Name lookups off the workers' threads.
+//!
+//! getaddrinfo(3) blocks, for as long as a DNS server takes to answer (seconds, when one is
+//! down). A worker that called it would stall every connection it serves, so a dial whose
+//! host is a name hands the lookup to a small pool of resolver threads and waits, like for
+//! any other event, on an eventfd that the resolver signals when the answer is in. Addresses
+//! that need no lookup (IP literals, UNIX paths, vsock) are resolved inline.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_channel::Sender;
+
+use crate::addr::{Address, Kind};
+use crate::open::connect_targets;
+use crate::sys::eventfd::EventFd;
+use crate::sys::socket::SockAddr;
+
+/// Resolver threads: enough that one slow name does not hold up lookups of others.
+const RESOLVER_THREADS: usize = 4;
+
+type Answer = io::Result<Vec<SockAddr>>;
+
+/// Whether resolving `address` may block (its host is a name, not an IP literal).
+pub fn needs_lookup(address: &Address) -> bool {
+    match &address.kind {
+        Kind::TcpConnect { host, .. } => host.parse::<IpAddr>().is_err(),
+        _ => false,
+    }
+}
+
+struct Request {
+    address: Arc<Address>,
+    done: Arc<Shared>,
+}
+
+struct Shared {
+    ready: EventFd,
+    answer: Mutex<Option<Answer>>,
+}
+
+/// A lookup under way on a resolver thread. Dropping it abandons the answer.
+pub struct Lookup {
+    done: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup")
+            .field("ready", &self.done.ready.as_raw_fd())
+            .finish()
+    }
+}
+
+fn pool() -> Option<&'static Sender<Request>> {
+    static POOL: OnceLock<Option<Sender<Request>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        let mut started = 0;
+        for i in 0..RESOLVER_THREADS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vsplice-dns{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    for req in rx {
+                        let answer = connect_targets(&req.address);
+                        *req.done.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+                        req.done.ready.notify();
+                    }
+                });
+            started += usize::from(spawned.is_ok());
+        }
+        (started > 0).then_some(tx)
+    })
+    .as_ref()
+}
+
+impl Lookup {
+    /// Starts resolving `address` on a resolver thread. Fails only when no eventfd or thread
+    /// can be had; the caller then resolves inline.
+    pub fn start(address: Arc<Address>) -> io::Result<Lookup> {
+        let done = Arc::new(Shared {
+            ready: EventFd::new()?,
+            answer: Mutex::new(None),
+        });
+        let pool = pool().ok_or_else(|| io::Error::other("no resolver thread"))?;
+        pool.send(Request {
+            address,
+            done: done.clone(),
+        })
+        .map_err(|_| io::Error::other("resolver threads gone"))?;
+        Ok(Lookup { done })
+    }
+
+    /// The descriptor that becomes readable when the answer is in.
+    pub fn fd(&self) -> RawFd {
+        self.done.ready.as_raw_fd()
+    }
+
+    /// The answer, once the resolver gave it.
+    pub fn take(&self) -> Option<Answer> {
+        self.done
+            .answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn address(text: &str) -> Arc<Address> {
+        Arc::new(Address::parse(text).unwrap())
+    }
+
+    #[test]
+    fn only_names_need_a_lookup() {
+        assert!(needs_lookup(&address("TCP:localhost:80")));
+        assert!(needs_lookup(&address("TCP:example.invalid:80")));
+        assert!(!needs_lookup(&address("TCP:127.0.0.1:80")));
+        assert!(!needs_lookup(&address("TCP6:[::1]:80")));
+        assert!(!needs_lookup(&address("UNIX:/tmp/x")));
+        assert!(!needs_lookup(&address("VSOCK:2:80")));
+    }
+
+    #[test]
+    fn a_lookup_signals_its_eventfd_with_the_answer() {
+        let lookup = Lookup::start(address("TCP:localhost:8080")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            if let Some(a) = lookup.take() {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "no answer");
+            assert!(
+                readable_within_a_second(lookup.fd()),
+                "the eventfd never became readable"
+            );
+        };
+        let targets = answer.unwrap();
+        assert!(!targets.is_empty());
+        assert!(
+            targets.iter().all(
+                |t| matches!(t, SockAddr::Inet(a) if a.port() == 8080 && a.ip().is_loopback())
+            )
+        );
+    }
+
+    /// Waits up to a second for `fd` to be readable.
+    fn readable_within_a_second(fd: RawFd) -> bool {
+        // SAFETY: `fd` belongs to the lookup, alive for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        crate::sys::socket::wait_readable(fd, Some(Instant::now() + Duration::from_secs(1)))
+            .unwrap_or(false)
+    }
+}
