@@ -524,10 +524,7 @@ impl Worker {
             .map(|Reverse(t)| t.at)
             .into_iter()
             .chain(self.parking_wanted().then_some(self.next_sweep))
-            .chain(
-                (self.config.receive_budget.is_some() && self.budget_sweep_wanted())
-                    .then_some(self.next_budget_sweep),
-            )
+            .chain(self.budget_sweep_wanted().then_some(self.next_budget_sweep))
             .min()
         {
             let left = at.saturating_duration_since(Instant::now());
@@ -1130,9 +1127,6 @@ impl Worker {
     /// worker's busy connections (data moved within BUSY_WINDOW) into the process-wide count
     /// and updates the cap.
     fn sweep_receive_budget(&mut self) {
-        if self.config.receive_budget.is_none() {
-            return;
-        }
         let now = Instant::now();
         if now < self.next_budget_sweep || !self.budget_sweep_wanted() {
             return;
@@ -1210,6 +1204,8 @@ impl Worker {
         }
     }
 
+    /// Whether budget sweeps should run: a cap could apply, one is in force, or busy
+    /// connections are still counted (only ever so with a budget).
     fn budget_sweep_wanted(&self) -> bool {
         let live = self.shared.live.load(Ordering::Relaxed);
         self.config
