@@ -199,15 +199,7 @@ impl Dial {
             (Phase::Resolving { lookup, deadline }, Event::Ready) => match lookup.take() {
                 Some(answer) => self.round(answer),
                 // Woken early: keep waiting.
-                None => {
-                    let fd = lookup.fd();
-                    self.phase = Phase::Resolving { lookup, deadline };
-                    Progress::Wait {
-                        fd: Some(fd),
-                        interest: Interest::Readable,
-                        deadline,
-                    }
-                }
+                None => self.await_lookup(lookup, deadline),
             },
             (Phase::Resolving { .. }, _) => self.round(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -222,18 +214,23 @@ impl Dial {
     fn start_round(&mut self) -> Progress {
         if needs_lookup(&self.address) {
             if let Ok(lookup) = Lookup::start(self.address.clone()) {
-                let fd = lookup.fd();
                 let deadline = self.attempt_deadline();
-                self.phase = Phase::Resolving { lookup, deadline };
-                return Progress::Wait {
-                    fd: Some(fd),
-                    interest: Interest::Readable,
-                    deadline,
-                };
+                return self.await_lookup(lookup, deadline);
             }
         }
         let answer = connect_targets(&self.address);
         self.round(answer)
+    }
+
+    /// Waits for a resolver's answer (its eventfd readable), or until `deadline`.
+    fn await_lookup(&mut self, lookup: Lookup, deadline: Option<Instant>) -> Progress {
+        let fd = lookup.fd();
+        self.phase = Phase::Resolving { lookup, deadline };
+        Progress::Wait {
+            fd: Some(fd),
+            interest: Interest::Readable,
+            deadline,
+        }
     }
 
     /// Starts a round of attempts on the targets a lookup gave.
