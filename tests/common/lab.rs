@@ -3,15 +3,17 @@
 //! guest role) as init's only job. Real AF_VSOCK between processes in the guest (CID 1), never
 //! on the machine itself.
 //!
-//! The kernel comes from Debian's `user-mode-linux` package: installed (`/usr/bin/linux.uml`)
-//! or fetched into a cache folder with `apt-get download` and `dpkg -x`. busybox (for mount,
-//! insmod, ip, poweroff) likewise from `busybox-static`.
+//! The kernel comes from Debian's `user-mode-linux` package and busybox (for mount, insmod, ip,
+//! poweroff) from `busybox-static`, both unpacked into the lab's cache (`debs`), never taken
+//! from the machine's installs.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::debs::DebRoot;
 
 /// Marker line the init script prints with the program's exit status.
 const EXIT_MARKER: &str = "VSPLICE-LAB-EXIT";
@@ -46,91 +48,34 @@ fn modules_under(root: &Path) -> Option<PathBuf> {
     vsock.exists().then(|| entry.path())
 }
 
-/// `apt-get download PACKAGE` into `dir`, unpack it under `into` and remove the .deb.
-pub fn fetch_package(dir: &Path, package: &str, into: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let out = Command::new("apt-get")
-        .args(["download", package])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("running apt-get: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`apt-get download {package}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let deb = std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .ok_or_else(|| format!("apt-get download {package} left no .deb"))?;
-    let status = Command::new("dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(into)
-        .status()
-        .map_err(|e| format!("running dpkg -x: {e}"))?;
-    let _ = std::fs::remove_file(&deb);
-    if !status.success() {
-        return Err(format!("dpkg -x {} failed", deb.display()));
-    }
-    Ok(())
+/// The Debian packages both labs unpack, under `$VSPLICE_LAB_DIR/debs` (see `debs`).
+pub fn deb_root() -> DebRoot {
+    DebRoot::new(&lab_dir().join("debs"))
 }
 
-const HOW_TO_FIX: &str = "install the lab's packages with \
-`apt-get install user-mode-linux busybox-static` (Debian), or make `apt-get download` work \
-(run `apt-get update`), or point VSPLICE_LAB_DIR at a folder holding them unpacked under root/";
-
 impl Lab {
-    /// Finds the kernel, its vsock modules and busybox, fetching what is missing.
+    /// Unpacks the kernel, its vsock modules and busybox into the lab's cache (once) and finds
+    /// them there. The machine's own installs are never used, so nothing depends on them.
     pub fn prepare() -> Result<Lab, String> {
         let dir = lab_dir();
-        let cache_root = dir.join("root");
-        let (kernel, modules) = match (
-            Path::new("/usr/bin/linux.uml").exists(),
-            modules_under(Path::new("/")),
-        ) {
-            (true, Some(m)) => (PathBuf::from("/usr/bin/linux.uml"), m),
-            _ => {
-                let cached_kernel = cache_root.join("usr/bin/linux.uml");
-                if !cached_kernel.exists() || modules_under(&cache_root).is_none() {
-                    fetch_package(&dir, "user-mode-linux", &cache_root).map_err(|e| {
-                        format!("user-mode-linux is not installed and {e}; {HOW_TO_FIX}")
-                    })?;
-                }
-                let modules = modules_under(&cache_root).ok_or_else(|| {
-                    format!(
-                        "no UML vsock modules under {}; {HOW_TO_FIX}",
-                        cache_root.display()
-                    )
-                })?;
-                (cached_kernel, modules)
-            }
-        };
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        let busybox = match busybox {
-            Some(b) => b,
-            None => {
-                let cached = cache_root.join("bin/busybox");
-                if !cached.exists() {
-                    fetch_package(&dir, "busybox-static", &cache_root)
-                        .map_err(|e| format!("busybox is not installed and {e}; {HOW_TO_FIX}"))?;
-                }
-                if !cached.exists() {
-                    return Err(format!("no busybox at {}; {HOW_TO_FIX}", cached.display()));
-                }
-                cached
-            }
-        };
+        let debs = deb_root();
+        debs.ensure(&["user-mode-linux", "busybox-static"])?;
+        let kernel = debs.path("usr/bin/linux.uml");
+        let modules = modules_under(&debs.root).ok_or_else(|| {
+            format!(
+                "no UML vsock modules under {} (remove it to fetch again)",
+                debs.root.display()
+            )
+        })?;
+        let busybox = debs.path("bin/busybox");
+        if !kernel.exists() || !busybox.exists() {
+            return Err(format!(
+                "{} or {} is missing (remove {} to fetch again)",
+                kernel.display(),
+                busybox.display(),
+                debs.root.display()
+            ));
+        }
         std::fs::create_dir_all(dir.join("run")).map_err(|e| e.to_string())?;
         Ok(Lab {
             kernel,
