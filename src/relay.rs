@@ -60,9 +60,10 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<()> {
         )));
     }
     if first.is_listener() && second.is_listener() {
-        return Err(Error::Usage(
-            "both addresses listen: one of them must connect or be STDIO".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "both addresses listen (\"{}\" and \"{}\"): one of them must connect or be STDIO",
+            first.text, second.text
+        )));
     }
     Ok(())
 }
