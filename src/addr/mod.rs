@@ -367,8 +367,8 @@ pub enum AddressError {
     EmptyHost(&'static str),
     #[error("empty path in {0}")]
     EmptyPath(&'static str),
-    #[error("UNIX socket path is {len} bytes, longer than the kernel's 107")]
-    PathTooLong { len: usize },
+    #[error("UNIX socket path \"{path}\" is {len} bytes, longer than the kernel's 107")]
+    PathTooLong { path: String, len: usize },
     #[error("option \"{option}\" is not valid for {kind}")]
     OptionNotValid { option: String, kind: &'static str },
     #[error("option \"{option}\" needs a value ({option}{hint})")]
@@ -434,7 +434,10 @@ fn parse_path(text: &str, kind: &'static str) -> Result<PathBuf, AddressError> {
         return Err(AddressError::EmptyPath(kind));
     }
     if text.len() > UNIX_PATH_MAX {
-        return Err(AddressError::PathTooLong { len: text.len() });
+        return Err(AddressError::PathTooLong {
+            path: text.to_string(),
+            len: text.len(),
+        });
     }
     Ok(PathBuf::from(text))
 }
@@ -654,7 +657,10 @@ impl Address {
                 // The VMM listens at `<path>_<port>`: that full path must fit too.
                 let full = format!("{}_{}", path.display(), port);
                 if full.len() > UNIX_PATH_MAX {
-                    return Err(AddressError::PathTooLong { len: full.len() });
+                    return Err(AddressError::PathTooLong {
+                        len: full.len(),
+                        path: full,
+                    });
                 }
                 Kind::VsockUdsListen { path, port }
             }

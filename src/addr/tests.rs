@@ -185,7 +185,10 @@ fn range_and_number_errors() {
     let long = format!("UNIX-LISTEN:/{}", "a".repeat(120));
     assert_eq!(
         error(&long),
-        "UNIX socket path is 121 bytes, longer than the kernel's 107"
+        format!(
+            "UNIX socket path \"/{}\" is 121 bytes, longer than the kernel's 107",
+            "a".repeat(120)
+        )
     );
 }
 
