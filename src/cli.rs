@@ -3,6 +3,7 @@
 //! the engine configuration, the bench settings. Every grammar or usage error surfaces before
 //! anything is opened, with exit status 2.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -51,6 +52,14 @@ fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
     parse_duration(s)
 }
 
+fn positive_duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0 seconds (leave the option out for no timeout)".into());
+    }
+    Ok(d)
+}
+
 fn threads_arg(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
@@ -76,7 +85,7 @@ pub struct Cli {
     #[arg(short = 't', value_name = "SECONDS", value_parser = duration_arg)]
     pub half_close_timeout: Option<Duration>,
     /// Close a connection after this long without data
-    #[arg(short = 'T', value_name = "SECONDS", value_parser = duration_arg)]
+    #[arg(short = 'T', value_name = "SECONDS", value_parser = positive_duration_arg)]
     pub idle_timeout: Option<Duration>,
     /// One-way: only first address -> second address
     #[arg(short = 'u', conflicts_with = "reverse_only")]
@@ -207,9 +216,71 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     })))
 }
 
+/// Relay options that take their value as the next word (`-b 64K`).
+const RELAY_VALUE_OPTIONS: &[&str] = &[
+    "-b",
+    "-t",
+    "-T",
+    "--threads",
+    "--mode",
+    "--receive-budget",
+    "--budget",
+    "--fill",
+    "--sqpoll",
+];
+
+/// Options written before the `bench` subcommand. `-d` applies everywhere, so
+/// `vsplice -d bench ...` becomes `vsplice bench -d ...`; a relay option there
+/// (`vsplice -S bench demo`) is an error naming it, where clap would take `bench` for an
+/// address. Any other command line is returned as it is.
+pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
+    let mut before = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let word = args[i].to_string_lossy();
+        if word == "bench" {
+            break;
+        }
+        if !word.starts_with('-') || word == "-" || word == "--" {
+            return Ok(args);
+        }
+        before.push(i);
+        if RELAY_VALUE_OPTIONS.contains(&word.as_ref()) && i + 1 < args.len() {
+            i += 1;
+            before.push(i);
+        }
+        i += 1;
+    }
+    if i >= args.len() || before.is_empty() {
+        return Ok(args);
+    }
+    let is_debug = |w: &str| w.len() > 1 && w.starts_with('-') && w[1..].bytes().all(|b| b == b'd');
+    if let Some(&j) = before
+        .iter()
+        .find(|&&j| !is_debug(&args[j].to_string_lossy()))
+    {
+        return Err(Error::Usage(format!(
+            "\"{}\" is an option of the relay, not of `vsplice bench`: write bench options \
+             after `bench` (see `vsplice bench --help`)",
+            args[j].to_string_lossy()
+        )));
+    }
+    let mut out = vec![args[0].clone(), args[i].clone()];
+    out.extend(before.iter().map(|&j| args[j].clone()));
+    out.extend(args[i + 1..].iter().cloned());
+    Ok(out)
+}
+
 /// `main` for the binary: parse, plan, run, map errors to exit codes.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match options_after_bench(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("vsplice: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let cli = Cli::parse_from(args);
     crate::log::set_verbosity(cli.debug);
     match plan(cli).and_then(run) {
         Ok(code) => code,
@@ -362,7 +433,11 @@ mod tests {
         assert!(usage_error(&["-", "STDIO"]).contains("STDIO can be used only once"));
         assert!(usage_error(&["TCP-L:1,fork", "-"]).contains("STDIO cannot serve more than one"));
         assert!(usage_error(&["TCP-L:1,max-children=3", "TCP:h:1"]).contains("needs \"fork\""));
-        assert!(usage_error(&["TCP-L:1", "UNIX-L:/x"]).contains("both addresses listen"));
+        assert_eq!(
+            usage_error(&["TCP-L:1", "UNIX-L:/x"]),
+            "both addresses listen (\"TCP-L:1\" and \"UNIX-L:/x\"): one of them must connect or \
+             be STDIO"
+        );
     }
 
     #[test]
@@ -379,5 +454,58 @@ mod tests {
         assert!(e.contains("cannot be used with"), "{e}");
         let e = usage_error(&["TCP-L:1"]);
         assert!(e.contains("2 values required"), "{e}");
+    }
+
+    #[test]
+    fn an_inactivity_timeout_of_zero_is_rejected_naming_the_value() {
+        let e = usage_error(&["-T", "0", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("'0'") && e.contains("-T"), "{e}");
+        assert!(e.contains("must be more than 0 seconds"), "{e}");
+        let e = usage_error(&["-T", "0.000", "TCP-L:1", "TCP:h:1"]);
+        assert!(e.contains("must be more than 0 seconds"), "{e}");
+        // -t 0 is defined: after one side's end, the other direction stops at once.
+        let Plan::Relay(p) = plan_of(&["-t", "0", "TCP-L:1", "TCP:h:1"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.engine.linger, Some(Duration::ZERO));
+    }
+
+    fn words(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn debug_flags_before_bench_move_after_it_and_relay_options_there_are_named() {
+        assert_eq!(
+            options_after_bench(words(&["vsplice", "-d", "bench", "server", "X"])).unwrap(),
+            words(&["vsplice", "bench", "-d", "server", "X"])
+        );
+        assert_eq!(
+            options_after_bench(words(&["vsplice", "-dd", "-d", "bench", "demo"])).unwrap(),
+            words(&["vsplice", "bench", "-dd", "-d", "demo"])
+        );
+        let e = options_after_bench(words(&["vsplice", "-S", "bench", "demo"])).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .starts_with("\"-S\" is an option of the relay"),
+            "{e}"
+        );
+        let e = options_after_bench(words(&["vsplice", "-b", "64K", "bench", "demo"]));
+        assert!(e.unwrap_err().to_string().contains("\"-b\""));
+        // Relay command lines pass unchanged, even with an address after the options.
+        for line in [
+            &["vsplice", "-d", "TCP-L:1", "TCP:h:1"][..],
+            &["vsplice", "-b", "bench", "TCP-L:1", "TCP:h:1"][..],
+            &["vsplice", "bench", "demo"][..],
+            &["vsplice", "-d", "TCP-L:1", "bench"][..],
+        ] {
+            assert_eq!(options_after_bench(words(line)).unwrap(), words(line));
+        }
+        // `vsplice -d bench server X` then plans as `bench server X`: an error about "X".
+        let args = options_after_bench(words(&["vsplice", "-d", "bench", "server", "X"])).unwrap();
+        let e = plan(Cli::try_parse_from(args).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("\"X\""), "{e}");
+        assert_eq!(e.exit_code(), 2);
     }
 }

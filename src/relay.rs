@@ -1,5 +1,6 @@
 //! The relay command: open the first address, hand each of its connections to the engine
-//! together with the second address, and stop cleanly on SIGINT/SIGTERM.
+//! together with the second address, and stop cleanly on SIGINT, SIGTERM or any other stop
+//! signal (`sys::signal`).
 //!
 //! The acceptor runs on the main thread: poll(2) on the listener, the stop signalfd and the
 //! engine's "a connection closed" eventfd. With `max-children` it stops polling the listener
@@ -59,9 +60,10 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<()> {
         )));
     }
     if first.is_listener() && second.is_listener() {
-        return Err(Error::Usage(
-            "both addresses listen: one of them must connect or be STDIO".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "both addresses listen (\"{}\" and \"{}\"): one of them must connect or be STDIO",
+            first.text, second.text
+        )));
     }
     Ok(())
 }

@@ -228,15 +228,16 @@ fn main() {
         println!("hybrid_qemu: no scenario matches {filters:?}");
         return;
     }
+    let total = selected.len();
     let lab = QemuLab::prepare().unwrap_or_else(|why| {
         eprintln!("QEMU lab cannot start: {why}");
-        std::process::exit(1);
+        summary(0, total);
     });
     let me = std::env::current_exe().unwrap();
     let vsplice = std::path::PathBuf::from(vsplice_bin());
     let initramfs = lab.initramfs(&me, &[&vsplice]).unwrap_or_else(|why| {
         eprintln!("QEMU lab cannot build its initramfs: {why}");
-        std::process::exit(1);
+        summary(0, total);
     });
     let mut failed = Vec::new();
     for (name, _, host) in selected {
@@ -266,8 +267,13 @@ fn main() {
     }
     let _ = std::fs::remove_file(&initramfs);
     if !failed.is_empty() {
-        println!("hybrid_qemu: {} failed: {failed:?}", failed.len());
-        std::process::exit(1);
+        println!("hybrid_qemu: failed: {failed:?}");
     }
-    println!("hybrid_qemu: all passed");
+    summary(total - failed.len(), failed.len());
+}
+
+/// Ends the run with the standard line `N passed, N failed` and the matching exit status.
+fn summary(passed: usize, failed: usize) -> ! {
+    println!("hybrid_qemu: {passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
 }

@@ -321,11 +321,12 @@ fn main() {
         println!("vsock_guest: no scenario matches {filters:?}");
         return;
     }
+    let total = selected.len();
     let lab = match Lab::prepare() {
         Ok(lab) => lab,
         Err(why) => {
             eprintln!("vsock guest lab cannot start: {why}");
-            std::process::exit(1);
+            summary(0, total);
         }
     };
     let me = std::env::current_exe().expect("own path");
@@ -375,8 +376,13 @@ fn main() {
     }
     let failed = results.lock().unwrap();
     if !failed.is_empty() {
-        println!("vsock_guest: {} failed: {failed:?}", failed.len());
-        std::process::exit(1);
+        println!("vsock_guest: failed: {failed:?}");
     }
-    println!("vsock_guest: all passed");
+    summary(total - failed.len(), failed.len());
+}
+
+/// Ends the run with the standard line `N passed, N failed` and the matching exit status.
+fn summary(passed: usize, failed: usize) -> ! {
+    println!("vsock_guest: {passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
 }

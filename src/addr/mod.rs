@@ -6,6 +6,7 @@
 //! insensitive), checks parameter counts and ranges, and checks that every option applies to
 //! the address type, so that a typo fails before anything is opened.
 
+mod bind;
 mod lex;
 pub mod size;
 
@@ -13,6 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bind::parse_bind;
 pub use lex::{LexError, RawAddress, RawOption, lex};
 pub use size::{parse_duration, parse_size};
 
@@ -365,8 +367,8 @@ pub enum AddressError {
     EmptyHost(&'static str),
     #[error("empty path in {0}")]
     EmptyPath(&'static str),
-    #[error("UNIX socket path is {len} bytes, longer than the kernel's 107")]
-    PathTooLong { len: usize },
+    #[error("UNIX socket path \"{path}\" is {len} bytes, longer than the kernel's 107")]
+    PathTooLong { path: String, len: usize },
     #[error("option \"{option}\" is not valid for {kind}")]
     OptionNotValid { option: String, kind: &'static str },
     #[error("option \"{option}\" needs a value ({option}{hint})")]
@@ -432,7 +434,10 @@ fn parse_path(text: &str, kind: &'static str) -> Result<PathBuf, AddressError> {
         return Err(AddressError::EmptyPath(kind));
     }
     if text.len() > UNIX_PATH_MAX {
-        return Err(AddressError::PathTooLong { len: text.len() });
+        return Err(AddressError::PathTooLong {
+            path: text.to_string(),
+            len: text.len(),
+        });
     }
     Ok(PathBuf::from(text))
 }
@@ -460,61 +465,6 @@ fn parse_bool_value(value: &str) -> Option<bool> {
     }
 }
 
-/// Splits `bind=` values of the form `[host][:port]`, where host may be `[v6]`.
-fn split_host_port(text: &str) -> (&str, Option<&str>) {
-    if text.starts_with('[') {
-        if let Some(end) = text.find(']') {
-            let host = &text[..=end];
-            let rest = &text[end + 1..];
-            return (host, rest.strip_prefix(':'));
-        }
-    }
-    match text.rsplit_once(':') {
-        // More than one colon without brackets: a bare IPv6 address, no port.
-        Some((host, _)) if host.contains(':') => (text, None),
-        Some((host, port)) => (host, Some(port)),
-        None => (text, None),
-    }
-}
-
-fn parse_bind(tag: KindTag, value: &str) -> Result<Bind, String> {
-    match tag {
-        KindTag::TcpConnect(_) | KindTag::TcpListen(_) => {
-            let (host, port) = split_host_port(value);
-            let port = match port {
-                Some(p) => Some(parse_port(p).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            Ok(Bind::Inet {
-                host: strip_brackets(host).to_string(),
-                port,
-            })
-        }
-        KindTag::UnixConnect => {
-            if value.is_empty() {
-                return Err("empty path".into());
-            }
-            Ok(Bind::Unix(PathBuf::from(value)))
-        }
-        _ => {
-            let (cid, port) = match value.split_once(':') {
-                Some((c, p)) => (c, Some(p)),
-                None => (value, None),
-            };
-            let cid = if cid.is_empty() {
-                None
-            } else {
-                Some(parse_cid(cid).map_err(|e| e.to_string())?)
-            };
-            let port = match port {
-                Some(p) => Some(parse_vsock_port(p).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            Ok(Bind::Vsock { cid, port })
-        }
-    }
-}
-
 fn option_value_error(option: &str, value: &str, why: impl Into<String>) -> AddressError {
     AddressError::OptionValue {
         option: option.to_string(),
@@ -527,6 +477,23 @@ fn parse_number<T: std::str::FromStr>(option: &str, value: &str) -> Result<T, Ad
     value
         .parse::<T>()
         .map_err(|_| option_value_error(option, value, "not a number"))
+}
+
+/// The kernel's limits for the keepalive options (include/net/tcp.h): a value outside
+/// makes setsockopt fail with EINVAL when the socket is opened, so they are checked here.
+const MAX_TCP_KEEPIDLE: u32 = 32767;
+const MAX_TCP_KEEPINTVL: u32 = 32767;
+const MAX_TCP_KEEPCNT: u32 = 127;
+
+fn parse_in_range(option: &str, value: &str, min: u32, max: u32) -> Result<u32, AddressError> {
+    match value.parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(option_value_error(
+            option,
+            value,
+            format!("not a number {min}-{max}"),
+        )),
+    }
 }
 
 /// Applies one raw option to `opts`, checking that it belongs to `tag`.
@@ -573,14 +540,35 @@ fn apply_option(opts: &mut Options, tag: KindTag, raw: &RawOption) -> Result<(),
             }
             opts.max_children = Some(n);
         }
-        OptName::Backlog => opts.backlog = Some(parse_number(name, value)?),
+        OptName::Backlog => {
+            let n: u32 = parse_number(name, value)?;
+            if n == 0 {
+                return Err(option_value_error(name, value, "must be at least 1"));
+            }
+            opts.backlog = Some(n);
+        }
         OptName::Bind => {
+            if value.is_empty() {
+                return Err(AddressError::OptionNeedsValue {
+                    option: name.to_string(),
+                    hint: opt.value_hint(),
+                });
+            }
             opts.bind =
                 Some(parse_bind(tag, value).map_err(|why| option_value_error(name, value, why))?)
         }
         OptName::ConnectTimeout => {
-            opts.connect_timeout =
-                Some(parse_duration(value).map_err(|why| option_value_error(name, value, why))?)
+            let timeout =
+                parse_duration(value).map_err(|why| option_value_error(name, value, why))?;
+            if timeout.is_zero() {
+                return Err(option_value_error(
+                    name,
+                    value,
+                    "must be more than 0 seconds (leave the option out to wait as long as \
+                     the system does)",
+                ));
+            }
+            opts.connect_timeout = Some(timeout);
         }
         OptName::Interval => {
             opts.interval =
@@ -595,15 +583,15 @@ fn apply_option(opts: &mut Options, tag: KindTag, raw: &RawOption) -> Result<(),
                 Some(parse_size(value).map_err(|why| option_value_error(name, value, why))?)
         }
         OptName::KeepIdle => {
-            opts.keepidle = Some(parse_number(name, value)?);
+            opts.keepidle = Some(parse_in_range(name, value, 1, MAX_TCP_KEEPIDLE)?);
             opts.keepalive = true;
         }
         OptName::KeepIntvl => {
-            opts.keepintvl = Some(parse_number(name, value)?);
+            opts.keepintvl = Some(parse_in_range(name, value, 1, MAX_TCP_KEEPINTVL)?);
             opts.keepalive = true;
         }
         OptName::KeepCnt => {
-            opts.keepcnt = Some(parse_number(name, value)?);
+            opts.keepcnt = Some(parse_in_range(name, value, 1, MAX_TCP_KEEPCNT)?);
             opts.keepalive = true;
         }
         OptName::Retry => opts.retry = parse_number(name, value)?,
@@ -669,7 +657,10 @@ impl Address {
                 // The VMM listens at `<path>_<port>`: that full path must fit too.
                 let full = format!("{}_{}", path.display(), port);
                 if full.len() > UNIX_PATH_MAX {
-                    return Err(AddressError::PathTooLong { len: full.len() });
+                    return Err(AddressError::PathTooLong {
+                        len: full.len(),
+                        path: full,
+                    });
                 }
                 Kind::VsockUdsListen { path, port }
             }

@@ -185,7 +185,10 @@ fn range_and_number_errors() {
     let long = format!("UNIX-LISTEN:/{}", "a".repeat(120));
     assert_eq!(
         error(&long),
-        "UNIX socket path is 121 bytes, longer than the kernel's 107"
+        format!(
+            "UNIX socket path \"/{}\" is 121 bytes, longer than the kernel's 107",
+            "a".repeat(120)
+        )
     );
 }
 
@@ -394,4 +397,61 @@ fn option_value_errors() {
 fn the_original_text_is_kept_for_messages() {
     let a = parse("tcp-l:5201,fork");
     assert_eq!(a.to_string(), "tcp-l:5201,fork");
+}
+
+#[test]
+fn a_bind_host_that_no_resolver_could_look_up_is_blamed_on_the_option() {
+    assert_eq!(
+        error("TCP:127.0.0.1:9,bind=<garbage>"),
+        "invalid value \"<garbage>\" for option \"bind\": \"<garbage>\" is not an IP address or host name"
+    );
+    assert!(error("TCP-L:1,bind=a b:80").contains("\"a b\" is not an IP address or host name"));
+    assert!(error("TCP-L:1,bind=a..b").contains("option \"bind\""));
+    // Names and literals a resolver takes are still accepted.
+    for host in [
+        "localhost",
+        "my-host.example.",
+        "10.0.0.1",
+        "[fe80::1]",
+        "::",
+    ] {
+        parse(&format!("TCP:h:80,bind={host}"));
+    }
+}
+
+#[test]
+fn an_empty_bind_is_a_missing_value() {
+    assert_eq!(
+        error("TCP-L:1,bind="),
+        "option \"bind\" needs a value (bind=ADDRESS)"
+    );
+    assert!(error("VSOCK-L:1,bind=").contains("needs a value"));
+    assert!(error("UNIX:/s,bind=").contains("needs a value"));
+}
+
+#[test]
+fn zero_values_that_would_break_a_connection_are_rejected_naming_the_option() {
+    assert_eq!(
+        error("TCP:h:1,connect-timeout=0"),
+        "invalid value \"0\" for option \"connect-timeout\": must be more than 0 seconds \
+         (leave the option out to wait as long as the system does)"
+    );
+    assert!(error("TCP:h:1,connect-timeout=0.0").contains("\"connect-timeout\""));
+    assert_eq!(
+        error("TCP-L:1,backlog=0"),
+        "invalid value \"0\" for option \"backlog\": must be at least 1"
+    );
+    assert!(error("TCP-L:1,fork,max-children=0").contains("must be at least 1"));
+    assert_eq!(
+        error("TCP:h:1,keepidle=0"),
+        "invalid value \"0\" for option \"keepidle\": not a number 1-32767"
+    );
+    assert!(error("TCP:h:1,keepintvl=0").contains("not a number 1-32767"));
+    assert!(error("TCP:h:1,keepcnt=0").contains("not a number 1-127"));
+    assert!(error("TCP:h:1,keepcnt=128").contains("\"128\""));
+    // A zero pause between connect attempts is defined: retry at once.
+    assert_eq!(
+        parse("TCP:h:1,retry=2,interval=0").options.interval,
+        Some(Duration::ZERO)
+    );
 }

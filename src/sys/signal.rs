@@ -1,6 +1,9 @@
-//! Process signal setup: SIGINT and SIGTERM arrive on a signalfd the acceptor polls (so they
-//! stop the relay cleanly instead of killing it), and SIGPIPE is ignored (a peer that went
-//! away shows up as EPIPE on that connection, never as the death of the process).
+//! Process signal setup: every signal whose default action would end the process from outside
+//! (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, ...) arrives on a signalfd the acceptor
+//! polls, so each stops the relay cleanly (a UNIX-LISTEN socket file is removed) instead of
+//! killing it; and SIGPIPE is ignored (a peer that went away shows up as EPIPE on that
+//! connection, never as the death of the process). SIGKILL and SIGSTOP cannot be caught;
+//! SIGPROF and SIGVTALRM stay with profilers; faults (SIGSEGV, SIGBUS, ...) are not requests.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -10,11 +13,26 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::from_nix;
 
-/// The signals that ask vsplice to stop.
+/// The signals that ask vsplice to stop: those sent from outside whose default action ends
+/// the process. SIGHUP will get a meaning of its own (reload); until then it stops too.
+pub const STOP_SIGNALS: [Signal; 10] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGTERM,
+    Signal::SIGXCPU,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+];
+
 fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
+    for signal in STOP_SIGNALS {
+        set.add(signal);
+    }
     set
 }
 
@@ -26,7 +44,7 @@ pub fn ignore_sigpipe() -> io::Result<()> {
         .map_err(from_nix)
 }
 
-/// A signalfd for SIGINT and SIGTERM. Create it on the main thread before any other thread
+/// A signalfd for the stop signals. Create it on the main thread before any other thread
 /// starts: the signals are blocked in the calling thread and threads inherit that mask.
 #[derive(Debug)]
 pub struct StopSignals(SignalFd);

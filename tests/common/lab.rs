@@ -3,9 +3,9 @@
 //! guest role) as init's only job. Real AF_VSOCK between processes in the guest (CID 1), never
 //! on the machine itself.
 //!
-//! The kernel comes from Debian's `user-mode-linux` package: installed (`/usr/bin/linux.uml`)
-//! or fetched into a cache folder with `apt-get download` and `dpkg -x`. busybox (for mount,
-//! insmod, ip, poweroff) likewise from `busybox-static`.
+//! The kernel comes from Debian's `user-mode-linux` package and busybox (for mount, insmod, ip,
+//! poweroff) from `busybox-static`, both unpacked into the lab's cache (`debs`), never taken
+//! from the machine's installs.
 //!
 //! Every kernel is first tried with a probe boot. UML before about 7.0 cannot boot on hosts
 //! whose CPUs have AMX (Sapphire Rapids and later): its ptrace of the guest's processes passes
@@ -21,6 +21,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::debs::DebRoot;
 
 /// Marker line the init script prints with the program's exit status.
 const EXIT_MARKER: &str = "VSPLICE-LAB-EXIT";
@@ -55,135 +57,50 @@ fn modules_under(root: &Path) -> Option<PathBuf> {
     vsock.exists().then(|| entry.path())
 }
 
-/// `apt-get download PACKAGE` into `dir`, unpack it under `into` and remove the .deb.
-pub fn fetch_package(dir: &Path, package: &str, into: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let out = Command::new("apt-get")
-        .args(["download", package])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("running apt-get: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`apt-get download {package}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    unpack_downloaded(dir, package, into)
+/// The Debian packages both labs unpack, under `$VSPLICE_LAB_DIR/debs` (see `debs`).
+pub fn deb_root() -> DebRoot {
+    DebRoot::new(&lab_dir().join("debs"))
 }
 
-const HOW_TO_FIX: &str = "install the lab's packages with \
-`apt-get install user-mode-linux busybox-static` (Debian), or make `apt-get download` work \
-(run `apt-get update`), or point VSPLICE_LAB_DIR at a folder holding them unpacked under root/";
-
-/// Debian unstable, where a user-mode-linux that boots on AMX hosts lives.
-const UNSTABLE: &str = "deb http://deb.debian.org/debian sid main";
-
-/// `apt-get` with a private source list and state under `dir`, so a package from another
-/// suite can be downloaded without touching the system's apt configuration.
-fn private_apt(dir: &Path) -> Result<Command, String> {
-    for sub in ["lists/partial", "cache/archives/partial"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
-    }
-    let list = dir.join("sources.list");
-    std::fs::write(&list, format!("{UNSTABLE}\n")).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("apt-get");
-    cmd.arg("-q")
-        .arg(format!("-oDir::Etc::SourceList={}", list.display()))
-        .arg("-oDir::Etc::SourceParts=/dev/null")
-        .arg(format!(
-            "-oDir::State::Lists={}",
-            dir.join("lists").display()
-        ))
-        .arg(format!("-oDir::Cache={}", dir.join("cache").display()))
-        .current_dir(dir);
-    Ok(cmd)
-}
-
-fn run_ok(mut cmd: Command, what: &str) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("running {what}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{what}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Fetches Debian unstable's user-mode-linux and libc6 under `dir` and returns its kernel,
-/// patched to load that libc (the system's may be older than it needs).
-fn fetch_unstable_kernel(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let root = dir.join("root");
-    let libc = dir.join("libc");
+/// Debian unstable's user-mode-linux, which boots on AMX hosts, under
+/// `$VSPLICE_LAB_DIR/unstable`, with the `libc6` it needs; the kernel binary is copied and
+/// pointed at that libc with `patchelf` (the system's libc may be older than it needs).
+fn unstable_kernel() -> Result<(PathBuf, PathBuf), String> {
+    let dir = lab_dir().join("unstable");
+    let sid = DebRoot::from_suite(&dir, "sid");
+    sid.ensure(&["user-mode-linux", "libc6"])?;
+    let modules = modules_under(&sid.root)
+        .ok_or_else(|| format!("no UML vsock modules under {}", sid.root.display()))?;
     let kernel = dir.join("linux.uml");
-    if kernel.exists() {
-        if let Some(m) = modules_under(&root) {
-            return Ok((kernel, m));
+    if !kernel.exists() {
+        let debs = deb_root();
+        debs.ensure(&["patchelf"])?;
+        let lib = sid.path("usr/lib/x86_64-linux-gnu");
+        let partial = dir.join("linux.uml.partial");
+        std::fs::copy(sid.path("usr/bin/linux.uml"), &partial).map_err(|e| e.to_string())?;
+        let out = Command::new(debs.path("usr/bin/patchelf"))
+            .arg("--set-interpreter")
+            .arg(lib.join("ld-linux-x86-64.so.2"))
+            .arg("--set-rpath")
+            .arg(&lib)
+            .arg(&partial)
+            .output()
+            .map_err(|e| format!("running patchelf: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "patchelf failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
+        std::fs::rename(&partial, &kernel).map_err(|e| e.to_string())?;
     }
-    let mut update = private_apt(dir)?;
-    update.arg("update");
-    run_ok(update, "apt-get update (Debian unstable, private list)")?;
-    for (package, into) in [("user-mode-linux", &root), ("libc6", &libc)] {
-        let mut download = private_apt(dir)?;
-        download.args(["download", package]);
-        run_ok(
-            download,
-            &format!("apt-get download {package} (Debian unstable)"),
-        )?;
-        unpack_downloaded(dir, package, into)?;
-    }
-    let tools = dir.join("tools");
-    if !tools.join("usr/bin/patchelf").exists() {
-        fetch_package(dir, "patchelf", &tools)?;
-    }
-    let lib = libc.join("usr/lib/x86_64-linux-gnu");
-    let patched = dir.join("linux.uml.partial");
-    std::fs::copy(root.join("usr/bin/linux.uml"), &patched).map_err(|e| e.to_string())?;
-    let mut patch = Command::new(tools.join("usr/bin/patchelf"));
-    patch
-        .arg("--set-interpreter")
-        .arg(lib.join("ld-linux-x86-64.so.2"))
-        .arg("--set-rpath")
-        .arg(&lib)
-        .arg(&patched);
-    run_ok(patch, "patchelf")?;
-    std::fs::rename(&patched, &kernel).map_err(|e| e.to_string())?;
-    let modules = modules_under(&root)
-        .ok_or_else(|| format!("no UML vsock modules under {}", root.display()))?;
     Ok((kernel, modules))
 }
 
-/// Unpacks the `PACKAGE_*.deb` that a download left in `dir` under `into`, then removes it.
-fn unpack_downloaded(dir: &Path, package: &str, into: &Path) -> Result<(), String> {
-    let deb = std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .ok_or_else(|| format!("apt-get download {package} left no .deb"))?;
-    let status = Command::new("dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(into)
-        .status()
-        .map_err(|e| format!("running dpkg -x: {e}"))?;
-    let _ = std::fs::remove_file(&deb);
-    if !status.success() {
-        return Err(format!("dpkg -x {} failed", deb.display()));
-    }
-    Ok(())
-}
-
 impl Lab {
-    /// Finds a kernel that boots here, its vsock modules and busybox, fetching what is
-    /// missing (see the module docs for why a kernel may come from Debian unstable).
+    /// Finds a kernel that boots here (a probe boot decides: see the module docs), its vsock
+    /// modules and busybox, all unpacked into the lab's cache (once); the machine's own
+    /// installs are never used, so nothing depends on them.
     pub fn prepare() -> Result<Lab, String> {
         let lab = Lab::prepare_packaged()?;
         let probe = lab.run(
@@ -199,7 +116,7 @@ impl Lab {
             Ok(r) => r.console,
             Err(e) => e,
         };
-        let (kernel, modules) = fetch_unstable_kernel(&lab.dir.join("unstable")).map_err(|e| {
+        let (kernel, modules) = unstable_kernel().map_err(|e| {
             format!(
                 "{} does not boot here and no newer kernel could be fetched ({e}); \
                  its console:\n{why}",
@@ -213,49 +130,27 @@ impl Lab {
         })
     }
 
-    /// The kernel of the system's (or this suite's) user-mode-linux package.
+    /// The kernel of this suite's user-mode-linux package.
     fn prepare_packaged() -> Result<Lab, String> {
         let dir = lab_dir();
-        let cache_root = dir.join("root");
-        let (kernel, modules) = match (
-            Path::new("/usr/bin/linux.uml").exists(),
-            modules_under(Path::new("/")),
-        ) {
-            (true, Some(m)) => (PathBuf::from("/usr/bin/linux.uml"), m),
-            _ => {
-                let cached_kernel = cache_root.join("usr/bin/linux.uml");
-                if !cached_kernel.exists() || modules_under(&cache_root).is_none() {
-                    fetch_package(&dir, "user-mode-linux", &cache_root).map_err(|e| {
-                        format!("user-mode-linux is not installed and {e}; {HOW_TO_FIX}")
-                    })?;
-                }
-                let modules = modules_under(&cache_root).ok_or_else(|| {
-                    format!(
-                        "no UML vsock modules under {}; {HOW_TO_FIX}",
-                        cache_root.display()
-                    )
-                })?;
-                (cached_kernel, modules)
-            }
-        };
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        let busybox = match busybox {
-            Some(b) => b,
-            None => {
-                let cached = cache_root.join("bin/busybox");
-                if !cached.exists() {
-                    fetch_package(&dir, "busybox-static", &cache_root)
-                        .map_err(|e| format!("busybox is not installed and {e}; {HOW_TO_FIX}"))?;
-                }
-                if !cached.exists() {
-                    return Err(format!("no busybox at {}; {HOW_TO_FIX}", cached.display()));
-                }
-                cached
-            }
-        };
+        let debs = deb_root();
+        debs.ensure(&["user-mode-linux", "busybox-static"])?;
+        let kernel = debs.path("usr/bin/linux.uml");
+        let modules = modules_under(&debs.root).ok_or_else(|| {
+            format!(
+                "no UML vsock modules under {} (remove it to fetch again)",
+                debs.root.display()
+            )
+        })?;
+        let busybox = debs.path("bin/busybox");
+        if !kernel.exists() || !busybox.exists() {
+            return Err(format!(
+                "{} or {} is missing (remove {} to fetch again)",
+                kernel.display(),
+                busybox.display(),
+                debs.root.display()
+            ));
+        }
         std::fs::create_dir_all(dir.join("run")).map_err(|e| e.to_string())?;
         Ok(Lab {
             kernel,

@@ -8,9 +8,11 @@
 //! The initramfs root is writable as it is; nothing is mounted over /tmp, where a checkout (and
 //! so the binaries, stored at their own paths) may live.
 //!
-//! Setup, cached under `target/vsplice-lab/qemu` (or `$VSPLICE_LAB_DIR/qemu`): the kernel from
-//! `apt-get download` of the package `linux-image-amd64` depends on, and `vhost-device-vsock`
-//! from crates.io with `cargo install`. QEMU itself comes from Debian's `qemu-system-x86`.
+//! Setup, cached under `target/vsplice-lab` (or `$VSPLICE_LAB_DIR`), nothing installed into `/`:
+//! Debian's `qemu-system-x86` with its firmware, the shared libraries the machine lacks, busybox
+//! and the kernel that `linux-image-amd64` points at, all unpacked under `debs/root` (see
+//! `debs`); QEMU runs from there with `LD_LIBRARY_PATH` and `QEMU_MODULE_DIR`, and finds its
+//! firmware beside its binary. `vhost-device-vsock` comes from crates.io with `cargo install`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -40,6 +42,10 @@ const MODULES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct QemuLab {
     qemu: PathBuf,
+    /// `LD_LIBRARY_PATH` for the unpacked QEMU.
+    library_path: String,
+    /// `QEMU_MODULE_DIR`: Debian builds the TCG accelerator as a module.
+    module_dir: PathBuf,
     kernel: PathBuf,
     modules: PathBuf,
     backend: PathBuf,
@@ -66,8 +72,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-const HOW: &str = "install QEMU with `apt-get install qemu-system-x86`; the kernel is fetched with \
-`apt-get download` (run `apt-get update` first) and vhost-device-vsock with `cargo install`";
+const HOW: &str = "QEMU, its firmware, busybox and the kernel are fetched with `apt-get download` \
+(run `apt-get update` first) and vhost-device-vsock with `cargo install`";
 
 impl QemuLab {
     pub fn prepare() -> Result<QemuLab, String> {
@@ -76,17 +82,39 @@ impl QemuLab {
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vsplice-lab"));
         let dir = base.join("qemu");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let qemu = which("qemu-system-x86_64")
-            .ok_or_else(|| format!("qemu-system-x86_64 is not installed; {HOW}"))?;
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                "busybox is not installed (apt-get install busybox-static)".to_string()
-            })?;
+        let debs = super::lab::deb_root();
+        debs.ensure(&[
+            "qemu-system-x86",
+            "qemu-system-common",
+            "qemu-system-data",
+            "seabios",
+            "busybox-static",
+        ])?;
+        let qemu = debs.path("usr/bin/qemu-system-x86_64");
+        let module_dir = debs.path("usr/lib/x86_64-linux-gnu/qemu");
+        let tcg = module_dir.join("accel-tcg-x86_64.so");
+        // QEMU looks for its firmware beside its binary: BIN/../share/{qemu,seabios}.
+        for needed in [
+            qemu.clone(),
+            tcg.clone(),
+            debs.path("usr/share/qemu/kvmvapic.bin"),
+            debs.path("usr/share/qemu/linuxboot_dma.bin"),
+            debs.path("usr/share/seabios/bios-256k.bin"),
+        ] {
+            if !needed.exists() {
+                return Err(format!(
+                    "{} is missing (remove {} to fetch again)",
+                    needed.display(),
+                    debs.root.display()
+                ));
+            }
+        }
+        debs.ensure_libraries(&qemu, "qemu-system-x86")?;
+        debs.ensure_libraries(&tcg, "qemu-system-common")?;
+        let library_path = debs.library_path();
+        let busybox = debs.path("bin/busybox");
         // The kernel: the version Debian's linux-image-amd64 currently points at.
-        let kroot = dir.join("kernel");
+        let kroot = debs.root.clone();
         let find_kernel = || -> Option<(PathBuf, PathBuf)> {
             let boot = std::fs::read_dir(kroot.join("boot")).ok()?;
             let vmlinuz = boot.flatten().map(|e| e.path()).find(|p| {
@@ -116,7 +144,7 @@ impl QemuLab {
                 .ok_or_else(|| {
                     format!("cannot tell which kernel linux-image-amd64 wants; {HOW}")
                 })?;
-            super::lab::fetch_package(&dir, &package, &kroot).map_err(|e| format!("{e}; {HOW}"))?;
+            debs.ensure(&[&package])?;
         }
         let (kernel, modules) = find_kernel().ok_or("no vmlinuz in the kernel package")?;
         for m in MODULES {
@@ -150,6 +178,8 @@ impl QemuLab {
         };
         Ok(QemuLab {
             qemu,
+            library_path,
+            module_dir,
             kernel,
             modules,
             backend,
@@ -280,6 +310,8 @@ impl QemuLab {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut qemu = Command::new(&self.qemu)
+            .env("LD_LIBRARY_PATH", &self.library_path)
+            .env("QEMU_MODULE_DIR", &self.module_dir)
             .args([
                 "-accel",
                 "tcg",
