@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::{Address, Kind};
-use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::open::{connect_socket, connect_targets, connected_endpoint};
-use crate::resolve::{Lookup, needs_lookup};
+use crate::net::endpoint::Endpoint;
+use crate::net::open::{connect_socket, connect_targets, connected_endpoint};
+use crate::net::resolve::{Lookup, needs_lookup};
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
@@ -84,7 +84,7 @@ enum Phase {
         deadline: Instant,
     },
     Handshake(Handshake),
-    /// A resolver thread looks the host up (see [`crate::resolve`]).
+    /// A resolver thread looks the host up (see [`crate::net::resolve`]).
     Resolving {
         lookup: Lookup,
         deadline: Option<Instant>,

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use nix::sys::socket::AddressFamily;
 
 use crate::addr::{Address, Bind, Family, Kind, Options};
-use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::net::endpoint::Endpoint;
 use crate::sys::socket::{SockAddr, Socket};
 
 /// vsock socket options (linux/vm_sockets.h); the level is AF_VSOCK.

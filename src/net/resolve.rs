@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crossbeam_channel::Sender;
 
 use crate::addr::{Address, Kind};
-use crate::open::connect_targets;
+use crate::net::open::connect_targets;
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket::SockAddr;
 
