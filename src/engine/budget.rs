@@ -121,3 +121,76 @@ fn count_busy<'a>(conns: impl Iterator<Item = &'a Conn>, now: Instant) -> usize 
         .filter(|c| c.is_relaying() && now.saturating_duration_since(c.last_active) < BUSY_WINDOW)
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Mode;
+    use super::super::testing::{options, relaying_conn, tcp_endpoint};
+    use super::*;
+
+    /// What SO_RCVBUF reads back after a cap of `bytes`: the cap, unless an unprivileged
+    /// process is held to net.core.rmem_max (doubled by the kernel).
+    fn expected(bytes: usize) -> usize {
+        if nix::unistd::geteuid().is_root() {
+            return bytes;
+        }
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(usize::MAX / 2);
+        bytes.min(2 * max)
+    }
+
+    fn receive_buffer(conn: &Conn) -> usize {
+        let fd = conn.first.read_fd().unwrap();
+        nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::RcvBuf).unwrap()
+    }
+
+    #[test]
+    fn a_busy_start_is_capped_at_once_and_an_idle_sweep_lifts_the_cap() {
+        let shared = Shared::new().unwrap();
+        let (first, _a) = tcp_endpoint();
+        let (second, _b) = tcp_endpoint();
+        let mut conns = Slab::new();
+        let key = conns.insert(relaying_conn(first, second, options(Mode::Splice)));
+        shared.live.store(1, Ordering::Relaxed);
+        // 1 MiB for one busy connection (two sockets): 512 KiB each.
+        let mut budget = Budget::new(Some(ReceiveBudget(1 << 20)));
+        budget.on_start(&mut conns, key, &shared, 0);
+        assert_eq!(shared.busy.load(Ordering::Relaxed), 1);
+        assert_eq!(budget.cap, Some(512 << 10));
+        assert_eq!(conns[key].receive_cap, Some(512 << 10));
+        // The cap is the kernel's sk_rcvbuf (what SO_RCVBUF reads back).
+        assert_eq!(receive_buffer(&conns[key]), expected(512 << 10));
+        assert!(
+            budget.due(&shared).is_some(),
+            "sweeps run while a cap is in force"
+        );
+
+        // A second later nothing moved: the sweep counts no busy connection and lifts the cap.
+        conns[key].last_active = Instant::now() - BUSY_WINDOW;
+        budget.sweep(&mut conns, &shared, 0);
+        assert_eq!(shared.busy.load(Ordering::Relaxed), 0);
+        assert_eq!(budget.cap, None);
+        assert_eq!(conns[key].receive_cap, Some(rcvbudget::AUTOTUNE_ENOUGH));
+        assert_eq!(
+            receive_buffer(&conns[key]),
+            expected(rcvbudget::AUTOTUNE_ENOUGH)
+        );
+    }
+
+    #[test]
+    fn without_a_budget_nothing_is_counted_or_swept() {
+        let shared = Shared::new().unwrap();
+        let (first, _a) = tcp_endpoint();
+        let (second, _b) = tcp_endpoint();
+        let mut conns = Slab::new();
+        let key = conns.insert(relaying_conn(first, second, options(Mode::Splice)));
+        shared.live.store(100_000, Ordering::Relaxed);
+        let mut budget = Budget::new(None);
+        budget.on_start(&mut conns, key, &shared, 0);
+        assert_eq!(shared.busy.load(Ordering::Relaxed), 0);
+        assert_eq!(conns[key].receive_cap, None);
+        assert_eq!(budget.due(&shared), None);
+    }
+}

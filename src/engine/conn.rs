@@ -616,4 +616,57 @@ mod tests {
         assert!(!CloseReason::Stopped.is_failure());
         assert!(CloseReason::DialFailed("x".into()).is_failure());
     }
+
+    #[test]
+    fn a_closing_connection_keeps_its_lanes_and_closes_once() {
+        use super::super::Mode;
+        use super::super::testing::{options, relaying_conn, unix_endpoint};
+        let (first, _a) = unix_endpoint();
+        let (second, _b) = unix_endpoint();
+        let mut conn = relaying_conn(first, second, options(Mode::Copy));
+        if let Phase::Relaying(r) = &mut conn.phase {
+            r.lanes[Direction::Forward] = Some(Lane::Staged(super::super::lane::StagedLane::new(
+                Flow::new(8, FillPolicy::Eager),
+                super::super::lane::Staging::Copy(super::super::lane::CopyBuffer::new(8)),
+                true,
+            )));
+        }
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        {
+            use std::os::fd::AsFd;
+            let parts = conn
+                .lane_parts(Direction::Forward, devnull.as_fd())
+                .unwrap();
+            assert!(parts.ends.discard());
+            assert!(
+                parts.ends.destination().is_some(),
+                "a discarding lane writes to /dev/null"
+            );
+            assert!(
+                conn.lane_parts(Direction::Backward, devnull.as_fd())
+                    .is_none()
+            );
+        }
+        assert!(conn.begin_close(CloseReason::IdleTimeout));
+        assert!(
+            !conn.begin_close(CloseReason::Done),
+            "a connection closes once"
+        );
+        let Phase::Closing {
+            reason, relaying, ..
+        } = &conn.phase
+        else {
+            panic!("closing")
+        };
+        assert_eq!(*reason, CloseReason::IdleTimeout);
+        assert!(
+            relaying.lanes[Direction::Forward].is_some(),
+            "the lanes stay until the kernel has returned every request"
+        );
+        use std::os::fd::AsFd;
+        assert!(
+            conn.lane_parts(Direction::Forward, devnull.as_fd())
+                .is_none()
+        );
+    }
 }

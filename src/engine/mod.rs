@@ -25,6 +25,8 @@ pub mod rcvbudget;
 mod registry;
 mod ring;
 mod stats;
+#[cfg(test)]
+mod testing;
 mod timers;
 pub mod token;
 mod worker;

@@ -149,3 +149,70 @@ fn park(conn: &mut Conn, registry: &mut Registry, ring: &Ring) -> Parked {
     }
     Parked::Yes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Mode;
+    use super::super::conn::{Direction, PerDir};
+    use super::super::lane::flow::{FillPolicy, Flow};
+    use super::super::lane::{CopyBuffer, Lane, PipeStage, StagedLane, Staging};
+    use super::super::testing::{options, relaying_conn, unix_endpoint};
+    use super::super::token::Op;
+    use super::*;
+
+    fn lanes(copy: bool) -> PerDir<Option<Lane>> {
+        PerDir::from_fn(|_| {
+            let staging = if copy {
+                Staging::Copy(CopyBuffer::new(4096))
+            } else {
+                Staging::Pipe(PipeStage::default())
+            };
+            Some(Lane::Staged(StagedLane::new(
+                Flow::new(4096, FillPolicy::Eager),
+                staging,
+                false,
+            )))
+        })
+    }
+
+    #[test]
+    fn only_idle_connections_that_just_wait_on_empty_pipes_can_be_parked() {
+        let (first, _a) = unix_endpoint();
+        let (second, _b) = unix_endpoint();
+        let mut conn = relaying_conn(first, second, options(Mode::Splice));
+        if let Phase::Relaying(r) = &mut conn.phase {
+            r.lanes = lanes(false);
+        }
+        let now = Instant::now();
+        conn.last_active = now - PARK_IDLE;
+        assert!(conn.parkable(now, PARK_IDLE));
+        conn.inflight =
+            Op::Readable(Direction::Forward).bit() | Op::Readable(Direction::Backward).bit();
+        assert!(conn.parkable(now, PARK_IDLE), "waiting for data is idle");
+        conn.inflight |= Op::Fill(Direction::Forward).bit();
+        assert!(!conn.parkable(now, PARK_IDLE), "a transfer is in flight");
+        conn.inflight = 0;
+        conn.last_active = now;
+        assert!(!conn.parkable(now, PARK_IDLE), "bytes moved lately");
+        conn.last_active = now - PARK_IDLE;
+        if let Phase::Relaying(r) = &mut conn.phase {
+            r.lanes = lanes(true);
+        }
+        assert!(
+            !conn.parkable(now, PARK_IDLE),
+            "copy lanes keep their descriptors"
+        );
+        assert!(conn.begin_close(super::super::conn::CloseReason::Done));
+        assert!(!conn.parkable(now, PARK_IDLE), "a closing connection stays");
+    }
+
+    #[test]
+    fn the_parking_mark_leaves_a_reserve_of_descriptors() {
+        let (parking, table) = Parking::new(1024);
+        assert_eq!(table, 1024);
+        // 1024 descriptors, 256 in reserve, two per connection, three quarters of that.
+        assert_eq!(parking.above, 288);
+        let (_, table) = Parking::new(1 << 20);
+        assert_eq!(table, 1 << 16, "the table is bounded");
+    }
+}

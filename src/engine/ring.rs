@@ -252,4 +252,15 @@ impl<'a> ConnOps<'a> {
     pub fn ring(&self) -> &Ring {
         self.ring
     }
+
+    #[cfg(test)]
+    pub fn ring_mut(&mut self) -> &mut Ring {
+        self.ring
+    }
+
+    /// The completion of `op` arrived (what the worker does for each completion).
+    #[cfg(test)]
+    pub fn returned(&mut self, op: Op) {
+        *self.inflight &= !op.bit();
+    }
 }

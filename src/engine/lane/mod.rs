@@ -14,6 +14,8 @@ pub mod recv;
 mod ring;
 mod splice;
 mod staged;
+#[cfg(test)]
+mod tests;
 
 use std::time::Instant;
 
