@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use io_uring::{cqueue, opcode, types};
+use io_uring::cqueue;
 use slab::Slab;
 
 use super::budget::Budget;
@@ -29,9 +29,11 @@ use super::ring::{Completion, ConnOps, Ring};
 use super::timers::{Timer, TimerKind, Timers};
 use super::token::{self, Op, Token};
 use super::{EngineConfig, Job, Message, RelayOptions, Second, Shared, stats};
-use crate::net::dial::{Dial, Event as DialEvent, Interest, Progress};
+use crate::net::dial::{Dial, Event as DialEvent};
 use crate::sys::eventfd::EventFd;
 use crate::{debug, info};
+
+mod dial;
 
 pub(super) struct Worker {
     index: usize,
@@ -257,88 +259,6 @@ impl Worker {
         } else {
             let key = self.conns.insert(conn);
             self.start_relay(key);
-        }
-    }
-
-    // ---- dialing the second address ----
-
-    fn advance_dial(&mut self, key: usize, event: DialEvent) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let serial = conn.serial;
-        let Phase::Dialing(dialing) = &mut conn.phase else {
-            return;
-        };
-        dialing.epoch = dialing.epoch.wrapping_add(1);
-        dialing.timed_out = false;
-        let epoch = dialing.epoch;
-        match dialing.dial.advance(event) {
-            Progress::Connected(endpoint) => {
-                conn.second = Some(endpoint);
-                self.start_relay(key);
-            }
-            Progress::Failed(why) => {
-                let text = dialing.dial.address().text.clone();
-                self.close(key, CloseReason::DialFailed(format!("{text}: {why}")));
-            }
-            Progress::Wait {
-                fd,
-                interest,
-                deadline,
-            } => {
-                if let Some(at) = deadline {
-                    self.timers.push(Timer {
-                        at,
-                        key,
-                        serial,
-                        kind: TimerKind::Dial(epoch),
-                    });
-                }
-                if let Some(fd) = fd {
-                    let events = match interest {
-                        Interest::Readable => libc::POLLIN,
-                        Interest::Writable => libc::POLLOUT,
-                    };
-                    let sqe = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
-                    ConnOps::new(&mut self.ring, key, &mut conn.inflight).push(Op::Dial, sqe);
-                }
-            }
-        }
-    }
-
-    fn on_dial_ready(&mut self, key: usize) {
-        let timed_out = self
-            .conns
-            .get_mut(key)
-            .and_then(Conn::dialing_mut)
-            .is_some_and(|d| d.timed_out);
-        let event = if timed_out {
-            DialEvent::Timeout
-        } else {
-            DialEvent::Ready
-        };
-        self.advance_dial(key, event);
-    }
-
-    fn on_dial_timer(&mut self, key: usize, epoch: u32) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let polling = conn.inflight & Op::Dial.bit() != 0;
-        let Some(dialing) = conn.dialing_mut() else {
-            return;
-        };
-        if dialing.epoch != epoch || dialing.timed_out {
-            return;
-        }
-        if polling {
-            // Let the poll come back (cancelled, or ready after all) before moving on, so no
-            // completion of this wait can be mistaken for one of the next.
-            dialing.timed_out = true;
-            self.ring.cancel(key, Op::Dial);
-        } else {
-            self.advance_dial(key, DialEvent::Timeout);
         }
     }
 
