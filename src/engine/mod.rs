@@ -19,6 +19,7 @@
 
 mod budget;
 pub mod conn;
+mod direction;
 pub mod lane;
 mod park;
 pub mod rcvbudget;

@@ -202,7 +202,7 @@ impl StagedLane {
     /// copy path instead (the caller then loops to issue the copy).
     fn take_direct(&mut self, step: Step, result: std::io::Result<usize>, cx: &mut Cx<'_>) -> bool {
         let outcome = result.map_err(|e| errno_of(&e));
-        if outcome == Err(libc::EINVAL) && self.flow.delivered() == 0 {
+        if self.splice_refused(outcome, cx) {
             self.fall_back_to_copy(cx);
             return false;
         }
@@ -216,12 +216,7 @@ impl StagedLane {
         let Some(step) = self.pending.take() else {
             return;
         };
-        // A parked connection's sockets have no descriptors for the copy path to use.
-        if outcome == Err(libc::EINVAL)
-            && self.flow.delivered() == 0
-            && matches!(self.staging, Staging::Pipe(_))
-            && !cx.ends.parked()
-        {
+        if self.splice_refused(outcome, cx) {
             self.fall_back_to_copy(cx);
             return;
         }
@@ -242,6 +237,16 @@ impl StagedLane {
             }
         }
         cx.moved(outcome);
+    }
+
+    /// Whether splice(2) refused this pair of files: EINVAL before any byte moved, on the
+    /// pipe path. A parked connection's sockets have no descriptors for the copy path to use,
+    /// so it never falls back.
+    fn splice_refused(&self, outcome: Result<usize, i32>, cx: &Cx<'_>) -> bool {
+        outcome == Err(libc::EINVAL)
+            && self.flow.delivered() == 0
+            && matches!(self.staging, Staging::Pipe(_))
+            && !cx.ends.parked()
     }
 
     /// splice(2) refused this pair of files: move what the pipe holds into a buffer and copy
