@@ -11,6 +11,7 @@ iperf3 and socat from Debian when missing (as root).
     perf/run.py --cases idle10k      # 10,000 idle connections + one active stream
     perf/run.py --json out.json      # also write the raw figures
     perf/run.py --vsplice-args="--mode copy"    # give vsplice options (note the "=")
+    perf/run.py --vsplice-old /tmp/old/target/release/vsplice   # A/B: an older build interleaved
 
 Cases:
   single     TCP->TCP, one iperf3 stream
@@ -42,6 +43,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 VSPLICE = os.path.join(REL, "vsplice")
+# An older vsplice binary run side by side as relay "vsplice-old" (--vsplice-old).
+VSPLICE_OLD = None
 BASELINE = os.path.join(REL, "examples", "baseline-relay")
 LOADGEN = os.path.join(REL, "examples", "loadgen")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -178,9 +181,10 @@ def start_relay(kind, listen, upstream, extra=()):
     def plain(a):
         return f"127.0.0.1:{a[1]}" if a[0] == "tcp" else a[1]
 
-    if kind == "vsplice":
-        return Proc([VSPLICE, "-dd", *extra, vs_addr(listen, True), vs_addr(upstream, False)],
-                    ready="listening on", name="vsplice")
+    if kind in ("vsplice", "vsplice-old"):
+        binary = VSPLICE if kind == "vsplice" else VSPLICE_OLD
+        return Proc([binary, "-dd", *extra, vs_addr(listen, True), vs_addr(upstream, False)],
+                    ready="listening on", name=kind)
     if kind == "baseline":
         return Proc([BASELINE, plain(listen), plain(upstream)], ready="listening on", name="baseline")
     if kind == "socat":
@@ -248,6 +252,11 @@ def crr(port, seconds):
 RELAYS = ["vsplice", "baseline", "socat", "direct"]
 
 
+def relays_with_processes():
+    """The relays that run as a process of their own (all but "direct")."""
+    return [k for k in RELAYS if k != "direct"]
+
+
 def run_case(case, args, vsplice_extra):
     rounds, seconds = args.rounds, args.time
     results = {k: [] for k in RELAYS}
@@ -260,7 +269,7 @@ def run_case(case, args, vsplice_extra):
                               name="iperf3"))
             upstream = ("tcp", sport)
             fronts = {}
-            for k in RELAYS[:3]:
+            for k in relays_with_processes():
                 fronts[k] = ("tcp", free_port())
             par = 8 if case == "parallel8" else 1
             load = lambda port: (lambda: iperf(port, seconds, par))
@@ -272,7 +281,7 @@ def run_case(case, args, vsplice_extra):
                               ready="listening on", name="bench-server"))
             upstream = ("tcp", sport)
             fronts = {}
-            for k in RELAYS[:3]:
+            for k in relays_with_processes():
                 fronts[k] = ("unix", os.path.join(tmp, f"{k}.sock")) if case == "unix" else ("tcp", free_port())
             streams = 1000 if case == "many" else 1
 
@@ -286,7 +295,7 @@ def run_case(case, args, vsplice_extra):
             procs.append(Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening",
                               name="echo"))
             upstream = ("tcp", sport)
-            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            fronts = {k: ("tcp", free_port()) for k in relays_with_processes()}
             load = lambda port: (lambda: crr(port, seconds))
             unit = "conn/s"
             direct_port = sport
@@ -294,8 +303,9 @@ def run_case(case, args, vsplice_extra):
             raise ValueError(case)
 
         relays = {}
-        for k in RELAYS[:3]:
-            relays[k] = start_relay(k, fronts[k], upstream, vsplice_extra if k == "vsplice" else ())
+        for k in relays_with_processes():
+            relays[k] = start_relay(k, fronts[k], upstream,
+                                    vsplice_extra if k.startswith("vsplice") else ())
             procs.append(relays[k])
         for r in range(rounds):
             for k in RELAYS:
@@ -313,7 +323,7 @@ def run_case(case, args, vsplice_extra):
                     results[k][-1]["streams_with_data"] = STREAMS_WITH_DATA.pop()
             log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
                 f"{k} {results[k][-1]['figure']:.2f}" for k in RELAYS))
-        peaks = {k: tree_peak_rss(relays[k].pid) for k in RELAYS[:3]}
+        peaks = {k: tree_peak_rss(relays[k].pid) for k in relays_with_processes()}
     finally:
         for p in reversed(procs):
             p.stop()
@@ -343,15 +353,16 @@ def loadgen_stream(port, seconds):
     return d["bytes"] * 2, d["gbit"]
 
 
-def run_idle(args, vsplice_extra, count, user=None):
+def run_idle(args, vsplice_extra, count, user=None, binary=None):
     """count idle connections held through one vsplice listener (each checked to be served),
     and one active stream through the same listener, before and among them."""
     sport = free_port()
     echo = Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening", name="echo")
     fport = free_port()
-    relay = Proc([VSPLICE, "-dd", *vsplice_extra, f"TCP-LISTEN:{fport},bind=127.0.0.1,fork",
+    relay = Proc([binary or VSPLICE, "-dd", *vsplice_extra, f"TCP-LISTEN:{fport},bind=127.0.0.1,fork",
                   f"TCP:127.0.0.1:{sport}"], ready="listening on", name="vsplice", user=user)
-    out = {"connections": count, "user": user or "root"}
+    out = {"connections": count, "user": user or "root",
+           "binary": "vsplice-old" if binary else "vsplice"}
     try:
         alone = [measure(relay, lambda: loadgen_stream(fport, args.time)) for _ in range(3)]
         holder = subprocess.Popen([LOADGEN, "hold", f"127.0.0.1:{fport}", "--count", str(count)],
@@ -480,6 +491,23 @@ def table(all_results):
     return "\n".join(lines)
 
 
+def ab_table(all_results):
+    """vsplice against vsplice-old: medians and new/old ratios."""
+    lines = ["| case | vsplice | vsplice-old | new/old | CPU-s/GiB new | CPU-s/GiB old | new/old |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for case, res in all_results.items():
+        new, old = res["vsplice"], res["vsplice-old"]
+        ratio = f"{new['figure'] / old['figure']:.3f}" if old["figure"] else "-"
+        if "cpu_s_per_gib" in new and "cpu_s_per_gib" in old:
+            cps = (f"{new['cpu_s_per_gib']:.3f} | {old['cpu_s_per_gib']:.3f} | "
+                   f"{new['cpu_s_per_gib'] / old['cpu_s_per_gib']:.3f}")
+        else:
+            cps = "- | - | -"
+        lines.append(f"| {case} | {new['figure']:.2f} {new['unit']} | {old['figure']:.2f} {old['unit']} | "
+                     f"{ratio} | {cps} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -488,7 +516,16 @@ def main():
     ap.add_argument("--vsplice-args", default="", help="extra vsplice options, e.g. '--mode copy'")
     ap.add_argument("--json", help="also write all figures to this file")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--vsplice-old", metavar="PATH",
+                    help="an older vsplice binary, run as relay 'vsplice-old' interleaved with the "
+                         "others (same --vsplice-args); idle10k runs once per binary")
     args = ap.parse_args()
+    if args.vsplice_old:
+        global VSPLICE_OLD
+        VSPLICE_OLD = os.path.abspath(args.vsplice_old)
+        if not os.access(VSPLICE_OLD, os.X_OK):
+            sys.exit(f"--vsplice-old: {VSPLICE_OLD} is not an executable")
+        RELAYS.insert(1, "vsplice-old")
     if not args.no_build:
         ensure_tools()
     extra = args.vsplice_args.split()
@@ -508,15 +545,19 @@ def main():
             continue
         if case == "idle10k":
             log("  idle10k: 10,000 idle connections as root, 9,000 as nobody")
-            idle = [run_idle(args, extra, 10000)]
+            binaries = [None, VSPLICE_OLD] if VSPLICE_OLD else [None]
+            idle = [run_idle(args, extra, 10000, binary=b) for b in binaries]
             if os.geteuid() == 0:
-                idle.append(run_idle(args, extra, 9000, user="nobody"))
+                idle += [run_idle(args, extra, 9000, user="nobody", binary=b) for b in binaries]
             continue
         results[case] = run_case(case, args, extra)
     print(f"\nvsplice perf, {time.strftime('%Y-%m-%d')}, {cpus} CPUs, kernel {uname.release}, "
           f"{args.rounds} rounds x {args.time:g} s, medians; vsplice {' '.join(extra) or '(defaults)'}\n")
     if results:
         print(table(results))
+        if VSPLICE_OLD:
+            print(f"\nA/B: vsplice ({VSPLICE}) against vsplice-old ({VSPLICE_OLD})\n")
+            print(ab_table(results))
     if anchor:
         print("\n| streams | tool | Gbit/s | client CPU | server CPU | client+server CPU |")
         print("|---:|---|---:|---:|---:|---:|")
@@ -532,7 +573,7 @@ def main():
             print(f"| {m} | {r['gbit']} | {r['cpu_s_per_gib']} | {r['iou_wrk_with_1000_idle']} | "
                   f"{r['iou_wrk_with_1000_idle_and_a_stream']} | {r['gbit_among_1000_idle']} |")
     for run in idle or []:
-        print(f"\nidle ({run['user']}): " + json.dumps(run))
+        print(f"\nidle ({run['user']}, {run['binary']}): " + json.dumps(run))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cases": results, "idle10k": idle, "modes": modes, "anchor": anchor, "cpus": cpus, "kernel": uname.release,

@@ -3,22 +3,21 @@
 //! iperf-style benchmark for vsock throughput.
 //!
 //! Layout: [`addr`] parses the address grammar (pure); [`cli`] parses the command line in two
-//! stages; [`open`] and [`dial`] open addresses ([`resolve`] looks names up off the workers);
-//! [`endpoint`] is an opened end; [`engine`] runs connections on io_uring workers; [`relay`]
-//! is the accept loop; [`bench`] measures; [`sys`] holds every raw system call behind safe
-//! wrappers.
+//! stages; [`net`] opens addresses (resolve, socket options, listen, dial) into endpoints;
+//! [`engine`] runs connections on io_uring workers; [`relay`] is the accept loop; [`bench`]
+//! measures; [`sys`] holds every raw system call behind safe wrappers.
 
 pub mod addr;
 pub mod bench;
 pub mod cli;
-pub mod dial;
-pub mod endpoint;
 pub mod engine;
 pub mod error;
 pub mod log;
-pub mod open;
+pub mod net;
 pub mod relay;
-pub mod resolve;
 pub mod sys;
+
+// The modules' former paths, for code written against them.
+pub use net::{dial, endpoint, open, resolve};
 
 pub use error::{Error, Result};

@@ -15,11 +15,11 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::addr::{Address, Kind};
-use crate::dial::dial_blocking;
-use crate::endpoint::Endpoint;
 use crate::engine::{Engine, EngineConfig, Job, Second, Shared};
 use crate::error::{Error, Result};
-use crate::open::Listener;
+use crate::net::dial::dial_blocking;
+use crate::net::endpoint::Endpoint;
+use crate::net::open::Listener;
 use crate::sys::limits;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
 use crate::{notice, warn};

@@ -1,10 +1,27 @@
-//! A relayed connection as an explicit state enum, and the pure rule that decides, from the
-//! state of its two directions, whether it goes on, starts its half-close linger (`-t`), or
-//! closes.
+//! A relayed connection: its two ends, its phase (dialing, relaying, closing) carrying the
+//! data of that phase, and the pure rule that decides, from the state of its two
+//! directions, whether it goes on, starts its half-close linger (`-t`), or closes.
+//!
+//! The worker owns connections in a slab; everything else reaches a connection's parts
+//! through [`Conn::lane_parts`], which splits it into disjoint borrows (one direction's lane,
+//! its two ends, the in-flight set), so a data path works on `&mut` parts of one connection
+//! without looking it up again.
 
 use std::fmt;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::flow::{FlowError, FlowState};
+use super::RelayOptions;
+pub use super::direction::{Direction, PerDir};
+use super::lane::Lane;
+use super::lane::flow::{FlowError, FlowState};
+use super::registry::ParkPair;
+use super::ring::Target;
+use super::token::Op;
+use crate::debug;
+use crate::net::dial::Dial;
+use crate::net::endpoint::Endpoint;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +41,6 @@ pub enum CloseReason {
     LingerExpired,
     /// The relay is shutting down (SIGINT/SIGTERM).
     Stopped,
-    /// Setting up the data path failed (no pipe or buffer could be had).
-    Setup(String),
 }
 
 impl CloseReason {
@@ -33,7 +48,7 @@ impl CloseReason {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            CloseReason::Failed { .. } | CloseReason::DialFailed(_) | CloseReason::Setup(_)
+            CloseReason::Failed { .. } | CloseReason::DialFailed(_)
         )
     }
 }
@@ -47,55 +62,338 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout => write!(f, "inactivity timeout (-T)"),
             CloseReason::LingerExpired => write!(f, "half-close timeout (-t)"),
             CloseReason::Stopped => write!(f, "relay stopping"),
-            CloseReason::Setup(why) => write!(f, "data path setup failed: {why}"),
         }
     }
 }
 
-/// The two directions of a connection: first address to second, and back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Forward,
-    Backward,
+/// Dial bookkeeping while the second address connects.
+#[derive(Debug)]
+pub struct Dialing {
+    pub dial: Dial,
+    /// Incremented per wait, so a timer of an earlier wait is recognised as stale.
+    pub epoch: u32,
+    /// The wait's deadline passed while its poll was in flight; the poll is being cancelled.
+    pub timed_out: bool,
 }
 
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Forward, Direction::Backward];
-
-    pub fn index(self) -> usize {
-        match self {
-            Direction::Forward => 0,
-            Direction::Backward => 1,
-        }
-    }
-
-    pub fn from_index(i: usize) -> Direction {
-        if i == 0 {
-            Direction::Forward
-        } else {
-            Direction::Backward
+impl Dialing {
+    pub fn new(dial: Dial) -> Dialing {
+        Dialing {
+            dial,
+            epoch: 0,
+            timed_out: false,
         }
     }
 }
 
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Forward => "first->second",
-            Direction::Backward => "second->first",
+/// Both ends open: the directions' data paths.
+#[derive(Debug, Default)]
+pub struct Relaying {
+    /// `None`: a direction that does not run.
+    pub lanes: PerDir<Option<Lane>>,
+    /// One direction ended and the `-t` countdown runs.
+    pub lingering: bool,
+    /// The fixed-file slots holding the sockets once the connection is parked.
+    pub parked: Option<ParkPair>,
+}
+
+/// Where a connection is in its life; each phase carries what only it has.
+#[derive(Debug)]
+pub enum Phase {
+    /// Waiting for the second address to connect.
+    Dialing(Dialing),
+    /// Both ends open; bytes move in the enabled directions.
+    Relaying(Relaying),
+    /// Ended; waiting for the kernel to return the in-flight operations. Keeps the lanes
+    /// (their pipes and buffers may still be in use) until then.
+    Closing {
+        reason: CloseReason,
+        relaying: Relaying,
+        /// The dial of a connection closed while dialing: its socket may be polled still.
+        dialing: Option<Box<Dialing>>,
+    },
+}
+
+/// A relayed connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Distinguishes this connection from earlier ones of the same slab key.
+    pub serial: u64,
+    /// Number for logs.
+    pub id: u64,
+    pub options: Arc<RelayOptions>,
+    pub first: Endpoint,
+    pub second: Option<Endpoint>,
+    pub phase: Phase,
+    /// Bits of [`Op::bit`] for every request in flight.
+    pub inflight: u16,
+    pub started: Instant,
+    pub last_active: Instant,
+    /// The receive buffer its TCP sockets were fixed at, if the receive budget capped them.
+    pub receive_cap: Option<usize>,
+}
+
+/// The two ends of one direction, as its data path sees them.
+pub struct Ends<'a> {
+    source: Option<&'a Endpoint>,
+    sink: Option<&'a mut Endpoint>,
+    /// Fixed-file slots of [source, sink] while the connection is parked.
+    fixed: Option<[u32; 2]>,
+    /// The direction is turned off (`-u`/`-U`): its bytes are read and dropped into
+    /// `devnull`, so the peer can finish sending and close cleanly instead of being reset.
+    discard: bool,
+    devnull: BorrowedFd<'a>,
+}
+
+impl<'a> Ends<'a> {
+    pub fn new(
+        source: Option<&'a Endpoint>,
+        sink: Option<&'a mut Endpoint>,
+        fixed: Option<[u32; 2]>,
+        discard: bool,
+        devnull: BorrowedFd<'a>,
+    ) -> Ends<'a> {
+        Ends {
+            source,
+            sink,
+            fixed,
+            discard,
+            devnull,
+        }
+    }
+
+    /// Whether the sockets live in the fixed-file table (only io_uring requests name them).
+    pub fn parked(&self) -> bool {
+        self.fixed.is_some()
+    }
+
+    pub fn discard(&self) -> bool {
+        self.discard
+    }
+
+    /// Where the direction reads.
+    pub fn source(&self) -> Option<Target<'_>> {
+        match self.fixed {
+            Some([source, _]) => Some(Target::Fixed(source)),
+            None => self.source.and_then(Endpoint::read_fd).map(Target::Fd),
+        }
+    }
+
+    /// Where the direction writes (`/dev/null` when it discards).
+    pub fn destination(&self) -> Option<Target<'_>> {
+        if self.discard {
+            return Some(Target::Fd(self.devnull));
+        }
+        match self.fixed {
+            Some([_, sink]) => Some(Target::Fixed(sink)),
+            None => self
+                .sink
+                .as_deref()
+                .and_then(Endpoint::write_fd)
+                .map(Target::Fd),
+        }
+    }
+
+    /// The source's descriptor (never parked on the paths that ask).
+    pub fn source_fd(&self) -> Option<RawFd> {
+        match self.source() {
+            Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// The destination's descriptor (never parked on the paths that ask).
+    pub fn destination_fd(&self) -> Option<RawFd> {
+        match self.destination() {
+            Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Passes end of file on to the destination, now (a discarding direction has nothing to
+    /// pass on).
+    pub fn shutdown_write(&mut self) -> Result<(), i32> {
+        if self.discard {
+            return Ok(());
+        }
+        match self.sink.as_deref_mut() {
+            Some(sink) => sink
+                .shutdown_write()
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+            None => Err(libc::EBADF),
+        }
+    }
+}
+
+/// One direction of a relaying connection, split into disjoint borrows.
+pub struct LaneParts<'a> {
+    pub lane: &'a mut Lane,
+    pub ends: Ends<'a>,
+    pub inflight: &'a mut u16,
+    pub last_active: &'a mut Instant,
+    pub options: &'a RelayOptions,
+    pub id: u64,
+}
+
+impl Conn {
+    pub fn new(
+        serial: u64,
+        id: u64,
+        options: Arc<RelayOptions>,
+        first: Endpoint,
+        second: Option<Endpoint>,
+        phase: Phase,
+    ) -> Conn {
+        let now = Instant::now();
+        Conn {
+            serial,
+            id,
+            options,
+            first,
+            second,
+            phase,
+            inflight: 0,
+            started: now,
+            last_active: now,
+            receive_cap: None,
+        }
+    }
+
+    pub fn is_relaying(&self) -> bool {
+        matches!(self.phase, Phase::Relaying(_))
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    pub fn relaying(&self) -> Option<&Relaying> {
+        match &self.phase {
+            Phase::Relaying(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn dialing_mut(&mut self) -> Option<&mut Dialing> {
+        match &mut self.phase {
+            Phase::Dialing(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The end direction `dir` reads from and the one it writes to.
+    pub fn source_and_sink(&self, dir: Direction) -> (Option<&Endpoint>, Option<&Endpoint>) {
+        match dir {
+            Direction::Forward => (Some(&self.first), self.second.as_ref()),
+            Direction::Backward => (self.second.as_ref(), Some(&self.first)),
+        }
+    }
+
+    /// Direction `dir`'s lane and ends, while relaying.
+    pub fn lane_parts<'a>(
+        &'a mut self,
+        dir: Direction,
+        devnull: BorrowedFd<'a>,
+    ) -> Option<LaneParts<'a>> {
+        let Conn {
+            id,
+            options,
+            first,
+            second,
+            phase,
+            inflight,
+            last_active,
+            ..
+        } = self;
+        let Phase::Relaying(relaying) = phase else {
+            return None;
+        };
+        let lane = relaying.lanes[dir].as_mut()?;
+        let fixed = relaying.parked.as_ref().map(|pair| {
+            let [a, b] = pair.slots();
+            match dir {
+                Direction::Forward => [a, b],
+                Direction::Backward => [b, a],
+            }
+        });
+        let (source, sink) = match dir {
+            Direction::Forward => (Some(&*first), second.as_mut()),
+            Direction::Backward => (second.as_ref(), Some(first)),
+        };
+        let ends = Ends::new(source, sink, fixed, lane.discard(), devnull);
+        Some(LaneParts {
+            lane,
+            ends,
+            inflight,
+            last_active,
+            options,
+            id: *id,
         })
     }
-}
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnState {
-    /// Waiting for the second address to connect.
-    Dialing,
-    /// Both ends open; bytes move in the enabled directions.
-    Relaying,
-    /// Ended; waiting for the kernel to return the in-flight operations.
-    Closing(CloseReason),
+    /// Ends the connection's life with `reason`; false when it was closing already.
+    pub fn begin_close(&mut self, reason: CloseReason) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        let (relaying, dialing) =
+            match std::mem::replace(&mut self.phase, Phase::Relaying(Relaying::default())) {
+                Phase::Relaying(r) => (r, None),
+                Phase::Dialing(d) => (Relaying::default(), Some(Box::new(d))),
+                Phase::Closing { .. } => unreachable!("checked above"),
+            };
+        self.phase = Phase::Closing {
+            reason,
+            relaying,
+            dialing,
+        };
+        true
+    }
+
+    /// Whether the connection can be parked: relaying, idle for `idle`, both ends sockets,
+    /// both directions on pipes holding nothing and doing nothing but wait for their source.
+    pub fn parkable(&self, now: Instant, idle: Duration) -> bool {
+        let waits_only =
+            Op::Readable(Direction::Forward).bit() | Op::Readable(Direction::Backward).bit();
+        let Phase::Relaying(relaying) = &self.phase else {
+            return false;
+        };
+        relaying.parked.is_none()
+            && self.inflight & !waits_only == 0
+            && now.saturating_duration_since(self.last_active) >= idle
+            && self.first.is_socket()
+            && self.second.as_ref().is_some_and(Endpoint::is_socket)
+            && relaying
+                .lanes
+                .values()
+                .all(|lane| lane.as_ref().is_none_or(Lane::parkable))
+    }
+
+    /// Brings the receive buffers of the connection's TCP sockets in line with the worker's
+    /// cap (see [`super::rcvbudget::target`]), except where the user set `rcvbuf` on that
+    /// address. A parked connection's sockets have no descriptors: they keep what they had.
+    pub fn apply_receive_cap(&mut self, cap: Option<usize>) {
+        let Some(bytes) = super::rcvbudget::target(self.receive_cap, cap) else {
+            return;
+        };
+        let ends = [Some(&self.first), self.second.as_ref()];
+        for (end, user_set) in ends.into_iter().zip(self.options.user_rcvbuf) {
+            let Some(end) = end.filter(|_| !user_set) else {
+                continue;
+            };
+            if let Err(e) = end.cap_tcp_receive_buffer(bytes) {
+                debug!("conn {}: cannot cap the receive buffer: {e}", self.id);
+            }
+        }
+        self.receive_cap = Some(bytes);
+    }
+
+    pub fn label(&self) -> String {
+        match &self.second {
+            Some(s) => format!("{} <-> {}", self.first.label(), s.label()),
+            None => self.first.label().to_string(),
+        }
+    }
 }
 
 /// What the connection should do after a direction changed state.
@@ -136,7 +434,7 @@ pub fn verdict(states: [Option<FlowState>; 2], linger: bool, lingering: bool) ->
 
 #[cfg(test)]
 mod tests {
-    use super::super::flow::{FillPolicy, Flow, Step};
+    use super::super::lane::flow::{FillPolicy, Flow, Step};
     use super::*;
 
     fn finished() -> Flow {
@@ -234,5 +532,58 @@ mod tests {
         );
         assert!(!CloseReason::Stopped.is_failure());
         assert!(CloseReason::DialFailed("x".into()).is_failure());
+    }
+
+    #[test]
+    fn a_closing_connection_keeps_its_lanes_and_closes_once() {
+        use super::super::Mode;
+        use super::super::testing::{options, relaying_conn, unix_endpoint};
+        let (first, _a) = unix_endpoint();
+        let (second, _b) = unix_endpoint();
+        let mut conn = relaying_conn(first, second, options(Mode::Copy));
+        if let Phase::Relaying(r) = &mut conn.phase {
+            r.lanes[Direction::Forward] = Some(Lane::Staged(super::super::lane::StagedLane::new(
+                Flow::new(8, FillPolicy::Eager),
+                super::super::lane::Staging::Copy(super::super::lane::CopyBuffer::new(8)),
+                true,
+            )));
+        }
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        {
+            use std::os::fd::AsFd;
+            let parts = conn
+                .lane_parts(Direction::Forward, devnull.as_fd())
+                .unwrap();
+            assert!(parts.ends.discard());
+            assert!(
+                parts.ends.destination().is_some(),
+                "a discarding lane writes to /dev/null"
+            );
+            assert!(
+                conn.lane_parts(Direction::Backward, devnull.as_fd())
+                    .is_none()
+            );
+        }
+        assert!(conn.begin_close(CloseReason::IdleTimeout));
+        assert!(
+            !conn.begin_close(CloseReason::Done),
+            "a connection closes once"
+        );
+        let Phase::Closing {
+            reason, relaying, ..
+        } = &conn.phase
+        else {
+            panic!("closing")
+        };
+        assert_eq!(*reason, CloseReason::IdleTimeout);
+        assert!(
+            relaying.lanes[Direction::Forward].is_some(),
+            "the lanes stay until the kernel has returned every request"
+        );
+        use std::os::fd::AsFd;
+        assert!(
+            conn.lane_parts(Direction::Forward, devnull.as_fd())
+                .is_none()
+        );
     }
 }

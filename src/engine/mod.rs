@@ -2,22 +2,37 @@
 //! serve connections handed to them by the acceptor.
 //!
 //! A connection is handed over once, through a crossbeam channel plus an eventfd the worker's
-//! ring polls, and never migrates. Inside a worker every connection is a [`conn::ConnState`]
-//! with two directions, each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on
-//! the buffer-ring paths) driven by one of the data paths ([`Mode`]): non-blocking splice(2)
+//! ring polls, and never migrates. Inside a worker every connection is a [`conn::Conn`] in a
+//! [`conn::Phase`], with two directions, each a pure state machine ([`flow::Flow`], or
+//! [`recv::RecvFlow`] on the buffer-ring paths) driven by one of the data paths ([`Mode`],
+//! one file each under `lane/`): non-blocking splice(2)
 //! after readiness, io_uring SPLICE after readiness, io_uring reads and writes through a
 //! registered buffer (the fallback where splice cannot work), or multishot receive into a
 //! provided-buffer ring followed by writes or SEND_ZC. Readiness is always waited for with
 //! io_uring POLL_ADD, so an idle connection costs no kernel thread. [`rcvbudget`] bounds
 //! the memory the relay's TCP receive queues hold when many connections are busy.
+//!
+//! Map: [`ring`] (the io_uring, submission, wait, reap), [`registry`] (what is registered
+//! with it, as owned tokens), [`conn`] (a connection and its phases), `lane/` (the data
+//! paths), `timers`, `park` and `budget` (the worker's two policies), `stats` (close logging
+//! and counters), `worker` (the loop that ties them together).
 
+mod budget;
 pub mod conn;
-pub mod flow;
+mod direction;
+pub mod lane;
+mod park;
 pub mod rcvbudget;
-pub mod recv;
-pub mod staging;
+mod registry;
+mod ring;
+mod stats;
+#[cfg(test)]
+mod testing;
+mod timers;
 pub mod token;
 mod worker;
+
+pub use lane::{flow, recv};
 
 use std::io;
 use std::sync::Arc;
@@ -28,7 +43,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::addr::Address;
-use crate::endpoint::Endpoint;
+use crate::net::endpoint::Endpoint;
 use crate::sys::eventfd::EventFd;
 
 /// How bytes move between the two sockets of a direction.
@@ -99,6 +114,51 @@ pub struct EngineConfig {
     pub single_connection: bool,
 }
 
+impl EngineConfig {
+    /// The per-relay part of this configuration.
+    pub fn relay_options(&self) -> RelayOptions {
+        RelayOptions {
+            mode: self.mode,
+            pipe_size: self.pipe_size,
+            copy_size: self.copy_size,
+            directions: self.directions,
+            idle_timeout: self.idle_timeout,
+            linger: self.linger,
+            stats: self.stats,
+            fill_policy: self.fill_policy,
+            user_rcvbuf: self.user_rcvbuf,
+            single_connection: self.single_connection,
+        }
+    }
+}
+
+/// How one relay's connections are served. Every connection carries an `Arc` of its
+/// relay's options, so one engine can serve relays with different options; what is global
+/// to the engine (threads, ring size, turn budget, receive budget, pinning) stays in
+/// [`EngineConfig`].
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub mode: Mode,
+    /// Requested pipe capacity (`-b`).
+    pub pipe_size: usize,
+    /// Copy-path buffer size (`-b`).
+    pub copy_size: usize,
+    /// Which directions run: [first->second, second->first] (`-u` / `-U`).
+    pub directions: [bool; 2],
+    /// Close a connection after this long without a byte moved (`-T`).
+    pub idle_timeout: Option<Duration>,
+    /// After one direction ends, how long the other may go on (`-t`).
+    pub linger: Option<Duration>,
+    /// Print per-connection byte counts (`-S`).
+    pub stats: bool,
+    /// What a direction does after a short fill.
+    pub fill_policy: flow::FillPolicy,
+    /// Whether the user set `rcvbuf` on [first, second] address: such sockets keep it.
+    pub user_rcvbuf: [bool; 2],
+    /// The relay serves one connection: its failure is an error the user must see.
+    pub single_connection: bool,
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -144,7 +204,7 @@ pub struct Job {
 
 #[derive(Debug)]
 enum Message {
-    Relay(Job),
+    Relay(Job, Arc<RelayOptions>),
     Stop,
 }
 
@@ -210,6 +270,8 @@ pub struct Engine {
     workers: Vec<WorkerHandle>,
     next: usize,
     shared: Arc<Shared>,
+    /// The options of jobs submitted without their own (from the engine's configuration).
+    options: Arc<RelayOptions>,
 }
 
 impl Engine {
@@ -262,6 +324,7 @@ impl Engine {
                     workers,
                     next: 0,
                     shared,
+                    options: Arc::new(config.relay_options()),
                 };
                 engine.stop();
                 return Err(e);
@@ -271,6 +334,7 @@ impl Engine {
             workers,
             next: 0,
             shared,
+            options: Arc::new(config.relay_options()),
         })
     }
 
@@ -283,11 +347,17 @@ impl Engine {
     /// Hands a connection to the next worker without waking it yet: a batch of accepted
     /// connections costs one wake-up per worker, given by [`Engine::wake_all`].
     pub fn queue(&mut self, job: Job) {
+        let options = self.options.clone();
+        self.queue_with(job, options);
+    }
+
+    /// As [`Engine::queue`], for a connection of a relay with its own options.
+    pub fn queue_with(&mut self, job: Job, options: Arc<RelayOptions>) {
         self.shared.live.fetch_add(1, Ordering::SeqCst);
         let index = self.next % self.workers.len();
         self.next = self.next.wrapping_add(1);
         let worker = &mut self.workers[index];
-        if worker.jobs.send(Message::Relay(job)).is_err() {
+        if worker.jobs.send(Message::Relay(job, options)).is_err() {
             // The worker is gone (it only exits when stopped); the job is dropped with it.
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
             return;

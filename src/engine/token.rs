@@ -8,19 +8,21 @@ pub const WAKE: u64 = u64::MAX;
 /// Cancellation requests; their own completions carry nothing the worker needs.
 pub const CANCEL: u64 = u64::MAX - 1;
 
+use super::conn::Direction;
+
 /// What an in-flight request on a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// The second address's connect or handshake readiness.
     Dial,
     /// Waiting for a direction's source to be readable.
-    Readable(usize),
+    Readable(Direction),
     /// Waiting for a direction's destination to be writable.
-    Writable(usize),
+    Writable(Direction),
     /// An io_uring transfer from the source into staging.
-    Fill(usize),
+    Fill(Direction),
     /// An io_uring transfer from staging to the destination.
-    Drain(usize),
+    Drain(Direction),
 }
 
 impl Op {
@@ -28,10 +30,10 @@ impl Op {
     pub fn tag(self) -> u8 {
         match self {
             Op::Dial => 0,
-            Op::Readable(d) => 1 + 4 * d as u8,
-            Op::Writable(d) => 2 + 4 * d as u8,
-            Op::Fill(d) => 3 + 4 * d as u8,
-            Op::Drain(d) => 4 + 4 * d as u8,
+            Op::Readable(d) => 1 + 4 * d.index() as u8,
+            Op::Writable(d) => 2 + 4 * d.index() as u8,
+            Op::Fill(d) => 3 + 4 * d.index() as u8,
+            Op::Drain(d) => 4 + 4 * d.index() as u8,
         }
     }
 
@@ -39,10 +41,11 @@ impl Op {
         if tag == 0 {
             return Some(Op::Dial);
         }
-        let d = ((tag - 1) / 4) as usize;
-        if d > 1 {
-            return None;
-        }
+        let d = match (tag - 1) / 4 {
+            0 => Direction::Forward,
+            1 => Direction::Backward,
+            _ => return None,
+        };
         Some(match (tag - 1) % 4 {
             0 => Op::Readable(d),
             1 => Op::Writable(d),
@@ -93,14 +96,14 @@ mod tests {
     fn round_trip_and_distinct_bits() {
         let ops = [
             Op::Dial,
-            Op::Readable(0),
-            Op::Writable(0),
-            Op::Fill(0),
-            Op::Drain(0),
-            Op::Readable(1),
-            Op::Writable(1),
-            Op::Fill(1),
-            Op::Drain(1),
+            Op::Readable(Direction::Forward),
+            Op::Writable(Direction::Forward),
+            Op::Fill(Direction::Forward),
+            Op::Drain(Direction::Forward),
+            Op::Readable(Direction::Backward),
+            Op::Writable(Direction::Backward),
+            Op::Fill(Direction::Backward),
+            Op::Drain(Direction::Backward),
         ];
         let mut bits = 0u16;
         for op in ops {

@@ -2,10 +2,12 @@
 //!
 //! One module per kernel object: [`socket`] (non-blocking stream sockets of the three
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
-//! [`signal`] (signalfd and the process signal setup) and [`limits`] (RLIMIT_NOFILE, pipe
+//! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
+//! io_uring for provided buffers), [`stdio`] and [`limits`] (RLIMIT_NOFILE, pipe
 //! quotas). Descriptors are `OwnedFd` from the moment the kernel returns them, so no error
 //! path leaks one. Nothing outside this module and the io_uring worker calls `libc` directly.
 
+pub mod bufring;
 pub mod eventfd;
 pub mod limits;
 pub mod pipe;

@@ -6,7 +6,7 @@
 //! what it can and reports `WouldBlock` otherwise.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 
@@ -77,17 +77,6 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// Plain `write(2)`.
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     nix::unistd::write(fd, buf).map_err(from_nix)
-}
-
-/// Whether `fd` has `O_NONBLOCK` set.
-pub fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(from_nix)?;
-    Ok(OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
-}
-
-/// The raw number of a borrowed descriptor, for io_uring submissions.
-pub fn raw(fd: BorrowedFd<'_>) -> i32 {
-    fd.as_raw_fd()
 }
 
 #[cfg(test)]

@@ -1,9 +1,24 @@
-//! What kind of file standard input and output are, which decides whether a direction can
-//! splice (pipes, sockets, regular files) or must copy (terminals, character devices, files
-//! opened for append, which splice rejects with EINVAL).
+//! Standard input and output as owned descriptors (taken once per process), and what kind
+//! of file they are, which decides whether a direction can splice (pipes, sockets, regular
+//! files) or must copy (terminals, character devices, files opened for append, which splice
+//! rejects with EINVAL).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of fds 0 and 1 (input, output). Only once per process: later calls fail.
+pub fn take() -> io::Result<(OwnedFd, OwnedFd)> {
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other("STDIO is already in use"));
+    }
+    // SAFETY: fds 0 and 1 are open for the life of the process unless closed, and the TAKEN
+    // guard makes this the only owner; nothing else in vsplice uses them (diagnostics go to
+    // fd 2).
+    Ok(unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) })
+}
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::stat::{SFlag, fstat};

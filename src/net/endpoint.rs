@@ -6,8 +6,7 @@
 //! for standard output (so a reader of our stdout sees EOF).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::sys::socket::Socket;
 use crate::sys::stdio;
@@ -30,8 +29,6 @@ pub struct Endpoint {
     label: String,
 }
 
-static STDIO_TAKEN: AtomicBool = AtomicBool::new(false);
-
 impl Endpoint {
     pub fn socket(socket: Socket, label: String) -> Endpoint {
         Endpoint {
@@ -42,13 +39,7 @@ impl Endpoint {
 
     /// Takes ownership of fds 0 and 1. Only one STDIO endpoint may exist in a process.
     pub fn stdio() -> io::Result<Endpoint> {
-        if STDIO_TAKEN.swap(true, Ordering::SeqCst) {
-            return Err(io::Error::other("STDIO is already in use"));
-        }
-        // SAFETY: fds 0 and 1 are open for the life of the process unless closed, and the
-        // STDIO_TAKEN guard makes this the only owner; nothing else in vsplice uses them
-        // (diagnostics go to fd 2).
-        let (input, output) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
+        let (input, output) = stdio::take()?;
         Ok(Endpoint {
             io: Io::Stdio {
                 input: Some(input),

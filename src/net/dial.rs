@@ -9,15 +9,15 @@
 //! with io_uring in the workers.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::{Address, Kind};
-use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::open::{connect_socket, connect_targets, connected_endpoint};
-use crate::resolve::{Lookup, needs_lookup};
+use crate::net::endpoint::Endpoint;
+use crate::net::open::{connect_socket, connected_endpoint};
+use crate::net::resolve::{Lookup, connect_targets, needs_lookup};
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
@@ -60,9 +60,44 @@ pub enum Progress {
         deadline: Option<Instant>,
     },
     Connected(Endpoint),
-    /// Every attempt failed; the message names the target and the reason.
-    Failed(String),
+    /// Every attempt failed (the last failure).
+    Failed(DialError),
 }
+
+/// Why a dial failed: the last attempt's failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// The host name could not be resolved (the resolver's message).
+    Resolve(String),
+    /// Connecting to `target` failed.
+    Connect { target: SockAddr, why: String },
+    /// The hybrid-vsock VMM at `path` did not connect guest port `port`.
+    GuestPort {
+        port: u32,
+        path: String,
+        why: String,
+    },
+    /// The address named no target.
+    NoAddress,
+    /// The dial was advanced after it had ended.
+    Finished,
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Resolve(e) => write!(f, "cannot resolve: {e}"),
+            DialError::Connect { target, why } => write!(f, "connect to {target} failed: {why}"),
+            DialError::GuestPort { port, path, why } => {
+                write!(f, "guest port {port} refused via {path}: {why}")
+            }
+            DialError::NoAddress => f.write_str("no address to connect to"),
+            DialError::Finished => f.write_str("dial already finished"),
+        }
+    }
+}
+
+impl std::error::Error for DialError {}
 
 #[derive(Debug)]
 enum Phase {
@@ -84,7 +119,7 @@ enum Phase {
         deadline: Instant,
     },
     Handshake(Handshake),
-    /// A resolver thread looks the host up (see [`crate::resolve`]).
+    /// A resolver thread looks the host up (see [`crate::net::resolve`]).
     Resolving {
         lookup: Lookup,
         deadline: Option<Instant>,
@@ -111,7 +146,7 @@ pub struct Dial {
     next: usize,
     rounds_left: u32,
     phase: Phase,
-    last_error: Option<String>,
+    last_error: Option<DialError>,
 }
 
 /// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected.
@@ -142,6 +177,17 @@ impl Dial {
 
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The descriptor the last [`Progress::Wait`] named: the socket of the current phase, or
+    /// the eventfd of a lookup.
+    pub fn waiting_on(&self) -> Option<BorrowedFd<'_>> {
+        match &self.phase {
+            Phase::Connecting { socket, .. } => Some(socket.as_fd()),
+            Phase::Handshake(h) => Some(h.socket.as_fd()),
+            Phase::Resolving { lookup, .. } => Some(lookup.as_fd()),
+            _ => None,
+        }
     }
 
     fn attempt_deadline(&self) -> Option<Instant> {
@@ -205,7 +251,7 @@ impl Dial {
                 io::ErrorKind::TimedOut,
                 "lookup timed out",
             ))),
-            (Phase::Done, _) => Progress::Failed("dial already finished".into()),
+            (Phase::Done, _) => Progress::Failed(DialError::Finished),
         }
     }
 
@@ -239,18 +285,25 @@ impl Dial {
             Ok(targets) => self.targets = targets,
             Err(e) => {
                 self.targets.clear();
-                self.last_error = Some(format!("cannot resolve: {e}"));
+                self.last_error = Some(DialError::Resolve(e.to_string()));
             }
         }
         self.next = 0;
         self.try_next()
     }
 
-    fn attempt_failed(&mut self, target: &SockAddr, why: &str) {
-        self.last_error = Some(match self.hybrid_port() {
-            Some((port, path)) => format!("guest port {port} refused via {path}: {why}"),
-            None => format!("connect to {target} failed: {why}"),
-        });
+    /// Records a failed attempt on `target` and returns it.
+    fn attempt_failed(&mut self, target: &SockAddr, why: &str) -> Progress {
+        let why = why.to_string();
+        let error = match self.hybrid_port() {
+            Some((port, path)) => DialError::GuestPort { port, path, why },
+            None => DialError::Connect {
+                target: target.clone(),
+                why,
+            },
+        };
+        self.last_error = Some(error.clone());
+        Progress::Failed(error)
     }
 
     /// Tries the next target, or schedules the next round, or gives up.
@@ -278,11 +331,7 @@ impl Dial {
             };
         }
         self.phase = Phase::Done;
-        Progress::Failed(
-            self.last_error
-                .clone()
-                .unwrap_or_else(|| "no address to connect to".into()),
-        )
+        Progress::Failed(self.last_error.clone().unwrap_or(DialError::NoAddress))
     }
 
     /// Creates a socket for `target` and starts connecting it. Out of descriptors, it waits
@@ -303,8 +352,7 @@ impl Dial {
                     .unwrap_or(NO_DESCRIPTOR_PATIENCE);
                 let deadline = descriptor_deadline.unwrap_or(now + patience);
                 if now >= deadline {
-                    self.attempt_failed(&target, &e.to_string());
-                    return Progress::Failed(e.to_string());
+                    return self.attempt_failed(&target, &e.to_string());
                 }
                 self.phase = Phase::NoDescriptors { target, deadline };
                 Progress::Wait {
@@ -313,10 +361,7 @@ impl Dial {
                     deadline: Some((now + NO_DESCRIPTOR_PAUSE).min(deadline)),
                 }
             }
-            Err(e) => {
-                self.attempt_failed(&target, &e.to_string());
-                Progress::Failed(e.to_string())
-            }
+            Err(e) => self.attempt_failed(&target, &e.to_string()),
         }
     }
 
@@ -500,10 +545,10 @@ pub fn dial_blocking(address: Arc<Address>) -> Result<Endpoint, Error> {
                         }
                         Event::Timeout
                     }
-                    Some(fd) => {
-                        // SAFETY: `fd` belongs to the socket the dial holds in its current
-                        // phase, which stays open until the next `advance`.
-                        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    Some(_) => {
+                        let Some(fd) = dial.waiting_on() else {
+                            unreachable!("a wait on a descriptor names the phase's descriptor")
+                        };
                         let ready = match interest {
                             Interest::Readable => wait_readable(fd, deadline),
                             Interest::Writable => crate::sys::socket::wait_writable(fd, deadline),

@@ -1,151 +1,26 @@
-//! Turning parsed addresses into sockets: listeners (with their per-connection options),
-//! the resolved targets of connect addresses, and the socket options of each address type.
+//! Turning parsed addresses into sockets: listeners (with their per-connection options) and
+//! sockets to connect, with their options ([`super::sockopt`]) and bind addresses.
 //!
-//! Name lookups happen here, at open time and again for every connection and retry round, so
-//! a relay never keeps using an address that DNS has since changed.
+//! Names are looked up ([`super::resolve`]) at open time and again for every connection and
+//! retry round, so a relay never keeps using an address that DNS has since changed.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use nix::sys::socket::AddressFamily;
 
+pub use super::resolve::connect_targets;
+use super::resolve::resolve_host;
+use super::sockopt::{apply_connected_options, apply_pre_options, bind_address};
 use crate::addr::{Address, Bind, Family, Kind, Options};
-use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::net::endpoint::Endpoint;
 use crate::sys::socket::{SockAddr, Socket};
-
-/// vsock socket options (linux/vm_sockets.h); the level is AF_VSOCK.
-const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
-const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
 
 /// Backlog when none is given. socat uses 5; a relay that serves bursts of connections needs
 /// more (vsock has no SYN retry, so a full backlog refuses the connection outright).
 pub const DEFAULT_BACKLOG: u32 = 1024;
-
-fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<SocketAddr>> {
-    let all: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => (host, port).to_socket_addrs()?.collect(),
-    };
-    let wanted: Vec<SocketAddr> = all
-        .into_iter()
-        .filter(|a| match family {
-            Family::Any => true,
-            Family::V4 => a.is_ipv4(),
-            Family::V6 => a.is_ipv6(),
-        })
-        .collect();
-    if wanted.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no {family:?} address for \"{host}\""),
-        ));
-    }
-    Ok(wanted)
-}
-
-/// Where a connect address connects to, freshly resolved.
-pub fn connect_targets(address: &Address) -> io::Result<Vec<SockAddr>> {
-    match &address.kind {
-        Kind::TcpConnect { host, port, family } => Ok(resolve_host(host, *port, *family)?
-            .into_iter()
-            .map(SockAddr::Inet)
-            .collect()),
-        Kind::UnixConnect { path } | Kind::VsockUdsConnect { path, .. } => {
-            Ok(vec![SockAddr::Unix(path.clone())])
-        }
-        Kind::VsockConnect { cid, port } => Ok(vec![SockAddr::Vsock {
-            cid: *cid,
-            port: *port,
-        }]),
-        _ => Err(io::Error::other(format!(
-            "{} is not a connect address",
-            address.kind.tag().name()
-        ))),
-    }
-}
-
-/// Options that must be set before bind/listen/connect.
-fn apply_pre_options(
-    socket: &Socket,
-    family: AddressFamily,
-    opts: &Options,
-    listener: bool,
-) -> io::Result<()> {
-    let inet = matches!(family, AddressFamily::Inet | AddressFamily::Inet6);
-    if inet {
-        let reuseaddr = opts.reuseaddr.unwrap_or(listener);
-        if reuseaddr {
-            socket.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        }
-        if opts.reuseport {
-            socket.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        }
-    }
-    if family == AddressFamily::Vsock {
-        // vsock's receive buffer is its credit window, set through its own options.
-        if let Some(size) = opts.rcvbuf {
-            let size = size as u64;
-            socket.set_u64(libc::AF_VSOCK, SO_VM_SOCKETS_BUFFER_MAX_SIZE, size)?;
-            socket.set_u64(libc::AF_VSOCK, SO_VM_SOCKETS_BUFFER_SIZE, size)?;
-        }
-    } else if let Some(size) = opts.rcvbuf {
-        socket.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, clamp_int(size))?;
-    }
-    if let Some(size) = opts.sndbuf {
-        socket.set_int(libc::SOL_SOCKET, libc::SO_SNDBUF, clamp_int(size))?;
-    }
-    Ok(())
-}
-
-fn clamp_int(n: usize) -> libc::c_int {
-    n.min(libc::c_int::MAX as usize) as libc::c_int
-}
-
-/// Options that apply to a connected TCP socket (set on every accepted or connected one).
-pub fn apply_connected_options(socket: &Socket, opts: &Options) -> io::Result<()> {
-    if opts.nodelay {
-        socket.set_int(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-    }
-    if opts.keepalive {
-        socket.set_int(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-        if let Some(s) = opts.keepidle {
-            socket.set_int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, clamp_int(s as usize))?;
-        }
-        if let Some(s) = opts.keepintvl {
-            socket.set_int(
-                libc::IPPROTO_TCP,
-                libc::TCP_KEEPINTVL,
-                clamp_int(s as usize),
-            )?;
-        }
-        if let Some(n) = opts.keepcnt {
-            socket.set_int(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, clamp_int(n as usize))?;
-        }
-    }
-    Ok(())
-}
-
-/// The local address a `bind=` option asks for, matched to the target's family.
-fn bind_address(bind: &Bind, family: AddressFamily) -> io::Result<SockAddr> {
-    match bind {
-        Bind::Inet { host, port } => {
-            let want = if family == AddressFamily::Inet6 {
-                Family::V6
-            } else {
-                Family::V4
-            };
-            let addr = resolve_host(host, port.unwrap_or(0), want)?;
-            Ok(SockAddr::Inet(addr[0]))
-        }
-        Bind::Unix(path) => Ok(SockAddr::Unix(path.clone())),
-        Bind::Vsock { cid, port } => Ok(SockAddr::Vsock {
-            cid: cid.unwrap_or(libc::VMADDR_CID_ANY),
-            port: port.unwrap_or(libc::VMADDR_PORT_ANY),
-        }),
-    }
-}
 
 /// A fresh socket for connecting `address` to `target`, with its pre-connect options and bind.
 pub fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket> {

@@ -4,19 +4,64 @@
 //! down). A worker that called it would stall every connection it serves, so a dial whose
 //! host is a name hands the lookup to a small pool of resolver threads and waits, like for
 //! any other event, on an eventfd that the resolver signals when the answer is in. Addresses
-//! that need no lookup (IP literals, UNIX paths, vsock) are resolved inline.
+//! that need no lookup (IP literals, UNIX paths, vsock) are resolved inline. The lookup itself
+//! ([`connect_targets`], [`resolve_host`]) lives here too, for both.
 
 use std::io;
-use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
 
-use crate::addr::{Address, Kind};
-use crate::open::connect_targets;
+use crate::addr::{Address, Family, Kind};
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket::SockAddr;
+
+/// The addresses `host` names (a literal, or a DNS lookup on the calling thread), of
+/// `family`.
+pub fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<SocketAddr>> {
+    let all: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => (host, port).to_socket_addrs()?.collect(),
+    };
+    let wanted: Vec<SocketAddr> = all
+        .into_iter()
+        .filter(|a| match family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no {family:?} address for \"{host}\""),
+        ));
+    }
+    Ok(wanted)
+}
+
+/// Where a connect address connects to, freshly resolved.
+pub fn connect_targets(address: &Address) -> io::Result<Vec<SockAddr>> {
+    match &address.kind {
+        Kind::TcpConnect { host, port, family } => Ok(resolve_host(host, *port, *family)?
+            .into_iter()
+            .map(SockAddr::Inet)
+            .collect()),
+        Kind::UnixConnect { path } | Kind::VsockUdsConnect { path, .. } => {
+            Ok(vec![SockAddr::Unix(path.clone())])
+        }
+        Kind::VsockConnect { cid, port } => Ok(vec![SockAddr::Vsock {
+            cid: *cid,
+            port: *port,
+        }]),
+        _ => Err(io::Error::other(format!(
+            "{} is not a connect address",
+            address.kind.tag().name()
+        ))),
+    }
+}
 
 /// Resolver threads: enough that one slow name does not hold up lookups of others.
 const RESOLVER_THREADS: usize = 4;
@@ -100,6 +145,11 @@ impl Lookup {
         self.done.ready.as_raw_fd()
     }
 
+    /// As [`Lookup::fd`], borrowed.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.done.ready.as_fd()
+    }
+
     /// The answer, once the resolver gave it.
     pub fn take(&self) -> Option<Answer> {
         self.done
@@ -139,7 +189,7 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "no answer");
             assert!(
-                readable_within_a_second(lookup.fd()),
+                readable_within_a_second(lookup.as_fd()),
                 "the eventfd never became readable"
             );
         };
@@ -153,9 +203,7 @@ mod tests {
     }
 
     /// Waits up to a second for `fd` to be readable.
-    fn readable_within_a_second(fd: RawFd) -> bool {
-        // SAFETY: `fd` belongs to the lookup, alive for this call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    fn readable_within_a_second(fd: BorrowedFd<'_>) -> bool {
         crate::sys::socket::wait_readable(fd, Some(Instant::now() + Duration::from_secs(1)))
             .unwrap_or(false)
     }

@@ -1,0 +1,195 @@
+//! One direction of a connection on one of the data paths: a pure state machine ([`flow`] or
+//! [`recv`]) and the staging it drives, one file per path: `splice` (a pooled pipe, direct
+//! splice(2) or IORING_OP_SPLICE), `copy` (a registered buffer, io_uring read/write), both
+//! run by `staged`, and `ring` (multishot receive into provided buffers, then writes or
+//! SEND_ZC).
+//!
+//! A lane says what to do next ([`Lane::pump`]) and takes its completions
+//! ([`Lane::complete`]); it reaches the kernel only through a [`Cx`], which names the
+//! connection's ends and submits on its behalf.
+
+mod copy;
+pub mod flow;
+pub mod recv;
+mod ring;
+mod splice;
+mod staged;
+#[cfg(test)]
+mod tests;
+
+use std::time::Instant;
+
+use self::flow::{Flow, FlowState};
+use super::conn::{Direction, Ends};
+use super::registry::Registry;
+use super::ring::{ConnOps, Ring};
+use super::token::Op;
+use super::{Mode, RelayOptions};
+use crate::net::endpoint::Endpoint;
+
+pub use self::copy::CopyBuffer;
+pub use self::ring::RingLane;
+pub use self::splice::{PipePool, PipeStage};
+pub use self::staged::{StagedLane, Staging};
+
+/// Buffers per direction on the ring path (`--mode recv`); each is `-b` divided by this.
+const RING_BUFFERS: u16 = 8;
+
+/// What a lane may use while it runs: its connection's ends and submissions, and the
+/// worker's registry and pipe pool.
+pub struct Cx<'a> {
+    pub ops: ConnOps<'a>,
+    pub ends: Ends<'a>,
+    pub registry: &'a mut Registry,
+    pub pipes: &'a mut PipePool,
+    pub last_active: &'a mut Instant,
+    pub options: &'a RelayOptions,
+    /// The connection's number, for logs.
+    pub id: u64,
+    pub dir: Direction,
+    /// Transfers the lane may make before it yields its turn.
+    pub turn: u32,
+}
+
+impl Cx<'_> {
+    /// Records that bytes moved now (inactivity timeout, parking, receive budget).
+    pub fn moved(&mut self, outcome: Result<usize, i32>) {
+        if matches!(outcome, Ok(n) if n > 0) {
+            *self.last_active = Instant::now();
+        }
+    }
+}
+
+/// How a pump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// Waits for a completion.
+    Waiting,
+    /// Used up its turn with work left: run it again after the others.
+    Yield,
+    /// Finished or failed: the connection decides whether it goes on.
+    Ended,
+}
+
+/// One direction of a connection, on one of the data paths.
+#[derive(Debug)]
+pub enum Lane {
+    Staged(StagedLane),
+    Ring(RingLane),
+}
+
+impl Lane {
+    /// The lane for direction `dir` between `source` and `sink`, on the relay's mode where
+    /// the ends allow it (the ring path takes sockets only; splice needs both ends able).
+    pub fn setup(
+        dir: Direction,
+        source: Option<&Endpoint>,
+        sink: Option<&Endpoint>,
+        options: &RelayOptions,
+        registry: &mut Registry,
+        ring: &Ring,
+    ) -> Lane {
+        let discard = !options.directions[dir.index()];
+        let source_splices = source.is_some_and(Endpoint::can_splice_read);
+        let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
+        // The ring path receives with multishot recv: sockets only.
+        if matches!(options.mode, Mode::Recv | Mode::RecvZc)
+            && source.is_some_and(Endpoint::is_socket)
+        {
+            let size = (options.pipe_size / usize::from(RING_BUFFERS)).max(4096);
+            if let Some(group) = registry.new_group(ring, RING_BUFFERS, size) {
+                let zerocopy = options.mode == Mode::RecvZc && !discard;
+                return Lane::Ring(RingLane::new(group, discard, zerocopy, registry, ring));
+            }
+        }
+        let splice = matches!(options.mode, Mode::Splice | Mode::UringSplice);
+        let staging = if splice && source_splices && sink_splices {
+            Staging::Pipe(PipeStage::default())
+        } else {
+            Staging::Copy(CopyBuffer::registered(
+                options.copy_size.max(4096),
+                registry,
+                ring,
+            ))
+        };
+        let capacity = match &staging {
+            Staging::Pipe(_) => options.pipe_size,
+            Staging::Copy(b) => b.capacity(),
+        };
+        let mut flow = Flow::new(capacity, options.fill_policy);
+        flow.await_readiness_first();
+        Lane::Staged(StagedLane::new(flow, staging, discard))
+    }
+
+    pub fn discard(&self) -> bool {
+        match self {
+            Lane::Staged(l) => l.discard(),
+            Lane::Ring(l) => l.discard(),
+        }
+    }
+
+    pub fn state(&self) -> FlowState {
+        match self {
+            Lane::Staged(l) => l.flow().state(),
+            Lane::Ring(l) => l.flow().state(),
+        }
+    }
+
+    pub fn delivered(&self) -> u64 {
+        match self {
+            Lane::Staged(l) => l.flow().delivered(),
+            Lane::Ring(l) => l.flow().delivered(),
+        }
+    }
+
+    /// Whether the lane lets its connection be parked: a splice lane holding no pipe and
+    /// nothing in flight (ring lanes keep descriptors).
+    pub fn parkable(&self) -> bool {
+        match self {
+            Lane::Staged(l) => l.is_idle_pipe(),
+            Lane::Ring(_) => false,
+        }
+    }
+
+    /// The data path's name for logs.
+    pub fn path_name(&self, mode: Mode) -> &'static str {
+        match self {
+            l if l.discard() => "discard",
+            Lane::Ring(_) => mode.name(),
+            Lane::Staged(l) => match l.staging() {
+                Staging::Pipe(_) if mode == Mode::UringSplice => "uring-splice",
+                Staging::Pipe(_) => "splice",
+                Staging::Copy(_) => "copy",
+            },
+        }
+    }
+
+    /// Runs the direction until it must wait, ends, or uses up its turn.
+    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+        match self {
+            Lane::Staged(l) => l.pump(cx),
+            Lane::Ring(l) => l.pump(cx),
+        }
+    }
+
+    /// Takes the completion of the lane's request `op`.
+    pub fn complete(&mut self, op: Op, result: i32, flags: u32, cx: &mut Cx<'_>) {
+        match (self, op) {
+            (Lane::Staged(l), Op::Readable(_)) => l.readable(),
+            (Lane::Staged(l), Op::Writable(_)) => l.writable(),
+            (Lane::Staged(l), Op::Fill(_) | Op::Drain(_)) => {
+                l.complete(super::ring::outcome(result), cx)
+            }
+            (Lane::Ring(l), Op::Fill(_) | Op::Drain(_)) => l.complete(op, result, flags, cx),
+            _ => {}
+        }
+    }
+
+    /// Gives back what the lane holds (no request of it is in flight any more).
+    pub fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
+        match self {
+            Lane::Staged(l) => l.release(registry, ring, pipes),
+            Lane::Ring(l) => l.release(registry, ring),
+        }
+    }
+}

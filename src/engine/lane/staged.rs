@@ -1,0 +1,289 @@
+//! A direction on the pipe or copy path: the [`Flow`] machine, its staging (a pipe or a
+//! buffer) and the transfer in flight. Runs the machine's steps with the staging's direct or
+//! io_uring form, and switches a pipe direction to a buffer when splice(2) turns out to be
+//! refused for its pair of files (EINVAL before any byte moved).
+
+use super::super::Mode;
+use super::super::registry::Registry;
+use super::super::ring::{Ring, Target, errno_of, poll_sqe, shutdown_sqe};
+use super::super::token::Op;
+use super::flow::{Flow, FlowOp, Step};
+use super::{CopyBuffer, Cx, PipePool, PipeStage, Pumped};
+use crate::{debug, info};
+
+/// A direction's staging area.
+#[derive(Debug)]
+pub enum Staging {
+    /// Splice path: a pipe while bytes are in flight, none while idle.
+    Pipe(PipeStage),
+    /// Copy path: a buffer for the connection's life.
+    Copy(CopyBuffer),
+}
+
+#[derive(Debug)]
+pub struct StagedLane {
+    flow: Flow,
+    staging: Staging,
+    /// The io_uring transfer in flight, if any.
+    pending: Option<Step>,
+    /// A direction turned off by `-u`/`-U`: its bytes are read and dropped.
+    discard: bool,
+}
+
+impl StagedLane {
+    pub fn new(flow: Flow, staging: Staging, discard: bool) -> StagedLane {
+        StagedLane {
+            flow,
+            staging,
+            pending: None,
+            discard,
+        }
+    }
+
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    pub fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
+    pub fn discard(&self) -> bool {
+        self.discard
+    }
+
+    /// On the splice path, holding no pipe and with no transfer in flight.
+    pub fn is_idle_pipe(&self) -> bool {
+        matches!(&self.staging, Staging::Pipe(p) if p.is_idle()) && self.pending.is_none()
+    }
+
+    pub fn readable(&mut self) {
+        self.flow.readable();
+    }
+
+    pub fn writable(&mut self) {
+        self.flow.writable();
+    }
+
+    /// Runs the direction until it must wait, ends, or uses up its turn. A parked
+    /// connection's sockets are fixed-file slots, which only io_uring requests can name, so
+    /// parked connections splice with IORING_OP_SPLICE whatever the mode.
+    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+        let dir = cx.dir;
+        let mut turn = cx.turn;
+        loop {
+            let waiting =
+                cx.ops.in_flight(Op::Readable(dir)) || cx.ops.in_flight(Op::Writable(dir));
+            if waiting || self.pending.is_some() {
+                return Pumped::Waiting;
+            }
+            let direct = cx.options.mode == Mode::Splice && !cx.ends.parked();
+            let step = self.flow.next();
+            match step {
+                Step::Fill { max } => {
+                    if let Staging::Pipe(stage) = &mut self.staging {
+                        match stage.ensure(cx.pipes) {
+                            Ok(Some(capacity)) => self.flow.set_capacity(capacity),
+                            Ok(None) => {}
+                            Err(e) => {
+                                self.flow.fail(FlowOp::Read, errno_of(&e));
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(source) = cx.ends.source() else {
+                        self.flow.fail(FlowOp::Read, libc::EBADF);
+                        continue;
+                    };
+                    match (&mut self.staging, source) {
+                        (Staging::Pipe(stage), Target::Fd(fd)) if direct => {
+                            let max = stage.fill_len(max);
+                            let result = stage.fill_now(fd, max);
+                            if !self.take_direct(Step::Fill { max }, result, cx) {
+                                continue;
+                            }
+                        }
+                        (Staging::Pipe(stage), source) => {
+                            let max = stage.fill_len(max);
+                            let sqe = stage.fill_sqe(source, max);
+                            self.pending = Some(Step::Fill { max });
+                            cx.ops.push(Op::Fill(dir), sqe);
+                            return Pumped::Waiting;
+                        }
+                        (Staging::Copy(buffer), Target::Fd(fd)) => {
+                            let (max, sqe) =
+                                buffer.fill_sqe(std::os::fd::AsRawFd::as_raw_fd(&fd), max);
+                            self.pending = Some(Step::Fill { max });
+                            cx.ops.push(Op::Fill(dir), sqe);
+                            return Pumped::Waiting;
+                        }
+                        (Staging::Copy(_), Target::Fixed(_)) => {
+                            unreachable!("only splice directions are parked")
+                        }
+                    }
+                }
+                Step::Drain { len } => {
+                    let Some(sink) = cx.ends.destination() else {
+                        self.flow.fail(FlowOp::Write, libc::EBADF);
+                        continue;
+                    };
+                    match (&mut self.staging, sink) {
+                        (Staging::Pipe(stage), Target::Fd(fd)) if direct => {
+                            let result = stage.drain_now(fd, len);
+                            if !self.take_direct(step, result, cx) {
+                                continue;
+                            }
+                        }
+                        (Staging::Pipe(stage), sink) => {
+                            let sqe = stage.drain_sqe(sink, len);
+                            self.pending = Some(step);
+                            cx.ops.push(Op::Drain(dir), sqe);
+                            return Pumped::Waiting;
+                        }
+                        (Staging::Copy(buffer), Target::Fd(fd)) => {
+                            let sqe = buffer.drain_sqe(std::os::fd::AsRawFd::as_raw_fd(&fd), len);
+                            self.pending = Some(step);
+                            cx.ops.push(Op::Drain(dir), sqe);
+                            return Pumped::Waiting;
+                        }
+                        (Staging::Copy(_), Target::Fixed(_)) => {
+                            unreachable!("only splice directions are parked")
+                        }
+                    }
+                }
+                Step::WaitReadable => {
+                    self.release_pipe(cx.pipes);
+                    let Some(source) = cx.ends.source() else {
+                        self.flow.fail(FlowOp::Read, libc::EBADF);
+                        continue;
+                    };
+                    let sqe = poll_sqe(source, libc::POLLIN);
+                    cx.ops.push(Op::Readable(dir), sqe);
+                    return Pumped::Waiting;
+                }
+                Step::WaitWritable => {
+                    let Some(sink) = cx.ends.destination() else {
+                        self.flow.fail(FlowOp::Write, libc::EBADF);
+                        continue;
+                    };
+                    let sqe = poll_sqe(sink, libc::POLLOUT);
+                    cx.ops.push(Op::Writable(dir), sqe);
+                    return Pumped::Waiting;
+                }
+                Step::ShutdownWrite => {
+                    debug!("conn {}: {dir} reached end of file", cx.id);
+                    if cx.ends.parked() && !self.discard {
+                        // A parked socket has no descriptor: shut it down through the ring.
+                        let sink = cx
+                            .ends
+                            .destination()
+                            .expect("a parked connection has both ends");
+                        let sqe = shutdown_sqe(sink);
+                        self.pending = Some(step);
+                        cx.ops.push(Op::Drain(dir), sqe);
+                        return Pumped::Waiting;
+                    }
+                    let result = cx.ends.shutdown_write().map(|()| 0);
+                    self.flow.complete(step, result);
+                }
+                Step::Finished | Step::Failed => {
+                    self.release_pipe(cx.pipes);
+                    return Pumped::Ended;
+                }
+            }
+            turn = turn.saturating_sub(1);
+            if turn == 0 {
+                return Pumped::Yield;
+            }
+        }
+    }
+
+    /// Records a direct splice's result. Returns false when the direction switched to the
+    /// copy path instead (the caller then loops to issue the copy).
+    fn take_direct(&mut self, step: Step, result: std::io::Result<usize>, cx: &mut Cx<'_>) -> bool {
+        let outcome = result.map_err(|e| errno_of(&e));
+        if self.splice_refused(outcome, cx) {
+            self.fall_back_to_copy(cx);
+            return false;
+        }
+        self.flow.complete(step, outcome);
+        cx.moved(outcome);
+        true
+    }
+
+    /// Applies the result of an io_uring transfer.
+    pub fn complete(&mut self, outcome: Result<usize, i32>, cx: &mut Cx<'_>) {
+        let Some(step) = self.pending.take() else {
+            return;
+        };
+        if self.splice_refused(outcome, cx) {
+            self.fall_back_to_copy(cx);
+            return;
+        }
+        // A peer already gone is no shutdown failure (as in `Socket::shutdown_write`).
+        let outcome = match (step, outcome) {
+            (Step::ShutdownWrite, Err(libc::ENOTCONN)) => Ok(0),
+            (_, o) => o,
+        };
+        if let (Step::Drain { .. }, Ok(n), Staging::Copy(buffer)) =
+            (step, outcome, &mut self.staging)
+        {
+            buffer.drained(n);
+        }
+        self.flow.complete(step, outcome);
+        if let Staging::Copy(buffer) = &mut self.staging {
+            if self.flow.staged() == 0 {
+                buffer.rewind();
+            }
+        }
+        cx.moved(outcome);
+    }
+
+    /// Whether splice(2) refused this pair of files: EINVAL before any byte moved, on the
+    /// pipe path. A parked connection's sockets have no descriptors for the copy path to use,
+    /// so it never falls back.
+    fn splice_refused(&self, outcome: Result<usize, i32>, cx: &Cx<'_>) -> bool {
+        outcome == Err(libc::EINVAL)
+            && self.flow.delivered() == 0
+            && matches!(self.staging, Staging::Pipe(_))
+            && !cx.ends.parked()
+    }
+
+    /// splice(2) refused this pair of files: move what the pipe holds into a buffer and copy
+    /// from now on. Nothing is lost: staged bytes go out first.
+    fn fall_back_to_copy(&mut self, cx: &mut Cx<'_>) {
+        let staged = self.flow.staged();
+        let size = cx.options.copy_size.max(staged).max(4096);
+        let mut buffer = CopyBuffer::registered(size, cx.registry, cx.ops.ring());
+        if let Staging::Pipe(stage) = &mut self.staging {
+            if let Err(errno) = stage.empty_into(&mut buffer.as_mut_slice()[..staged], cx.pipes) {
+                self.flow.fail(FlowOp::Read, errno);
+            }
+        }
+        self.flow.set_capacity(buffer.capacity());
+        self.staging = Staging::Copy(buffer);
+        info!(
+            "conn {}: {}: splice not supported here, copying through a buffer",
+            cx.id, cx.dir
+        );
+    }
+
+    /// Gives an empty pipe back to the pool (a pipe with bytes in it is never pooled).
+    fn release_pipe(&mut self, pipes: &mut PipePool) {
+        if self.flow.staged() != 0 || self.pending.is_some() {
+            return;
+        }
+        if let Staging::Pipe(stage) = &mut self.staging {
+            stage.release(pipes);
+        }
+    }
+
+    /// Gives back the pipe (when empty) or the buffer's slot.
+    pub fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
+        match self.staging {
+            Staging::Pipe(mut stage) if self.flow.staged() == 0 => stage.release(pipes),
+            Staging::Pipe(_) => {}
+            Staging::Copy(buffer) => buffer.release(registry, ring),
+        }
+    }
+}

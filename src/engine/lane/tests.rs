@@ -1,0 +1,180 @@
+//! The staged lane driven directly, against a ring that is only waited on where the test
+//! needs a transfer to really happen.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::super::Mode;
+use super::super::conn::{Direction, Ends};
+use super::super::registry::Registry;
+use super::super::ring::{ConnOps, Ring};
+use super::super::testing::{options, send, unix_endpoint};
+use super::super::token::{self, Op, Token};
+use super::flow::{FillPolicy, Flow};
+use super::*;
+use crate::net::endpoint::Endpoint;
+use crate::sys::socket::Socket;
+
+const FORWARD: Direction = Direction::Forward;
+
+fn devnull() -> File {
+    OpenOptions::new().write(true).open("/dev/null").unwrap()
+}
+
+fn pipe_lane(capacity: usize, readiness_first: bool) -> StagedLane {
+    let mut flow = Flow::new(capacity, FillPolicy::Eager);
+    if readiness_first {
+        flow.await_readiness_first();
+    }
+    StagedLane::new(flow, Staging::Pipe(PipeStage::default()), false)
+}
+
+#[test]
+fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies_on() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(64 * 1024, 4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    // splice(2) into a file opened for append fails with EINVAL; a write works.
+    let path = std::env::temp_dir().join(format!("vsplice-lane-append-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let mut sink = Endpoint::socket(Socket::from_owned(OwnedFd::from(file)), "append".into());
+    let options = options(Mode::Splice);
+    let mut lane = pipe_lane(64 * 1024, false);
+    send(&mut peer, b"hello, world");
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now() - Duration::from_secs(1);
+    let before = last_active;
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(
+        cx.ops.in_flight(Op::Drain(FORWARD)),
+        "the staged bytes go out with an io_uring write"
+    );
+    assert!(
+        matches!(lane.staging(), Staging::Copy(_)),
+        "the lane copies now"
+    );
+    assert_eq!(lane.flow().staged(), 12, "no staged byte was lost");
+    assert_eq!(lane.flow().delivered(), 0);
+    assert_eq!(cx.pipes.idle(), 1, "the emptied pipe went back to the pool");
+    assert!(*cx.last_active > before, "the fill counted as activity");
+
+    // Let the kernel run the write and hand its completion to the lane.
+    let mut batch = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while batch.is_empty() {
+        assert!(Instant::now() < deadline, "the write never completed");
+        cx.ops.ring_mut().wait(false, Some(deadline), 0);
+        cx.ops.ring_mut().reap(&mut batch);
+    }
+    let (user_data, result, _flags) = batch[0];
+    assert_eq!(
+        token::decode(user_data),
+        Token::Conn {
+            key: 7,
+            op: Op::Drain(FORWARD)
+        }
+    );
+    lane.complete(super::super::ring::outcome(result), &mut cx);
+    assert_eq!(lane.flow().delivered(), 12);
+    assert_eq!(lane.flow().staged(), 0);
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello, world");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_parked_direction_waits_and_splices_through_its_fixed_file_slots_whatever_the_mode() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(64 * 1024, 4);
+    let devnull = devnull();
+    let (source, _source_peer) = unix_endpoint();
+    let (mut sink, _sink_peer) = unix_endpoint();
+    let options = options(Mode::Splice);
+    let mut lane = pipe_lane(64 * 1024, true);
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 3, &mut inflight),
+        ends: Ends::new(
+            Some(&source),
+            Some(&mut sink),
+            Some([4, 5]),
+            false,
+            devnull.as_fd(),
+        ),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    // Parked and idle: it waits for its source, holding no pipe.
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(lane.is_idle_pipe());
+    assert_eq!(cx.pipes.created, 0);
+    // Woken: the poll came back readable.
+    cx.ops.returned(Op::Readable(FORWARD));
+    lane.readable();
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(
+        cx.ops.in_flight(Op::Fill(FORWARD)),
+        "a parked socket has no descriptor: the fill is an IORING_OP_SPLICE"
+    );
+    assert_eq!(cx.pipes.created, 1, "a pipe is borrowed once bytes move");
+    assert!(!lane.is_idle_pipe());
+}
+
+#[test]
+fn an_unparked_splice_direction_with_nothing_to_read_gives_its_pipe_back_and_polls() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(64 * 1024, 4);
+    let devnull = devnull();
+    let (source, _source_peer) = unix_endpoint();
+    let (mut sink, _sink_peer) = unix_endpoint();
+    let options = options(Mode::Splice);
+    let mut lane = pipe_lane(64 * 1024, false);
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 3, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(
+        !cx.ops.in_flight(Op::Fill(FORWARD)),
+        "the splice ran inline"
+    );
+    assert!(lane.is_idle_pipe());
+    assert_eq!(cx.pipes.idle(), 1);
+}

@@ -1,0 +1,44 @@
+//! What a closing connection leaves behind: its log line, its `-S` statistics line, and its
+//! share of the process-wide counters (served, failed, bytes per direction).
+
+use std::sync::atomic::Ordering;
+
+use super::Shared;
+use super::conn::{CloseReason, Conn, PerDir};
+use crate::{error, notice, warn};
+
+/// Logs the end of `conn` and counts it.
+pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, shared: &Shared) {
+    let id = conn.id;
+    let options = &conn.options;
+    let (&forward, &backward) = delivered.as_pair();
+    let secs = conn.started.elapsed().as_secs_f64();
+    let wants_label = options.stats
+        || crate::log::enabled(crate::log::Level::Notice)
+        || (reason.is_failure() && crate::log::enabled(crate::log::Level::Warn));
+    let label = if wants_label {
+        conn.label()
+    } else {
+        String::new()
+    };
+    if reason.is_failure() {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        if options.single_connection {
+            error!("{reason}");
+        } else {
+            warn!("conn {id} ({label}) closed: {reason}");
+        }
+    } else {
+        shared.served.fetch_add(1, Ordering::Relaxed);
+        notice!(
+            "conn {id} ({label}) closed: {reason}; {forward} + {backward} bytes in {secs:.3} s"
+        );
+    }
+    shared.bytes[0].fetch_add(forward, Ordering::Relaxed);
+    shared.bytes[1].fetch_add(backward, Ordering::Relaxed);
+    if options.stats {
+        eprintln!(
+            "vsplice: conn {id} ({label}): {forward} bytes first->second, {backward} bytes second->first, {secs:.3} s, {reason}"
+        );
+    }
+}
