@@ -129,6 +129,8 @@ pub struct Cli {
 pub enum Command {
     /// Measure throughput (iperf style) over vsock, TCP or UNIX, with or without a relay
     Bench(BenchArgs),
+    /// Run the relays a TOML file declares (service mode); --check only validates it
+    Serve(crate::service::ServeArgs),
 }
 
 /// Stage two: checked objects, ready to run.
@@ -136,6 +138,7 @@ pub enum Command {
 pub enum Plan {
     Relay(Box<RelayPlan>),
     Bench(Box<BenchPlan>),
+    Serve(Box<crate::service::ServeCommand>),
 }
 
 fn parse_address(text: &str) -> Result<Address> {
@@ -178,11 +181,15 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     if let Some(Command::Bench(args)) = cli.command {
         return Ok(Plan::Bench(Box::new(crate::bench::plan(args)?)));
     }
+    if let Some(Command::Serve(args)) = cli.command {
+        return Ok(Plan::Serve(Box::new(crate::service::plan(args)?)));
+    }
     let [first, second] = <[String; 2]>::try_from(cli.addresses.clone())
         .map_err(|_| Error::Usage("exactly two addresses are needed".into()))?;
     let first = parse_address(&first)?;
     let second = parse_address(&second)?;
     check_pair(&first, &second)?;
+    crate::service::refuse_unwired(&first)?;
     let mut engine = engine_config(&cli);
     engine.single_connection = !first.options.fork;
     engine.receive_budget = match cli.receive_budget {
@@ -224,6 +231,7 @@ fn run(plan: Plan) -> Result<ExitCode> {
     match plan {
         Plan::Relay(p) => crate::relay::run(*p),
         Plan::Bench(b) => crate::bench::run(*b),
+        Plan::Serve(s) => crate::service::run(*s),
     }
 }
 
@@ -251,7 +259,7 @@ mod tests {
     fn receive_budget_defaults_to_the_system_and_yields_to_rcvbuf() {
         let relay = |args: &[&str]| match plan_of(args).unwrap() {
             Plan::Relay(p) => p,
-            Plan::Bench(_) => panic!("relay"),
+            _ => panic!("relay"),
         };
         let p = relay(&["TCP-LISTEN:1,fork", "TCP:h:2"]);
         assert_eq!(p.engine.receive_budget, ReceiveBudget::from_system());

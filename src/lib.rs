@@ -19,6 +19,7 @@ pub mod log;
 pub mod open;
 pub mod relay;
 pub mod resolve;
+pub mod service;
 pub mod sys;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@
 //! insensitive), checks parameter counts and ranges, and checks that every option applies to
 //! the address type, so that a typo fails before anything is opened.
 
+mod bind;
 mod lex;
 pub mod size;
 
@@ -15,6 +16,10 @@ use std::time::Duration;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
 pub use size::{parse_duration, parse_size};
+
+use bind::parse_bind;
+
+use crate::service::allow::{Allow, AllowRule};
 
 /// IP family restriction of a TCP address (`TCP4`, `TCP6`, or either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,11 @@ pub enum Kind {
         port: u32,
     },
     Stdio,
+    /// A listening socket inherited as descriptor `fd` (systemd socket activation; socat
+    /// 1.8's name).
+    AcceptFd {
+        fd: i32,
+    },
 }
 
 /// Address types without their parameters: the rows of the keyword table.
@@ -74,6 +84,7 @@ pub enum KindTag {
     VsockUdsConnect,
     VsockUdsListen,
     Stdio,
+    AcceptFd,
 }
 
 /// Keywords and their aliases, as socat spells them.
@@ -104,6 +115,7 @@ const KEYWORDS: &[(&str, KindTag)] = &[
     ("VSOCK-UDS-L", KindTag::VsockUdsListen),
     ("STDIO", KindTag::Stdio),
     ("-", KindTag::Stdio),
+    ("ACCEPT-FD", KindTag::AcceptFd),
 ];
 
 impl KindTag {
@@ -131,6 +143,7 @@ impl KindTag {
             KindTag::VsockUdsConnect => "VSOCK-UDS-CONNECT",
             KindTag::VsockUdsListen => "VSOCK-UDS-LISTEN",
             KindTag::Stdio => "STDIO",
+            KindTag::AcceptFd => "ACCEPT-FD",
         }
     }
 
@@ -143,6 +156,7 @@ impl KindTag {
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
             KindTag::Stdio => "no parameters",
+            KindTag::AcceptFd => "fd",
         }
     }
 
@@ -153,6 +167,7 @@ impl KindTag {
                 | KindTag::UnixListen
                 | KindTag::VsockListen
                 | KindTag::VsockUdsListen
+                | KindTag::AcceptFd
         )
     }
 
@@ -187,6 +202,7 @@ impl Kind {
             Kind::VsockUdsConnect { .. } => KindTag::VsockUdsConnect,
             Kind::VsockUdsListen { .. } => KindTag::VsockUdsListen,
             Kind::Stdio => KindTag::Stdio,
+            Kind::AcceptFd { .. } => KindTag::AcceptFd,
         }
     }
 }
@@ -225,6 +241,8 @@ pub struct Options {
     pub retry: u32,
     /// Pause between connect attempts (`interval=`).
     pub interval: Option<Duration>,
+    /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
+    pub allow: Option<Allow>,
 }
 
 /// Option names and their aliases.
@@ -247,6 +265,7 @@ enum OptName {
     UnlinkEarly,
     Retry,
     Interval,
+    Allow,
 }
 
 const OPTION_NAMES: &[(&str, OptName)] = &[
@@ -276,6 +295,7 @@ const OPTION_NAMES: &[(&str, OptName)] = &[
     ("unlink-early", OptName::UnlinkEarly),
     ("retry", OptName::Retry),
     ("interval", OptName::Interval),
+    ("allow", OptName::Allow),
 ];
 
 impl OptName {
@@ -289,7 +309,9 @@ impl OptName {
     /// Whether the option means anything for this address type.
     fn applies_to(self, tag: KindTag) -> bool {
         match self {
-            OptName::Fork | OptName::MaxChildren | OptName::Backlog => tag.is_listener(),
+            OptName::Fork | OptName::MaxChildren | OptName::Backlog | OptName::Allow => {
+                tag.is_listener()
+            }
             OptName::ReuseAddr | OptName::ReusePort | OptName::NoDelay => tag.is_tcp(),
             OptName::KeepAlive | OptName::KeepIdle | OptName::KeepIntvl | OptName::KeepCnt => {
                 tag.is_tcp()
@@ -322,6 +344,7 @@ impl OptName {
             OptName::Bind => "=ADDRESS",
             OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
+            OptName::Allow => "=ENTRY",
             _ => "",
         }
     }
@@ -361,6 +384,8 @@ pub enum AddressError {
     VsockPort(String),
     #[error("cid \"{0}\" is not a number 0-4294967295 (or -1 for any)")]
     Cid(String),
+    #[error("descriptor \"{0}\" is not a number 0-2147483647")]
+    Fd(String),
     #[error("empty host in {0}")]
     EmptyHost(&'static str),
     #[error("empty path in {0}")]
@@ -460,61 +485,6 @@ fn parse_bool_value(value: &str) -> Option<bool> {
     }
 }
 
-/// Splits `bind=` values of the form `[host][:port]`, where host may be `[v6]`.
-fn split_host_port(text: &str) -> (&str, Option<&str>) {
-    if text.starts_with('[') {
-        if let Some(end) = text.find(']') {
-            let host = &text[..=end];
-            let rest = &text[end + 1..];
-            return (host, rest.strip_prefix(':'));
-        }
-    }
-    match text.rsplit_once(':') {
-        // More than one colon without brackets: a bare IPv6 address, no port.
-        Some((host, _)) if host.contains(':') => (text, None),
-        Some((host, port)) => (host, Some(port)),
-        None => (text, None),
-    }
-}
-
-fn parse_bind(tag: KindTag, value: &str) -> Result<Bind, String> {
-    match tag {
-        KindTag::TcpConnect(_) | KindTag::TcpListen(_) => {
-            let (host, port) = split_host_port(value);
-            let port = match port {
-                Some(p) => Some(parse_port(p).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            Ok(Bind::Inet {
-                host: strip_brackets(host).to_string(),
-                port,
-            })
-        }
-        KindTag::UnixConnect => {
-            if value.is_empty() {
-                return Err("empty path".into());
-            }
-            Ok(Bind::Unix(PathBuf::from(value)))
-        }
-        _ => {
-            let (cid, port) = match value.split_once(':') {
-                Some((c, p)) => (c, Some(p)),
-                None => (value, None),
-            };
-            let cid = if cid.is_empty() {
-                None
-            } else {
-                Some(parse_cid(cid).map_err(|e| e.to_string())?)
-            };
-            let port = match port {
-                Some(p) => Some(parse_vsock_port(p).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            Ok(Bind::Vsock { cid, port })
-        }
-    }
-}
-
 fn option_value_error(option: &str, value: &str, why: impl Into<String>) -> AddressError {
     AddressError::OptionValue {
         option: option.to_string(),
@@ -607,6 +577,21 @@ fn apply_option(opts: &mut Options, tag: KindTag, raw: &RawOption) -> Result<(),
             opts.keepalive = true;
         }
         OptName::Retry => opts.retry = parse_number(name, value)?,
+        OptName::Allow => {
+            let rule =
+                AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
+            let mut rules = opts
+                .allow
+                .take()
+                .map(|a| a.rules().to_vec())
+                .unwrap_or_default();
+            rules.push(rule);
+            let allow = Allow::from_rules(rules).expect("one rule at least");
+            allow
+                .fits(tag)
+                .map_err(|why| option_value_error(name, value, why))?;
+            opts.allow = Some(allow);
+        }
         _ => unreachable!("value options handled above"),
     }
     Ok(())
@@ -675,6 +660,13 @@ impl Address {
             }
             (KindTag::Stdio, []) => Kind::Stdio,
             (KindTag::Stdio, _) => return Err(AddressError::NoParameters { kind: name }),
+            (KindTag::AcceptFd, [fd]) => Kind::AcceptFd {
+                fd: fd
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| AddressError::Fd(fd.to_string()))?,
+            },
             _ => return Err(wrong()),
         })
     }
