@@ -86,3 +86,129 @@ fn a_missing_config_file_is_a_usage_error() {
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vsplice.toml: cannot read")
     );
 }
+
+/// Python's `prometheus_client` (its OpenMetrics parser is strict), installed on first use
+/// with pip into the lab's cache folder. A missing parser fails the test: it is not skipped.
+fn prometheus_parser() -> std::path::PathBuf {
+    let dir = std::env::var_os("VSPLICE_LAB_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vsplice-lab")
+        })
+        .join("python");
+    if !dir.join("prometheus_client").exists() {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&dir)
+            .arg("prometheus-client")
+            .output()
+            .expect("python3 is needed to check the metrics exposition");
+        assert!(
+            out.status.success(),
+            "`python3 -m pip install --target {} prometheus-client` failed (install python3-pip, \
+             or put the package there by hand): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Scrapes `url` over HTTP with Python and parses it; returns one line per sample:
+/// `name{label=value,...} value`, labels sorted.
+fn scrape_and_parse(url: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import sys, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+with urllib.request.urlopen(sys.argv[1], timeout=30) as r:
+    assert r.status == 200, r.status
+    assert r.headers["Content-Type"].startswith("application/openmetrics-text"), r.headers
+    text = r.read().decode()
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {s.value:g}")
+"#;
+    let out = Command::new("python3")
+        .env("PYTHONPATH", prometheus_parser())
+        .args(["-c", SCRIPT, url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scrape or parse failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vsplice::addr::Address;
+    use vsplice::service::metrics::{CloseReason, Direction, Metrics, MetricsServer};
+    use vsplice::sys::socket::SockAddr;
+
+    let metrics = Arc::new(Metrics::new());
+    let api = metrics.service("api");
+    let ssh = metrics.service("guest-ssh");
+    for _ in 0..3 {
+        api.on_accept();
+    }
+    api.on_deny();
+    api.on_dial(Duration::from_micros(300));
+    api.on_dial_failure(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+    api.add_bytes(Direction::first_to_second, 32 << 20);
+    api.add_bytes(Direction::second_to_first, 1234);
+    api.on_close(CloseReason::eof, Duration::from_millis(1500));
+    api.on_close(CloseReason::idle_timeout, Duration::from_secs(600));
+    metrics.engine().workers.set(2);
+    metrics.before_scrape(|e| {
+        e.pipes_in_use.set(6);
+    });
+    let server = MetricsServer::start(
+        &Address::parse("TCP4-LISTEN:0,bind=127.0.0.1").unwrap(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let SockAddr::Inet(local) = server.local_addr() else {
+        panic!("inet listener")
+    };
+    let samples = scrape_and_parse(&format!("http://{local}/metrics"));
+    for want in [
+        "vsplice_connections_accepted_total{service=api} 3",
+        "vsplice_connections_accepted_total{service=guest-ssh} 0",
+        "vsplice_connections_denied_total{service=api} 1",
+        "vsplice_connections_active{service=api} 1",
+        "vsplice_connections_closed_total{reason=eof,service=api} 1",
+        "vsplice_connections_closed_total{reason=idle_timeout,service=api} 1",
+        "vsplice_dial_failures_total{errno=ECONNREFUSED,service=api} 1",
+        "vsplice_bytes_total{direction=first_to_second,service=api} 3.35544e+07",
+        "vsplice_bytes_total{direction=second_to_first,service=api} 1234",
+        "vsplice_connection_duration_seconds_count{service=api} 2",
+        "vsplice_connection_duration_seconds_sum{service=api} 601.5",
+        "vsplice_dial_latency_seconds_count{service=api} 1",
+        "vsplice_engine_workers{} 2",
+        "vsplice_engine_pipes_in_use{} 6",
+        "vsplice_engine_parked_connections{} 0",
+        "vsplice_engine_receive_cap_bytes{} 0",
+    ] {
+        assert!(
+            samples.iter().any(|s| s == want),
+            "{want} not in {samples:#?}"
+        );
+    }
+    drop(ssh);
+}

@@ -7,6 +7,8 @@
 
 pub mod allow;
 pub mod config;
+pub mod metrics;
+mod metrics_http;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
