@@ -212,3 +212,105 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
     }
     drop(ssh);
 }
+
+/// Set in the environment of the process `systemd-socket-activate` starts: this test binary
+/// again, running only [`socket_activation_child`].
+const ACTIVATION_CHILD: &str = "VSPLICE_ACTIVATION_CHILD";
+
+/// The activated process: takes its sockets, says READY=1, answers one connection on each
+/// with the socket's name. Does nothing when run as an ordinary test.
+#[test]
+fn socket_activation_child() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use vsplice::sys::socket::wait_readable;
+    use vsplice::sys::systemd::{Notifier, inherited_listener, take_listen_fds};
+    if std::env::var_os(ACTIVATION_CHILD).is_none() {
+        return;
+    }
+    let sockets = take_listen_fds().unwrap();
+    assert!(take_listen_fds().unwrap().is_empty(), "taken once only");
+    let names: Vec<_> = sockets.iter().map(|s| (s.number, s.name.clone())).collect();
+    assert_eq!(
+        names,
+        [(3, Some("tcp".to_string())), (4, Some("unix".to_string()))]
+    );
+    let notifier = Notifier::from_env().unwrap().expect("NOTIFY_SOCKET is set");
+    notifier.ready("2 sockets").unwrap();
+    for s in sockets {
+        let name = s.name.clone().unwrap();
+        let listener = inherited_listener(s.fd).unwrap();
+        let conn = loop {
+            wait_readable(listener.as_fd(), None).unwrap();
+            if let Some(c) = listener.accept().unwrap() {
+                break c;
+            }
+        };
+        let mut stream = std::fs::File::from(conn.into_owned());
+        // The accepted socket is non-blocking; a short line fits its empty send buffer.
+        stream.write_all(format!("{name}\n").as_bytes()).unwrap();
+    }
+    notifier.stopping().unwrap();
+}
+
+#[test]
+fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_socket() {
+    use std::io::Read;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::time::Duration;
+
+    let dir = Scratch::new("activation");
+    let notify_path = dir.path("notify");
+    let unix_path = dir.path("activated.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    // Guards against a hang only; nothing is measured.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let port = common::free_port();
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-l")
+        .arg(&unix_path)
+        .arg("--fdname=tcp:unix")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("-E")
+        .arg(format!("{ACTIVATION_CHILD}=1"))
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "socket_activation_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) is needed");
+    let read_line = |stream: &mut dyn Read| {
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    };
+    // systemd-socket-activate listens first, and starts the process on the first connection.
+    let mut tcp = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if activator.try_wait().unwrap().is_none() => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("systemd-socket-activate exited: {e}"),
+        }
+    };
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\nSTATUS=2 sockets");
+    assert_eq!(read_line(&mut tcp), "tcp\n");
+    let mut unix = UnixStream::connect(&unix_path).unwrap();
+    assert_eq!(read_line(&mut unix), "unix\n");
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = activator.wait().unwrap();
+    assert!(status.success(), "activated process: {status}");
+}
