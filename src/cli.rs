@@ -189,7 +189,10 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     let first = parse_address(&first)?;
     let second = parse_address(&second)?;
     check_pair(&first, &second)?;
-    crate::service::refuse_unwired(&first)?;
+    if let crate::addr::Kind::AcceptFd { .. } = first.kind {
+        let serve = crate::service::accept_fd_relay(first, second, &cli)?;
+        return Ok(Plan::Serve(Box::new(serve)));
+    }
     let mut engine = engine_config(&cli);
     engine.single_connection = !first.options.fork;
     engine.receive_budget = match cli.receive_budget {

@@ -134,7 +134,8 @@ with urllib.request.urlopen(sys.argv[1], timeout=30) as r:
 for family in text_string_to_metric_families(text):
     for s in family.samples:
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {s.value:g}")
+        v = int(s.value) if float(s.value).is_integer() else s.value
+        print(f"{s.name}{{{labels}}} {v}")
 "#;
     let out = Command::new("python3")
         .env("PYTHONPATH", prometheus_parser())
@@ -195,7 +196,7 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
         "vsplice_connections_closed_total{reason=eof,service=api} 1",
         "vsplice_connections_closed_total{reason=idle_timeout,service=api} 1",
         "vsplice_dial_failures_total{errno=ECONNREFUSED,service=api} 1",
-        "vsplice_bytes_total{direction=first_to_second,service=api} 3.35544e+07",
+        "vsplice_bytes_total{direction=first_to_second,service=api} 33554432",
         "vsplice_bytes_total{direction=second_to_first,service=api} 1234",
         "vsplice_connection_duration_seconds_count{service=api} 2",
         "vsplice_connection_duration_seconds_sum{service=api} 601.5",
@@ -313,4 +314,161 @@ fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_
     assert_eq!(&buf[..n], b"STOPPING=1");
     let status = activator.wait().unwrap();
     assert!(status.success(), "activated process: {status}");
+}
+
+/// A TCP client whose source address is `source` (127.0.0.2 is outside 127.0.0.1/32).
+fn tcp_from(source: &str, port: u16) -> std::net::TcpStream {
+    use vsplice::sys::socket::{SockAddr, Socket, connect_blocking};
+    let socket = Socket::new(nix::sys::socket::AddressFamily::Inet).unwrap();
+    socket
+        .bind(&SockAddr::Inet(format!("{source}:0").parse().unwrap()))
+        .unwrap();
+    let target = SockAddr::Inet(format!("127.0.0.1:{port}").parse().unwrap());
+    connect_blocking(&socket, &target, Some(std::time::Duration::from_secs(30))).unwrap();
+    let stream = std::net::TcpStream::from(socket.into_owned());
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+fn sample(samples: &[String], name_and_labels: &str) -> Option<f64> {
+    samples.iter().find_map(|s| {
+        let (key, value) = s.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().unwrap())
+    })
+}
+
+#[test]
+fn serve_relays_32mib_each_way_through_tcp_and_unix_services_at_once_refuses_peers_outside_allow_and_counts_it_all()
+ {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("serve");
+    let (up_tcp, up_unix) = (payload(32 * MIB, 1), payload(32 * MIB, 2));
+    let (down_tcp, down_unix) = (payload(32 * MIB, 3), payload(32 * MIB, 4));
+    let (tcp_listen, unix_listen) = (Listen::tcp(), Listen::tcp());
+    let (tcp_target, unix_target) = (tcp_listen.connect_address(), unix_listen.connect_address());
+    let server_tcp = ExchangeServer::spawn(tcp_listen, down_tcp.data.clone(), 1);
+    let server_unix = ExchangeServer::spawn(unix_listen, down_unix.data.clone(), 1);
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let unix_path = dir.path("service.sock");
+    let uid = nix::unistd::geteuid().as_raw();
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+drain-timeout = "60s"
+[metrics]
+listen = "TCP4-LISTEN:{metrics_port},bind=127.0.0.1"
+[[service]]
+name = "tcp"
+listen = "TCP4-LISTEN:{port},fork"
+connect = "{tcp_target}"
+allow = ["127.0.0.1/32"]
+[[service]]
+name = "unix"
+listen = "UNIX-LISTEN:{},fork"
+connect = "{unix_target}"
+allow = ["uid:{uid}"]
+"#,
+            unix_path.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 2 services", Duration::from_secs(60));
+
+    // Refused first: had it been relayed, it would have taken the upstream's only accept.
+    let mut refused = tcp_from("127.0.0.2", port);
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "a refused peer received {} bytes",
+        got.len()
+    );
+
+    let tcp_client = std::thread::spawn(move || {
+        exchange(Box::new(tcp_from("127.0.0.1", port)), up_tcp.data.clone()).unwrap()
+    });
+    let unix_client = std::thread::spawn(move || {
+        exchange(
+            Box::new(UnixStream::connect(&unix_path).unwrap()),
+            up_unix.data.clone(),
+        )
+        .unwrap()
+    });
+    let (got_tcp, got_unix) = (tcp_client.join().unwrap(), unix_client.join().unwrap());
+    assert_eq!(got_tcp.sha, down_tcp.sha, "tcp service: client side");
+    assert_eq!(got_unix.sha, down_unix.sha, "unix service: client side");
+    assert_eq!(server_tcp.next(Duration::from_secs(120)).sha, up_tcp.sha);
+    assert_eq!(server_unix.next(Duration::from_secs(120)).sha, up_unix.sha);
+
+    // The engine counts a connection when it closes; wait for both closes to show.
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape_and_parse(&url);
+        let closed = |s: &str| {
+            sample(
+                &samples,
+                &format!("vsplice_connections_closed_total{{reason=eof,service={s}}}"),
+            )
+        };
+        if closed("tcp") == Some(1.0) && closed("unix") == Some(1.0) {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closes not counted: {samples:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mib32 = (32 * MIB) as f64;
+    for service in ["tcp", "unix"] {
+        let get = |name: &str, extra: &str| {
+            sample(&samples, &format!("{name}{{{extra}service={service}}}"))
+                .unwrap_or_else(|| panic!("{name} {extra} {service} missing: {samples:#?}"))
+        };
+        assert_eq!(get("vsplice_connections_accepted_total", ""), 1.0);
+        assert_eq!(get("vsplice_connections_active", ""), 0.0);
+        assert_eq!(
+            get("vsplice_bytes_total", "direction=first_to_second,"),
+            mib32
+        );
+        assert_eq!(
+            get("vsplice_bytes_total", "direction=second_to_first,"),
+            mib32
+        );
+    }
+    assert_eq!(
+        sample(&samples, "vsplice_connections_denied_total{service=tcp}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&samples, "vsplice_connections_denied_total{service=unix}"),
+        Some(0.0)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = relay.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}; stderr:\n{}", relay.log());
+    assert!(
+        relay
+            .log()
+            .contains("tcp: 127.0.0.2 refused by the allow list"),
+        "{}",
+        relay.log()
+    );
 }

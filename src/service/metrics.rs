@@ -314,6 +314,24 @@ impl ServiceMetrics {
             .inc();
     }
 
+    /// Sets the open-connection gauge, for a sampler that counts connections itself.
+    pub fn set_active(&self, connections: i64) {
+        self.active.set(connections);
+    }
+
+    /// Counts `n` closes at once, for a sampler that counts them in bulk (no durations).
+    pub fn add_closed(&self, reason: CloseReason, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.closed
+            .get_or_create(&ClosedLabels {
+                service: self.name.clone(),
+                reason,
+            })
+            .inc_by(n);
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

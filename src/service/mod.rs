@@ -9,11 +9,12 @@ pub mod allow;
 pub mod config;
 pub mod metrics;
 mod metrics_http;
+pub mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::addr::{Address, Kind};
+use crate::addr::Address;
 use crate::error::{Error, Result};
 use config::ServePlan;
 
@@ -48,20 +49,58 @@ pub fn run(command: ServeCommand) -> Result<ExitCode> {
         print!("{}", command.plan.summary());
         return Ok(ExitCode::SUCCESS);
     }
-    Err(Error::Usage(format!(
-        "{}: the configuration is valid, but running services is not implemented yet \
-         (use --check to validate)",
-        command.plan.file.display()
-    )))
+    run::run(&command.plan)
 }
 
-/// Address types the grammar knows but plain relays cannot open yet.
-pub fn refuse_unwired(first: &Address) -> Result<()> {
-    if let Kind::AcceptFd { .. } = first.kind {
+/// A command-line relay whose first address is `ACCEPT-FD:n,fork` runs as a one-service
+/// plan here: the plain relay's listener path opens its own sockets only.
+pub fn accept_fd_relay(
+    first: Address,
+    second: Address,
+    cli: &crate::cli::Cli,
+) -> Result<ServeCommand> {
+    if !first.options.fork {
         return Err(Error::Usage(format!(
-            "\"{}\": inherited listening sockets (ACCEPT-FD) are not served yet",
+            "\"{}\": ACCEPT-FD serves connections with \"fork\" only (for now)",
             first.text
         )));
     }
-    Ok(())
+    if !second.is_connector() {
+        return Err(Error::Usage(format!(
+            "\"{}\": ACCEPT-FD relays to a connecting address",
+            second.text
+        )));
+    }
+    let options = config::RelayOptions {
+        idle_timeout: cli.idle_timeout,
+        linger: cli.half_close_timeout,
+        one_way: match (cli.forward_only, cli.reverse_only) {
+            (true, _) => Some(config::OneWay::FirstToSecond),
+            (_, true) => Some(config::OneWay::SecondToFirst),
+            _ => None,
+        },
+        buffer: cli.block,
+        mode: cli.mode,
+    };
+    let plan = ServePlan {
+        file: PathBuf::from("(command line)"),
+        global: config::GlobalOptions {
+            drain_timeout: std::time::Duration::ZERO,
+            threads: cli.threads,
+            receive_budget: cli.receive_budget,
+            pin: (cli.pin || cli.no_pin).then_some(cli.pin),
+            defaults: config::RelayOptions::default(),
+        },
+        metrics: None,
+        services: vec![config::ServicePlan {
+            name: "relay".into(),
+            listen: first,
+            connect: second,
+            options,
+        }],
+    };
+    Ok(ServeCommand {
+        plan,
+        check_only: false,
+    })
 }

@@ -250,6 +250,35 @@ pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// SIGHUP, the reload signal (`ExecReload=kill -HUP $MAINPID`), on a signalfd: blocked so it
+/// no longer ends the process. Create it on the main thread before other threads start.
+#[derive(Debug)]
+pub struct ReloadSignal(nix::sys::signalfd::SignalFd);
+
+impl ReloadSignal {
+    pub fn install() -> io::Result<ReloadSignal> {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGHUP);
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(from_nix)?;
+        SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map(ReloadSignal)
+            .map_err(from_nix)
+    }
+
+    /// Whether a SIGHUP arrived since the last call.
+    pub fn take(&self) -> bool {
+        matches!(self.0.read_signal(), Ok(Some(_)))
+    }
+}
+
+impl AsFd for ReloadSignal {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
