@@ -472,3 +472,152 @@ allow = ["uid:{uid}"]
         relay.log()
     );
 }
+
+/// Starts `vsplice -dd ARGS` under `systemd-socket-activate -l LISTEN`, with a
+/// NOTIFY_SOCKET bound here; returns the activator and the notify socket.
+fn activate(
+    dir: &Scratch,
+    listen: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::os::unix::net::UnixDatagram,
+    std::path::PathBuf,
+) {
+    let notify_path = dir.path("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    // Guards against a hang only; nothing is measured.
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let log = dir.path("vsplice.log");
+    let child = Command::new("systemd-socket-activate")
+        .args(["-l", listen])
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg(vsplice_bin())
+        .args(args)
+        .arg("-dd")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) is needed");
+    (child, notify, log)
+}
+
+fn recv_notify(notify: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("a notification");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn wait_log(log: &std::path::Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not logged:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn accept_fd_on_the_command_line_relays_32mib_each_way_from_a_socket_activated_tcp_listener() {
+    use common::{ExchangeServer, Listen, MIB, exchange, payload};
+    use std::time::Duration;
+
+    let dir = Scratch::new("accept-fd");
+    let (up, down) = (payload(32 * MIB, 5), payload(32 * MIB, 6));
+    let upstream = Listen::tcp();
+    let target = upstream.connect_address();
+    let server = ExchangeServer::spawn(upstream, down.data.clone(), 1);
+    let port = common::free_port();
+    let (mut activator, notify, log) = activate(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        &["ACCEPT-FD:3,fork", &target],
+    );
+    // systemd-socket-activate starts vsplice on the first connection.
+    let client = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    let got = exchange(Box::new(client), up.data.clone()).unwrap();
+    assert_eq!(got.sha, down.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
+    let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(recv_notify(&notify), "STOPPING=1");
+    let status = activator.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+}
+
+#[test]
+fn sigterm_drains_a_transfer_through_a_socket_activated_unix_service_and_refuses_new_clients() {
+    use common::{ExchangeServer, Listen, MIB, drain as read_all, payload};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("drain");
+    let (up, down) = (payload(32 * MIB, 7), payload(32 * MIB, 8));
+    let upstream = Listen::tcp();
+    let target = upstream.connect_address();
+    let server = ExchangeServer::spawn(upstream, down.data.clone(), 1);
+    let path = dir.path("activated.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "drain-timeout = \"120s\"\n[[service]]\nname = \"uds\"\nlisten = \"ACCEPT-FD:3,fork\"\n\
+             connect = \"{target}\"\nallow = [\"uid:{}\"]\n",
+            nix::unistd::geteuid().as_raw()
+        ),
+    )
+    .unwrap();
+    let (mut activator, notify, log) = activate(
+        &dir,
+        path.to_str().unwrap(),
+        &["serve", "--config", config.to_str().unwrap()],
+    );
+    let client = loop {
+        match UnixStream::connect(&path) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    let mut reader = client.try_clone().unwrap();
+    let receiver = std::thread::spawn(move || read_all(&mut reader).unwrap());
+    let mut writer = client;
+    let (first_half, second_half) = up.data.split_at(16 * MIB);
+    writer.write_all(first_half).unwrap();
+    // SIGTERM in the middle of the transfer.
+    let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(recv_notify(&notify), "STOPPING=1");
+    wait_log(&log, "stopped accepting; 1 connections left to drain");
+    let refused = UnixStream::connect(&path).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::ECONNREFUSED),
+        "{refused}"
+    );
+    writer.write_all(second_half).unwrap();
+    writer.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(receiver.join().unwrap().sha, down.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
+    let status = activator.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(!text.contains("drain timeout"), "{text}");
+}

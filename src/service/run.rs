@@ -211,6 +211,11 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
         }
     }
     let engines = stop_accepting(&mut running);
+    let live: usize = running
+        .iter()
+        .map(|r| r.shared.live.load(Ordering::SeqCst))
+        .sum();
+    notice!("stopped accepting; {live} connections left to drain");
     drain(&running, &signals, plan.global.drain_timeout);
     drop(engines);
     Ok(ExitCode::SUCCESS)
