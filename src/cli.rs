@@ -27,14 +27,17 @@ Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensiti
   VSOCK-UDS-CONNECT:path:port   hybrid vsock (Firecracker, cloud-hypervisor): CONNECT <port>
   VSOCK-UDS-LISTEN:path:port    guest connections to host port <port>, at <path>_<port>
   STDIO                    -
+  ACCEPT-FD:n              a listening socket inherited as descriptor n (systemd), with fork
 Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
   connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
-  keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early
+  keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early,
+  allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8)
 
 Examples:
   vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201
   vsplice TCP-LISTEN:2222,fork VSOCK-UDS-CONNECT:/run/firecracker.vsock:22
-  vsplice bench demo";
+  vsplice bench demo
+  vsplice serve --config /etc/vsplice/relays.toml";
 
 fn size_arg(s: &str) -> std::result::Result<usize, String> {
     let n = parse_size(s)?;

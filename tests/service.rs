@@ -478,6 +478,7 @@ allow = ["uid:{uid}"]
 fn activate(
     dir: &Scratch,
     listen: &str,
+    env: &[&str],
     args: &[&str],
 ) -> (
     std::process::Child,
@@ -495,6 +496,7 @@ fn activate(
         .args(["-l", listen])
         .arg("-E")
         .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .args(env.iter().flat_map(|e| ["-E", e]))
         .arg(vsplice_bin())
         .args(args)
         .arg("-dd")
@@ -527,7 +529,8 @@ fn wait_log(log: &std::path::Path, needle: &str) -> String {
 }
 
 #[test]
-fn accept_fd_on_the_command_line_relays_32mib_each_way_from_a_socket_activated_tcp_listener() {
+fn accept_fd_on_the_command_line_relays_32mib_each_way_from_a_socket_activated_tcp_listener_and_feeds_the_watchdog()
+ {
     use common::{ExchangeServer, Listen, MIB, exchange, payload};
     use std::time::Duration;
 
@@ -540,6 +543,7 @@ fn accept_fd_on_the_command_line_relays_32mib_each_way_from_a_socket_activated_t
     let (mut activator, notify, log) = activate(
         &dir,
         &format!("127.0.0.1:{port}"),
+        &["WATCHDOG_USEC=600000000"],
         &["ACCEPT-FD:3,fork", &target],
     );
     // systemd-socket-activate starts vsplice on the first connection.
@@ -550,12 +554,14 @@ fn accept_fd_on_the_command_line_relays_32mib_each_way_from_a_socket_activated_t
         }
     };
     assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    assert_eq!(recv_notify(&notify), "WATCHDOG=1", "armed by WATCHDOG_USEC");
     let got = exchange(Box::new(client), up.data.clone()).unwrap();
     assert_eq!(got.sha, down.sha);
     assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
     let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert_eq!(recv_notify(&notify), "STOPPING=1");
+    assert_eq!(recv_notify(&notify), "WATCHDOG=1", "fed while draining");
     let status = activator.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}:\n{text}");
@@ -587,6 +593,7 @@ fn sigterm_drains_a_transfer_through_a_socket_activated_unix_service_and_refuses
     let (mut activator, notify, log) = activate(
         &dir,
         path.to_str().unwrap(),
+        &[],
         &["serve", "--config", config.to_str().unwrap()],
     );
     let client = loop {
@@ -620,4 +627,19 @@ fn sigterm_drains_a_transfer_through_a_socket_activated_unix_service_and_refuses
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}:\n{text}");
     assert!(!text.contains("drain timeout"), "{text}");
+}
+
+#[test]
+fn the_shipped_example_config_passes_the_check() {
+    let out = Command::new(vsplice_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd/example.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 3 services, metrics at"));
 }

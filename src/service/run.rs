@@ -178,7 +178,7 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
         let _ = n.ready(&status);
     }
     notice!("serving {status} from {}", plan.file.display());
-    let watchdog = Watchdog::from_env();
+    let watchdog = notifier.as_ref().and(Watchdog::from_env());
     let mut next_ping = Instant::now();
     loop {
         if let (Some(w), Some(n)) = (watchdog, &notifier) {
@@ -216,7 +216,12 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
         .map(|r| r.shared.live.load(Ordering::SeqCst))
         .sum();
     notice!("stopped accepting; {live} connections left to drain");
-    drain(&running, &signals, plan.global.drain_timeout);
+    let ping = || {
+        if let (Some(_), Some(n)) = (watchdog, &notifier) {
+            let _ = n.watchdog();
+        }
+    };
+    drain(&running, &signals, plan.global.drain_timeout, &ping);
     drop(engines);
     Ok(ExitCode::SUCCESS)
 }
@@ -265,12 +270,14 @@ fn stop_accepting(running: &mut [Running]) -> Vec<Engine> {
 }
 
 /// Waits until no connection is left, the timeout passes, or a second stop signal comes.
-fn drain(running: &[Running], signals: &StopSignals, timeout: Duration) {
+/// `ping` runs at least every second (the watchdog stays fed while draining).
+fn drain(running: &[Running], signals: &StopSignals, timeout: Duration, ping: &dyn Fn()) {
     let deadline = Instant::now() + timeout;
     for r in running {
         r.shared.wake_on_close.store(true, Ordering::SeqCst);
     }
     loop {
+        ping();
         let live: usize = running
             .iter()
             .map(|r| r.shared.live.load(Ordering::SeqCst))
