@@ -338,7 +338,7 @@ fn sample(samples: &[String], name_and_labels: &str) -> Option<f64> {
 }
 
 #[test]
-fn serve_relays_32mib_each_way_through_tcp_and_unix_services_at_once_refuses_peers_outside_allow_and_counts_it_all()
+fn serve_relays_32mib_each_way_through_tcp_and_unix_services_at_once_refuses_peers_by_address_and_uid_and_counts_it_all()
  {
     use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
     use std::io::Read;
@@ -355,6 +355,7 @@ fn serve_relays_32mib_each_way_through_tcp_and_unix_services_at_once_refuses_pee
     let (port, metrics_port) = (common::free_port(), common::free_port());
     let unix_path = dir.path("service.sock");
     let uid = nix::unistd::geteuid().as_raw();
+    let refused_path = dir.path("other-user.sock");
     let config = dir.path("vsplice.toml");
     std::fs::write(
         &config,
@@ -373,8 +374,15 @@ name = "unix"
 listen = "UNIX-LISTEN:{},fork"
 connect = "{unix_target}"
 allow = ["uid:{uid}"]
+[[service]]
+name = "unix-other-user"
+listen = "UNIX-LISTEN:{},fork"
+connect = "{unix_target}"
+allow = ["uid:{}"]
 "#,
-            unix_path.display()
+            unix_path.display(),
+            refused_path.display(),
+            uid.wrapping_add(4242),
         ),
     )
     .unwrap();
@@ -383,7 +391,7 @@ allow = ["uid:{uid}"]
         std::process::Stdio::null(),
         std::process::Stdio::null(),
     );
-    relay.wait_for_log("serving 2 services", Duration::from_secs(60));
+    relay.wait_for_log("serving 3 services", Duration::from_secs(60));
 
     // Refused first: had it been relayed, it would have taken the upstream's only accept.
     let mut refused = tcp_from("127.0.0.2", port);
@@ -392,6 +400,14 @@ allow = ["uid:{uid}"]
     assert!(
         got.is_empty(),
         "a refused peer received {} bytes",
+        got.len()
+    );
+    // A UNIX peer whose uid is not listed: same.
+    let mut refused = UnixStream::connect(&refused_path).unwrap();
+    let _ = refused.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "a refused UNIX peer received {} bytes",
         got.len()
     );
 
@@ -454,6 +470,20 @@ allow = ["uid:{uid}"]
     );
     assert_eq!(
         sample(&samples, "vsplice_connections_denied_total{service=unix}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_connections_denied_total{service=unix-other-user}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_connections_accepted_total{service=unix-other-user}"
+        ),
         Some(0.0)
     );
 
