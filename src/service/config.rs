@@ -342,11 +342,18 @@ pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
         defaults,
     };
     let metrics = match &raw.metrics {
-        Some(m) => Some(listening_address(
-            &src,
-            &m.get_ref().listen,
-            "metrics.listen",
-        )?),
+        Some(m) => {
+            let text = &m.get_ref().listen;
+            let address = listening_address(&src, text, "metrics.listen")?;
+            if let Kind::AcceptFd { .. } = address.kind {
+                return Err(src.at(
+                    text,
+                    "metrics.listen",
+                    "an inherited socket (ACCEPT-FD) cannot serve metrics yet",
+                ));
+            }
+            Some(address)
+        }
         None => None,
     };
     if raw.service.is_empty() {
@@ -354,7 +361,7 @@ pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
     }
     let mut services: Vec<ServicePlan> = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    // Listening addresses taken so far: (address, owner, line).
+    // Listening addresses taken so far, with who took them.
     let mut taken: Vec<(Address, String)> = Vec::new();
     if let Some(m) = &metrics {
         taken.push((m.clone(), "[metrics]".to_string()));

@@ -196,6 +196,11 @@ fn address_errors_come_from_the_command_line_grammar() {
     assert!(e.starts_with("t.toml:5: connect: invalid address"), "{e}");
     let e = error("[metrics]\nlisten = \"TCP:h:1\"\n");
     assert_eq!(e, "t.toml:2: metrics.listen: \"TCP:h:1\" does not listen");
+    let e = error("[metrics]\nlisten = \"ACCEPT-FD:3\"\n");
+    assert!(
+        e.starts_with("t.toml:2: metrics.listen: an inherited socket"),
+        "{e}"
+    );
 }
 
 #[test]
