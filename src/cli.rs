@@ -28,14 +28,17 @@ Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensiti
   VSOCK-UDS-CONNECT:path:port   hybrid vsock (Firecracker, cloud-hypervisor): CONNECT <port>
   VSOCK-UDS-LISTEN:path:port    guest connections to host port <port>, at <path>_<port>
   STDIO                    -
+  ACCEPT-FD:n              a listening socket inherited as descriptor n (systemd), with fork
 Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
   connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
-  keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early
+  keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early,
+  allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8)
 
 Examples:
   vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201
   vsplice TCP-LISTEN:2222,fork VSOCK-UDS-CONNECT:/run/firecracker.vsock:22
-  vsplice bench demo";
+  vsplice bench demo
+  vsplice serve --config /etc/vsplice/relays.toml";
 
 fn size_arg(s: &str) -> std::result::Result<usize, String> {
     let n = parse_size(s)?;
@@ -138,6 +141,8 @@ pub struct Cli {
 pub enum Command {
     /// Measure throughput (iperf style) over vsock, TCP or UNIX, with or without a relay
     Bench(BenchArgs),
+    /// Run the relays a TOML file declares (service mode); --check only validates it
+    Serve(crate::service::ServeArgs),
 }
 
 /// Stage two: checked objects, ready to run.
@@ -145,6 +150,7 @@ pub enum Command {
 pub enum Plan {
     Relay(Box<RelayPlan>),
     Bench(Box<BenchPlan>),
+    Serve(Box<crate::service::ServeCommand>),
 }
 
 fn parse_address(text: &str) -> Result<Address> {
@@ -187,11 +193,18 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     if let Some(Command::Bench(args)) = cli.command {
         return Ok(Plan::Bench(Box::new(crate::bench::plan(args)?)));
     }
+    if let Some(Command::Serve(args)) = cli.command {
+        return Ok(Plan::Serve(Box::new(crate::service::plan(args)?)));
+    }
     let [first, second] = <[String; 2]>::try_from(cli.addresses.clone())
         .map_err(|_| Error::Usage("exactly two addresses are needed".into()))?;
     let first = parse_address(&first)?;
     let second = parse_address(&second)?;
     check_pair(&first, &second)?;
+    if let crate::addr::Kind::AcceptFd { .. } = first.kind {
+        let serve = crate::service::accept_fd_relay(first, second, &cli)?;
+        return Ok(Plan::Serve(Box::new(serve)));
+    }
     let mut engine = engine_config(&cli);
     engine.single_connection = !first.options.fork;
     engine.receive_budget = match cli.receive_budget {
@@ -295,6 +308,7 @@ fn run(plan: Plan) -> Result<ExitCode> {
     match plan {
         Plan::Relay(p) => crate::relay::run(*p),
         Plan::Bench(b) => crate::bench::run(*b),
+        Plan::Serve(s) => crate::service::run(*s),
     }
 }
 
@@ -322,7 +336,7 @@ mod tests {
     fn receive_budget_defaults_to_the_system_and_yields_to_rcvbuf() {
         let relay = |args: &[&str]| match plan_of(args).unwrap() {
             Plan::Relay(p) => p,
-            Plan::Bench(_) => panic!("relay"),
+            _ => panic!("relay"),
         };
         let p = relay(&["TCP-LISTEN:1,fork", "TCP:h:2"]);
         assert_eq!(p.engine.receive_budget, ReceiveBudget::from_system());

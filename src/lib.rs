@@ -15,6 +15,7 @@ pub mod error;
 pub mod log;
 pub mod net;
 pub mod relay;
+pub mod service;
 pub mod sys;
 
 // The modules' former paths, for code written against them.

@@ -14,9 +14,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bind::parse_bind;
 pub use lex::{LexError, RawAddress, RawOption, lex};
 pub use size::{parse_duration, parse_size};
+
+use bind::parse_bind;
+
+use crate::service::allow::{Allow, AllowRule};
 
 /// IP family restriction of a TCP address (`TCP4`, `TCP6`, or either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,11 @@ pub enum Kind {
         port: u32,
     },
     Stdio,
+    /// A listening socket inherited as descriptor `fd` (systemd socket activation; socat
+    /// 1.8's name).
+    AcceptFd {
+        fd: i32,
+    },
 }
 
 /// Address types without their parameters: the rows of the keyword table.
@@ -76,6 +84,7 @@ pub enum KindTag {
     VsockUdsConnect,
     VsockUdsListen,
     Stdio,
+    AcceptFd,
 }
 
 /// Keywords and their aliases, as socat spells them.
@@ -106,6 +115,7 @@ const KEYWORDS: &[(&str, KindTag)] = &[
     ("VSOCK-UDS-L", KindTag::VsockUdsListen),
     ("STDIO", KindTag::Stdio),
     ("-", KindTag::Stdio),
+    ("ACCEPT-FD", KindTag::AcceptFd),
 ];
 
 impl KindTag {
@@ -133,6 +143,7 @@ impl KindTag {
             KindTag::VsockUdsConnect => "VSOCK-UDS-CONNECT",
             KindTag::VsockUdsListen => "VSOCK-UDS-LISTEN",
             KindTag::Stdio => "STDIO",
+            KindTag::AcceptFd => "ACCEPT-FD",
         }
     }
 
@@ -145,6 +156,7 @@ impl KindTag {
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
             KindTag::Stdio => "no parameters",
+            KindTag::AcceptFd => "fd",
         }
     }
 
@@ -155,6 +167,7 @@ impl KindTag {
                 | KindTag::UnixListen
                 | KindTag::VsockListen
                 | KindTag::VsockUdsListen
+                | KindTag::AcceptFd
         )
     }
 
@@ -189,6 +202,7 @@ impl Kind {
             Kind::VsockUdsConnect { .. } => KindTag::VsockUdsConnect,
             Kind::VsockUdsListen { .. } => KindTag::VsockUdsListen,
             Kind::Stdio => KindTag::Stdio,
+            Kind::AcceptFd { .. } => KindTag::AcceptFd,
         }
     }
 }
@@ -227,6 +241,8 @@ pub struct Options {
     pub retry: u32,
     /// Pause between connect attempts (`interval=`).
     pub interval: Option<Duration>,
+    /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
+    pub allow: Option<Allow>,
 }
 
 /// Option names and their aliases.
@@ -249,6 +265,7 @@ enum OptName {
     UnlinkEarly,
     Retry,
     Interval,
+    Allow,
 }
 
 const OPTION_NAMES: &[(&str, OptName)] = &[
@@ -278,6 +295,7 @@ const OPTION_NAMES: &[(&str, OptName)] = &[
     ("unlink-early", OptName::UnlinkEarly),
     ("retry", OptName::Retry),
     ("interval", OptName::Interval),
+    ("allow", OptName::Allow),
 ];
 
 impl OptName {
@@ -291,7 +309,9 @@ impl OptName {
     /// Whether the option means anything for this address type.
     fn applies_to(self, tag: KindTag) -> bool {
         match self {
-            OptName::Fork | OptName::MaxChildren | OptName::Backlog => tag.is_listener(),
+            OptName::Fork | OptName::MaxChildren | OptName::Backlog | OptName::Allow => {
+                tag.is_listener()
+            }
             OptName::ReuseAddr | OptName::ReusePort | OptName::NoDelay => tag.is_tcp(),
             OptName::KeepAlive | OptName::KeepIdle | OptName::KeepIntvl | OptName::KeepCnt => {
                 tag.is_tcp()
@@ -324,6 +344,7 @@ impl OptName {
             OptName::Bind => "=ADDRESS",
             OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
+            OptName::Allow => "=ENTRY",
             _ => "",
         }
     }
@@ -363,6 +384,8 @@ pub enum AddressError {
     VsockPort(String),
     #[error("cid \"{0}\" is not a number 0-4294967295 (or -1 for any)")]
     Cid(String),
+    #[error("descriptor \"{0}\" is not a number 0-2147483647")]
+    Fd(String),
     #[error("empty host in {0}")]
     EmptyHost(&'static str),
     #[error("empty path in {0}")]
@@ -595,6 +618,21 @@ fn apply_option(opts: &mut Options, tag: KindTag, raw: &RawOption) -> Result<(),
             opts.keepalive = true;
         }
         OptName::Retry => opts.retry = parse_number(name, value)?,
+        OptName::Allow => {
+            let rule =
+                AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
+            let mut rules = opts
+                .allow
+                .take()
+                .map(|a| a.rules().to_vec())
+                .unwrap_or_default();
+            rules.push(rule);
+            let allow = Allow::from_rules(rules).expect("one rule at least");
+            allow
+                .fits(tag)
+                .map_err(|why| option_value_error(name, value, why))?;
+            opts.allow = Some(allow);
+        }
         _ => unreachable!("value options handled above"),
     }
     Ok(())
@@ -666,6 +704,13 @@ impl Address {
             }
             (KindTag::Stdio, []) => Kind::Stdio,
             (KindTag::Stdio, _) => return Err(AddressError::NoParameters { kind: name }),
+            (KindTag::AcceptFd, [fd]) => Kind::AcceptFd {
+                fd: fd
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| AddressError::Fd(fd.to_string()))?,
+            },
             _ => return Err(wrong()),
         })
     }

@@ -3,9 +3,10 @@
 //! One module per kernel object: [`socket`] (non-blocking stream sockets of the three
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
 //! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
-//! io_uring for provided buffers), [`stdio`] and [`limits`] (RLIMIT_NOFILE, pipe
-//! quotas). Descriptors are `OwnedFd` from the moment the kernel returns them, so no error
-//! path leaks one. Nothing outside this module and the io_uring worker calls `libc` directly.
+//! io_uring for provided buffers), [`stdio`], [`limits`] (RLIMIT_NOFILE, pipe quotas) and
+//! [`systemd`] (sd_notify, socket activation). Descriptors are `OwnedFd` from the moment the
+//! kernel returns them, so no error path leaks one. Nothing outside this module and the
+//! io_uring worker calls `libc` directly.
 
 pub mod bufring;
 pub mod eventfd;
@@ -14,6 +15,7 @@ pub mod pipe;
 pub mod signal;
 pub mod socket;
 pub mod stdio;
+pub mod systemd;
 pub mod zerocopy;
 
 use std::io;

@@ -337,6 +337,26 @@ pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Resul
     wait_for(fd, nix::poll::PollFlags::POLLIN, deadline)
 }
 
+/// The credentials of a UNIX socket's peer process, as the kernel recorded them at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Socket {
+    /// The peer's credentials (SO_PEERCRED); UNIX sockets only.
+    pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
+        let c = ns::getsockopt(&self.fd, ns::sockopt::PeerCredentials).map_err(from_nix)?;
+        Ok(PeerCredentials {
+            pid: c.pid(),
+            uid: c.uid(),
+            gid: c.gid(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

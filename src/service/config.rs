@@ -1,0 +1,662 @@
+//! The service configuration file: TOML in, a checked [`ServePlan`] out, before anything is
+//! opened.
+//!
+//! Two stages, like the command line: serde reads the text into raw structures that keep
+//! every value's position ([`toml::Spanned`]), then [`resolve`] gives each value meaning with
+//! the same code the command line uses (the address grammar, the size and duration parsers,
+//! [`crate::relay::check_pair`]). Every error names the file, the line and the key; unknown
+//! keys are errors, not silently ignored, so a typo never leaves an option unset.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use crate::addr::{Address, Bind, Kind, parse_duration, parse_size};
+use crate::engine::Mode;
+use crate::error::Error;
+use crate::service::allow::Allow;
+
+/// How long connections may go on after a stop before they are cut, when the file says nothing.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A configuration error: where it is and what is wrong. Exit status 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no position (the file cannot be read).
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Error {
+        Error::Usage(e.to_string())
+    }
+}
+
+/// Which direction a one-way service moves (`-u` / `-U`). "first" is the listening side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneWay {
+    FirstToSecond,
+    SecondToFirst,
+}
+
+/// The per-relay options a service takes, named after the command line's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// `-T`: close a connection after this long without data.
+    pub idle_timeout: Option<Duration>,
+    /// `-t`: after one side's EOF, how long the other direction may go on.
+    pub linger: Option<Duration>,
+    /// `-u` / `-U`.
+    pub one_way: Option<OneWay>,
+    /// `-b`: pipe / buffer size per direction.
+    pub buffer: Option<usize>,
+    /// `--mode`.
+    pub mode: Option<Mode>,
+}
+
+impl RelayOptions {
+    /// Which directions run: [first->second, second->first].
+    pub fn directions(&self) -> [bool; 2] {
+        match self.one_way {
+            None => [true, true],
+            Some(OneWay::FirstToSecond) => [true, false],
+            Some(OneWay::SecondToFirst) => [false, true],
+        }
+    }
+
+    /// These options, with the unset ones taken from `defaults`.
+    fn or(&self, defaults: &RelayOptions) -> RelayOptions {
+        RelayOptions {
+            idle_timeout: self.idle_timeout.or(defaults.idle_timeout),
+            linger: self.linger.or(defaults.linger),
+            one_way: self.one_way.or(defaults.one_way),
+            buffer: self.buffer.or(defaults.buffer),
+            mode: self.mode.or(defaults.mode),
+        }
+    }
+}
+
+/// Options of the whole process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalOptions {
+    /// After a stop, how long open connections may go on before they are cut.
+    pub drain_timeout: Duration,
+    /// `--threads`; `None`: one per core.
+    pub threads: Option<usize>,
+    /// `--receive-budget`; `Some(0)`: never cap; `None`: the system's default.
+    pub receive_budget: Option<usize>,
+    /// `--pin` (true) / `--no-pin` (false); `None`: the command line's policy.
+    pub pin: Option<bool>,
+    /// Per-relay options given at the top of the file: every service's defaults.
+    pub defaults: RelayOptions,
+}
+
+/// One service, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub name: String,
+    /// A listening address with `fork`; its `allow` and `max-children` include the service's
+    /// `allow` and `max-children` keys.
+    pub listen: Address,
+    /// A connecting address.
+    pub connect: Address,
+    /// The service's own options over the file's defaults.
+    pub options: RelayOptions,
+}
+
+impl ServicePlan {
+    /// Who may connect; `None`: everyone.
+    pub fn allow(&self) -> Option<&Allow> {
+        self.listen.options.allow.as_ref()
+    }
+
+    pub fn max_children(&self) -> Option<usize> {
+        self.listen.options.max_children
+    }
+}
+
+/// A configuration file, checked and ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServePlan {
+    pub file: PathBuf,
+    pub global: GlobalOptions,
+    /// Where Prometheus scrapes `GET /metrics`.
+    pub metrics: Option<Address>,
+    pub services: Vec<ServicePlan>,
+}
+
+impl ServePlan {
+    /// Reads and resolves a configuration file.
+    pub fn load(file: &Path) -> Result<ServePlan, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        resolve(file, &text)
+    }
+
+    /// What `serve --check` prints: one line per service.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{}: {} service{}",
+            self.file.display(),
+            self.services.len(),
+            if self.services.len() == 1 { "" } else { "s" }
+        );
+        match &self.metrics {
+            Some(m) => out.push_str(&format!(", metrics at {m}\n")),
+            None => out.push_str(", no metrics\n"),
+        }
+        let width = self
+            .services
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
+        for s in &self.services {
+            out.push_str(&format!(
+                "  {:width$}  {} -> {}  allow {}",
+                s.name,
+                s.listen,
+                s.connect,
+                s.allow().map_or("everyone".to_string(), |a| a.to_string()),
+            ));
+            let o = &s.options;
+            if let Some(t) = o.idle_timeout {
+                out.push_str(&format!("  idle-timeout {}s", t.as_secs_f64()));
+            }
+            if let Some(t) = o.linger {
+                out.push_str(&format!("  linger {}s", t.as_secs_f64()));
+            }
+            match o.one_way {
+                Some(OneWay::FirstToSecond) => out.push_str("  one-way first-to-second"),
+                Some(OneWay::SecondToFirst) => out.push_str("  one-way second-to-first"),
+                None => {}
+            }
+            if let Some(b) = o.buffer {
+                out.push_str(&format!("  buffer {b}"));
+            }
+            if let Some(m) = o.mode {
+                out.push_str(&format!("  mode {}", m.name()));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+type Item = Option<Spanned<Value>>;
+
+/// Stage one: the file as serde reads it, every value with its position.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    drain_timeout: Item,
+    threads: Item,
+    receive_budget: Item,
+    pin: Item,
+    idle_timeout: Item,
+    linger: Item,
+    one_way: Item,
+    buffer: Item,
+    mode: Item,
+    metrics: Option<Spanned<RawMetrics>>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMetrics {
+    listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawService {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    connect: Spanned<String>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    max_children: Item,
+    idle_timeout: Item,
+    linger: Item,
+    one_way: Item,
+    buffer: Item,
+    mode: Item,
+}
+
+/// Positions into the text, turned into line numbers for errors.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(&self, offset: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: if self.text.is_empty() {
+                0
+            } else {
+                self.line(offset)
+            },
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, value: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
+        self.error(value.span().start, key, message)
+    }
+
+    /// A serde error, with the key taken from the line it points at when serde's message
+    /// does not say (type errors point at the value).
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let offset = e.span().map_or(0, |s| s.start);
+        let line_start = self.text[..offset.min(self.text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line = &self.text[line_start..];
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+            .unwrap_or("");
+        self.error(offset, key, e.message().trim().replace('`', "\""))
+    }
+}
+
+/// Stage two: reads `text` (the contents of `file`) into a checked plan.
+pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
+    let src = Source { file, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let defaults = relay_options(
+        &src,
+        [
+            &raw.idle_timeout,
+            &raw.linger,
+            &raw.one_way,
+            &raw.buffer,
+            &raw.mode,
+        ],
+    )?;
+    let global = GlobalOptions {
+        drain_timeout: match &raw.drain_timeout {
+            Some(v) => duration(&src, v, "drain-timeout")?,
+            None => DEFAULT_DRAIN_TIMEOUT,
+        },
+        threads: match &raw.threads {
+            Some(v) => Some(count(&src, v, "threads", 1, 1024)?),
+            None => None,
+        },
+        receive_budget: match &raw.receive_budget {
+            Some(v) => Some(size(&src, v, "receive-budget")?),
+            None => None,
+        },
+        pin: match &raw.pin {
+            Some(v) => Some(
+                v.get_ref()
+                    .as_bool()
+                    .ok_or_else(|| src.at(v, "pin", "expected true or false"))?,
+            ),
+            None => None,
+        },
+        defaults,
+    };
+    let metrics = match &raw.metrics {
+        Some(m) => {
+            let text = &m.get_ref().listen;
+            let address = listening_address(&src, text, "metrics.listen")?;
+            if let Kind::AcceptFd { .. } = address.kind {
+                return Err(src.at(
+                    text,
+                    "metrics.listen",
+                    "an inherited socket (ACCEPT-FD) cannot serve metrics yet",
+                ));
+            }
+            Some(address)
+        }
+        None => None,
+    };
+    if raw.service.is_empty() {
+        return Err(src.error(0, "service", "no [[service]] declared"));
+    }
+    let mut services: Vec<ServicePlan> = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // Listening addresses taken so far, with who took them.
+    let mut taken: Vec<(Address, String)> = Vec::new();
+    if let Some(m) = &metrics {
+        taken.push((m.clone(), "[metrics]".to_string()));
+    }
+    for raw_service in &raw.service {
+        let service = resolve_service(&src, raw_service.get_ref(), &global.defaults)?;
+        let name = raw_service.get_ref().name.clone();
+        if let Some(line) = names.insert(service.name.clone(), src.line(name.span().start)) {
+            return Err(src.at(
+                &name,
+                "name",
+                format!(
+                    "service \"{}\" is declared twice (first at line {line})",
+                    service.name
+                ),
+            ));
+        }
+        let listen = &raw_service.get_ref().listen;
+        if let Some((_, owner)) = taken
+            .iter()
+            .find(|(a, _)| same_listening_socket(a, &service.listen))
+        {
+            return Err(src.at(
+                listen,
+                "listen",
+                format!(
+                    "\"{}\" listens where {owner} already does",
+                    service.listen.text
+                ),
+            ));
+        }
+        taken.push((
+            service.listen.clone(),
+            format!("service \"{}\"", service.name),
+        ));
+        services.push(service);
+    }
+    Ok(ServePlan {
+        file: file.to_path_buf(),
+        global,
+        metrics,
+        services,
+    })
+}
+
+fn resolve_service(
+    src: &Source,
+    raw: &RawService,
+    defaults: &RelayOptions,
+) -> Result<ServicePlan, ConfigError> {
+    let name = raw.name.get_ref().trim();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(src.at(
+            &raw.name,
+            "name",
+            format!("\"{name}\" is not a service name (letters, digits, - _ . only)"),
+        ));
+    }
+    let mut listen = listening_address(src, &raw.listen, "listen")?;
+    if !listen.options.fork {
+        return Err(src.at(
+            &raw.listen,
+            "listen",
+            format!(
+                "\"{}\" serves one connection only: a service needs \",fork\"",
+                listen.text
+            ),
+        ));
+    }
+    let connect = parse_address(src, &raw.connect, "connect")?;
+    if connect.is_listener() || !connect.is_connector() {
+        return Err(src.at(
+            &raw.connect,
+            "connect",
+            format!("\"{}\" is not a connecting address", connect.text),
+        ));
+    }
+    if let Some(v) = &raw.max_children {
+        if listen.options.max_children.is_some() {
+            return Err(src.at(
+                v,
+                "max-children",
+                "given twice: as a key and in the listen address",
+            ));
+        }
+        listen.options.max_children = Some(count(src, v, "max-children", 1, usize::MAX)?);
+    }
+    if let Some(entries) = &raw.allow {
+        if listen.options.allow.is_some() {
+            return Err(src.at(
+                entries,
+                "allow",
+                "given twice: as a key and as allow= in the listen address",
+            ));
+        }
+        let mut rules = Vec::new();
+        for entry in entries.get_ref() {
+            let rule = crate::service::allow::AllowRule::parse(entry.get_ref())
+                .map_err(|e| src.at(entry, "allow", e))?;
+            rules.push(rule);
+        }
+        let Some(allow) = Allow::from_rules(rules) else {
+            return Err(src.at(
+                entries,
+                "allow",
+                "an empty list would refuse everyone: remove the key to allow everyone",
+            ));
+        };
+        allow
+            .fits(listen.kind.tag())
+            .map_err(|e| src.at(entries, "allow", e))?;
+        listen.options.allow = Some(allow);
+    }
+    crate::relay::check_pair(&listen, &connect)
+        .map_err(|e| src.at(&raw.name, "", e.to_string()))?;
+    let own = relay_options(
+        src,
+        [
+            &raw.idle_timeout,
+            &raw.linger,
+            &raw.one_way,
+            &raw.buffer,
+            &raw.mode,
+        ],
+    )?;
+    Ok(ServicePlan {
+        name: name.to_string(),
+        listen,
+        connect,
+        options: own.or(defaults),
+    })
+}
+
+fn parse_address(src: &Source, text: &Spanned<String>, key: &str) -> Result<Address, ConfigError> {
+    Address::parse(text.get_ref()).map_err(|e| {
+        src.at(
+            text,
+            key,
+            format!("invalid address \"{}\": {e}", text.get_ref()),
+        )
+    })
+}
+
+fn listening_address(
+    src: &Source,
+    text: &Spanned<String>,
+    key: &str,
+) -> Result<Address, ConfigError> {
+    let address = parse_address(src, text, key)?;
+    if !address.is_listener() {
+        return Err(src.at(text, key, format!("\"{}\" does not listen", address.text)));
+    }
+    Ok(address)
+}
+
+/// Whether two listening addresses would bind the same socket (the second would fail with
+/// "address in use" at run time, or worse, share it with SO_REUSEPORT).
+fn same_listening_socket(a: &Address, b: &Address) -> bool {
+    fn overlap<T: PartialEq>(x: Option<T>, y: Option<T>) -> bool {
+        match (x, y) {
+            (Some(x), Some(y)) => x == y,
+            // An unbound listener takes every local address, so it meets any other.
+            _ => true,
+        }
+    }
+    let inet_host = |a: &Address| match &a.options.bind {
+        Some(Bind::Inet { host, .. }) => Some(host.clone()),
+        _ => None,
+    };
+    let vsock_cid = |a: &Address| match &a.options.bind {
+        Some(Bind::Vsock { cid, .. }) => *cid,
+        _ => None,
+    };
+    match (&a.kind, &b.kind) {
+        (Kind::TcpListen { port: p, .. }, Kind::TcpListen { port: q, .. }) => {
+            *p != 0 && p == q && overlap(inet_host(a), inet_host(b))
+        }
+        (Kind::VsockListen { port: p }, Kind::VsockListen { port: q }) => {
+            *p != u32::MAX && p == q && overlap(vsock_cid(a), vsock_cid(b))
+        }
+        (Kind::UnixListen { path: p }, Kind::UnixListen { path: q }) => p == q,
+        (Kind::VsockUdsListen { path: p, port: x }, Kind::VsockUdsListen { path: q, port: y }) => {
+            p == q && x == y
+        }
+        (Kind::AcceptFd { fd: x }, Kind::AcceptFd { fd: y }) => x == y,
+        _ => false,
+    }
+}
+
+/// The five per-relay options, in the order idle-timeout, linger, one-way, buffer, mode.
+fn relay_options(src: &Source, items: [&Item; 5]) -> Result<RelayOptions, ConfigError> {
+    let [idle, linger, one_way, buffer, mode] = items;
+    let mut out = RelayOptions::default();
+    if let Some(v) = idle {
+        out.idle_timeout = Some(duration(src, v, "idle-timeout")?);
+    }
+    if let Some(v) = linger {
+        out.linger = Some(duration(src, v, "linger")?);
+    }
+    if let Some(v) = one_way {
+        out.one_way = Some(match v.get_ref().as_str() {
+            Some("first-to-second") => OneWay::FirstToSecond,
+            Some("second-to-first") => OneWay::SecondToFirst,
+            _ => {
+                return Err(src.at(
+                    v,
+                    "one-way",
+                    format!(
+                        "{} is not \"first-to-second\" (-u) or \"second-to-first\" (-U)",
+                        v.get_ref()
+                    ),
+                ));
+            }
+        });
+    }
+    if let Some(v) = buffer {
+        let n = size(src, v, "buffer")?;
+        if !(4096..=1 << 30).contains(&n) {
+            return Err(src.at(v, "buffer", format!("{n} is not a size from 4K to 1G")));
+        }
+        out.buffer = Some(n);
+    }
+    if let Some(v) = mode {
+        let text = v.get_ref().as_str().unwrap_or("");
+        out.mode = Some(
+            <Mode as clap::ValueEnum>::from_str(text, true).map_err(|_| {
+                src.at(
+                    v,
+                    "mode",
+                    format!(
+                        "{} is not a data path (splice, uring-splice, copy, recv, recv-zc)",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// A duration: seconds as a number, or a string of seconds or with a unit (`500ms`, `30s`,
+/// `10m`, `1h`).
+fn duration(src: &Source, v: &Spanned<Value>, key: &str) -> Result<Duration, ConfigError> {
+    let text = match v.get_ref() {
+        Value::Integer(n) => n.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::String(s) => s.trim().to_string(),
+        other => return Err(src.at(v, key, format!("{other} is not a duration like \"30s\""))),
+    };
+    let (number, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .iter()
+        .find_map(|(unit, scale)| text.strip_suffix(unit).map(|n| (n, *scale)))
+        .unwrap_or((text.as_str(), 1.0));
+    let secs = parse_duration(number)
+        .map_err(|_| {
+            src.at(
+                v,
+                key,
+                format!("\"{text}\" is not a duration (seconds, or with ms, s, m, h)"),
+            )
+        })?
+        .as_secs_f64();
+    Ok(Duration::from_secs_f64(secs * scale))
+}
+
+/// A size: bytes as a number, or a string with K, M, G.
+fn size(src: &Source, v: &Spanned<Value>, key: &str) -> Result<usize, ConfigError> {
+    match v.get_ref() {
+        Value::Integer(n) if *n >= 0 => Ok(*n as usize),
+        Value::String(s) => parse_size(s).map_err(|e| src.at(v, key, e)),
+        other => Err(src.at(v, key, format!("{other} is not a size like \"1M\""))),
+    }
+}
+
+fn count(
+    src: &Source,
+    v: &Spanned<Value>,
+    key: &str,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    match v.get_ref() {
+        Value::Integer(n) if *n >= 0 && (min..=max).contains(&(*n as usize)) => Ok(*n as usize),
+        other => Err(src.at(
+            v,
+            key,
+            format!("{other} is not a whole number from {min} to {max}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

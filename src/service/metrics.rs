@@ -1,0 +1,397 @@
+//! Prometheus metrics of a service-mode process: the counters, gauges and histograms (kept by
+//! the `prometheus-client` crate, which also writes the OpenMetrics text), the per-service
+//! handles the data path bumps, and [`MetricsServer`], a small HTTP server on its own thread
+//! that answers `GET /metrics`.
+//!
+//! The data path never takes a lock for a metric: [`Metrics::service`] resolves one service's
+//! label set once, and its [`ServiceMetrics`] holds clones of the counters (each an atomic
+//! shared with the registry). Only labels that vary per event (close reason, errno) look their
+//! series up, once per connection. A scrape encodes under the registry's own locks, which the
+//! data path does not take.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use super::metrics_http::MetricsServer;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+/// Why a connection ended (label `reason` of `vsplice_connections_closed_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CloseReason {
+    /// Both directions reached end of file.
+    eof,
+    /// `idle-timeout` passed without a byte moved.
+    idle_timeout,
+    /// `linger` passed after one direction ended.
+    linger_timeout,
+    /// A socket error (reset, broken pipe, ...).
+    error,
+    /// The connect address could not be reached.
+    dial_failed,
+    /// Cut at the end of a drain (stop or reload).
+    drained,
+}
+
+/// Which way bytes went (label `direction` of `vsplice_bytes_total`): "first" is the
+/// listening side's connection, "second" the dialed one.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    first_to_second,
+    second_to_first,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    service: String,
+    reason: CloseReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrnoLabels {
+    service: String,
+    errno: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    service: String,
+    direction: Direction,
+}
+
+type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
+
+/// Connection durations: 1 ms to about 9 hours.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 12))
+}
+
+/// Dial latencies: 50 µs to about 13 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 4.0, 10))
+}
+
+/// Engine-wide gauges (no `service` label), set by whoever samples the engine.
+#[derive(Debug, Default, Clone)]
+pub struct EngineGauges {
+    pub workers: Gauge,
+    pub parked_connections: Gauge,
+    pub pipes_in_use: Gauge,
+    /// The receive budget's current per-socket cap in bytes; 0 when uncapped.
+    pub receive_cap_bytes: Gauge,
+}
+
+type ScrapeHook = Box<dyn Fn(&EngineGauges) + Send + Sync>;
+
+/// Every metric of the process, and the registry that writes them out.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<ServiceLabel, Counter>,
+    denied: Family<ServiceLabel, Counter>,
+    active: Family<ServiceLabel, Gauge>,
+    closed: Family<ClosedLabels, Counter>,
+    dial_failures: Family<ErrnoLabels, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+    durations: HistogramFamily,
+    dial_latency: HistogramFamily,
+    engine: EngineGauges,
+    before_scrape: Mutex<Option<ScrapeHook>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("vsplice"),
+            accepted: Family::default(),
+            denied: Family::default(),
+            active: Family::default(),
+            closed: Family::default(),
+            dial_failures: Family::default(),
+            bytes: Family::default(),
+            durations: Family::new_with_constructor(duration_histogram),
+            dial_latency: Family::new_with_constructor(latency_histogram),
+            engine: EngineGauges::default(),
+            before_scrape: Mutex::new(None),
+        };
+        let r = &mut m.registry;
+        // Counters get their `_total` suffix from the encoder.
+        r.register(
+            "connections_accepted",
+            "Connections accepted and handed to the relay",
+            m.accepted.clone(),
+        );
+        r.register(
+            "connections_denied",
+            "Connections closed at once because the allow list refused the peer",
+            m.denied.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Connections open now",
+            m.active.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections ended, by reason",
+            m.closed.clone(),
+        );
+        r.register(
+            "dial_failures",
+            "Failed connects to a service's connect address, by errno",
+            m.dial_failures.clone(),
+        );
+        r.register("bytes", "Bytes relayed, by direction", m.bytes.clone());
+        r.register_with_unit(
+            "connection_duration",
+            "How long connections lasted",
+            Unit::Seconds,
+            m.durations.clone(),
+        );
+        r.register_with_unit(
+            "dial_latency",
+            "Time from accept to the connect address answering",
+            Unit::Seconds,
+            m.dial_latency.clone(),
+        );
+        let e = &m.engine;
+        r.register("engine_workers", "Worker threads", e.workers.clone());
+        r.register(
+            "engine_parked_connections",
+            "Connections whose sockets sit in io_uring fixed-file tables",
+            e.parked_connections.clone(),
+        );
+        r.register(
+            "engine_pipes_in_use",
+            "Pipes held by connections",
+            e.pipes_in_use.clone(),
+        );
+        r.register_with_unit(
+            "engine_receive_cap",
+            "Per-socket TCP receive buffer the receive budget sets now (0: uncapped)",
+            Unit::Bytes,
+            e.receive_cap_bytes.clone(),
+        );
+        m
+    }
+
+    /// The handles one service's connections bump. Creating it makes the service's series
+    /// appear (at zero) in the next scrape.
+    pub fn service(&self, name: &str) -> ServiceMetrics {
+        let label = ServiceLabel {
+            service: name.to_string(),
+        };
+        let direction = |direction| DirectionLabels {
+            service: name.to_string(),
+            direction,
+        };
+        ServiceMetrics {
+            name: name.to_string(),
+            accepted: self.accepted.get_or_create_owned(&label),
+            denied: self.denied.get_or_create_owned(&label),
+            active: self.active.get_or_create_owned(&label),
+            bytes: [
+                self.bytes
+                    .get_or_create_owned(&direction(Direction::first_to_second)),
+                self.bytes
+                    .get_or_create_owned(&direction(Direction::second_to_first)),
+            ],
+            duration: self.durations.get_or_create_owned(&label),
+            dial_latency: self.dial_latency.get_or_create_owned(&label),
+            closed: self.closed.clone(),
+            dial_failures: self.dial_failures.clone(),
+        }
+    }
+
+    /// The engine-wide gauges.
+    pub fn engine(&self) -> &EngineGauges {
+        &self.engine
+    }
+
+    /// Runs `hook` before each scrape, to sample values kept elsewhere (the engine's
+    /// counters) into the gauges.
+    pub fn before_scrape(&self, hook: impl Fn(&EngineGauges) + Send + Sync + 'static) {
+        *self.before_scrape.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        if let Some(hook) = &*self.before_scrape.lock().unwrap_or_else(|e| e.into_inner()) {
+            hook(&self.engine);
+        }
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// One service's metrics, cheap to bump from any thread (atomics, no locks).
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    name: String,
+    accepted: Counter,
+    denied: Counter,
+    active: Gauge,
+    bytes: [Counter; 2],
+    duration: Histogram,
+    dial_latency: Histogram,
+    closed: Family<ClosedLabels, Counter>,
+    dial_failures: Family<ErrnoLabels, Counter>,
+}
+
+impl ServiceMetrics {
+    /// A connection was accepted and handed to the relay.
+    pub fn on_accept(&self) {
+        self.accepted.inc();
+        self.active.inc();
+    }
+
+    /// A peer was refused by the allow list (and closed with no byte relayed).
+    pub fn on_deny(&self) {
+        self.denied.inc();
+    }
+
+    /// The connect address answered, `latency` after the accept.
+    pub fn on_dial(&self, latency: Duration) {
+        self.dial_latency.observe(latency.as_secs_f64());
+    }
+
+    /// The connect address could not be reached (the connection then closes with
+    /// [`CloseReason::dial_failed`]).
+    pub fn on_dial_failure(&self, error: &io::Error) {
+        let errno = match error.raw_os_error() {
+            Some(code) => format!("{:?}", nix::errno::Errno::from_raw(code)),
+            None if error.kind() == io::ErrorKind::TimedOut => "ETIMEDOUT".to_string(),
+            None => "other".to_string(),
+        };
+        self.dial_failures
+            .get_or_create(&ErrnoLabels {
+                service: self.name.clone(),
+                errno,
+            })
+            .inc();
+    }
+
+    /// Bytes delivered in one direction.
+    pub fn add_bytes(&self, direction: Direction, bytes: u64) {
+        self.bytes[direction as usize].inc_by(bytes);
+    }
+
+    /// A connection counted by [`ServiceMetrics::on_accept`] ended after `lasted`.
+    pub fn on_close(&self, reason: CloseReason, lasted: Duration) {
+        self.active.dec();
+        self.duration.observe(lasted.as_secs_f64());
+        self.closed
+            .get_or_create(&ClosedLabels {
+                service: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Sets the open-connection gauge, for a sampler that counts connections itself.
+    pub fn set_active(&self, connections: i64) {
+        self.active.set(connections);
+    }
+
+    /// Counts `n` closes at once, for a sampler that counts them in bulk (no durations).
+    pub fn add_closed(&self, reason: CloseReason, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.closed
+            .get_or_create(&ClosedLabels {
+                service: self.name.clone(),
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Shared ownership, as the HTTP server and the relay both hold the metrics.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_appears_at_zero_and_counts_its_connections() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("service=\"api\""));
+        let api = m.service("api");
+        let text = m.encode();
+        assert!(text.contains("vsplice_connections_accepted_total{service=\"api\"} 0\n"));
+        api.on_accept();
+        api.on_accept();
+        api.on_deny();
+        api.add_bytes(Direction::first_to_second, 1000);
+        api.add_bytes(Direction::second_to_first, 7);
+        api.on_dial(Duration::from_millis(2));
+        api.on_dial_failure(&io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        api.on_close(CloseReason::eof, Duration::from_secs(3));
+        m.engine().workers.set(4);
+        let text = m.encode();
+        for line in [
+            "vsplice_connections_accepted_total{service=\"api\"} 2",
+            "vsplice_connections_denied_total{service=\"api\"} 1",
+            "vsplice_connections_active{service=\"api\"} 1",
+            "vsplice_connections_closed_total{service=\"api\",reason=\"eof\"} 1",
+            "vsplice_dial_failures_total{service=\"api\",errno=\"ECONNREFUSED\"} 1",
+            "vsplice_bytes_total{service=\"api\",direction=\"first_to_second\"} 1000",
+            "vsplice_bytes_total{service=\"api\",direction=\"second_to_first\"} 7",
+            "vsplice_connection_duration_seconds_count{service=\"api\"} 1",
+            "vsplice_dial_latency_seconds_count{service=\"api\"} 1",
+            "vsplice_engine_workers 4",
+            "vsplice_engine_receive_cap_bytes 0",
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line} missing in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scrape_hook_samples_engine_gauges() {
+        let m = Metrics::new();
+        m.before_scrape(|e| {
+            e.parked_connections.set(12);
+        });
+        assert!(
+            m.encode()
+                .contains("vsplice_engine_parked_connections 12\n")
+        );
+    }
+}

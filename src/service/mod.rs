@@ -1,0 +1,106 @@
+//! Service mode (`vsplice serve`): many relays declared in one TOML file, run by one process.
+//!
+//! The pieces stand apart from the engine so each is tested alone: [`config`] turns the file
+//! into a checked [`config::ServePlan`] (raw TOML, then resolved values, like the command
+//! line's two stages), [`allow`] decides which peers a listener serves, [`metrics`] keeps the
+//! Prometheus counters and serves them over HTTP. This module holds the `serve` subcommand.
+
+pub mod allow;
+pub mod config;
+pub mod metrics;
+mod metrics_http;
+pub mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::addr::Address;
+use crate::error::{Error, Result};
+use config::ServePlan;
+
+/// `vsplice serve` as clap sees it.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The TOML file that declares the services
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Only check the file: print a summary and exit 0, or the first error and exit 2
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `vsplice serve`, resolved.
+#[derive(Debug)]
+pub struct ServeCommand {
+    pub plan: ServePlan,
+    pub check_only: bool,
+}
+
+/// Reads and checks the configuration file (stage two of the command line).
+pub fn plan(args: ServeArgs) -> Result<ServeCommand> {
+    Ok(ServeCommand {
+        plan: ServePlan::load(&args.config)?,
+        check_only: args.check,
+    })
+}
+
+pub fn run(command: ServeCommand) -> Result<ExitCode> {
+    if command.check_only {
+        print!("{}", command.plan.summary());
+        return Ok(ExitCode::SUCCESS);
+    }
+    run::run(&command.plan)
+}
+
+/// A command-line relay whose first address is `ACCEPT-FD:n,fork` runs as a one-service
+/// plan here: the plain relay's listener path opens its own sockets only.
+pub fn accept_fd_relay(
+    first: Address,
+    second: Address,
+    cli: &crate::cli::Cli,
+) -> Result<ServeCommand> {
+    if !first.options.fork {
+        return Err(Error::Usage(format!(
+            "\"{}\": ACCEPT-FD serves connections with \"fork\" only (for now)",
+            first.text
+        )));
+    }
+    if !second.is_connector() {
+        return Err(Error::Usage(format!(
+            "\"{}\": ACCEPT-FD relays to a connecting address",
+            second.text
+        )));
+    }
+    let options = config::RelayOptions {
+        idle_timeout: cli.idle_timeout,
+        linger: cli.half_close_timeout,
+        one_way: match (cli.forward_only, cli.reverse_only) {
+            (true, _) => Some(config::OneWay::FirstToSecond),
+            (_, true) => Some(config::OneWay::SecondToFirst),
+            _ => None,
+        },
+        buffer: cli.block,
+        mode: cli.mode,
+    };
+    let plan = ServePlan {
+        file: PathBuf::from("(command line)"),
+        global: config::GlobalOptions {
+            drain_timeout: std::time::Duration::ZERO,
+            threads: cli.threads,
+            receive_budget: cli.receive_budget,
+            pin: (cli.pin || cli.no_pin).then_some(cli.pin),
+            defaults: config::RelayOptions::default(),
+        },
+        metrics: None,
+        services: vec![config::ServicePlan {
+            name: "relay".into(),
+            listen: first,
+            connect: second,
+            options,
+        }],
+    };
+    Ok(ServeCommand {
+        plan,
+        check_only: false,
+    })
+}

@@ -1,0 +1,363 @@
+//! The two systemd protocols a service needs, without libsystemd: readiness notification
+//! (`sd_notify`: a datagram to `$NOTIFY_SOCKET`, a path or an abstract `@name`) and socket
+//! activation (listening sockets passed as descriptors 3.. with `LISTEN_FDS`, `LISTEN_PID`
+//! and `LISTEN_FDNAMES`).
+//!
+//! Both are pure environment-plus-socket protocols, so they also work under
+//! `systemd-socket-activate` or any other supervisor that speaks them, with no PID 1 needed.
+//! Inherited descriptors are taken once per process (a second call gets nothing), marked
+//! close-on-exec and non-blocking, and checked to be listening sockets.
+
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+
+use super::socket::Socket;
+use super::{cvt, from_nix};
+
+/// The first inherited descriptor (SD_LISTEN_FDS_START).
+pub const LISTEN_FDS_START: i32 = 3;
+
+/// Sends state changes to the service manager.
+#[derive(Debug)]
+pub struct Notifier {
+    socket: UnixDatagram,
+    target: UnixSocketAddr,
+}
+
+impl Notifier {
+    /// The notifier `$NOTIFY_SOCKET` asks for; `None` when not run by a service manager
+    /// (or the variable is empty).
+    pub fn from_env() -> io::Result<Option<Notifier>> {
+        match std::env::var("NOTIFY_SOCKET") {
+            Ok(v) if !v.is_empty() => Notifier::new(&v).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// A notifier for a `NOTIFY_SOCKET` value: an absolute path, or `@name` for a name in
+    /// the abstract namespace.
+    pub fn new(notify_socket: &str) -> io::Result<Notifier> {
+        let target = match notify_socket.strip_prefix('@') {
+            Some(name) => UnixSocketAddr::from_abstract_name(name.as_bytes())?,
+            None if notify_socket.starts_with('/') => UnixSocketAddr::from_pathname(notify_socket)?,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("NOTIFY_SOCKET \"{notify_socket}\" is neither a path nor @name"),
+                ));
+            }
+        };
+        // std's sockets are close-on-exec.
+        let socket = UnixDatagram::unbound()?;
+        Ok(Notifier { socket, target })
+    }
+
+    /// Sends one message of `KEY=VALUE` lines.
+    pub fn notify(&self, state: &str) -> io::Result<()> {
+        let sent = self.socket.send_to_addr(state.as_bytes(), &self.target)?;
+        if sent != state.len() {
+            return Err(io::Error::other("notification truncated"));
+        }
+        Ok(())
+    }
+
+    /// Startup finished: the service is serving. `status` is shown by `systemctl status`.
+    pub fn ready(&self, status: &str) -> io::Result<()> {
+        self.notify(&format!("READY=1\nSTATUS={}", one_line(status)))
+    }
+
+    /// A reload started; the monotonic timestamp lets `Type=notify-reload` match it to the
+    /// signal it sent. Send [`Notifier::ready`] when the reload is done.
+    pub fn reloading(&self) -> io::Result<()> {
+        let now =
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(from_nix)?;
+        let usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000;
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"))
+    }
+
+    /// Shutdown started (draining).
+    pub fn stopping(&self) -> io::Result<()> {
+        self.notify("STOPPING=1")
+    }
+
+    /// A free-form status line.
+    pub fn status(&self, status: &str) -> io::Result<()> {
+        self.notify(&format!("STATUS={}", one_line(status)))
+    }
+
+    /// Keeps the watchdog from firing; send every [`Watchdog::interval`].
+    pub fn watchdog(&self) -> io::Result<()> {
+        self.notify("WATCHDOG=1")
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
+}
+
+/// The watchdog the service manager armed (`WATCHDOG_USEC`, for us if `WATCHDOG_PID` is
+/// unset or our pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watchdog {
+    /// The manager's timeout.
+    pub timeout: Duration,
+}
+
+impl Watchdog {
+    pub fn from_env() -> Option<Watchdog> {
+        Watchdog::parse(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        )
+    }
+
+    /// Reads the two variables' values for process `pid`.
+    pub fn parse(usec: Option<&str>, watchdog_pid: Option<&str>, pid: u32) -> Option<Watchdog> {
+        let usec: u64 = usec?.trim().parse().ok().filter(|n| *n > 0)?;
+        if let Some(p) = watchdog_pid {
+            if p.trim().parse::<u32>().ok()? != pid {
+                return None;
+            }
+        }
+        Some(Watchdog {
+            timeout: Duration::from_micros(usec),
+        })
+    }
+
+    /// How often to send WATCHDOG=1: half the timeout, as sd_watchdog_enabled(3) advises.
+    pub fn interval(&self) -> Duration {
+        self.timeout / 2
+    }
+
+    /// When the next ping is due after one sent at `sent`.
+    pub fn next_after(&self, sent: Instant) -> Instant {
+        sent + self.interval()
+    }
+}
+
+/// One socket handed over by the service manager.
+#[derive(Debug)]
+pub struct ActivatedSocket {
+    /// Its descriptor number as passed (3, 4, ...): what `ACCEPT-FD:n` names.
+    pub number: i32,
+    /// Its `FileDescriptorName=` (systemd names unnamed sockets "unknown").
+    pub name: Option<String>,
+    pub fd: OwnedFd,
+}
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Which descriptors the environment says are ours: `LISTEN_FDS` of them from 3, if
+/// `LISTEN_PID` is `pid`. Names come from `LISTEN_FDNAMES` (colon-separated).
+pub fn parse_listen_env(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+    names: Option<&str>,
+    pid: u32,
+) -> Result<Vec<(i32, Option<String>)>, String> {
+    let (Some(listen_pid), Some(listen_fds)) = (listen_pid, listen_fds) else {
+        return Ok(Vec::new());
+    };
+    let listen_pid: u32 = listen_pid
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_PID \"{listen_pid}\" is not a process id"))?;
+    if listen_pid != pid {
+        // Meant for another process (we were started by one that did not unset them).
+        return Ok(Vec::new());
+    }
+    let count: i32 = listen_fds
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (0..=4096).contains(n))
+        .ok_or_else(|| format!("LISTEN_FDS \"{listen_fds}\" is not a count 0-4096"))?;
+    let names: Vec<&str> = names.map(|n| n.split(':').collect()).unwrap_or_default();
+    if !names.is_empty() && names.len() != count as usize {
+        return Err(format!(
+            "LISTEN_FDNAMES has {} names for {count} descriptors",
+            names.len()
+        ));
+    }
+    Ok((0..count)
+        .map(|i| {
+            let name = names
+                .get(i as usize)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.to_string());
+            (LISTEN_FDS_START + i, name)
+        })
+        .collect())
+}
+
+/// Takes the sockets the service manager passed (empty when none were, or when they were
+/// taken already). Each becomes close-on-exec at once.
+pub fn take_listen_fds() -> io::Result<Vec<ActivatedSocket>> {
+    let var = |k: &str| std::env::var(k).ok();
+    let wanted = parse_listen_env(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        std::process::id(),
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if wanted.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for (number, name) in wanted {
+        // Check the descriptor is open before anything owns it.
+        // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid
+        // argument (a closed one fails with EBADF), and no memory is involved.
+        cvt(unsafe { libc::fcntl(number, libc::F_GETFD) }).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("LISTEN_FDS names descriptor {number}, which is not open: {e}"),
+            )
+        })?;
+        // SAFETY: the service manager passed descriptor `number` to this process for it to
+        // own (LISTEN_PID is our pid, and F_GETFD just showed it open); the TAKEN guard
+        // makes this the only place that ever wraps it, so it gets exactly one owner.
+        let fd = unsafe { OwnedFd::from_raw_fd(number) };
+        fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(from_nix)?;
+        out.push(ActivatedSocket { number, name, fd });
+    }
+    Ok(out)
+}
+
+/// Turns an inherited descriptor into a listening socket vsplice can accept on: checks that
+/// it is a listening stream socket and makes it non-blocking (managers pass blocking ones).
+pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(from_nix)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(from_nix)?;
+    let socket = Socket::from_owned(fd);
+    let listening = socket
+        .get_int(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+        .map_err(|e| io::Error::new(e.kind(), format!("not a socket: {e}")))?;
+    if listening == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening socket (use Accept=no and ListenStream=)",
+        ));
+    }
+    Ok(socket)
+}
+
+/// SIGHUP, the reload signal (`ExecReload=kill -HUP $MAINPID`), on a signalfd: blocked so it
+/// no longer ends the process. Create it on the main thread before other threads start.
+#[derive(Debug)]
+pub struct ReloadSignal(nix::sys::signalfd::SignalFd);
+
+impl ReloadSignal {
+    pub fn install() -> io::Result<ReloadSignal> {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGHUP);
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(from_nix)?;
+        SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map(ReloadSignal)
+            .map_err(from_nix)
+    }
+
+    /// Whether a SIGHUP arrived since the last call.
+    pub fn take(&self) -> bool {
+        matches!(self.0.read_signal(), Ok(Some(_)))
+    }
+}
+
+impl AsFd for ReloadSignal {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_env_is_read_only_for_our_pid() {
+        assert_eq!(parse_listen_env(None, None, None, 7), Ok(vec![]));
+        assert_eq!(parse_listen_env(Some("8"), Some("2"), None, 7), Ok(vec![]));
+        assert_eq!(
+            parse_listen_env(Some("7"), Some("2"), Some("web:vsock"), 7),
+            Ok(vec![(3, Some("web".into())), (4, Some("vsock".into()))])
+        );
+        assert_eq!(
+            parse_listen_env(Some("7"), Some("1"), None, 7),
+            Ok(vec![(3, None)])
+        );
+        let e = parse_listen_env(Some("7"), Some("2"), Some("one"), 7).unwrap_err();
+        assert!(e.contains("1 names for 2"), "{e}");
+        let e = parse_listen_env(Some("7"), Some("many"), None, 7).unwrap_err();
+        assert!(e.contains("\"many\""), "{e}");
+        assert!(parse_listen_env(Some("x"), Some("1"), None, 7).is_err());
+    }
+
+    #[test]
+    fn watchdog_is_armed_for_our_pid_with_half_the_timeout() {
+        let w = Watchdog::parse(Some("3000000"), None, 7).unwrap();
+        assert_eq!(w.interval(), Duration::from_millis(1500));
+        assert_eq!(Watchdog::parse(Some("3000000"), Some("7"), 7), Some(w));
+        assert_eq!(Watchdog::parse(Some("3000000"), Some("8"), 7), None);
+        assert_eq!(Watchdog::parse(Some("0"), None, 7), None);
+        assert_eq!(Watchdog::parse(None, None, 7), None);
+    }
+
+    #[test]
+    fn notifications_reach_path_and_abstract_sockets() {
+        let dir = std::env::temp_dir().join(format!("vsplice-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let abstract_name = format!("vsplice-notify-test-{}", std::process::id());
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        let by_name = UnixDatagram::bind_addr(
+            &UnixSocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let mut recv = |s: &UnixDatagram| {
+            let n = s.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let n = Notifier::new(path.to_str().unwrap()).unwrap();
+        n.ready("2 services\nup").unwrap();
+        assert_eq!(recv(&by_path), "READY=1\nSTATUS=2 services up");
+        n.stopping().unwrap();
+        assert_eq!(recv(&by_path), "STOPPING=1");
+        let n = Notifier::new(&format!("@{abstract_name}")).unwrap();
+        n.reloading().unwrap();
+        let msg = recv(&by_name);
+        assert!(msg.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{msg}");
+        n.watchdog().unwrap();
+        assert_eq!(recv(&by_name), "WATCHDOG=1");
+        n.status("draining").unwrap();
+        assert_eq!(recv(&by_name), "STATUS=draining");
+        assert!(Notifier::new("relative").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_listening_sockets_are_accepted_as_inherited() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let socket = inherited_listener(OwnedFd::from(l)).unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        crate::sys::socket::wait_readable(socket.as_fd(), None).unwrap();
+        assert!(socket.accept().unwrap().is_some());
+        assert!(socket.accept().unwrap().is_none(), "non-blocking");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = inherited_listener(OwnedFd::from(a)).unwrap_err();
+        assert!(e.to_string().contains("not a listening socket"), "{e}");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(inherited_listener(OwnedFd::from(file)).is_err());
+    }
+}

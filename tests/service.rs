@@ -1,0 +1,675 @@
+//! Service mode, end to end through the binary: `vsplice serve --check` on good and bad
+//! files, the metrics endpoint scraped over HTTP and read by a real Prometheus parser, and the
+//! systemd protocols (socket activation through `systemd-socket-activate`, sd_notify on a
+//! NOTIFY_SOCKET the test binds).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Scratch, vsplice_bin};
+
+fn serve_check(config: &str) -> (i32, String, String) {
+    let dir = Scratch::new("serve-check");
+    let file = dir.path("vsplice.toml");
+    std::fs::write(&file, config).unwrap();
+    let out = Command::new(vsplice_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).replace(file.to_str().unwrap(), "FILE");
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn serve_check_prints_a_summary_of_a_valid_file_and_exits_0() {
+    let (code, out, err) = serve_check(
+        r#"
+drain-timeout = "30s"
+[metrics]
+listen = "TCP-LISTEN:9464,bind=127.0.0.1"
+[[service]]
+name = "guest-ssh"
+listen = "VSOCK-LISTEN:22,fork"
+connect = "TCP:127.0.0.1:22"
+allow = ["cid:3", "cid:10-20"]
+[[service]]
+name = "api"
+listen = "TCP-LISTEN:8080,fork,reuseaddr"
+connect = "VSOCK-CONNECT:3:80"
+allow = ["127.0.0.0/8", "10.1.0.0/16"]
+idle-timeout = "10m"
+"#,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "FILE: 2 services, metrics at TCP-LISTEN:9464,bind=127.0.0.1\n  \
+         guest-ssh  VSOCK-LISTEN:22,fork -> TCP:127.0.0.1:22  allow cid:3, cid:10-20\n  \
+         api        TCP-LISTEN:8080,fork,reuseaddr -> VSOCK-CONNECT:3:80  allow 127.0.0.0/8, 10.1.0.0/16  idle-timeout 600s\n"
+    );
+}
+
+#[test]
+fn serve_check_names_file_line_and_key_and_exits_2() {
+    let (code, out, err) = serve_check(
+        "[[service]]\nname = \"a\"\nlisten = \"TCP-LISTEN:1,fork\"\nconnect = \"TCP:h:1\"\nidle = 3\n",
+    );
+    assert_eq!(code, 2);
+    assert_eq!(out, "");
+    assert!(
+        err.starts_with("vsplice: FILE:5: idle: unknown field \"idle\""),
+        "{err}"
+    );
+    let (code, _, err) =
+        serve_check("[[service]]\nname = \"a\"\nlisten = \"TCP:h:1\"\nconnect = \"TCP:h:1\"\n");
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "vsplice: FILE:3: listen: \"TCP:h:1\" does not listen\n"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_a_usage_error() {
+    let out = Command::new(vsplice_bin())
+        .args(["serve", "--check", "--config", "/nonexistent/vsplice.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vsplice.toml: cannot read")
+    );
+}
+
+/// Python's `prometheus_client` (its OpenMetrics parser is strict), installed on first use
+/// with pip into the lab's cache folder. A missing parser fails the test: it is not skipped.
+fn prometheus_parser() -> std::path::PathBuf {
+    let dir = std::env::var_os("VSPLICE_LAB_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vsplice-lab")
+        })
+        .join("python");
+    if !dir.join("prometheus_client").exists() {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&dir)
+            .arg("prometheus-client")
+            .output()
+            .expect("python3 is needed to check the metrics exposition");
+        assert!(
+            out.status.success(),
+            "`python3 -m pip install --target {} prometheus-client` failed (install python3-pip, \
+             or put the package there by hand): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Scrapes `url` over HTTP with Python and parses it; returns one line per sample:
+/// `name{label=value,...} value`, labels sorted.
+fn scrape_and_parse(url: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import sys, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+with urllib.request.urlopen(sys.argv[1], timeout=30) as r:
+    assert r.status == 200, r.status
+    assert r.headers["Content-Type"].startswith("application/openmetrics-text"), r.headers
+    text = r.read().decode()
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        v = int(s.value) if float(s.value).is_integer() else s.value
+        print(f"{s.name}{{{labels}}} {v}")
+"#;
+    let out = Command::new("python3")
+        .env("PYTHONPATH", prometheus_parser())
+        .args(["-c", SCRIPT, url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scrape or parse failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vsplice::addr::Address;
+    use vsplice::service::metrics::{CloseReason, Direction, Metrics, MetricsServer};
+    use vsplice::sys::socket::SockAddr;
+
+    let metrics = Arc::new(Metrics::new());
+    let api = metrics.service("api");
+    let ssh = metrics.service("guest-ssh");
+    for _ in 0..3 {
+        api.on_accept();
+    }
+    api.on_deny();
+    api.on_dial(Duration::from_micros(300));
+    api.on_dial_failure(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+    api.add_bytes(Direction::first_to_second, 32 << 20);
+    api.add_bytes(Direction::second_to_first, 1234);
+    api.on_close(CloseReason::eof, Duration::from_millis(1500));
+    api.on_close(CloseReason::idle_timeout, Duration::from_secs(600));
+    metrics.engine().workers.set(2);
+    metrics.before_scrape(|e| {
+        e.pipes_in_use.set(6);
+    });
+    let server = MetricsServer::start(
+        &Address::parse("TCP4-LISTEN:0,bind=127.0.0.1").unwrap(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let SockAddr::Inet(local) = server.local_addr() else {
+        panic!("inet listener")
+    };
+    let samples = scrape_and_parse(&format!("http://{local}/metrics"));
+    for want in [
+        "vsplice_connections_accepted_total{service=api} 3",
+        "vsplice_connections_accepted_total{service=guest-ssh} 0",
+        "vsplice_connections_denied_total{service=api} 1",
+        "vsplice_connections_active{service=api} 1",
+        "vsplice_connections_closed_total{reason=eof,service=api} 1",
+        "vsplice_connections_closed_total{reason=idle_timeout,service=api} 1",
+        "vsplice_dial_failures_total{errno=ECONNREFUSED,service=api} 1",
+        "vsplice_bytes_total{direction=first_to_second,service=api} 33554432",
+        "vsplice_bytes_total{direction=second_to_first,service=api} 1234",
+        "vsplice_connection_duration_seconds_count{service=api} 2",
+        "vsplice_connection_duration_seconds_sum{service=api} 601.5",
+        "vsplice_dial_latency_seconds_count{service=api} 1",
+        "vsplice_engine_workers{} 2",
+        "vsplice_engine_pipes_in_use{} 6",
+        "vsplice_engine_parked_connections{} 0",
+        "vsplice_engine_receive_cap_bytes{} 0",
+    ] {
+        assert!(
+            samples.iter().any(|s| s == want),
+            "{want} not in {samples:#?}"
+        );
+    }
+    drop(ssh);
+}
+
+/// Set in the environment of the process `systemd-socket-activate` starts: this test binary
+/// again, running only [`socket_activation_child`].
+const ACTIVATION_CHILD: &str = "VSPLICE_ACTIVATION_CHILD";
+
+/// The activated process: takes its sockets, says READY=1, answers one connection on each
+/// with the socket's name. Does nothing when run as an ordinary test.
+#[test]
+fn socket_activation_child() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use vsplice::sys::socket::wait_readable;
+    use vsplice::sys::systemd::{Notifier, inherited_listener, take_listen_fds};
+    if std::env::var_os(ACTIVATION_CHILD).is_none() {
+        return;
+    }
+    let sockets = take_listen_fds().unwrap();
+    assert!(take_listen_fds().unwrap().is_empty(), "taken once only");
+    let names: Vec<_> = sockets.iter().map(|s| (s.number, s.name.clone())).collect();
+    assert_eq!(
+        names,
+        [(3, Some("tcp".to_string())), (4, Some("unix".to_string()))]
+    );
+    let notifier = Notifier::from_env().unwrap().expect("NOTIFY_SOCKET is set");
+    notifier.ready("2 sockets").unwrap();
+    for s in sockets {
+        let name = s.name.clone().unwrap();
+        let listener = inherited_listener(s.fd).unwrap();
+        let conn = loop {
+            wait_readable(listener.as_fd(), None).unwrap();
+            if let Some(c) = listener.accept().unwrap() {
+                break c;
+            }
+        };
+        let mut stream = std::fs::File::from(conn.into_owned());
+        // The accepted socket is non-blocking; a short line fits its empty send buffer.
+        stream.write_all(format!("{name}\n").as_bytes()).unwrap();
+    }
+    notifier.stopping().unwrap();
+}
+
+#[test]
+fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_socket() {
+    use std::io::Read;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::time::Duration;
+
+    let dir = Scratch::new("activation");
+    let notify_path = dir.path("notify");
+    let unix_path = dir.path("activated.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    // Guards against a hang only; nothing is measured.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let port = common::free_port();
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-l")
+        .arg(&unix_path)
+        .arg("--fdname=tcp:unix")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("-E")
+        .arg(format!("{ACTIVATION_CHILD}=1"))
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "socket_activation_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) is needed");
+    let read_line = |stream: &mut dyn Read| {
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    };
+    // systemd-socket-activate listens first, and starts the process on the first connection.
+    let mut tcp = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if activator.try_wait().unwrap().is_none() => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("systemd-socket-activate exited: {e}"),
+        }
+    };
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\nSTATUS=2 sockets");
+    assert_eq!(read_line(&mut tcp), "tcp\n");
+    let mut unix = UnixStream::connect(&unix_path).unwrap();
+    assert_eq!(read_line(&mut unix), "unix\n");
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = activator.wait().unwrap();
+    assert!(status.success(), "activated process: {status}");
+}
+
+/// A TCP client whose source address is `source` (127.0.0.2 is outside 127.0.0.1/32).
+fn tcp_from(source: &str, port: u16) -> std::net::TcpStream {
+    use vsplice::sys::socket::{SockAddr, Socket, connect_blocking};
+    let socket = Socket::new(nix::sys::socket::AddressFamily::Inet).unwrap();
+    socket
+        .bind(&SockAddr::Inet(format!("{source}:0").parse().unwrap()))
+        .unwrap();
+    let target = SockAddr::Inet(format!("127.0.0.1:{port}").parse().unwrap());
+    connect_blocking(&socket, &target, Some(std::time::Duration::from_secs(30))).unwrap();
+    let stream = std::net::TcpStream::from(socket.into_owned());
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+fn sample(samples: &[String], name_and_labels: &str) -> Option<f64> {
+    samples.iter().find_map(|s| {
+        let (key, value) = s.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().unwrap())
+    })
+}
+
+#[test]
+fn serve_relays_32mib_each_way_through_tcp_and_unix_services_at_once_refuses_peers_by_address_and_uid_and_counts_it_all()
+ {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("serve");
+    let (up_tcp, up_unix) = (payload(32 * MIB, 1), payload(32 * MIB, 2));
+    let (down_tcp, down_unix) = (payload(32 * MIB, 3), payload(32 * MIB, 4));
+    let (tcp_listen, unix_listen) = (Listen::tcp(), Listen::tcp());
+    let (tcp_target, unix_target) = (tcp_listen.connect_address(), unix_listen.connect_address());
+    let server_tcp = ExchangeServer::spawn(tcp_listen, down_tcp.data.clone(), 1);
+    let server_unix = ExchangeServer::spawn(unix_listen, down_unix.data.clone(), 1);
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let unix_path = dir.path("service.sock");
+    let uid = nix::unistd::geteuid().as_raw();
+    let refused_path = dir.path("other-user.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+drain-timeout = "60s"
+[metrics]
+listen = "TCP4-LISTEN:{metrics_port},bind=127.0.0.1"
+[[service]]
+name = "tcp"
+listen = "TCP4-LISTEN:{port},fork"
+connect = "{tcp_target}"
+allow = ["127.0.0.1/32"]
+[[service]]
+name = "unix"
+listen = "UNIX-LISTEN:{},fork"
+connect = "{unix_target}"
+allow = ["uid:{uid}"]
+[[service]]
+name = "unix-other-user"
+listen = "UNIX-LISTEN:{},fork"
+connect = "{unix_target}"
+allow = ["uid:{}"]
+"#,
+            unix_path.display(),
+            refused_path.display(),
+            uid.wrapping_add(4242),
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 3 services", Duration::from_secs(60));
+
+    // Refused first: had it been relayed, it would have taken the upstream's only accept.
+    let mut refused = tcp_from("127.0.0.2", port);
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "a refused peer received {} bytes",
+        got.len()
+    );
+    // A UNIX peer whose uid is not listed: same.
+    let mut refused = UnixStream::connect(&refused_path).unwrap();
+    let _ = refused.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "a refused UNIX peer received {} bytes",
+        got.len()
+    );
+
+    let tcp_client = std::thread::spawn(move || {
+        exchange(Box::new(tcp_from("127.0.0.1", port)), up_tcp.data.clone()).unwrap()
+    });
+    let unix_client = std::thread::spawn(move || {
+        exchange(
+            Box::new(UnixStream::connect(&unix_path).unwrap()),
+            up_unix.data.clone(),
+        )
+        .unwrap()
+    });
+    let (got_tcp, got_unix) = (tcp_client.join().unwrap(), unix_client.join().unwrap());
+    assert_eq!(got_tcp.sha, down_tcp.sha, "tcp service: client side");
+    assert_eq!(got_unix.sha, down_unix.sha, "unix service: client side");
+    assert_eq!(server_tcp.next(Duration::from_secs(120)).sha, up_tcp.sha);
+    assert_eq!(server_unix.next(Duration::from_secs(120)).sha, up_unix.sha);
+
+    // The engine counts a connection when it closes; wait for both closes to show.
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape_and_parse(&url);
+        let closed = |s: &str| {
+            sample(
+                &samples,
+                &format!("vsplice_connections_closed_total{{reason=eof,service={s}}}"),
+            )
+        };
+        if closed("tcp") == Some(1.0) && closed("unix") == Some(1.0) {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closes not counted: {samples:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mib32 = (32 * MIB) as f64;
+    for service in ["tcp", "unix"] {
+        let get = |name: &str, extra: &str| {
+            sample(&samples, &format!("{name}{{{extra}service={service}}}"))
+                .unwrap_or_else(|| panic!("{name} {extra} {service} missing: {samples:#?}"))
+        };
+        assert_eq!(get("vsplice_connections_accepted_total", ""), 1.0);
+        assert_eq!(get("vsplice_connections_active", ""), 0.0);
+        assert_eq!(
+            get("vsplice_bytes_total", "direction=first_to_second,"),
+            mib32
+        );
+        assert_eq!(
+            get("vsplice_bytes_total", "direction=second_to_first,"),
+            mib32
+        );
+    }
+    assert_eq!(
+        sample(&samples, "vsplice_connections_denied_total{service=tcp}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&samples, "vsplice_connections_denied_total{service=unix}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_connections_denied_total{service=unix-other-user}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_connections_accepted_total{service=unix-other-user}"
+        ),
+        Some(0.0)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = relay.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}; stderr:\n{}", relay.log());
+    assert!(
+        relay
+            .log()
+            .contains("tcp: 127.0.0.2 refused by the allow list"),
+        "{}",
+        relay.log()
+    );
+}
+
+/// Starts `vsplice -dd ARGS` under `systemd-socket-activate -l LISTEN`, with a
+/// NOTIFY_SOCKET bound here; returns the activator and the notify socket.
+fn activate(
+    dir: &Scratch,
+    listen: &str,
+    env: &[&str],
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::os::unix::net::UnixDatagram,
+    std::path::PathBuf,
+) {
+    let notify_path = dir.path("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    // Guards against a hang only; nothing is measured.
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let log = dir.path("vsplice.log");
+    let child = Command::new("systemd-socket-activate")
+        .args(["-l", listen])
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .args(env.iter().flat_map(|e| ["-E", e]))
+        .arg(vsplice_bin())
+        .args(args)
+        .arg("-dd")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) is needed");
+    (child, notify, log)
+}
+
+fn recv_notify(notify: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("a notification");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn wait_log(log: &std::path::Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not logged:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn accept_fd_on_the_command_line_relays_32mib_each_way_from_a_socket_activated_tcp_listener_and_feeds_the_watchdog()
+ {
+    use common::{ExchangeServer, Listen, MIB, exchange, payload};
+    use std::time::Duration;
+
+    let dir = Scratch::new("accept-fd");
+    let (up, down) = (payload(32 * MIB, 5), payload(32 * MIB, 6));
+    let upstream = Listen::tcp();
+    let target = upstream.connect_address();
+    let server = ExchangeServer::spawn(upstream, down.data.clone(), 1);
+    let port = common::free_port();
+    let (mut activator, notify, log) = activate(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        &["WATCHDOG_USEC=600000000"],
+        &["ACCEPT-FD:3,fork", &target],
+    );
+    // systemd-socket-activate starts vsplice on the first connection.
+    let client = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    assert_eq!(recv_notify(&notify), "WATCHDOG=1", "armed by WATCHDOG_USEC");
+    let got = exchange(Box::new(client), up.data.clone()).unwrap();
+    assert_eq!(got.sha, down.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
+    let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(recv_notify(&notify), "STOPPING=1");
+    assert_eq!(recv_notify(&notify), "WATCHDOG=1", "fed while draining");
+    let status = activator.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+}
+
+#[test]
+fn sigterm_drains_a_transfer_through_a_socket_activated_unix_service_and_refuses_new_clients() {
+    use common::{ExchangeServer, Listen, MIB, drain as read_all, payload};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("drain");
+    let (up, down) = (payload(32 * MIB, 7), payload(32 * MIB, 8));
+    let upstream = Listen::tcp();
+    let target = upstream.connect_address();
+    let server = ExchangeServer::spawn(upstream, down.data.clone(), 1);
+    let path = dir.path("activated.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "drain-timeout = \"120s\"\n[[service]]\nname = \"uds\"\nlisten = \"ACCEPT-FD:3,fork\"\n\
+             connect = \"{target}\"\nallow = [\"uid:{}\"]\n",
+            nix::unistd::geteuid().as_raw()
+        ),
+    )
+    .unwrap();
+    let (mut activator, notify, log) = activate(
+        &dir,
+        path.to_str().unwrap(),
+        &[],
+        &["serve", "--config", config.to_str().unwrap()],
+    );
+    let client = loop {
+        match UnixStream::connect(&path) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    let mut reader = client.try_clone().unwrap();
+    let receiver = std::thread::spawn(move || read_all(&mut reader).unwrap());
+    let mut writer = client;
+    let (first_half, second_half) = up.data.split_at(16 * MIB);
+    writer.write_all(first_half).unwrap();
+    // SIGTERM in the middle of the transfer.
+    let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(recv_notify(&notify), "STOPPING=1");
+    wait_log(&log, "stopped accepting; 1 connections left to drain");
+    let refused = UnixStream::connect(&path).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::ECONNREFUSED),
+        "{refused}"
+    );
+    writer.write_all(second_half).unwrap();
+    writer.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(receiver.join().unwrap().sha, down.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
+    let status = activator.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(!text.contains("drain timeout"), "{text}");
+}
+
+#[test]
+fn the_shipped_example_config_passes_the_check() {
+    let out = Command::new(vsplice_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd/example.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 3 services, metrics at"));
+}
