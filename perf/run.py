@@ -23,6 +23,11 @@ Cases:
              stream among them; relay RSS and io_uring worker threads counted
   anchor     `vsplice bench` against iperf3 on TCP loopback, no relay: same streams (1 and 4),
              128 KiB writes, same duration, interleaved; throughput and CPU of both ends
+  scale      many-stream saturation and short connections: `vsplice bench client --streams S`
+             (S = 1, 4, 16, 64, 256) and `loadgen crr` with one client thread per core, through
+             direct, vsplice, the plain relay and socat, interleaved; relay CPU-s/GiB and
+             whole-machine CPU-s/GiB (from /proc/stat: loopback charges receive work to the
+             sender, so the relay's own figure misses part of what a path costs)
   modes      vsplice's data paths side by side (--mode splice, uring-splice, copy, recv, recv-zc): one TCP
              stream's throughput and CPU, and io_uring worker threads (iou-wrk) with 1,000 idle
              connections held and while a stream runs among them
@@ -132,6 +137,14 @@ def iou_workers(pid):
     return n
 
 
+def machine_ticks():
+    """Busy jiffies of the whole machine (all CPUs) from /proc/stat: everything but idle and
+    iowait."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
 class Proc:
     def __init__(self, argv, ready=None, stderr_ready=True, name=None, user=None):
         self.name = name or os.path.basename(argv[0])
@@ -202,11 +215,15 @@ def start_relay(kind, listen, upstream, extra=()):
 def measure(relay, fn):
     """Runs fn() -> (bytes_moved or None, figure); returns dict with relay CPU deltas."""
     before = cpu_ticks(relay.pid) if relay else 0
+    machine_before = machine_ticks()
     t0 = time.time()
     moved, figure = fn()
     wall = time.time() - t0
     used = (cpu_ticks(relay.pid) - before) / TICKS if relay else None
-    out = {"figure": figure, "wall": wall}
+    machine_used = (machine_ticks() - machine_before) / TICKS
+    out = {"figure": figure, "wall": wall, "machine_cpu_s": machine_used}
+    if moved:
+        out["machine_cpu_s_per_gib"] = machine_used / (moved / 2**30)
     if relay:
         out["cpu_s"] = used
         out["cpu_pct"] = 100 * used / wall
@@ -242,9 +259,10 @@ def bench_client(address, seconds, streams=1):
 STREAMS_WITH_DATA = []
 
 
-def crr(port, seconds):
+def crr(port, seconds, concurrency=8):
     r = subprocess.run([LOADGEN, "crr", f"127.0.0.1:{port}", "--time", str(seconds),
-                        "--concurrency", "8"], capture_output=True, text=True, timeout=seconds + 60)
+                        "--concurrency", str(concurrency)], capture_output=True, text=True,
+                       timeout=seconds + 60)
     d = json.loads(r.stdout)
     return None, d["per_second"]
 
@@ -274,6 +292,26 @@ def run_case(case, args, vsplice_extra):
             par = 8 if case == "parallel8" else 1
             load = lambda port: (lambda: iperf(port, seconds, par))
             unit = "Gbit/s"
+            direct_port = sport
+        elif case.startswith("scale-") and case != "scale-crr":
+            sport = free_port()
+            procs.append(Proc([VSPLICE, "bench", "server", f"TCP-LISTEN:{sport},bind=127.0.0.1"],
+                              ready="listening on", name="bench-server"))
+            upstream = ("tcp", sport)
+            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            streams = int(case.split("-", 1)[1])
+            load = lambda front: (lambda: bench_client(f"TCP:127.0.0.1:{front[1]}", seconds, streams))
+            unit = "Gbit/s"
+            direct_port = None
+        elif case == "scale-crr":
+            sport = free_port()
+            procs.append(Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening",
+                              name="echo"))
+            upstream = ("tcp", sport)
+            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            threads = os.cpu_count() or 1
+            load = lambda port: (lambda: crr(port, seconds, threads))
+            unit = "conn/s"
             direct_port = sport
         elif case in ("unix", "many"):
             sport = free_port()
@@ -309,15 +347,16 @@ def run_case(case, args, vsplice_extra):
             procs.append(relays[k])
         for r in range(rounds):
             for k in RELAYS:
+                by_front = case in ("unix", "many") or (case.startswith("scale-") and case != "scale-crr")
                 if k == "direct":
-                    if case in ("unix", "many"):
+                    if by_front:
                         fn = load(("tcp", sport))
                     else:
                         fn = load(direct_port)
                     results[k].append(measure(None, fn))
                 else:
                     front = fronts[k]
-                    fn = load(front) if case in ("unix", "many") else load(front[1])
+                    fn = load(front) if by_front else load(front[1])
                     results[k].append(measure(relays[k], fn))
                 if STREAMS_WITH_DATA:
                     results[k][-1]["streams_with_data"] = STREAMS_WITH_DATA.pop()
@@ -341,6 +380,9 @@ def run_case(case, args, vsplice_extra):
             if cps:
                 s["cpu_s_per_gib"] = statistics.median(cps)
             s["cpu_pct"] = statistics.median(r["cpu_pct"] for r in rows)
+        mcps = [r["machine_cpu_s_per_gib"] for r in rows if "machine_cpu_s_per_gib" in r]
+        if mcps:
+            s["machine_cpu_s_per_gib"] = statistics.median(mcps)
             s["peak_rss"] = peaks[k]
         summary[k] = s
     return summary
@@ -474,11 +516,12 @@ def run_modes(args, extra):
 
 
 def table(all_results):
-    lines = ["| case | relay | throughput | relay CPU-s/GiB | relay CPU | peak RSS | vs baseline | vs socat |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| case | relay | throughput | relay CPU-s/GiB | machine CPU-s/GiB | relay CPU | peak RSS | vs baseline | vs direct | vs socat |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case, res in all_results.items():
         base = res["baseline"]["figure"]
         soc = res["socat"]["figure"]
+        direct = res["direct"]["figure"]
         for k in RELAYS:
             r = res[k]
             cps = f"{r['cpu_s_per_gib']:.3f}" if "cpu_s_per_gib" in r else "-"
@@ -486,8 +529,10 @@ def table(all_results):
             rss = f"{r['peak_rss'] / 2**20:.1f} MiB" if r.get("peak_rss") else "-"
             vb = f"{r['figure'] / base:.2f}x" if base else "-"
             vsoc = f"{r['figure'] / soc:.2f}x" if soc else "-"
+            vd = f"{r['figure'] / direct:.2f}x" if direct else "-"
+            mcps = f"{r['machine_cpu_s_per_gib']:.3f}" if "machine_cpu_s_per_gib" in r else "-"
             note = f" ({r['streams_with_data']} streams moved data)" if "streams_with_data" in r else ""
-            lines.append(f"| {case} | {k} | {r['figure']:.2f} {r['unit']}{note} | {cps} | {cpu} | {rss} | {vb} | {vsoc} |")
+            lines.append(f"| {case} | {k} | {r['figure']:.2f} {r['unit']}{note} | {cps} | {mcps} | {cpu} | {rss} | {vb} | {vd} | {vsoc} |")
     return "\n".join(lines)
 
 
@@ -536,7 +581,13 @@ def main():
     idle = None
     modes = None
     anchor = None
+    cases = []
     for case in args.cases.split(","):
+        if case == "scale":
+            cases += ["scale-1", "scale-4", "scale-16", "scale-64", "scale-256", "scale-crr"]
+        else:
+            cases.append(case)
+    for case in cases:
         if case == "anchor":
             anchor = run_anchor(args)
             continue
