@@ -250,3 +250,183 @@ fn the_demo_runs_without_setup() {
     assert!(runs[1]["gbit_per_s"].as_f64().unwrap() > 0.0);
     assert!(runs[1]["relay_cpu_s_per_gib"].as_f64().unwrap() > 0.0);
 }
+
+/// Sends one raw control hello and returns the server's first answer line.
+fn raw_control(addr: &str, params: &str) -> (std::net::TcpStream, String) {
+    use std::io::{BufRead, Write};
+    let target = addr.strip_prefix("TCP:").unwrap();
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let hello = format!(
+        "{{\"type\":\"control\",\"version\":{},\"cookie\":\"hostile\",\"params\":{params}}}\n",
+        protocol_version()
+    );
+    s.write_all(hello.as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (s, line)
+}
+
+/// The protocol version the built binary speaks, from a refused hello's message.
+fn protocol_version() -> u32 {
+    vsplice::bench::proto::VERSION
+}
+
+fn server_peak_rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn params_json(streams: u64, len: u64, direction: &str, limit: &str) -> String {
+    format!(
+        "{{\"streams\":{streams},\"len\":{len},\"direction\":\"{direction}\",\"limit\":{limit},\"verify\":false,\"zerocopy\":false}}"
+    )
+}
+
+#[test]
+fn hostile_control_parameters_are_refused_by_name_and_the_server_keeps_serving() {
+    let (server, addr) = tcp_server();
+    let time = "{\"time\":{\"ms\":1000}}";
+    let cases = [
+        (params_json(1_000_000_000, 1024, "forward", time), "streams"),
+        (params_json(10_000_000, 1024, "forward", time), "streams"),
+        (params_json(1, 1 << 45, "reverse", time), "len"),
+        (params_json(20_000, 16 << 20, "reverse", time), "len"),
+        (
+            params_json(1, 1024, "forward", "{\"time\":{\"ms\":0}}"),
+            "time",
+        ),
+        (
+            params_json(
+                1,
+                1024,
+                "forward",
+                "{\"time\":{\"ms\":18446744073709551615}}",
+            ),
+            "time",
+        ),
+        (
+            params_json(1, 1024, "forward", "{\"bytes\":{\"total\":0}}"),
+            "bytes",
+        ),
+    ];
+    for (params, name) in cases {
+        let (_s, line) = raw_control(&addr, &params);
+        assert!(
+            line.contains("\"error\"") && line.contains(&format!("parameter {name} ")),
+            "{params} -> {line}"
+        );
+    }
+    assert!(
+        server_peak_rss_kib(&server) < 200 << 10,
+        "the server held {} KiB",
+        server_peak_rss_kib(&server)
+    );
+    let doc = json_client(&[&addr, "--bytes", "8M", "--verify"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+}
+
+#[test]
+fn client_parameters_beyond_their_bounds_are_usage_errors_naming_the_option() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--len", "99999G"], "--len"),
+        (&["--len", "17M"], "--len"),
+        (&["--sweep", "4K,1G"], "--sweep"),
+        (&["--streams", "20000", "--len", "1M"], "--len"),
+        (&["--time", "0"], "--time"),
+        (&["--time", "100000"], "--time"),
+        (&["--bytes", "99999999999G"], "--bytes"),
+        (&["--interval", "0.000001"], "--interval"),
+        (&["--interval", "61"], "--interval"),
+    ];
+    for (args, name) in cases {
+        let mut all = vec!["TCP:127.0.0.1:1"];
+        all.extend_from_slice(args);
+        let (code, _, err) = client(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(name), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn an_interval_of_a_tenth_of_a_second_still_works() {
+    let (_server, addr) = tcp_server();
+    let doc = json_client(&[&addr, "--time", "0.5", "--interval", "0.1"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    let n = doc["intervals"].as_array().unwrap().len();
+    assert!((1..=50).contains(&n), "{n} intervals in 0.5 s");
+}
+
+/// Writes up to `limit` bytes of 'x' with no newline; returns how many went out before the
+/// peer stopped reading and closed.
+fn flood_without_newline(s: &mut impl std::io::Write, limit: usize) -> usize {
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0;
+    while sent < limit {
+        match s.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sent += n,
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_control_line_without_end_is_cut_off_by_the_server() {
+    let (server, addr) = tcp_server();
+    let (mut control, ready) = raw_control(
+        &addr,
+        &params_json(1, 1024, "forward", "{\"time\":{\"ms\":60000}}"),
+    );
+    assert!(ready.contains("ready"), "{ready}");
+    let mut data = std::net::TcpStream::connect(addr.strip_prefix("TCP:").unwrap()).unwrap();
+    std::io::Write::write_all(
+        &mut data,
+        b"{\"type\":\"data\",\"cookie\":\"hostile\",\"stream\":0}\n",
+    )
+    .unwrap();
+    let limit = 256 << 20;
+    let sent = flood_without_newline(&mut control, limit);
+    assert!(sent < limit, "the server read all {sent} bytes of one line");
+    assert!(
+        server_peak_rss_kib(&server) < 100 << 10,
+        "the server held {} KiB",
+        server_peak_rss_kib(&server)
+    );
+    let doc = json_client(&[&addr, "--bytes", "8M"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+}
+
+#[test]
+fn a_vmm_that_streams_without_a_newline_after_ok_does_not_grow_the_client() {
+    let dir = Scratch::new("bench-flood");
+    let sock = dir.path("vm.vsock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let limit = 256 << 20;
+    let vmm = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut s = s;
+        std::io::Write::write_all(&mut s, b"OK 5\n").unwrap();
+        flood_without_newline(&mut s, limit)
+    });
+    let (code, _, err) = client(&[
+        &format!("VSOCK-UDS-CONNECT:{}:5201", sock.display()),
+        "--time",
+        "1",
+    ]);
+    let sent = vmm.join().unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("control line longer than"), "{err}");
+    assert!(sent < limit, "the client read all {sent} bytes of one line");
+}

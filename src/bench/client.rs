@@ -214,7 +214,10 @@ pub fn run_test(
     )
     .map_err(|e| bench_err("sending the test parameters", e))?;
     let mut replies = BufReader::new(control.reader());
-    expect(proto::recv_line(&mut replies), ServerMsg::Ready)?;
+    expect(
+        proto::recv_line(&mut replies, proto::MAX_LINE),
+        ServerMsg::Ready,
+    )?;
 
     let n = params.streams as usize;
     let test_time = match params.limit {
@@ -282,7 +285,10 @@ pub fn run_test(
                 .expect("spawn a stream thread");
             handles.push(handle);
         }
-        let go = expect(proto::recv_line(&mut replies), ServerMsg::Start);
+        let go = expect(
+            proto::recv_line(&mut replies, proto::MAX_LINE),
+            ServerMsg::Start,
+        );
         if go.is_ok() {
             let now = Instant::now();
             let _ = clock.set(now);
@@ -334,7 +340,7 @@ pub fn run_test(
 
     proto::send_line(&mut control.writer(), &ClientMsg::Done)
         .map_err(|e| bench_err("sending done", e))?;
-    let results = proto::recv_line::<ServerMsg>(&mut replies);
+    let results = proto::recv_line::<ServerMsg>(&mut replies, params.max_line());
     let (server_counts, server_cpu) = match results {
         Ok(ServerMsg::Results { streams, cpu, .. }) => (streams, cpu),
         Ok(ServerMsg::Error { message }) => return Err(Error::Bench(format!("server: {message}"))),

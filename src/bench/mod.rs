@@ -10,6 +10,8 @@ pub mod cpu;
 pub mod demo;
 pub mod pattern;
 pub mod proto;
+#[cfg(test)]
+mod proto_props;
 pub mod server;
 pub mod stream;
 
@@ -38,13 +40,48 @@ fn size_arg(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
-    parse_duration(s)
+/// A write size within the protocol's bound (clap names the option in its message).
+fn len_arg(s: &str) -> std::result::Result<usize, String> {
+    match size_arg(s)? {
+        n if n <= proto::MAX_LEN => Ok(n),
+        _ => Err(format!(
+            "size \"{s}\" is more than the largest write size, 16M"
+        )),
+    }
+}
+
+fn bytes_arg(s: &str) -> std::result::Result<usize, String> {
+    match size_arg(s)? {
+        n if n as u64 <= proto::MAX_BYTES => Ok(n),
+        _ => Err(format!("size \"{s}\" is more than 1P")),
+    }
+}
+
+/// A test length: more than 0, at most a day (as iperf3).
+fn time_arg(s: &str) -> std::result::Result<Duration, String> {
+    let t = parse_duration(s)?;
+    if t.as_millis() == 0 || t.as_millis() > u128::from(proto::MAX_TIME_MS) {
+        return Err(format!(
+            "\"{s}\" is not a test length from 0.001 to 86400 seconds"
+        ));
+    }
+    Ok(t)
+}
+
+/// Seconds between progress lines: 0 (none) or 0.1-60, as iperf3.
+fn interval_arg(s: &str) -> std::result::Result<Duration, String> {
+    let t = parse_duration(s)?;
+    if !t.is_zero() && !(0.1..=60.0).contains(&t.as_secs_f64()) {
+        return Err(format!(
+            "\"{s}\" is not an interval: 0 (none) or 0.1 to 60 seconds"
+        ));
+    }
+    Ok(t)
 }
 
 fn streams_arg(s: &str) -> std::result::Result<u32, String> {
     match s.parse::<u32>() {
-        Ok(n) if (1..=20_000).contains(&n) => Ok(n),
+        Ok(n) if (1..=proto::MAX_STREAMS).contains(&n) => Ok(n),
         _ => Err(format!("\"{s}\" is not a stream count 1-20000")),
     }
 }
@@ -76,16 +113,16 @@ pub struct ClientArgs {
     /// The bench server to connect to
     pub address: String,
     /// Seconds to send for [default: 10]
-    #[arg(long, value_name = "SECONDS", value_parser = duration_arg, conflicts_with = "bytes")]
+    #[arg(long, value_name = "SECONDS", value_parser = time_arg, conflicts_with = "bytes")]
     pub time: Option<Duration>,
     /// Bytes to send in total (K, M, G suffixes) instead of --time
-    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    #[arg(long, value_name = "SIZE", value_parser = bytes_arg)]
     pub bytes: Option<usize>,
     /// Parallel streams
     #[arg(long, default_value = "1", value_parser = streams_arg)]
     pub streams: u32,
-    /// Bytes per write and read
-    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = size_arg)]
+    /// Bytes per write and read (at most 16M)
+    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = len_arg)]
     pub len: usize,
     /// The server sends, the client receives
     #[arg(long, conflicts_with = "bidir")]
@@ -93,8 +130,8 @@ pub struct ClientArgs {
     /// Both ends send at once on every stream
     #[arg(long)]
     pub bidir: bool,
-    /// Seconds between progress lines (0: none)
-    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = duration_arg)]
+    /// Seconds between progress lines: 0.1 to 60, or 0 for none
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = interval_arg)]
     pub interval: Duration,
     /// Print one JSON document instead of text
     #[arg(long)]
@@ -103,7 +140,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub zerocopy: bool,
     /// Run once per write size and print one table, e.g. --sweep 4K,64K,1M
-    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = size_arg)]
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = len_arg)]
     pub sweep: Vec<usize>,
     /// Fill the data with a known pattern and check every byte on receipt
     #[arg(long)]
@@ -113,10 +150,10 @@ pub struct ClientArgs {
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Seconds per measured run
-    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = duration_arg)]
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = time_arg)]
     pub time: Duration,
-    /// Bytes per write and read
-    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = size_arg)]
+    /// Bytes per write and read (at most 16M)
+    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = len_arg)]
     pub len: usize,
     /// Parallel streams
     #[arg(long, default_value = "1", value_parser = streams_arg)]
@@ -200,16 +237,25 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 (_, true) => Direction::Bidir,
                 _ => Direction::Forward,
             };
+            let params = Params {
+                streams: c.streams,
+                len: c.len,
+                direction,
+                limit,
+                verify: c.verify,
+                zerocopy: c.zerocopy,
+            };
+            for len in std::iter::once(c.len).chain(c.sweep.iter().copied()) {
+                Params {
+                    len,
+                    ..params.clone()
+                }
+                .check()
+                .map_err(|bad| Error::Usage(format!("--{bad}")))?;
+            }
             Ok(BenchPlan::Client(ClientPlan {
                 address: Arc::new(address),
-                params: Params {
-                    streams: c.streams,
-                    len: c.len,
-                    direction,
-                    limit,
-                    verify: c.verify,
-                    zerocopy: c.zerocopy,
-                },
+                params,
                 interval: Some(c.interval).filter(|i| !i.is_zero()),
                 json: c.json,
                 sweep: c.sweep,

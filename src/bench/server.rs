@@ -140,8 +140,8 @@ fn control(
             "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
         ));
     }
-    if params.streams == 0 || params.len == 0 {
-        return refuse("a test needs at least one stream and a write size".into());
+    if let Err(bad) = params.check() {
+        return refuse(format!("parameter {bad}"));
     }
     info!("bench server: test {cookie}: {params:?}");
     let session = Arc::new(Session {
@@ -191,7 +191,7 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
     };
     stream.set_timeouts(test_time + SETUP_TIMEOUT)?;
     let mut reader = BufReader::new(stream.reader());
-    let done: ClientMsg = proto::recv_line(&mut reader)?;
+    let done: ClientMsg = proto::recv_line(&mut reader, params.max_line())?;
     debug!("bench server: client says {done:?}");
     session.wait(|s| s.finished >= params.streams, SETUP_TIMEOUT);
     let seconds = started.elapsed();
