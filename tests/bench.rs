@@ -430,3 +430,129 @@ fn a_vmm_that_streams_without_a_newline_after_ok_does_not_grow_the_client() {
     assert!(err.contains("control line longer than"), "{err}");
     assert!(sent < limit, "the client read all {sent} bytes of one line");
 }
+
+/// What a VMM stand-in does with one side's end of file.
+#[derive(Clone, Copy)]
+enum EofIs {
+    /// Lost: the other side never learns of it (a guest's SHUT_WR on vhost-device-vsock).
+    Dropped,
+    /// Widened: the other side's socket is shut down both ways (a host's SHUT_WR there).
+    FullShutdown,
+}
+
+/// A VMM stand-in on a UNIX socket that forwards each connection to `upstream` (TCP) with the
+/// half-close bugs of real hybrid-vsock backends: `client_eof` and `server_eof` say what
+/// becomes of each side's end of file. With `handshake` it first speaks `CONNECT`/`OK`.
+fn lossy_vmm(
+    sock: &std::path::Path,
+    upstream: String,
+    handshake: bool,
+    client_eof: EofIs,
+    server_eof: EofIs,
+) {
+    use std::io::{BufRead, Write};
+    use std::net::Shutdown;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut from_client = std::io::BufReader::new(client.try_clone().unwrap());
+                if handshake {
+                    let mut line = String::new();
+                    from_client.read_line(&mut line).unwrap();
+                    (&client).write_all(b"OK 1234\n").unwrap();
+                }
+                let server = std::net::TcpStream::connect(&upstream).unwrap();
+                let (mut to_server, mut from_server) = (server.try_clone().unwrap(), server);
+                let mut to_client = client.try_clone().unwrap();
+                let down = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    if let EofIs::FullShutdown = server_eof {
+                        let _ = to_client.shutdown(Shutdown::Both);
+                    }
+                });
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                if let EofIs::FullShutdown = client_eof {
+                    let _ = to_server.shutdown(Shutdown::Both);
+                }
+                let _ = down.join();
+            });
+        }
+    });
+}
+
+/// Every direction of the bench, with patterns checked, across both half-close bugs of real
+/// hybrid-vsock backends (issue 11): streams end by the counts on the control connection.
+#[test]
+fn streams_end_without_half_close_through_a_vmm_that_loses_or_widens_it() {
+    let (_server, addr) = tcp_server();
+    let upstream = addr.strip_prefix("TCP:").unwrap().to_string();
+    let dir = Scratch::new("bench-lossy");
+    // Guest -> host: the guest's SHUT_WR is lost, the host's end widens to a full shutdown.
+    let guest_to_host = dir.path("g2h.sock");
+    lossy_vmm(
+        &guest_to_host,
+        upstream.clone(),
+        false,
+        EofIs::Dropped,
+        EofIs::FullShutdown,
+    );
+    // Host -> guest over the CONNECT handshake: the other way round.
+    let host_to_guest = dir.path("h2g.sock");
+    lossy_vmm(
+        &host_to_guest,
+        upstream,
+        true,
+        EofIs::FullShutdown,
+        EofIs::Dropped,
+    );
+    let targets = [
+        format!("UNIX-CONNECT:{}", guest_to_host.display()),
+        format!("VSOCK-UDS-CONNECT:{}:5201", host_to_guest.display()),
+    ];
+    for target in &targets {
+        for (limit, direction) in [
+            (["--bytes", "24M"], None),
+            (["--bytes", "24M"], Some("--reverse")),
+            (["--bytes", "24M"], Some("--bidir")),
+            (["--time", "0.5"], Some("--bidir")),
+        ] {
+            let mut args = vec![
+                target.as_str(),
+                "--streams",
+                "2",
+                "--verify",
+                "--interval",
+                "0",
+            ];
+            args.extend(limit);
+            args.extend(direction);
+            let out = Command::new(vsplice_bin())
+                .args(["bench", "client", "--json"])
+                .args(&args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{args:?}: {stderr}");
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                doc["errors"].as_array().unwrap().len(),
+                0,
+                "{args:?}: {doc}"
+            );
+            for dir in ["sum_client_to_server", "sum_server_to_client"] {
+                let d = &doc[dir];
+                if d.is_null() {
+                    continue;
+                }
+                assert_eq!(d["sender_bytes"], d["receiver_bytes"], "{args:?} {dir}");
+                if limit[0] == "--bytes" {
+                    assert_eq!(d["receiver_bytes"], 24 << 20, "{args:?} {dir}");
+                } else {
+                    assert!(d["receiver_bytes"].as_u64().unwrap() > 0, "{args:?} {dir}");
+                }
+            }
+        }
+    }
+}

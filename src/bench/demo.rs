@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::client::{Output, TestReport, run_test};
+use super::client::run_test;
 use super::cpu::{CpuTimes, peak_rss};
 use super::proto::{Direction, Limit, Params};
+use super::report::{Output, TestReport};
 use crate::addr::Address;
 use crate::engine::Mode;
 use crate::error::{Error, Result};

@@ -12,6 +12,7 @@ pub mod pattern;
 pub mod proto;
 #[cfg(test)]
 mod proto_props;
+pub mod report;
 pub mod server;
 pub mod stream;
 
@@ -26,9 +27,10 @@ use crate::engine::Mode;
 use crate::error::{Error, Result};
 use crate::open::Listener;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
-use client::{Output, TestReport, print_sweep, run_test};
+use client::run_test;
 use demo::{DemoPlan, Transport};
 use proto::{Direction, Limit, Params};
+use report::{Output, TestReport, print_sweep};
 
 /// How long a bench client waits for each connection when the address does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -4,15 +4,17 @@
 //! A test: the client opens the control connection and sends `Hello::Control` with the test
 //! parameters; the server answers `Ready`. The client opens `streams` data connections, each
 //! starting with `Hello::Data`; once all arrived the server sends `Start`. Bytes flow for the
-//! test's time or byte budget; senders half-close when done and receivers read to end of file.
-//! The client then sends `Done`, and the server answers `Results` with its own counts and CPU,
-//! so the client prints both ends.
+//! test's time or byte budget. Streams do not end by half-close (hybrid-vsock backends lose or
+//! widen it): each end, once its senders stopped, sends `Sent` with the byte count of every
+//! stream, and the other end's receivers stop when they have that many (iperf3 ends its
+//! streams over its control socket the same way). The client then sends `Done`, and the server
+//! answers `Results` with its own counts and CPU, so the client prints both ends.
 
 use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +199,10 @@ pub struct StreamCounts {
 pub enum ServerMsg {
     Ready,
     Start,
+    /// Bytes the server sent on each stream (zeros when it does not send).
+    Sent {
+        bytes: Vec<u64>,
+    },
     Results {
         streams: Vec<StreamCounts>,
         cpu: Cpu,
@@ -211,6 +217,10 @@ pub enum ServerMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
+    /// Bytes the client sent on each stream (zeros when it does not send).
+    Sent {
+        bytes: Vec<u64>,
+    },
     Done,
 }
 

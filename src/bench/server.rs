@@ -1,6 +1,8 @@
 //! `vsplice bench server`: accepts control and data connections, runs the tests clients ask
 //! for, and reports its side (byte counts per stream, CPU) back on the control connection.
-//! Tests may overlap; CPU figures are then shared between them.
+//! Tests may overlap; CPU figures are then shared between them. Each stream ends by the counts
+//! the two ends exchange over control (see [`super::proto`]); data connections stay open until
+//! the control connection is through, so no end's close cuts bytes still on their way.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
 use super::proto::{self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION};
-use super::stream::{self, Stream};
+use super::stream::{self, Expect, Peer, Stream};
 use crate::open::Listener;
 use crate::sys::signal::StopSignals;
 use crate::{debug, info, notice, warn};
@@ -26,6 +28,13 @@ struct SessionState {
     aborted: bool,
     finished: u32,
     results: Vec<Option<StreamCounts>>,
+    /// Streams whose sender stopped, and what each sent.
+    senders_done: u32,
+    sent: Vec<u64>,
+    /// Which streams' data connections arrived.
+    joined: Vec<bool>,
+    /// The control connection is through: data connections may close.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -33,6 +42,8 @@ struct Session {
     params: Params,
     state: Mutex<SessionState>,
     changed: Condvar,
+    /// What each stream's receiver is to get, from the client's `Sent`.
+    expect: Vec<Expect>,
 }
 
 impl Session {
@@ -148,19 +159,25 @@ fn control(
         params: params.clone(),
         state: Mutex::new(SessionState {
             results: vec![None; params.streams as usize],
+            sent: vec![0; params.streams as usize],
+            joined: vec![false; params.streams as usize],
             ..SessionState::default()
         }),
         changed: Condvar::new(),
+        expect: (0..params.streams).map(|_| Expect::new()).collect(),
     });
     sessions
         .lock()
         .unwrap()
         .insert(cookie.clone(), session.clone());
     let result = run_control(&stream, &session, &params);
+    // Whatever happened, no receiver waits for counts any more and data connections may go.
+    session.expect.iter().for_each(Expect::call_off);
     session.update(|s| {
         if s.finished < params.streams {
             s.aborted = true;
         }
+        s.closed = true;
     });
     sessions.lock().unwrap().remove(&cookie);
     result
@@ -191,6 +208,26 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
     };
     stream.set_timeouts(test_time + SETUP_TIMEOUT)?;
     let mut reader = BufReader::new(stream.reader());
+    // Our senders' counts first (the client reads them only after sending its own, so
+    // neither end waits on the other), then the client's, for our receivers.
+    session.wait(
+        |s| s.senders_done >= params.streams,
+        test_time + SETUP_TIMEOUT,
+    );
+    let sent = session.state.lock().unwrap().sent.clone();
+    proto::send_line(&mut out, &ServerMsg::Sent { bytes: sent })?;
+    match proto::recv_line(&mut reader, params.max_line())? {
+        ClientMsg::Sent { bytes } if bytes.len() == params.streams as usize => {
+            for (expect, n) in session.expect.iter().zip(bytes) {
+                expect.set(n);
+            }
+        }
+        other => {
+            return Err(std::io::Error::other(format!(
+                "expected the client's byte counts, got {other:?}"
+            )));
+        }
+    }
     let done: ClientMsg = proto::recv_line(&mut reader, params.max_line())?;
     debug!("bench server: client says {done:?}");
     session.wait(|s| s.finished >= params.streams, SETUP_TIMEOUT);
@@ -230,7 +267,15 @@ fn data(stream: Stream, session: &Session, id: u32) {
         );
         return;
     }
-    session.update(|s| s.arrived += 1);
+    let mut duplicate = false;
+    session.update(|s| {
+        duplicate = std::mem::replace(&mut s.joined[id as usize], true);
+        s.arrived += u32::from(!duplicate);
+    });
+    if duplicate {
+        warn!("bench server: stream {id} arrived twice");
+        return;
+    }
     let idle = match params.limit {
         Limit::Time { ms } => Duration::from_millis(ms) + SETUP_TIMEOUT,
         Limit::Bytes { .. } => SETUP_TIMEOUT,
@@ -246,6 +291,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
             session.update(|s| {
                 s.results[id as usize] = Some(counts);
                 s.finished += 1;
+                s.senders_done += 1;
             });
             return;
         }
@@ -257,6 +303,16 @@ fn data(stream: Stream, session: &Session, id: u32) {
     } else {
         None
     };
+    let peer = Peer {
+        expect: &session.expect[id as usize],
+        idle,
+        on_sent: Box::new(|n| {
+            session.update(|s| {
+                s.sent[id as usize] = n;
+                s.senders_done += 1;
+            })
+        }),
+    };
     let mut counts = stream::run_end(
         &stream,
         id,
@@ -265,6 +321,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
         params.direction.client_sends(),
         &counter,
         &counter,
+        peer,
     );
     if params.direction.server_sends() && started.is_none() {
         counts
@@ -275,4 +332,6 @@ fn data(stream: Stream, session: &Session, id: u32) {
         s.results[id as usize] = Some(counts);
         s.finished += 1;
     });
+    // The client may still be reading what this end sent: close only after control is done.
+    session.wait(|s| s.closed, idle + SETUP_TIMEOUT);
 }
