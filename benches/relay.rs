@@ -176,6 +176,7 @@ fn vsock(c: &mut Criterion) {
             limit: vsplice::bench::proto::Limit::Bytes { total: bytes },
             verify: false,
             zerocopy: false,
+            workload: Default::default(),
         };
         group.bench_function(BenchmarkId::new("len", len), |b| {
             b.iter(|| {

@@ -556,3 +556,87 @@ fn streams_end_without_half_close_through_a_vmm_that_loses_or_widens_it() {
         }
     }
 }
+
+/// Checks a `--rr`/`--crr` document: ordered percentiles, interval transactions adding up to
+/// the total, and (through `errors`) both ends counting the same transactions per stream.
+fn assert_sane_latency(doc: &Value, what: &str) {
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{what}: {doc}");
+    let l = &doc["latency"];
+    let n = l["transactions"].as_u64().unwrap();
+    assert!(n > 0, "{what}: {doc}");
+    let p = |k: &str| l[k].as_u64().unwrap();
+    assert!(p("p50_us") >= 1, "{what}");
+    assert!(
+        p("p50_us") <= p("p90_us") && p("p90_us") <= p("p99_us"),
+        "{what}: {l}"
+    );
+    assert!(
+        p("p99_us") <= p("p99_9_us") && p("p99_9_us") <= p("max_us"),
+        "{what}: {l}"
+    );
+    let in_intervals: u64 = doc["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["latency"]["transactions"].as_u64().unwrap())
+        .sum();
+    assert!(in_intervals <= n, "{what}: {in_intervals} > {n}");
+    let len = doc["params"]["len"].as_u64().unwrap();
+    let sum = &doc["sum_client_to_server"];
+    assert_eq!(sum["sender_bytes"].as_u64().unwrap(), n * len, "{what}");
+    assert_eq!(sum["receiver_bytes"], sum["sender_bytes"], "{what}");
+}
+
+#[test]
+fn request_response_counts_and_percentiles_agree_at_both_ends() {
+    let (_server, tcp) = tcp_server();
+    let dir = Scratch::new("bench-rr");
+    let path = dir.path("bench.sock");
+    let _unix_server = Server::start(&format!("UNIX-LISTEN:{}", path.display()));
+    let unix = format!("UNIX-CONNECT:{}", path.display());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let _relay = Relay::start(&[&listen, &tcp]);
+    let relayed = format!("TCP:127.0.0.1:{port}");
+    for target in [&tcp, &unix, &relayed] {
+        for (workload, len) in [("--rr", "1"), ("--rr", "64K"), ("--crr", "100")] {
+            let doc = json_client(&[
+                target,
+                workload,
+                "--len",
+                len,
+                "--streams",
+                "2",
+                "--time",
+                "0.6",
+                "--interval",
+                "0.2",
+            ]);
+            assert_sane_latency(&doc, &format!("{target} {workload} {len}"));
+        }
+    }
+    let (code, out, err) = client(&[&tcp, "--rr", "--time", "0.5", "--interval", "0.25"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("trans/s") && out.contains("p99.9"), "{out}");
+    let (code, _, err) = client(&[&tcp, "--rr", "--reverse"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn the_demo_compares_latency_with_rr() {
+    let out = Command::new(vsplice_bin())
+        .args(["bench", "demo", "--rr", "--time", "0.5", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for run in doc["runs"].as_array().unwrap() {
+        let l = &run["latency"];
+        assert!(l["transactions"].as_u64().unwrap() > 0, "{run}");
+        assert!(l["p50_us"].as_u64().unwrap() <= l["p99_us"].as_u64().unwrap());
+    }
+}

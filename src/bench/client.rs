@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
 use super::proto::{
-    self, ClientMsg, Direction, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION,
+    self, ClientMsg, Direction, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
 };
+pub use super::report::Output;
 use super::report::{
-    IntervalReport, IntervalStream, Output, TestReport, build_report, print_header, print_interval,
+    IntervalReport, IntervalStream, TestReport, build_report, print_header, print_interval,
     print_summary,
 };
+use super::rr::{self, Latencies, LatencyReport, Meters};
 use super::stream::{self, Expect, Peer, Stream};
 use crate::addr::Address;
 use crate::dial::dial_blocking;
@@ -92,8 +94,7 @@ pub fn run_test(
         Limit::Time { ms } => Duration::from_millis(ms),
         Limit::Bytes { .. } => Duration::from_secs(3600),
     };
-    let mut streams = Vec::with_capacity(n);
-    for id in 0..params.streams {
+    let open_stream = |id: u32| -> Result<Stream> {
         let s = connect(address)?;
         s.set_timeouts(test_time + Duration::from_secs(30))
             .map_err(|e| bench_err("data connection", e))?;
@@ -105,6 +106,17 @@ pub fn run_test(
             },
         )
         .map_err(|e| bench_err(&format!("opening stream {}", id + 1), e))?;
+        Ok(s)
+    };
+    // `--crr` opens its connections as it goes, one per transaction.
+    let lasting = if params.workload == Workload::Crr {
+        0
+    } else {
+        params.streams
+    };
+    let mut streams = Vec::with_capacity(n);
+    for id in 0..lasting {
+        let s = open_stream(id)?;
         if params.zerocopy && params.direction.client_sends() {
             s.enable_zerocopy()
                 .map_err(|e| Error::Bench(e.to_string()))?;
@@ -123,12 +135,16 @@ pub fn run_test(
     let expects: Vec<Expect> = (0..n).map(|_| Expect::new()).collect();
     let (sent_tx, sent_rx) = mpsc::channel::<(u32, u64)>();
     let idle = test_time + Duration::from_secs(30);
+    let latencies: Vec<Latencies> = (0..n).map(|_| Latencies::new(rr::histogram())).collect();
+    let total_latency = Latencies::new(rr::histogram());
     let mut started_at = None;
     let mut cpu_start = CpuTimes::default();
     let outcome: Result<()> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(n);
-        for (i, s) in streams.iter().enumerate() {
+        for i in 0..n {
             let id = i as u32;
+            let s = streams.get(i);
+            let (latencies, open_stream) = (&latencies[i], &open_stream);
             let (tx, rx) = (&tx[i], &rx[i]);
             let (ready, clock) = (&ready, &clock);
             let params = params.clone();
@@ -145,22 +161,42 @@ pub fn run_test(
                             ..StreamCounts::default()
                         };
                     };
-                    stream::run_end(
-                        s,
-                        id,
-                        &params,
-                        params.direction.client_sends().then_some(started),
-                        params.direction.server_sends(),
-                        tx,
-                        rx,
-                        Peer {
-                            expect,
-                            idle,
-                            on_sent: Box::new(move |n| {
-                                let _ = sent_tx.send((id, n));
-                            }),
-                        },
-                    )
+                    let on_sent = move |n| {
+                        let _ = sent_tx.send((id, n));
+                    };
+                    let limit = stream::limit_for(&params, id, started);
+                    let meters = Meters {
+                        latencies,
+                        sent: tx,
+                        received: rx,
+                    };
+                    let counts = match (params.workload, s) {
+                        (Workload::Stream, Some(s)) => {
+                            return stream::run_end(
+                                s,
+                                id,
+                                &params,
+                                params.direction.client_sends().then_some(started),
+                                params.direction.server_sends(),
+                                tx,
+                                rx,
+                                Peer {
+                                    expect,
+                                    idle,
+                                    on_sent: Box::new(on_sent),
+                                },
+                            );
+                        }
+                        (Workload::Rr, Some(s)) => rr::client_rr(s, id, params.len, limit, meters),
+                        _ => {
+                            let connect = || {
+                                open_stream(id).map_err(|e| std::io::Error::other(e.to_string()))
+                            };
+                            rr::client_crr(&connect, id, params.len, limit, meters)
+                        }
+                    };
+                    on_sent(counts.sent);
+                    counts
                 })
                 .expect("spawn a stream thread");
             handles.push(handle);
@@ -188,12 +224,16 @@ pub fn run_test(
         };
         // The interval reporter runs on this thread until every stream ended.
         let (tx, rx, finished) = (&tx, &rx, &finished);
+        let rr_meters = (!params.workload.is_stream()).then_some((&latencies[..], &total_latency));
         let reporter = scope.spawn(move || {
             report_intervals(
                 started,
                 interval,
-                tx,
-                rx,
+                Meter {
+                    tx,
+                    rx,
+                    rr: rr_meters,
+                },
                 finished,
                 params.direction,
                 output,
@@ -222,6 +262,11 @@ pub fn run_test(
     let started = started_at.expect("the test started");
     let wall = started.elapsed();
     let client_cpu = CpuTimes::of_self().since(cpu_start, wall);
+    let latency = (!params.workload.is_stream()).then(|| {
+        let mut total = total_latency.into_inner().unwrap();
+        total.add(rr::take_all(&latencies)).expect("same bounds");
+        LatencyReport::new(&total, wall.as_secs_f64())
+    });
 
     proto::send_line(&mut control.writer(), &ClientMsg::Done)
         .map_err(|e| bench_err("sending done", e))?;
@@ -232,7 +277,7 @@ pub fn run_test(
         Ok(other) => return Err(Error::Bench(format!("unexpected server message {other:?}"))),
         Err(e) => return Err(bench_err("waiting for the server's results", e)),
     };
-    let report = build_report(
+    let mut report = build_report(
         address,
         params,
         intervals,
@@ -241,6 +286,7 @@ pub fn run_test(
         client_cpu,
         server_cpu,
     );
+    report.latency = latency;
     if output == Output::Text {
         print_summary(&report);
     }
@@ -284,11 +330,18 @@ fn exchange_counts(
     }
 }
 
+/// What the interval reporter reads: bytes each way per stream, and for transactions the
+/// streams' latencies with the histogram the taken ones go to.
+struct Meter<'a> {
+    tx: &'a [AtomicU64],
+    rx: &'a [AtomicU64],
+    rr: Option<(&'a [Latencies], &'a Latencies)>,
+}
+
 fn report_intervals(
     started: Instant,
     interval: Option<Duration>,
-    tx: &[AtomicU64],
-    rx: &[AtomicU64],
+    meter: Meter<'_>,
     finished: &AtomicBool,
     direction: Direction,
     output: Output,
@@ -296,6 +349,11 @@ fn report_intervals(
     let Some(interval) = interval.filter(|i| !i.is_zero()) else {
         return Vec::new();
     };
+    let Meter {
+        tx,
+        rx,
+        rr: latency_meters,
+    } = meter;
     let mut rows = Vec::new();
     let mut last_tx: Vec<u64> = vec![0; tx.len()];
     let mut last_rx: Vec<u64> = vec![0; rx.len()];
@@ -330,12 +388,18 @@ fn report_intervals(
             last_rx[i] = r;
             streams.push(row);
         }
+        let latency = latency_meters.map(|(streams, total)| {
+            let taken = rr::take_all(streams);
+            total.lock().unwrap().add(&taken).expect("same bounds");
+            LatencyReport::new(&taken, span)
+        });
         let report = IntervalReport {
             start: from,
             end: to,
             tx_bits_per_second: sum_tx as f64 * 8.0 / span,
             rx_bits_per_second: sum_rx as f64 * 8.0 / span,
             streams,
+            latency,
         };
         if output == Output::Text {
             print_interval(&report, direction);

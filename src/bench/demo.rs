@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use super::client::run_test;
 use super::cpu::{CpuTimes, peak_rss};
-use super::proto::{Direction, Limit, Params};
+use super::proto::{Direction, Limit, Params, Workload};
 use super::report::{Output, TestReport};
+use super::rr::LatencyReport;
 use crate::addr::Address;
 use crate::engine::Mode;
 use crate::error::{Error, Result};
@@ -51,6 +52,8 @@ pub struct DemoPlan {
     pub transport: Transport,
     pub seconds: f64,
     pub len: usize,
+    /// Throughput, or transactions (`--rr`, `--crr`).
+    pub workload: Workload,
     pub streams: u32,
     pub rounds: u32,
     pub mode: Option<Mode>,
@@ -68,6 +71,9 @@ pub struct DemoRun {
     pub relay_cpu_pct: Option<f64>,
     pub relay_cpu_s_per_gib: Option<f64>,
     pub relay_peak_rss_bytes: Option<u64>,
+    /// Transactions and latency percentiles (`--rr`, `--crr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
     pub report: TestReport,
 }
 
@@ -256,11 +262,13 @@ fn measure(name: &str, connect: &str, params: &Params, relay: Option<&Helper>) -
         relay_cpu_pct,
         relay_cpu_s_per_gib,
         relay_peak_rss_bytes: relay.and_then(|r| peak_rss(r.pid())),
+        latency: report.latency.clone(),
         report,
     })
 }
 
 fn median(mut runs: Vec<DemoRun>) -> DemoRun {
+    // Transactions move `len` bytes each way, so throughput orders rr runs too.
     runs.sort_by(|a, b| a.gbit_per_s.total_cmp(&b.gbit_per_s));
     runs.swap_remove(runs.len() / 2)
 }
@@ -326,6 +334,7 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         },
         verify: false,
         zerocopy: false,
+        workload: plan.workload,
     };
     if !plan.json {
         let cpus = std::thread::available_parallelism()
@@ -390,6 +399,10 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         );
         return Ok(());
     }
+    if !plan.workload.is_stream() {
+        print_latency_table(&runs);
+        return Ok(());
+    }
     println!(
         "{:<30} {:>8} {:>11} {:>11} {:>10} {:>16} {:>10}",
         "path", "Gbit/s", "client CPU", "server CPU", "relay CPU", "relay CPU-s/GiB", "relay RSS"
@@ -415,4 +428,27 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         println!("(socat is not installed: no socat row)");
     }
     Ok(())
+}
+
+/// The `--rr` / `--crr` table: transactions per second and latency percentiles per path.
+fn print_latency_table(runs: &[DemoRun]) {
+    println!(
+        "{:<30} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "path", "trans/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "relay CPU"
+    );
+    for r in runs {
+        let Some(l) = &r.latency else { continue };
+        println!(
+            "{:<30} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            r.path,
+            l.transactions_per_second,
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p99_9_us,
+            l.max_us,
+            r.relay_cpu_pct
+                .map_or("-".to_string(), |v| format!("{v:.1}%"))
+        );
+    }
 }

@@ -13,6 +13,7 @@ pub mod proto;
 #[cfg(test)]
 mod proto_props;
 pub mod report;
+pub mod rr;
 pub mod server;
 pub mod stream;
 
@@ -29,7 +30,7 @@ use crate::open::Listener;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
 use client::run_test;
 use demo::{DemoPlan, Transport};
-use proto::{Direction, Limit, Params};
+use proto::{Direction, Limit, Params, Workload};
 use report::{Output, TestReport, print_sweep};
 
 /// How long a bench client waits for each connection when the address does not say.
@@ -123,9 +124,17 @@ pub struct ClientArgs {
     /// Parallel streams
     #[arg(long, default_value = "1", value_parser = streams_arg)]
     pub streams: u32,
-    /// Bytes per write and read (at most 16M)
-    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = len_arg)]
-    pub len: usize,
+    /// Bytes per write and read, or each way per transaction (at most 16M) [default: 128K,
+    /// 1 with --rr or --crr]
+    #[arg(long, value_name = "SIZE", value_parser = len_arg)]
+    pub len: Option<usize>,
+    /// Request/response transactions back to back on each stream: transactions per second
+    /// and latency percentiles instead of throughput
+    #[arg(long, conflicts_with_all = ["reverse", "bidir", "zerocopy", "sweep", "verify", "crr"])]
+    pub rr: bool,
+    /// Like --rr with a new connection per transaction (connection setup included)
+    #[arg(long, conflicts_with_all = ["reverse", "bidir", "zerocopy", "sweep", "verify"])]
+    pub crr: bool,
     /// The server sends, the client receives
     #[arg(long, conflicts_with = "bidir")]
     pub reverse: bool,
@@ -154,9 +163,17 @@ pub struct DemoArgs {
     /// Seconds per measured run
     #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = time_arg)]
     pub time: Duration,
-    /// Bytes per write and read (at most 16M)
-    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = len_arg)]
-    pub len: usize,
+    /// Bytes per write and read, or each way per transaction (at most 16M) [default: 128K,
+    /// 1 with --rr or --crr]
+    #[arg(long, value_name = "SIZE", value_parser = len_arg)]
+    pub len: Option<usize>,
+    /// Request/response latency instead of throughput: each path's transactions per second
+    /// and percentiles
+    #[arg(long, conflicts_with = "crr")]
+    pub rr: bool,
+    /// Like --rr with a new connection per transaction
+    #[arg(long)]
+    pub crr: bool,
     /// Parallel streams
     #[arg(long, default_value = "1", value_parser = streams_arg)]
     pub streams: u32,
@@ -239,15 +256,24 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 (_, true) => Direction::Bidir,
                 _ => Direction::Forward,
             };
+            let workload = match (c.rr, c.crr) {
+                (true, _) => Workload::Rr,
+                (_, true) => Workload::Crr,
+                _ => Workload::Stream,
+            };
+            let len = c
+                .len
+                .unwrap_or(if workload.is_stream() { 128 << 10 } else { 1 });
             let params = Params {
                 streams: c.streams,
-                len: c.len,
+                len,
                 direction,
                 limit,
                 verify: c.verify,
                 zerocopy: c.zerocopy,
+                workload,
             };
-            for len in std::iter::once(c.len).chain(c.sweep.iter().copied()) {
+            for len in std::iter::once(len).chain(c.sweep.iter().copied()) {
                 Params {
                     len,
                     ..params.clone()
@@ -267,10 +293,18 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
             if d.rounds == 0 {
                 return Err(Error::Usage("--rounds must be at least 1".into()));
             }
+            let workload = match (d.rr, d.crr) {
+                (true, _) => Workload::Rr,
+                (_, true) => Workload::Crr,
+                _ => Workload::Stream,
+            };
             Ok(BenchPlan::Demo(DemoPlan {
                 transport: d.transport,
                 seconds: d.time.as_secs_f64(),
-                len: d.len,
+                len: d
+                    .len
+                    .unwrap_or(if workload.is_stream() { 128 << 10 } else { 1 }),
+                workload,
                 streams: d.streams,
                 rounds: d.rounds,
                 mode: d.mode,

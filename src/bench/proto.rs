@@ -48,6 +48,25 @@ pub enum Limit {
     Bytes { total: u64 },
 }
 
+/// What the streams do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Bulk bytes (throughput).
+    #[default]
+    Stream,
+    /// Request/response transactions on one connection per stream (`--rr`).
+    Rr,
+    /// A new connection per transaction (`--crr`).
+    Crr,
+}
+
+impl Workload {
+    pub fn is_stream(&self) -> bool {
+        *self == Workload::Stream
+    }
+}
+
 /// The parameters of one test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
@@ -60,6 +79,9 @@ pub struct Params {
     pub verify: bool,
     /// Send with MSG_ZEROCOPY.
     pub zerocopy: bool,
+    /// Throughput or transactions (left out of the JSON for throughput, as before).
+    #[serde(default, skip_serializing_if = "Workload::is_stream")]
+    pub workload: Workload,
 }
 
 /// The largest stream count a test may ask for.
@@ -189,6 +211,9 @@ pub struct StreamCounts {
     pub send_seconds: f64,
     pub received: u64,
     pub recv_seconds: f64,
+    /// Request/response transactions (`--rr`, `--crr`).
+    #[serde(default)]
+    pub transactions: u64,
     /// Anything that went wrong on this stream at this end (I/O error, pattern mismatch).
     pub error: Option<String>,
 }
@@ -325,6 +350,7 @@ mod tests {
             limit: Limit::Bytes { total: 10 },
             verify: false,
             zerocopy: false,
+            workload: Workload::Stream,
         };
         assert_eq!(p.stream_bytes(0), Some(4));
         assert_eq!(p.stream_bytes(1), Some(3));

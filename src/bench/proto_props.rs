@@ -87,6 +87,7 @@ fn valid_params() -> impl Strategy<Value = Params> {
                 limit,
                 verify,
                 zerocopy,
+                workload: Workload::Stream,
             },
         )
 }

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::proto::{Cpu, Direction, Limit, Params, StreamCounts};
+use super::rr::LatencyReport;
 use crate::addr::Address;
 
 /// Bytes moved in one direction of one stream (or the sum), with both ends' view.
@@ -65,6 +66,9 @@ pub struct IntervalReport {
     pub streams: Vec<IntervalStream>,
     pub tx_bits_per_second: f64,
     pub rx_bits_per_second: f64,
+    /// Transactions and latency percentiles (`--rr`, `--crr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -102,6 +106,9 @@ pub struct TestReport {
     pub cpu: CpuReport,
     /// Byte-count mismatches, verification failures and stream errors. Empty when all is well.
     pub errors: Vec<String>,
+    /// Transactions and latency percentiles over the whole test (`--rr`, `--crr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
 }
 
 impl TestReport {
@@ -165,6 +172,14 @@ pub(super) fn build_report(
                 errors.push(format!("stream {}: {end}: {e}", id + 1));
             }
         }
+        if !params.workload.is_stream() && c.transactions != s.transactions {
+            errors.push(format!(
+                "stream {}: the client counted {} transactions but the server {}",
+                id + 1,
+                c.transactions,
+                s.transactions
+            ));
+        }
         let up = params.direction.client_sends().then(|| {
             if c.sent != s.received {
                 errors.push(format!(
@@ -213,6 +228,7 @@ pub(super) fn build_report(
             server: server_cpu.into(),
         },
         errors,
+        latency: None,
     }
 }
 
@@ -221,10 +237,12 @@ pub(super) fn print_header(address: &Address, params: &Params) {
         Limit::Time { ms } => format!("{:.1} s", ms as f64 / 1000.0),
         Limit::Bytes { total } => gbytes(total),
     };
-    let dir = match params.direction {
-        Direction::Forward => "client sends",
-        Direction::Reverse => "server sends",
-        Direction::Bidir => "both send",
+    let dir = match (params.workload, params.direction) {
+        (super::proto::Workload::Rr, _) => "request/response",
+        (super::proto::Workload::Crr, _) => "request/response, a connection each",
+        (_, Direction::Forward) => "client sends",
+        (_, Direction::Reverse) => "server sends",
+        (_, Direction::Bidir) => "both send",
     };
     println!(
         "Connected to {} ({} stream{}, {} byte writes, {what}, {dir}{}{})",
@@ -243,6 +261,10 @@ pub(super) fn print_header(address: &Address, params: &Params) {
 }
 
 pub(super) fn print_interval(r: &IntervalReport, direction: Direction) {
+    if let Some(l) = &r.latency {
+        println!("[SUM] {:6.2}-{:<6.2} sec  {}", r.start, r.end, l.text());
+        return;
+    }
     let span = (r.end - r.start).max(1e-9);
     let many = r.streams.len() > 1;
     let line = |label: &str, bytes: u64, tag: &str| {
@@ -298,6 +320,13 @@ fn print_dir(label: &str, d: &DirReport, tag: &str) {
 
 pub(super) fn print_summary(r: &TestReport) {
     println!("- - - - - - - - - - - - - - - - - - - - - - - - -");
+    if let Some(l) = &r.latency {
+        let end = r
+            .sum_client_to_server
+            .as_ref()
+            .map_or(0.0, |d| d.sender_seconds);
+        println!("[SUM] {:6.2}-{:<6.2} sec  {}  total", 0.0, end, l.text());
+    }
     println!("[ ID] Interval           Transfer     Bitrate");
     let bidir = r.params.direction == Direction::Bidir;
     let tags = if bidir {
@@ -379,6 +408,7 @@ mod tests {
             send_seconds: 1.0,
             received,
             recv_seconds: 2.0,
+            transactions: 0,
             error: None,
         }
     }
@@ -391,6 +421,7 @@ mod tests {
             limit: Limit::Time { ms: 1000 },
             verify: false,
             zerocopy: false,
+            workload: crate::bench::proto::Workload::Stream,
         }
     }
 

@@ -12,7 +12,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
-use super::proto::{self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION};
+use super::proto::{
+    self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
+};
+use super::rr;
 use super::stream::{self, Expect, Peer, Stream};
 use crate::open::Listener;
 use crate::sys::signal::StopSignals;
@@ -33,6 +36,8 @@ struct SessionState {
     sent: Vec<u64>,
     /// Which streams' data connections arrived.
     joined: Vec<bool>,
+    /// `--crr` transactions answered per stream.
+    crr: Vec<u64>,
     /// The control connection is through: data connections may close.
     closed: bool,
 }
@@ -161,6 +166,7 @@ fn control(
             results: vec![None; params.streams as usize],
             sent: vec![0; params.streams as usize],
             joined: vec![false; params.streams as usize],
+            crr: vec![0; params.streams as usize],
             ..SessionState::default()
         }),
         changed: Condvar::new(),
@@ -186,7 +192,9 @@ fn control(
 fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::Result<()> {
     let mut out = stream.writer();
     proto::send_line(&mut out, &ServerMsg::Ready)?;
-    let all_here = session.wait(|s| s.arrived >= params.streams, SETUP_TIMEOUT);
+    // `--crr` streams have no lasting data connections: one arrives per transaction.
+    let crr = params.workload == Workload::Crr;
+    let all_here = session.wait(|s| crr || s.arrived >= params.streams, SETUP_TIMEOUT);
     if !all_here {
         let message = "not all data connections arrived".to_string();
         let _ = proto::send_line(
@@ -211,7 +219,7 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
     // Our senders' counts first (the client reads them only after sending its own, so
     // neither end waits on the other), then the client's, for our receivers.
     session.wait(
-        |s| s.senders_done >= params.streams,
+        |s| crr || s.senders_done >= params.streams,
         test_time + SETUP_TIMEOUT,
     );
     let sent = session.state.lock().unwrap().sent.clone();
@@ -230,7 +238,21 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
     }
     let done: ClientMsg = proto::recv_line(&mut reader, params.max_line())?;
     debug!("bench server: client says {done:?}");
-    session.wait(|s| s.finished >= params.streams, SETUP_TIMEOUT);
+    session.wait(|s| crr || s.finished >= params.streams, SETUP_TIMEOUT);
+    if crr {
+        session.update(|s| {
+            for (i, &n) in s.crr.clone().iter().enumerate() {
+                let bytes = n * params.len as u64;
+                s.results[i] = Some(StreamCounts {
+                    stream: i as u32,
+                    sent: bytes,
+                    received: bytes,
+                    transactions: n,
+                    ..StreamCounts::default()
+                });
+            }
+        });
+    }
     let seconds = started.elapsed();
     let cpu = CpuTimes::of_self().since(cpu_start, seconds);
     let streams = session
@@ -267,6 +289,16 @@ fn data(stream: Stream, session: &Session, id: u32) {
         );
         return;
     }
+    if params.workload == Workload::Crr {
+        let live = {
+            let s = session.state.lock().unwrap();
+            s.started.is_some() && !s.closed
+        };
+        if live && rr::serve_one(&stream, params.len).is_ok() {
+            session.update(|s| s.crr[id as usize] += 1);
+        }
+        return;
+    }
     let mut duplicate = false;
     session.update(|s| {
         duplicate = std::mem::replace(&mut s.joined[id as usize], true);
@@ -295,6 +327,23 @@ fn data(stream: Stream, session: &Session, id: u32) {
             });
             return;
         }
+    }
+    if params.workload == Workload::Rr {
+        session.update(|s| s.senders_done += 1);
+        let counts = rr::serve_rr(
+            &stream,
+            id,
+            params.len,
+            &session.expect[id as usize],
+            idle,
+            stream::TICK,
+        );
+        session.update(|s| {
+            s.results[id as usize] = Some(counts);
+            s.finished += 1;
+        });
+        session.wait(|s| s.closed, idle + SETUP_TIMEOUT);
+        return;
     }
     let counter = AtomicU64::new(0);
     let started = if params.direction.server_sends() {

@@ -72,7 +72,7 @@ impl Stream {
 
     /// Bounds blocking reads only: the receiver wakes this often to see whether its count
     /// arrived over control.
-    fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
+    pub(super) fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
@@ -312,7 +312,7 @@ impl Expect {
         self.set(0);
     }
 
-    fn get(&self) -> u64 {
+    pub(super) fn get(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
 }
@@ -324,7 +324,7 @@ impl Default for Expect {
 }
 
 /// How often a waiting receiver looks at its [`Expect`].
-const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(100);
 /// How long a receiver waits for the bytes still missing once it knows the sender's count.
 pub const MISSING_GRACE: Duration = Duration::from_secs(30);
 
@@ -496,6 +496,7 @@ pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
         send_seconds: a.send_seconds.max(b.send_seconds),
         received: a.received + b.received,
         recv_seconds: a.recv_seconds.max(b.recv_seconds),
+        transactions: a.transactions + b.transactions,
         error: a.error.or(b.error),
     }
 }
