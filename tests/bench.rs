@@ -640,3 +640,150 @@ fn the_demo_compares_latency_with_rr() {
         assert!(l["p50_us"].as_u64().unwrap() <= l["p99_us"].as_u64().unwrap());
     }
 }
+
+/// Every key path of a JSON document (array elements as `[]`), e.g. `.end.sum_sent.bytes`.
+fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let path = format!("{prefix}.{k}");
+                out.insert(path.clone());
+                key_paths(child, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A real `iperf3 -J` document on loopback, when iperf3 is installed (`.ci/run` installs it).
+fn real_iperf3_document(extra: &[&str]) -> Option<Value> {
+    let port = free_port().to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &port, "-B", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut doc = None;
+    for _ in 0..50 {
+        let out = Command::new("iperf3")
+            .args([
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "1",
+                "-i",
+                "0.5",
+                "-P",
+                "2",
+                "-J",
+            ])
+            .args(extra)
+            .output()
+            .ok()?;
+        // A client that came before the server listened gets a document with an error.
+        let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if let Some(d) =
+            parsed.filter(|d| d.get("error").is_none() && !d["end"]["sum_received"].is_null())
+        {
+            doc = Some(d);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    doc
+}
+
+#[test]
+fn iperf3_json_has_iperf3s_shape_and_answers_its_usual_paths() {
+    let (_server, addr) = tcp_server();
+    for extra in [&[][..], &["--reverse"][..], &["--bidir"][..]] {
+        let mut args = vec![
+            addr.as_str(),
+            "--time",
+            "1",
+            "--interval",
+            "0.5",
+            "--streams",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        args.push("--json=iperf3");
+        let (code, out, err) = client(&args);
+        assert_eq!(code, 0, "{err}");
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        // The paths people point at iperf3 output.
+        let received = doc["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap();
+        assert!(received > 0.0, "{doc}");
+        assert_eq!(
+            doc["end"]["sum_received"]["bytes"], doc["end"]["sum_sent"]["bytes"],
+            "{extra:?}"
+        );
+        let intervals = doc["intervals"].as_array().unwrap();
+        assert!(!intervals.is_empty());
+        for i in intervals {
+            assert!(i["sum"]["bits_per_second"].as_f64().unwrap() >= 0.0);
+            assert!(!i["streams"].as_array().unwrap().is_empty());
+        }
+        assert!(
+            doc["end"]["cpu_utilization_percent"]["host_total"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(doc["end"]["cpu_utilization_percent"]["remote_total"].is_number());
+        assert_eq!(doc["start"]["test_start"]["num_streams"], 2);
+        assert_eq!(doc["start"]["connected"].as_array().unwrap().len(), 2);
+        assert!(doc["end"]["streams"][0]["receiver"]["bytes"].is_u64());
+        // Every key we write is one iperf3 writes for the same kind of run.
+        let Some(real) = real_iperf3_document(
+            extra
+                .iter()
+                .map(|a| match *a {
+                    "--reverse" => "-R",
+                    _ => "--bidir",
+                })
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) else {
+            eprintln!("iperf3 is not installed: key comparison skipped");
+            continue;
+        };
+        let (mut ours, mut theirs) = (Default::default(), Default::default());
+        key_paths(&doc, "", &mut ours);
+        key_paths(&real, "", &mut theirs);
+        let extra_keys: Vec<&String> = ours.difference(&theirs).collect();
+        assert!(
+            extra_keys.is_empty(),
+            "{extra:?}: keys iperf3 does not have: {extra_keys:?}"
+        );
+        for must in [
+            ".start.connected",
+            ".start.test_start",
+            ".intervals[].streams[].bits_per_second",
+            ".intervals[].sum.bits_per_second",
+            ".intervals[].sum.bytes",
+            ".intervals[].sum.seconds",
+            ".end.sum_sent.bits_per_second",
+            ".end.sum_received.bits_per_second",
+            ".end.streams[].sender.bytes",
+            ".end.cpu_utilization_percent.host_total",
+            ".end.cpu_utilization_percent.remote_total",
+        ] {
+            assert!(ours.contains(must) && theirs.contains(must), "{must}");
+        }
+    }
+    let (code, _, err) = client(&[&addr, "--sweep", "4K,8K", "--json=iperf3"]);
+    assert_eq!(code, 2, "{err}");
+}

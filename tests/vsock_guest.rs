@@ -36,6 +36,7 @@ const SCENARIOS: &[Scenario] = &[
     ("vsock_half_close_late_reply", vsock_half_close_late_reply),
     ("bench_over_vsock", bench_over_vsock),
     ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
+    ("bench_request_response_on_vsock", bench_rr_vsock),
 ];
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
@@ -87,6 +88,50 @@ fn bench_over_vsock() {
     assert_eq!(up["sender_bytes"], up["receiver_bytes"]);
     assert!(up["receiver_bytes"].as_u64().unwrap() > 0);
     assert!(server.stop().success());
+}
+
+/// `--rr` and `--crr` over real vsock, direct and through a relay: percentiles ordered, both
+/// ends counting the same transactions (a mismatch is in `errors`).
+fn bench_rr_vsock() {
+    let _server = Relay::spawn(
+        &["bench", "server", "VSOCK-LISTEN:5102,backlog=512"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let _relay = Relay::start(&["VSOCK-LISTEN:5103,fork,backlog=512", "VSOCK-CONNECT:1:5102"]);
+    for target in [
+        "VSOCK-CONNECT:1:5102,retry=50,interval=0.1",
+        "VSOCK-CONNECT:1:5103",
+    ] {
+        for workload in ["--rr", "--crr"] {
+            let doc = vsplice_json(&[
+                "bench",
+                "client",
+                target,
+                workload,
+                "--streams",
+                "2",
+                "--time",
+                "1",
+                "--interval",
+                "0.5",
+            ]);
+            assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+            let l = &doc["latency"];
+            let p = |k: &str| l[k].as_u64().unwrap();
+            assert!(p("transactions") > 0, "{doc}");
+            assert!(
+                p("p50_us") <= p("p99_us") && p("p99_us") <= p("max_us"),
+                "{l}"
+            );
+            println!(
+                "{target} {workload}: {} transactions, p50 {} us, p99 {} us (user-mode-linux)",
+                p("transactions"),
+                p("p50_us"),
+                p("p99_us")
+            );
+        }
+    }
 }
 
 /// One command answers "what does the relay cost on vsock": direct vs through vsplice.

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod cpu;
 pub mod demo;
+pub mod iperf3;
 pub mod pattern;
 pub mod proto;
 #[cfg(test)]
@@ -144,9 +145,11 @@ pub struct ClientArgs {
     /// Seconds between progress lines: 0.1 to 60, or 0 for none
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = interval_arg)]
     pub interval: Duration,
-    /// Print one JSON document instead of text
-    #[arg(long)]
-    pub json: bool,
+    /// Print one JSON document instead of text; --json=iperf3 prints it in the shape of
+    /// `iperf3 -J`
+    #[arg(long, value_enum, value_name = "STYLE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "vsplice")]
+    pub json: Option<JsonStyle>,
     /// Send with MSG_ZEROCOPY (TCP; vsock from Linux 6.7)
     #[arg(long)]
     pub zerocopy: bool,
@@ -156,6 +159,15 @@ pub struct ClientArgs {
     /// Fill the data with a known pattern and check every byte on receipt
     #[arg(long)]
     pub verify: bool,
+}
+
+/// The shape of `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JsonStyle {
+    /// vsplice's own document (both ends per stream and direction, intervals, CPU).
+    Vsplice,
+    /// The shape of `iperf3 -J`, for tools written for iperf3.
+    Iperf3,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,7 +212,7 @@ pub struct ClientPlan {
     pub address: Arc<Address>,
     pub params: Params,
     pub interval: Option<Duration>,
-    pub json: bool,
+    pub json: Option<JsonStyle>,
     /// Write sizes to sweep; empty for a single run.
     pub sweep: Vec<usize>,
 }
@@ -281,6 +293,11 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 .check()
                 .map_err(|bad| Error::Usage(format!("--{bad}")))?;
             }
+            if c.json == Some(JsonStyle::Iperf3) && !c.sweep.is_empty() {
+                return Err(Error::Usage(
+                    "--json=iperf3 describes one test: not with --sweep".into(),
+                ));
+            }
             Ok(BenchPlan::Client(ClientPlan {
                 address: Arc::new(address),
                 params,
@@ -340,7 +357,10 @@ pub fn run(plan: BenchPlan) -> Result<ExitCode> {
 
 fn run_client(c: ClientPlan) -> Result<ExitCode> {
     let _ = crate::sys::limits::raise_nofile(u64::from(c.params.streams) * 2 + 64);
-    let output = if c.json {
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let output = if c.json.is_some() {
         Output::Json
     } else if c.sweep.is_empty() {
         Output::Text
@@ -360,7 +380,10 @@ fn run_client(c: ClientPlan) -> Result<ExitCode> {
         }
         reports
     };
-    if c.json {
+    if c.json == Some(JsonStyle::Iperf3) {
+        let doc = serde_json::to_string_pretty(&iperf3::document(&reports[0], started_unix));
+        println!("{}", doc.map_err(|e| Error::Bench(e.to_string()))?);
+    } else if c.json.is_some() {
         let doc = if c.sweep.is_empty() {
             serde_json::to_string_pretty(&reports[0])
         } else {
