@@ -6,6 +6,15 @@
 //! The kernel comes from Debian's `user-mode-linux` package: installed (`/usr/bin/linux.uml`)
 //! or fetched into a cache folder with `apt-get download` and `dpkg -x`. busybox (for mount,
 //! insmod, ip, poweroff) likewise from `busybox-static`.
+//!
+//! Every kernel is first tried with a probe boot. UML before about 7.0 cannot boot on hosts
+//! whose CPUs have AMX (Sapphire Rapids and later): its ptrace of the guest's processes passes
+//! an XSAVE buffer sized without the AMX tile state, the host kernel answers EFAULT
+//! ("userspace - ptrace set fp regs failed, errno = 14") and init dies. Seen here with Debian
+//! 12's 6.1 and Debian 13's 6.12; Debian unstable's 7.2 boots. So when the probe fails the lab
+//! fetches `user-mode-linux` and the `libc6` it links against from Debian unstable (a private
+//! apt list under the lab folder; the system's apt configuration is not touched) and points
+//! the kernel binary at that libc with `patchelf` (from the system's own suite).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -60,6 +69,95 @@ pub fn fetch_package(dir: &Path, package: &str, into: &Path) -> Result<(), Strin
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    unpack_downloaded(dir, package, into)
+}
+
+const HOW_TO_FIX: &str = "install the lab's packages with \
+`apt-get install user-mode-linux busybox-static` (Debian), or make `apt-get download` work \
+(run `apt-get update`), or point VSPLICE_LAB_DIR at a folder holding them unpacked under root/";
+
+/// Debian unstable, where a user-mode-linux that boots on AMX hosts lives.
+const UNSTABLE: &str = "deb http://deb.debian.org/debian sid main";
+
+/// `apt-get` with a private source list and state under `dir`, so a package from another
+/// suite can be downloaded without touching the system's apt configuration.
+fn private_apt(dir: &Path) -> Result<Command, String> {
+    for sub in ["lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let list = dir.join("sources.list");
+    std::fs::write(&list, format!("{UNSTABLE}\n")).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("apt-get");
+    cmd.arg("-q")
+        .arg(format!("-oDir::Etc::SourceList={}", list.display()))
+        .arg("-oDir::Etc::SourceParts=/dev/null")
+        .arg(format!(
+            "-oDir::State::Lists={}",
+            dir.join("lists").display()
+        ))
+        .arg(format!("-oDir::Cache={}", dir.join("cache").display()))
+        .current_dir(dir);
+    Ok(cmd)
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("running {what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{what}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Fetches Debian unstable's user-mode-linux and libc6 under `dir` and returns its kernel,
+/// patched to load that libc (the system's may be older than it needs).
+fn fetch_unstable_kernel(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let root = dir.join("root");
+    let libc = dir.join("libc");
+    let kernel = dir.join("linux.uml");
+    if kernel.exists() {
+        if let Some(m) = modules_under(&root) {
+            return Ok((kernel, m));
+        }
+    }
+    let mut update = private_apt(dir)?;
+    update.arg("update");
+    run_ok(update, "apt-get update (Debian unstable, private list)")?;
+    for (package, into) in [("user-mode-linux", &root), ("libc6", &libc)] {
+        let mut download = private_apt(dir)?;
+        download.args(["download", package]);
+        run_ok(
+            download,
+            &format!("apt-get download {package} (Debian unstable)"),
+        )?;
+        unpack_downloaded(dir, package, into)?;
+    }
+    let tools = dir.join("tools");
+    if !tools.join("usr/bin/patchelf").exists() {
+        fetch_package(dir, "patchelf", &tools)?;
+    }
+    let lib = libc.join("usr/lib/x86_64-linux-gnu");
+    let patched = dir.join("linux.uml.partial");
+    std::fs::copy(root.join("usr/bin/linux.uml"), &patched).map_err(|e| e.to_string())?;
+    let mut patch = Command::new(tools.join("usr/bin/patchelf"));
+    patch
+        .arg("--set-interpreter")
+        .arg(lib.join("ld-linux-x86-64.so.2"))
+        .arg("--set-rpath")
+        .arg(&lib)
+        .arg(&patched);
+    run_ok(patch, "patchelf")?;
+    std::fs::rename(&patched, &kernel).map_err(|e| e.to_string())?;
+    let modules = modules_under(&root)
+        .ok_or_else(|| format!("no UML vsock modules under {}", root.display()))?;
+    Ok((kernel, modules))
+}
+
+/// Unpacks the `PACKAGE_*.deb` that a download left in `dir` under `into`, then removes it.
+fn unpack_downloaded(dir: &Path, package: &str, into: &Path) -> Result<(), String> {
     let deb = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .flatten()
@@ -83,13 +181,40 @@ pub fn fetch_package(dir: &Path, package: &str, into: &Path) -> Result<(), Strin
     Ok(())
 }
 
-const HOW_TO_FIX: &str = "install the lab's packages with \
-`apt-get install user-mode-linux busybox-static` (Debian), or make `apt-get download` work \
-(run `apt-get update`), or point VSPLICE_LAB_DIR at a folder holding them unpacked under root/";
-
 impl Lab {
-    /// Finds the kernel, its vsock modules and busybox, fetching what is missing.
+    /// Finds a kernel that boots here, its vsock modules and busybox, fetching what is
+    /// missing (see the module docs for why a kernel may come from Debian unstable).
     pub fn prepare() -> Result<Lab, String> {
+        let lab = Lab::prepare_packaged()?;
+        let probe = lab.run(
+            "probe",
+            Path::new("/bin/true"),
+            &[],
+            Duration::from_secs(60),
+        );
+        if probe.as_ref().is_ok_and(|r| r.exit == Some(0)) {
+            return Ok(lab);
+        }
+        let why = match probe {
+            Ok(r) => r.console,
+            Err(e) => e,
+        };
+        let (kernel, modules) = fetch_unstable_kernel(&lab.dir.join("unstable")).map_err(|e| {
+            format!(
+                "{} does not boot here and no newer kernel could be fetched ({e}); \
+                 its console:\n{why}",
+                lab.kernel.display()
+            )
+        })?;
+        Ok(Lab {
+            kernel,
+            modules,
+            ..lab
+        })
+    }
+
+    /// The kernel of the system's (or this suite's) user-mode-linux package.
+    fn prepare_packaged() -> Result<Lab, String> {
         let dir = lab_dir();
         let cache_root = dir.join("root");
         let (kernel, modules) = match (
