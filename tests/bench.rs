@@ -84,6 +84,10 @@ fn byte_budget_is_delivered_and_verified_at_both_ends() {
     assert!(sum["receiver_bits_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(doc["errors"].as_array().unwrap().len(), 0);
     assert!(doc["cpu"]["server"]["total_pct"].as_f64().unwrap() > 0.0);
+    assert!(
+        doc["cpu"]["gbit_per_s_per_core"].as_f64().unwrap() > 0.0,
+        "{doc}"
+    );
     assert_eq!(doc["streams"].as_array().unwrap().len(), 2);
 }
 
@@ -122,6 +126,7 @@ fn text_output_has_interval_lines_and_both_ends() {
     assert!(out.contains("0.00-0.5"), "{out}");
     assert!(out.contains("sender") && out.contains("receiver"), "{out}");
     assert!(out.contains("CPU Utilization: client"), "{out}");
+    assert!(out.contains("Gbit/s per CPU core used"), "{out}");
 }
 
 #[test]

@@ -75,6 +75,10 @@ pub struct IntervalReport {
 pub struct CpuReport {
     pub client: CpuSide,
     pub server: CpuSide,
+    /// Received Gbit/s (both directions summed) per CPU core busy at the two ends together
+    /// (client plus server CPU, 100% = one core): the efficiency figure published vsock work
+    /// compares. None when no CPU time was measured.
+    pub gbit_per_s_per_core: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -216,7 +220,7 @@ pub(super) fn build_report(
         .direction
         .server_sends()
         .then(|| DirReport::sum(streams.iter().filter_map(|s| s.server_to_client.as_ref())));
-    TestReport {
+    let mut report = TestReport {
         address: address.text.clone(),
         params: params.clone(),
         intervals,
@@ -226,10 +230,15 @@ pub(super) fn build_report(
         cpu: CpuReport {
             client: client_cpu.into(),
             server: server_cpu.into(),
+            gbit_per_s_per_core: None,
         },
         errors,
         latency: None,
-    }
+    };
+    let cores = (client_cpu.total_pct() + server_cpu.total_pct()) / 100.0;
+    report.cpu.gbit_per_s_per_core =
+        (cores > 0.0).then(|| report.receiver_bits_per_second() / 1e9 / cores);
+    report
 }
 
 pub(super) fn print_header(address: &Address, params: &Params) {
@@ -356,6 +365,9 @@ pub(super) fn print_summary(r: &TestReport) {
         "CPU Utilization: client {:.1}% ({:.1}%u/{:.1}%s), server {:.1}% ({:.1}%u/{:.1}%s)",
         c.total_pct, c.user_pct, c.system_pct, s.total_pct, s.user_pct, s.system_pct
     );
+    if let Some(e) = r.cpu.gbit_per_s_per_core {
+        println!("Efficiency: {e:.2} Gbit/s per CPU core used (client + server)");
+    }
     for e in &r.errors {
         println!("error: {e}");
     }
@@ -364,8 +376,8 @@ pub(super) fn print_summary(r: &TestReport) {
 /// Prints a sweep as one table, one row per write size.
 pub fn print_sweep(reports: &[TestReport]) {
     println!(
-        "{:>9}  {:>13}  {:>13}  {:>10}  {:>10}",
-        "len", "sender Gb/s", "receiver Gb/s", "client CPU", "server CPU"
+        "{:>9}  {:>13}  {:>13}  {:>10}  {:>10}  {:>11}",
+        "len", "sender Gb/s", "receiver Gb/s", "client CPU", "server CPU", "Gb/s / core"
     );
     for r in reports {
         let dirs: Vec<&DirReport> = r
@@ -376,12 +388,15 @@ pub fn print_sweep(reports: &[TestReport]) {
         let send: f64 = dirs.iter().map(|d| d.sender_bits_per_second).sum();
         let recv: f64 = dirs.iter().map(|d| d.receiver_bits_per_second).sum();
         println!(
-            "{:>9}  {:>13.2}  {:>13.2}  {:>9.1}%  {:>9.1}%{}",
+            "{:>9}  {:>13.2}  {:>13.2}  {:>9.1}%  {:>9.1}%  {:>11}{}",
             human_size(r.params.len),
             send / 1e9,
             recv / 1e9,
             r.cpu.client.total_pct,
             r.cpu.server.total_pct,
+            r.cpu
+                .gbit_per_s_per_core
+                .map_or("-".to_string(), |e| format!("{e:.2}")),
             if r.errors.is_empty() { "" } else { "  ERRORS" }
         );
     }
@@ -445,6 +460,22 @@ mod tests {
         assert_eq!(sum.receiver_bytes, 400);
         assert_eq!(sum.receiver_bits_per_second, 400.0 * 8.0 / 2.0);
         assert!(r.sum_server_to_client.is_none());
+        assert_eq!(r.cpu.gbit_per_s_per_core, None, "no CPU measured");
+        let busy = Cpu {
+            user_pct: 10.0,
+            system_pct: 40.0,
+        };
+        let r = build_report(
+            &addr,
+            &params(Direction::Forward),
+            vec![],
+            &client,
+            &server,
+            busy,
+            busy,
+        );
+        // 1600 bit/s over one core in all.
+        assert_eq!(r.cpu.gbit_per_s_per_core, Some(1600.0 / 1e9));
     }
 
     #[test]

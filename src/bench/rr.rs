@@ -197,11 +197,18 @@ pub fn client_crr(
     counts(id, n, len, started, error)
 }
 
-/// The server's side of one `--crr` transaction: one request in, one response out.
-pub fn serve_one(stream: &Stream, len: usize) -> io::Result<()> {
+/// The server's side of one `--crr` transaction: one request in, `answered` called (before
+/// the response leaves, so the client can never see a response the server has not counted),
+/// one response out, then the client's close awaited (as netperf's TCP_CRR): a server that
+/// closed first could have its close overtake the response on a relay or VMM that widens a
+/// close into a reset.
+pub fn serve_one(stream: &Stream, len: usize, answered: impl FnOnce()) -> io::Result<()> {
     let mut buf = vec![0u8; len];
     stream.reader().read_exact(&mut buf)?;
-    stream.writer().write_all(&buf)
+    answered();
+    stream.writer().write_all(&buf)?;
+    while stream.reader().read(&mut buf[..1])? > 0 {}
+    Ok(())
 }
 
 /// The server's `--rr` loop: answers each `len`-byte request until it has the bytes the
@@ -237,11 +244,11 @@ pub fn serve_rr(
                 last_byte = Instant::now();
                 filled += k;
                 if filled == len {
+                    n += 1;
                     if let Err(e) = stream.writer().write_all(&buf) {
                         error = Some(failed(&e, "response"));
                     }
                     filled = 0;
-                    n += 1;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -294,8 +294,10 @@ fn data(stream: Stream, session: &Session, id: u32) {
             let s = session.state.lock().unwrap();
             s.started.is_some() && !s.closed
         };
-        if live && rr::serve_one(&stream, params.len).is_ok() {
-            session.update(|s| s.crr[id as usize] += 1);
+        if live {
+            let _ = rr::serve_one(&stream, params.len, || {
+                session.update(|s| s.crr[id as usize] += 1)
+            });
         }
         return;
     }
