@@ -177,6 +177,7 @@ fn vsock(c: &mut Criterion) {
             verify: false,
             zerocopy: false,
             workload: Default::default(),
+            vsock_buffer: None,
         };
         group.bench_function(BenchmarkId::new("len", len), |b| {
             b.iter(|| {

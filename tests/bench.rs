@@ -349,6 +349,8 @@ fn client_parameters_beyond_their_bounds_are_usage_errors_naming_the_option() {
         (&["--bytes", "99999999999G"], "--bytes"),
         (&["--interval", "0.000001"], "--interval"),
         (&["--interval", "61"], "--interval"),
+        (&["--vsock-buffer", "1G"], "--vsock-buffer"),
+        (&["--vsock-buffer", "1K"], "--vsock-buffer"),
     ];
     for (args, name) in cases {
         let mut all = vec!["TCP:127.0.0.1:1"];
@@ -357,6 +359,16 @@ fn client_parameters_beyond_their_bounds_are_usage_errors_naming_the_option() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(name), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn a_vsock_buffer_on_sockets_that_are_not_vsock_is_reported_as_such() {
+    let (_server, addr) = tcp_server();
+    let doc = json_client(&[&addr, "--bytes", "4M", "--vsock-buffer", "1M"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    let v = &doc["vsock_buffer"];
+    assert_eq!(v["requested"], 1 << 20);
+    assert!(v["client"].is_null() && v["server"].is_null(), "{v}");
 }
 
 #[test]

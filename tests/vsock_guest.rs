@@ -37,6 +37,7 @@ const SCENARIOS: &[Scenario] = &[
     ("bench_over_vsock", bench_over_vsock),
     ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
     ("bench_request_response_on_vsock", bench_rr_vsock),
+    ("bench_vsock_buffer_takes_effect", bench_vsock_buffer),
 ];
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
@@ -139,6 +140,39 @@ fn bench_rr_vsock() {
                 p("p50_us"),
                 p("p99_us")
             );
+        }
+    }
+}
+
+/// `--vsock-buffer` reaches both ends' sockets (read back with getsockopt), in each direction.
+fn bench_vsock_buffer() {
+    let _server = Relay::spawn(
+        &["bench", "server", "VSOCK-LISTEN:5104"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    for (size, bytes) in [("64K", 64u64 << 10), ("2M", 2 << 20)] {
+        for direction in [None, Some("--reverse")] {
+            let mut args = vec![
+                "bench",
+                "client",
+                "VSOCK-CONNECT:1:5104,retry=50,interval=0.1",
+                "--bytes",
+                "8M",
+                "--streams",
+                "2",
+                "--verify",
+                "--vsock-buffer",
+                size,
+            ];
+            args.extend(direction);
+            let doc = vsplice_json(&args);
+            assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+            let v = &doc["vsock_buffer"];
+            assert_eq!(v["requested"], bytes, "{v}");
+            assert_eq!(v["client"], bytes, "{v}");
+            assert_eq!(v["server"], bytes, "{v}");
+            println!("--vsock-buffer {size} {direction:?}: {v}");
         }
     }
 }

@@ -14,8 +14,8 @@ use super::proto::{
 };
 pub use super::report::Output;
 use super::report::{
-    IntervalReport, IntervalStream, TestReport, build_report, print_header, print_interval,
-    print_summary,
+    IntervalReport, IntervalStream, TestReport, VsockBufferReport, build_report, print_header,
+    print_interval, print_summary,
 };
 use super::rr::{self, Latencies, LatencyReport, Meters};
 use super::stream::{self, Expect, Peer, Stream};
@@ -94,8 +94,16 @@ pub fn run_test(
         Limit::Time { ms } => Duration::from_millis(ms),
         Limit::Bytes { .. } => Duration::from_secs(3600),
     };
+    // The vsock buffer the client's sockets read back (0: not set, or not vsock).
+    let vsock_buffer = AtomicU64::new(0);
     let open_stream = |id: u32| -> Result<Stream> {
         let s = connect(address)?;
+        if let (Some(size), true) = (params.vsock_buffer, s.is_vsock()) {
+            let got = s
+                .set_vsock_buffer(size)
+                .map_err(|e| bench_err("--vsock-buffer", e))?;
+            vsock_buffer.store(got, Ordering::Relaxed);
+        }
         s.set_timeouts(test_time + Duration::from_secs(30))
             .map_err(|e| bench_err("data connection", e))?;
         proto::send_line(
@@ -287,6 +295,13 @@ pub fn run_test(
         server_cpu,
     );
     report.latency = latency;
+    if let Some(requested) = params.vsock_buffer {
+        report.vsock_buffer = Some(VsockBufferReport {
+            requested,
+            client: Some(vsock_buffer.load(Ordering::Relaxed)).filter(|&b| b > 0),
+            server: server_counts.iter().find_map(|c| c.vsock_buffer),
+        });
+    }
     if output == Output::Text {
         print_summary(&report);
     }

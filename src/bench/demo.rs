@@ -335,6 +335,7 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         verify: false,
         zerocopy: false,
         workload: plan.workload,
+        vsock_buffer: None,
     };
     if !plan.json {
         let cpus = std::thread::available_parallelism()

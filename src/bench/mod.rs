@@ -136,6 +136,10 @@ pub struct ClientArgs {
     /// Like --rr with a new connection per transaction (connection setup included)
     #[arg(long, conflicts_with_all = ["reverse", "bidir", "zerocopy", "sweep", "verify"])]
     pub crr: bool,
+    /// Set the vsock buffer (SO_VM_SOCKETS_BUFFER_SIZE and _MAX) of every vsock data socket at
+    /// both ends, 4K-256M; the sizes read back are reported (the default is 256K)
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub vsock_buffer: Option<usize>,
     /// The server sends, the client receives
     #[arg(long, conflicts_with = "bidir")]
     pub reverse: bool,
@@ -284,6 +288,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 verify: c.verify,
                 zerocopy: c.zerocopy,
                 workload,
+                vsock_buffer: c.vsock_buffer.map(|b| b as u64),
             };
             for len in std::iter::once(len).chain(c.sweep.iter().copied()) {
                 Params {

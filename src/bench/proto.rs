@@ -82,6 +82,9 @@ pub struct Params {
     /// Throughput or transactions (left out of the JSON for throughput, as before).
     #[serde(default, skip_serializing_if = "Workload::is_stream")]
     pub workload: Workload,
+    /// SO_VM_SOCKETS_BUFFER_SIZE (and _MAX) for vsock data sockets at both ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_buffer: Option<u64>,
 }
 
 /// The largest stream count a test may ask for.
@@ -94,6 +97,9 @@ pub const MAX_BUFFERED: u64 = 2 << 30;
 pub const MAX_TIME_MS: u64 = 86_400_000;
 /// The largest byte budget: 1 PiB.
 pub const MAX_BYTES: u64 = 1 << 50;
+/// The largest vsock buffer a test may ask for (each end's kernel may hold this much per
+/// stream).
+pub const MAX_VSOCK_BUFFER: u64 = 256 << 20;
 /// The longest control line an end accepts before it knows the stream count.
 pub const MAX_LINE: usize = 64 << 10;
 /// Control line room per stream (results and byte counts carry one entry per stream).
@@ -139,6 +145,14 @@ impl Params {
                     self.len, self.streams
                 ),
             );
+        }
+        if let Some(b) = self.vsock_buffer {
+            if !(4096..=MAX_VSOCK_BUFFER).contains(&b) {
+                return bad(
+                    "vsock-buffer",
+                    format!("{b} is not a vsock buffer size from 4K to 256M"),
+                );
+            }
         }
         match self.limit {
             Limit::Time { ms } if !(1..=MAX_TIME_MS).contains(&ms) => bad(
@@ -214,6 +228,9 @@ pub struct StreamCounts {
     /// Request/response transactions (`--rr`, `--crr`).
     #[serde(default)]
     pub transactions: u64,
+    /// The vsock buffer this end's socket has, read back (when asked for and vsock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_buffer: Option<u64>,
     /// Anything that went wrong on this stream at this end (I/O error, pattern mismatch).
     pub error: Option<String>,
 }
@@ -351,6 +368,7 @@ mod tests {
             verify: false,
             zerocopy: false,
             workload: Workload::Stream,
+            vsock_buffer: None,
         };
         assert_eq!(p.stream_bytes(0), Some(4));
         assert_eq!(p.stream_bytes(1), Some(3));

@@ -88,6 +88,7 @@ fn valid_params() -> impl Strategy<Value = Params> {
                 verify,
                 zerocopy,
                 workload: Workload::Stream,
+                vsock_buffer: None,
             },
         )
 }

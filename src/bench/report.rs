@@ -113,6 +113,17 @@ pub struct TestReport {
     /// Transactions and latency percentiles over the whole test (`--rr`, `--crr`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyReport>,
+    /// `--vsock-buffer`: asked for, and what each end's vsock sockets read back (None at an
+    /// end whose sockets are not vsock, such as the host side of hybrid vsock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock_buffer: Option<VsockBufferReport>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VsockBufferReport {
+    pub requested: u64,
+    pub client: Option<u64>,
+    pub server: Option<u64>,
 }
 
 impl TestReport {
@@ -234,6 +245,7 @@ pub(super) fn build_report(
         },
         errors,
         latency: None,
+        vsock_buffer: None,
     };
     let cores = (client_cpu.total_pct() + server_cpu.total_pct()) / 100.0;
     report.cpu.gbit_per_s_per_core =
@@ -365,6 +377,15 @@ pub(super) fn print_summary(r: &TestReport) {
         "CPU Utilization: client {:.1}% ({:.1}%u/{:.1}%s), server {:.1}% ({:.1}%u/{:.1}%s)",
         c.total_pct, c.user_pct, c.system_pct, s.total_pct, s.user_pct, s.system_pct
     );
+    if let Some(v) = &r.vsock_buffer {
+        let end = |b: Option<u64>| b.map_or("not vsock".to_string(), |b| b.to_string());
+        println!(
+            "vsock buffer: asked {}, client {}, server {}",
+            v.requested,
+            end(v.client),
+            end(v.server)
+        );
+    }
     if let Some(e) = r.cpu.gbit_per_s_per_core {
         println!("Efficiency: {e:.2} Gbit/s per CPU core used (client + server)");
     }
@@ -424,6 +445,7 @@ mod tests {
             received,
             recv_seconds: 2.0,
             transactions: 0,
+            vsock_buffer: None,
             error: None,
         }
     }
@@ -437,6 +459,7 @@ mod tests {
             verify: false,
             zerocopy: false,
             workload: crate::bench::proto::Workload::Stream,
+            vsock_buffer: None,
         }
     }
 

@@ -125,6 +125,7 @@ fn counts(id: u32, n: u64, len: usize, started: Instant, error: Option<String>) 
         received: bytes,
         recv_seconds: s,
         transactions: n,
+        vsock_buffer: None,
         error,
     }
 }

@@ -289,6 +289,17 @@ fn data(stream: Stream, session: &Session, id: u32) {
         );
         return;
     }
+    // `--vsock-buffer`: set on this end's vsock data sockets and read back for the report.
+    let vsock_buffer = match (params.vsock_buffer, stream.is_vsock()) {
+        (Some(size), true) => match stream.set_vsock_buffer(size) {
+            Ok(got) => Some(got),
+            Err(e) => {
+                warn!("bench server: --vsock-buffer {size}: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
     if params.workload == Workload::Crr {
         let live = {
             let s = session.state.lock().unwrap();
@@ -332,7 +343,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
     }
     if params.workload == Workload::Rr {
         session.update(|s| s.senders_done += 1);
-        let counts = rr::serve_rr(
+        let mut counts = rr::serve_rr(
             &stream,
             id,
             params.len,
@@ -340,6 +351,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
             idle,
             stream::TICK,
         );
+        counts.vsock_buffer = vsock_buffer;
         session.update(|s| {
             s.results[id as usize] = Some(counts);
             s.finished += 1;
@@ -374,6 +386,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
         &counter,
         peer,
     );
+    counts.vsock_buffer = vsock_buffer;
     if params.direction.server_sends() && started.is_none() {
         counts
             .error

@@ -102,6 +102,44 @@ impl Stream {
         })
     }
 
+    pub fn is_vsock(&self) -> bool {
+        self.family == "vsock"
+    }
+
+    /// Sets the vsock buffer (SO_VM_SOCKETS_BUFFER_MAX_SIZE, then _SIZE, which the kernel
+    /// clamps to the maximum) and reads back what took effect. Only for vsock sockets.
+    pub fn set_vsock_buffer(&self, size: u64) -> io::Result<u64> {
+        const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+        const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+        let fd = self.file.as_raw_fd();
+        for opt in [SO_VM_SOCKETS_BUFFER_MAX_SIZE, SO_VM_SOCKETS_BUFFER_SIZE] {
+            // SAFETY: the pointer and length describe `size`, a u64 as the option expects,
+            // live for the call.
+            crate::sys::cvt(unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::AF_VSOCK,
+                    opt,
+                    (&size as *const u64).cast(),
+                    std::mem::size_of::<u64>() as libc::socklen_t,
+                )
+            })?;
+        }
+        let mut got: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `got` and `len` are live for the call and describe a u64 buffer.
+        crate::sys::cvt(unsafe {
+            libc::getsockopt(
+                fd,
+                libc::AF_VSOCK,
+                SO_VM_SOCKETS_BUFFER_SIZE,
+                (&mut got as *mut u64).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(got)
+    }
+
     pub fn reader(&self) -> &File {
         &self.file
     }
@@ -497,6 +535,7 @@ pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
         received: a.received + b.received,
         recv_seconds: a.recv_seconds.max(b.recv_seconds),
         transactions: a.transactions + b.transactions,
+        vsock_buffer: a.vsock_buffer.or(b.vsock_buffer),
         error: a.error.or(b.error),
     }
 }
