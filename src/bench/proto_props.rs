@@ -35,6 +35,15 @@ fn number() -> impl Strategy<Value = String> {
     ]
 }
 
+fn workload() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("stream".to_string()),
+        Just("rr".to_string()),
+        Just("crr".to_string()),
+        "[a-z]{0,5}",
+    ]
+}
+
 fn limit() -> impl Strategy<Value = String> {
     prop_oneof![
         number().prop_map(|n| format!("{{\"time\":{{\"ms\":{n}}}}}")),
@@ -54,11 +63,13 @@ fn hostile_hello() -> impl Strategy<Value = String> {
         any::<bool>(),
         any::<bool>(),
         "[ -~]{0,40}",
+        (prop::option::of(number()), workload()),
     )
-        .prop_map(|(version, streams, len, dir, limit, verify, zc, cookie)| {
+        .prop_map(|(version, streams, len, dir, limit, verify, zc, cookie, (vsock, workload))| {
             let cookie = cookie.replace(['"', '\\'], "");
+            let vsock = vsock.map_or(String::new(), |n| format!(",\"vsock_buffer\":{n}"));
             format!(
-                "{{\"type\":\"control\",\"version\":{version},\"cookie\":\"{cookie}\",\"params\":{{\"streams\":{streams},\"len\":{len},\"direction\":\"{dir}\",\"limit\":{limit},\"verify\":{verify},\"zerocopy\":{zc}}}}}\n"
+                "{{\"type\":\"control\",\"version\":{version},\"cookie\":\"{cookie}\",\"params\":{{\"streams\":{streams},\"len\":{len},\"direction\":\"{dir}\",\"limit\":{limit},\"verify\":{verify},\"zerocopy\":{zc},\"workload\":\"{workload}\"{vsock}}}}}\n"
             )
         })
 }
@@ -100,6 +111,9 @@ fn assert_accepted_is_bounded(hello: &Hello) {
             assert!((1..=MAX_STREAMS).contains(&params.streams));
             assert!((1..=MAX_LEN).contains(&params.len));
             assert!(u64::from(params.streams) * params.len as u64 <= MAX_BUFFERED);
+            if let Some(b) = params.vsock_buffer {
+                assert!((4096..=MAX_VSOCK_BUFFER).contains(&b));
+            }
             match params.limit {
                 Limit::Time { ms } => assert!((1..=MAX_TIME_MS).contains(&ms)),
                 Limit::Bytes { total } => assert!((1..=MAX_BYTES).contains(&total)),
