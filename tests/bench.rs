@@ -804,3 +804,67 @@ fn iperf3_json_has_iperf3s_shape_and_answers_its_usual_paths() {
     let (code, _, err) = client(&[&addr, "--sweep", "4K,8K", "--json=iperf3"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A file that is an SVG picture with something drawn in it.
+fn assert_svg(path: &std::path::Path, shape: &str) {
+    let svg = std::fs::read_to_string(path).unwrap();
+    assert!(svg.trim_start().starts_with("<svg"), "{}", path.display());
+    assert!(svg.trim_end().ends_with("</svg>"), "{}", path.display());
+    assert!(svg.contains(shape), "{}: no {shape}", path.display());
+}
+
+#[test]
+fn plot_writes_an_svg_for_each_kind_of_run() {
+    let (_server, addr) = tcp_server();
+    let dir = Scratch::new("bench-plot");
+    let run = dir.path("run.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.6",
+        "--interval",
+        "0.2",
+        "--streams",
+        "2",
+        "--bidir",
+        "--plot",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_svg(&run, "<polyline");
+    let sweep = dir.path("sweep.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.2",
+        "--sweep",
+        "4K,64K",
+        "--plot",
+        sweep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_svg(&sweep, "<rect");
+    let rr = dir.path("rr.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.3",
+        "--rr",
+        "--plot",
+        rr.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_svg(&rr, "p99.9");
+    let demo = dir.path("demo.svg");
+    let out = Command::new(vsplice_bin())
+        .args(["bench", "demo", "--time", "0.3", "--no-socat", "--plot"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_svg(&demo, "vsplice");
+}

@@ -59,6 +59,8 @@ pub struct DemoPlan {
     pub mode: Option<Mode>,
     pub socat: bool,
     pub json: bool,
+    /// Where to draw the paths' bars (`--plot`).
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// One measured path.
@@ -381,6 +383,29 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
     let mut runs = vec![median(direct), median(via_vsplice)];
     if !via_socat.is_empty() {
         runs.push(median(via_socat));
+    }
+    if let Some(path) = &plan.plot {
+        let rr = !plan.workload.is_stream();
+        let items: Vec<(String, f64)> = runs
+            .iter()
+            .map(|r| {
+                let v = match &r.latency {
+                    Some(l) if rr => l.transactions_per_second,
+                    _ => r.gbit_per_s,
+                };
+                (
+                    r.path.replace("client -> ", "").replace(" -> server", ""),
+                    v,
+                )
+            })
+            .collect();
+        let (title, unit) = if rr {
+            ("transactions per second, 1 stream", "transactions/s")
+        } else {
+            ("throughput, direct and through relays", "Gbit/s")
+        };
+        let title = format!("vsplice bench demo ({}): {title}", plan.transport.name());
+        super::plot::demo(path, &title, unit, &items)?;
     }
     if plan.json {
         let doc = DemoDocument {

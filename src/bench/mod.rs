@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod demo;
 pub mod iperf3;
 pub mod pattern;
+pub mod plot;
 pub mod proto;
 #[cfg(test)]
 mod proto_props;
@@ -140,6 +141,10 @@ pub struct ClientArgs {
     /// both ends, 4K-256M; the sizes read back are reported (the default is 256K)
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
     pub vsock_buffer: Option<usize>,
+    /// Draw the run as an SVG picture: throughput per interval per stream, Gbit/s by write
+    /// size for --sweep, latency percentiles for --rr/--crr
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// The server sends, the client receives
     #[arg(long, conflicts_with = "bidir")]
     pub reverse: bool,
@@ -202,6 +207,9 @@ pub struct DemoArgs {
     /// The relay's data path
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Draw the paths side by side as an SVG bar chart
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Leave socat out even if it is installed
     #[arg(long)]
     pub no_socat: bool,
@@ -219,6 +227,8 @@ pub struct ClientPlan {
     pub json: Option<JsonStyle>,
     /// Write sizes to sweep; empty for a single run.
     pub sweep: Vec<usize>,
+    /// Where to draw the run (`--plot`).
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -308,6 +318,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 params,
                 interval: Some(c.interval).filter(|i| !i.is_zero()),
                 json: c.json,
+                plot: c.plot,
                 sweep: c.sweep,
             }))
         }
@@ -332,6 +343,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 mode: d.mode,
                 socat: !d.no_socat,
                 json: d.json,
+                plot: d.plot,
             }))
         }
     }
@@ -397,6 +409,13 @@ fn run_client(c: ClientPlan) -> Result<ExitCode> {
         println!("{}", doc.map_err(|e| Error::Bench(e.to_string()))?);
     } else if !c.sweep.is_empty() {
         print_sweep(&reports);
+    }
+    if let Some(path) = &c.plot {
+        if c.sweep.is_empty() {
+            plot::run(path, &reports[0])?;
+        } else {
+            plot::sweep(path, &reports)?;
+        }
     }
     let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).collect();
     if errors.is_empty() {
