@@ -70,8 +70,10 @@ pub fn run_test(
     output: Output,
 ) -> Result<TestReport> {
     let control = connect(address)?;
+    // Longer than the server's 30 s wait for data connections, so a data connection lost on
+    // the way gives the server's message ("not all data connections arrived"), not a timeout.
     control
-        .set_timeouts(Duration::from_secs(30))
+        .set_timeouts(Duration::from_secs(40))
         .map_err(|e| bench_err("control connection", e))?;
     let cookie = cookie();
     proto::send_line(
