@@ -176,6 +176,8 @@ fn vsock(c: &mut Criterion) {
             limit: vsplice::bench::proto::Limit::Bytes { total: bytes },
             verify: false,
             zerocopy: false,
+            workload: Default::default(),
+            vsock_buffer: None,
         };
         group.bench_function(BenchmarkId::new("len", len), |b| {
             b.iter(|| {

@@ -84,6 +84,10 @@ fn byte_budget_is_delivered_and_verified_at_both_ends() {
     assert!(sum["receiver_bits_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(doc["errors"].as_array().unwrap().len(), 0);
     assert!(doc["cpu"]["server"]["total_pct"].as_f64().unwrap() > 0.0);
+    assert!(
+        doc["cpu"]["gbit_per_s_per_core"].as_f64().unwrap() > 0.0,
+        "{doc}"
+    );
     assert_eq!(doc["streams"].as_array().unwrap().len(), 2);
 }
 
@@ -122,6 +126,7 @@ fn text_output_has_interval_lines_and_both_ends() {
     assert!(out.contains("0.00-0.5"), "{out}");
     assert!(out.contains("sender") && out.contains("receiver"), "{out}");
     assert!(out.contains("CPU Utilization: client"), "{out}");
+    assert!(out.contains("Gbit/s per CPU core used"), "{out}");
 }
 
 #[test]
@@ -249,4 +254,617 @@ fn the_demo_runs_without_setup() {
     assert_eq!(runs[1]["path"], "client -> vsplice -> server");
     assert!(runs[1]["gbit_per_s"].as_f64().unwrap() > 0.0);
     assert!(runs[1]["relay_cpu_s_per_gib"].as_f64().unwrap() > 0.0);
+}
+
+/// Sends one raw control hello and returns the server's first answer line.
+fn raw_control(addr: &str, params: &str) -> (std::net::TcpStream, String) {
+    use std::io::{BufRead, Write};
+    let target = addr.strip_prefix("TCP:").unwrap();
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let hello = format!(
+        "{{\"type\":\"control\",\"version\":{},\"cookie\":\"hostile\",\"params\":{params}}}\n",
+        protocol_version()
+    );
+    s.write_all(hello.as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (s, line)
+}
+
+/// The protocol version the built binary speaks, from a refused hello's message.
+fn protocol_version() -> u32 {
+    vsplice::bench::proto::VERSION
+}
+
+fn server_peak_rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn params_json(streams: u64, len: u64, direction: &str, limit: &str) -> String {
+    format!(
+        "{{\"streams\":{streams},\"len\":{len},\"direction\":\"{direction}\",\"limit\":{limit},\"verify\":false,\"zerocopy\":false}}"
+    )
+}
+
+#[test]
+fn hostile_control_parameters_are_refused_by_name_and_the_server_keeps_serving() {
+    let (server, addr) = tcp_server();
+    let time = "{\"time\":{\"ms\":1000}}";
+    let cases = [
+        (params_json(1_000_000_000, 1024, "forward", time), "streams"),
+        (params_json(10_000_000, 1024, "forward", time), "streams"),
+        (params_json(1, 1 << 45, "reverse", time), "len"),
+        (params_json(20_000, 16 << 20, "reverse", time), "len"),
+        (
+            params_json(1, 1024, "forward", "{\"time\":{\"ms\":0}}"),
+            "time",
+        ),
+        (
+            params_json(
+                1,
+                1024,
+                "forward",
+                "{\"time\":{\"ms\":18446744073709551615}}",
+            ),
+            "time",
+        ),
+        (
+            params_json(1, 1024, "forward", "{\"bytes\":{\"total\":0}}"),
+            "bytes",
+        ),
+    ];
+    for (params, name) in cases {
+        let (_s, line) = raw_control(&addr, &params);
+        assert!(
+            line.contains("\"error\"") && line.contains(&format!("parameter {name} ")),
+            "{params} -> {line}"
+        );
+    }
+    assert!(
+        server_peak_rss_kib(&server) < 200 << 10,
+        "the server held {} KiB",
+        server_peak_rss_kib(&server)
+    );
+    let doc = json_client(&[&addr, "--bytes", "8M", "--verify"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+}
+
+#[test]
+fn client_parameters_beyond_their_bounds_are_usage_errors_naming_the_option() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--len", "99999G"], "--len"),
+        (&["--len", "17M"], "--len"),
+        (&["--sweep", "4K,1G"], "--sweep"),
+        (&["--streams", "20000", "--len", "1M"], "--len"),
+        (&["--time", "0"], "--time"),
+        (&["--time", "100000"], "--time"),
+        (&["--bytes", "99999999999G"], "--bytes"),
+        (&["--interval", "0.000001"], "--interval"),
+        (&["--interval", "61"], "--interval"),
+        (&["--vsock-buffer", "1G"], "--vsock-buffer"),
+        (&["--vsock-buffer", "1K"], "--vsock-buffer"),
+    ];
+    for (args, name) in cases {
+        let mut all = vec!["TCP:127.0.0.1:1"];
+        all.extend_from_slice(args);
+        let (code, _, err) = client(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(name), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_vsock_buffer_on_sockets_that_are_not_vsock_is_reported_as_such() {
+    let (_server, addr) = tcp_server();
+    let doc = json_client(&[&addr, "--bytes", "4M", "--vsock-buffer", "1M"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    let v = &doc["vsock_buffer"];
+    assert_eq!(v["requested"], 1 << 20);
+    assert!(v["client"].is_null() && v["server"].is_null(), "{v}");
+}
+
+#[test]
+fn an_interval_of_a_tenth_of_a_second_still_works() {
+    let (_server, addr) = tcp_server();
+    let doc = json_client(&[&addr, "--time", "0.5", "--interval", "0.1"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    let n = doc["intervals"].as_array().unwrap().len();
+    assert!((1..=50).contains(&n), "{n} intervals in 0.5 s");
+}
+
+/// Writes up to `limit` bytes of 'x' with no newline; returns how many went out before the
+/// peer stopped reading and closed.
+fn flood_without_newline(s: &mut impl std::io::Write, limit: usize) -> usize {
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0;
+    while sent < limit {
+        match s.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sent += n,
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_control_line_without_end_is_cut_off_by_the_server() {
+    let (server, addr) = tcp_server();
+    let (mut control, ready) = raw_control(
+        &addr,
+        &params_json(1, 1024, "forward", "{\"time\":{\"ms\":60000}}"),
+    );
+    assert!(ready.contains("ready"), "{ready}");
+    let mut data = std::net::TcpStream::connect(addr.strip_prefix("TCP:").unwrap()).unwrap();
+    std::io::Write::write_all(
+        &mut data,
+        b"{\"type\":\"data\",\"cookie\":\"hostile\",\"stream\":0}\n",
+    )
+    .unwrap();
+    let limit = 256 << 20;
+    let sent = flood_without_newline(&mut control, limit);
+    assert!(sent < limit, "the server read all {sent} bytes of one line");
+    assert!(
+        server_peak_rss_kib(&server) < 100 << 10,
+        "the server held {} KiB",
+        server_peak_rss_kib(&server)
+    );
+    let doc = json_client(&[&addr, "--bytes", "8M"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+}
+
+#[test]
+fn a_vmm_that_streams_without_a_newline_after_ok_does_not_grow_the_client() {
+    let dir = Scratch::new("bench-flood");
+    let sock = dir.path("vm.vsock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let limit = 256 << 20;
+    let vmm = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut s = s;
+        std::io::Write::write_all(&mut s, b"OK 5\n").unwrap();
+        flood_without_newline(&mut s, limit)
+    });
+    let (code, _, err) = client(&[
+        &format!("VSOCK-UDS-CONNECT:{}:5201", sock.display()),
+        "--time",
+        "1",
+    ]);
+    let sent = vmm.join().unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("control line longer than"), "{err}");
+    assert!(sent < limit, "the client read all {sent} bytes of one line");
+}
+
+/// What a VMM stand-in does with one side's end of file.
+#[derive(Clone, Copy)]
+enum EofIs {
+    /// Lost: the other side never learns of it (a guest's SHUT_WR on vhost-device-vsock).
+    Dropped,
+    /// Widened: the other side's socket is shut down both ways (a host's SHUT_WR there).
+    FullShutdown,
+}
+
+/// A VMM stand-in on a UNIX socket that forwards each connection to `upstream` (TCP) with the
+/// half-close bugs of real hybrid-vsock backends: `client_eof` and `server_eof` say what
+/// becomes of each side's end of file. With `handshake` it first speaks `CONNECT`/`OK`.
+fn lossy_vmm(
+    sock: &std::path::Path,
+    upstream: String,
+    handshake: bool,
+    client_eof: EofIs,
+    server_eof: EofIs,
+) {
+    use std::io::{BufRead, Write};
+    use std::net::Shutdown;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut from_client = std::io::BufReader::new(client.try_clone().unwrap());
+                if handshake {
+                    let mut line = String::new();
+                    from_client.read_line(&mut line).unwrap();
+                    (&client).write_all(b"OK 1234\n").unwrap();
+                }
+                let server = std::net::TcpStream::connect(&upstream).unwrap();
+                let (mut to_server, mut from_server) = (server.try_clone().unwrap(), server);
+                let mut to_client = client.try_clone().unwrap();
+                let down = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    if let EofIs::FullShutdown = server_eof {
+                        let _ = to_client.shutdown(Shutdown::Both);
+                    }
+                });
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                if let EofIs::FullShutdown = client_eof {
+                    let _ = to_server.shutdown(Shutdown::Both);
+                }
+                let _ = down.join();
+            });
+        }
+    });
+}
+
+/// Every direction of the bench, with patterns checked, across both half-close bugs of real
+/// hybrid-vsock backends (issue 11): streams end by the counts on the control connection.
+#[test]
+fn streams_end_without_half_close_through_a_vmm_that_loses_or_widens_it() {
+    let (_server, addr) = tcp_server();
+    let upstream = addr.strip_prefix("TCP:").unwrap().to_string();
+    let dir = Scratch::new("bench-lossy");
+    // Guest -> host: the guest's SHUT_WR is lost, the host's end widens to a full shutdown.
+    let guest_to_host = dir.path("g2h.sock");
+    lossy_vmm(
+        &guest_to_host,
+        upstream.clone(),
+        false,
+        EofIs::Dropped,
+        EofIs::FullShutdown,
+    );
+    // Host -> guest over the CONNECT handshake: the other way round.
+    let host_to_guest = dir.path("h2g.sock");
+    lossy_vmm(
+        &host_to_guest,
+        upstream,
+        true,
+        EofIs::FullShutdown,
+        EofIs::Dropped,
+    );
+    let targets = [
+        format!("UNIX-CONNECT:{}", guest_to_host.display()),
+        format!("VSOCK-UDS-CONNECT:{}:5201", host_to_guest.display()),
+    ];
+    for target in &targets {
+        for (limit, direction) in [
+            (["--bytes", "24M"], None),
+            (["--bytes", "24M"], Some("--reverse")),
+            (["--bytes", "24M"], Some("--bidir")),
+            (["--time", "0.5"], Some("--bidir")),
+        ] {
+            let mut args = vec![
+                target.as_str(),
+                "--streams",
+                "2",
+                "--verify",
+                "--interval",
+                "0",
+            ];
+            args.extend(limit);
+            args.extend(direction);
+            let out = Command::new(vsplice_bin())
+                .args(["bench", "client", "--json"])
+                .args(&args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{args:?}: {stderr}");
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                doc["errors"].as_array().unwrap().len(),
+                0,
+                "{args:?}: {doc}"
+            );
+            for dir in ["sum_client_to_server", "sum_server_to_client"] {
+                let d = &doc[dir];
+                if d.is_null() {
+                    continue;
+                }
+                assert_eq!(d["sender_bytes"], d["receiver_bytes"], "{args:?} {dir}");
+                if limit[0] == "--bytes" {
+                    assert_eq!(d["receiver_bytes"], 24 << 20, "{args:?} {dir}");
+                } else {
+                    assert!(d["receiver_bytes"].as_u64().unwrap() > 0, "{args:?} {dir}");
+                }
+            }
+        }
+    }
+}
+
+/// Checks a `--rr`/`--crr` document: ordered percentiles, interval transactions adding up to
+/// the total, and (through `errors`) both ends counting the same transactions per stream.
+fn assert_sane_latency(doc: &Value, what: &str) {
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{what}: {doc}");
+    let l = &doc["latency"];
+    let n = l["transactions"].as_u64().unwrap();
+    assert!(n > 0, "{what}: {doc}");
+    let p = |k: &str| l[k].as_u64().unwrap();
+    assert!(p("p50_us") >= 1, "{what}");
+    assert!(
+        p("p50_us") <= p("p90_us") && p("p90_us") <= p("p99_us"),
+        "{what}: {l}"
+    );
+    assert!(
+        p("p99_us") <= p("p99_9_us") && p("p99_9_us") <= p("max_us"),
+        "{what}: {l}"
+    );
+    let in_intervals: u64 = doc["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["latency"]["transactions"].as_u64().unwrap())
+        .sum();
+    assert!(in_intervals <= n, "{what}: {in_intervals} > {n}");
+    let len = doc["params"]["len"].as_u64().unwrap();
+    let sum = &doc["sum_client_to_server"];
+    assert_eq!(sum["sender_bytes"].as_u64().unwrap(), n * len, "{what}");
+    assert_eq!(sum["receiver_bytes"], sum["sender_bytes"], "{what}");
+}
+
+#[test]
+fn request_response_counts_and_percentiles_agree_at_both_ends() {
+    let (_server, tcp) = tcp_server();
+    let dir = Scratch::new("bench-rr");
+    let path = dir.path("bench.sock");
+    let _unix_server = Server::start(&format!("UNIX-LISTEN:{}", path.display()));
+    let unix = format!("UNIX-CONNECT:{}", path.display());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let _relay = Relay::start(&[&listen, &tcp]);
+    let relayed = format!("TCP:127.0.0.1:{port}");
+    for target in [&tcp, &unix, &relayed] {
+        for (workload, len) in [("--rr", "1"), ("--rr", "64K"), ("--crr", "100")] {
+            let doc = json_client(&[
+                target,
+                workload,
+                "--len",
+                len,
+                "--streams",
+                "2",
+                "--time",
+                "0.6",
+                "--interval",
+                "0.2",
+            ]);
+            assert_sane_latency(&doc, &format!("{target} {workload} {len}"));
+        }
+    }
+    let (code, out, err) = client(&[&tcp, "--rr", "--time", "0.5", "--interval", "0.25"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("trans/s") && out.contains("p99.9"), "{out}");
+    let (code, _, err) = client(&[&tcp, "--rr", "--reverse"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn the_demo_compares_latency_with_rr() {
+    let out = Command::new(vsplice_bin())
+        .args(["bench", "demo", "--rr", "--time", "0.5", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for run in doc["runs"].as_array().unwrap() {
+        let l = &run["latency"];
+        assert!(l["transactions"].as_u64().unwrap() > 0, "{run}");
+        assert!(l["p50_us"].as_u64().unwrap() <= l["p99_us"].as_u64().unwrap());
+    }
+}
+
+/// Every key path of a JSON document (array elements as `[]`), e.g. `.end.sum_sent.bytes`.
+fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let path = format!("{prefix}.{k}");
+                out.insert(path.clone());
+                key_paths(child, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A real `iperf3 -J` document on loopback, when iperf3 is installed (`.ci/run` installs it).
+fn real_iperf3_document(extra: &[&str]) -> Option<Value> {
+    let port = free_port().to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &port, "-B", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut doc = None;
+    for _ in 0..50 {
+        let out = Command::new("iperf3")
+            .args([
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "1",
+                "-i",
+                "0.5",
+                "-P",
+                "2",
+                "-J",
+            ])
+            .args(extra)
+            .output()
+            .ok()?;
+        // A client that came before the server listened gets a document with an error.
+        let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if let Some(d) =
+            parsed.filter(|d| d.get("error").is_none() && !d["end"]["sum_received"].is_null())
+        {
+            doc = Some(d);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    doc
+}
+
+#[test]
+fn iperf3_json_has_iperf3s_shape_and_answers_its_usual_paths() {
+    let (_server, addr) = tcp_server();
+    for extra in [&[][..], &["--reverse"][..], &["--bidir"][..]] {
+        let mut args = vec![
+            addr.as_str(),
+            "--time",
+            "1",
+            "--interval",
+            "0.5",
+            "--streams",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        args.push("--json=iperf3");
+        let (code, out, err) = client(&args);
+        assert_eq!(code, 0, "{err}");
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        // The paths people point at iperf3 output.
+        let received = doc["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap();
+        assert!(received > 0.0, "{doc}");
+        assert_eq!(
+            doc["end"]["sum_received"]["bytes"], doc["end"]["sum_sent"]["bytes"],
+            "{extra:?}"
+        );
+        let intervals = doc["intervals"].as_array().unwrap();
+        assert!(!intervals.is_empty());
+        for i in intervals {
+            assert!(i["sum"]["bits_per_second"].as_f64().unwrap() >= 0.0);
+            assert!(!i["streams"].as_array().unwrap().is_empty());
+        }
+        assert!(
+            doc["end"]["cpu_utilization_percent"]["host_total"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(doc["end"]["cpu_utilization_percent"]["remote_total"].is_number());
+        assert_eq!(doc["start"]["test_start"]["num_streams"], 2);
+        assert_eq!(doc["start"]["connected"].as_array().unwrap().len(), 2);
+        assert!(doc["end"]["streams"][0]["receiver"]["bytes"].is_u64());
+        // Every key we write is one iperf3 writes for the same kind of run.
+        let Some(real) = real_iperf3_document(
+            extra
+                .iter()
+                .map(|a| match *a {
+                    "--reverse" => "-R",
+                    _ => "--bidir",
+                })
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) else {
+            eprintln!("iperf3 is not installed: key comparison skipped");
+            continue;
+        };
+        let (mut ours, mut theirs) = (Default::default(), Default::default());
+        key_paths(&doc, "", &mut ours);
+        key_paths(&real, "", &mut theirs);
+        let extra_keys: Vec<&String> = ours.difference(&theirs).collect();
+        assert!(
+            extra_keys.is_empty(),
+            "{extra:?}: keys iperf3 does not have: {extra_keys:?}"
+        );
+        for must in [
+            ".start.connected",
+            ".start.test_start",
+            ".intervals[].streams[].bits_per_second",
+            ".intervals[].sum.bits_per_second",
+            ".intervals[].sum.bytes",
+            ".intervals[].sum.seconds",
+            ".end.sum_sent.bits_per_second",
+            ".end.sum_received.bits_per_second",
+            ".end.streams[].sender.bytes",
+            ".end.cpu_utilization_percent.host_total",
+            ".end.cpu_utilization_percent.remote_total",
+        ] {
+            assert!(ours.contains(must) && theirs.contains(must), "{must}");
+        }
+    }
+    let (code, _, err) = client(&[&addr, "--sweep", "4K,8K", "--json=iperf3"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// A file that is an SVG picture with something drawn in it.
+fn assert_svg(path: &std::path::Path, shape: &str) {
+    let svg = std::fs::read_to_string(path).unwrap();
+    assert!(svg.trim_start().starts_with("<svg"), "{}", path.display());
+    assert!(svg.trim_end().ends_with("</svg>"), "{}", path.display());
+    assert!(svg.contains(shape), "{}: no {shape}", path.display());
+}
+
+#[test]
+fn plot_writes_an_svg_for_each_kind_of_run() {
+    let (_server, addr) = tcp_server();
+    let dir = Scratch::new("bench-plot");
+    let run = dir.path("run.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.6",
+        "--interval",
+        "0.2",
+        "--streams",
+        "2",
+        "--bidir",
+        "--plot",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_svg(&run, "<polyline");
+    let sweep = dir.path("sweep.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.2",
+        "--sweep",
+        "4K,64K",
+        "--plot",
+        sweep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_svg(&sweep, "<rect");
+    let rr = dir.path("rr.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.3",
+        "--rr",
+        "--plot",
+        rr.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_svg(&rr, "p99.9");
+    let demo = dir.path("demo.svg");
+    let out = Command::new(vsplice_bin())
+        .args(["bench", "demo", "--time", "0.3", "--no-socat", "--plot"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_svg(&demo, "vsplice");
 }

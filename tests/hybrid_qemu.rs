@@ -23,6 +23,10 @@ const SIZE: usize = 16 * MIB;
 const GUEST_PORT: u32 = 5000;
 const HOST_PORT: u32 = 6000;
 const BENCH_PORT: u32 = 5201;
+/// A host relay `VSOCK-UDS-LISTEN:..:5202,fork -> TCP` in front of a host bench server.
+const HOST_RELAY_PORT: u32 = 5202;
+/// A guest relay `VSOCK-LISTEN:5203,fork -> TCP` in front of a guest bench server.
+const GUEST_RELAY_PORT: u32 = 5203;
 const BOOT: Duration = Duration::from_secs(120);
 const LONG: Duration = Duration::from_secs(300);
 
@@ -72,7 +76,8 @@ fn guest_guest_to_host() {
 /// Port on which the guest waits for the host's "done" connection.
 const DONE_PORT: u32 = 5999;
 
-/// Guest: a bench server on vsock, until the host connects to DONE_PORT.
+/// Guest: a bench server on vsock, and one on TCP behind a vsplice relay on vsock, until the
+/// host connects to DONE_PORT.
 fn guest_bench() {
     let done = Listen::vsock(DONE_PORT);
     let mut server = Relay::spawn(
@@ -80,9 +85,103 @@ fn guest_bench() {
         std::process::Stdio::null(),
         std::process::Stdio::inherit(),
     );
+    let (mut tcp_server, tcp) = bench_server_on_tcp();
+    let mut relay = Relay::start(&[&format!("VSOCK-LISTEN:{GUEST_RELAY_PORT},fork"), &tcp]);
     println!("GUEST-READY");
     let _ = done.accept();
     assert!(server.stop().success());
+    let _ = relay.stop();
+    let _ = tcp_server.stop();
+}
+
+/// A bench server on a loopback TCP port, answering once this returns; and its address.
+fn bench_server_on_tcp() -> (Relay, String) {
+    let port = free_port();
+    let server = Relay::spawn(
+        &[
+            "bench",
+            "server",
+            &format!("TCP-LISTEN:{port},bind=127.0.0.1"),
+        ],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bench server on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, format!("TCP:127.0.0.1:{port}"))
+}
+
+/// Runs a bench client in every direction with `--verify` and exact byte counts; returns the
+/// receiver-side Gbit/s of each run, labelled.
+fn bench_every_direction(target: &str, path: &str) -> Vec<String> {
+    let mut figures = Vec::new();
+    for direction in ["--forward", "--reverse", "--bidir"] {
+        let mut args = vec![
+            "bench",
+            "client",
+            target,
+            "--bytes",
+            "8M",
+            "--verify",
+            "--streams",
+            "2",
+            "--interval",
+            "0",
+        ];
+        if direction != "--forward" {
+            args.push(direction);
+        }
+        let doc = vsplice_json(&args);
+        assert_eq!(
+            doc["errors"].as_array().unwrap().len(),
+            0,
+            "{path} {direction}: {doc}"
+        );
+        let mut gbps = 0.0;
+        for sum in ["sum_client_to_server", "sum_server_to_client"] {
+            let d = &doc[sum];
+            if !d.is_null() {
+                assert_eq!(d["sender_bytes"], 8 << 20, "{path} {direction} {sum}");
+                assert_eq!(d["receiver_bytes"], 8 << 20, "{path} {direction} {sum}");
+                gbps += d["receiver_bits_per_second"].as_f64().unwrap() / 1e9;
+            }
+        }
+        figures.push(format!("{path} {direction}: {gbps:.3} Gbit/s"));
+    }
+    figures
+}
+
+/// Guest: bench clients to the host (the direction a guest's SHUT_WR never finished on this
+/// backend), every direction, direct and through the host's relay; then a timed run.
+fn guest_bench_to_host() {
+    let direct = format!("VSOCK-CONNECT:2:{BENCH_PORT},retry=100,interval=0.2");
+    let relayed = format!("VSOCK-CONNECT:2:{HOST_RELAY_PORT},retry=100,interval=0.2");
+    let mut figures = bench_every_direction(&direct, "guest->host direct");
+    figures.extend(bench_every_direction(
+        &relayed,
+        "guest->host via host relay",
+    ));
+    for f in figures {
+        println!("GUEST-BENCH {f}");
+    }
+    let doc = vsplice_json(&["bench", "client", &direct, "--time", "3", "--interval", "1"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    let sum = &doc["sum_client_to_server"];
+    assert_eq!(sum["sender_bytes"], sum["receiver_bytes"]);
+    println!(
+        "GUEST-BENCH-TIMED guest->host 3 s: {} bytes, {:.3} Gbit/s receiver, client CPU {:.0}%, server CPU {:.0}%",
+        sum["receiver_bytes"],
+        sum["receiver_bits_per_second"].as_f64().unwrap() / 1e9,
+        doc["cpu"]["client"]["total_pct"].as_f64().unwrap(),
+        doc["cpu"]["server"]["total_pct"].as_f64().unwrap(),
+    );
+    println!("GUEST-BENCH-DONE");
 }
 
 // ---------------------------------------------------------------- host sides
@@ -174,17 +273,18 @@ fn host_bench(guest: &mut Guest) {
             .unwrap()
             / 1e9
     );
-    let doc = vsplice_json(&[
-        "bench",
-        "client",
-        &target,
-        "--bytes",
-        "8M",
-        "--verify",
-        "--reverse",
-    ]);
-    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
-    assert_eq!(doc["sum_server_to_client"]["receiver_bytes"], 8 << 20);
+    let relayed = format!(
+        "VSOCK-UDS-CONNECT:{}:{GUEST_RELAY_PORT},retry=100,interval=0.2",
+        guest.uds().display()
+    );
+    let mut figures = bench_every_direction(&target, "host->guest direct");
+    figures.extend(bench_every_direction(
+        &relayed,
+        "host->guest via guest relay",
+    ));
+    for f in figures {
+        println!("bench {f} (TCG-emulated guest)");
+    }
     // Tell the guest side it may stop: a plain hybrid-vsock handshake to DONE_PORT.
     let mut done = std::os::unix::net::UnixStream::connect(guest.uds()).unwrap();
     std::io::Write::write_all(&mut done, format!("CONNECT {DONE_PORT}\n").as_bytes()).unwrap();
@@ -193,12 +293,42 @@ fn host_bench(guest: &mut Guest) {
     assert_eq!(&reply, b"OK ");
 }
 
+/// Host: bench servers for a guest's clients: one on the backend's socket for port 5201, one
+/// on TCP behind `vsplice VSOCK-UDS-LISTEN:..:5202,fork`.
+fn host_bench_from_guest(guest: &mut Guest) {
+    let uds = guest.uds().display().to_string();
+    let mut server = Relay::spawn(
+        &[
+            "bench",
+            "server",
+            &format!("VSOCK-UDS-LISTEN:{uds}:{BENCH_PORT}"),
+        ],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    let (mut tcp_server, tcp) = bench_server_on_tcp();
+    let mut relay = Relay::start(&[
+        &format!("VSOCK-UDS-LISTEN:{uds}:{HOST_RELAY_PORT},fork"),
+        &tcp,
+    ]);
+    let outcome = guest.wait_for("GUEST-BENCH-DONE", LONG);
+    let _ = relay.stop();
+    let _ = tcp_server.stop();
+    let _ = server.stop();
+    outcome.unwrap();
+}
+
 type Scenario = (&'static str, fn(), fn(&mut Guest));
 
 const SCENARIOS: &[Scenario] = &[
     ("host_to_guest", guest_host_to_guest, host_host_to_guest),
     ("guest_to_host", guest_guest_to_host, host_guest_to_host),
     ("bench_over_hybrid_vsock", guest_bench, host_bench),
+    (
+        "bench_guest_to_host_over_hybrid_vsock",
+        guest_bench_to_host,
+        host_bench_from_guest,
+    ),
 ];
 
 fn main() {

@@ -36,6 +36,8 @@ const SCENARIOS: &[Scenario] = &[
     ("vsock_half_close_late_reply", vsock_half_close_late_reply),
     ("bench_over_vsock", bench_over_vsock),
     ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
+    ("bench_request_response_on_vsock", bench_rr_vsock),
+    ("bench_vsock_buffer_takes_effect", bench_vsock_buffer),
 ];
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
@@ -87,6 +89,80 @@ fn bench_over_vsock() {
     assert_eq!(up["sender_bytes"], up["receiver_bytes"]);
     assert!(up["receiver_bytes"].as_u64().unwrap() > 0);
     assert!(server.stop().success());
+}
+
+/// `--rr` and `--crr` over real vsock: percentiles ordered, both ends counting the same
+/// transactions (a mismatch is in `errors`). Through a relay they run on TCP and UNIX
+/// (tests/bench.rs): on this guest's vsock loopback a relayed data connection is now and then
+/// lost after a burst of `--crr` connections (under investigation), so none here.
+fn bench_rr_vsock() {
+    let _server = Relay::spawn(
+        &["bench", "server", "VSOCK-LISTEN:5102,backlog=512"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let target = "VSOCK-CONNECT:1:5102,retry=50,interval=0.1";
+    for workload in ["--rr", "--crr"] {
+        let doc = vsplice_json(&[
+            "bench",
+            "client",
+            target,
+            workload,
+            "--streams",
+            "2",
+            "--time",
+            "1",
+            "--interval",
+            "0.5",
+        ]);
+        assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+        let l = &doc["latency"];
+        let p = |k: &str| l[k].as_u64().unwrap();
+        assert!(p("transactions") > 0, "{doc}");
+        assert!(
+            p("p50_us") <= p("p99_us") && p("p99_us") <= p("max_us"),
+            "{l}"
+        );
+        println!(
+            "{workload}: {} transactions, p50 {} us, p99 {} us (user-mode-linux)",
+            p("transactions"),
+            p("p50_us"),
+            p("p99_us")
+        );
+    }
+}
+
+/// `--vsock-buffer` reaches both ends' sockets (read back with getsockopt), in each direction.
+fn bench_vsock_buffer() {
+    let _server = Relay::spawn(
+        &["bench", "server", "VSOCK-LISTEN:5104"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    for (size, bytes) in [("64K", 64u64 << 10), ("2M", 2 << 20)] {
+        for direction in [None, Some("--reverse")] {
+            let mut args = vec![
+                "bench",
+                "client",
+                "VSOCK-CONNECT:1:5104,retry=50,interval=0.1",
+                "--bytes",
+                "8M",
+                "--streams",
+                "2",
+                "--verify",
+                "--vsock-buffer",
+                size,
+            ];
+            args.extend(direction);
+            let doc = vsplice_json(&args);
+            assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+            let v = &doc["vsock_buffer"];
+            assert_eq!(v["requested"], bytes, "{v}");
+            assert_eq!(v["client"], bytes, "{v}");
+            assert_eq!(v["server"], bytes, "{v}");
+            println!("--vsock-buffer {size} {direction:?}: {v}");
+        }
+    }
 }
 
 /// One command answers "what does the relay cost on vsock": direct vs through vsplice.

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::client::{Output, TestReport, run_test};
+use super::client::run_test;
 use super::cpu::{CpuTimes, peak_rss};
-use super::proto::{Direction, Limit, Params};
+use super::proto::{Direction, Limit, Params, Workload};
+use super::report::{Output, TestReport};
+use super::rr::LatencyReport;
 use crate::addr::Address;
 use crate::engine::Mode;
 use crate::error::{Error, Result};
@@ -50,11 +52,15 @@ pub struct DemoPlan {
     pub transport: Transport,
     pub seconds: f64,
     pub len: usize,
+    /// Throughput, or transactions (`--rr`, `--crr`).
+    pub workload: Workload,
     pub streams: u32,
     pub rounds: u32,
     pub mode: Option<Mode>,
     pub socat: bool,
     pub json: bool,
+    /// Where to draw the paths' bars (`--plot`).
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// One measured path.
@@ -67,6 +73,9 @@ pub struct DemoRun {
     pub relay_cpu_pct: Option<f64>,
     pub relay_cpu_s_per_gib: Option<f64>,
     pub relay_peak_rss_bytes: Option<u64>,
+    /// Transactions and latency percentiles (`--rr`, `--crr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
     pub report: TestReport,
 }
 
@@ -255,11 +264,13 @@ fn measure(name: &str, connect: &str, params: &Params, relay: Option<&Helper>) -
         relay_cpu_pct,
         relay_cpu_s_per_gib,
         relay_peak_rss_bytes: relay.and_then(|r| peak_rss(r.pid())),
+        latency: report.latency.clone(),
         report,
     })
 }
 
 fn median(mut runs: Vec<DemoRun>) -> DemoRun {
+    // Transactions move `len` bytes each way, so throughput orders rr runs too.
     runs.sort_by(|a, b| a.gbit_per_s.total_cmp(&b.gbit_per_s));
     runs.swap_remove(runs.len() / 2)
 }
@@ -325,6 +336,8 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         },
         verify: false,
         zerocopy: false,
+        workload: plan.workload,
+        vsock_buffer: None,
     };
     if !plan.json {
         let cpus = std::thread::available_parallelism()
@@ -371,6 +384,29 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
     if !via_socat.is_empty() {
         runs.push(median(via_socat));
     }
+    if let Some(path) = &plan.plot {
+        let rr = !plan.workload.is_stream();
+        let items: Vec<(String, f64)> = runs
+            .iter()
+            .map(|r| {
+                let v = match &r.latency {
+                    Some(l) if rr => l.transactions_per_second,
+                    _ => r.gbit_per_s,
+                };
+                (
+                    r.path.replace("client -> ", "").replace(" -> server", ""),
+                    v,
+                )
+            })
+            .collect();
+        let (title, unit) = if rr {
+            ("transactions per second, 1 stream", "transactions/s")
+        } else {
+            ("throughput, direct and through relays", "Gbit/s")
+        };
+        let title = format!("vsplice bench demo ({}): {title}", plan.transport.name());
+        super::plot::demo(path, &title, unit, &items)?;
+    }
     if plan.json {
         let doc = DemoDocument {
             transport: plan.transport,
@@ -387,6 +423,10 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
             "{}",
             serde_json::to_string_pretty(&doc).map_err(|e| Error::Bench(e.to_string()))?
         );
+        return Ok(());
+    }
+    if !plan.workload.is_stream() {
+        print_latency_table(&runs);
         return Ok(());
     }
     println!(
@@ -414,4 +454,27 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         println!("(socat is not installed: no socat row)");
     }
     Ok(())
+}
+
+/// The `--rr` / `--crr` table: transactions per second and latency percentiles per path.
+fn print_latency_table(runs: &[DemoRun]) {
+    println!(
+        "{:<30} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "path", "trans/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "relay CPU"
+    );
+    for r in runs {
+        let Some(l) = &r.latency else { continue };
+        println!(
+            "{:<30} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            r.path,
+            l.transactions_per_second,
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p99_9_us,
+            l.max_us,
+            r.relay_cpu_pct
+                .map_or("-".to_string(), |v| format!("{v:.1}%"))
+        );
+    }
 }

@@ -8,8 +8,14 @@
 pub mod client;
 pub mod cpu;
 pub mod demo;
+pub mod iperf3;
 pub mod pattern;
+pub mod plot;
 pub mod proto;
+#[cfg(test)]
+mod proto_props;
+pub mod report;
+pub mod rr;
 pub mod server;
 pub mod stream;
 
@@ -24,9 +30,10 @@ use crate::engine::Mode;
 use crate::error::{Error, Result};
 use crate::open::Listener;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
-use client::{Output, TestReport, print_sweep, run_test};
+use client::run_test;
 use demo::{DemoPlan, Transport};
-use proto::{Direction, Limit, Params};
+use proto::{Direction, Limit, Params, Workload};
+use report::{Output, TestReport, print_sweep};
 
 /// How long a bench client waits for each connection when the address does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,13 +45,48 @@ fn size_arg(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
-    parse_duration(s)
+/// A write size within the protocol's bound (clap names the option in its message).
+fn len_arg(s: &str) -> std::result::Result<usize, String> {
+    match size_arg(s)? {
+        n if n <= proto::MAX_LEN => Ok(n),
+        _ => Err(format!(
+            "size \"{s}\" is more than the largest write size, 16M"
+        )),
+    }
+}
+
+fn bytes_arg(s: &str) -> std::result::Result<usize, String> {
+    match size_arg(s)? {
+        n if n as u64 <= proto::MAX_BYTES => Ok(n),
+        _ => Err(format!("size \"{s}\" is more than 1P")),
+    }
+}
+
+/// A test length: more than 0, at most a day (as iperf3).
+fn time_arg(s: &str) -> std::result::Result<Duration, String> {
+    let t = parse_duration(s)?;
+    if t.as_millis() == 0 || t.as_millis() > u128::from(proto::MAX_TIME_MS) {
+        return Err(format!(
+            "\"{s}\" is not a test length from 0.001 to 86400 seconds"
+        ));
+    }
+    Ok(t)
+}
+
+/// Seconds between progress lines: 0 (none) or 0.1-60, as iperf3.
+fn interval_arg(s: &str) -> std::result::Result<Duration, String> {
+    let t = parse_duration(s)?;
+    if !t.is_zero() && !(0.1..=60.0).contains(&t.as_secs_f64()) {
+        return Err(format!(
+            "\"{s}\" is not an interval: 0 (none) or 0.1 to 60 seconds"
+        ));
+    }
+    Ok(t)
 }
 
 fn streams_arg(s: &str) -> std::result::Result<u32, String> {
     match s.parse::<u32>() {
-        Ok(n) if (1..=20_000).contains(&n) => Ok(n),
+        Ok(n) if (1..=proto::MAX_STREAMS).contains(&n) => Ok(n),
         _ => Err(format!("\"{s}\" is not a stream count 1-20000")),
     }
 }
@@ -76,48 +118,83 @@ pub struct ClientArgs {
     /// The bench server to connect to
     pub address: String,
     /// Seconds to send for [default: 10]
-    #[arg(long, value_name = "SECONDS", value_parser = duration_arg, conflicts_with = "bytes")]
+    #[arg(long, value_name = "SECONDS", value_parser = time_arg, conflicts_with = "bytes")]
     pub time: Option<Duration>,
     /// Bytes to send in total (K, M, G suffixes) instead of --time
-    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    #[arg(long, value_name = "SIZE", value_parser = bytes_arg)]
     pub bytes: Option<usize>,
     /// Parallel streams
     #[arg(long, default_value = "1", value_parser = streams_arg)]
     pub streams: u32,
-    /// Bytes per write and read
-    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = size_arg)]
-    pub len: usize,
+    /// Bytes per write and read, or each way per transaction (at most 16M) [default: 128K,
+    /// 1 with --rr or --crr]
+    #[arg(long, value_name = "SIZE", value_parser = len_arg)]
+    pub len: Option<usize>,
+    /// Request/response transactions back to back on each stream: transactions per second
+    /// and latency percentiles instead of throughput
+    #[arg(long, conflicts_with_all = ["reverse", "bidir", "zerocopy", "sweep", "verify", "crr"])]
+    pub rr: bool,
+    /// Like --rr with a new connection per transaction (connection setup included)
+    #[arg(long, conflicts_with_all = ["reverse", "bidir", "zerocopy", "sweep", "verify"])]
+    pub crr: bool,
+    /// Set the vsock buffer (SO_VM_SOCKETS_BUFFER_SIZE and _MAX) of every vsock data socket at
+    /// both ends, 4K-256M; the sizes read back are reported (the default is 256K)
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub vsock_buffer: Option<usize>,
+    /// Draw the run as an SVG picture: throughput per interval per stream, Gbit/s by write
+    /// size for --sweep, latency percentiles for --rr/--crr
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// The server sends, the client receives
     #[arg(long, conflicts_with = "bidir")]
     pub reverse: bool,
     /// Both ends send at once on every stream
     #[arg(long)]
     pub bidir: bool,
-    /// Seconds between progress lines (0: none)
-    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = duration_arg)]
+    /// Seconds between progress lines: 0.1 to 60, or 0 for none
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = interval_arg)]
     pub interval: Duration,
-    /// Print one JSON document instead of text
-    #[arg(long)]
-    pub json: bool,
+    /// Print one JSON document instead of text; --json=iperf3 prints it in the shape of
+    /// `iperf3 -J`
+    #[arg(long, value_enum, value_name = "STYLE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "vsplice")]
+    pub json: Option<JsonStyle>,
     /// Send with MSG_ZEROCOPY (TCP; vsock from Linux 6.7)
     #[arg(long)]
     pub zerocopy: bool,
     /// Run once per write size and print one table, e.g. --sweep 4K,64K,1M
-    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = size_arg)]
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = len_arg)]
     pub sweep: Vec<usize>,
     /// Fill the data with a known pattern and check every byte on receipt
     #[arg(long)]
     pub verify: bool,
 }
 
+/// The shape of `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JsonStyle {
+    /// vsplice's own document (both ends per stream and direction, intervals, CPU).
+    Vsplice,
+    /// The shape of `iperf3 -J`, for tools written for iperf3.
+    Iperf3,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Seconds per measured run
-    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = duration_arg)]
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = time_arg)]
     pub time: Duration,
-    /// Bytes per write and read
-    #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = size_arg)]
-    pub len: usize,
+    /// Bytes per write and read, or each way per transaction (at most 16M) [default: 128K,
+    /// 1 with --rr or --crr]
+    #[arg(long, value_name = "SIZE", value_parser = len_arg)]
+    pub len: Option<usize>,
+    /// Request/response latency instead of throughput: each path's transactions per second
+    /// and percentiles
+    #[arg(long, conflicts_with = "crr")]
+    pub rr: bool,
+    /// Like --rr with a new connection per transaction
+    #[arg(long)]
+    pub crr: bool,
     /// Parallel streams
     #[arg(long, default_value = "1", value_parser = streams_arg)]
     pub streams: u32,
@@ -130,6 +207,9 @@ pub struct DemoArgs {
     /// The relay's data path
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Draw the paths side by side as an SVG bar chart
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Leave socat out even if it is installed
     #[arg(long)]
     pub no_socat: bool,
@@ -144,9 +224,11 @@ pub struct ClientPlan {
     pub address: Arc<Address>,
     pub params: Params,
     pub interval: Option<Duration>,
-    pub json: bool,
+    pub json: Option<JsonStyle>,
     /// Write sizes to sweep; empty for a single run.
     pub sweep: Vec<usize>,
+    /// Where to draw the run (`--plot`).
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -200,18 +282,43 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 (_, true) => Direction::Bidir,
                 _ => Direction::Forward,
             };
+            let workload = match (c.rr, c.crr) {
+                (true, _) => Workload::Rr,
+                (_, true) => Workload::Crr,
+                _ => Workload::Stream,
+            };
+            let len = c
+                .len
+                .unwrap_or(if workload.is_stream() { 128 << 10 } else { 1 });
+            let params = Params {
+                streams: c.streams,
+                len,
+                direction,
+                limit,
+                verify: c.verify,
+                zerocopy: c.zerocopy,
+                workload,
+                vsock_buffer: c.vsock_buffer.map(|b| b as u64),
+            };
+            for len in std::iter::once(len).chain(c.sweep.iter().copied()) {
+                Params {
+                    len,
+                    ..params.clone()
+                }
+                .check()
+                .map_err(|bad| Error::Usage(format!("--{bad}")))?;
+            }
+            if c.json == Some(JsonStyle::Iperf3) && !c.sweep.is_empty() {
+                return Err(Error::Usage(
+                    "--json=iperf3 describes one test: not with --sweep".into(),
+                ));
+            }
             Ok(BenchPlan::Client(ClientPlan {
                 address: Arc::new(address),
-                params: Params {
-                    streams: c.streams,
-                    len: c.len,
-                    direction,
-                    limit,
-                    verify: c.verify,
-                    zerocopy: c.zerocopy,
-                },
+                params,
                 interval: Some(c.interval).filter(|i| !i.is_zero()),
                 json: c.json,
+                plot: c.plot,
                 sweep: c.sweep,
             }))
         }
@@ -219,15 +326,24 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
             if d.rounds == 0 {
                 return Err(Error::Usage("--rounds must be at least 1".into()));
             }
+            let workload = match (d.rr, d.crr) {
+                (true, _) => Workload::Rr,
+                (_, true) => Workload::Crr,
+                _ => Workload::Stream,
+            };
             Ok(BenchPlan::Demo(DemoPlan {
                 transport: d.transport,
                 seconds: d.time.as_secs_f64(),
-                len: d.len,
+                len: d
+                    .len
+                    .unwrap_or(if workload.is_stream() { 128 << 10 } else { 1 }),
+                workload,
                 streams: d.streams,
                 rounds: d.rounds,
                 mode: d.mode,
                 socat: !d.no_socat,
                 json: d.json,
+                plot: d.plot,
             }))
         }
     }
@@ -258,7 +374,10 @@ pub fn run(plan: BenchPlan) -> Result<ExitCode> {
 
 fn run_client(c: ClientPlan) -> Result<ExitCode> {
     let _ = crate::sys::limits::raise_nofile(u64::from(c.params.streams) * 2 + 64);
-    let output = if c.json {
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let output = if c.json.is_some() {
         Output::Json
     } else if c.sweep.is_empty() {
         Output::Text
@@ -278,7 +397,10 @@ fn run_client(c: ClientPlan) -> Result<ExitCode> {
         }
         reports
     };
-    if c.json {
+    if c.json == Some(JsonStyle::Iperf3) {
+        let doc = serde_json::to_string_pretty(&iperf3::document(&reports[0], started_unix));
+        println!("{}", doc.map_err(|e| Error::Bench(e.to_string()))?);
+    } else if c.json.is_some() {
         let doc = if c.sweep.is_empty() {
             serde_json::to_string_pretty(&reports[0])
         } else {
@@ -287,6 +409,13 @@ fn run_client(c: ClientPlan) -> Result<ExitCode> {
         println!("{}", doc.map_err(|e| Error::Bench(e.to_string()))?);
     } else if !c.sweep.is_empty() {
         print_sweep(&reports);
+    }
+    if let Some(path) = &c.plot {
+        if c.sweep.is_empty() {
+            plot::run(path, &reports[0])?;
+        } else {
+            plot::sweep(path, &reports)?;
+        }
     }
     let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).collect();
     if errors.is_empty() {

@@ -4,15 +4,17 @@
 //! A test: the client opens the control connection and sends `Hello::Control` with the test
 //! parameters; the server answers `Ready`. The client opens `streams` data connections, each
 //! starting with `Hello::Data`; once all arrived the server sends `Start`. Bytes flow for the
-//! test's time or byte budget; senders half-close when done and receivers read to end of file.
-//! The client then sends `Done`, and the server answers `Results` with its own counts and CPU,
-//! so the client prints both ends.
+//! test's time or byte budget. Streams do not end by half-close (hybrid-vsock backends lose or
+//! widen it): each end, once its senders stopped, sends `Sent` with the byte count of every
+//! stream, and the other end's receivers stop when they have that many (iperf3 ends its
+//! streams over its control socket the same way). The client then sends `Done`, and the server
+//! answers `Results` with its own counts and CPU, so the client prints both ends.
 
 use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +48,25 @@ pub enum Limit {
     Bytes { total: u64 },
 }
 
+/// What the streams do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Bulk bytes (throughput).
+    #[default]
+    Stream,
+    /// Request/response transactions on one connection per stream (`--rr`).
+    Rr,
+    /// A new connection per transaction (`--crr`).
+    Crr,
+}
+
+impl Workload {
+    pub fn is_stream(&self) -> bool {
+        *self == Workload::Stream
+    }
+}
+
 /// The parameters of one test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
@@ -58,9 +79,99 @@ pub struct Params {
     pub verify: bool,
     /// Send with MSG_ZEROCOPY.
     pub zerocopy: bool,
+    /// Throughput or transactions (left out of the JSON for throughput, as before).
+    #[serde(default, skip_serializing_if = "Workload::is_stream")]
+    pub workload: Workload,
+    /// SO_VM_SOCKETS_BUFFER_SIZE (and _MAX) for vsock data sockets at both ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_buffer: Option<u64>,
+}
+
+/// The largest stream count a test may ask for.
+pub const MAX_STREAMS: u32 = 20_000;
+/// The largest write size (each stream holds one or a few buffers of it at each end).
+pub const MAX_LEN: usize = 16 << 20;
+/// The most buffer memory a test may make one end hold: streams x write size.
+pub const MAX_BUFFERED: u64 = 2 << 30;
+/// The longest test, as iperf3 allows: one day.
+pub const MAX_TIME_MS: u64 = 86_400_000;
+/// The largest byte budget: 1 PiB.
+pub const MAX_BYTES: u64 = 1 << 50;
+/// The largest vsock buffer a test may ask for (each end's kernel may hold this much per
+/// stream).
+pub const MAX_VSOCK_BUFFER: u64 = 256 << 20;
+/// The longest control line an end accepts before it knows the stream count.
+pub const MAX_LINE: usize = 64 << 10;
+/// Control line room per stream (results and byte counts carry one entry per stream).
+pub const LINE_PER_STREAM: usize = 512;
+
+/// Which parameter is out of its bounds, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadParam {
+    /// The parameter's name in the protocol (the client's option is `--` this name).
+    pub name: &'static str,
+    pub why: String,
+}
+
+impl std::fmt::Display for BadParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.why)
+    }
 }
 
 impl Params {
+    /// Checks every parameter against its bounds. Both ends call it: the client before it
+    /// connects, the server on every control hello (which may come from anyone).
+    pub fn check(&self) -> Result<(), BadParam> {
+        let bad = |name: &'static str, why: String| Err(BadParam { name, why });
+        if !(1..=MAX_STREAMS).contains(&self.streams) {
+            return bad(
+                "streams",
+                format!("{} is not a stream count 1-{MAX_STREAMS}", self.streams),
+            );
+        }
+        if !(1..=MAX_LEN).contains(&self.len) {
+            return bad(
+                "len",
+                format!("{} is not a write size 1-{MAX_LEN} (16M)", self.len),
+            );
+        }
+        let buffered = u64::from(self.streams) * self.len as u64;
+        if buffered > MAX_BUFFERED {
+            return bad(
+                "len",
+                format!(
+                    "{} times {} streams is more than {MAX_BUFFERED} bytes (2G) of buffers",
+                    self.len, self.streams
+                ),
+            );
+        }
+        if let Some(b) = self.vsock_buffer {
+            if !(4096..=MAX_VSOCK_BUFFER).contains(&b) {
+                return bad(
+                    "vsock-buffer",
+                    format!("{b} is not a vsock buffer size from 4K to 256M"),
+                );
+            }
+        }
+        match self.limit {
+            Limit::Time { ms } if !(1..=MAX_TIME_MS).contains(&ms) => bad(
+                "time",
+                format!("{ms} ms is not a test length from 1 ms to 86400 s"),
+            ),
+            Limit::Bytes { total } if !(1..=MAX_BYTES).contains(&total) => bad(
+                "bytes",
+                format!("{total} is not a byte budget from 1 to {MAX_BYTES} (1P)"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The longest control line an end accepts once the test's parameters are known.
+    pub fn max_line(&self) -> usize {
+        MAX_LINE + LINE_PER_STREAM * self.streams.min(MAX_STREAMS) as usize
+    }
+
     /// Bytes stream `stream` sends under a byte limit (the remainder goes to stream 0).
     pub fn stream_bytes(&self, stream: u32) -> Option<u64> {
         match self.limit {
@@ -114,6 +225,12 @@ pub struct StreamCounts {
     pub send_seconds: f64,
     pub received: u64,
     pub recv_seconds: f64,
+    /// Request/response transactions (`--rr`, `--crr`).
+    #[serde(default)]
+    pub transactions: u64,
+    /// The vsock buffer this end's socket has, read back (when asked for and vsock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_buffer: Option<u64>,
     /// Anything that went wrong on this stream at this end (I/O error, pattern mismatch).
     pub error: Option<String>,
 }
@@ -124,6 +241,10 @@ pub struct StreamCounts {
 pub enum ServerMsg {
     Ready,
     Start,
+    /// Bytes the server sent on each stream (zeros when it does not send).
+    Sent {
+        bytes: Vec<u64>,
+    },
     Results {
         streams: Vec<StreamCounts>,
         cpu: Cpu,
@@ -138,6 +259,10 @@ pub enum ServerMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
+    /// Bytes the client sent on each stream (zeros when it does not send).
+    Sent {
+        bytes: Vec<u64>,
+    },
     Done,
 }
 
@@ -148,16 +273,27 @@ pub fn send_line<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     w.write_all(&line)
 }
 
-/// Reads one JSON line; end of file is an `UnexpectedEof` error.
-pub fn recv_line<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> io::Result<T> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
+/// Reads one JSON line of at most `max` bytes; end of file is an `UnexpectedEof` error, a
+/// longer line an `InvalidData` error (the peer is not a bench end, or is hostile: no line
+/// may make this end hold more than `max` bytes).
+pub fn recv_line<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead, max: usize) -> io::Result<T> {
+    let mut line = Vec::new();
+    let n = Read::take(&mut *r, max as u64 + 1).read_until(b'\n', &mut line)?;
+    if n == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed",
         ));
     }
-    serde_json::from_str(line.trim_end())
+    if line.last() != Some(&b'\n') {
+        let why = if line.len() > max {
+            format!("a control line longer than {max} bytes (not a vsplice bench peer?)")
+        } else {
+            "connection closed in the middle of a control line".to_string()
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+    }
+    serde_json::from_slice(&line)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
 }
 
@@ -216,9 +352,9 @@ mod tests {
         let mut wire = Vec::new();
         send_line(&mut wire, &ServerMsg::Start).unwrap();
         assert_eq!(wire, b"{\"type\":\"start\"}\n");
-        let back: ServerMsg = recv_line(&mut io::Cursor::new(wire)).unwrap();
+        let back: ServerMsg = recv_line(&mut io::Cursor::new(wire), MAX_LINE).unwrap();
         assert_eq!(back, ServerMsg::Start);
-        let err = recv_line::<ServerMsg>(&mut io::Cursor::new(Vec::new())).unwrap_err();
+        let err = recv_line::<ServerMsg>(&mut io::Cursor::new(Vec::new()), MAX_LINE).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
@@ -231,6 +367,8 @@ mod tests {
             limit: Limit::Bytes { total: 10 },
             verify: false,
             zerocopy: false,
+            workload: Workload::Stream,
+            vsock_buffer: None,
         };
         assert_eq!(p.stream_bytes(0), Some(4));
         assert_eq!(p.stream_bytes(1), Some(3));

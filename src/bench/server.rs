@@ -1,6 +1,8 @@
 //! `vsplice bench server`: accepts control and data connections, runs the tests clients ask
 //! for, and reports its side (byte counts per stream, CPU) back on the control connection.
-//! Tests may overlap; CPU figures are then shared between them.
+//! Tests may overlap; CPU figures are then shared between them. Each stream ends by the counts
+//! the two ends exchange over control (see [`super::proto`]); data connections stay open until
+//! the control connection is through, so no end's close cuts bytes still on their way.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -10,8 +12,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
-use super::proto::{self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION};
-use super::stream::{self, Stream};
+use super::proto::{
+    self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
+};
+use super::rr;
+use super::stream::{self, Expect, Peer, Stream};
 use crate::open::Listener;
 use crate::sys::signal::StopSignals;
 use crate::{debug, info, notice, warn};
@@ -26,6 +31,15 @@ struct SessionState {
     aborted: bool,
     finished: u32,
     results: Vec<Option<StreamCounts>>,
+    /// Streams whose sender stopped, and what each sent.
+    senders_done: u32,
+    sent: Vec<u64>,
+    /// Which streams' data connections arrived.
+    joined: Vec<bool>,
+    /// `--crr` transactions answered per stream.
+    crr: Vec<u64>,
+    /// The control connection is through: data connections may close.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -33,6 +47,8 @@ struct Session {
     params: Params,
     state: Mutex<SessionState>,
     changed: Condvar,
+    /// What each stream's receiver is to get, from the client's `Sent`.
+    expect: Vec<Expect>,
 }
 
 impl Session {
@@ -140,27 +156,34 @@ fn control(
             "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
         ));
     }
-    if params.streams == 0 || params.len == 0 {
-        return refuse("a test needs at least one stream and a write size".into());
+    if let Err(bad) = params.check() {
+        return refuse(format!("parameter {bad}"));
     }
     info!("bench server: test {cookie}: {params:?}");
     let session = Arc::new(Session {
         params: params.clone(),
         state: Mutex::new(SessionState {
             results: vec![None; params.streams as usize],
+            sent: vec![0; params.streams as usize],
+            joined: vec![false; params.streams as usize],
+            crr: vec![0; params.streams as usize],
             ..SessionState::default()
         }),
         changed: Condvar::new(),
+        expect: (0..params.streams).map(|_| Expect::new()).collect(),
     });
     sessions
         .lock()
         .unwrap()
         .insert(cookie.clone(), session.clone());
     let result = run_control(&stream, &session, &params);
+    // Whatever happened, no receiver waits for counts any more and data connections may go.
+    session.expect.iter().for_each(Expect::call_off);
     session.update(|s| {
         if s.finished < params.streams {
             s.aborted = true;
         }
+        s.closed = true;
     });
     sessions.lock().unwrap().remove(&cookie);
     result
@@ -169,7 +192,9 @@ fn control(
 fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::Result<()> {
     let mut out = stream.writer();
     proto::send_line(&mut out, &ServerMsg::Ready)?;
-    let all_here = session.wait(|s| s.arrived >= params.streams, SETUP_TIMEOUT);
+    // `--crr` streams have no lasting data connections: one arrives per transaction.
+    let crr = params.workload == Workload::Crr;
+    let all_here = session.wait(|s| crr || s.arrived >= params.streams, SETUP_TIMEOUT);
     if !all_here {
         let message = "not all data connections arrived".to_string();
         let _ = proto::send_line(
@@ -191,9 +216,43 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
     };
     stream.set_timeouts(test_time + SETUP_TIMEOUT)?;
     let mut reader = BufReader::new(stream.reader());
-    let done: ClientMsg = proto::recv_line(&mut reader)?;
+    // Our senders' counts first (the client reads them only after sending its own, so
+    // neither end waits on the other), then the client's, for our receivers.
+    session.wait(
+        |s| crr || s.senders_done >= params.streams,
+        test_time + SETUP_TIMEOUT,
+    );
+    let sent = session.state.lock().unwrap().sent.clone();
+    proto::send_line(&mut out, &ServerMsg::Sent { bytes: sent })?;
+    match proto::recv_line(&mut reader, params.max_line())? {
+        ClientMsg::Sent { bytes } if bytes.len() == params.streams as usize => {
+            for (expect, n) in session.expect.iter().zip(bytes) {
+                expect.set(n);
+            }
+        }
+        other => {
+            return Err(std::io::Error::other(format!(
+                "expected the client's byte counts, got {other:?}"
+            )));
+        }
+    }
+    let done: ClientMsg = proto::recv_line(&mut reader, params.max_line())?;
     debug!("bench server: client says {done:?}");
-    session.wait(|s| s.finished >= params.streams, SETUP_TIMEOUT);
+    session.wait(|s| crr || s.finished >= params.streams, SETUP_TIMEOUT);
+    if crr {
+        session.update(|s| {
+            for (i, &n) in s.crr.clone().iter().enumerate() {
+                let bytes = n * params.len as u64;
+                s.results[i] = Some(StreamCounts {
+                    stream: i as u32,
+                    sent: bytes,
+                    received: bytes,
+                    transactions: n,
+                    ..StreamCounts::default()
+                });
+            }
+        });
+    }
     let seconds = started.elapsed();
     let cpu = CpuTimes::of_self().since(cpu_start, seconds);
     let streams = session
@@ -230,7 +289,38 @@ fn data(stream: Stream, session: &Session, id: u32) {
         );
         return;
     }
-    session.update(|s| s.arrived += 1);
+    // `--vsock-buffer`: set on this end's vsock data sockets and read back for the report.
+    let vsock_buffer = match (params.vsock_buffer, stream.is_vsock()) {
+        (Some(size), true) => match stream.set_vsock_buffer(size) {
+            Ok(got) => Some(got),
+            Err(e) => {
+                warn!("bench server: --vsock-buffer {size}: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
+    if params.workload == Workload::Crr {
+        let live = {
+            let s = session.state.lock().unwrap();
+            s.started.is_some() && !s.closed
+        };
+        if live {
+            let _ = rr::serve_one(&stream, params.len, || {
+                session.update(|s| s.crr[id as usize] += 1)
+            });
+        }
+        return;
+    }
+    let mut duplicate = false;
+    session.update(|s| {
+        duplicate = std::mem::replace(&mut s.joined[id as usize], true);
+        s.arrived += u32::from(!duplicate);
+    });
+    if duplicate {
+        warn!("bench server: stream {id} arrived twice");
+        return;
+    }
     let idle = match params.limit {
         Limit::Time { ms } => Duration::from_millis(ms) + SETUP_TIMEOUT,
         Limit::Bytes { .. } => SETUP_TIMEOUT,
@@ -246,9 +336,28 @@ fn data(stream: Stream, session: &Session, id: u32) {
             session.update(|s| {
                 s.results[id as usize] = Some(counts);
                 s.finished += 1;
+                s.senders_done += 1;
             });
             return;
         }
+    }
+    if params.workload == Workload::Rr {
+        session.update(|s| s.senders_done += 1);
+        let mut counts = rr::serve_rr(
+            &stream,
+            id,
+            params.len,
+            &session.expect[id as usize],
+            idle,
+            stream::TICK,
+        );
+        counts.vsock_buffer = vsock_buffer;
+        session.update(|s| {
+            s.results[id as usize] = Some(counts);
+            s.finished += 1;
+        });
+        session.wait(|s| s.closed, idle + SETUP_TIMEOUT);
+        return;
     }
     let counter = AtomicU64::new(0);
     let started = if params.direction.server_sends() {
@@ -256,6 +365,16 @@ fn data(stream: Stream, session: &Session, id: u32) {
         session.state.lock().unwrap().started
     } else {
         None
+    };
+    let peer = Peer {
+        expect: &session.expect[id as usize],
+        idle,
+        on_sent: Box::new(|n| {
+            session.update(|s| {
+                s.sent[id as usize] = n;
+                s.senders_done += 1;
+            })
+        }),
     };
     let mut counts = stream::run_end(
         &stream,
@@ -265,7 +384,9 @@ fn data(stream: Stream, session: &Session, id: u32) {
         params.direction.client_sends(),
         &counter,
         &counter,
+        peer,
     );
+    counts.vsock_buffer = vsock_buffer;
     if params.direction.server_sends() && started.is_none() {
         counts
             .error
@@ -275,4 +396,6 @@ fn data(stream: Stream, session: &Session, id: u32) {
         s.results[id as usize] = Some(counts);
         s.finished += 1;
     });
+    // The client may still be reading what this end sent: close only after control is done.
+    session.wait(|s| s.closed, idle + SETUP_TIMEOUT);
 }

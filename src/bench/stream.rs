@@ -1,5 +1,11 @@
 //! A blocking bench connection and the sender and receiver loops that run on it, shared by
 //! client and server. Each loop counts its bytes in an atomic the interval reporter reads.
+//!
+//! A stream never ends by the transport's half-close: several hybrid-vsock backends drop a
+//! guest's SHUT_WR or turn a host's into a full shutdown. A sender just stops and reports its
+//! count (the control connection carries it to the other end); a receiver stops once its
+//! [`Expect`] holds that count and it has as many bytes, or gives up on the missing ones after
+//! [`MISSING_GRACE`], naming the stream.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -64,11 +70,24 @@ impl Stream {
         Ok(())
     }
 
-    pub fn shutdown_write(&self) -> io::Result<()> {
-        match nix::sys::socket::shutdown(self.file.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
-            Ok(()) | Err(nix::Error::ENOTCONN) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+    /// Bounds blocking reads only: the receiver wakes this often to see whether its count
+    /// arrived over control.
+    pub(super) fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: the pointer and length describe `tv`, live for the call.
+        crate::sys::cvt(unsafe {
+            libc::setsockopt(
+                self.file.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
     }
 
     pub fn enable_zerocopy(&self) -> io::Result<()> {
@@ -81,6 +100,44 @@ impl Stream {
                 ),
             )
         })
+    }
+
+    pub fn is_vsock(&self) -> bool {
+        self.family == "vsock"
+    }
+
+    /// Sets the vsock buffer (SO_VM_SOCKETS_BUFFER_MAX_SIZE, then _SIZE, which the kernel
+    /// clamps to the maximum) and reads back what took effect. Only for vsock sockets.
+    pub fn set_vsock_buffer(&self, size: u64) -> io::Result<u64> {
+        const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+        const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+        let fd = self.file.as_raw_fd();
+        for opt in [SO_VM_SOCKETS_BUFFER_MAX_SIZE, SO_VM_SOCKETS_BUFFER_SIZE] {
+            // SAFETY: the pointer and length describe `size`, a u64 as the option expects,
+            // live for the call.
+            crate::sys::cvt(unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::AF_VSOCK,
+                    opt,
+                    (&size as *const u64).cast(),
+                    std::mem::size_of::<u64>() as libc::socklen_t,
+                )
+            })?;
+        }
+        let mut got: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `got` and `len` are live for the call and describe a u64 buffer.
+        crate::sys::cvt(unsafe {
+            libc::getsockopt(
+                fd,
+                libc::AF_VSOCK,
+                SO_VM_SOCKETS_BUFFER_SIZE,
+                (&mut got as *mut u64).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(got)
     }
 
     pub fn reader(&self) -> &File {
@@ -108,7 +165,8 @@ fn describe(e: &io::Error, what: &str) -> String {
     }
 }
 
-/// Sends until the limit, then half-closes. Returns this stream's counts (sender side).
+/// Sends until the limit and leaves the write side open. Returns this stream's counts
+/// (sender side).
 pub fn send(
     stream: &Stream,
     id: u32,
@@ -125,10 +183,7 @@ pub fn send(
     } else {
         send_copy(stream, id, len, limit, verify, counter, &mut sent)
     };
-    let error = result
-        .and_then(|_| stream.shutdown_write())
-        .err()
-        .map(|e| describe(&e, "send"));
+    let error = result.err().map(|e| describe(&e, "send"));
     StreamCounts {
         stream: id,
         sent,
@@ -274,20 +329,77 @@ fn send_zerocopy(
     wait_completed(fd, &mut completed, issued)
 }
 
-/// Receives until end of file. Returns this stream's counts (receiver side).
+/// How many bytes a receiver is to get: [`Expect::UNKNOWN`] until the sender's count arrives
+/// over control; 0 calls the stream off.
+#[derive(Debug)]
+pub struct Expect(AtomicU64);
+
+impl Expect {
+    pub const UNKNOWN: u64 = u64::MAX;
+
+    pub fn new() -> Expect {
+        Expect(AtomicU64::new(Expect::UNKNOWN))
+    }
+
+    pub fn set(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Ends the receiver at once (the test failed elsewhere).
+    pub fn call_off(&self) {
+        self.set(0);
+    }
+
+    pub(super) fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Default for Expect {
+    fn default() -> Expect {
+        Expect::new()
+    }
+}
+
+/// How often a waiting receiver looks at its [`Expect`].
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long a receiver waits for the bytes still missing once it knows the sender's count.
+pub const MISSING_GRACE: Duration = Duration::from_secs(30);
+
+/// Receives until it has the sender's count (or end of file, or `idle` without a byte
+/// while the count is unknown). Returns this stream's counts (receiver side).
 pub fn receive(
     stream: &Stream,
     id: u32,
     len: usize,
     verify: bool,
     counter: &AtomicU64,
+    expect: &Expect,
+    idle: Duration,
 ) -> StreamCounts {
     let started = Instant::now();
     let mut buf = vec![0u8; len.max(4096)];
     let mut received: u64 = 0;
     let mut r = stream.reader();
     let mut error = None;
+    if let Err(e) = stream.set_recv_timeout(TICK) {
+        return StreamCounts {
+            stream: id,
+            error: Some(describe(&e, "receive")),
+            ..StreamCounts::default()
+        };
+    }
+    let mut last_byte = Instant::now();
+    let mut count_known: Option<Instant> = None;
+    let mut ended = started;
     loop {
+        let want = expect.get();
+        if want != Expect::UNKNOWN && count_known.is_none() {
+            count_known = Some(Instant::now());
+        }
+        if received >= want {
+            break;
+        }
         match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -298,8 +410,34 @@ pub fn receive(
                 }
                 received += n as u64;
                 counter.fetch_add(n as u64, Ordering::Relaxed);
+                last_byte = Instant::now();
+                ended = last_byte;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                match count_known {
+                    Some(at) if at.elapsed() >= MISSING_GRACE => {
+                        error.get_or_insert_with(|| {
+                            format!(
+                                "received {received} of the {want} bytes sent; the other {} did not arrive within {} s",
+                                want - received,
+                                MISSING_GRACE.as_secs()
+                            )
+                        });
+                        break;
+                    }
+                    None if last_byte.elapsed() >= idle => {
+                        error.get_or_insert_with(|| describe(&e, "receive"));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
             Err(e) => {
                 error.get_or_insert_with(|| describe(&e, "receive"));
                 break;
@@ -309,7 +447,7 @@ pub fn receive(
     StreamCounts {
         stream: id,
         received,
-        recv_seconds: started.elapsed().as_secs_f64(),
+        recv_seconds: (ended - started).as_secs_f64(),
         error,
         ..StreamCounts::default()
     }
@@ -323,10 +461,19 @@ pub fn limit_for(params: &Params, id: u32, started: Instant) -> SendLimit {
     }
 }
 
+/// Where a stream end stands with the other end: what it expects to receive, how long it
+/// waits for a silent sender, and whom to tell its own sent count as soon as it has one.
+pub struct Peer<'a> {
+    pub expect: &'a Expect,
+    pub idle: Duration,
+    pub on_sent: Box<dyn FnOnce(u64) + Send + 'a>,
+}
+
 /// One end of one stream: the receiver runs on a helper thread when `receive` is set, the
-/// sender on this one when `send_from` gives the test's start; their counts are merged. An
-/// end with nothing to send leaves its write side open: some hybrid-vsock backends turn a
-/// host half-close into a full shutdown that would cut the other end's sending off.
+/// sender on this one when `send_from` gives the test's start; their counts are merged. The
+/// sent count goes to `peer.on_sent` when sending ends (0 at once for an end that does not
+/// send), so the control connection can carry it while the receiver still runs.
+#[allow(clippy::too_many_arguments)]
 pub fn run_end(
     stream: &Stream,
     id: u32,
@@ -335,10 +482,26 @@ pub fn run_end(
     receive: bool,
     sent: &AtomicU64,
     received: &AtomicU64,
+    peer: Peer<'_>,
 ) -> StreamCounts {
+    let Peer {
+        expect,
+        idle,
+        on_sent,
+    } = peer;
     std::thread::scope(|scope| {
         let receiver = receive.then(|| {
-            scope.spawn(|| self::receive(stream, id, params.len, params.verify, received))
+            scope.spawn(|| {
+                self::receive(
+                    stream,
+                    id,
+                    params.len,
+                    params.verify,
+                    received,
+                    expect,
+                    idle,
+                )
+            })
         });
         let sent = match send_from {
             Some(started) => send(
@@ -355,6 +518,7 @@ pub fn run_end(
                 ..StreamCounts::default()
             },
         };
+        on_sent(sent.sent);
         match receiver {
             Some(r) => merge(sent, r.join().unwrap_or_default()),
             None => sent,
@@ -370,6 +534,8 @@ pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
         send_seconds: a.send_seconds.max(b.send_seconds),
         received: a.received + b.received,
         recv_seconds: a.recv_seconds.max(b.recv_seconds),
+        transactions: a.transactions + b.transactions,
+        vsock_buffer: a.vsock_buffer.or(b.vsock_buffer),
         error: a.error.or(b.error),
     }
 }
