@@ -245,3 +245,16 @@ fn installed(package: &str) -> bool {
         .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with("ok installed"))
         .unwrap_or(false)
 }
+
+/// A program from Debian `package`, unpacked into the labs' cache (never installed), with the
+/// libraries it lacks: a `Command` that runs it with their `LD_LIBRARY_PATH`. For reference
+/// tools the tests compare against (iperf3), so README's `cargo test` needs no install.
+pub fn tool(package: &str, binary: &str) -> Result<Command, String> {
+    let debs = super::lab::deb_root();
+    debs.ensure(&[package])?;
+    let path = debs.path(binary);
+    debs.ensure_libraries(&path, package)?;
+    let mut cmd = Command::new(&path);
+    cmd.env("LD_LIBRARY_PATH", debs.library_path());
+    Ok(cmd)
+}
