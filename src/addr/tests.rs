@@ -1,5 +1,7 @@
 //! Unit tests of the address grammar: every type, alias, option and error message.
 
+use std::time::Duration;
+
 use super::*;
 
 fn parse(text: &str) -> Address {
