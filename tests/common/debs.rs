@@ -48,6 +48,7 @@ impl DebRoot {
     fn apt_get(&self) -> Result<Command, String> {
         let mut cmd = Command::new("apt-get");
         let Some((suite, apt)) = &self.suite else {
+            system_lists_ready()?;
             return Ok(cmd);
         };
         for sub in ["lists/partial", "cache/archives/partial"] {
@@ -214,7 +215,42 @@ impl DebRoot {
 }
 
 /// The packages `package` depends on (first choice of each alternative; virtual ones skipped).
+/// Makes sure the system's apt has package lists: a fresh machine may have none, and then
+/// `apt-get download` finds nothing. As root the lists are fetched once (`apt-get update`,
+/// which installs nothing); otherwise the error says what to run.
+fn system_lists_ready() -> Result<(), String> {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if *ready {
+        return Ok(());
+    }
+    let has_lists = std::fs::read_dir("/var/lib/apt/lists")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        })
+        .unwrap_or(false);
+    if !has_lists {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(format!("apt has no package lists here; {HOW_TO_FETCH}"));
+        }
+        let out = Command::new("apt-get")
+            .args(["-q", "update"])
+            .output()
+            .map_err(|e| format!("running apt-get update: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`apt-get update` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    *ready = true;
+    Ok(())
+}
+
 fn depends(package: &str) -> Result<Vec<String>, String> {
+    system_lists_ready()?;
     let out = Command::new("apt-cache")
         .args(["depends", "--no-recommends", "--no-suggests", package])
         .output()
