@@ -170,7 +170,7 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
     }
     api.on_deny();
     api.on_dial(Duration::from_micros(300));
-    api.on_dial_failure(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+    api.on_dial_failure("ECONNREFUSED");
     api.add_bytes(Direction::first_to_second, 32 << 20);
     api.add_bytes(Direction::second_to_first, 1234);
     api.on_close(CloseReason::eof, Duration::from_millis(1500));
@@ -463,7 +463,12 @@ allow = ["uid:{}"]
             get("vsplice_bytes_total", "direction=second_to_first,"),
             mib32
         );
+        // Observed per connection by the engine: one dial, one duration.
+        assert_eq!(get("vsplice_dial_latency_seconds_count", ""), 1.0);
+        assert_eq!(get("vsplice_connection_duration_seconds_count", ""), 1.0);
     }
+    let workers = sample(&samples, "vsplice_engine_workers{}").expect("engine_workers");
+    assert!(workers >= 1.0, "{samples:#?}");
     assert_eq!(
         sample(&samples, "vsplice_connections_denied_total{service=tcp}"),
         Some(1.0)
@@ -672,4 +677,194 @@ fn the_shipped_example_config_passes_the_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": 3 services, metrics at"));
+}
+
+/// Sends SIGHUP to the relay and waits until it logs `needle` for the `nth` time.
+fn reload_and_wait(relay: &common::Relay, needle: &str, nth: usize) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while relay.log().matches(needle).count() < nth {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} (#{nth}) in time:\n{}",
+            relay.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_adds_and_removes_services_while_a_256mib_transfer_goes_on_and_a_broken_file_changes_nothing()
+ {
+    use common::{ExchangeServer, Listen, MIB, Relay, drain as read_all, exchange, payload};
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload");
+    let long = payload(256 * MIB, 21);
+    let (a_up, b_up, c_up) = (Listen::tcp(), Listen::tcp(), Listen::tcp());
+    let (a_target, b_target, c_target) = (
+        a_up.connect_address(),
+        b_up.connect_address(),
+        c_up.connect_address(),
+    );
+    let (b_reply, c_reply) = (payload(4 * MIB, 22), payload(4 * MIB, 23));
+    let (b_send, c_send) = (payload(4 * MIB, 24), payload(4 * MIB, 25));
+    let a_server = ExchangeServer::spawn(a_up, std::sync::Arc::new(Vec::new()), 1);
+    let b_server = ExchangeServer::spawn(b_up, b_reply.data.clone(), 2);
+    let c_server = ExchangeServer::spawn(c_up, c_reply.data.clone(), 1);
+    let (a_port, b_port, c_port) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let service = |name: &str, port: u16, target: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"{target}\"\n"
+        )
+    };
+    let config = dir.path("vsplice.toml");
+    let (a, b, c) = (
+        service("a", a_port, &a_target),
+        service("b", b_port, &b_target),
+        service("c", c_port, &c_target),
+    );
+    std::fs::write(&config, format!("drain-timeout = \"60s\"\n{a}{c}")).unwrap();
+    let relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 2 services", Duration::from_secs(60));
+
+    // A: 256 MiB, half before the reloads, half after.
+    let mut a_client = TcpStream::connect(("127.0.0.1", a_port)).unwrap();
+    let (a_first, a_rest) = long.data.split_at(128 * MIB);
+    a_client.write_all(a_first).unwrap();
+    // C: a connection open when C is removed; it must run to its end.
+    let mut c_client = TcpStream::connect(("127.0.0.1", c_port)).unwrap();
+    let mut c_reader = c_client.try_clone().unwrap();
+    let c_receiver = std::thread::spawn(move || read_all(&mut c_reader).unwrap());
+    let (c_first, c_rest) = c_send.data.split_at(2 * MIB);
+    c_client.write_all(c_first).unwrap();
+
+    std::fs::write(&config, format!("drain-timeout = \"60s\"\n{a}{b}")).unwrap();
+    reload_and_wait(&relay, "1 added, 1 removed, 0 changed, 1 unchanged", 1);
+    let refused = TcpStream::connect(("127.0.0.1", c_port)).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::ECONNREFUSED),
+        "{refused}"
+    );
+    let through_b = || {
+        let got = exchange(
+            Box::new(TcpStream::connect(("127.0.0.1", b_port)).unwrap()),
+            b_send.data.clone(),
+        )
+        .unwrap();
+        assert_eq!(got.sha, b_reply.sha, "B: client side");
+        assert_eq!(b_server.next(Duration::from_secs(120)).sha, b_send.sha);
+    };
+    through_b();
+
+    // A file that does not load: everything keeps running as it was.
+    std::fs::write(
+        &config,
+        format!("drain-timeout = \"60s\"\n{a}{b}bogus-key = 1\n"),
+    )
+    .unwrap();
+    reload_and_wait(&relay, "the running services go on unchanged", 1);
+    through_b();
+
+    c_client.write_all(c_rest).unwrap();
+    c_client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        c_receiver.join().unwrap().sha,
+        c_reply.sha,
+        "C: client side"
+    );
+    assert_eq!(c_server.next(Duration::from_secs(120)).sha, c_send.sha);
+
+    a_client.write_all(a_rest).unwrap();
+    a_client.shutdown(std::net::Shutdown::Write).unwrap();
+    let back = read_all(&mut a_client).unwrap();
+    assert_eq!(back.received, 0);
+    let a_got = a_server.next(Duration::from_secs(300));
+    assert_eq!(a_got.received, 256 * MIB);
+    assert_eq!(
+        a_got.sha, long.sha,
+        "A: the long transfer across the reloads"
+    );
+    let mut relay = relay;
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn a_refused_dial_is_counted_by_errno_and_as_a_dial_failed_close() {
+    use common::Relay;
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("dial-fail");
+    let (port, metrics_port, dead) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+             name = \"dead\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"TCP:127.0.0.1:{dead}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut client, &mut got);
+    assert!(got.is_empty());
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape_and_parse(&url);
+        if sample(
+            &samples,
+            "vsplice_connections_closed_total{reason=dial_failed,service=dead}",
+        ) == Some(1.0)
+        {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "not counted: {samples:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_dial_failures_total{errno=ECONNREFUSED,service=dead}"
+        ),
+        Some(1.0),
+        "{samples:#?}"
+    );
+    assert_eq!(
+        sample(&samples, "vsplice_connections_active{service=dead}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&samples, "vsplice_dial_latency_seconds_count{service=dead}"),
+        Some(0.0)
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
 }
