@@ -214,6 +214,34 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
     drop(ssh);
 }
 
+/// `systemd-socket-activate` (Debian package `systemd`; no PID 1 needed): the installed one,
+/// or else one unpacked from Debian's package into the labs' cache (tests/common/debs.rs),
+/// run with the library path of its private `libsystemd-shared` (and of any library the
+/// machine lacks, unpacked too).
+fn socket_activate() -> Command {
+    static UNPACKED: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
+    if let Some(installed) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("systemd-socket-activate"))
+            .find(|p| p.is_file())
+    }) {
+        return Command::new(installed);
+    }
+    // Once per test process: tests run in parallel and unpack into one folder.
+    let (binary, library_path) = UNPACKED.get_or_init(|| {
+        let debs = common::lab::deb_root();
+        debs.ensure(&["systemd"])
+            .unwrap_or_else(|e| panic!("systemd-socket-activate is not installed, and {e}"));
+        let binary = debs.path("usr/bin/systemd-socket-activate");
+        debs.ensure_libraries(&binary, "systemd")
+            .unwrap_or_else(|e| panic!("systemd-socket-activate's libraries: {e}"));
+        (binary, debs.library_path())
+    });
+    let mut command = Command::new(binary);
+    command.env("LD_LIBRARY_PATH", library_path);
+    command
+}
+
 /// Set in the environment of the process `systemd-socket-activate` starts: this test binary
 /// again, running only [`socket_activation_child`].
 const ACTIVATION_CHILD: &str = "VSPLICE_ACTIVATION_CHILD";
@@ -269,7 +297,7 @@ fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let port = common::free_port();
-    let mut activator = Command::new("systemd-socket-activate")
+    let mut activator = socket_activate()
         .arg("-l")
         .arg(format!("127.0.0.1:{port}"))
         .arg("-l")
@@ -288,7 +316,7 @@ fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) is needed");
+        .expect("starting systemd-socket-activate");
     let read_line = |stream: &mut dyn Read| {
         let mut out = String::new();
         stream.read_to_string(&mut out).unwrap();
@@ -527,7 +555,7 @@ fn activate(
         .set_read_timeout(Some(std::time::Duration::from_secs(120)))
         .unwrap();
     let log = dir.path("vsplice.log");
-    let child = Command::new("systemd-socket-activate")
+    let child = socket_activate()
         .args(["-l", listen])
         .arg("-E")
         .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
@@ -538,7 +566,7 @@ fn activate(
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) is needed");
+        .expect("starting systemd-socket-activate");
     (child, notify, log)
 }
 
@@ -866,5 +894,108 @@ fn a_refused_dial_is_counted_by_errno_and_as_a_dial_failed_close() {
         sample(&samples, "vsplice_dial_latency_seconds_count{service=dead}"),
         Some(0.0)
     );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn a_unix_client_running_as_nobody_is_refused_by_uid_and_counted() {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: running a client as nobody needs root");
+        return;
+    }
+    let dir = Scratch::new("uid-nobody");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (up, down) = (payload(4 * MIB, 31), payload(4 * MIB, 32));
+    let upstream = Listen::tcp();
+    let target = upstream.connect_address();
+    let server = ExchangeServer::spawn(upstream, down.data.clone(), 1);
+    let metrics_port = common::free_port();
+    let path = dir.path("root-only.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+             name = \"root-only\"\nlisten = \"UNIX-LISTEN:{},fork\"\nconnect = \"{target}\"\n\
+             allow = [\"uid:0\"]\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A client as nobody (uid 65534): connects, sends, reads until the relay closes.
+    const CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b"x" * 65536)
+except OSError:
+    pass
+got = 0
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += len(b)
+except OSError:
+    pass
+print(got)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", CLIENT])
+        .arg(&path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    relay.wait_for_log(
+        "root-only: uid 65534 refused by the allow list",
+        Duration::from_secs(60),
+    );
+    // Root is served: the upstream's one accept goes to it, not to the refused client.
+    let got = exchange(
+        Box::new(std::os::unix::net::UnixStream::connect(&path).unwrap()),
+        up.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(got.sha, down.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let samples = scrape_and_parse(&url);
+        let denied = sample(
+            &samples,
+            "vsplice_connections_denied_total{service=root-only}",
+        );
+        let accepted = sample(
+            &samples,
+            "vsplice_connections_accepted_total{service=root-only}",
+        );
+        if denied == Some(1.0) && accepted == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{samples:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(relay.stop().success(), "{}", relay.log());
 }
