@@ -764,12 +764,17 @@ fn sighup_adds_and_removes_services_while_a_256mib_transfer_goes_on_and_a_broken
         service("c", c_port, &c_target),
     );
     std::fs::write(&config, format!("drain-timeout = \"60s\"\n{a}{c}")).unwrap();
-    let relay = Relay::spawn(
+    let notify_path = dir.path("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    // Guards against a hang only; nothing is measured.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let relay = Relay::spawn_env(
         &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
     );
-    relay.wait_for_log("serving 2 services", Duration::from_secs(60));
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=2 services");
 
     // A: 256 MiB, half before the reloads, half after.
     let mut a_client = TcpStream::connect(("127.0.0.1", a_port)).unwrap();
@@ -784,6 +789,11 @@ fn sighup_adds_and_removes_services_while_a_256mib_transfer_goes_on_and_a_broken
 
     std::fs::write(&config, format!("drain-timeout = \"60s\"\n{a}{b}")).unwrap();
     reload_and_wait(&relay, "1 added, 1 removed, 0 changed, 1 unchanged", 1);
+    assert!(recv_notify(&notify).starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(
+        recv_notify(&notify),
+        "READY=1\nSTATUS=2 services; 1 added, 1 removed, 0 changed, 1 unchanged"
+    );
     let refused = TcpStream::connect(("127.0.0.1", c_port)).unwrap_err();
     assert_eq!(
         refused.raw_os_error(),
@@ -808,6 +818,13 @@ fn sighup_adds_and_removes_services_while_a_256mib_transfer_goes_on_and_a_broken
     )
     .unwrap();
     reload_and_wait(&relay, "the running services go on unchanged", 1);
+    assert!(recv_notify(&notify).starts_with("RELOADING=1\n"));
+    let status = recv_notify(&notify);
+    assert!(
+        status.starts_with("READY=1\nSTATUS=2 services; reload failed: ")
+            && status.contains("bogus-key"),
+        "{status}"
+    );
     through_b();
 
     c_client.write_all(c_rest).unwrap();
@@ -997,5 +1014,64 @@ print(got)
         assert!(Instant::now() < deadline, "{samples:#?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn a_changed_service_sends_new_connections_to_its_new_target_and_leaves_open_ones_alone() {
+    use common::{ExchangeServer, Listen, MIB, Relay, drain as read_all, exchange, payload};
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload-change");
+    let (old_up, new_up) = (Listen::tcp(), Listen::tcp());
+    let (old_target, new_target) = (old_up.connect_address(), new_up.connect_address());
+    let (old_reply, new_reply) = (payload(4 * MIB, 61), payload(4 * MIB, 62));
+    let (open_send, new_send) = (payload(8 * MIB, 63), payload(4 * MIB, 64));
+    let old_server = ExchangeServer::spawn(old_up, old_reply.data.clone(), 1);
+    let new_server = ExchangeServer::spawn(new_up, new_reply.data.clone(), 1);
+    let port = common::free_port();
+    let config = dir.path("vsplice.toml");
+    let write = |target: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[service]]\nname = \"x\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+                 connect = \"{target}\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(&old_target);
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reader = open.try_clone().unwrap();
+    let receiver = std::thread::spawn(move || read_all(&mut reader).unwrap());
+    let (first, rest) = open_send.data.split_at(4 * MIB);
+    open.write_all(first).unwrap();
+
+    write(&new_target);
+    reload_and_wait(&relay, "0 added, 0 removed, 1 changed, 0 unchanged", 1);
+    let got = exchange(
+        Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap()),
+        new_send.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        got.sha, new_reply.sha,
+        "a new connection reaches the new target"
+    );
+    assert_eq!(new_server.next(Duration::from_secs(120)).sha, new_send.sha);
+
+    open.write_all(rest).unwrap();
+    open.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(receiver.join().unwrap().sha, old_reply.sha, "the open one");
+    assert_eq!(old_server.next(Duration::from_secs(120)).sha, open_send.sha);
     assert!(relay.stop().success(), "{}", relay.log());
 }
