@@ -69,7 +69,7 @@ def main():
             f.write(f'[metrics]\nlisten = "TCP-LISTEN:{mport},bind=127.0.0.1"\n[[service]]\nname = "bench"\n'
                     f'listen = "TCP-LISTEN:{rport},bind=127.0.0.1,fork"\nconnect = "TCP:127.0.0.1:{sport}"\n')
         rlog = os.path.join(tmp, "serve.log")
-        procs.append(subprocess.Popen([VSPLICE, "serve", "--config", conf, "-d"], stdout=subprocess.DEVNULL,
+        procs.append(subprocess.Popen([VSPLICE, "serve", "--config", conf, "-dd"], stdout=subprocess.DEVNULL,
                                       stderr=open(rlog, "w")))
         wait_log(rlog, "serving 1 services", procs[-1])
         url = f"http://127.0.0.1:{mport}/metrics"
