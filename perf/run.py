@@ -243,9 +243,15 @@ def measure(relay, fn):
 
 
 def iperf(port, seconds, parallel=1):
-    r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J",
-                        "-P", str(parallel)], capture_output=True, text=True, timeout=seconds + 60)
-    d = json.loads(r.stdout)
+    for _ in range(20):
+        r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J",
+                            "-P", str(parallel)], capture_output=True, text=True,
+                           timeout=seconds + 60)
+        d = json.loads(r.stdout)
+        # The server may still be closing the previous test (a relay that lingers on close).
+        if "busy" not in d.get("error", ""):
+            break
+        time.sleep(0.5)
     if "error" in d:
         raise RuntimeError(d["error"])
     s = d["end"]["sum_received"]
@@ -393,6 +399,7 @@ def run_case(case, args, vsplice_extra):
         mcps = [r["machine_cpu_s_per_gib"] for r in rows if "machine_cpu_s_per_gib" in r]
         if mcps:
             s["machine_cpu_s_per_gib"] = statistics.median(mcps)
+        if k in peaks:
             s["peak_rss"] = peaks[k]
         summary[k] = s
     return summary
