@@ -198,6 +198,16 @@ def start_relay(kind, listen, upstream, extra=()):
         binary = VSPLICE if kind == "vsplice" else VSPLICE_OLD
         return Proc([binary, "-dd", *extra, vs_addr(listen, True), vs_addr(upstream, False)],
                     ready="listening on", name=kind)
+    if kind == "vsplice-serve":
+        # The same relay declared in a config file: one [[service]], run by `vsplice serve`
+        # (with a metrics endpoint, as a deployment would have; nobody scrapes it here).
+        fd, path = tempfile.mkstemp(prefix="vsplice-perf-", suffix=".toml")
+        with os.fdopen(fd, "w") as f:
+            f.write(f'[metrics]\nlisten = "TCP-LISTEN:{free_port()},bind=127.0.0.1"\n'
+                    f'[[service]]\nname = "perf"\nlisten = "{vs_addr(listen, True)}"\n'
+                    f'connect = "{vs_addr(upstream, False)}"\n')
+        return Proc([VSPLICE, "serve", "--config", path, "-dd", *extra], ready="serving 1 services",
+                    name=kind)
     if kind == "baseline":
         return Proc([BASELINE, plain(listen), plain(upstream)], ready="listening on", name="baseline")
     if kind == "socat":
@@ -233,9 +243,15 @@ def measure(relay, fn):
 
 
 def iperf(port, seconds, parallel=1):
-    r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J",
-                        "-P", str(parallel)], capture_output=True, text=True, timeout=seconds + 60)
-    d = json.loads(r.stdout)
+    for _ in range(20):
+        r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J",
+                            "-P", str(parallel)], capture_output=True, text=True,
+                           timeout=seconds + 60)
+        d = json.loads(r.stdout)
+        # The server may still be closing the previous test (a relay that lingers on close).
+        if "busy" not in d.get("error", ""):
+            break
+        time.sleep(0.5)
     if "error" in d:
         raise RuntimeError(d["error"])
     s = d["end"]["sum_received"]
@@ -383,6 +399,7 @@ def run_case(case, args, vsplice_extra):
         mcps = [r["machine_cpu_s_per_gib"] for r in rows if "machine_cpu_s_per_gib" in r]
         if mcps:
             s["machine_cpu_s_per_gib"] = statistics.median(mcps)
+        if k in peaks:
             s["peak_rss"] = peaks[k]
         summary[k] = s
     return summary
@@ -561,6 +578,10 @@ def main():
     ap.add_argument("--vsplice-args", default="", help="extra vsplice options, e.g. '--mode copy'")
     ap.add_argument("--json", help="also write all figures to this file")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--vsplice-serve", action="store_true",
+                    help="also run the vsplice relay declared in a config file (`vsplice serve "
+                         "--config`), as relay 'vsplice-serve' interleaved with the others; the "
+                         "table then gives serve/CLI ratios")
     ap.add_argument("--vsplice-old", metavar="PATH",
                     help="an older vsplice binary, run as relay 'vsplice-old' interleaved with the "
                          "others (same --vsplice-args); idle10k runs once per binary")
@@ -571,6 +592,8 @@ def main():
         if not os.access(VSPLICE_OLD, os.X_OK):
             sys.exit(f"--vsplice-old: {VSPLICE_OLD} is not an executable")
         RELAYS.insert(1, "vsplice-old")
+    if args.vsplice_serve:
+        RELAYS.insert(1, "vsplice-serve")
     if not args.no_build:
         ensure_tools()
     extra = args.vsplice_args.split()
@@ -609,6 +632,19 @@ def main():
         if VSPLICE_OLD:
             print(f"\nA/B: vsplice ({VSPLICE}) against vsplice-old ({VSPLICE_OLD})\n")
             print(ab_table(results))
+        if args.vsplice_serve:
+            print("\nvsplice serve (config file) against the command-line relay\n")
+            print("| case | serve | CLI | serve/CLI | CPU-s/GiB serve | CPU-s/GiB CLI | serve/CLI |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            for case, res in results.items():
+                new, old = res["vsplice-serve"], res["vsplice"]
+                ratio = f"{new['figure'] / old['figure']:.3f}" if old["figure"] else "-"
+                cps = "- | - | -"
+                if new.get("cpu_s_per_gib") and old.get("cpu_s_per_gib"):
+                    cps = (f"{new['cpu_s_per_gib']:.3f} | {old['cpu_s_per_gib']:.3f} | "
+                           f"{new['cpu_s_per_gib'] / old['cpu_s_per_gib']:.3f}")
+                print(f"| {case} | {new['figure']:.2f} {new['unit']} | {old['figure']:.2f} {old['unit']} | "
+                      f"{ratio} | {cps} |")
     if anchor:
         print("\n| streams | tool | Gbit/s | client CPU | server CPU | client+server CPU |")
         print("|---:|---|---:|---:|---:|---:|")

@@ -170,7 +170,7 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
     }
     api.on_deny();
     api.on_dial(Duration::from_micros(300));
-    api.on_dial_failure(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+    api.on_dial_failure("ECONNREFUSED");
     api.add_bytes(Direction::first_to_second, 32 << 20);
     api.add_bytes(Direction::second_to_first, 1234);
     api.on_close(CloseReason::eof, Duration::from_millis(1500));
@@ -212,6 +212,34 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
         );
     }
     drop(ssh);
+}
+
+/// `systemd-socket-activate` (Debian package `systemd`; no PID 1 needed): the installed one,
+/// or else one unpacked from Debian's package into the labs' cache (tests/common/debs.rs),
+/// run with the library path of its private `libsystemd-shared` (and of any library the
+/// machine lacks, unpacked too).
+fn socket_activate() -> Command {
+    static UNPACKED: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
+    if let Some(installed) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("systemd-socket-activate"))
+            .find(|p| p.is_file())
+    }) {
+        return Command::new(installed);
+    }
+    // Once per test process: tests run in parallel and unpack into one folder.
+    let (binary, library_path) = UNPACKED.get_or_init(|| {
+        let debs = common::lab::deb_root();
+        debs.ensure(&["systemd"])
+            .unwrap_or_else(|e| panic!("systemd-socket-activate is not installed, and {e}"));
+        let binary = debs.path("usr/bin/systemd-socket-activate");
+        debs.ensure_libraries(&binary, "systemd")
+            .unwrap_or_else(|e| panic!("systemd-socket-activate's libraries: {e}"));
+        (binary, debs.library_path())
+    });
+    let mut command = Command::new(binary);
+    command.env("LD_LIBRARY_PATH", library_path);
+    command
 }
 
 /// Set in the environment of the process `systemd-socket-activate` starts: this test binary
@@ -269,7 +297,7 @@ fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let port = common::free_port();
-    let mut activator = Command::new("systemd-socket-activate")
+    let mut activator = socket_activate()
         .arg("-l")
         .arg(format!("127.0.0.1:{port}"))
         .arg("-l")
@@ -288,7 +316,7 @@ fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) is needed");
+        .expect("starting systemd-socket-activate");
     let read_line = |stream: &mut dyn Read| {
         let mut out = String::new();
         stream.read_to_string(&mut out).unwrap();
@@ -463,7 +491,12 @@ allow = ["uid:{}"]
             get("vsplice_bytes_total", "direction=second_to_first,"),
             mib32
         );
+        // Observed per connection by the engine: one dial, one duration.
+        assert_eq!(get("vsplice_dial_latency_seconds_count", ""), 1.0);
+        assert_eq!(get("vsplice_connection_duration_seconds_count", ""), 1.0);
     }
+    let workers = sample(&samples, "vsplice_engine_workers{}").expect("engine_workers");
+    assert!(workers >= 1.0, "{samples:#?}");
     assert_eq!(
         sample(&samples, "vsplice_connections_denied_total{service=tcp}"),
         Some(1.0)
@@ -522,7 +555,7 @@ fn activate(
         .set_read_timeout(Some(std::time::Duration::from_secs(120)))
         .unwrap();
     let log = dir.path("vsplice.log");
-    let child = Command::new("systemd-socket-activate")
+    let child = socket_activate()
         .args(["-l", listen])
         .arg("-E")
         .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
@@ -533,7 +566,7 @@ fn activate(
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) is needed");
+        .expect("starting systemd-socket-activate");
     (child, notify, log)
 }
 
@@ -672,4 +705,373 @@ fn the_shipped_example_config_passes_the_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": 3 services, metrics at"));
+}
+
+/// Sends SIGHUP to the relay and waits until it logs `needle` for the `nth` time.
+fn reload_and_wait(relay: &common::Relay, needle: &str, nth: usize) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while relay.log().matches(needle).count() < nth {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} (#{nth}) in time:\n{}",
+            relay.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_adds_and_removes_services_while_a_256mib_transfer_goes_on_and_a_broken_file_changes_nothing()
+ {
+    use common::{ExchangeServer, Listen, MIB, Relay, drain as read_all, exchange, payload};
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload");
+    let long = payload(256 * MIB, 21);
+    let (a_up, b_up, c_up) = (Listen::tcp(), Listen::tcp(), Listen::tcp());
+    let (a_target, b_target, c_target) = (
+        a_up.connect_address(),
+        b_up.connect_address(),
+        c_up.connect_address(),
+    );
+    let (b_reply, c_reply) = (payload(4 * MIB, 22), payload(4 * MIB, 23));
+    let (b_send, c_send) = (payload(4 * MIB, 24), payload(4 * MIB, 25));
+    let a_server = ExchangeServer::spawn(a_up, std::sync::Arc::new(Vec::new()), 1);
+    let b_server = ExchangeServer::spawn(b_up, b_reply.data.clone(), 2);
+    let c_server = ExchangeServer::spawn(c_up, c_reply.data.clone(), 1);
+    let (a_port, b_port, c_port) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let service = |name: &str, port: u16, target: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"{target}\"\n"
+        )
+    };
+    let config = dir.path("vsplice.toml");
+    let (a, b, c) = (
+        service("a", a_port, &a_target),
+        service("b", b_port, &b_target),
+        service("c", c_port, &c_target),
+    );
+    std::fs::write(&config, format!("drain-timeout = \"60s\"\n{a}{c}")).unwrap();
+    let notify_path = dir.path("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    // Guards against a hang only; nothing is measured.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let relay = Relay::spawn_env(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=2 services");
+
+    // A: 256 MiB, half before the reloads, half after.
+    let mut a_client = TcpStream::connect(("127.0.0.1", a_port)).unwrap();
+    let (a_first, a_rest) = long.data.split_at(128 * MIB);
+    a_client.write_all(a_first).unwrap();
+    // C: a connection open when C is removed; it must run to its end.
+    let mut c_client = TcpStream::connect(("127.0.0.1", c_port)).unwrap();
+    let mut c_reader = c_client.try_clone().unwrap();
+    let c_receiver = std::thread::spawn(move || read_all(&mut c_reader).unwrap());
+    let (c_first, c_rest) = c_send.data.split_at(2 * MIB);
+    c_client.write_all(c_first).unwrap();
+
+    std::fs::write(&config, format!("drain-timeout = \"60s\"\n{a}{b}")).unwrap();
+    reload_and_wait(&relay, "1 added, 1 removed, 0 changed, 1 unchanged", 1);
+    assert!(recv_notify(&notify).starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(
+        recv_notify(&notify),
+        "READY=1\nSTATUS=2 services; 1 added, 1 removed, 0 changed, 1 unchanged"
+    );
+    let refused = TcpStream::connect(("127.0.0.1", c_port)).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::ECONNREFUSED),
+        "{refused}"
+    );
+    let through_b = || {
+        let got = exchange(
+            Box::new(TcpStream::connect(("127.0.0.1", b_port)).unwrap()),
+            b_send.data.clone(),
+        )
+        .unwrap();
+        assert_eq!(got.sha, b_reply.sha, "B: client side");
+        assert_eq!(b_server.next(Duration::from_secs(120)).sha, b_send.sha);
+    };
+    through_b();
+
+    // A file that does not load: everything keeps running as it was.
+    std::fs::write(
+        &config,
+        format!("drain-timeout = \"60s\"\n{a}{b}bogus-key = 1\n"),
+    )
+    .unwrap();
+    reload_and_wait(&relay, "the running services go on unchanged", 1);
+    assert!(recv_notify(&notify).starts_with("RELOADING=1\n"));
+    let status = recv_notify(&notify);
+    assert!(
+        status.starts_with("READY=1\nSTATUS=2 services; reload failed: ")
+            && status.contains("bogus-key"),
+        "{status}"
+    );
+    through_b();
+
+    c_client.write_all(c_rest).unwrap();
+    c_client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        c_receiver.join().unwrap().sha,
+        c_reply.sha,
+        "C: client side"
+    );
+    assert_eq!(c_server.next(Duration::from_secs(120)).sha, c_send.sha);
+
+    a_client.write_all(a_rest).unwrap();
+    a_client.shutdown(std::net::Shutdown::Write).unwrap();
+    let back = read_all(&mut a_client).unwrap();
+    assert_eq!(back.received, 0);
+    let a_got = a_server.next(Duration::from_secs(300));
+    assert_eq!(a_got.received, 256 * MIB);
+    assert_eq!(
+        a_got.sha, long.sha,
+        "A: the long transfer across the reloads"
+    );
+    let mut relay = relay;
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn a_refused_dial_is_counted_by_errno_and_as_a_dial_failed_close() {
+    use common::Relay;
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("dial-fail");
+    let (port, metrics_port, dead) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+             name = \"dead\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"TCP:127.0.0.1:{dead}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut client, &mut got);
+    assert!(got.is_empty());
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape_and_parse(&url);
+        if sample(
+            &samples,
+            "vsplice_connections_closed_total{reason=dial_failed,service=dead}",
+        ) == Some(1.0)
+        {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "not counted: {samples:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_dial_failures_total{errno=ECONNREFUSED,service=dead}"
+        ),
+        Some(1.0),
+        "{samples:#?}"
+    );
+    assert_eq!(
+        sample(&samples, "vsplice_connections_active{service=dead}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&samples, "vsplice_dial_latency_seconds_count{service=dead}"),
+        Some(0.0)
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn a_unix_client_running_as_nobody_is_refused_by_uid_and_counted() {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: running a client as nobody needs root");
+        return;
+    }
+    let dir = Scratch::new("uid-nobody");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (up, down) = (payload(4 * MIB, 31), payload(4 * MIB, 32));
+    let upstream = Listen::tcp();
+    let target = upstream.connect_address();
+    let server = ExchangeServer::spawn(upstream, down.data.clone(), 1);
+    let metrics_port = common::free_port();
+    let path = dir.path("root-only.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+             name = \"root-only\"\nlisten = \"UNIX-LISTEN:{},fork\"\nconnect = \"{target}\"\n\
+             allow = [\"uid:0\"]\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A client as nobody (uid 65534): connects, sends, reads until the relay closes.
+    const CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b"x" * 65536)
+except OSError:
+    pass
+got = 0
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += len(b)
+except OSError:
+    pass
+print(got)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", CLIENT])
+        .arg(&path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    relay.wait_for_log(
+        "root-only: uid 65534 refused by the allow list",
+        Duration::from_secs(60),
+    );
+    // Root is served: the upstream's one accept goes to it, not to the refused client.
+    let got = exchange(
+        Box::new(std::os::unix::net::UnixStream::connect(&path).unwrap()),
+        up.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(got.sha, down.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, up.sha);
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let samples = scrape_and_parse(&url);
+        let denied = sample(
+            &samples,
+            "vsplice_connections_denied_total{service=root-only}",
+        );
+        let accepted = sample(
+            &samples,
+            "vsplice_connections_accepted_total{service=root-only}",
+        );
+        if denied == Some(1.0) && accepted == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{samples:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn a_changed_service_sends_new_connections_to_its_new_target_and_leaves_open_ones_alone() {
+    use common::{ExchangeServer, Listen, MIB, Relay, drain as read_all, exchange, payload};
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload-change");
+    let (old_up, new_up) = (Listen::tcp(), Listen::tcp());
+    let (old_target, new_target) = (old_up.connect_address(), new_up.connect_address());
+    let (old_reply, new_reply) = (payload(4 * MIB, 61), payload(4 * MIB, 62));
+    let (open_send, new_send) = (payload(8 * MIB, 63), payload(4 * MIB, 64));
+    let old_server = ExchangeServer::spawn(old_up, old_reply.data.clone(), 1);
+    let new_server = ExchangeServer::spawn(new_up, new_reply.data.clone(), 1);
+    let port = common::free_port();
+    let config = dir.path("vsplice.toml");
+    let write = |target: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[service]]\nname = \"x\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+                 connect = \"{target}\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(&old_target);
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reader = open.try_clone().unwrap();
+    let receiver = std::thread::spawn(move || read_all(&mut reader).unwrap());
+    let (first, rest) = open_send.data.split_at(4 * MIB);
+    open.write_all(first).unwrap();
+
+    write(&new_target);
+    reload_and_wait(&relay, "0 added, 0 removed, 1 changed, 0 unchanged", 1);
+    let got = exchange(
+        Box::new(TcpStream::connect(("127.0.0.1", port)).unwrap()),
+        new_send.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        got.sha, new_reply.sha,
+        "a new connection reaches the new target"
+    );
+    assert_eq!(new_server.next(Duration::from_secs(120)).sha, new_send.sha);
+
+    open.write_all(rest).unwrap();
+    open.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(receiver.join().unwrap().sha, old_reply.sha, "the open one");
+    assert_eq!(old_server.next(Duration::from_secs(120)).sha, open_send.sha);
+    assert!(relay.stop().success(), "{}", relay.log());
 }

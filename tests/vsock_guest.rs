@@ -38,6 +38,10 @@ const SCENARIOS: &[Scenario] = &[
     ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
     ("bench_request_response_on_vsock", bench_rr_vsock),
     ("bench_vsock_buffer_takes_effect", bench_vsock_buffer),
+    (
+        "serve_runs_vsock_tcp_and_unix_services_at_once_and_refuses_a_cid_not_allowed",
+        serve_three_services,
+    ),
 ];
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
@@ -367,6 +371,119 @@ fn vsock_half_close_late_reply() {
     assert_eq!(got.sha, reply.sha);
     assert_eq!(srv.join().unwrap().sha, request.sha);
     assert!(relay.wait_exit(LONG).success(), "{}", relay.log());
+}
+
+/// `vsplice serve` with three services in one process, on one engine: VSOCK->TCP (allowed
+/// by CID: the guest talks to itself, CID 1), TCP->TCP and UNIX->TCP, BIG bytes each way
+/// through each at once; a fourth, VSOCK-LISTEN with an allow list without CID 1, refuses the
+/// guest's client with no byte relayed.
+fn serve_three_services() {
+    let scratch = Scratch::new("serve");
+    let payloads: Vec<(Payload, Payload)> = (0..3)
+        .map(|i| (payload(BIG, 40 + i), payload(BIG, 50 + i)))
+        .collect();
+    let servers: Vec<(String, ExchangeServer)> = payloads
+        .iter()
+        .map(|(_, down)| {
+            let listen = Listen::tcp();
+            let target = listen.connect_address();
+            (target, ExchangeServer::spawn(listen, down.data.clone(), 1))
+        })
+        .collect();
+    let tcp_port = free_port();
+    let unix_path = scratch.path("service.sock");
+    let config = scratch.path("vsplice.toml");
+    let service = |name: &str, listen: &str, target: &str, allow: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nconnect = \"{target}\"\n{allow}\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        [
+            service(
+                "vsock",
+                "VSOCK-LISTEN:5010,fork",
+                &servers[0].0,
+                "allow = [\"cid:1\"]",
+            ),
+            service(
+                "tcp",
+                &format!("TCP4-LISTEN:{tcp_port},bind=127.0.0.1,fork"),
+                &servers[1].0,
+                "",
+            ),
+            service(
+                "unix",
+                &format!("UNIX-LISTEN:{},fork", unix_path.display()),
+                &servers[2].0,
+                "",
+            ),
+            service(
+                "vsock-denied",
+                "VSOCK-LISTEN:5011,fork",
+                &servers[0].0,
+                "allow = [\"cid:2-1000\"]",
+            ),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    relay.wait_for_log("serving 4 services", LONG);
+
+    // Refused first: had it been relayed, it would have taken the upstream's only accept.
+    let mut refused = VsockStream::connect(1, 5011).expect("connect vsock");
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "a refused vsock peer received {} bytes",
+        got.len()
+    );
+    relay.wait_for_log("vsock-denied: cid 1 refused by the allow list", LONG);
+
+    let clients: Vec<_> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, (up, _))| {
+            let up = up.data.clone();
+            let unix_path = unix_path.clone();
+            std::thread::spawn(move || {
+                let stream: Box<dyn Duplex> = match i {
+                    0 => Box::new(VsockStream::connect(1, 5010).expect("connect vsock")),
+                    1 => Box::new(TcpStream::connect(("127.0.0.1", tcp_port)).unwrap()),
+                    _ => Box::new(std::os::unix::net::UnixStream::connect(&unix_path).unwrap()),
+                };
+                exchange(stream, up).expect("client exchange")
+            })
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let got = client.join().unwrap();
+        let (up, down) = &payloads[i];
+        assert_eq!(
+            (got.received, &got.sha),
+            (BIG, &down.sha),
+            "service {i}: client side"
+        );
+        let at_server = servers[i].1.next(LONG);
+        assert_eq!(
+            (at_server.received, &at_server.sha),
+            (BIG, &up.sha),
+            "service {i}: server side"
+        );
+    }
+    assert!(relay.stop().success(), "{}", relay.log());
+    assert!(
+        relay.log().contains("refused by the allow list"),
+        "{}",
+        relay.log()
+    );
 }
 
 fn main() {

@@ -26,6 +26,7 @@ pub mod rcvbudget;
 mod registry;
 mod ring;
 mod stats;
+pub use stats::ConnObserver;
 #[cfg(test)]
 mod testing;
 mod timers;
@@ -128,6 +129,7 @@ impl EngineConfig {
             fill_policy: self.fill_policy,
             user_rcvbuf: self.user_rcvbuf,
             single_connection: self.single_connection,
+            observer: None,
         }
     }
 }
@@ -135,7 +137,9 @@ impl EngineConfig {
 /// How one relay's connections are served. Every connection carries an `Arc` of its
 /// relay's options, so one engine can serve relays with different options; what is global
 /// to the engine (threads, ring size, turn budget, receive budget, pinning) stays in
-/// [`EngineConfig`].
+/// [`EngineConfig`]. Engine-global still, though a relay states it: the pipe pool's pipe
+/// size (every splice pipe of a worker is `EngineConfig::pipe_size`; a relay's `pipe_size`
+/// sizes its buffer rings only).
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     pub mode: Mode,
@@ -157,6 +161,8 @@ pub struct RelayOptions {
     pub user_rcvbuf: [bool; 2],
     /// The relay serves one connection: its failure is an error the user must see.
     pub single_connection: bool,
+    /// Told of each connection's bytes, dial and close as they happen (service metrics).
+    pub observer: Option<Arc<dyn ConnObserver>>,
 }
 
 impl Default for EngineConfig {

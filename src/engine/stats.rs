@@ -1,11 +1,30 @@
 //! What a closing connection leaves behind: its log line, its `-S` statistics line, and its
-//! share of the process-wide counters (served, failed, bytes per direction).
+//! share of the process-wide counters (served, failed, bytes per direction); and
+//! [`ConnObserver`], through which a relay's owner hears of each connection as it goes.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::Shared;
 use super::conn::{CloseReason, Conn, PerDir};
+use super::direction::Direction;
+use crate::net::dial::DialError;
 use crate::{error, notice, warn};
+
+/// What the owner of a relay learns about each of its connections as it happens (service
+/// mode's per-service metrics), through [`super::RelayOptions::observer`]. Called on worker
+/// threads in the data path: an implementation only bumps atomics, never blocks.
+pub trait ConnObserver: Send + Sync + std::fmt::Debug {
+    /// `bytes` more were delivered in direction `dir` (not counted for a discarding
+    /// direction).
+    fn delivered(&self, dir: Direction, bytes: u64);
+    /// The second address answered, `latency` after the connection was handed over.
+    fn dialed(&self, latency: Duration);
+    /// The second address could not be reached; the connection then closes.
+    fn dial_failed(&self, error: &DialError);
+    /// The connection ended after `lasted`.
+    fn closed(&self, reason: &CloseReason, lasted: Duration);
+}
 
 /// Logs the end of `conn` and counts it.
 pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, shared: &Shared) {
@@ -36,6 +55,9 @@ pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, s
     }
     shared.bytes[0].fetch_add(forward, Ordering::Relaxed);
     shared.bytes[1].fetch_add(backward, Ordering::Relaxed);
+    if let Some(observer) = &options.observer {
+        observer.closed(reason, conn.started.elapsed());
+    }
     if options.stats {
         eprintln!(
             "vsplice: conn {id} ({label}): {forward} bytes first->second, {backward} bytes second->first, {secs:.3} s, {reason}"

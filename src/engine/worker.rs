@@ -198,7 +198,22 @@ impl Worker {
             dir,
             turn: config.budget,
         };
-        Some(f(parts.lane, &mut cx))
+        // Bytes delivered are reported to the relay's observer as they move (a scrape sees
+        // a long transfer progress), from the lane's own count: one compare per call.
+        let observer = parts
+            .options
+            .observer
+            .as_ref()
+            .filter(|_| !parts.lane.discard());
+        let before = observer.map(|_| parts.lane.delivered());
+        let result = f(parts.lane, &mut cx);
+        if let (Some(observer), Some(before)) = (observer, before) {
+            let moved = parts.lane.delivered().saturating_sub(before);
+            if moved > 0 {
+                observer.delivered(dir, moved);
+            }
+        }
+        Some(result)
     }
 
     /// Runs direction `dir` until it must wait, ends, or uses up its turn.
@@ -233,6 +248,9 @@ impl Worker {
     fn admit(&mut self, job: Job, options: Arc<RelayOptions>) {
         if self.stopping {
             drop(job);
+            if let Some(observer) = &options.observer {
+                observer.closed(&CloseReason::Stopped, std::time::Duration::ZERO);
+            }
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
             self.shared.notify_closed();
             return;

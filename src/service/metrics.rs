@@ -9,7 +9,6 @@
 //! series up, once per connection. A scrape encodes under the registry's own locks, which the
 //! data path does not take.
 
-use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,8 +40,19 @@ pub enum CloseReason {
     error,
     /// The connect address could not be reached.
     dial_failed,
-    /// Cut at the end of a drain (stop or reload).
-    drained,
+    /// Cut by the relay stopping (the end of a drain).
+    stopped,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::eof,
+        CloseReason::idle_timeout,
+        CloseReason::linger_timeout,
+        CloseReason::error,
+        CloseReason::dial_failed,
+        CloseReason::stopped,
+    ];
 }
 
 /// Which way bytes went (label `direction` of `vsplice_bytes_total`): "first" is the
@@ -222,7 +232,12 @@ impl Metrics {
             ],
             duration: self.durations.get_or_create_owned(&label),
             dial_latency: self.dial_latency.get_or_create_owned(&label),
-            closed: self.closed.clone(),
+            closed: CloseReason::ALL.map(|reason| {
+                self.closed.get_or_create_owned(&ClosedLabels {
+                    service: name.to_string(),
+                    reason,
+                })
+            }),
             dial_failures: self.dial_failures.clone(),
         }
     }
@@ -260,7 +275,8 @@ pub struct ServiceMetrics {
     bytes: [Counter; 2],
     duration: Histogram,
     dial_latency: Histogram,
-    closed: Family<ClosedLabels, Counter>,
+    /// One counter per [`CloseReason`], resolved up front: a close touches no lock.
+    closed: [Counter; CloseReason::ALL.len()],
     dial_failures: Family<ErrnoLabels, Counter>,
 }
 
@@ -283,16 +299,12 @@ impl ServiceMetrics {
 
     /// The connect address could not be reached (the connection then closes with
     /// [`CloseReason::dial_failed`]).
-    pub fn on_dial_failure(&self, error: &io::Error) {
-        let errno = match error.raw_os_error() {
-            Some(code) => format!("{:?}", nix::errno::Errno::from_raw(code)),
-            None if error.kind() == io::ErrorKind::TimedOut => "ETIMEDOUT".to_string(),
-            None => "other".to_string(),
-        };
+    /// `errno` names the error (`ECONNREFUSED`).
+    pub fn on_dial_failure(&self, errno: &str) {
         self.dial_failures
             .get_or_create(&ErrnoLabels {
                 service: self.name.clone(),
-                errno,
+                errno: errno.to_string(),
             })
             .inc();
     }
@@ -306,30 +318,7 @@ impl ServiceMetrics {
     pub fn on_close(&self, reason: CloseReason, lasted: Duration) {
         self.active.dec();
         self.duration.observe(lasted.as_secs_f64());
-        self.closed
-            .get_or_create(&ClosedLabels {
-                service: self.name.clone(),
-                reason,
-            })
-            .inc();
-    }
-
-    /// Sets the open-connection gauge, for a sampler that counts connections itself.
-    pub fn set_active(&self, connections: i64) {
-        self.active.set(connections);
-    }
-
-    /// Counts `n` closes at once, for a sampler that counts them in bulk (no durations).
-    pub fn add_closed(&self, reason: CloseReason, n: u64) {
-        if n == 0 {
-            return;
-        }
-        self.closed
-            .get_or_create(&ClosedLabels {
-                service: self.name.clone(),
-                reason,
-            })
-            .inc_by(n);
+        self.closed[reason as usize].inc();
     }
 
     pub fn name(&self) -> &str {
@@ -359,7 +348,7 @@ mod tests {
         api.add_bytes(Direction::first_to_second, 1000);
         api.add_bytes(Direction::second_to_first, 7);
         api.on_dial(Duration::from_millis(2));
-        api.on_dial_failure(&io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        api.on_dial_failure("ECONNREFUSED");
         api.on_close(CloseReason::eof, Duration::from_secs(3));
         m.engine().workers.set(4);
         let text = m.encode();

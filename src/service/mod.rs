@@ -3,12 +3,17 @@
 //! The pieces stand apart from the engine so each is tested alone: [`config`] turns the file
 //! into a checked [`config::ServePlan`] (raw TOML, then resolved values, like the command
 //! line's two stages), [`allow`] decides which peers a listener serves, [`metrics`] keeps the
-//! Prometheus counters and serves them over HTTP. This module holds the `serve` subcommand.
+//! Prometheus counters and serves them over HTTP, [`observer`] feeds them from the engine.
+//! [`run`] runs every service on one engine (`acceptor`: a thread per listening socket;
+//! `reload`: SIGHUP). This module holds the `serve` subcommand.
 
+mod acceptor;
 pub mod allow;
 pub mod config;
 pub mod metrics;
 mod metrics_http;
+pub mod observer;
+mod reload;
 pub mod run;
 
 use std::path::PathBuf;

@@ -1,124 +1,96 @@
-//! Running a [`ServePlan`] on today's engine, through its public interface only: each
-//! service gets its own acceptor thread and, until the engine takes a configuration per
-//! connection, its own [`Engine`] (its own workers), which also gives each service its own
-//! counters for the metrics. The main thread waits for signals: SIGINT/SIGTERM drain (stop
+//! Running a [`ServePlan`]: one [`Engine`] (one set of worker threads) for every service,
+//! one acceptor thread per service that hands each accepted connection to the engine with
+//! its service's options. The main thread waits for signals: SIGINT/SIGTERM drain (stop
 //! accepting, let connections finish for `drain-timeout`, then cut; a second signal cuts at
-//! once), SIGHUP is reported (reload is not implemented yet) and nothing else happens.
+//! once), SIGHUP reloads the file ([`super::reload`]).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::allow::Peer;
+use super::acceptor::{Acceptor, ListenSocket, Service, engine_config, receive_budget};
 use super::config::{ServePlan, ServicePlan};
-use super::metrics::{CloseReason, Direction, Metrics, MetricsServer, ServiceMetrics};
-use crate::addr::{Address, Kind};
-use crate::endpoint::Endpoint;
-use crate::engine::rcvbudget::ReceiveBudget;
-use crate::engine::{DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, Second, Shared};
+use super::metrics::{Metrics, MetricsServer};
+use super::observer::ServiceObserver;
+use crate::addr::Kind;
+use crate::engine::{Engine, Shared};
 use crate::error::{Error, Result};
 use crate::net::open::Listener;
-use crate::net::sockopt::apply_connected_options;
-use crate::sys::eventfd::EventFd;
+use crate::sys::pipe::Pipe;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
-use crate::sys::socket::Socket;
 use crate::sys::systemd::{Notifier, ReloadSignal, Watchdog, inherited_listener, take_listen_fds};
 use crate::{notice, warn};
 
-/// A service's listening socket: opened here, or inherited from the service manager.
-enum ListenSocket {
-    Opened(Box<Listener>),
-    Inherited(Socket),
+/// Everything a running `serve` holds.
+pub struct Server {
+    pub plan: ServePlan,
+    pub engine: Arc<Mutex<Engine>>,
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<Metrics>,
+    /// Running services by name.
+    pub services: HashMap<String, Acceptor>,
+    /// Each service name's observer, kept across reloads (its counters and open
+    /// connections carry on while the name stays).
+    pub observers: HashMap<String, Arc<ServiceObserver>>,
+    /// Descriptors passed by the service manager that no service took (yet).
+    pub inherited: HashMap<i32, OwnedFd>,
 }
 
-impl ListenSocket {
-    fn socket(&self) -> &Socket {
-        match self {
-            ListenSocket::Opened(l) => l.socket(),
-            ListenSocket::Inherited(s) => s,
+impl Server {
+    /// The observer of service `name`, created with its metrics on first use.
+    pub fn observer(&mut self, name: &str) -> Result<Arc<ServiceObserver>> {
+        if let Some(o) = self.observers.get(name) {
+            return Ok(o.clone());
         }
+        let o = Arc::new(
+            ServiceObserver::new(self.metrics.service(name))
+                .map_err(|e| Error::io("eventfd", e))?,
+        );
+        self.observers.insert(name.to_string(), o.clone());
+        Ok(o)
     }
-}
 
-/// Opens every listening address before anything runs, so a bad one fails the start.
-fn open_listeners(plan: &ServePlan) -> Result<Vec<ListenSocket>> {
-    let needs_inherited = plan
-        .services
-        .iter()
-        .any(|s| matches!(s.listen.kind, Kind::AcceptFd { .. }));
-    let mut inherited: HashMap<i32, _> = if needs_inherited {
-        take_listen_fds()
-            .map_err(|e| Error::io("socket activation", e))?
-            .into_iter()
-            .map(|s| (s.number, s.fd))
-            .collect()
-    } else {
-        HashMap::new()
-    };
-    let mut out = Vec::new();
-    for s in &plan.services {
-        out.push(match s.listen.kind {
+    /// Opens (or takes from the service manager) the listening socket of `s`.
+    pub fn open_listener(&mut self, s: &ServicePlan) -> Result<ListenSocket> {
+        match s.listen.kind {
             Kind::AcceptFd { fd } => {
-                let owned = inherited.remove(&fd).ok_or_else(|| {
+                let owned = self.inherited.remove(&fd).ok_or_else(|| {
                     Error::Usage(format!(
                         "service \"{}\": {}: descriptor {fd} was not passed by the service \
-                         manager (LISTEN_FDS)",
+                         manager (LISTEN_FDS), or another service took it",
                         s.name, s.listen.text
                     ))
                 })?;
                 let socket = inherited_listener(owned)
                     .map_err(|e| Error::io(format!("{}: descriptor {fd}", s.listen.text), e))?;
-                ListenSocket::Inherited(socket)
+                Ok(ListenSocket::Inherited(socket))
             }
             _ => {
                 let l = Listener::open(&s.listen)?;
                 notice!("{}: listening on {} ({})", s.name, l.local_addr(), s.listen);
-                ListenSocket::Opened(Box::new(l))
+                Ok(ListenSocket::Opened(Box::new(l)))
             }
-        });
+        }
     }
-    Ok(out)
-}
 
-/// The engine configuration of one service: the command line's, from the file's options.
-pub fn engine_config(plan: &ServePlan, service: &ServicePlan, threads: usize) -> EngineConfig {
-    let o = &service.options;
-    let size = o.buffer.unwrap_or(DEFAULT_PIPE_SIZE);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = plan.global.pin;
-    EngineConfig {
-        mode: o.mode.unwrap_or(Mode::Splice),
-        pipe_size: size,
-        copy_size: size,
-        directions: o.directions(),
-        idle_timeout: o.idle_timeout,
-        linger: o.linger,
-        receive_budget: match plan.global.receive_budget {
-            Some(0) => None,
-            Some(n) => Some(ReceiveBudget(n)),
-            None => ReceiveBudget::from_system(),
-        },
-        user_rcvbuf: [
-            service.listen.options.rcvbuf.is_some(),
-            service.connect.options.rcvbuf.is_some(),
-        ],
-        pin_workers: crate::cli::pin_policy(pin == Some(true), pin == Some(false), threads, cores),
-        single_connection: false,
-        ..EngineConfig::default()
+    /// Starts an acceptor for `s` on `listen`.
+    pub fn start_service(&mut self, s: &ServicePlan, listen: ListenSocket) -> Result<()> {
+        let observer = self.observer(&s.name)?;
+        let service = Arc::new(Service::new(s, observer));
+        let acceptor = Acceptor::start(listen, service, self.engine.clone())?;
+        self.services.insert(s.name.clone(), acceptor);
+        Ok(())
     }
-}
 
-/// One running service, as the main thread sees it.
-struct Running {
-    stop: Arc<EventFd>,
-    shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<Engine>>,
+    /// Connections open in the whole engine.
+    fn live(&self) -> usize {
+        self.shared.live.load(Ordering::SeqCst)
+    }
 }
 
 pub fn run(plan: &ServePlan) -> Result<ExitCode> {
@@ -127,54 +99,56 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
     let hangup = ReloadSignal::install().map_err(|e| Error::io("installing SIGHUP", e))?;
     let _ = crate::sys::limits::raise_nofile(1 << 20);
     let notifier = Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
-    let listeners = open_listeners(plan)?;
-    let metrics = Arc::new(Metrics::new());
+    let needs_inherited = plan
+        .services
+        .iter()
+        .any(|s| matches!(s.listen.kind, Kind::AcceptFd { .. }));
+    let inherited = if needs_inherited {
+        take_listen_fds()
+            .map_err(|e| Error::io("socket activation", e))?
+            .into_iter()
+            .map(|s| (s.number, s.fd))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let threads = plan
         .global
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut running = Vec::new();
-    let mut sampled = Vec::new();
-    for (service, listen) in plan.services.iter().zip(listeners) {
-        let config = Arc::new(engine_config(plan, service, threads));
-        let engine = Engine::start(threads, config).map_err(Error::Engine)?;
-        let shared = engine.shared().clone();
-        shared
-            .wake_on_close
-            .store(service.max_children().is_some(), Ordering::SeqCst);
-        let stop = Arc::new(EventFd::new().map_err(|e| Error::io("eventfd", e))?);
-        let handles = metrics.service(&service.name);
-        sampled.push((handles.clone(), shared.clone(), [0u64; 4]));
-        let acceptor = {
-            let (stop, service) = (stop.clone(), service.clone());
-            std::thread::Builder::new()
-                .name(format!("vsplice-acc-{}", service.name))
-                .spawn(move || accept_loop(&service, listen, engine, &stop, &handles))
-                .map_err(|e| Error::io("starting an acceptor", e))?
-        };
-        running.push(Running {
-            stop,
-            shared,
-            acceptor: Some(acceptor),
-        });
+    let engine =
+        Engine::start(threads, Arc::new(engine_config(plan, threads))).map_err(Error::Engine)?;
+    let shared = engine.shared().clone();
+    // Closes wake the main thread only while it drains.
+    shared.wake_on_close.store(false, Ordering::SeqCst);
+    let mut server = Server {
+        plan: plan.clone(),
+        engine: Arc::new(Mutex::new(engine)),
+        shared: shared.clone(),
+        metrics: Arc::new(Metrics::new()),
+        services: HashMap::new(),
+        observers: HashMap::new(),
+        inherited,
+    };
+    // Every listener opens before any service runs, so a bad one fails the start.
+    let mut listeners = Vec::new();
+    for s in &plan.services {
+        listeners.push(server.open_listener(s)?);
     }
-    let workers = (threads * running.len()) as i64;
-    let sampled = Mutex::new(sampled);
-    metrics.before_scrape(move |engine| {
-        engine.workers.set(workers);
-        let mut parked = 0;
-        for (handles, shared, last) in sampled.lock().unwrap_or_else(|e| e.into_inner()).iter_mut()
-        {
-            parked += shared.parked.load(Ordering::Relaxed) as i64;
-            sync_counters(handles, shared, last);
-        }
-        engine.parked_connections.set(parked);
-    });
+    for (s, listen) in plan.services.iter().zip(listeners) {
+        server.start_service(s, listen)?;
+    }
+    sample_engine(
+        &server.metrics,
+        shared.clone(),
+        threads,
+        receive_budget(plan),
+    );
     let _metrics_server = match &plan.metrics {
-        Some(address) => Some(MetricsServer::start(address, metrics.clone())?),
+        Some(address) => Some(MetricsServer::start(address, server.metrics.clone())?),
         None => None,
     };
-    let status = format!("{} services", plan.services.len());
+    let mut status = format!("{} services", plan.services.len());
     if let Some(n) = &notifier {
         let _ = n.ready(&status);
     }
@@ -191,19 +165,30 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
         let timeout = watchdog.map(|_| next_ping.saturating_duration_since(Instant::now()));
         wait_for(&[signals.as_fd(), hangup.as_fd()], timeout);
         if hangup.take() {
-            warn!(
-                "SIGHUP: reloading is not implemented yet; {} keeps running unchanged",
-                plan.file.display()
-            );
             if let Some(n) = &notifier {
                 let _ = n.reloading();
+            }
+            match super::reload::reload(&mut server) {
+                Ok(summary) => {
+                    notice!("reloaded {}: {summary}", plan.file.display());
+                    status = format!("{} services; {summary}", server.services.len());
+                }
+                Err(e) => {
+                    warn!(
+                        "reloading {} failed, the running services go on unchanged: {e}",
+                        plan.file.display()
+                    );
+                    status = format!("{} services; reload failed: {e}", server.services.len());
+                }
+            }
+            if let Some(n) = &notifier {
                 let _ = n.ready(&status);
             }
         }
         if let Some(signo) = signals.take() {
             notice!(
                 "signal {signo}: draining for {:?}",
-                plan.global.drain_timeout
+                server.plan.global.drain_timeout
             );
             if let Some(n) = &notifier {
                 let _ = n.stopping();
@@ -211,39 +196,41 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
             break;
         }
     }
-    let engines = stop_accepting(&mut running);
-    let live: usize = running
-        .iter()
-        .map(|r| r.shared.live.load(Ordering::SeqCst))
-        .sum();
-    notice!("stopped accepting; {live} connections left to drain");
+    for (_, acceptor) in server.services.drain() {
+        drop(acceptor.stop());
+    }
+    notice!(
+        "stopped accepting; {} connections left to drain",
+        server.live()
+    );
     let ping = || {
         if let (Some(_), Some(n)) = (watchdog, &notifier) {
             let _ = n.watchdog();
         }
     };
-    drain(&running, &signals, plan.global.drain_timeout, &ping);
-    drop(engines);
+    drain(&shared, &signals, server.plan.global.drain_timeout, &ping);
+    // Dropping the engine closes what is left and joins the workers.
+    drop(server);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Counts what the engine counted since the last scrape (closes, bytes) into a service's
-/// metrics. The engine does not say why a connection ended: ends it counts as served are
-/// reported as `eof`, failed ones as `error`.
-fn sync_counters(handles: &ServiceMetrics, shared: &Shared, last: &mut [u64; 4]) {
-    let now = [
-        shared.served.load(Ordering::Relaxed),
-        shared.failed.load(Ordering::Relaxed),
-        shared.bytes[0].load(Ordering::Relaxed),
-        shared.bytes[1].load(Ordering::Relaxed),
-    ];
-    let delta = |i: usize| now[i].saturating_sub(last[i]);
-    handles.add_closed(CloseReason::eof, delta(0));
-    handles.add_closed(CloseReason::error, delta(1));
-    handles.add_bytes(Direction::first_to_second, delta(2));
-    handles.add_bytes(Direction::second_to_first, delta(3));
-    handles.set_active(shared.live.load(Ordering::Relaxed) as i64);
-    *last = now;
+/// Samples the engine-wide gauges before each scrape.
+fn sample_engine(
+    metrics: &Metrics,
+    shared: Arc<Shared>,
+    threads: usize,
+    budget: Option<crate::engine::rcvbudget::ReceiveBudget>,
+) {
+    metrics.before_scrape(move |engine| {
+        engine.workers.set(threads as i64);
+        engine
+            .parked_connections
+            .set(shared.parked.load(Ordering::Relaxed) as i64);
+        engine.pipes_in_use.set(Pipe::open_count() as i64);
+        let busy = shared.busy.load(Ordering::Relaxed);
+        let cap = budget.and_then(|b| b.cap(busy)).unwrap_or(0);
+        engine.receive_cap_bytes.set(cap as i64);
+    });
 }
 
 fn wait_for(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) {
@@ -259,30 +246,14 @@ fn wait_for(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) {
     let _ = poll(&mut polled, timeout);
 }
 
-/// Stops every acceptor (their listeners close) and collects the engines.
-fn stop_accepting(running: &mut [Running]) -> Vec<Engine> {
-    for r in running.iter() {
-        r.stop.notify();
-    }
-    running
-        .iter_mut()
-        .filter_map(|r| r.acceptor.take()?.join().ok())
-        .collect()
-}
-
 /// Waits until no connection is left, the timeout passes, or a second stop signal comes.
 /// `ping` runs at least every second (the watchdog stays fed while draining).
-fn drain(running: &[Running], signals: &StopSignals, timeout: Duration, ping: &dyn Fn()) {
+fn drain(shared: &Shared, signals: &StopSignals, timeout: Duration, ping: &dyn Fn()) {
     let deadline = Instant::now() + timeout;
-    for r in running {
-        r.shared.wake_on_close.store(true, Ordering::SeqCst);
-    }
+    shared.wake_on_close.store(true, Ordering::SeqCst);
     loop {
         ping();
-        let live: usize = running
-            .iter()
-            .map(|r| r.shared.live.load(Ordering::SeqCst))
-            .sum();
+        let live = shared.live.load(Ordering::SeqCst);
         if live == 0 {
             return;
         }
@@ -291,112 +262,14 @@ fn drain(running: &[Running], signals: &StopSignals, timeout: Duration, ping: &d
             notice!("drain timeout: cutting {live} connections");
             return;
         }
-        let mut fds = vec![signals.as_fd()];
-        fds.extend(running.iter().map(|r| r.shared.closed.as_fd()));
-        wait_for(&fds, Some(left.min(Duration::from_secs(1))));
+        wait_for(
+            &[signals.as_fd(), shared.closed.as_fd()],
+            Some(left.min(Duration::from_secs(1))),
+        );
         if signals.take().is_some() {
             notice!("second stop signal: cutting {live} connections");
             return;
         }
-        for r in running {
-            r.shared.closed.drain();
-        }
+        shared.closed.drain();
     }
-}
-
-fn transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::ENETDOWN)
-    )
-}
-
-/// Accepts a service's connections until `stop` is signalled; returns its engine.
-fn accept_loop(
-    service: &ServicePlan,
-    listen: ListenSocket,
-    mut engine: Engine,
-    stop: &EventFd,
-    metrics: &ServiceMetrics,
-) -> Engine {
-    let connect = Arc::new(service.connect.clone());
-    let shared = engine.shared().clone();
-    let full = || {
-        service
-            .max_children()
-            .is_some_and(|m| shared.live.load(Ordering::SeqCst) >= m)
-    };
-    loop {
-        let is_full = full();
-        let mut fds = vec![
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            PollFd::new(shared.closed.as_fd(), PollFlags::POLLIN),
-        ];
-        if !is_full {
-            fds.push(PollFd::new(listen.socket().as_fd(), PollFlags::POLLIN));
-        }
-        let _ = poll(&mut fds, PollTimeout::NONE);
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        let (stopped, closed) = (ready(0), ready(1));
-        drop(fds);
-        if stopped {
-            return engine;
-        }
-        if closed {
-            shared.closed.drain();
-        }
-        while !full() {
-            match listen.socket().accept() {
-                Ok(Some(socket)) => {
-                    if let Some(job) = admit(service, &connect, socket, metrics) {
-                        engine.queue(job);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if transient(&e) => {}
-                Err(e) => {
-                    warn!("{}: accept: {e}", service.name);
-                    std::thread::sleep(Duration::from_millis(20));
-                    break;
-                }
-            }
-        }
-        engine.wake_all();
-    }
-}
-
-/// Checks an accepted socket against the allow list and makes it a job; `None`: refused
-/// (closed at once, nothing relayed).
-fn admit(
-    service: &ServicePlan,
-    connect: &Arc<Address>,
-    socket: Socket,
-    metrics: &ServiceMetrics,
-) -> Option<Job> {
-    if let Some(allow) = service.allow() {
-        let peer = Peer::of(&socket);
-        if !peer.as_ref().is_ok_and(|p| allow.permits(p)) {
-            metrics.on_deny();
-            match peer {
-                // Logged at -d, as the issue asks: refusals are what an operator looks for.
-                Ok(p) => warn!("{}: {p} refused by the allow list", service.name),
-                Err(e) => warn!("{}: peer unknown ({e}): refused", service.name),
-            }
-            return None;
-        }
-    }
-    if matches!(service.listen.kind, Kind::TcpListen { .. }) {
-        if let Err(e) = apply_connected_options(&socket, &service.listen.options) {
-            warn!("{}: socket options: {e}", service.name);
-        }
-    }
-    let label = socket
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| format!("client of {}", service.name));
-    metrics.on_accept();
-    Some(Job {
-        first: Endpoint::socket(socket, label),
-        second: Second::Dial(connect.clone()),
-    })
 }

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 
@@ -20,7 +21,16 @@ pub struct Pipe {
     capacity: usize,
 }
 
+/// Pipes open in the process (service mode's `engine_pipes_in_use` gauge). Pipes are pooled,
+/// so this moves when a pool grows or shrinks, not per transfer.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
 impl Pipe {
+    /// Pipes open in the process now: held by connections or kept in a pool for reuse.
+    pub fn open_count() -> usize {
+        OPEN.load(Ordering::Relaxed)
+    }
+
     /// Creates a non-blocking pipe and asks for `size` bytes of capacity. When the kernel
     /// refuses the size (an unprivileged user over `pipe-user-pages-soft`, or above
     /// `pipe-max-size`), the pipe keeps what it got: [`Pipe::capacity`] says how much.
@@ -32,6 +42,7 @@ impl Pipe {
             Ok(n) => n as usize,
             Err(_) => fcntl(&write, FcntlArg::F_GETPIPE_SZ).map_err(from_nix)? as usize,
         };
+        OPEN.fetch_add(1, Ordering::Relaxed);
         Ok(Pipe {
             read,
             write,
@@ -52,6 +63,12 @@ impl Pipe {
     /// Bytes the pipe holds when full (a power-of-two number of pages).
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

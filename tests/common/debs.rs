@@ -155,13 +155,18 @@ impl DebRoot {
 
     /// The folders under this root that hold shared libraries, for `LD_LIBRARY_PATH`.
     pub fn library_path(&self) -> String {
-        ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
-            .iter()
-            .map(|d| self.root.join(d))
-            .filter(|d| d.is_dir())
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
+        // systemd's programs keep their libsystemd-shared in a private folder.
+        [
+            "lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu/systemd",
+        ]
+        .iter()
+        .map(|d| self.root.join(d))
+        .filter(|d| d.is_dir())
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
     }
 
     /// The shared libraries `binary` needs that neither the machine nor this root provides,

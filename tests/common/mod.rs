@@ -424,6 +424,13 @@ impl Relay {
         Relay::spawn_with(Command::new(vsplice_bin()), args, stdin, stdout)
     }
 
+    /// As [`Relay::spawn`], with `env` added to vsplice's environment.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
+        let mut command = Command::new(vsplice_bin());
+        command.envs(env.iter().copied());
+        Relay::spawn_with(command, args, Stdio::null(), Stdio::null())
+    }
+
     /// Starts `vsplice -dd ARGS` with at most `nofile` descriptors (soft and hard limit, set
     /// with util-linux `prlimit`), and waits until it listens.
     pub fn start_limited(nofile: u32, args: &[&str]) -> Relay {

@@ -25,10 +25,16 @@ impl Worker {
         let epoch = dialing.epoch;
         match dialing.dial.advance(event) {
             Progress::Connected(endpoint) => {
+                if let Some(observer) = &conn.options.observer {
+                    observer.dialed(conn.started.elapsed());
+                }
                 conn.second = Some(endpoint);
                 self.start_relay(key);
             }
             Progress::Failed(why) => {
+                if let Some(observer) = &conn.options.observer {
+                    observer.dial_failed(&why);
+                }
                 let text = dialing.dial.address().text.clone();
                 self.close(key, CloseReason::DialFailed(format!("{text}: {why}")));
             }
