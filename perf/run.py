@@ -298,7 +298,7 @@ def run_case(case, args, vsplice_extra):
             procs.append(Proc([VSPLICE, "bench", "server", f"TCP-LISTEN:{sport},bind=127.0.0.1"],
                               ready="listening on", name="bench-server"))
             upstream = ("tcp", sport)
-            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            fronts = {k: ("tcp", free_port()) for k in relays_with_processes()}
             streams = int(case.split("-", 1)[1])
             load = lambda front: (lambda: bench_client(f"TCP:127.0.0.1:{front[1]}", seconds, streams))
             unit = "Gbit/s"
@@ -308,7 +308,7 @@ def run_case(case, args, vsplice_extra):
             procs.append(Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening",
                               name="echo"))
             upstream = ("tcp", sport)
-            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            fronts = {k: ("tcp", free_port()) for k in relays_with_processes()}
             threads = os.cpu_count() or 1
             load = lambda port: (lambda: crr(port, seconds, threads))
             unit = "conn/s"
@@ -383,7 +383,7 @@ def run_case(case, args, vsplice_extra):
         mcps = [r["machine_cpu_s_per_gib"] for r in rows if "machine_cpu_s_per_gib" in r]
         if mcps:
             s["machine_cpu_s_per_gib"] = statistics.median(mcps)
-            s["peak_rss"] = peaks[k]
+            s["peak_rss"] = peaks.get(k)
         summary[k] = s
     return summary
 
