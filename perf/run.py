@@ -383,7 +383,8 @@ def run_case(case, args, vsplice_extra):
         mcps = [r["machine_cpu_s_per_gib"] for r in rows if "machine_cpu_s_per_gib" in r]
         if mcps:
             s["machine_cpu_s_per_gib"] = statistics.median(mcps)
-            s["peak_rss"] = peaks.get(k)
+        if k in peaks:
+            s["peak_rss"] = peaks[k]
         summary[k] = s
     return summary
 
