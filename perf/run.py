@@ -314,7 +314,7 @@ def run_case(case, args, vsplice_extra):
             procs.append(Proc([VSPLICE, "bench", "server", f"TCP-LISTEN:{sport},bind=127.0.0.1"],
                               ready="listening on", name="bench-server"))
             upstream = ("tcp", sport)
-            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            fronts = {k: ("tcp", free_port()) for k in relays_with_processes()}
             streams = int(case.split("-", 1)[1])
             load = lambda front: (lambda: bench_client(f"TCP:127.0.0.1:{front[1]}", seconds, streams))
             unit = "Gbit/s"
@@ -324,7 +324,7 @@ def run_case(case, args, vsplice_extra):
             procs.append(Proc([LOADGEN, "echo", f"127.0.0.1:{sport}"], ready="echo listening",
                               name="echo"))
             upstream = ("tcp", sport)
-            fronts = {k: ("tcp", free_port()) for k in RELAYS[:3]}
+            fronts = {k: ("tcp", free_port()) for k in relays_with_processes()}
             threads = os.cpu_count() or 1
             load = lambda port: (lambda: crr(port, seconds, threads))
             unit = "conn/s"
