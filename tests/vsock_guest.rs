@@ -40,6 +40,13 @@ const SCENARIOS: &[Scenario] = &[
     ("bench_vsock_buffer_takes_effect", bench_vsock_buffer),
 ];
 
+/// Scenarios that reproduce a known, open problem: they run only when a filter names them
+/// (`cargo test --test vsock_guest -- relayed_crr`), so the suite stays green meanwhile.
+const KNOWN_ISSUES: &[Scenario] = &[(
+    "relayed_crr_bursts_over_vsock_lose_no_connection",
+    relayed_crr_vsock,
+)];
+
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
 fn bench_over_vsock() {
     let mut server = Relay::spawn(
@@ -129,6 +136,79 @@ fn bench_rr_vsock() {
             p("p50_us"),
             p("p99_us")
         );
+    }
+}
+
+/// Bursts of `--crr` connections (a new data connection per transaction) and `--rr` through a
+/// vsplice relay over vsock loopback: every data connection is relayed, both ends count the
+/// same transactions, several rounds in a row.
+///
+/// Known issue (2026-11-26): fails on this guest's vsock_loopback (kernel 6.1um) in most runs,
+/// with the pre-refactor binary (6527369) as with today's (4 of 6 rounds vs 2 of 6 failed in
+/// one run each): the relay gets ENOTCONN writing to (or reading from) a vsock socket it
+/// holds as connected, and closes that connection; `--rr` (long-lived connections) never fails.
+fn relayed_crr_vsock() {
+    relayed_crr_with(vsplice_bin());
+}
+
+fn relayed_crr_with(relay_bin: &str) {
+    let _server = Relay::spawn(
+        &["bench", "server", "VSOCK-LISTEN:5120,backlog=512"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let log = std::path::PathBuf::from("/run/relay-crr.log");
+    let mut relay = std::process::Command::new(relay_bin)
+        .args([
+            "-dd",
+            "VSOCK-LISTEN:5121,fork,backlog=512",
+            "VSOCK-CONNECT:1:5120,retry=50,interval=0.1",
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let target = "VSOCK-CONNECT:1:5121,retry=50,interval=0.1";
+    let mut failures = Vec::new();
+    for round in 0..6 {
+        let workload = if round % 3 == 2 { "--rr" } else { "--crr" };
+        let out = std::process::Command::new(vsplice_bin())
+            .args([
+                "bench",
+                "client",
+                target,
+                workload,
+                "--streams",
+                "2",
+                "--time",
+                "1",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ok = out.status.success()
+            && serde_json::from_str::<serde_json::Value>(&stdout)
+                .map(|d| d["errors"].as_array().is_some_and(|e| e.is_empty()))
+                .unwrap_or(false);
+        println!("round {round} {workload}: ok={ok}");
+        if !ok {
+            failures.push(format!(
+                "round {round} {workload}: {}\n{stdout}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+    if !failures.is_empty() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let interesting: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("finished") || l.contains("fail"))
+            .collect();
+        let tail = interesting[interesting.len().saturating_sub(60)..].join("\n");
+        panic!("{}\nrelay log (not finished):\n{tail}", failures.join("\n"));
     }
 }
 
@@ -376,6 +456,7 @@ fn main() {
         let name = args.get(i + 1).expect("scenario name");
         let (_, scenario) = SCENARIOS
             .iter()
+            .chain(KNOWN_ISSUES)
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no scenario {name}"));
         scenario();
@@ -389,8 +470,14 @@ fn main() {
         return;
     }
     let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
+    let known = if filters.is_empty() {
+        &[][..]
+    } else {
+        KNOWN_ISSUES
+    };
     let selected: Vec<&Scenario> = SCENARIOS
         .iter()
+        .chain(known)
         .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
         .collect();
     if selected.is_empty() {
