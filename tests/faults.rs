@@ -153,3 +153,250 @@ fn sigpipe_from_outside_does_not_stop_the_relay() {
     assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
     assert!(!path.exists());
 }
+
+// ---- truncation reaches the other side as a reset (issue 9, defect 7) ----
+
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(stream: std::net::TcpStream) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &abort)
+        .expect("SO_LINGER");
+    drop(stream);
+}
+
+/// Reads until end of file or an error: (bytes read, the error if one ended it).
+fn read_until_end(stream: &mut std::net::TcpStream) -> (usize, Option<std::io::Error>) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (total, None),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (total, Some(e)),
+        }
+    }
+}
+
+/// A TCP relay in front of a TCP listener the test drives by hand: (relay, backend listener,
+/// relay address).
+fn tcp_relay_to_hand_backend(extra: &[&str]) -> (Relay, std::net::TcpListener, String) {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut args = vec!["-d"];
+    args.extend_from_slice(extra);
+    args.extend([listen.as_str(), upstream.as_str()]);
+    let relay = Relay::start(&args);
+    (relay, backend, format!("127.0.0.1:{port}"))
+}
+
+#[test]
+fn a_backend_reset_mid_stream_reaches_the_client_as_a_reset_not_an_end_of_file() {
+    use std::io::Write;
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    server.write_all(&payload(MIB, 7).data).unwrap();
+    reset(server);
+    let (got, error) = read_until_end(&mut client);
+    let kind = error.as_ref().map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the client got {got} bytes then {error:?} (None: a clean end of file); stderr:\n{}",
+        relay.log()
+    );
+    drop(client);
+    // The relay still serves.
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, error) = read_until_end(&mut server);
+    assert_eq!((got, error.is_none()), (4, true));
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn a_client_reset_mid_stream_reaches_the_backend_as_a_reset_not_an_end_of_file() {
+    use std::io::Write;
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    client.write_all(&payload(MIB, 8).data).unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    reset(client);
+    let (got, error) = read_until_end(&mut server);
+    let kind = error.as_ref().map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the backend got {got} bytes then {error:?} (None: a clean end of file); stderr:\n{}",
+        relay.log()
+    );
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn sigterm_during_a_256_mib_upload_lets_it_finish_within_the_drain() {
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let reply = payload(MIB, 31);
+    let server = ExchangeServer::spawn(server, reply.data.clone(), 1);
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start(&["-d", &listen, &upstream]);
+    let up = payload(256 * MIB, 32);
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let upload = {
+        let data = up.data.clone();
+        std::thread::spawn(move || exchange(Box::new(client), data))
+    };
+    relay.wait_for_log("relaying", LONG);
+    relay.signal(Signal::SIGTERM);
+    relay.wait_for_log("draining", LONG);
+    // No new connection is taken while draining.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed while draining"
+    );
+    let got = upload.join().unwrap().expect("the client's exchange");
+    assert_eq!(got.received, MIB);
+    assert_eq!(got.sha, reply.sha);
+    let at_server = server.next(LONG);
+    assert_eq!(at_server.received, 256 * MIB, "{}", relay.log());
+    assert_eq!(at_server.sha, up.sha);
+    assert_eq!(relay.wait_exit(LONG).code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn a_second_sigterm_cuts_open_connections_and_both_peers_see_a_reset() {
+    use std::io::{Read, Write};
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    client.write_all(b"hello").unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    let mut hello = [0u8; 5];
+    server.read_exact(&mut hello).unwrap();
+    relay.signal(Signal::SIGTERM);
+    relay.wait_for_log("draining", LONG);
+    assert!(relay.is_running(), "an open connection holds the drain");
+    relay.signal(Signal::SIGTERM);
+    assert_eq!(relay.wait_exit(LONG).code(), Some(0), "{}", relay.log());
+    for (name, stream) in [("client", &mut client), ("backend", &mut server)] {
+        let (got, error) = read_until_end(stream);
+        assert_eq!(
+            error.as_ref().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "the {name} got {got} bytes then {error:?}; stderr:\n{}",
+            relay.log()
+        );
+    }
+}
+
+// ---- descriptor pressure: waking directions wait for descriptors (issue 9, defect 2) ----
+
+/// Raises this test process's descriptor limit to its hard limit (both ends of 1,000
+/// connections live here).
+fn raise_own_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+#[test]
+fn a_thousand_idle_clients_waking_at_once_under_nofile_1024_lose_no_byte() {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    const CLIENTS: usize = 1000;
+    const EACH: usize = 1000;
+    raise_own_nofile();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    widen_backlog(&backend);
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let backend_after = backend.try_clone().unwrap();
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=2048");
+    let mut relay = Relay::start_limited(1024, &["-d", &listen, &upstream]);
+    // Every client connects and stays idle; the relay dials the backend for each.
+    let accepter = std::thread::spawn(move || {
+        (0..CLIENTS)
+            .map(|_| {
+                let (s, _) = backend.accept().expect("backend accept");
+                s.set_read_timeout(Some(LONG)).unwrap();
+                s
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut clients: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(LONG)).unwrap();
+            c
+        })
+        .collect();
+    let mut servers = accepter.join().unwrap();
+    // All wake at once: every client sends its payload before anyone reads.
+    let payloads: Vec<Payload> = (0..CLIENTS)
+        .map(|i| payload(EACH, 1000 + i as u64))
+        .collect();
+    let by_sha: HashMap<&str, usize> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.sha.as_str(), i))
+        .collect();
+    for (c, p) in clients.iter_mut().zip(&payloads) {
+        c.write_all(&p.data).expect("client write");
+    }
+    // The backend receives every payload intact and echoes it.
+    let mut seen = vec![false; CLIENTS];
+    for s in &mut servers {
+        let mut buf = vec![0u8; EACH];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("backend read: {e}; relay stderr:\n{}", tail(&relay.log())));
+        let i = *by_sha
+            .get(sha_hex(&buf).as_str())
+            .expect("the backend received one client's payload intact");
+        assert!(!seen[i], "each payload arrives once");
+        seen[i] = true;
+        s.write_all(&buf).unwrap();
+    }
+    for (i, (c, p)) in clients.iter_mut().zip(&payloads).enumerate() {
+        let mut buf = vec![0u8; EACH];
+        c.read_exact(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "client {i} read: {e}; relay stderr:\n{}",
+                tail(&relay.log())
+            )
+        });
+        assert_eq!(sha_hex(&buf), p.sha, "client {i} got its echo intact");
+    }
+    assert!(
+        !relay.log().contains("failed"),
+        "no connection failed while they all woke; stderr:\n{}",
+        tail(&relay.log())
+    );
+    drop(clients);
+    drop(servers);
+    // A new client is served.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"after").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut s, _) = backend_after.accept().unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"after");
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+/// The last 40 lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

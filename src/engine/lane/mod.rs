@@ -69,6 +69,9 @@ pub enum Pumped {
     Yield,
     /// Finished or failed: the connection decides whether it goes on.
     Ended,
+    /// Could not take a pipe (the process or the system is out of descriptors): nothing was
+    /// lost; run it again after a pause, as dials wait for descriptors.
+    NoDescriptors,
 }
 
 /// One direction of a connection, on one of the data paths.

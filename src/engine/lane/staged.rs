@@ -20,6 +20,14 @@ pub enum Staging {
     Copy(CopyBuffer),
 }
 
+/// Errors of pipe creation that pass when other connections close: wait, do not fail.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
+}
+
 #[derive(Debug)]
 pub struct StagedLane {
     flow: Flow,
@@ -85,6 +93,7 @@ impl StagedLane {
                         match stage.ensure(cx.pipes) {
                             Ok(Some(capacity)) => self.flow.set_capacity(capacity),
                             Ok(None) => {}
+                            Err(e) if out_of_descriptors(&e) => return Pumped::NoDescriptors,
                             Err(e) => {
                                 self.flow.fail(FlowOp::Read, errno_of(&e));
                                 continue;
