@@ -149,16 +149,19 @@ pub struct Dial {
     last_error: Option<DialError>,
 }
 
-/// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected.
+/// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected. A
+/// rejected reply is quoted with its control characters escaped (`\n`, `\u{1b}`), so a
+/// VMM's bytes cannot forge or hide log lines.
 pub fn parse_handshake_reply(line: &[u8]) -> Result<u32, String> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
+    let quoted = || text.escape_debug().to_string();
     match text.strip_prefix("OK ") {
         Some(port) => port
             .trim()
             .parse::<u32>()
-            .map_err(|_| format!("unexpected reply \"{text}\"")),
-        None => Err(format!("reply \"{text}\"")),
+            .map_err(|_| format!("unexpected reply \"{}\"", quoted())),
+        None => Err(format!("reply \"{}\"", quoted())),
     }
 }
 
@@ -580,6 +583,17 @@ mod tests {
             parse_handshake_reply(b"OK x"),
             Err("unexpected reply \"OK x\"".to_string())
         );
+    }
+
+    #[test]
+    fn a_vmm_reply_with_control_bytes_cannot_forge_log_lines() {
+        let forged = b"ERR x\r\n2026/11/26 vsplice[1] N conn 1 closed: finished\x1b[2K";
+        let why = parse_handshake_reply(forged).unwrap_err();
+        assert!(!why.chars().any(char::is_control), "escaped: {why:?}");
+        assert!(why.contains("\\n2026"), "{why}");
+        assert!(why.contains("\\u{1b}"), "{why}");
+        let why = parse_handshake_reply(b"OK 5\nx").unwrap_err();
+        assert!(!why.chars().any(char::is_control), "{why:?}");
     }
 
     #[test]
