@@ -307,7 +307,8 @@ mod tests {
             assert!(path.exists());
         }
         assert!(!path.exists(), "socket file removed on drop");
-        std::fs::write(&path, b"stale").unwrap();
+        // A stale socket file (its listener gone) keeps the kernel's message.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let err = Listener::open(&Address::parse(&text).unwrap()).unwrap_err();
         assert!(err.to_string().contains("Address already in use"), "{err}");
         let _l = Listener::open(&Address::parse(&format!("{text},unlink-early")).unwrap()).unwrap();
