@@ -38,14 +38,15 @@ const SCENARIOS: &[Scenario] = &[
     ("bench_demo_relay_cost_on_vsock", bench_demo_vsock),
     ("bench_request_response_on_vsock", bench_rr_vsock),
     ("bench_vsock_buffer_takes_effect", bench_vsock_buffer),
+    (
+        "relayed_crr_bursts_over_vsock_lose_no_connection",
+        relayed_crr_vsock,
+    ),
 ];
 
-/// Scenarios that reproduce a known, open problem: they run only when a filter names them
-/// (`cargo test --test vsock_guest -- relayed_crr`), so the suite stays green meanwhile.
-const KNOWN_ISSUES: &[Scenario] = &[(
-    "relayed_crr_bursts_over_vsock_lose_no_connection",
-    relayed_crr_vsock,
-)];
+/// Scenarios that reproduce a known, open problem: they run only when a filter names them,
+/// so the suite stays green meanwhile.
+const KNOWN_ISSUES: &[Scenario] = &[];
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
 fn bench_over_vsock() {
@@ -99,9 +100,8 @@ fn bench_over_vsock() {
 }
 
 /// `--rr` and `--crr` over real vsock: percentiles ordered, both ends counting the same
-/// transactions (a mismatch is in `errors`). Through a relay they run on TCP and UNIX
-/// (tests/bench.rs): on this guest's vsock loopback a relayed data connection is now and then
-/// lost after a burst of `--crr` connections (under investigation), so none here.
+/// transactions (a mismatch is in `errors`). Through a relay over vsock:
+/// `relayed_crr_bursts_over_vsock_lose_no_connection`.
 fn bench_rr_vsock() {
     let _server = Relay::spawn(
         &["bench", "server", "VSOCK-LISTEN:5102,backlog=512"],
@@ -143,10 +143,10 @@ fn bench_rr_vsock() {
 /// vsplice relay over vsock loopback: every data connection is relayed, both ends count the
 /// same transactions, several rounds in a row.
 ///
-/// Known issue (2026-11-26): fails on this guest's vsock_loopback (kernel 6.1um) in most runs,
-/// with the pre-refactor binary (6527369) as with today's (4 of 6 rounds vs 2 of 6 failed in
-/// one run each): the relay gets ENOTCONN writing to (or reading from) a vsock socket it
-/// holds as connected, and closes that connection; `--rr` (long-lived connections) never fails.
+/// Before the dial checked that a writable vsock socket is connected (getpeername), this
+/// failed in most runs on this guest's vsock_loopback, with the pre-refactor binary (6527369)
+/// as with later ones: the relay's dial saw the socket writable with no error while it was
+/// not connected, and the first write failed with ENOTCONN.
 fn relayed_crr_vsock() {
     relayed_crr_with(vsplice_bin());
 }

@@ -214,6 +214,13 @@ impl Dial {
             (Phase::Idle, _) => self.start_round(),
             (Phase::Backoff, _) => self.start_round(),
             (Phase::Connecting { socket, target, .. }, Event::Ready) => match socket.take_error() {
+                // vsock (seen on vsock_loopback, 6.1) can report a connecting socket writable
+                // with no error before it is connected: writing then fails with ENOTCONN. Such
+                // an attempt failed; `retry` tries again with a fresh socket.
+                Ok(None) if socket.peer_addr().is_err() => {
+                    self.attempt_failed(&target, "writable but not connected");
+                    self.try_next()
+                }
                 Ok(None) => self.connected(socket, target),
                 Ok(Some(e)) | Err(e) => {
                     self.attempt_failed(&target, &e.to_string());
