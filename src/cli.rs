@@ -90,6 +90,10 @@ pub struct Cli {
     /// Close a connection after this long without data
     #[arg(short = 'T', value_name = "SECONDS", value_parser = positive_duration_arg)]
     pub idle_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, stop accepting and let open connections finish for this long, then
+    /// cut them with resets (a second signal cuts at once; 0: cut at once)
+    #[arg(long, value_name = "SECONDS", value_parser = duration_arg, default_value = "30")]
+    pub drain_timeout: Duration,
     /// One-way: only first address -> second address
     #[arg(short = 'u', conflicts_with = "reverse_only")]
     pub forward_only: bool,
@@ -226,6 +230,7 @@ pub fn plan(cli: Cli) -> Result<Plan> {
         second,
         threads,
         engine,
+        drain_timeout: cli.drain_timeout,
     })))
 }
 

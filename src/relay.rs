@@ -5,6 +5,8 @@
 //! The acceptor runs on the main thread: poll(2) on the listener, the stop signalfd and the
 //! engine's "a connection closed" eventfd. With `max-children` it stops polling the listener
 //! while the relay is full, so excess clients wait in the backlog instead of being refused.
+//! A stop signal closes the listener and drains: open connections may finish for
+//! `--drain-timeout`; then, or at a second signal, the engine cuts the rest with resets.
 
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ pub struct RelayPlan {
     pub second: Address,
     pub threads: usize,
     pub engine: EngineConfig,
+    /// How long open connections may finish after a stop signal (`--drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 /// Checks that the two addresses make sense together (stage two of argument parsing).
@@ -122,7 +126,7 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
             first,
             second: second_end,
         });
-        let stopped = wait_idle(&engine, &signals);
+        let stopped = wait_idle(&engine, &signals, plan.drain_timeout);
         finish(engine, &plan, stopped)
     }
 }
@@ -225,8 +229,13 @@ fn serve(
         drop(fds);
         if signalled {
             if let Some(signo) = signals.take() {
-                notice!("signal {signo}: stopping");
                 drop(listener.take());
+                let live = shared.live.load(Ordering::SeqCst);
+                notice!(
+                    "signal {signo}: stopped accepting; draining {live} connections for {:?}",
+                    plan.drain_timeout
+                );
+                engine.drain(plan.drain_timeout, signals.as_fd(), || signals.take());
                 return finish(engine, plan, true);
             }
         }
@@ -285,7 +294,7 @@ fn serve(
 }
 
 /// Waits until no connection is left or a stop signal arrives; true if stopped by a signal.
-fn wait_idle(engine: &Engine, signals: &StopSignals) -> bool {
+fn wait_idle(engine: &Engine, signals: &StopSignals, drain_timeout: Duration) -> bool {
     let shared = engine.shared();
     while shared.live.load(Ordering::SeqCst) > 0 {
         let mut fds = [
@@ -294,7 +303,8 @@ fn wait_idle(engine: &Engine, signals: &StopSignals) -> bool {
         ];
         let _ = poll(&mut fds, PollTimeout::NONE);
         if let Some(signo) = signals.take() {
-            notice!("signal {signo}: stopping");
+            notice!("signal {signo}: draining for {:?}", drain_timeout);
+            engine.drain(drain_timeout, signals.as_fd(), || signals.take());
             return true;
         }
         shared.closed.drain();
@@ -312,7 +322,7 @@ fn print_totals(shared: &Shared) {
     );
 }
 
-/// Stops the engine and picks the exit status: 1 when the only connection of a non-forking
+/// Stops the engine (cutting what is still open with resets) and picks the exit status: 1 when the only connection of a non-forking
 /// relay failed, 0 otherwise (including a stop by signal).
 fn finish(mut engine: Engine, plan: &RelayPlan, stopped: bool) -> Result<ExitCode> {
     engine.stop();

@@ -153,3 +153,552 @@ fn sigpipe_from_outside_does_not_stop_the_relay() {
     assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
     assert!(!path.exists());
 }
+
+// ---- truncation reaches the other side as a reset (issue 9, defect 7) ----
+
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(stream: std::net::TcpStream) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &abort)
+        .expect("SO_LINGER");
+    drop(stream);
+}
+
+/// Reads until end of file or an error: (bytes read, the error if one ended it).
+fn read_until_end(stream: &mut std::net::TcpStream) -> (usize, Option<std::io::Error>) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (total, None),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (total, Some(e)),
+        }
+    }
+}
+
+/// A TCP relay in front of a TCP listener the test drives by hand: (relay, backend listener,
+/// relay address).
+fn tcp_relay_to_hand_backend(extra: &[&str]) -> (Relay, std::net::TcpListener, String) {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut args = vec!["-d"];
+    args.extend_from_slice(extra);
+    args.extend([listen.as_str(), upstream.as_str()]);
+    let relay = Relay::start(&args);
+    (relay, backend, format!("127.0.0.1:{port}"))
+}
+
+#[test]
+fn a_backend_reset_mid_stream_reaches_the_client_as_a_reset_not_an_end_of_file() {
+    use std::io::Write;
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    server.write_all(&payload(MIB, 7).data).unwrap();
+    reset(server);
+    let (got, error) = read_until_end(&mut client);
+    let kind = error.as_ref().map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the client got {got} bytes then {error:?} (None: a clean end of file); stderr:\n{}",
+        relay.log()
+    );
+    drop(client);
+    // The relay still serves.
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, error) = read_until_end(&mut server);
+    assert_eq!((got, error.is_none()), (4, true));
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn a_client_reset_mid_stream_reaches_the_backend_as_a_reset_not_an_end_of_file() {
+    use std::io::Write;
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    client.write_all(&payload(MIB, 8).data).unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    reset(client);
+    let (got, error) = read_until_end(&mut server);
+    let kind = error.as_ref().map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the backend got {got} bytes then {error:?} (None: a clean end of file); stderr:\n{}",
+        relay.log()
+    );
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn sigterm_during_a_256_mib_upload_lets_it_finish_within_the_drain() {
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let reply = payload(MIB, 31);
+    let server = ExchangeServer::spawn(server, reply.data.clone(), 1);
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start(&["-d", &listen, &upstream]);
+    let up = payload(256 * MIB, 32);
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let upload = {
+        let data = up.data.clone();
+        std::thread::spawn(move || exchange(Box::new(client), data))
+    };
+    relay.wait_for_log("relaying", LONG);
+    relay.signal(Signal::SIGTERM);
+    relay.wait_for_log("draining", LONG);
+    // No new connection is taken while draining.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed while draining"
+    );
+    let got = upload.join().unwrap().expect("the client's exchange");
+    assert_eq!(got.received, MIB);
+    assert_eq!(got.sha, reply.sha);
+    let at_server = server.next(LONG);
+    assert_eq!(at_server.received, 256 * MIB, "{}", relay.log());
+    assert_eq!(at_server.sha, up.sha);
+    assert_eq!(relay.wait_exit(LONG).code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn a_second_sigterm_cuts_open_connections_and_both_peers_see_a_reset() {
+    use std::io::{Read, Write};
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    client.write_all(b"hello").unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    let mut hello = [0u8; 5];
+    server.read_exact(&mut hello).unwrap();
+    relay.signal(Signal::SIGTERM);
+    relay.wait_for_log("draining", LONG);
+    assert!(relay.is_running(), "an open connection holds the drain");
+    relay.signal(Signal::SIGTERM);
+    assert_eq!(relay.wait_exit(LONG).code(), Some(0), "{}", relay.log());
+    for (name, stream) in [("client", &mut client), ("backend", &mut server)] {
+        let (got, error) = read_until_end(stream);
+        assert_eq!(
+            error.as_ref().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "the {name} got {got} bytes then {error:?}; stderr:\n{}",
+            relay.log()
+        );
+    }
+}
+
+// ---- descriptor pressure: waking directions wait for descriptors (issue 9, defect 2) ----
+
+/// Raises this test process's descriptor limit to its hard limit (both ends of 1,000
+/// connections live here).
+fn raise_own_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+#[test]
+fn a_thousand_idle_clients_waking_at_once_under_nofile_1024_lose_no_byte() {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    const CLIENTS: usize = 1000;
+    const EACH: usize = 1000;
+    raise_own_nofile();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    widen_backlog(&backend);
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let backend_after = backend.try_clone().unwrap();
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=2048");
+    let mut relay = Relay::start_limited(1024, &["-d", &listen, &upstream]);
+    // Every client connects and stays idle; the relay dials the backend for each.
+    let accepter = std::thread::spawn(move || {
+        (0..CLIENTS)
+            .map(|_| {
+                let (s, _) = backend.accept().expect("backend accept");
+                s.set_read_timeout(Some(LONG)).unwrap();
+                s
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut clients: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(LONG)).unwrap();
+            c
+        })
+        .collect();
+    let mut servers = accepter.join().unwrap();
+    // All wake at once: every client sends its payload before anyone reads.
+    let payloads: Vec<Payload> = (0..CLIENTS)
+        .map(|i| payload(EACH, 1000 + i as u64))
+        .collect();
+    let by_sha: HashMap<&str, usize> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.sha.as_str(), i))
+        .collect();
+    for (c, p) in clients.iter_mut().zip(&payloads) {
+        c.write_all(&p.data).expect("client write");
+    }
+    // The backend receives every payload intact and echoes it.
+    let mut seen = vec![false; CLIENTS];
+    for s in &mut servers {
+        let mut buf = vec![0u8; EACH];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("backend read: {e}; relay stderr:\n{}", tail(&relay.log())));
+        let i = *by_sha
+            .get(sha_hex(&buf).as_str())
+            .expect("the backend received one client's payload intact");
+        assert!(!seen[i], "each payload arrives once");
+        seen[i] = true;
+        s.write_all(&buf).unwrap();
+    }
+    for (i, (c, p)) in clients.iter_mut().zip(&payloads).enumerate() {
+        let mut buf = vec![0u8; EACH];
+        c.read_exact(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "client {i} read: {e}; relay stderr:\n{}",
+                tail(&relay.log())
+            )
+        });
+        assert_eq!(sha_hex(&buf), p.sha, "client {i} got its echo intact");
+    }
+    assert!(
+        !relay.log().contains("failed"),
+        "no connection failed while they all woke; stderr:\n{}",
+        tail(&relay.log())
+    );
+    drop(clients);
+    drop(servers);
+    // A new client is served.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"after").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut s, _) = backend_after.accept().unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"after");
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+/// The last 40 lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+// ---- memory of idle connections on the copy path (issue 9, defect 3) ----
+
+/// A field of /proc/PID/status in KiB (VmRSS, VmPin, ...).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `clients` connections through `relay` (listening on `port`) to `backend`, all open at
+/// once and relayed: (clients, backend ends).
+fn connect_many(
+    relay: &Relay,
+    port: u16,
+    backend: std::net::TcpListener,
+    clients: usize,
+) -> (Vec<std::net::TcpStream>, Vec<std::net::TcpStream>) {
+    let accepter = std::thread::spawn(move || {
+        (0..clients)
+            .map(|_| {
+                let (s, _) = backend.accept().expect("backend accept");
+                s.set_read_timeout(Some(LONG)).unwrap();
+                s
+            })
+            .collect::<Vec<_>>()
+    });
+    let conns: Vec<std::net::TcpStream> = (0..clients)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(LONG)).unwrap();
+            c
+        })
+        .collect();
+    let servers = accepter.join().unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while relay.log().matches(": relaying ").count() < clients {
+        assert!(std::time::Instant::now() < deadline, "not all relayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (conns, servers)
+}
+
+#[test]
+fn a_thousand_idle_connections_in_copy_mode_hold_no_buffers() {
+    const CLIENTS: usize = 1000;
+    raise_own_nofile();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    widen_backlog(&backend);
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=2048");
+    let mut relay = Relay::start(&["-d", "--mode", "copy", "-b", "1M", &listen, &upstream]);
+    let pid = relay.child.id();
+    let (mut clients, mut servers) = connect_many(&relay, port, backend, CLIENTS);
+    let (rss, pin) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmPin"));
+    println!("{CLIENTS} idle copy-mode connections: VmRSS {rss} KiB, VmPin {pin} KiB");
+    // Before: 2 x 1 MiB per connection, pinned (about 2 GB). Bounded: no buffer per idle one.
+    assert!(pin < 64 * 1024, "VmPin {pin} KiB for idle connections");
+    assert!(rss < 256 * 1024, "VmRSS {rss} KiB for idle connections");
+    // They all still work: every client sends a hashed payload at once, the backend echoes.
+    echo_all(&mut clients, &mut servers, 64 * 1024);
+    let pin = status_kib(pid, "VmPin");
+    assert!(
+        pin < 64 * 1024,
+        "VmPin {pin} KiB after they went idle again"
+    );
+    drop(clients);
+    drop(servers);
+    assert_eq!(relay.stop().code(), Some(0));
+}
+
+/// Every client sends `each` bytes (its own pattern) at once; the backend ends, in whatever
+/// order the relay dialed them, read each payload, find it intact and echo it; every client
+/// reads its echo intact.
+fn echo_all(clients: &mut [std::net::TcpStream], servers: &mut [std::net::TcpStream], each: usize) {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    let payloads: Vec<Payload> = (0..clients.len())
+        .map(|i| payload(each, 5000 + i as u64))
+        .collect();
+    let by_sha: HashMap<&str, usize> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.sha.as_str(), i))
+        .collect();
+    let writers: Vec<_> = clients
+        .iter()
+        .zip(&payloads)
+        .map(|(c, p)| {
+            let mut c = c.try_clone().unwrap();
+            let data = p.data.clone();
+            std::thread::spawn(move || c.write_all(&data).unwrap())
+        })
+        .collect();
+    let mut seen = vec![false; clients.len()];
+    for s in servers.iter_mut() {
+        let mut buf = vec![0u8; each];
+        s.read_exact(&mut buf).expect("backend read");
+        let i = *by_sha
+            .get(sha_hex(&buf).as_str())
+            .expect("the backend received one client's payload intact");
+        assert!(!seen[i], "each payload arrives once");
+        seen[i] = true;
+        s.write_all(&buf).unwrap();
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    for (i, (c, p)) in clients.iter_mut().zip(&payloads).enumerate() {
+        let mut buf = vec![0u8; each];
+        c.read_exact(&mut buf).expect("client read");
+        assert_eq!(sha_hex(&buf), p.sha, "client {i} got its echo intact");
+    }
+}
+
+// ---- churn: descriptors and memory back to baseline ----
+
+#[test]
+fn twenty_thousand_short_connections_leave_descriptors_and_rss_at_baseline() {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    widen_backlog(&server);
+    let upstream = format!("TCP:{}", server.local_addr().unwrap());
+    // An echo backend that serves connections one after another.
+    std::thread::spawn(move || {
+        for s in server.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    // -d only (warnings): twenty thousand notices would be most of the test's work.
+    let mut relay = Relay::start(&[&listen, &upstream]);
+    let pid = relay.child.id();
+    let one = |i: u32| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(LONG)).unwrap();
+        let msg = i.to_be_bytes();
+        c.write_all(&msg).unwrap();
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg, "connection {i} echoed intact");
+    };
+    for i in 0..1000 {
+        one(i);
+    }
+    // Idle pools fill during the warm-up; the baseline is taken after it.
+    std::thread::sleep(Duration::from_millis(500));
+    let (fds, rss) = (open_fds(pid), status_kib(pid, "VmRSS"));
+    for i in 0..20_000 {
+        one(i);
+    }
+    let deadline = std::time::Instant::now() + LONG;
+    while open_fds(pid) > fds && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (fds_after, rss_after) = (open_fds(pid), status_kib(pid, "VmRSS"));
+    println!("churn: fds {fds} -> {fds_after}, VmRSS {rss} -> {rss_after} KiB");
+    assert!(fds_after <= fds, "descriptors {fds} -> {fds_after}");
+    assert!(
+        rss_after <= rss + 32 * 1024,
+        "VmRSS {rss} -> {rss_after} KiB"
+    );
+    one(7);
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
+// ---- pipe quota: an unprivileged user past fs.pipe-user-pages-soft ----
+
+#[test]
+fn an_unprivileged_relay_past_its_pipe_quota_loses_no_byte() {
+    // 48 connections x 2 directions x 1 MiB pipes = 96 MiB, past the default soft quota of
+    // 16384 pages (64 MiB) per user: later pipes get one page and the relay must go on.
+    const CONNS: usize = 48;
+    const EACH: usize = 4 * MIB;
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let reply = payload(EACH, 77);
+    let server = ExchangeServer::spawn(server, reply.data.clone(), CONNS);
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start_unprivileged(&["-d", "-b", "1M", &listen, &upstream]);
+    let clients: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let up = payload(EACH, 100 + i as u64);
+            std::thread::spawn(move || {
+                let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                (exchange(Box::new(c), up.data.clone()).unwrap(), up.sha)
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for c in clients {
+        let (got, sha) = c.join().unwrap();
+        assert_eq!(got.received, EACH);
+        assert_eq!(got.sha, reply.sha, "every client got the reply intact");
+        sent.push(sha);
+    }
+    for _ in 0..CONNS {
+        let at_server = server.next(LONG);
+        assert_eq!(at_server.received, EACH);
+        assert!(
+            sent.contains(&at_server.sha),
+            "the server got a payload intact"
+        );
+    }
+    assert!(
+        !relay.log().contains("failed"),
+        "no connection failed; stderr:\n{}",
+        tail(&relay.log())
+    );
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+// ---- a slow reader against fast writers, on every data path ----
+
+#[test]
+fn a_slow_reader_against_fast_writers_keeps_relay_memory_bounded_on_every_data_path() {
+    use std::io::Read;
+    const WRITERS: usize = 4;
+    const EACH: usize = 8 * MIB;
+    for mode in ["splice", "uring-splice", "copy", "recv", "recv-zc"] {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+        let port = free_port();
+        let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+        let mut relay = Relay::start(&["-d", "--mode", mode, "-b", "1M", &listen, &upstream]);
+        let pid = relay.child.id();
+        // The backend reads 16 KiB at a time with a pause between reads.
+        let readers = std::thread::spawn(move || {
+            let handles: Vec<_> = (0..WRITERS)
+                .map(|_| {
+                    let (mut s, _) = backend.accept().unwrap();
+                    std::thread::spawn(move || {
+                        let mut all = Vec::with_capacity(EACH);
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            match s.read(&mut buf).unwrap() {
+                                0 => return sha_hex(&all),
+                                n => all.extend_from_slice(&buf[..n]),
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        let payloads: Vec<Payload> = (0..WRITERS)
+            .map(|i| payload(EACH, 900 + i as u64))
+            .collect();
+        let writers: Vec<_> = payloads
+            .iter()
+            .map(|p| {
+                let data = p.data.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    c.write_all(&data).unwrap();
+                    c.shutdown(std::net::Shutdown::Write).unwrap();
+                    let mut rest = Vec::new();
+                    c.read_to_end(&mut rest).unwrap();
+                })
+            })
+            .collect();
+        let mut peak = 0;
+        while !readers.is_finished() {
+            peak = peak.max(status_kib(pid, "VmRSS"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut got = readers.join().unwrap();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut want: Vec<String> = payloads.iter().map(|p| p.sha.clone()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{mode}: every writer's bytes arrived intact");
+        println!("{mode}: relay VmRSS peak {peak} KiB with a slow reader");
+        assert!(peak < 128 * 1024, "{mode}: VmRSS peaked at {peak} KiB");
+        assert_eq!(relay.stop().code(), Some(0), "{mode}: {}", relay.log());
+    }
+}

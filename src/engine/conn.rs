@@ -51,6 +51,17 @@ impl CloseReason {
             CloseReason::Failed { .. } | CloseReason::DialFailed(_)
         )
     }
+
+    /// Whether the relay cut streams that had not ended: a direction failed (a peer's reset,
+    /// a write to a gone peer), `-T`, or the cut that ends a stop. Such a connection's sockets
+    /// close with a reset, so neither peer mistakes the truncated stream for a whole one. A
+    /// failed dial moved no byte, and `-t` ends what the user asked to end: both close as usual.
+    pub fn truncates(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Failed { .. } | CloseReason::IdleTimeout | CloseReason::Stopped
+        )
+    }
 }
 
 impl fmt::Display for CloseReason {

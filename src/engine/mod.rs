@@ -36,6 +36,7 @@ mod worker;
 pub use lane::{flow, recv};
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -388,7 +389,45 @@ impl Engine {
         self.workers.len()
     }
 
-    /// Closes every connection and joins the workers.
+    /// Lets open connections finish: returns once none is left (true), when `timeout` has
+    /// passed, or when `interrupt` (polled whenever `interrupt_fd` is readable) reports a
+    /// second request to stop. What is still open afterwards is cut by [`Engine::stop`].
+    pub fn drain(
+        &self,
+        timeout: Duration,
+        interrupt_fd: BorrowedFd<'_>,
+        mut interrupt: impl FnMut() -> Option<i32>,
+    ) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let shared = &self.shared;
+        shared.wake_on_close.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let live = shared.live.load(Ordering::SeqCst);
+            if live == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                crate::notice!("drain timeout: cutting {live} connections");
+                return false;
+            }
+            let mut fds = [
+                PollFd::new(interrupt_fd, PollFlags::POLLIN),
+                PollFd::new(shared.closed.as_fd(), PollFlags::POLLIN),
+            ];
+            let wait = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let _ = poll(&mut fds, wait);
+            if let Some(signo) = interrupt() {
+                crate::notice!("signal {signo} while draining: cutting {live} connections");
+                return false;
+            }
+            shared.closed.drain();
+        }
+    }
+
+    /// Closes every connection (those that had not ended get a reset) and joins the workers.
     pub fn stop(&mut self) {
         for w in &self.workers {
             let _ = w.jobs.send(Message::Stop);

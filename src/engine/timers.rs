@@ -1,5 +1,5 @@
 //! A worker's timers: per-connection deadlines (a dial's wait, `-T` inactivity, `-t`
-//! linger) in one heap, and the one place that decides how long the worker may sleep.
+//! linger, a direction's retry after running out of descriptors) in one heap, and the one place that decides how long the worker may sleep.
 //!
 //! Timers are never cancelled: each names its connection's slab key and serial, and a timer
 //! of a connection that is gone (or of an earlier dial wait) is recognised and skipped.
@@ -14,6 +14,8 @@ pub enum TimerKind {
     Dial(u32),
     Idle,
     Linger,
+    /// Run direction number `index` again: it could not take a pipe for want of descriptors.
+    Retry(u8),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -35,6 +35,9 @@ use crate::{debug, info};
 
 mod dial;
 
+/// How long a direction that found no descriptor for a pipe waits before it tries again.
+const DESCRIPTOR_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub(super) struct Worker {
     index: usize,
     ring: Ring,
@@ -225,6 +228,16 @@ impl Worker {
                 self.runq.push_back((key, serial, dir));
             }
             Some(Pumped::Ended) => self.evaluate(key),
+            Some(Pumped::NoDescriptors) => {
+                let conn = &self.conns[key];
+                debug!("conn {}: {dir}: no descriptor for a pipe; waiting", conn.id);
+                self.timers.push(Timer {
+                    at: Instant::now() + DESCRIPTOR_RETRY,
+                    key,
+                    serial: conn.serial,
+                    kind: TimerKind::Retry(dir.index() as u8),
+                });
+            }
         }
     }
 
@@ -397,6 +410,16 @@ impl Worker {
             _ => 0,
         });
         stats::record_close(&conn, reason, delivered, &self.shared);
+        if reason.truncates() {
+            for end in [Some(&conn.first), conn.second.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if let Err(e) = end.reset_on_close() {
+                    debug!("conn {}: cannot arm a reset on close: {e}", conn.id);
+                }
+            }
+        }
         // The endpoints close when this function returns, after the lanes let go of the
         // kernel's references.
         let Conn {
@@ -441,6 +464,11 @@ impl Worker {
             }
             match timer.kind {
                 TimerKind::Dial(epoch) => self.on_dial_timer(timer.key, epoch),
+                TimerKind::Retry(index) => {
+                    if conn.is_relaying() {
+                        self.pump(timer.key, Direction::from_index(index as usize));
+                    }
+                }
                 TimerKind::Linger => {
                     if conn.is_relaying() {
                         self.close(timer.key, CloseReason::LingerExpired);

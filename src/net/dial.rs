@@ -149,16 +149,19 @@ pub struct Dial {
     last_error: Option<DialError>,
 }
 
-/// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected.
+/// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected. A
+/// rejected reply is quoted with its control characters escaped (`\n`, `\u{1b}`), so a
+/// VMM's bytes cannot forge or hide log lines.
 pub fn parse_handshake_reply(line: &[u8]) -> Result<u32, String> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
+    let quoted = || text.escape_debug().to_string();
     match text.strip_prefix("OK ") {
         Some(port) => port
             .trim()
             .parse::<u32>()
-            .map_err(|_| format!("unexpected reply \"{text}\"")),
-        None => Err(format!("reply \"{text}\"")),
+            .map_err(|_| format!("unexpected reply \"{}\"", quoted())),
+        None => Err(format!("reply \"{}\"", quoted())),
     }
 }
 
@@ -211,6 +214,13 @@ impl Dial {
             (Phase::Idle, _) => self.start_round(),
             (Phase::Backoff, _) => self.start_round(),
             (Phase::Connecting { socket, target, .. }, Event::Ready) => match socket.take_error() {
+                // vsock (seen on vsock_loopback, 6.1) can report a connecting socket writable
+                // with no error before it is connected: writing then fails with ENOTCONN. Such
+                // an attempt failed; `retry` tries again with a fresh socket.
+                Ok(None) if socket.peer_addr().is_err() => {
+                    self.attempt_failed(&target, "writable but not connected");
+                    self.try_next()
+                }
                 Ok(None) => self.connected(socket, target),
                 Ok(Some(e)) | Err(e) => {
                     self.attempt_failed(&target, &e.to_string());
@@ -580,6 +590,17 @@ mod tests {
             parse_handshake_reply(b"OK x"),
             Err("unexpected reply \"OK x\"".to_string())
         );
+    }
+
+    #[test]
+    fn a_vmm_reply_with_control_bytes_cannot_forge_log_lines() {
+        let forged = b"ERR x\r\n2026/11/26 vsplice[1] N conn 1 closed: finished\x1b[2K";
+        let why = parse_handshake_reply(forged).unwrap_err();
+        assert!(!why.chars().any(char::is_control), "escaped: {why:?}");
+        assert!(why.contains("\\n2026"), "{why}");
+        assert!(why.contains("\\u{1b}"), "{why}");
+        let why = parse_handshake_reply(b"OK 5\nx").unwrap_err();
+        assert!(!why.chars().any(char::is_control), "{why:?}");
     }
 
     #[test]

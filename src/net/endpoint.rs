@@ -79,6 +79,15 @@ impl Endpoint {
         }
     }
 
+    /// Makes closing this endpoint reset its peer (see [`Socket::reset_on_close`]); nothing for
+    /// standard input and output, or a socket parked without a descriptor.
+    pub fn reset_on_close(&self) -> io::Result<()> {
+        match &self.io {
+            Io::Socket(s) => s.reset_on_close(),
+            Io::Stdio { .. } | Io::Parked => Ok(()),
+        }
+    }
+
     /// Whether splice(2) can read from this endpoint.
     pub fn can_splice_read(&self) -> bool {
         match &self.io {

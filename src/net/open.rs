@@ -57,6 +57,25 @@ pub struct Listener {
     peer_labels: bool,
 }
 
+/// What stands at a UNIX-LISTEN path when it is not a socket (bind would only say "Address
+/// already in use"); `None` when nothing is there or a socket is (a stale socket file keeps
+/// the kernel's message).
+fn not_a_socket(path: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    if kind.is_socket() {
+        None
+    } else if kind.is_file() {
+        Some("a regular file")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_symlink() {
+        Some("a symbolic link")
+    } else {
+        Some("a special file")
+    }
+}
+
 impl Listener {
     /// Binds and listens. Errors name the address and the OS error.
     pub fn open(address: &Address) -> Result<Listener, Error> {
@@ -110,6 +129,17 @@ impl Listener {
             local: local.to_string(),
             source,
         };
+        if let (Some(path), false) = (&socket_file, opts.unlink_early) {
+            if let Some(what) = not_a_socket(path) {
+                return Err(fail(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is {what}, not a socket (remove it, or add unlink-early)",
+                        path.display()
+                    ),
+                )));
+            }
+        }
         if let (Some(path), true) = (&socket_file, opts.unlink_early) {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -246,6 +276,27 @@ mod tests {
     }
 
     #[test]
+    fn a_regular_file_at_a_unix_listen_path_is_named_as_such() {
+        let dir = std::env::temp_dir().join(format!("vsplice-notsock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data.txt");
+        std::fs::write(&path, b"keep me").unwrap();
+        let text = format!("UNIX-LISTEN:{}", path.display());
+        let err = match Listener::open(&Address::parse(&text).unwrap()) {
+            Ok(_) => panic!("a regular file is not a socket"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("is a regular file, not a socket"), "{err}");
+        assert!(!err.contains("Address already in use"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"keep me",
+            "the file is left alone"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unix_listener_removes_its_file_and_honours_unlink_early() {
         let dir = std::env::temp_dir().join(format!("vsplice-open-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -256,7 +307,8 @@ mod tests {
             assert!(path.exists());
         }
         assert!(!path.exists(), "socket file removed on drop");
-        std::fs::write(&path, b"stale").unwrap();
+        // A stale socket file (its listener gone) keeps the kernel's message.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let err = Listener::open(&Address::parse(&text).unwrap()).unwrap_err();
         assert!(err.to_string().contains("Address already in use"), "{err}");
         let _l = Listener::open(&Address::parse(&format!("{text},unlink-early")).unwrap()).unwrap();

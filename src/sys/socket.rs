@@ -158,6 +158,17 @@ impl Socket {
         Ok((code != 0).then(|| io::Error::from_raw_os_error(code)))
     }
 
+    /// Makes the coming close abort the connection (SO_LINGER with a zero timeout): a TCP peer
+    /// gets a reset (ECONNRESET) instead of a FIN, so it cannot take a truncated stream for a
+    /// whole one. UNIX and vsock sockets have no reset; there the option changes nothing.
+    pub fn reset_on_close(&self) -> io::Result<()> {
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        ns::setsockopt(&self.fd, ns::sockopt::Linger, &abort).map_err(from_nix)
+    }
+
     /// Half-closes: the peer reads end of file, and we can still receive.
     pub fn shutdown_write(&self) -> io::Result<()> {
         match ns::shutdown(self.fd.as_raw_fd(), ns::Shutdown::Write) {

@@ -442,6 +442,18 @@ impl Relay {
         relay
     }
 
+    /// Starts `vsplice -dd ARGS` as user and group 65534 (nobody) through util-linux
+    /// `setpriv`, and waits until it listens: an unprivileged user, subject to the per-user
+    /// pipe quota (fs.pipe-user-pages-soft). Needs root.
+    pub fn start_unprivileged(args: &[&str]) -> Relay {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(vsplice_bin());
+        let relay = Relay::spawn_with(cmd, args, Stdio::null(), Stdio::null());
+        relay.wait_for_log("listening on", Duration::from_secs(20));
+        relay
+    }
+
     fn spawn_with(mut command: Command, args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
         let scratch = Scratch::new("relay");
         let log = scratch.path("stderr.log");
@@ -495,11 +507,20 @@ impl Relay {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Stops at once: SIGTERM, then SIGINT (a second stop signal skips the drain, and a
+    /// different signal cannot merge with the first while it is pending); waits for the exit
+    /// status.
     pub fn stop(&mut self) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Sends one signal (SIGTERM: the relay drains for `--drain-timeout`).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("send a signal");
     }
 
     pub fn is_running(&mut self) -> bool {

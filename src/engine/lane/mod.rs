@@ -27,7 +27,7 @@ use super::token::Op;
 use super::{Mode, RelayOptions};
 use crate::net::endpoint::Endpoint;
 
-pub use self::copy::CopyBuffer;
+pub use self::copy::{COPY_MEMORY_CAP, CopyBuffer, copy_memory_in_use};
 pub use self::ring::RingLane;
 pub use self::splice::{PipePool, PipeStage};
 pub use self::staged::{StagedLane, Staging};
@@ -69,6 +69,10 @@ pub enum Pumped {
     Yield,
     /// Finished or failed: the connection decides whether it goes on.
     Ended,
+    /// Could not take a pipe (the process or the system is out of descriptors): nothing was
+    /// lost; run it again after a pause, as dials wait for descriptors. Also: no room under
+    /// the copy buffers' cap.
+    NoDescriptors,
 }
 
 /// One direction of a connection, on one of the data paths.
@@ -106,11 +110,7 @@ impl Lane {
         let staging = if splice && source_splices && sink_splices {
             Staging::Pipe(PipeStage::default())
         } else {
-            Staging::Copy(CopyBuffer::registered(
-                options.copy_size.max(4096),
-                registry,
-                ring,
-            ))
+            Staging::Copy(CopyBuffer::lazy(options.copy_size.max(4096)))
         };
         let capacity = match &staging {
             Staging::Pipe(_) => options.pipe_size,

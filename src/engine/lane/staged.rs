@@ -16,8 +16,16 @@ use crate::{debug, info};
 pub enum Staging {
     /// Splice path: a pipe while bytes are in flight, none while idle.
     Pipe(PipeStage),
-    /// Copy path: a buffer for the connection's life.
+    /// Copy path: a buffer while bytes are in flight, none while idle.
     Copy(CopyBuffer),
+}
+
+/// Errors of pipe creation that pass when other connections close: wait, do not fail.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
 }
 
 #[derive(Debug)]
@@ -85,10 +93,16 @@ impl StagedLane {
                         match stage.ensure(cx.pipes) {
                             Ok(Some(capacity)) => self.flow.set_capacity(capacity),
                             Ok(None) => {}
+                            Err(e) if out_of_descriptors(&e) => return Pumped::NoDescriptors,
                             Err(e) => {
                                 self.flow.fail(FlowOp::Read, errno_of(&e));
                                 continue;
                             }
+                        }
+                    }
+                    if let Staging::Copy(buffer) = &mut self.staging {
+                        if !buffer.take(cx.registry, cx.ops.ring()) {
+                            return Pumped::NoDescriptors;
                         }
                     }
                     let Some(source) = cx.ends.source() else {
@@ -152,7 +166,7 @@ impl StagedLane {
                     }
                 }
                 Step::WaitReadable => {
-                    self.release_pipe(cx.pipes);
+                    self.release_pipe(cx);
                     let Some(source) = cx.ends.source() else {
                         self.flow.fail(FlowOp::Read, libc::EBADF);
                         continue;
@@ -187,7 +201,7 @@ impl StagedLane {
                     self.flow.complete(step, result);
                 }
                 Step::Finished | Step::Failed => {
-                    self.release_pipe(cx.pipes);
+                    self.release_pipe(cx);
                     return Pumped::Ended;
                 }
             }
@@ -234,6 +248,9 @@ impl StagedLane {
         if let Staging::Copy(buffer) = &mut self.staging {
             if self.flow.staged() == 0 {
                 buffer.rewind();
+                // Read only after readiness: a read of an empty blocking socket would hold
+                // the buffer (and its share of the cap) for as long as the peer is silent.
+                self.flow.await_readiness_first();
             }
         }
         cx.moved(outcome);
@@ -268,13 +285,15 @@ impl StagedLane {
         );
     }
 
-    /// Gives an empty pipe back to the pool (a pipe with bytes in it is never pooled).
-    fn release_pipe(&mut self, pipes: &mut PipePool) {
+    /// Gives an empty pipe back to the pool (a pipe with bytes in it is never pooled), or
+    /// frees an empty copy buffer.
+    fn release_pipe(&mut self, cx: &mut Cx<'_>) {
         if self.flow.staged() != 0 || self.pending.is_some() {
             return;
         }
-        if let Staging::Pipe(stage) = &mut self.staging {
-            stage.release(pipes);
+        match &mut self.staging {
+            Staging::Pipe(stage) => stage.release(cx.pipes),
+            Staging::Copy(buffer) => buffer.give_back(cx.registry, cx.ops.ring()),
         }
     }
 
