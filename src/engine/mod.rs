@@ -390,8 +390,10 @@ impl Engine {
     }
 
     /// Lets open connections finish: returns once none is left (true), when `timeout` has
-    /// passed, or when `interrupt` (polled whenever `interrupt_fd` is readable) reports a
-    /// second request to stop. What is still open afterwards is cut by [`Engine::stop`].
+    /// passed, or when `interrupt` reports a second request to stop. `interrupt` runs whenever
+    /// `interrupt_fd` is readable or a connection closes, and at least once a second (so a
+    /// caller can feed a watchdog there). What is still open afterwards is cut by
+    /// [`Engine::stop`].
     pub fn drain(
         &self,
         timeout: Duration,
@@ -416,7 +418,7 @@ impl Engine {
                 PollFd::new(interrupt_fd, PollFlags::POLLIN),
                 PollFd::new(shared.closed.as_fd(), PollFlags::POLLIN),
             ];
-            let wait = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+            let wait = PollTimeout::try_from(left.as_millis().clamp(1, 1_000) as i32)
                 .unwrap_or(PollTimeout::MAX);
             let _ = poll(&mut fds, wait);
             if let Some(signo) = interrupt() {

@@ -208,8 +208,16 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
             let _ = n.watchdog();
         }
     };
-    drain(&shared, &signals, server.plan.global.drain_timeout, &ping);
-    // Dropping the engine closes what is left and joins the workers.
+    // The acceptors are gone, so nothing else takes the engine's lock while it drains; the
+    // watchdog is fed as the drain starts and at least once a second while it lasts.
+    ping();
+    let engine = server.engine.lock().unwrap_or_else(|e| e.into_inner());
+    engine.drain(server.plan.global.drain_timeout, signals.as_fd(), || {
+        ping();
+        signals.take()
+    });
+    drop(engine);
+    // Dropping the engine cuts what is left (with resets) and joins the workers.
     drop(server);
     Ok(ExitCode::SUCCESS)
 }
@@ -244,32 +252,4 @@ fn wait_for(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) {
             .unwrap_or(PollTimeout::MAX),
     };
     let _ = poll(&mut polled, timeout);
-}
-
-/// Waits until no connection is left, the timeout passes, or a second stop signal comes.
-/// `ping` runs at least every second (the watchdog stays fed while draining).
-fn drain(shared: &Shared, signals: &StopSignals, timeout: Duration, ping: &dyn Fn()) {
-    let deadline = Instant::now() + timeout;
-    shared.wake_on_close.store(true, Ordering::SeqCst);
-    loop {
-        ping();
-        let live = shared.live.load(Ordering::SeqCst);
-        if live == 0 {
-            return;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            notice!("drain timeout: cutting {live} connections");
-            return;
-        }
-        wait_for(
-            &[signals.as_fd(), shared.closed.as_fd()],
-            Some(left.min(Duration::from_secs(1))),
-        );
-        if signals.take().is_some() {
-            notice!("second stop signal: cutting {live} connections");
-            return;
-        }
-        shared.closed.drain();
-    }
 }
