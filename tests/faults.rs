@@ -202,6 +202,9 @@ fn a_backend_reset_mid_stream_reaches_the_client_as_a_reset_not_an_end_of_file()
     let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
     let mut client = std::net::TcpStream::connect(&address).unwrap();
     let (mut server, _) = backend.accept().unwrap();
+    // Mid-stream: the relay has finished its dial (a reset that lands while the dial is still
+    // checking its connect is a failed dial, not a cut stream).
+    relay.wait_for_log("conn 1: relaying", std::time::Duration::from_secs(60));
     server.write_all(&payload(MIB, 7).data).unwrap();
     reset(server);
     let (got, error) = read_until_end(&mut client);

@@ -138,9 +138,8 @@ impl EngineConfig {
 /// How one relay's connections are served. Every connection carries an `Arc` of its
 /// relay's options, so one engine can serve relays with different options; what is global
 /// to the engine (threads, ring size, turn budget, receive budget, pinning) stays in
-/// [`EngineConfig`]. Engine-global still, though a relay states it: the pipe pool's pipe
-/// size (every splice pipe of a worker is `EngineConfig::pipe_size`; a relay's `pipe_size`
-/// sizes its buffer rings only).
+/// [`EngineConfig`]. A relay's `pipe_size` sizes its own splice pipes (a worker's pool keeps
+/// idle pipes by the size they were asked for), copy buffers and buffer rings.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     pub mode: Mode,

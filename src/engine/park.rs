@@ -165,7 +165,7 @@ mod tests {
             let staging = if copy {
                 Staging::Copy(CopyBuffer::new(4096))
             } else {
-                Staging::Pipe(PipeStage::default())
+                Staging::Pipe(PipeStage::new(4096))
             };
             Some(Lane::Staged(StagedLane::new(
                 Flow::new(4096, FillPolicy::Eager),

@@ -78,7 +78,7 @@ impl Worker {
             index,
             ring,
             registry,
-            pipes: PipePool::new(config.pipe_size, config.max_idle_pipes),
+            pipes: PipePool::new(config.max_idle_pipes),
             devnull: std::fs::OpenOptions::new()
                 .write(true)
                 .open("/dev/null")?

@@ -108,7 +108,7 @@ impl Lane {
         }
         let splice = matches!(options.mode, Mode::Splice | Mode::UringSplice);
         let staging = if splice && source_splices && sink_splices {
-            Staging::Pipe(PipeStage::default())
+            Staging::Pipe(PipeStage::new(options.pipe_size))
         } else {
             Staging::Copy(CopyBuffer::lazy(options.copy_size.max(4096)))
         };

@@ -15,41 +15,41 @@ use io_uring::squeue;
 use super::super::ring::{Target, splice_sqe};
 use crate::sys::pipe::{self, Pipe};
 
-/// A worker's pool of empty pipes, all asked for with the same size.
+/// A worker's pool of empty pipes. Each relay asks for its own size (`-b`, or a service's
+/// `buffer`), so an idle pipe is kept with the size it was asked for and only handed to a
+/// direction that asks for that size.
 #[derive(Debug)]
 pub struct PipePool {
-    size: usize,
-    idle: Vec<Pipe>,
+    idle: Vec<(usize, Pipe)>,
     max_idle: usize,
     /// Pipes created over the pool's life (for diagnostics).
     pub created: u64,
 }
 
 impl PipePool {
-    pub fn new(size: usize, max_idle: usize) -> PipePool {
+    pub fn new(max_idle: usize) -> PipePool {
         PipePool {
-            size,
             idle: Vec::new(),
             max_idle,
             created: 0,
         }
     }
 
-    /// An empty pipe: a pooled one, or a new one.
-    pub fn take(&mut self) -> io::Result<Pipe> {
-        if let Some(pipe) = self.idle.pop() {
-            return Ok(pipe);
+    /// An empty pipe asked for with `size`: a pooled one of that size, or a new one.
+    pub fn take(&mut self, size: usize) -> io::Result<Pipe> {
+        if let Some(i) = self.idle.iter().rposition(|(asked, _)| *asked == size) {
+            return Ok(self.idle.swap_remove(i).1);
         }
         self.created += 1;
-        Pipe::new(self.size)
+        Pipe::new(size)
     }
 
-    /// Returns an *empty* pipe to the pool. It is closed instead when the pool is full, or
-    /// when the kernel gave it less than the asked size (an unprivileged user over the pipe
-    /// quota): closing it frees quota, so a later pipe may get the full size again.
-    pub fn give(&mut self, pipe: Pipe) {
-        if self.idle.len() < self.max_idle && pipe.capacity() >= self.size {
-            self.idle.push(pipe);
+    /// Returns an *empty* pipe asked for with `size` to the pool. It is closed instead when
+    /// the pool is full, or when the kernel gave it less than `size` (an unprivileged user
+    /// over the pipe quota): closing it frees quota, so a later pipe may get the full size.
+    pub fn give(&mut self, pipe: Pipe, size: usize) {
+        if self.idle.len() < self.max_idle && pipe.capacity() >= size {
+            self.idle.push((size, pipe));
         }
     }
 
@@ -59,12 +59,18 @@ impl PipePool {
 }
 
 /// A splice direction's pipe, present only while bytes move.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipeStage {
     pipe: Option<Pipe>,
+    /// The size its relay asks for.
+    size: usize,
 }
 
 impl PipeStage {
+    pub fn new(size: usize) -> PipeStage {
+        PipeStage { pipe: None, size }
+    }
+
     /// Whether the direction holds no pipe now.
     pub fn is_idle(&self) -> bool {
         self.pipe.is_none()
@@ -75,7 +81,7 @@ impl PipeStage {
         if self.pipe.is_some() {
             return Ok(None);
         }
-        let pipe = pool.take()?;
+        let pipe = pool.take(self.size)?;
         let capacity = pipe.capacity();
         self.pipe = Some(pipe);
         Ok(Some(capacity))
@@ -84,7 +90,7 @@ impl PipeStage {
     /// Gives the pipe back to the pool; the caller knows it is empty.
     pub fn release(&mut self, pool: &mut PipePool) {
         if let Some(pipe) = self.pipe.take() {
-            pool.give(pipe);
+            pool.give(pipe, self.size);
         }
     }
 
@@ -148,22 +154,43 @@ mod tests {
 
     #[test]
     fn pool_reuses_and_bounds_idle_pipes() {
-        let mut pool = PipePool::new(64 * 1024, 1);
-        let a = pool.take().unwrap();
-        let b = pool.take().unwrap();
+        let mut pool = PipePool::new(1);
+        let a = pool.take(64 * 1024).unwrap();
+        let b = pool.take(64 * 1024).unwrap();
         assert_eq!(pool.created, 2);
         assert_eq!(a.capacity(), 64 * 1024);
-        pool.give(a);
-        pool.give(b);
+        pool.give(a, 64 * 1024);
+        pool.give(b, 64 * 1024);
         assert_eq!(pool.idle(), 1, "the second pipe is closed, not pooled");
-        let _c = pool.take().unwrap();
+        let _c = pool.take(64 * 1024).unwrap();
         assert_eq!(pool.created, 2, "a pooled pipe is reused");
     }
 
     #[test]
+    fn each_relay_gets_pipes_of_its_own_size_from_one_pool() {
+        let mut pool = PipePool::new(4);
+        let small = pool.take(64 * 1024).unwrap();
+        let large = pool.take(256 * 1024).unwrap();
+        assert_eq!(small.capacity(), 64 * 1024);
+        assert_eq!(large.capacity(), 256 * 1024);
+        pool.give(small, 64 * 1024);
+        pool.give(large, 256 * 1024);
+        let again = pool.take(256 * 1024).unwrap();
+        assert_eq!(again.capacity(), 256 * 1024, "the pooled pipe of that size");
+        assert_eq!(pool.created, 2);
+        let other = pool.take(128 * 1024).unwrap();
+        assert_eq!(
+            other.capacity(),
+            128 * 1024,
+            "no pooled pipe of that size: a new one"
+        );
+        assert_eq!(pool.created, 3);
+    }
+
+    #[test]
     fn a_stage_borrows_a_pipe_only_while_bytes_move_and_empties_into_a_buffer() {
-        let mut pool = PipePool::new(64 * 1024, 4);
-        let mut stage = PipeStage::default();
+        let mut pool = PipePool::new(4);
+        let mut stage = PipeStage::new(64 * 1024);
         assert!(stage.is_idle());
         assert_eq!(stage.ensure(&mut pool).unwrap(), Some(64 * 1024));
         assert_eq!(stage.ensure(&mut pool).unwrap(), None, "one pipe at a time");

@@ -27,14 +27,14 @@ fn pipe_lane(capacity: usize, readiness_first: bool) -> StagedLane {
     if readiness_first {
         flow.await_readiness_first();
     }
-    StagedLane::new(flow, Staging::Pipe(PipeStage::default()), false)
+    StagedLane::new(flow, Staging::Pipe(PipeStage::new(64 * 1024)), false)
 }
 
 #[test]
 fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies_on() {
     let mut ring = Ring::new(8, None).unwrap();
     let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(64 * 1024, 4);
+    let mut pipes = PipePool::new(4);
     let devnull = devnull();
     let (source, mut peer) = unix_endpoint();
     // splice(2) into a file opened for append fails with EINVAL; a write works.
@@ -104,7 +104,7 @@ fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies
 fn a_parked_direction_waits_and_splices_through_its_fixed_file_slots_whatever_the_mode() {
     let mut ring = Ring::new(8, None).unwrap();
     let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(64 * 1024, 4);
+    let mut pipes = PipePool::new(4);
     let devnull = devnull();
     let (source, _source_peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
@@ -150,7 +150,7 @@ fn a_parked_direction_waits_and_splices_through_its_fixed_file_slots_whatever_th
 fn an_unparked_splice_direction_with_nothing_to_read_gives_its_pipe_back_and_polls() {
     let mut ring = Ring::new(8, None).unwrap();
     let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(64 * 1024, 4);
+    let mut pipes = PipePool::new(4);
     let devnull = devnull();
     let (source, _source_peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
