@@ -147,25 +147,17 @@ pub fn client_rr(
     limit: SendLimit,
     meters: Meters<'_>,
 ) -> StreamCounts {
-    let started = Instant::now();
-    let request = vec![b'q'; len];
-    let mut response = vec![0u8; len];
-    let mut n = 0;
-    let mut error = None;
-    while more(limit, n, len) {
-        let t0 = Instant::now();
-        let result = stream
-            .writer()
-            .write_all(&request)
-            .and_then(|_| stream.reader().read_exact(&mut response));
-        if let Err(e) = result {
-            error = Some(failed(&e, "transaction"));
-            break;
-        }
-        meters.record(t0.elapsed(), len);
-        n += 1;
-    }
-    counts(id, n, len, started, error)
+    transactions(
+        id,
+        len,
+        limit,
+        meters,
+        "transaction",
+        |request, response| {
+            stream.writer().write_all(request)?;
+            stream.reader().read_exact(response)
+        },
+    )
 }
 
 /// The client's `--crr` loop: `connect` opens a fresh connection to the stream (with its
@@ -177,6 +169,30 @@ pub fn client_crr(
     limit: SendLimit,
     meters: Meters<'_>,
 ) -> StreamCounts {
+    transactions(
+        id,
+        len,
+        limit,
+        meters,
+        "connection and transaction",
+        |request, response| {
+            let s = connect()?;
+            s.writer().write_all(request)?;
+            s.reader().read_exact(response)
+        },
+    )
+}
+
+/// Runs `transact` (one request out, one response of `len` bytes back) until `limit`, timing
+/// each; the first failure ends the stream, named as `what`.
+fn transactions(
+    id: u32,
+    len: usize,
+    limit: SendLimit,
+    meters: Meters<'_>,
+    what: &str,
+    mut transact: impl FnMut(&[u8], &mut [u8]) -> io::Result<()>,
+) -> StreamCounts {
     let started = Instant::now();
     let request = vec![b'q'; len];
     let mut response = vec![0u8; len];
@@ -184,12 +200,8 @@ pub fn client_crr(
     let mut error = None;
     while more(limit, n, len) {
         let t0 = Instant::now();
-        let result = connect().and_then(|s| {
-            s.writer().write_all(&request)?;
-            s.reader().read_exact(&mut response)
-        });
-        if let Err(e) = result {
-            error = Some(failed(&e, "connection and transaction"));
+        if let Err(e) = transact(&request, &mut response) {
+            error = Some(failed(&e, what));
             break;
         }
         meters.record(t0.elapsed(), len);
