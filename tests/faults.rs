@@ -302,6 +302,116 @@ fn a_second_sigterm_cuts_open_connections_and_both_peers_see_a_reset() {
     }
 }
 
+/// Reads from a client of the relay until its connection ends: the error kind that ended it
+/// (`None`: a clean end of file), and the bytes it got first.
+fn how_it_ends(stream: &mut std::net::TcpStream) -> (Option<std::io::ErrorKind>, usize) {
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    let (got, error) = read_until_end(stream);
+    (error.as_ref().map(std::io::Error::kind), got)
+}
+
+#[test]
+fn a_failed_dial_reaches_the_client_as_a_reset_not_an_end_of_file() {
+    use std::io::Write;
+    let closed = free_port();
+    let upstream = format!("TCP:127.0.0.1:{closed}");
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start(&["-d", &listen, &upstream]);
+    // A client that waits for the other side to speak first: nothing of it is left unread
+    // when the relay gives up, so only the relay's choice decides FIN or reset.
+    let mut quiet = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    relay.wait_for_log(&format!("{upstream}: "), LONG);
+    let ending = how_it_ends(&mut quiet);
+    assert_eq!(
+        ending,
+        (Some(std::io::ErrorKind::ConnectionReset), 0),
+        "a quiet client's connection must end in a reset; stderr:\n{}",
+        relay.log()
+    );
+    // A client that sent bytes which will never be delivered.
+    let mut talker = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    talker.write_all(&payload(64 * 1024, 71).data).unwrap();
+    let ending = how_it_ends(&mut talker);
+    assert_eq!(
+        ending,
+        (Some(std::io::ErrorKind::ConnectionReset), 0),
+        "stderr:\n{}",
+        relay.log()
+    );
+    // The log keeps the reason, naming the target.
+    let log = relay.log();
+    assert!(
+        log.contains(&format!("closed: {upstream}: ")) && log.contains("refused"),
+        "the dial's error is logged; stderr:\n{log}"
+    );
+    assert!(relay.is_running(), "the relay survives failed dials");
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
+#[test]
+fn a_backend_that_resets_as_it_accepts_reaches_every_client_as_a_reset() {
+    use std::io::Write;
+    const ROUNDS: usize = 20;
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    // Each connection is reset the moment it is accepted: the reset lands during the relay's
+    // connect check (a failed dial) or just after it (a failed read); the client must see a
+    // reset either way.
+    let resetter = std::thread::spawn(move || {
+        for _ in 0..ROUNDS {
+            let (s, _) = backend.accept().expect("backend accept");
+            reset(s);
+        }
+    });
+    for round in 0..ROUNDS {
+        let mut client = std::net::TcpStream::connect(&address).unwrap();
+        if round % 2 == 1 {
+            client.write_all(b"request").unwrap();
+        }
+        let ending = how_it_ends(&mut client);
+        assert_eq!(
+            ending,
+            (Some(std::io::ErrorKind::ConnectionReset), 0),
+            "round {round}; stderr:\n{}",
+            tail(&relay.log())
+        );
+    }
+    resetter.join().unwrap();
+    assert!(relay.is_running());
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+#[test]
+fn a_vmm_that_refuses_the_hybrid_handshake_reaches_the_client_as_a_reset() {
+    use std::io::BufRead;
+    // A VMM's UNIX socket that accepts, reads the CONNECT line and closes without a reply:
+    // the dial fails after its connect succeeded.
+    let dir = Scratch::new("refusing-vmm");
+    let sock = dir.path("vmm.sock");
+    let vmm = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let refuser = std::thread::spawn(move || {
+        let (s, _) = vmm.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        line
+    });
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let upstream = format!("VSOCK-UDS-CONNECT:{}:52", sock.display());
+    let mut relay = Relay::start(&["-d", &listen, &upstream]);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let ending = how_it_ends(&mut client);
+    assert_eq!(refuser.join().unwrap(), "CONNECT 52\n");
+    assert_eq!(
+        ending,
+        (Some(std::io::ErrorKind::ConnectionReset), 0),
+        "stderr:\n{}",
+        relay.log()
+    );
+    relay.wait_for_log("guest port 52 refused", LONG);
+    assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
+}
+
 // ---- descriptor pressure: waking directions wait for descriptors (issue 9, defect 2) ----
 
 /// Raises this test process's descriptor limit to its hard limit (both ends of 1,000
@@ -387,6 +497,46 @@ fn a_thousand_idle_clients_waking_at_once_under_nofile_1024_lose_no_byte() {
     drop(clients);
     drop(servers);
     // A new client is served.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"after").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut s, _) = backend_after.accept().unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"after");
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+#[test]
+fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
+    use std::io::{Read, Write};
+    const CLIENTS: usize = 48;
+    raise_own_nofile();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    widen_backlog(&backend);
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let backend_after = backend.try_clone().unwrap();
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    // 128 descriptors: past 36 live connections the idle ones are parked (their sockets move
+    // into the ring's fixed-file table and lose their descriptors).
+    let mut relay = Relay::start_limited(128, &["-d", &listen, &upstream]);
+    let (mut clients, servers) = connect_many(&relay, port, backend, CLIENTS);
+    relay.wait_for_log("connections parked in the fixed-file table", LONG);
+    for server in servers {
+        reset(server);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            how_it_ends(client),
+            (Some(std::io::ErrorKind::ConnectionReset), 0),
+            "client {i} (the first are parked); stderr:\n{}",
+            tail(&relay.log())
+        );
+    }
+    drop(clients);
+    // The relay still serves.
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.write_all(b"after").unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();

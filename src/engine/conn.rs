@@ -53,13 +53,17 @@ impl CloseReason {
     }
 
     /// Whether the relay cut streams that had not ended: a direction failed (a peer's reset,
-    /// a write to a gone peer), `-T`, or the cut that ends a stop. Such a connection's sockets
-    /// close with a reset, so neither peer mistakes the truncated stream for a whole one. A
-    /// failed dial moved no byte, and `-t` ends what the user asked to end: both close as usual.
+    /// a write to a gone peer), `-T`, the cut that ends a stop, or a failed dial (the client
+    /// may have sent bytes that now reach no one). Such a connection's sockets close with a
+    /// reset, so no peer mistakes the truncated stream for a whole one. Only `-t` ends what
+    /// the user asked to end: it closes as usual.
     pub fn truncates(&self) -> bool {
         matches!(
             self,
-            CloseReason::Failed { .. } | CloseReason::IdleTimeout | CloseReason::Stopped
+            CloseReason::Failed { .. }
+                | CloseReason::DialFailed(_)
+                | CloseReason::IdleTimeout
+                | CloseReason::Stopped
         )
     }
 }
@@ -543,6 +547,12 @@ mod tests {
         );
         assert!(!CloseReason::Stopped.is_failure());
         assert!(CloseReason::DialFailed("x".into()).is_failure());
+        assert!(
+            CloseReason::DialFailed("x".into()).truncates(),
+            "a failed dial resets the client: its bytes reach no one"
+        );
+        assert!(!CloseReason::Done.truncates());
+        assert!(!CloseReason::LingerExpired.truncates());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! into its ring's fixed-file table and closes their descriptors. A parked connection keeps
 //! working: its readiness polls hold the files, and its directions splice with
 //! IORING_OP_SPLICE on the fixed slots when data comes (parked connections never go back).
+//! A parked connection that is cut gets its reset armed through the ring ([`arm_reset`]), as
+//! an active one gets it with setsockopt(2) on its descriptors.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -10,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use io_uring::{opcode, types};
+
 use super::Shared;
 use super::conn::{Conn, Phase};
 use super::registry::Registry;
-use super::ring::Ring;
+use super::ring::{ConnOps, Ring};
+use super::token::Op;
 use crate::net::endpoint::Endpoint;
 use crate::{debug, info};
 
@@ -148,6 +153,49 @@ fn park(conn: &mut Conn, registry: &mut Registry, ring: &Ring) -> Parked {
         relaying.parked = Some(pair);
     }
     Parked::Yes
+}
+
+/// SO_LINGER on with a zero timeout: the socket's close aborts the connection. A static, so
+/// the kernel can read it whenever it runs the request.
+static ABORT: libc::linger = libc::linger {
+    l_onoff: 1,
+    l_linger: 0,
+};
+
+/// Arms a reset on both sockets of a parked connection that is being cut (see
+/// [`CloseReason::truncates`](super::conn::CloseReason::truncates)): SO_LINGER 0 set with
+/// IORING_OP_URING_CMD (SOCKET_URING_OP_SETSOCKOPT, Linux 6.7) on its fixed slots, since it
+/// has no descriptors for setsockopt(2). The requests are the connection's own, so its slots
+/// are released (and the sockets closed) only after they returned. A kernel that refuses the
+/// request (older kernels; AF_UNIX and AF_VSOCK sockets, which have no reset anyway) leaves
+/// the close as it was: a FIN. Nothing for other connections.
+pub fn arm_reset(conn: &mut Conn, ring: &mut Ring, key: usize) {
+    let Phase::Closing {
+        reason, relaying, ..
+    } = &conn.phase
+    else {
+        return;
+    };
+    let Some(slots) = relaying
+        .parked
+        .as_ref()
+        .filter(|_| reason.truncates())
+        .map(super::registry::ParkPair::slots)
+    else {
+        return;
+    };
+    let mut ops = ConnOps::new(ring, key, &mut conn.inflight);
+    for (end, slot) in (0u8..).zip(slots) {
+        let sqe = opcode::SetSockOpt::new(
+            types::Fixed(slot),
+            libc::SOL_SOCKET as u32,
+            libc::SO_LINGER as u32,
+            (&raw const ABORT).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+        .build();
+        ops.push(Op::ArmReset(end), sqe);
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ pub enum Op {
     Fill(Direction),
     /// An io_uring transfer from staging to the destination.
     Drain(Direction),
+    /// Arming a reset (SO_LINGER 0) on a parked connection's socket that is cut: 0 for the
+    /// first end, 1 for the second (see `park::arm_reset`).
+    ArmReset(u8),
 }
 
 impl Op {
@@ -34,12 +37,15 @@ impl Op {
             Op::Writable(d) => 2 + 4 * d.index() as u8,
             Op::Fill(d) => 3 + 4 * d.index() as u8,
             Op::Drain(d) => 4 + 4 * d.index() as u8,
+            Op::ArmReset(end) => 9 + end.min(1),
         }
     }
 
     pub fn from_tag(tag: u8) -> Option<Op> {
-        if tag == 0 {
-            return Some(Op::Dial);
+        match tag {
+            0 => return Some(Op::Dial),
+            9 | 10 => return Some(Op::ArmReset(tag - 9)),
+            _ => {}
         }
         let d = match (tag - 1) / 4 {
             0 => Direction::Forward,
@@ -104,6 +110,8 @@ mod tests {
             Op::Writable(Direction::Backward),
             Op::Fill(Direction::Backward),
             Op::Drain(Direction::Backward),
+            Op::ArmReset(0),
+            Op::ArmReset(1),
         ];
         let mut bits = 0u16;
         for op in ops {

@@ -23,7 +23,7 @@ use super::conn::{
     CloseReason, Conn, Dialing, Direction, PerDir, Phase, Relaying, Verdict, verdict,
 };
 use super::lane::{Cx, Lane, PipePool, Pumped};
-use super::park::Parking;
+use super::park::{self, Parking};
 use super::registry::Registry;
 use super::ring::{Completion, ConnOps, Ring};
 use super::timers::{Timer, TimerKind, Timers};
@@ -164,6 +164,8 @@ impl Worker {
                 }
                 match op {
                     Op::Dial => self.on_dial_ready(key),
+                    // Only pushed for a closing connection (handled above).
+                    Op::ArmReset(_) => {}
                     Op::Readable(dir) | Op::Writable(dir) | Op::Fill(dir) | Op::Drain(dir) => {
                         self.with_lane(key, dir, |lane, cx| lane.complete(op, result, flags, cx));
                         self.pump(key, dir);
@@ -383,7 +385,8 @@ impl Worker {
             return;
         }
         let inflight = conn.inflight;
-        if inflight == 0 {
+        park::arm_reset(conn, &mut self.ring, key);
+        if conn.inflight == 0 {
             self.finalize(key);
             return;
         }
