@@ -508,9 +508,17 @@ fn a_thousand_idle_clients_waking_at_once_under_nofile_1024_lose_no_byte() {
     assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
 }
 
-#[test]
-fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
-    use std::io::{Read, Write};
+/// A relay under `prlimit --nofile=128:128` in front of a hand-driven backend, with 48
+/// connections open through it and the idle ones parked (past 36 live connections their
+/// sockets move into the ring's fixed-file table and lose their descriptors): (relay, a
+/// clone of the backend listener, relay port, clients, backend ends).
+fn relay_with_parked_connections() -> (
+    Relay,
+    std::net::TcpListener,
+    u16,
+    Vec<std::net::TcpStream>,
+    Vec<std::net::TcpStream>,
+) {
     const CLIENTS: usize = 48;
     raise_own_nofile();
     let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -519,11 +527,16 @@ fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
     let backend_after = backend.try_clone().unwrap();
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
-    // 128 descriptors: past 36 live connections the idle ones are parked (their sockets move
-    // into the ring's fixed-file table and lose their descriptors).
-    let mut relay = Relay::start_limited(128, &["-d", &listen, &upstream]);
-    let (mut clients, servers) = connect_many(&relay, port, backend, CLIENTS);
+    let relay = Relay::start_limited(128, &["-d", &listen, &upstream]);
+    let (clients, servers) = connect_many(&relay, port, backend, CLIENTS);
     relay.wait_for_log("connections parked in the fixed-file table", LONG);
+    (relay, backend_after, port, clients, servers)
+}
+
+#[test]
+fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
+    use std::io::{Read, Write};
+    let (mut relay, backend, port, mut clients, servers) = relay_with_parked_connections();
     for server in servers {
         reset(server);
     }
@@ -540,12 +553,37 @@ fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.write_all(b"after").unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
-    let (mut s, _) = backend_after.accept().unwrap();
+    let (mut s, _) = backend.accept().unwrap();
     s.set_read_timeout(Some(LONG)).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"after");
     assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+#[test]
+fn a_second_sigterm_cuts_parked_connections_and_both_peers_see_a_reset() {
+    let (mut relay, _backend, _, mut clients, mut servers) = relay_with_parked_connections();
+    relay.signal(Signal::SIGTERM);
+    relay.wait_for_log("draining", LONG);
+    relay.signal(Signal::SIGTERM);
+    assert_eq!(
+        relay.wait_exit(LONG).code(),
+        Some(0),
+        "{}",
+        tail(&relay.log())
+    );
+    let ends = clients.iter_mut().map(|c| ("client", c));
+    let ends = ends.chain(servers.iter_mut().map(|s| ("backend", s)));
+    for (i, (name, stream)) in ends.enumerate() {
+        assert_eq!(
+            how_it_ends(stream),
+            (Some(std::io::ErrorKind::ConnectionReset), 0),
+            "{name} of connection {} (the first are parked); stderr:\n{}",
+            i % 48,
+            tail(&relay.log())
+        );
+    }
 }
 
 /// The last 40 lines of a log.
