@@ -310,9 +310,23 @@ fn how_it_ends(stream: &mut std::net::TcpStream) -> (Option<std::io::ErrorKind>,
     (error.as_ref().map(std::io::Error::kind), got)
 }
 
+/// As [`how_it_ends`], for a client that first sends `bytes`: a reset that arrives before
+/// the write ends the connection there (the write reports it, and a read after it would
+/// only see the closed socket's end of file).
+fn how_it_ends_after_sending(
+    stream: &mut std::net::TcpStream,
+    bytes: &[u8],
+) -> (Option<std::io::ErrorKind>, usize) {
+    use std::io::Write;
+    match stream.write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => (Some(e.kind()), 0),
+        Err(e) => panic!("the client's write failed otherwise: {e}"),
+        Ok(()) => how_it_ends(stream),
+    }
+}
+
 #[test]
 fn a_failed_dial_reaches_the_client_as_a_reset_not_an_end_of_file() {
-    use std::io::Write;
     let closed = free_port();
     let upstream = format!("TCP:127.0.0.1:{closed}");
     let port = free_port();
@@ -331,8 +345,7 @@ fn a_failed_dial_reaches_the_client_as_a_reset_not_an_end_of_file() {
     );
     // A client that sent bytes which will never be delivered.
     let mut talker = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    talker.write_all(&payload(64 * 1024, 71).data).unwrap();
-    let ending = how_it_ends(&mut talker);
+    let ending = how_it_ends_after_sending(&mut talker, &payload(64 * 1024, 71).data);
     assert_eq!(
         ending,
         (Some(std::io::ErrorKind::ConnectionReset), 0),
@@ -351,7 +364,6 @@ fn a_failed_dial_reaches_the_client_as_a_reset_not_an_end_of_file() {
 
 #[test]
 fn a_backend_that_resets_as_it_accepts_reaches_every_client_as_a_reset() {
-    use std::io::Write;
     const ROUNDS: usize = 20;
     let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
     // Each connection is reset the moment it is accepted: the reset lands during the relay's
@@ -365,10 +377,11 @@ fn a_backend_that_resets_as_it_accepts_reaches_every_client_as_a_reset() {
     });
     for round in 0..ROUNDS {
         let mut client = std::net::TcpStream::connect(&address).unwrap();
-        if round % 2 == 1 {
-            client.write_all(b"request").unwrap();
-        }
-        let ending = how_it_ends(&mut client);
+        let ending = if round % 2 == 1 {
+            how_it_ends_after_sending(&mut client, b"request")
+        } else {
+            how_it_ends(&mut client)
+        };
         assert_eq!(
             ending,
             (Some(std::io::ErrorKind::ConnectionReset), 0),
