@@ -525,6 +525,72 @@ fn a_thousand_idle_connections_in_recv_zc_mode_pin_no_buffer_groups() {
     idle_connections_hold_no_buffers("recv-zc", 256 * 1024);
 }
 
+#[test]
+fn ring_path_directions_waking_past_the_staging_cap_wait_for_a_buffer_group_and_lose_no_byte() {
+    use std::io::{Read, Write};
+    // -b 256M: a direction's group is 256 MiB (mapped, touched only as it fills), so four
+    // groups fill the process-wide 1 GiB cap; eight connections sending both ways need more.
+    const CLIENTS: usize = 8;
+    const EACH: usize = 24 * MIB;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
+    let mut relay = Relay::start(&["-dd", "--mode", "recv", "-b", "256M", &listen, &upstream]);
+    let (clients, servers) = connect_many(&relay, port, backend, CLIENTS);
+    let payloads: Vec<Payload> = (0..CLIENTS)
+        .map(|i| payload(EACH, 7100 + i as u64))
+        .collect();
+    // Every client sends at once; the backend reads nothing yet, so the first four
+    // directions hold their groups full of bytes and the others find no room.
+    let senders: Vec<_> = clients
+        .into_iter()
+        .zip(&payloads)
+        .map(|(mut c, p)| {
+            let (data, sha) = (p.data.clone(), p.sha.clone());
+            std::thread::spawn(move || {
+                c.write_all(&data).unwrap();
+                let mut echo = vec![0u8; EACH];
+                c.read_exact(&mut echo).expect("client reads its echo");
+                assert_eq!(sha_hex(&echo), sha, "the echo came back intact");
+            })
+        })
+        .collect();
+    relay.wait_for_log("buffer room; waiting", LONG);
+    // Now the backend reads every connection at once and echoes.
+    let echoes: Vec<_> = servers
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; EACH];
+                s.read_exact(&mut buf).expect("backend read");
+                s.write_all(&buf).unwrap();
+                sha_hex(&buf)
+            })
+        })
+        .collect();
+    let mut got: Vec<String> = echoes.into_iter().map(|h| h.join().unwrap()).collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut want: Vec<String> = payloads.iter().map(|p| p.sha.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every payload reached the backend intact");
+    let log = relay.log();
+    println!(
+        "{} waits for room under the cap, {} groups given back",
+        log.matches("buffer room; waiting").count(),
+        log.matches("its buffers went back").count()
+    );
+    assert!(
+        !log.contains("read failed") && !log.contains("write failed"),
+        "no connection failed: {}",
+        tail(&log)
+    );
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
 /// Every client sends `each` bytes (its own pattern) at once; the backend ends, in whatever
 /// order the relay dialed them, read each payload, find it intact and echo it; every client
 /// reads its echo intact.

@@ -268,8 +268,12 @@ impl RingLane {
         }
     }
 
-    /// Gives back what the lane holds (no request of it is in flight any more).
+    /// Frees what the lane holds (no request of it is in flight any more). Not to the pool:
+    /// a closing connection does not take its last receive completions, so the kernel may
+    /// have filled buffers the lane never saw and the group's ring may be short of them.
     pub fn release(mut self, registry: &mut Registry, ring: &Ring) {
-        self.give_back(registry, ring);
+        if let Some(lease) = self.lease.take() {
+            registry.free_group(ring, lease);
+        }
     }
 }
