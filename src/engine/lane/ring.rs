@@ -74,6 +74,12 @@ impl RingLane {
         self.lease.is_some()
     }
 
+    /// Moves the last byte received `by` into the past (tests of the idle release).
+    #[cfg(test)]
+    pub fn age(&mut self, by: Duration) {
+        self.last_fill -= by;
+    }
+
     /// The source is readable (its POLL_ADD completed).
     pub fn readable(&mut self) {
         self.flow.readable();
