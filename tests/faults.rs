@@ -196,23 +196,42 @@ fn tcp_relay_to_hand_backend(extra: &[&str]) -> (Relay, std::net::TcpListener, S
     (relay, backend, format!("127.0.0.1:{port}"))
 }
 
+/// The modes whose directions run differently: splice (default), and the buffer-ring path,
+/// whose idle directions hold no buffers and wait for readiness.
+const RESET_MODES: [&[&str]; 3] = [&[], &["--mode", "recv"], &["--mode", "recv-zc"]];
+
 #[test]
 fn a_backend_reset_mid_stream_reaches_the_client_as_a_reset_not_an_end_of_file() {
+    for extra in RESET_MODES {
+        backend_reset_reaches_the_client(extra, MIB);
+    }
+}
+
+#[test]
+fn a_backend_reset_of_an_idle_connection_reaches_the_client_as_a_reset() {
+    for extra in RESET_MODES {
+        backend_reset_reaches_the_client(extra, 0);
+    }
+}
+
+/// The backend sends `len` bytes, then resets; the client must read a reset.
+fn backend_reset_reaches_the_client(extra: &[&str], len: usize) {
     use std::io::Write;
-    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(extra);
     let mut client = std::net::TcpStream::connect(&address).unwrap();
     let (mut server, _) = backend.accept().unwrap();
     // Mid-stream: the relay has finished its dial (a reset that lands while the dial is still
     // checking its connect is a failed dial, not a cut stream).
     relay.wait_for_log("conn 1: relaying", std::time::Duration::from_secs(60));
-    server.write_all(&payload(MIB, 7).data).unwrap();
+    server.write_all(&payload(len, 7).data).unwrap();
     reset(server);
     let (got, error) = read_until_end(&mut client);
     let kind = error.as_ref().map(std::io::Error::kind);
     assert_eq!(
         kind,
         Some(std::io::ErrorKind::ConnectionReset),
-        "the client got {got} bytes then {error:?} (None: a clean end of file); stderr:\n{}",
+        "{extra:?}: the client got {got} bytes then {error:?} (None: a clean end of file); \
+         stderr:\n{}",
         relay.log()
     );
     drop(client);
@@ -228,8 +247,14 @@ fn a_backend_reset_mid_stream_reaches_the_client_as_a_reset_not_an_end_of_file()
 
 #[test]
 fn a_client_reset_mid_stream_reaches_the_backend_as_a_reset_not_an_end_of_file() {
+    for extra in RESET_MODES {
+        client_reset_reaches_the_backend(extra);
+    }
+}
+
+fn client_reset_reaches_the_backend(extra: &[&str]) {
     use std::io::Write;
-    let (mut relay, backend, address) = tcp_relay_to_hand_backend(&[]);
+    let (mut relay, backend, address) = tcp_relay_to_hand_backend(extra);
     let mut client = std::net::TcpStream::connect(&address).unwrap();
     client.write_all(&payload(MIB, 8).data).unwrap();
     let (mut server, _) = backend.accept().unwrap();
@@ -239,7 +264,8 @@ fn a_client_reset_mid_stream_reaches_the_backend_as_a_reset_not_an_end_of_file()
     assert_eq!(
         kind,
         Some(std::io::ErrorKind::ConnectionReset),
-        "the backend got {got} bytes then {error:?} (None: a clean end of file); stderr:\n{}",
+        "{extra:?}: the backend got {got} bytes then {error:?} (None: a clean end of file); \
+         stderr:\n{}",
         relay.log()
     );
     assert_eq!(relay.stop().code(), Some(0), "{}", relay.log());
