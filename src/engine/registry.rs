@@ -1,6 +1,10 @@
 //! What a worker registers with its ring, handed out as owned tokens: fixed-buffer slots
 //! ([`FixedBuffer`]), provided-buffer groups ([`BufferGroup`], which own their memory) and
-//! pairs of fixed-file slots for parked connections ([`ParkPair`]).
+//! pairs of fixed-file slots for parked connections ([`ParkPair`]). It also keeps the worker's
+//! pool of idle buffer groups ([`GroupLease`]): a ring-path direction takes one when its
+//! source has bytes and gives it back when it drains, so a burst of wakes reuses groups
+//! already registered instead of registering new ones, and every group counts against the
+//! process-wide staging cap ([`COPY_MEMORY_CAP`](super::lane::COPY_MEMORY_CAP)).
 //!
 //! A token is not `Clone`; each kind has one `release_*` that takes it back, so a slot can
 //! be neither freed twice nor forgotten silently. The owner (a lane or a connection) releases
@@ -9,6 +13,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use super::lane::{claim_buffer_memory, release_buffer_memory};
 use super::ring::Ring;
 use crate::debug;
 use crate::sys::bufring::BufRing;
@@ -17,6 +22,10 @@ use crate::sys::bufring::BufRing;
 const BUFFER_SLOTS: u16 = 1024;
 /// Provided-buffer group ids a worker hands out (one per ring-path direction).
 const RING_GROUPS: u16 = 16384;
+/// Idle buffer groups a worker keeps for directions that wake; more are freed.
+const IDLE_GROUPS: usize = 8;
+/// The most bytes of buffers those idle groups may hold together.
+const IDLE_GROUP_BYTES: usize = 32 << 20;
 
 /// Free slots of a worker's sparse registered-buffer table.
 #[derive(Debug)]
@@ -67,6 +76,40 @@ impl BufferGroup {
     }
 }
 
+/// A buffer group held by one ring-path direction (or idle in its worker's pool), with the
+/// fixed-buffer slot its memory is registered in when it goes out with SEND_ZC. Its bytes
+/// count against the staging cap ([`COPY_MEMORY_CAP`](super::lane::COPY_MEMORY_CAP)) from
+/// its registration until it is freed.
+#[derive(Debug)]
+#[must_use = "a group lease goes back with Registry::return_group or Registry::free_group"]
+pub struct GroupLease {
+    group: BufferGroup,
+    fixed: Option<FixedBuffer>,
+}
+
+impl GroupLease {
+    pub fn group(&self) -> &BufferGroup {
+        &self.group
+    }
+
+    pub fn group_mut(&mut self) -> &mut BufferGroup {
+        &mut self.group
+    }
+
+    /// The slot of the group's memory when it is registered for SEND_ZC.
+    pub fn fixed(&self) -> Option<&FixedBuffer> {
+        self.fixed.as_ref()
+    }
+
+    fn bytes(&self) -> usize {
+        self.group.ring().bytes()
+    }
+
+    fn fits(&self, count: u16, size: usize) -> bool {
+        self.group.ring().count() == count && self.group.ring().size() == size
+    }
+}
+
 /// Two slots of the fixed-file table (2p and 2p+1) holding a parked connection's sockets.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a park pair is released with Registry::release_pair"]
@@ -86,6 +129,10 @@ pub struct Registry {
     /// `None` when the ring could not register a sparse buffer table.
     buffers: Option<BufferSlots>,
     groups: Vec<u16>,
+    /// Buffer groups no direction holds, every buffer provided, kept for the next wake.
+    idle_groups: Vec<GroupLease>,
+    /// Whether the kernel takes provided-buffer rings (probed once, on first use).
+    groups_supported: Option<bool>,
     /// Free pairs of fixed-file slots; empty when the ring has no fixed-file table.
     pairs: Vec<u32>,
 }
@@ -115,6 +162,8 @@ impl Registry {
             worker,
             buffers,
             groups: (0..RING_GROUPS).rev().collect(),
+            idle_groups: Vec::new(),
+            groups_supported: None,
             pairs,
         }
     }
@@ -127,6 +176,8 @@ impl Registry {
             worker: 0,
             buffers: None,
             groups: Vec::new(),
+            idle_groups: Vec::new(),
+            groups_supported: None,
             pairs: Vec::new(),
         }
     }
@@ -213,6 +264,119 @@ impl Registry {
         }
     }
 
+    /// Whether the kernel takes provided-buffer rings: the first call registers a small one
+    /// and unregisters it, later calls answer from memory. A ring-path direction is set up
+    /// only where they work (it takes its group later, when its source has bytes).
+    pub fn ring_groups_supported(&mut self, ring: &Ring) -> bool {
+        if let Some(supported) = self.groups_supported {
+            return supported;
+        }
+        let supported = match self.new_group(ring, 1, 4096) {
+            Some(group) => {
+                self.release_group(ring, group);
+                true
+            }
+            None => false,
+        };
+        self.groups_supported = Some(supported);
+        supported
+    }
+
+    /// A group of `count` buffers of `size` bytes for a direction whose source has bytes: an
+    /// idle one from the pool, or a new one when the staging cap leaves room. With
+    /// `zerocopy`, its memory is registered for SEND_ZC where a fixed-buffer slot is free.
+    /// `None`: no room under the cap (or the kernel said no) now; nothing is lost, the
+    /// direction tries again later.
+    pub fn take_group(
+        &mut self,
+        ring: &Ring,
+        count: u16,
+        size: usize,
+        zerocopy: bool,
+    ) -> Option<GroupLease> {
+        let fits = |l: &GroupLease| l.fits(count, size);
+        let found = self
+            .idle_groups
+            .iter()
+            .position(|l| fits(l) && l.fixed.is_some() == zerocopy)
+            .or_else(|| self.idle_groups.iter().position(fits));
+        let mut lease = match found {
+            Some(i) => self.idle_groups.swap_remove(i),
+            None => self.new_lease(ring, count, size)?,
+        };
+        match (zerocopy, lease.fixed.is_some()) {
+            (true, false) => {
+                let iov = lease.group.ring_mut().buffers_iovec();
+                // The group's memory lives in the lease, which frees the slot first.
+                lease.fixed = self.register_buffer(ring, iov);
+            }
+            (false, true) => {
+                // A plain write needs no registration, and registered memory is pinned.
+                if let Some(slot) = lease.fixed.take() {
+                    self.release_buffer(ring, slot);
+                }
+            }
+            _ => {}
+        }
+        Some(lease)
+    }
+
+    /// A new group under the staging cap; idle groups of other sizes are freed to make room.
+    fn new_lease(&mut self, ring: &Ring, count: u16, size: usize) -> Option<GroupLease> {
+        let bytes = usize::from(count) * size;
+        if !claim_buffer_memory(bytes) {
+            if self.idle_groups.is_empty() {
+                return None;
+            }
+            self.free_idle_groups(ring);
+            if !claim_buffer_memory(bytes) {
+                return None;
+            }
+        }
+        match self.new_group(ring, count, size) {
+            Some(group) => Some(GroupLease { group, fixed: None }),
+            None => {
+                release_buffer_memory(bytes);
+                None
+            }
+        }
+    }
+
+    /// Takes back a group whose buffers are all provided to the kernel again and which no
+    /// request uses: kept idle for the next direction that wakes, or freed past the pool's
+    /// bound.
+    pub fn return_group(&mut self, ring: &Ring, lease: GroupLease) {
+        let idle_bytes: usize = self.idle_groups.iter().map(GroupLease::bytes).sum();
+        if self.idle_groups.len() < IDLE_GROUPS && idle_bytes + lease.bytes() <= IDLE_GROUP_BYTES {
+            self.idle_groups.push(lease);
+        } else {
+            self.free_group(ring, lease);
+        }
+    }
+
+    /// Frees a group no request uses (its slot first, then the group) and its claim on the
+    /// staging cap.
+    pub fn free_group(&mut self, ring: &Ring, lease: GroupLease) {
+        let bytes = lease.bytes();
+        if let Some(slot) = lease.fixed {
+            self.release_buffer(ring, slot);
+        }
+        self.release_group(ring, lease.group);
+        release_buffer_memory(bytes);
+    }
+
+    /// Frees every idle group (the worker ends, or the cap needs their room).
+    pub fn free_idle_groups(&mut self, ring: &Ring) {
+        for lease in std::mem::take(&mut self.idle_groups) {
+            self.free_group(ring, lease);
+        }
+    }
+
+    /// Idle groups in the pool now.
+    pub fn idle_groups(&self) -> usize {
+        self.idle_groups.len()
+    }
+
     /// Whether connections can be parked at all (the ring has a fixed-file table).
     pub fn can_park(&self) -> bool {
         !self.pairs.is_empty()
@@ -271,6 +435,45 @@ mod tests {
         };
         assert_eq!(registry.register_buffer(&ring, iov), None);
         assert!(registry.new_group(&ring, 8, 4096).is_none());
+        assert!(!registry.ring_groups_supported(&ring));
+        assert!(registry.take_group(&ring, 8, 4096, false).is_none());
         assert!(registry.park(&ring, [0, 1]).unwrap().is_none());
+    }
+
+    #[test]
+    fn idle_groups_are_reused_by_size_and_the_pool_stays_bounded() {
+        let ring = Ring::new(8, None).unwrap();
+        let mut registry = Registry::new(&ring, 0, 0);
+        if !registry.ring_groups_supported(&ring) {
+            eprintln!("no provided-buffer rings on this kernel: nothing to test");
+            return;
+        }
+        let first = registry.take_group(&ring, 4, 4096, false).unwrap();
+        let bgid = first.group().ring().bgid();
+        registry.return_group(&ring, first);
+        assert_eq!(registry.idle_groups(), 1);
+        // Another size gets a group of its own; the idle one stays.
+        let other = registry.take_group(&ring, 4, 8192, false).unwrap();
+        assert_ne!(other.group().ring().bgid(), bgid);
+        assert_eq!(registry.idle_groups(), 1);
+        registry.free_group(&ring, other);
+        let again = registry.take_group(&ring, 4, 4096, true).unwrap();
+        assert_eq!(
+            again.group().ring().bgid(),
+            bgid,
+            "the idle group is reused"
+        );
+        assert_eq!(registry.idle_groups(), 0);
+        // Many directions draining at once: the pool keeps a few, frees the rest.
+        let mut held = vec![again];
+        for _ in 0..IDLE_GROUPS + 4 {
+            held.push(registry.take_group(&ring, 4, 4096, false).unwrap());
+        }
+        for lease in held {
+            registry.return_group(&ring, lease);
+        }
+        assert_eq!(registry.idle_groups(), IDLE_GROUPS);
+        registry.free_idle_groups(&ring);
+        assert_eq!(registry.idle_groups(), 0);
     }
 }

@@ -245,6 +245,12 @@ impl<'a> ConnOps<'a> {
         unsafe { self.ring.push(&sqe) };
     }
 
+    /// Asks the kernel to cancel the connection's request `op`; its completion still comes
+    /// (and clears it from the in-flight set).
+    pub fn cancel(&mut self, op: Op) {
+        self.ring.cancel(self.key, op);
+    }
+
     pub fn in_flight(&self, op: Op) -> bool {
         *self.inflight & op.bit() != 0
     }

@@ -121,6 +121,7 @@ impl Worker {
             ]);
             self.ring.wait(!self.runq.is_empty(), deadline, self.index);
         }
+        self.registry.free_idle_groups(&self.ring);
         debug!(
             "worker {} done: {} pipes created",
             self.index, self.pipes.created
@@ -232,9 +233,21 @@ impl Worker {
             Some(Pumped::Ended) => self.evaluate(key),
             Some(Pumped::NoDescriptors) => {
                 let conn = &self.conns[key];
-                debug!("conn {}: {dir}: no descriptor for a pipe; waiting", conn.id);
+                debug!(
+                    "conn {}: {dir}: no descriptor or buffer room; waiting",
+                    conn.id
+                );
                 self.timers.push(Timer {
                     at: Instant::now() + DESCRIPTOR_RETRY,
+                    key,
+                    serial: conn.serial,
+                    kind: TimerKind::Retry(dir.index() as u8),
+                });
+            }
+            Some(Pumped::RecheckAfter(after)) => {
+                let conn = &self.conns[key];
+                self.timers.push(Timer {
+                    at: Instant::now() + after,
                     key,
                     serial: conn.serial,
                     kind: TimerKind::Retry(dir.index() as u8),

@@ -3,6 +3,48 @@
 //!
 //! The memory is owned here and freed on drop; registering it with a ring is the engine's
 //! registry's job (`engine/registry.rs`), which unregisters it before it drops this value.
+//! The buffers are a mapping of their own, so a group freed gives its pages back to the
+//! system at once (a freed heap block of this size may stay in the allocator's arena).
+
+use std::ptr::NonNull;
+
+/// Anonymous private memory, zero-filled on first touch, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    /// `len` (non-zero) bytes of fresh memory.
+    fn new(len: usize) -> Mapping {
+        // SAFETY: an anonymous private mapping at an address the kernel chooses touches no
+        // memory of ours.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        match NonNull::new(raw.cast::<u8>()).filter(|_| raw != libc::MAP_FAILED) {
+            Some(ptr) => Mapping { ptr, len },
+            None => std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(len, 4096).expect("layout"),
+            ),
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length; nothing refers to it any more (the
+        // registry unregistered the ring and cleared its fixed-buffer slot first).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
 
 /// A provided-buffer ring for one direction of the `recv` data path: `count` buffers of
 /// `size` bytes that a multishot receive fills, and the ring through which the worker hands
@@ -15,7 +57,7 @@ pub struct BufRing {
     size: usize,
     ring: std::ptr::NonNull<io_uring::types::BufRingEntry>,
     layout: std::alloc::Layout,
-    buffers: Box<[u8]>,
+    buffers: Mapping,
     tail: u16,
 }
 
@@ -49,7 +91,7 @@ impl BufRing {
             size,
             ring,
             layout,
-            buffers: vec![0u8; size * usize::from(count)].into_boxed_slice(),
+            buffers: Mapping::new((size * usize::from(count)).max(1)),
             tail: 0,
         };
         for bid in 0..count {
@@ -66,11 +108,21 @@ impl BufRing {
         self.count
     }
 
+    /// Bytes of one buffer.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Bytes of all the buffers together.
+    pub fn bytes(&self) -> usize {
+        self.buffers.len
+    }
+
     /// The buffers' memory as one region, to register as a fixed buffer (SEND_ZC).
     pub fn buffers_iovec(&mut self) -> libc::iovec {
         libc::iovec {
-            iov_base: self.buffers.as_mut_ptr().cast(),
-            iov_len: self.buffers.len(),
+            iov_base: self.buffers.ptr.as_ptr().cast(),
+            iov_len: self.buffers.len,
         }
     }
 
@@ -85,9 +137,10 @@ impl BufRing {
             bid < self.count && offset <= self.size,
             "buffer {bid}+{offset} out of range"
         );
-        // SAFETY: bounds checked above; the slice holds count * size bytes.
+        // SAFETY: bounds checked above; the mapping holds count * size bytes.
         unsafe {
             self.buffers
+                .ptr
                 .as_ptr()
                 .add(usize::from(bid) * self.size + offset)
         }
@@ -101,8 +154,8 @@ impl BufRing {
         // SAFETY: `slot` < count, so the entry lies inside the ring allocation; the kernel
         // reads entries only below the published tail, and this one is published below.
         let entry = unsafe { &mut *self.ring.as_ptr().add(slot) };
-        // The buffers never move: the boxed slice is allocated once.
-        entry.set_addr(self.buffers.as_ptr() as u64 + (usize::from(bid) * self.size) as u64);
+        // The buffers never move: the mapping is made once.
+        entry.set_addr(self.buffers.ptr.as_ptr() as u64 + (usize::from(bid) * self.size) as u64);
         entry.set_len(self.size as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);

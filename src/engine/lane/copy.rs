@@ -1,7 +1,8 @@
 //! The copy data path's staging: a heap buffer registered with the ring where possible
 //! (READ_FIXED / WRITE_FIXED), filled by an io_uring read and emptied by an io_uring write.
 //! Used where splice(2) cannot work (terminals, files opened for append) and for `--mode copy`.
-//! A direction holds its buffer only while it has bytes staged, under one process-wide cap.
+//! A direction holds its buffer only while it has bytes staged, under one process-wide cap
+//! that the buffer-ring path's groups (`ring.rs`, `registry.rs`) count against too.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,18 +12,42 @@ use io_uring::{opcode, squeue, types};
 use super::super::registry::{FixedBuffer, Registry};
 use super::super::ring::Ring;
 
-/// The most memory the copy buffers of the whole process may hold at once. A direction holds
-/// its buffer only while it has bytes to move (taken when its source is readable, given back
-/// when it drains), so idle connections cost none; past this cap a waking direction waits
-/// until others give theirs back, as it waits for descriptors.
+/// The most memory the staging buffers of the whole process may hold at once: copy buffers
+/// and the buffer-ring path's provided-buffer groups together (one cap, so the bound an
+/// operator reads is one number whatever the modes of the relays and services in a process).
+/// A direction holds its buffer only while it has bytes to move (taken when its source is
+/// readable, given back when it drains), so idle connections cost none; past this cap a
+/// waking direction waits until others give theirs back, as it waits for descriptors.
 pub const COPY_MEMORY_CAP: usize = 1 << 30;
 
-/// Bytes of copy buffers held now, all workers together.
+/// Bytes of staging buffers held now, all workers together.
 static COPY_MEMORY: AtomicUsize = AtomicUsize::new(0);
 
-/// Bytes of copy buffers the process holds now.
+/// Bytes of staging buffers (copy buffers and buffer groups) the process holds now.
 pub fn copy_memory_in_use() -> usize {
     COPY_MEMORY.load(Ordering::Relaxed)
+}
+
+/// Counts `bytes` more in `counter` unless that passes `cap`; one claim alone may pass it
+/// (a single `-b` larger than the cap still works).
+fn claim_within(counter: &AtomicUsize, bytes: usize, cap: usize) -> bool {
+    let claimed = counter.fetch_add(bytes, Ordering::Relaxed);
+    if claimed + bytes > cap && claimed > 0 {
+        counter.fetch_sub(bytes, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Claims `bytes` of staging memory under [`COPY_MEMORY_CAP`]; false when there is no room
+/// now (nothing is lost: the direction tries again later).
+pub fn claim_buffer_memory(bytes: usize) -> bool {
+    claim_within(&COPY_MEMORY, bytes, COPY_MEMORY_CAP)
+}
+
+/// Gives back `bytes` claimed with [`claim_buffer_memory`].
+pub fn release_buffer_memory(bytes: usize) {
+    COPY_MEMORY.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 /// A heap buffer for the copy path, held only while bytes are staged. Staged bytes live at
@@ -95,9 +120,7 @@ impl CopyBuffer {
         if self.data.is_some() {
             return true;
         }
-        let claimed = COPY_MEMORY.fetch_add(self.size, Ordering::Relaxed);
-        if claimed + self.size > COPY_MEMORY_CAP && claimed > 0 {
-            COPY_MEMORY.fetch_sub(self.size, Ordering::Relaxed);
+        if !claim_buffer_memory(self.size) {
             return false;
         }
         self.data = Some(vec![0u8; self.size].into_boxed_slice());
@@ -115,7 +138,7 @@ impl CopyBuffer {
             registry.release_buffer(ring, slot);
         }
         if self.data.take().is_some() && std::mem::take(&mut self.counted) {
-            COPY_MEMORY.fetch_sub(self.size, Ordering::Relaxed);
+            release_buffer_memory(self.size);
         }
         self.start = 0;
     }
@@ -182,5 +205,29 @@ impl CopyBuffer {
     /// Clears the buffer's slot (no request uses it any more) and frees it.
     pub fn release(mut self, registry: &mut Registry, ring: &Ring) {
         self.give_back(registry, ring);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_stop_at_the_cap_but_one_claim_alone_may_pass_it() {
+        let counter = AtomicUsize::new(0);
+        assert!(claim_within(&counter, 600, 1000));
+        assert!(claim_within(&counter, 400, 1000), "exactly the cap fits");
+        assert!(!claim_within(&counter, 1, 1000), "past the cap waits");
+        assert_eq!(
+            counter.load(Ordering::Relaxed),
+            1000,
+            "a refused claim counts nothing"
+        );
+        counter.store(0, Ordering::Relaxed);
+        assert!(
+            claim_within(&counter, 5000, 1000),
+            "alone, a claim may pass the cap"
+        );
+        assert!(!claim_within(&counter, 1, 1000));
     }
 }

@@ -27,8 +27,10 @@ use super::token::Op;
 use super::{Mode, RelayOptions};
 use crate::net::endpoint::Endpoint;
 
-pub use self::copy::{COPY_MEMORY_CAP, CopyBuffer, copy_memory_in_use};
-pub use self::ring::RingLane;
+pub use self::copy::{
+    COPY_MEMORY_CAP, CopyBuffer, claim_buffer_memory, copy_memory_in_use, release_buffer_memory,
+};
+pub use self::ring::{RING_IDLE_GRACE, RingLane};
 pub use self::splice::{PipePool, PipeStage};
 pub use self::staged::{StagedLane, Staging};
 
@@ -71,8 +73,11 @@ pub enum Pumped {
     Ended,
     /// Could not take a pipe (the process or the system is out of descriptors): nothing was
     /// lost; run it again after a pause, as dials wait for descriptors. Also: no room under
-    /// the copy buffers' cap.
+    /// the staging cap for a copy buffer or a buffer group.
     NoDescriptors,
+    /// Waits for a completion, holding buffers it gives back if nothing comes: run it again
+    /// after this long (a ring-path direction that drained).
+    RecheckAfter(std::time::Duration),
 }
 
 /// One direction of a connection, on one of the data paths.
@@ -96,15 +101,15 @@ impl Lane {
         let discard = !options.directions[dir.index()];
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
-        // The ring path receives with multishot recv: sockets only.
+        // The ring path receives with multishot recv: sockets only. The direction takes its
+        // buffer group when its source has bytes, not now.
         if matches!(options.mode, Mode::Recv | Mode::RecvZc)
             && source.is_some_and(Endpoint::is_socket)
+            && registry.ring_groups_supported(ring)
         {
             let size = (options.pipe_size / usize::from(RING_BUFFERS)).max(4096);
-            if let Some(group) = registry.new_group(ring, RING_BUFFERS, size) {
-                let zerocopy = options.mode == Mode::RecvZc && !discard;
-                return Lane::Ring(RingLane::new(group, discard, zerocopy, registry, ring));
-            }
+            let zerocopy = options.mode == Mode::RecvZc;
+            return Lane::Ring(RingLane::new(RING_BUFFERS, size, discard, zerocopy));
         }
         let splice = matches!(options.mode, Mode::Splice | Mode::UringSplice);
         let staging = if splice && source_splices && sink_splices {
@@ -180,7 +185,9 @@ impl Lane {
             (Lane::Staged(l), Op::Fill(_) | Op::Drain(_)) => {
                 l.complete(super::ring::outcome(result), cx)
             }
-            (Lane::Ring(l), Op::Fill(_) | Op::Drain(_)) => l.complete(op, result, flags, cx),
+            (Lane::Ring(l), Op::Readable(_) | Op::Fill(_) | Op::Drain(_)) => {
+                l.complete(op, result, flags, cx)
+            }
             _ => {}
         }
     }

@@ -2,55 +2,62 @@
 //! receive fills the buffers of a provided-buffer group, and each filled buffer is written
 //! (or sent with SEND_ZC from the group's memory registered as a fixed buffer) in order, then
 //! handed back to the kernel.
+//!
+//! The group is taken on demand: an idle direction holds none and waits for its source with
+//! POLL_ADD; when readable it takes one from its worker's pool (under the process-wide
+//! staging cap, waiting when there is no room), and once it has drained and seen no byte for
+//! [`RING_IDLE_GRACE`] it cancels its receive and, after the receive's last completion and
+//! every SEND_ZC notification, gives the group back. A busy stream keeps its group.
+
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types};
 
-use super::super::registry::{BufferGroup, FixedBuffer, Registry};
-use super::super::ring::{Ring, outcome};
+use super::super::registry::{GroupLease, Registry};
+use super::super::ring::{Ring, outcome, poll_sqe};
 use super::super::token::Op;
 use super::flow::FlowOp;
 use super::recv::{RecvFlow, RecvStep};
 use super::{Cx, Pumped};
-use crate::info;
+use crate::{debug, info};
+
+/// How long a drained direction keeps its group with no byte coming in before it gives it
+/// back: long enough that a stream pausing between chunks keeps it, short enough that idle
+/// connections hold none.
+pub const RING_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub struct RingLane {
     flow: RecvFlow,
-    group: BufferGroup,
+    /// Bytes of one buffer of the direction's groups.
+    buffer_size: usize,
+    /// The group held now (and its SEND_ZC slot); `None` while idle.
+    lease: Option<GroupLease>,
     discard: bool,
-    /// The registered-buffer slot of the group's memory, when filled buffers go out with
-    /// SEND_ZC (`recv-zc`); `None` for plain writes.
-    zerocopy: Option<FixedBuffer>,
-    /// The slot of a `zerocopy` the socket refused: unused, released with the lane.
-    zerocopy_unused: Option<FixedBuffer>,
+    /// Filled buffers go out with SEND_ZC (`recv-zc`) until the socket refuses it.
+    zerocopy: bool,
     /// A buffer fully sent with SEND_ZC, handed back to the ring when the kernel's
     /// notification says it no longer reads it.
     awaiting_notification: Option<u16>,
+    /// When the last byte came in (or the group was taken).
+    last_fill: Instant,
+    /// When the check the worker was asked for is due; `None` when none is pending.
+    recheck_at: Option<Instant>,
 }
 
 impl RingLane {
-    /// A lane receiving into `group`; with `zerocopy`, its memory is registered for SEND_ZC
-    /// when a fixed-buffer slot is free.
-    pub fn new(
-        mut group: BufferGroup,
-        discard: bool,
-        zerocopy: bool,
-        registry: &mut Registry,
-        ring: &Ring,
-    ) -> RingLane {
-        let flow = RecvFlow::new(usize::from(group.ring().count()));
-        let zerocopy = if zerocopy {
-            registry.register_buffer(ring, group.ring_mut().buffers_iovec())
-        } else {
-            None
-        };
+    /// A lane receiving into groups of `count` buffers of `size` bytes, holding none yet;
+    /// with `zerocopy`, filled buffers go out with SEND_ZC.
+    pub fn new(count: u16, size: usize, discard: bool, zerocopy: bool) -> RingLane {
         RingLane {
-            flow,
-            group,
+            flow: RecvFlow::new(usize::from(count)),
+            buffer_size: size,
+            lease: None,
             discard,
-            zerocopy,
-            zerocopy_unused: None,
+            zerocopy: zerocopy && !discard,
             awaiting_notification: None,
+            last_fill: Instant::now(),
+            recheck_at: None,
         }
     }
 
@@ -62,6 +69,22 @@ impl RingLane {
         self.discard
     }
 
+    /// Whether the lane holds a buffer group now.
+    pub fn holds_buffers(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Moves the last byte received `by` into the past (tests of the idle release).
+    #[cfg(test)]
+    pub fn age(&mut self, by: Duration) {
+        self.last_fill -= by;
+    }
+
+    /// The source is readable (its POLL_ADD completed).
+    pub fn readable(&mut self) {
+        self.flow.readable();
+    }
+
     /// Arms the multishot receive and writes filled buffers in order, until it must wait.
     pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
         let dir = cx.dir;
@@ -71,13 +94,36 @@ impl RingLane {
             let sink = cx.ends.destination_fd();
             let step = self.flow.next();
             match step {
-                RecvStep::ArmReceive => {
-                    let Some(source) = source else {
+                RecvStep::WaitReadable => {
+                    let Some(source) = cx.ends.source() else {
                         self.flow.fail(FlowOp::Read, libc::EBADF);
                         continue;
                     };
-                    let sqe =
-                        opcode::RecvMulti::new(types::Fd(source), self.group.ring().bgid()).build();
+                    let sqe = poll_sqe(source, libc::POLLIN);
+                    self.flow.started(step);
+                    cx.ops.push(Op::Readable(dir), sqe);
+                }
+                RecvStep::TakeBuffers => {
+                    let count = self.flow_buffers();
+                    let ring = cx.ops.ring();
+                    let Some(lease) =
+                        cx.registry
+                            .take_group(ring, count, self.buffer_size, self.zerocopy)
+                    else {
+                        // No room under the staging cap now: nothing is lost, try again.
+                        return Pumped::NoDescriptors;
+                    };
+                    self.lease = Some(lease);
+                    self.last_fill = Instant::now();
+                    self.flow.took_buffers();
+                }
+                RecvStep::ArmReceive => {
+                    let (Some(source), Some(lease)) = (source, &self.lease) else {
+                        self.flow.fail(FlowOp::Read, libc::EBADF);
+                        continue;
+                    };
+                    let bgid = lease.group().ring().bgid();
+                    let sqe = opcode::RecvMulti::new(types::Fd(source), bgid).build();
                     self.flow.started(step);
                     cx.ops.push(Op::Fill(dir), sqe);
                 }
@@ -86,12 +132,13 @@ impl RingLane {
                     if cx.ops.in_flight(Op::Drain(dir)) {
                         return Pumped::Waiting;
                     }
-                    let Some(sink) = sink else {
+                    let (Some(sink), Some(lease)) = (sink, &self.lease) else {
                         self.flow.fail(FlowOp::Write, libc::EBADF);
                         continue;
                     };
-                    let data = self.group.ring().data(bid, offset);
-                    let sqe = match &self.zerocopy {
+                    let data = lease.group().ring().data(bid, offset);
+                    let fixed = lease.fixed().filter(|_| self.zerocopy);
+                    let sqe = match fixed {
                         Some(slot) => opcode::SendZc::new(types::Fd(sink), data, len as u32)
                             .buf_index(Some(slot.index()))
                             .flags(libc::MSG_NOSIGNAL)
@@ -103,20 +150,67 @@ impl RingLane {
                     self.flow.started(step);
                     cx.ops.push(Op::Drain(dir), sqe);
                 }
+                RecvStep::CancelReceive => {
+                    self.flow.started(step);
+                    cx.ops.cancel(Op::Fill(dir));
+                }
+                RecvStep::GiveBack => {
+                    // The last SEND_ZC's notification must be in: the kernel reads the buffer
+                    // until then (its completion pumps the lane again).
+                    if cx.ops.in_flight(Op::Drain(dir)) || cx.ops.in_flight(Op::Fill(dir)) {
+                        return Pumped::Waiting;
+                    }
+                    self.give_back(cx.registry, cx.ops.ring());
+                    self.flow.gave_back();
+                    debug!("conn {}: {dir} drained; its buffers went back", cx.id);
+                }
                 RecvStep::ShutdownWrite => {
                     self.flow.started(step);
                     let result = cx.ends.shutdown_write();
                     self.flow.shut_down(result);
                 }
-                RecvStep::Wait => return Pumped::Waiting,
-                RecvStep::Finished | RecvStep::Failed => return Pumped::Ended,
+                RecvStep::Wait => return self.wait_or_release(cx),
+                RecvStep::Finished | RecvStep::Failed => {
+                    // A finished direction of a connection that goes on (half-close) needs
+                    // its group no more.
+                    let busy = cx.ops.in_flight(Op::Drain(dir)) || cx.ops.in_flight(Op::Fill(dir));
+                    if !busy {
+                        self.give_back(cx.registry, cx.ops.ring());
+                    }
+                    return Pumped::Ended;
+                }
             }
         }
     }
 
-    /// A completion: a receive (Fill) or a write or SEND_ZC (Drain).
+    fn flow_buffers(&self) -> u16 {
+        u16::try_from(self.flow.buffers()).unwrap_or(u16::MAX)
+    }
+
+    /// The lane waits for a completion. A drained direction that saw no byte for
+    /// [`RING_IDLE_GRACE`] starts giving its group back; a drained one that saw bytes more
+    /// recently asks to be pumped again then.
+    fn wait_or_release(&mut self, cx: &mut Cx<'_>) -> Pumped {
+        if !self.flow.is_drained() || cx.ops.in_flight(Op::Drain(cx.dir)) {
+            return Pumped::Waiting;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(self.last_fill) >= RING_IDLE_GRACE {
+            self.recheck_at = None;
+            self.flow.release();
+            return self.pump(cx);
+        }
+        if self.recheck_at.is_some_and(|at| at > now) {
+            return Pumped::Waiting;
+        }
+        self.recheck_at = Some(now + RING_IDLE_GRACE);
+        Pumped::RecheckAfter(RING_IDLE_GRACE)
+    }
+
+    /// A completion: readiness (Readable), a receive (Fill) or a write or SEND_ZC (Drain).
     pub fn complete(&mut self, op: Op, result: i32, flags: u32, cx: &mut Cx<'_>) {
         match op {
+            Op::Readable(_) => self.flow.readable(),
             Op::Fill(_) => {
                 let more = cqueue::more(flags);
                 let received = match (result, cqueue::buffer_select(flags)) {
@@ -128,21 +222,21 @@ impl RingLane {
             }
             _ if cqueue::notif(flags) => {
                 // The kernel no longer reads the buffer of the last SEND_ZC.
-                if let Some(bid) = self.awaiting_notification.take() {
-                    self.group.ring_mut().provide(bid);
+                if let (Some(bid), Some(lease)) =
+                    (self.awaiting_notification.take(), self.lease.as_mut())
+                {
+                    lease.group_mut().ring_mut().provide(bid);
                 }
             }
             _ => {
                 let sent = outcome(result);
                 // Sockets that cannot send zero-copy say so on the first try: write instead.
-                if self.zerocopy.is_some()
+                if self.zerocopy
                     && matches!(sent, Err(libc::EOPNOTSUPP | libc::EINVAL))
                     && self.flow.delivered() == 0
                 {
-                    if let Some(slot) = self.zerocopy.take() {
-                        // Kept registered until the lane is released (nothing reads it now).
-                        self.zerocopy_unused = Some(slot);
-                    }
+                    // The slot stays with the group until it goes back (nothing reads it).
+                    self.zerocopy = false;
                     self.flow.sent(Err(libc::EAGAIN));
                     info!("conn {}: {}: no SEND_ZC here, writing", cx.id, cx.dir);
                     return;
@@ -152,22 +246,40 @@ impl RingLane {
                     // with MORE): the buffer goes back to the ring only then.
                     if cqueue::more(flags) {
                         self.awaiting_notification = Some(bid);
-                    } else {
-                        self.group.ring_mut().provide(bid);
+                    } else if let Some(lease) = self.lease.as_mut() {
+                        lease.group_mut().ring_mut().provide(bid);
                     }
                 }
             }
         }
         if result > 0 {
-            *cx.last_active = std::time::Instant::now();
+            *cx.last_active = Instant::now();
+            if matches!(op, Op::Fill(_)) {
+                self.last_fill = *cx.last_active;
+            }
         }
     }
 
-    /// Unregisters the group and the zero-copy slot (no request uses them any more).
-    pub fn release(self, registry: &mut Registry, ring: &Ring) {
-        for slot in [self.zerocopy, self.zerocopy_unused].into_iter().flatten() {
-            registry.release_buffer(ring, slot);
+    /// Gives the group back (no request uses it): to the pool when every buffer is in the
+    /// kernel's hands again, freed otherwise (a failed direction's buffers may still be
+    /// queued).
+    fn give_back(&mut self, registry: &mut Registry, ring: &Ring) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if self.flow.all_provided() && self.awaiting_notification.is_none() {
+            registry.return_group(ring, lease);
+        } else {
+            registry.free_group(ring, lease);
         }
-        registry.release_group(ring, self.group);
+    }
+
+    /// Frees what the lane holds (no request of it is in flight any more). Not to the pool:
+    /// a closing connection does not take its last receive completions, so the kernel may
+    /// have filled buffers the lane never saw and the group's ring may be short of them.
+    pub fn release(mut self, registry: &mut Registry, ring: &Ring) {
+        if let Some(lease) = self.lease.take() {
+            registry.free_group(ring, lease);
+        }
     }
 }

@@ -178,3 +178,119 @@ fn an_unparked_splice_direction_with_nothing_to_read_gives_its_pipe_back_and_pol
     assert!(lane.is_idle_pipe());
     assert_eq!(cx.pipes.idle(), 1);
 }
+
+/// The next completion of connection 7's requests (cancellations' own are skipped), with the
+/// in-flight set updated as the worker does.
+fn next_completion(
+    cx: &mut Cx<'_>,
+    pending: &mut std::collections::VecDeque<(u64, i32, u32)>,
+) -> (Op, i32, u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some((user_data, result, flags)) = pending.pop_front() {
+            if let Token::Conn { op, .. } = token::decode(user_data) {
+                if !io_uring::cqueue::more(flags) {
+                    cx.ops.returned(op);
+                }
+                return (op, result, flags);
+            }
+        }
+        assert!(Instant::now() < deadline, "no completion came");
+        let mut batch = Vec::new();
+        cx.ops.ring_mut().wait(false, Some(deadline), 0);
+        cx.ops.ring_mut().reap(&mut batch);
+        pending.extend(batch);
+    }
+}
+
+#[test]
+fn a_ring_direction_takes_its_group_when_bytes_come_and_gives_it_back_once_drained_and_quiet() {
+    use std::io::Read;
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::new(&ring, 0, 0);
+    if !registry.ring_groups_supported(&ring) {
+        eprintln!("no provided-buffer rings on this kernel: nothing to test");
+        return;
+    }
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, mut sink_peer) = unix_endpoint();
+    let options = options(Mode::Recv);
+    let mut lane = RingLane::new(8, 4096, false, false);
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    let mut pending = std::collections::VecDeque::new();
+    // Idle: a readiness wait, no group.
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(!lane.holds_buffers());
+    send(&mut peer, b"hello");
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!(op, Op::Readable(FORWARD));
+    lane.complete(op, result, flags, &mut cx);
+    // Readable: it takes a group and receives (and, holding it with nothing queued yet,
+    // asks to be looked at again after the grace).
+    assert_eq!(lane.pump(&mut cx), Pumped::RecheckAfter(RING_IDLE_GRACE));
+    assert!(lane.holds_buffers());
+    assert!(cx.ops.in_flight(Op::Fill(FORWARD)));
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), 5));
+    lane.complete(op, result, flags, &mut cx);
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Drain(FORWARD), 5));
+    lane.complete(op, result, flags, &mut cx);
+    // Drained but recently busy: it keeps the group (one recheck is pending already).
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(lane.holds_buffers());
+    // Quiet for the grace: the receive is cancelled, and the group goes back only after its
+    // last completion.
+    lane.age(RING_IDLE_GRACE);
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(lane.holds_buffers(), "the receive still runs");
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), -libc::ECANCELED));
+    lane.complete(op, result, flags, &mut cx);
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(!lane.holds_buffers());
+    assert_eq!(cx.registry.idle_groups(), 1, "the group waits in the pool");
+    assert!(
+        cx.ops.in_flight(Op::Readable(FORWARD)),
+        "idle again: a readiness wait"
+    );
+    // And it wakes again, with the same group from the pool.
+    send(&mut peer, b" again");
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    lane.complete(op, result, flags, &mut cx);
+    assert_eq!(lane.pump(&mut cx), Pumped::RecheckAfter(RING_IDLE_GRACE));
+    assert_eq!(cx.registry.idle_groups(), 0);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), 6));
+    lane.complete(op, result, flags, &mut cx);
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    lane.complete(op, result, flags, &mut cx);
+    let mut got = [0u8; 11];
+    sink_peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello again");
+    assert_eq!(lane.flow().delivered(), 11);
+    // Closing: the receive is cancelled and the lane freed only after its last completion.
+    cx.ops.cancel(Op::Fill(FORWARD));
+    let (op, ..) = next_completion(&mut cx, &mut pending);
+    assert_eq!(op, Op::Fill(FORWARD));
+    assert!(!cx.ops.in_flight(Op::Fill(FORWARD)));
+    lane.release(cx.registry, cx.ops.ring());
+    cx.registry.free_idle_groups(cx.ops.ring());
+}
