@@ -6,45 +6,7 @@
 //! The buffers are a mapping of their own, so a group freed gives its pages back to the
 //! system at once (a freed heap block of this size may stay in the allocator's arena).
 
-use std::ptr::NonNull;
-
-/// Anonymous private memory, zero-filled on first touch, unmapped on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    /// `len` (non-zero) bytes of fresh memory.
-    fn new(len: usize) -> Mapping {
-        // SAFETY: an anonymous private mapping at an address the kernel chooses touches no
-        // memory of ours.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        match NonNull::new(raw.cast::<u8>()).filter(|_| raw != libc::MAP_FAILED) {
-            Some(ptr) => Mapping { ptr, len },
-            None => std::alloc::handle_alloc_error(
-                std::alloc::Layout::from_size_align(len, 4096).expect("layout"),
-            ),
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: mapped in `new` with this length; nothing refers to it any more (the
-        // registry unregistered the ring and cleared its fixed-buffer slot first).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
+use super::mapping::Mapping;
 
 /// A provided-buffer ring for one direction of the `recv` data path: `count` buffers of
 /// `size` bytes that a multishot receive fills, and the ring through which the worker hands
@@ -115,14 +77,14 @@ impl BufRing {
 
     /// Bytes of all the buffers together.
     pub fn bytes(&self) -> usize {
-        self.buffers.len
+        self.buffers.len()
     }
 
     /// The buffers' memory as one region, to register as a fixed buffer (SEND_ZC).
     pub fn buffers_iovec(&mut self) -> libc::iovec {
         libc::iovec {
-            iov_base: self.buffers.ptr.as_ptr().cast(),
-            iov_len: self.buffers.len,
+            iov_base: self.buffers.as_ptr().cast(),
+            iov_len: self.buffers.len(),
         }
     }
 
@@ -140,7 +102,6 @@ impl BufRing {
         // SAFETY: bounds checked above; the mapping holds count * size bytes.
         unsafe {
             self.buffers
-                .ptr
                 .as_ptr()
                 .add(usize::from(bid) * self.size + offset)
         }
@@ -155,7 +116,7 @@ impl BufRing {
         // reads entries only below the published tail, and this one is published below.
         let entry = unsafe { &mut *self.ring.as_ptr().add(slot) };
         // The buffers never move: the mapping is made once.
-        entry.set_addr(self.buffers.ptr.as_ptr() as u64 + (usize::from(bid) * self.size) as u64);
+        entry.set_addr(self.buffers.as_ptr() as u64 + (usize::from(bid) * self.size) as u64);
         entry.set_len(self.size as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);

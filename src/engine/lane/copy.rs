@@ -1,4 +1,4 @@
-//! The copy data path's staging: a heap buffer registered with the ring where possible
+//! The copy data path's staging: a buffer (a mapping of its own) registered with the ring where possible
 //! (READ_FIXED / WRITE_FIXED), filled by an io_uring read and emptied by an io_uring write.
 //! Used where splice(2) cannot work (terminals, files opened for append) and for `--mode copy`.
 //! A direction holds its buffer only while it has bytes staged, under one process-wide cap
@@ -11,6 +11,7 @@ use io_uring::{opcode, squeue, types};
 
 use super::super::registry::{FixedBuffer, Registry};
 use super::super::ring::Ring;
+use crate::sys::mapping::Mapping;
 
 /// The most memory the staging buffers of the whole process may hold at once: copy buffers
 /// and the buffer-ring path's provided-buffer groups together (one cap, so the bound an
@@ -50,12 +51,13 @@ pub fn release_buffer_memory(bytes: usize) {
     COPY_MEMORY.fetch_sub(bytes, Ordering::Relaxed);
 }
 
-/// A heap buffer for the copy path, held only while bytes are staged. Staged bytes live at
+/// A buffer for the copy path, held only while bytes are staged. Staged bytes live at
 /// `data[start..start + staged]`.
 #[derive(Debug)]
 pub struct CopyBuffer {
     size: usize,
-    data: Option<Box<[u8]>>,
+    /// Its own mapping, so a buffer given back leaves the process's RSS at once.
+    data: Option<Mapping>,
     /// Offset of the first staged byte.
     start: usize,
     /// Its slot in the ring's registered-buffer table, when registered.
@@ -72,7 +74,7 @@ impl CopyBuffer {
     pub fn new(size: usize) -> CopyBuffer {
         CopyBuffer {
             size,
-            data: Some(vec![0u8; size].into_boxed_slice()),
+            data: Some(Mapping::new(size.max(1))),
             start: 0,
             slot: None,
             register: false,
@@ -106,10 +108,10 @@ impl CopyBuffer {
             return;
         };
         let iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
+            iov_base: data.as_ptr().cast(),
             iov_len: data.len(),
         };
-        // The heap block never moves, and `give_back`/`release` clear the slot before it is
+        // The mapping never moves, and `give_back`/`release` clear the slot before it is
         // freed.
         self.slot = registry.register_buffer(ring, iov);
     }
@@ -123,7 +125,7 @@ impl CopyBuffer {
         if !claim_buffer_memory(self.size) {
             return false;
         }
-        self.data = Some(vec![0u8; self.size].into_boxed_slice());
+        self.data = Some(Mapping::new(self.size.max(1)));
         self.counted = true;
         self.start = 0;
         if self.register {
@@ -145,7 +147,8 @@ impl CopyBuffer {
 
     fn data(&mut self) -> &mut [u8] {
         self.data
-            .as_deref_mut()
+            .as_mut()
+            .map(Mapping::as_mut_slice)
             .expect("a filling or draining copy direction holds its buffer")
     }
 
