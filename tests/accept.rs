@@ -204,3 +204,37 @@ fn the_old_acceptor_thread_still_relays_when_asked_for() {
     assert!(backend.most.load(Ordering::SeqCst) <= 2);
     assert!(relay.stop().success());
 }
+
+#[test]
+fn a_services_max_children_stays_exact_when_every_worker_accepts() {
+    const CLIENTS: usize = 10;
+    let dir = Scratch::new("accept-serve");
+    let backend = CountingBackend::start(CLIENTS, Duration::from_millis(300));
+    let port = free_port();
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "threads = 2\n[[service]]\nname = \"limited\"\n\
+             listen = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\nmax-children = 3\n\
+             connect = \"TCP:127.0.0.1:{}\"\n",
+            backend.port
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let errors = clients_at_once(port, CLIENTS, 64 * 1024);
+    assert!(errors.is_empty(), "{errors:?}\n{}", relay.log());
+    backend.thread.join().unwrap();
+    let most = backend.most.load(Ordering::SeqCst);
+    assert!(
+        most <= 3,
+        "{most} connections open at the backend at once under max-children = 3"
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}

@@ -4,19 +4,39 @@
 //! when the group drops), what turns an accepted socket into a job ([`Admit`]: socket
 //! options, allow list, observer, the relay's options), and the `max-children` slots.
 //!
-//! Without `max-children` every worker keeps one multishot ACCEPT armed. With it, a worker
+//! Without `max-children` every worker keeps one ACCEPT armed. With it, a worker
 //! arms a single-shot ACCEPT only after reserving a slot (`used < max`, one compare-and-swap),
 //! so accepted connections plus armed accepts never exceed the limit, across all workers; the
 //! slot passes to the connection and comes back when it closes. A worker that found no free
 //! slot sets its bit in `waiting` *before* it tries, and whoever frees a slot reads `waiting`
 //! after it freed it, so one of the two always sees the other.
 //!
-//! Measured on the 2-core development machine (`perf/run.py --cases crr --rounds 3
-//! --time 3`, release, same run, see README): the shared listener is the default; per-worker
-//! SO_REUSEPORT listeners (`VSPLICE_ACCEPT=reuseport`, TCP only) were no faster there, and a
-//! reuseport listener's backlog is tied to its worker (a connection hashed to a worker that
-//! waits for a `max-children` slot waits even when another worker has one). The figures are
-//! in [`AcceptStrategy`].
+//! A worker on a shared listener re-arms a single-shot ACCEPT after each connection rather
+//! than keeping a multishot one: a listener wakes one exclusive waiter, and a multishot
+//! request stays first in the listener's wait queue, so one worker took every connection
+//! (64 concurrent clients, 2 workers: 64 and 0 or 0 and 64, every run); re-armed, a worker
+//! queues up behind the others and the connections spread (`tests/accept.rs`). Per-worker
+//! SO_REUSEPORT listeners, each with its own queue, keep a multishot ACCEPT armed.
+//!
+//! Which strategy is the default, measured on the 2-core development machine, release build,
+//! `perf/run.py --rounds 3 --time 3`, medians, each pair interleaved in one run:
+//!
+//! | case | shared (default) | reuseport | shared multishot | main's acceptor thread |
+//! |---|---:|---:|---:|---:|
+//! | `crr` (8 clients), vs main | 13,844 = 1.02x (0.97x direct) | 13,964 = 1.04x | - | 13,611 / 13,432 |
+//! | `crr`, vs shared | - | 14,205 = 1.04x | 14,079 = 1.01x | - |
+//! | `scale-crr` (2 clients), vs main | 12,457 = 1.09x (0.88x direct) | - | - | 11,466 (0.81x) |
+//! | `scale-crr`, vs shared | - | 12,565 = 0.97x | - | - |
+//!
+//! With 8 clients every path is bound by the clients and the echo server (direct: about
+//! 14,200 conn/s), so the differences there are within the rounds' spread; with 2 clients
+//! the shared listener is ahead of the acceptor thread in every round. Per-worker
+//! SO_REUSEPORT listeners (`VSPLICE_ACCEPT=reuseport`, TCP only) were no faster, and cost
+//! more: a connection hashed to a busy worker waits behind it while another idles, under
+//! `max-children` an armed ACCEPT on one listener holds a slot that a client queued on
+//! another cannot use, and any process of the same user may join the port's group and take
+//! connections. So the default is one shared listener, for every kind (TCP, UNIX, vsock,
+//! inherited sockets).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,10 +46,7 @@ use super::{Job, RelayOptions};
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket::Socket;
 
-/// How a forking listener's connections are accepted.
-///
-/// Connections per second through the relay, `perf/run.py --cases crr --rounds 3 --time 3`,
-/// release build, 2 cores, one run (medians; direct = no relay): see README's Architecture.
+/// How a forking listener's connections are accepted (the module's table compares them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptStrategy {
     /// Every worker accepts on the one listening socket, one single-shot ACCEPT at a time
