@@ -3,20 +3,22 @@
 //! listeners given by [`Engine::listen`]) or serve those handed to them ([`Engine::submit`]).
 //!
 //! A connection stays on the worker that accepted it, or is handed over once, through a
-//! crossbeam channel plus an eventfd the worker's ring polls; it never migrates. Inside a worker every connection is a [`conn::Conn`] in a
-//! [`conn::Phase`], with two directions, each a pure state machine ([`flow::Flow`], or
-//! [`recv::RecvFlow`] on the buffer-ring paths) driven by one of the data paths ([`Mode`],
-//! one file each under `lane/`): non-blocking splice(2)
-//! after readiness, io_uring SPLICE after readiness, io_uring reads and writes through a
-//! registered buffer (the fallback where splice cannot work), or multishot receive into a
-//! provided-buffer ring followed by writes or SEND_ZC. Readiness is always waited for with
-//! io_uring POLL_ADD, so an idle connection costs no kernel thread. [`rcvbudget`] bounds
-//! the memory the relay's TCP receive queues hold when many connections are busy.
+//! crossbeam channel plus an eventfd the worker's ring polls; it never migrates. Inside a
+//! worker every connection is a [`conn::Conn`] in a [`conn::Phase`], with two directions,
+//! each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on the buffer-ring
+//! paths) driven by one of the data paths ([`Mode`], one file each under `lane/`):
+//! non-blocking splice(2) after readiness, io_uring SPLICE after readiness, io_uring reads
+//! and writes through a registered buffer (the fallback where splice cannot work), or
+//! multishot receive into a provided-buffer ring followed by writes or SEND_ZC. Readiness
+//! is always waited for with io_uring POLL_ADD, so an idle connection costs no kernel
+//! thread. [`rcvbudget`] bounds the memory the relay's TCP receive queues hold when many
+//! connections are busy.
 //!
-//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), [`ring`] (the io_uring, submission, wait, reap), [`registry`] (what is registered
-//! with it, as owned tokens), [`conn`] (a connection and its phases), `lane/` (the data
-//! paths), `timers`, `park` and `budget` (the worker's two policies), `stats` (close logging
-//! and counters), `worker` (the loop that ties them together).
+//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), [`ring`] (the
+//! io_uring, submission, wait, reap), [`registry`] (what is registered with it, as owned
+//! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
+//! `park` and `budget` (the worker's two policies), `stats` (close logging and counters),
+//! `worker` (the loop that ties them together).
 
 pub mod accept;
 mod budget;

@@ -1,7 +1,8 @@
 //! io_uring `user_data` values: a connection's slab key and an operation tag, a listener's
-//! slot and the accept tag, plus reserved sentinels for the worker's own requests. Every request in flight on a connection has its
-//! own tag, so the connection knows exactly which requests it must wait for before its slot
-//! (and the descriptors and buffers the kernel may still touch) can be reused.
+//! slot and the accept tag, plus reserved sentinels for the worker's own requests. Every
+//! request in flight on a connection has its own tag, so the connection knows exactly which
+//! requests it must wait for before its slot (and the descriptors and buffers the kernel may
+//! still touch) can be reused.
 
 /// The worker's wake-up poll on its eventfd.
 pub const WAKE: u64 = u64::MAX;

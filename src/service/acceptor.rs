@@ -1,9 +1,10 @@
 //! A service's listening socket and its accepting: the shared [`Engine`]'s workers accept on
 //! it themselves ([`crate::engine::accept`]), check each peer against the allow list and
-//! serve it with the service's [`RelayOptions`] (which carry its [`ServiceObserver`]). The service an acceptor serves can
-//! be switched while it runs (a reload that changed it): connections accepted afterwards get
-//! the new one, those already handed over keep theirs. Stopping an acceptor gives its
-//! listening socket back, so a reload can hand it to a renamed service without closing it.
+//! serve it with the service's [`RelayOptions`] (which carry its [`ServiceObserver`]). The
+//! service an acceptor serves can be switched while it runs (a reload that changed it):
+//! connections accepted afterwards get the new one, those already accepted keep theirs.
+//! Stopping an acceptor makes every worker stop accepting on the socket and gives it back,
+//! so a reload can hand it to a renamed service without closing it.
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
