@@ -2,11 +2,14 @@
 //! together with the second address, and stop cleanly on SIGINT, SIGTERM or any other stop
 //! signal (`sys::signal`).
 //!
-//! The acceptor runs on the main thread: poll(2) on the listener, the stop signalfd and the
-//! engine's "a connection closed" eventfd. With `max-children` it stops polling the listener
-//! while the relay is full, so excess clients wait in the backlog instead of being refused.
-//! A stop signal closes the listener and drains: open connections may finish for
-//! `--drain-timeout`; then, or at a second signal, the engine cuts the rest with resets.
+//! A forking listener is accepted on by every worker for itself ([`crate::engine::accept`]:
+//! an ACCEPT on each worker's ring; with `max-children` one only while a slot is free, so
+//! excess clients wait in the backlog instead of being refused). The main thread only waits
+//! for a stop signal. A listener that serves one connection (no `fork`) is accepted on here:
+//! poll(2) on the listener and the stop signalfd, then the connection goes to the worker.
+//! A stop signal first stops the workers accepting (their ACCEPTs cancelled and returned),
+//! closes the listener and drains: open connections may finish for `--drain-timeout`; then,
+//! or at a second signal, the engine cuts the rest with resets.
 
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -17,13 +20,16 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::addr::{Address, Kind};
-use crate::engine::{Engine, EngineConfig, Job, Second, Shared};
+use crate::engine::accept::{AcceptGroup, AcceptStrategy, Admit};
+use crate::engine::{Engine, EngineConfig, Job, RelayOptions, Second, Shared};
 use crate::error::{Error, Result};
 use crate::net::dial::dial_blocking;
 use crate::net::endpoint::Endpoint;
 use crate::net::open::Listener;
+use crate::net::sockopt::apply_connected_options;
 use crate::sys::limits;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
+use crate::sys::socket::{SockAddr, Socket};
 use crate::{notice, warn};
 
 /// A relay ready to run: both addresses checked, the engine configured.
@@ -104,7 +110,15 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
     }
     let second = Arc::new(plan.second.clone());
     if plan.first.is_listener() {
-        let listener = Listener::open(&plan.first)?;
+        let strategy = match plan.first.options.fork {
+            true => AcceptStrategy::from_env(),
+            false => AcceptStrategy::Thread,
+        };
+        let reuseport = strategy == AcceptStrategy::ReusePort
+            && matches!(plan.first.kind, Kind::TcpListen { .. });
+        let mut first = plan.first.clone();
+        first.options.reuseport |= reuseport;
+        let listener = Listener::open(&first)?;
         notice!(
             "listening on {} ({})",
             listener.local_addr(),
@@ -114,7 +128,26 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
         let threads = if fork { plan.threads } else { 1 };
         let engine =
             Engine::start(threads, Arc::new(plan.engine.clone())).map_err(Error::Engine)?;
-        serve(listener, engine, &signals, &plan, second)
+        if strategy == AcceptStrategy::Thread {
+            return serve(listener, engine, &signals, &plan, second);
+        }
+        let mut listeners = vec![listener];
+        if reuseport {
+            // One listener per worker on the same port: the kernel spreads connections by
+            // their addresses' hash.
+            if let (Kind::TcpListen { family, .. }, SockAddr::Inet(local)) =
+                (&first.kind, listeners[0].local_addr().clone())
+            {
+                first.kind = Kind::TcpListen {
+                    port: local.port(),
+                    family: *family,
+                };
+            }
+            for _ in 1..threads {
+                listeners.push(Listener::open(&first)?);
+            }
+        }
+        serve_on_workers(listeners, strategy, engine, &signals, &plan, second)
     } else {
         let first = open_active(&plan.first)?;
         let second_end = match open_second(&second, &signals)? {
@@ -186,7 +219,93 @@ fn transient_accept_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// The accept loop for a listening first address.
+/// What a forking relay's worker does with an accepted socket: the listener's socket
+/// options, a label for logs, and the second address to dial.
+struct RelayAdmit {
+    listen: Address,
+    local: SockAddr,
+    second: Arc<Address>,
+    options: Arc<RelayOptions>,
+}
+
+impl Admit for RelayAdmit {
+    fn max_children(&self) -> Option<usize> {
+        self.listen.options.max_children
+    }
+
+    fn admit(&self, socket: Socket) -> Option<(Job, Arc<RelayOptions>)> {
+        if matches!(self.listen.kind, Kind::TcpListen { .. }) {
+            if let Err(e) = apply_connected_options(&socket, &self.listen.options) {
+                warn!("{}: socket options: {e}", self.listen.text);
+            }
+        }
+        // The label shows only in warnings and below: spare the getpeername otherwise.
+        let label = crate::log::enabled(crate::log::Level::Warn)
+            .then(|| socket.peer_addr().map(|a| a.to_string()).ok())
+            .flatten()
+            .unwrap_or_else(|| format!("client of {}", self.local));
+        let job = Job {
+            first: Endpoint::socket(socket, label),
+            second: Second::Dial(self.second.clone()),
+        };
+        Some((job, self.options.clone()))
+    }
+}
+
+/// Serves a forking listener (or one SO_REUSEPORT listener per worker) by letting every
+/// worker accept on it; returns at a stop signal, after the drain.
+fn serve_on_workers(
+    listeners: Vec<Listener>,
+    strategy: AcceptStrategy,
+    engine: Engine,
+    signals: &StopSignals,
+    plan: &RelayPlan,
+    second: Arc<Address>,
+) -> Result<ExitCode> {
+    let shared = engine.shared().clone();
+    // Nothing here waits for closes until the drain (which turns this on itself).
+    shared.wake_on_close.store(false, Ordering::SeqCst);
+    let fds = listeners
+        .iter()
+        .map(|l| l.socket().as_fd().try_clone_to_owned())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Error::io("duplicating the listening socket", e))?;
+    let admit = RelayAdmit {
+        listen: plan.first.clone(),
+        local: listeners[0].local_addr().clone(),
+        second,
+        options: Arc::new(plan.engine.relay_options()),
+    };
+    let group = Arc::new(
+        AcceptGroup::new(plan.first.text.clone(), fds, Box::new(admit))
+            .with_multishot(strategy.multishot()),
+    );
+    engine.listen(group.clone()).map_err(Error::Engine)?;
+    let signo = loop {
+        match signals.wait_with(signals.as_fd()) {
+            Ok(Some(signo)) => break signo,
+            Ok(None) => {}
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+    };
+    // Stop accepting first: every worker's ACCEPT is cancelled and back before the
+    // listening sockets close (a UNIX socket's file goes with them).
+    engine.unlisten(&group);
+    let per_worker = group.accepted_per_worker();
+    drop(group);
+    drop(listeners);
+    crate::debug!("connections accepted per worker: {per_worker:?}");
+    let live = shared.live.load(Ordering::SeqCst);
+    notice!(
+        "signal {signo}: stopped accepting; draining {live} connections for {:?}",
+        plan.drain_timeout
+    );
+    engine.drain(plan.drain_timeout, signals.as_fd(), || signals.take());
+    finish(engine, plan, true)
+}
+
+/// The accept loop on the main thread: a listener that serves one connection, or any with
+/// `VSPLICE_ACCEPT=thread` (the path before workers accepted, kept for measuring).
 fn serve(
     listener: Listener,
     mut engine: Engine,

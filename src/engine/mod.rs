@@ -1,22 +1,26 @@
 //! The relay engine: N worker threads, each pinned to a core and owning one io_uring, that
-//! serve connections handed to them by the acceptor.
+//! accept connections themselves ([`accept`]: an ACCEPT on every worker's ring, on the
+//! listeners given by [`Engine::listen`]) or serve those handed to them ([`Engine::submit`]).
 //!
-//! A connection is handed over once, through a crossbeam channel plus an eventfd the worker's
-//! ring polls, and never migrates. Inside a worker every connection is a [`conn::Conn`] in a
-//! [`conn::Phase`], with two directions, each a pure state machine ([`flow::Flow`], or
-//! [`recv::RecvFlow`] on the buffer-ring paths) driven by one of the data paths ([`Mode`],
-//! one file each under `lane/`): non-blocking splice(2)
-//! after readiness, io_uring SPLICE after readiness, io_uring reads and writes through a
-//! registered buffer (the fallback where splice cannot work), or multishot receive into a
-//! provided-buffer ring followed by writes or SEND_ZC. Readiness is always waited for with
-//! io_uring POLL_ADD, so an idle connection costs no kernel thread. [`rcvbudget`] bounds
-//! the memory the relay's TCP receive queues hold when many connections are busy.
+//! A connection stays on the worker that accepted it, or is handed over once, through a
+//! crossbeam channel plus an eventfd the worker's ring polls; it never migrates. Inside a
+//! worker every connection is a [`conn::Conn`] in a [`conn::Phase`], with two directions,
+//! each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on the buffer-ring
+//! paths) driven by one of the data paths ([`Mode`], one file each under `lane/`):
+//! non-blocking splice(2) after readiness, io_uring SPLICE after readiness, io_uring reads
+//! and writes through a registered buffer (the fallback where splice cannot work), or
+//! multishot receive into a provided-buffer ring followed by writes or SEND_ZC. Readiness
+//! is always waited for with io_uring POLL_ADD, so an idle connection costs no kernel
+//! thread. [`rcvbudget`] bounds the memory the relay's TCP receive queues hold when many
+//! connections are busy.
 //!
-//! Map: [`ring`] (the io_uring, submission, wait, reap), [`registry`] (what is registered
-//! with it, as owned tokens), [`conn`] (a connection and its phases), `lane/` (the data
-//! paths), `timers`, `park` and `budget` (the worker's two policies), `stats` (close logging
-//! and counters), `worker` (the loop that ties them together).
+//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), [`ring`] (the
+//! io_uring, submission, wait, reap), [`registry`] (what is registered with it, as owned
+//! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
+//! `park` and `budget` (the worker's two policies), `stats` (close logging and counters),
+//! `worker` (the loop that ties them together).
 
+pub mod accept;
 mod budget;
 pub mod conn;
 mod direction;
@@ -211,6 +215,10 @@ pub struct Job {
 #[derive(Debug)]
 enum Message {
     Relay(Job, Arc<RelayOptions>),
+    /// Accept on this group's listener.
+    Listen(Arc<accept::AcceptGroup>),
+    /// Stop accepting on this group's listener (and detach from it).
+    Unlisten(Arc<accept::AcceptGroup>),
     Stop,
 }
 
@@ -369,6 +377,37 @@ impl Engine {
             return;
         }
         worker.unwoken = true;
+    }
+
+    /// Makes every worker accept on `group`'s listener for itself, until
+    /// [`Engine::unlisten`]. Fails if the group was started before.
+    pub fn listen(&self, group: Arc<accept::AcceptGroup>) -> io::Result<()> {
+        let wakes = self.workers.iter().map(|w| w.wake.clone()).collect();
+        if !group.attach(wakes) {
+            return Err(io::Error::other("an accept group starts once"));
+        }
+        for w in &self.workers {
+            if w.jobs.send(Message::Listen(group.clone())).is_err() {
+                group.detach();
+            }
+            w.wake.notify();
+        }
+        Ok(())
+    }
+
+    /// Stops accepting on `group`: every worker cancels its ACCEPT there, and this returns
+    /// once all of them are back, so closing the listener afterwards is safe and nothing
+    /// more is accepted. Connections already accepted go on.
+    pub fn unlisten(&self, group: &Arc<accept::AcceptGroup>) {
+        for w in &self.workers {
+            if w.jobs.send(Message::Unlisten(group.clone())).is_err() {
+                // The worker is gone and holds nothing any more. (It detached the group
+                // when it stopped, or never got it: a Listen it never read.)
+                continue;
+            }
+            w.wake.notify();
+        }
+        group.wait_detached();
     }
 
     /// Wakes every worker that was handed work since its last wake-up.

@@ -1,12 +1,16 @@
-//! io_uring `user_data` values: a connection's slab key and an operation tag, plus reserved
-//! sentinels for the worker's own requests. Every request in flight on a connection has its
-//! own tag, so the connection knows exactly which requests it must wait for before its slot
-//! (and the descriptors and buffers the kernel may still touch) can be reused.
+//! io_uring `user_data` values: a connection's slab key and an operation tag, a listener's
+//! slot and the accept tag, plus reserved sentinels for the worker's own requests. Every
+//! request in flight on a connection has its own tag, so the connection knows exactly which
+//! requests it must wait for before its slot (and the descriptors and buffers the kernel may
+//! still touch) can be reused.
 
 /// The worker's wake-up poll on its eventfd.
 pub const WAKE: u64 = u64::MAX;
 /// Cancellation requests; their own completions carry nothing the worker needs.
 pub const CANCEL: u64 = u64::MAX - 1;
+
+/// The tag of a worker's ACCEPT on one of its listeners (above every connection tag).
+pub const ACCEPT_TAG: u8 = 0xa0;
 
 use super::conn::Direction;
 
@@ -71,12 +75,18 @@ pub fn encode(key: usize, op: Op) -> u64 {
     ((key as u64) << 8) | u64::from(op.tag())
 }
 
+/// Encodes an ACCEPT on the worker's listener `slot`.
+pub fn encode_accept(slot: usize) -> u64 {
+    ((slot as u64) << 8) | u64::from(ACCEPT_TAG)
+}
+
 /// What a completion belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
     Wake,
     Cancel,
     Conn { key: usize, op: Op },
+    Accept { slot: usize },
     Unknown(u64),
 }
 
@@ -84,6 +94,9 @@ pub fn decode(user_data: u64) -> Token {
     match user_data {
         WAKE => Token::Wake,
         CANCEL => Token::Cancel,
+        other if (other & 0xff) as u8 == ACCEPT_TAG => Token::Accept {
+            slot: (other >> 8) as usize,
+        },
         other => match Op::from_tag((other & 0xff) as u8) {
             Some(op) => Token::Conn {
                 key: (other >> 8) as usize,
@@ -124,5 +137,6 @@ mod tests {
         assert_eq!(decode(WAKE), Token::Wake);
         assert_eq!(decode(CANCEL), Token::Cancel);
         assert_eq!(decode(0x55), Token::Unknown(0x55));
+        assert_eq!(decode(encode_accept(7)), Token::Accept { slot: 7 });
     }
 }

@@ -5,7 +5,9 @@
 //! waits in one `io_uring_enter` that also submits everything queued meanwhile. Every request
 //! a connection has in flight is tracked in its in-flight set; a closing connection cancels
 //! them and keeps its descriptors, pipes and buffers until the kernel has returned every one,
-//! so nothing the kernel may still touch is freed or reused early.
+//! so nothing the kernel may still touch is freed or reused early. A worker also accepts
+//! for itself on the listeners the engine gave it (`accept.rs`), and dials from there
+//! (`dial.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -33,6 +35,7 @@ use crate::net::dial::{Dial, Event as DialEvent};
 use crate::sys::eventfd::EventFd;
 use crate::{debug, info};
 
+mod accept;
 mod dial;
 
 /// How long a direction that found no descriptor for a pipe waits before it tries again.
@@ -58,6 +61,7 @@ pub(super) struct Worker {
     next_serial: u64,
     stopping: bool,
     completions: Vec<Completion>,
+    accepting: accept::Accepting,
 }
 
 impl Worker {
@@ -95,6 +99,7 @@ impl Worker {
             next_serial: 1,
             stopping: false,
             completions: Vec::with_capacity(256),
+            accepting: accept::Accepting::default(),
         })
     }
 
@@ -112,19 +117,30 @@ impl Worker {
                 self.index,
             );
             self.budget.sweep(&mut self.conns, &self.shared, self.index);
-            if self.stopping && self.conns.is_empty() {
+            if self.stopping && self.conns.is_empty() && self.accepting.is_empty() {
                 break;
+            }
+            let accept_due = self.accepting.due();
+            if accept_due.is_some_and(|at| at <= Instant::now()) {
+                self.rearm_accepts();
             }
             let deadline = self.timers.next_deadline([
                 self.parking.due(&self.registry, &self.shared),
                 self.budget.due(&self.shared),
+                self.accepting.due(),
             ]);
             self.ring.wait(!self.runq.is_empty(), deadline, self.index);
         }
         self.registry.free_idle_groups(&self.ring);
+        // A listener given after the stop was read is let go of unaccepted.
+        while let Ok(message) = self.inbox.try_recv() {
+            if let Message::Listen(group) = message {
+                group.detach();
+            }
+        }
         debug!(
-            "worker {} done: {} pipes created",
-            self.index, self.pipes.created
+            "worker {} done: {} pipes created, {} connections accepted",
+            self.index, self.pipes.created, self.accepting.accepted
         );
     }
 
@@ -146,7 +162,9 @@ impl Worker {
                     self.ring.arm_wake(&self.wake);
                 }
                 self.take_jobs();
+                self.rearm_accepts();
             }
+            Token::Accept { slot } => self.on_accept(slot, result, flags),
             Token::Cancel | Token::Unknown(_) => {}
             Token::Conn { key, op } => {
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -260,20 +278,27 @@ impl Worker {
         while let Ok(message) = self.inbox.try_recv() {
             match message {
                 Message::Stop => self.begin_stop(),
-                Message::Relay(job, options) => self.admit(job, options),
+                Message::Relay(job, options) => {
+                    self.admit(job, options);
+                }
+                Message::Listen(group) => self.listen(group),
+                Message::Unlisten(group) => self.unlisten(Some(&group)),
             }
         }
     }
 
     fn begin_stop(&mut self) {
         self.stopping = true;
+        self.unlisten(None);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close(key, CloseReason::Stopped);
         }
     }
 
-    fn admit(&mut self, job: Job, options: Arc<RelayOptions>) {
+    /// Takes a connection (counted in `shared.live` already); its slab key, `None` when the
+    /// worker is stopping and closed it at once.
+    fn admit(&mut self, job: Job, options: Arc<RelayOptions>) -> Option<usize> {
         if self.stopping {
             drop(job);
             if let Some(observer) = &options.observer {
@@ -281,7 +306,7 @@ impl Worker {
             }
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
             self.shared.notify_closed();
-            return;
+            return None;
         }
         let serial = self.next_serial;
         self.next_serial += 1;
@@ -302,9 +327,11 @@ impl Worker {
             }
             let key = self.conns.insert(conn);
             self.advance_dial(key, DialEvent::Start);
+            Some(key)
         } else {
             let key = self.conns.insert(conn);
             self.start_relay(key);
+            Some(key)
         }
     }
 
@@ -456,6 +483,7 @@ impl Worker {
         }
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
         self.shared.notify_closed();
+        self.release_slot(key);
     }
 
     fn run_queue(&mut self) {

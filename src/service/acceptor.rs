@@ -1,27 +1,24 @@
-//! A service's listening socket and the thread that accepts on it: each accepted peer is
-//! checked against the allow list and handed to the one shared [`Engine`] with the service's
-//! [`RelayOptions`] (which carry its [`ServiceObserver`]). The service an acceptor serves can
-//! be switched while it runs (a reload that changed it): connections accepted afterwards get
-//! the new one, those already handed over keep theirs. Stopping an acceptor gives its
-//! listening socket back, so a reload can hand it to a renamed service without closing it.
+//! A service's listening socket and its accepting: the shared [`Engine`]'s workers accept on
+//! it themselves ([`crate::engine::accept`]), check each peer against the allow list and
+//! serve it with the service's [`RelayOptions`] (which carry its [`ServiceObserver`]). The
+//! service an acceptor serves can be switched while it runs (a reload that changed it):
+//! connections accepted afterwards get the new one, those already accepted keep theirs.
+//! Stopping an acceptor makes every worker stop accepting on the socket and gives it back,
+//! so a reload can hand it to a renamed service without closing it.
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::allow::Peer;
 use super::config::{ServePlan, ServicePlan};
 use super::observer::ServiceObserver;
 use crate::addr::{Address, Kind};
 use crate::endpoint::Endpoint;
+use crate::engine::accept::{AcceptGroup, Admit};
 use crate::engine::{DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second};
 use crate::error::{Error, Result};
 use crate::net::open::Listener;
 use crate::net::sockopt::apply_connected_options;
-use crate::sys::eventfd::EventFd;
 use crate::sys::socket::Socket;
 use crate::warn;
 
@@ -51,7 +48,8 @@ pub struct Service {
 
 impl Service {
     pub fn new(plan: &ServicePlan, observer: Arc<ServiceObserver>) -> Service {
-        observer.set_wake_on_close(plan.max_children().is_some());
+        // The workers keep `max-children` with their own slots; nobody waits for closes.
+        observer.set_wake_on_close(false);
         Service {
             options: Arc::new(relay_options(plan, observer.clone())),
             connect: Arc::new(plan.connect.clone()),
@@ -108,11 +106,29 @@ pub fn receive_budget(plan: &ServePlan) -> Option<crate::engine::rcvbudget::Rece
     }
 }
 
-/// A running acceptor thread.
+/// A service's listener as the engine's workers accept on it.
 pub struct Acceptor {
-    stop: Arc<EventFd>,
+    engine: Arc<Mutex<Engine>>,
     current: Arc<Mutex<Arc<Service>>>,
-    thread: Option<JoinHandle<ListenSocket>>,
+    /// The workers accept on this group (its listener is a duplicate of `listen`'s).
+    group: Mutex<Option<Arc<AcceptGroup>>>,
+    listen: Option<ListenSocket>,
+}
+
+/// What a worker does with a socket it accepted for a service: the service it serves now.
+struct ServiceAdmit {
+    current: Arc<Mutex<Arc<Service>>>,
+}
+
+impl Admit for ServiceAdmit {
+    fn max_children(&self) -> Option<usize> {
+        lock(&self.current).plan.max_children()
+    }
+
+    fn admit(&self, socket: Socket) -> Option<(Job, Arc<RelayOptions>)> {
+        let service = lock(&self.current).clone();
+        admit(&service, socket).map(|job| (job, service.options.clone()))
+    }
 }
 
 impl Acceptor {
@@ -121,20 +137,43 @@ impl Acceptor {
         service: Arc<Service>,
         engine: Arc<Mutex<Engine>>,
     ) -> Result<Acceptor> {
-        let stop = Arc::new(EventFd::new().map_err(|e| Error::io("eventfd", e))?);
-        let current = Arc::new(Mutex::new(service.clone()));
-        let thread = {
-            let (stop, current) = (stop.clone(), current.clone());
-            std::thread::Builder::new()
-                .name(format!("vsplice-acc-{}", service.plan.name))
-                .spawn(move || accept_loop(listen, &current, &engine, &stop))
-                .map_err(|e| Error::io("starting an acceptor", e))?
+        let acceptor = Acceptor {
+            engine,
+            current: Arc::new(Mutex::new(service)),
+            group: Mutex::new(None),
+            listen: Some(listen),
         };
-        Ok(Acceptor {
-            stop,
-            current,
-            thread: Some(thread),
-        })
+        *lock(&acceptor.group) = Some(acceptor.start_group()?);
+        Ok(acceptor)
+    }
+
+    /// Lets the workers accept on the listener for the current service.
+    fn start_group(&self) -> Result<Arc<AcceptGroup>> {
+        let listen = self
+            .listen
+            .as_ref()
+            .expect("an acceptor holds its listener");
+        let fd = listen
+            .socket()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicating a listening socket", e))?;
+        let name = lock(&self.current).plan.name.clone();
+        let admit = ServiceAdmit {
+            current: self.current.clone(),
+        };
+        let group = Arc::new(AcceptGroup::new(name, vec![fd], Box::new(admit)));
+        lock(&self.engine)
+            .listen(group.clone())
+            .map_err(Error::Engine)?;
+        Ok(group)
+    }
+
+    /// Makes the workers stop accepting; returns once none accepts on the listener.
+    fn stop_group(&self) {
+        if let Some(group) = lock(&self.group).take() {
+            lock(&self.engine).unlisten(&group);
+        }
     }
 
     /// The service new connections get.
@@ -142,113 +181,40 @@ impl Acceptor {
         lock(&self.current).clone()
     }
 
-    /// Serves `service` from the next accepted connection on.
+    /// Serves `service` from the next accepted connection on. When it gains or loses a
+    /// `max-children` the workers re-arm their accepts for it (clients wait in the backlog
+    /// meanwhile); a changed limit applies from the next accept.
     pub fn switch(&self, service: Arc<Service>) {
+        let was_limited = lock(&self.current).plan.max_children().is_some();
+        let limited = service.plan.max_children().is_some();
         *lock(&self.current) = service;
+        if was_limited != limited {
+            self.stop_group();
+            match self.start_group() {
+                Ok(group) => *lock(&self.group) = Some(group),
+                Err(e) => warn!(
+                    "{}: cannot accept again: {e}",
+                    lock(&self.current).plan.name
+                ),
+            }
+        }
     }
 
-    /// Stops accepting and gives the listening socket back (`None` if the thread died).
+    /// Stops accepting and gives the listening socket back.
     pub fn stop(mut self) -> Option<ListenSocket> {
-        self.stop.notify();
-        self.thread.take()?.join().ok()
+        self.stop_group();
+        self.listen.take()
     }
 }
 
 impl Drop for Acceptor {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.notify();
-            let _ = t.join();
-        }
+        self.stop_group();
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::ENETDOWN)
-    )
-}
-
-/// Accepts connections until `stop` is signalled; returns the listening socket.
-fn accept_loop(
-    listen: ListenSocket,
-    current: &Mutex<Arc<Service>>,
-    engine: &Mutex<Engine>,
-    stop: &EventFd,
-) -> ListenSocket {
-    let full = |s: &Service| {
-        s.plan
-            .max_children()
-            .is_some_and(|m| s.observer.live() >= m)
-    };
-    loop {
-        let service = lock(current).clone();
-        let is_full = full(&service);
-        let mut fds = vec![
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            PollFd::new(service.observer.closed().as_fd(), PollFlags::POLLIN),
-        ];
-        if !is_full {
-            fds.push(PollFd::new(listen.socket().as_fd(), PollFlags::POLLIN));
-        }
-        // A switch while waiting takes effect at the next wake-up: at the latest a second
-        // later for a service waiting on `max-children`.
-        let timeout = if is_full {
-            PollTimeout::from(1000u16)
-        } else {
-            PollTimeout::NONE
-        };
-        let _ = poll(&mut fds, timeout);
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        let (stopped, closed) = (ready(0), ready(1));
-        drop(fds);
-        if stopped {
-            return listen;
-        }
-        if closed {
-            service.observer.closed().drain();
-        }
-        // A reload may have switched the service while this thread waited.
-        let service = lock(current).clone();
-        let mut batch = Vec::new();
-        while !full(&service) {
-            match listen.socket().accept() {
-                Ok(Some(socket)) => {
-                    if let Some(job) = admit(&service, socket) {
-                        batch.push(job);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if transient(&e) => {}
-                Err(e) => {
-                    warn!("{}: accept: {e}", service.plan.name);
-                    std::thread::sleep(Duration::from_millis(20));
-                    break;
-                }
-            }
-            if batch.len() >= 64 {
-                hand_over(engine, &service, &mut batch);
-            }
-        }
-        hand_over(engine, &service, &mut batch);
-    }
-}
-
-/// Queues a batch of connections on the engine and wakes the workers once.
-fn hand_over(engine: &Mutex<Engine>, service: &Service, batch: &mut Vec<Job>) {
-    if batch.is_empty() {
-        return;
-    }
-    let mut engine = lock(engine);
-    for job in batch.drain(..) {
-        engine.queue_with(job, service.options.clone());
-    }
-    engine.wake_all();
 }
 
 /// Checks an accepted socket against the allow list and makes it a job; `None`: refused

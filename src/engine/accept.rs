@@ -1,0 +1,310 @@
+//! Accepting on every worker: an [`AcceptGroup`] is one listening address the workers accept
+//! on themselves, each on its own ring, and then dial from there (no acceptor thread, no
+//! hand-over). The group owns its listening descriptors (duplicates of the caller's, closed
+//! when the group drops), what turns an accepted socket into a job ([`Admit`]: socket
+//! options, allow list, observer, the relay's options), and the `max-children` slots.
+//!
+//! Without `max-children` every worker keeps one ACCEPT armed. With it, a worker
+//! arms a single-shot ACCEPT only after reserving a slot (`used < max`, one compare-and-swap),
+//! so accepted connections plus armed accepts never exceed the limit, across all workers; the
+//! slot passes to the connection and comes back when it closes. A worker that found no free
+//! slot sets its bit in `waiting` *before* it tries, and whoever frees a slot reads `waiting`
+//! after it freed it, so one of the two always sees the other.
+//!
+//! A worker on a shared listener re-arms a single-shot ACCEPT after each connection rather
+//! than keeping a multishot one: a listener wakes one exclusive waiter, and a multishot
+//! request stays first in the listener's wait queue, so one worker took every connection
+//! (64 concurrent clients, 2 workers: 64 and 0 or 0 and 64, every run); re-armed, a worker
+//! queues up behind the others and the connections spread (`tests/accept.rs`). Per-worker
+//! SO_REUSEPORT listeners, each with its own queue, keep a multishot ACCEPT armed.
+//!
+//! Which strategy is the default, measured on the 2-core development machine, release build,
+//! `perf/run.py --rounds 3 --time 3`, medians, each pair interleaved in one run:
+//!
+//! | case | shared (default) | reuseport | shared multishot | main's acceptor thread |
+//! |---|---:|---:|---:|---:|
+//! | `crr` (8 clients), vs main | 13,844 = 1.02x (0.97x direct) | 13,964 = 1.04x | - | 13,611 / 13,432 |
+//! | `crr`, vs shared | - | 14,205 = 1.04x | 14,079 = 1.01x | - |
+//! | `scale-crr` (2 clients), vs main | 12,457 = 1.09x (0.88x direct) | - | - | 11,466 (0.81x) |
+//! | `scale-crr`, vs shared | - | 12,565 = 0.97x | - | - |
+//!
+//! With 8 clients every path is bound by the clients and the echo server (direct: about
+//! 14,200 conn/s), so the differences there are within the rounds' spread; with 2 clients
+//! the shared listener is ahead of the acceptor thread in every round. Per-worker
+//! SO_REUSEPORT listeners (`VSPLICE_ACCEPT=reuseport`, TCP only) were no faster, and cost
+//! more: a connection hashed to a busy worker waits behind it while another idles, under
+//! `max-children` an armed ACCEPT on one listener holds a slot that a client queued on
+//! another cannot use, and any process of the same user may join the port's group and take
+//! connections. So the default is one shared listener, for every kind (TCP, UNIX, vsock,
+//! inherited sockets).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use super::{Job, RelayOptions};
+use crate::sys::eventfd::EventFd;
+use crate::sys::socket::Socket;
+
+/// How a forking listener's connections are accepted (the module's table compares them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptStrategy {
+    /// Every worker accepts on the one listening socket, one single-shot ACCEPT at a time
+    /// (the default).
+    Shared,
+    /// As `Shared`, with a multishot ACCEPT per worker.
+    SharedMultishot,
+    /// Every worker accepts on its own SO_REUSEPORT listener (TCP only; others share).
+    ReusePort,
+    /// The main thread accepts and hands connections to the workers (the old path).
+    Thread,
+}
+
+impl AcceptStrategy {
+    /// Whether workers keep a multishot ACCEPT armed (where no `max-children` applies).
+    pub fn multishot(self) -> bool {
+        matches!(
+            self,
+            AcceptStrategy::SharedMultishot | AcceptStrategy::ReusePort
+        )
+    }
+
+    /// From `VSPLICE_ACCEPT` (`shared`, `shared-multishot`, `reuseport`, `thread`), a switch
+    /// for measuring;
+    /// unset or unknown: [`AcceptStrategy::Shared`].
+    pub fn from_env() -> AcceptStrategy {
+        match std::env::var("VSPLICE_ACCEPT").as_deref() {
+            Ok("reuseport") => AcceptStrategy::ReusePort,
+            Ok("shared-multishot") => AcceptStrategy::SharedMultishot,
+            Ok("thread") => AcceptStrategy::Thread,
+            _ => AcceptStrategy::Shared,
+        }
+    }
+}
+
+/// What a listener's owner does with each accepted socket, on the worker that accepted it.
+pub trait Admit: Send + Sync {
+    /// The most connections of this listener open at once; read at every reservation, so a
+    /// reload may change it (but not whether there is one: that needs a new group).
+    fn max_children(&self) -> Option<usize>;
+    /// Turns an accepted socket into a job with its relay's options (socket options, allow
+    /// list, observer, logging); `None`: refused, the socket is closed.
+    fn admit(&self, socket: Socket) -> Option<(Job, Arc<RelayOptions>)>;
+}
+
+/// One listening address the workers accept on.
+pub struct AcceptGroup {
+    pub name: String,
+    /// One shared listener, or one per worker (SO_REUSEPORT): worker `i` uses `i % len`.
+    listeners: Vec<OwnedFd>,
+    pub admit: Box<dyn Admit>,
+    /// Whether accepts reserve `max-children` slots (fixed for the group's life).
+    pub limited: bool,
+    /// Whether a worker keeps a multishot ACCEPT armed (unlimited groups only).
+    pub multishot: bool,
+    /// Slots taken: connections open plus single-shot accepts armed.
+    used: AtomicUsize,
+    /// Workers (bit = index % 64) that found no free slot and wait to be woken.
+    waiting: AtomicU64,
+    /// Connections accepted per worker (sized when the engine starts the group).
+    accepted: OnceLock<Vec<AtomicU64>>,
+    /// Workers still holding the group (an accept may be in flight there).
+    attached: Mutex<usize>,
+    detached: Condvar,
+    /// The workers' wake-up eventfds, set when the engine starts the group.
+    wakes: OnceLock<Vec<Arc<EventFd>>>,
+}
+
+impl std::fmt::Debug for AcceptGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptGroup")
+            .field("name", &self.name)
+            .field("listeners", &self.listeners.len())
+            .field("limited", &self.limited)
+            .finish()
+    }
+}
+
+impl AcceptGroup {
+    /// A group over `listeners` (the group closes them when it drops). `max_children` is
+    /// read from `admit` once here to decide whether accepts reserve slots.
+    pub fn new(name: String, listeners: Vec<OwnedFd>, admit: Box<dyn Admit>) -> AcceptGroup {
+        assert!(!listeners.is_empty(), "a group needs a listener");
+        AcceptGroup {
+            name,
+            listeners,
+            limited: admit.max_children().is_some(),
+            multishot: false,
+            admit,
+            used: AtomicUsize::new(0),
+            waiting: AtomicU64::new(0),
+            accepted: OnceLock::new(),
+            attached: Mutex::new(0),
+            detached: Condvar::new(),
+            wakes: OnceLock::new(),
+        }
+    }
+
+    /// Sizes the group for `wakes.len()` workers, all attached (done by the engine, once:
+    /// false if the group was started before).
+    pub(super) fn attach(&self, wakes: Vec<Arc<EventFd>>) -> bool {
+        let workers = wakes.len();
+        if self.wakes.set(wakes).is_err() {
+            return false;
+        }
+        let _ = self
+            .accepted
+            .set((0..workers).map(|_| AtomicU64::new(0)).collect());
+        *lock(&self.attached) = workers;
+        true
+    }
+
+    /// Makes unlimited accepts multishot (see [`AcceptStrategy`] for when).
+    pub fn with_multishot(mut self, on: bool) -> AcceptGroup {
+        self.multishot = on && !self.limited;
+        self
+    }
+
+    /// The listening descriptor worker `index` accepts on.
+    pub fn listener_for(&self, index: usize) -> RawFd {
+        self.listeners[index % self.listeners.len()].as_raw_fd()
+    }
+
+    /// Takes a slot if one is free. Worker `index` is marked waiting first, and unmarked
+    /// when it got one, so a slot freed meanwhile wakes it.
+    pub fn reserve(&self, index: usize) -> bool {
+        let Some(max) = self.admit.max_children() else {
+            return true;
+        };
+        let bit = 1u64 << (index % 64);
+        self.waiting.fetch_or(bit, Ordering::SeqCst);
+        let got = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used < max).then_some(used + 1)
+            })
+            .is_ok();
+        if got {
+            self.waiting.fetch_and(!bit, Ordering::SeqCst);
+        }
+        got
+    }
+
+    /// Gives a slot back: the connection holding it closed, or the accept that held it
+    /// returned without one. Unless `rearm_self` (the caller will take it itself), wakes the
+    /// workers waiting for a slot.
+    pub fn release(&self, index: usize, rearm_self: bool) {
+        if !self.limited {
+            return;
+        }
+        self.used.fetch_sub(1, Ordering::SeqCst);
+        if rearm_self {
+            return;
+        }
+        self.wake_waiting(index);
+    }
+
+    /// Wakes the workers (other than `index`) that wait for a slot.
+    pub fn wake_waiting(&self, index: usize) {
+        let others = self.waiting.load(Ordering::SeqCst) & !(1u64 << (index % 64));
+        if others == 0 {
+            return;
+        }
+        let woken = self.waiting.fetch_and(!others, Ordering::SeqCst) & others;
+        if let Some(wakes) = self.wakes.get() {
+            for (i, wake) in wakes.iter().enumerate() {
+                if woken & (1u64 << (i % 64)) != 0 {
+                    wake.notify();
+                }
+            }
+        }
+    }
+
+    /// Slots taken now (connections open plus accepts armed).
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    pub fn count_accepted(&self, index: usize) {
+        if let Some(c) = self.accepted.get().and_then(|a| a.get(index)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections accepted by each worker so far.
+    pub fn accepted_per_worker(&self) -> Vec<u64> {
+        self.accepted
+            .get()
+            .map(|a| a.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
+    }
+
+    /// A worker let go of the group: nothing of it is in flight there any more.
+    pub(super) fn detach(&self) {
+        let mut attached = lock(&self.attached);
+        *attached = attached.saturating_sub(1);
+        if *attached == 0 {
+            self.detached.notify_all();
+        }
+    }
+
+    /// Blocks until every worker let go of the group.
+    pub(super) fn wait_detached(&self) {
+        let mut attached = lock(&self.attached);
+        while *attached > 0 {
+            attached = self
+                .detached
+                .wait(attached)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Limit(Option<usize>);
+    impl Admit for Limit {
+        fn max_children(&self) -> Option<usize> {
+            self.0
+        }
+        fn admit(&self, _: Socket) -> Option<(Job, Arc<RelayOptions>)> {
+            None
+        }
+    }
+
+    fn group(limit: Option<usize>) -> AcceptGroup {
+        let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        AcceptGroup::new("t".into(), vec![fd], Box::new(Limit(limit)))
+    }
+
+    #[test]
+    fn slots_never_exceed_the_limit_and_a_release_wakes_a_waiting_worker() {
+        let g = group(Some(2));
+        assert!(g.limited);
+        assert!(g.reserve(0));
+        assert!(g.reserve(1));
+        assert!(!g.reserve(1), "third slot refused");
+        assert_eq!(g.used(), 2);
+        assert_eq!(g.waiting.load(Ordering::SeqCst), 0b10, "worker 1 waits");
+        g.release(0, false);
+        assert_eq!(g.waiting.load(Ordering::SeqCst), 0, "worker 1 was woken");
+        assert!(g.reserve(1));
+        assert!(!g.reserve(0));
+    }
+
+    #[test]
+    fn an_unlimited_group_always_has_room() {
+        let g = group(None);
+        assert!(!g.limited);
+        for _ in 0..10 {
+            assert!(g.reserve(0));
+        }
+        assert_eq!(g.used(), 0);
+    }
+}
