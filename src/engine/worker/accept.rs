@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types};
@@ -42,8 +42,10 @@ struct Listening {
 #[derive(Default)]
 pub(super) struct Accepting {
     listens: Slab<Listening>,
-    /// Connections (slab key) holding a slot of a limited group.
-    slots: HashMap<usize, Arc<AcceptGroup>>,
+    /// Connections (slab key) accepted here, with their group: it counts them open (the
+    /// balance), and a limited group's slot goes back to it when they close. Weak: a
+    /// connection must not keep its listener open after the owner let go of it.
+    groups: HashMap<usize, Weak<AcceptGroup>>,
     /// Connections this worker accepted.
     pub accepted: u64,
 }
@@ -143,6 +145,9 @@ impl Worker {
         if l.armed || l.leaving || l.retry_at.is_some() {
             return;
         }
+        if !l.group.may_arm(index) {
+            return;
+        }
         if l.group.limited && !l.group.reserve(index) {
             return;
         }
@@ -230,22 +235,33 @@ impl Worker {
         // The slot passes to the connection before it starts: a dial that fails at once
         // frees it (and its slot) inside `admit`.
         let key = self.conns.vacant_key();
-        if group.limited {
-            self.accepting.slots.insert(key, group.clone());
-        }
+        self.accepting.groups.insert(key, Arc::downgrade(group));
+        group.opened(self.index);
         if self.admit(job, options).is_none() {
-            self.accepting.slots.remove(&key);
+            self.accepting.groups.remove(&key);
+            group.closed(self.index);
             return false;
         }
         true
     }
 
-    /// Connection `key` was freed: its slot, if it held one, goes back to its group and
-    /// this worker takes it for its own ACCEPT if it has none armed there.
+    /// Connection `key` was freed: its group counts it closed, its slot (limited groups)
+    /// goes back, and this worker arms its own ACCEPT there if it has none armed (it held
+    /// back, for balance or for want of a slot).
     pub(super) fn release_slot(&mut self, key: usize) {
-        let Some(group) = self.accepting.slots.remove(&key) else {
+        let Some(group) = self.accepting.groups.remove(&key).and_then(|g| g.upgrade()) else {
             return;
         };
+        group.closed(self.index);
+        if !group.limited {
+            let mine = self.accepting.listens.iter().find(|(_, l)| {
+                Arc::ptr_eq(&l.group, &group) && !l.armed && !l.leaving && l.retry_at.is_none()
+            });
+            if let Some((slot, _)) = mine {
+                self.arm_accept(slot);
+            }
+            return;
+        }
         let mine = self
             .accepting
             .listens
@@ -253,10 +269,16 @@ impl Worker {
             .find(|(_, l)| {
                 Arc::ptr_eq(&l.group, &group) && !l.armed && !l.leaving && l.retry_at.is_none()
             })
-            .map(|(slot, _)| slot);
+            .map(|(slot, _)| slot)
+            // Held back for balance, it must not keep the freed slot to itself unarmed.
+            .filter(|_| group.may_arm(self.index));
         group.release(self.index, mine.is_some());
         if let Some(slot) = mine {
             self.arm_accept(slot);
+            if !self.accepting.listens[slot].armed {
+                // The balance changed in between: the slot is free and nobody was told.
+                group.wake_waiting(self.index);
+            }
         }
     }
 
