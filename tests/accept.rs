@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use common::*;
 
+/// How long a client waits for its echo before the test calls it a hang.
+const LONG: Duration = Duration::from_secs(120);
+
 /// A backend that echoes every connection after holding it open a while, and records the
 /// most connections it ever had open at once.
 struct CountingBackend {
@@ -68,6 +71,9 @@ fn clients_at_once(port: u16, clients: usize, size: usize) -> Vec<String> {
                 start.wait();
                 let mut c = TcpStream::connect(("127.0.0.1", port))
                     .map_err(|e| format!("client {i}: connect: {e}"))?;
+                // A guard against a hang, not a timing threshold.
+                c.set_read_timeout(Some(LONG))
+                    .map_err(|e| format!("client {i}: {e}"))?;
                 c.write_all(&message.data)
                     .and_then(|_| c.shutdown(std::net::Shutdown::Write))
                     .map_err(|e| format!("client {i}: send: {e}"))?;
@@ -270,5 +276,47 @@ fn a_services_max_children_stays_exact_when_every_worker_accepts() {
         most <= 3,
         "{most} connections open at the backend at once under max-children = 3"
     );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+/// Out of descriptors, a worker's ACCEPT fails with EMFILE: the worker pauses that listener
+/// and tries again (the connections wait in the listen queue), and every client is served.
+#[test]
+fn accepting_out_of_descriptors_waits_and_serves_every_client() {
+    const CLIENTS: usize = 40;
+    const EACH: usize = 256 * 1024;
+    // An echo backend, a thread per connection, each answered after a pause.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    widen_backlog(&backend);
+    let upstream = format!("TCP:{}", backend.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in backend.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if s.read_to_end(&mut buf).is_ok() {
+                    // Held a while, so the connections overlap and the descriptors run out.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let _ = s.write_all(&buf);
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=1024");
+    // 40 descriptors: the relay's own (rings, eventfds, signals, the listener) leave room for
+    // a few connections at a time, so most accepts meet EMFILE at first.
+    // One worker: it alone must come back to accepting after EMFILE.
+    let mut relay = Relay::start_limited(40, &["-d", "--threads", "1", &listen, &upstream]);
+    let errors = clients_at_once(port, CLIENTS, EACH);
+    assert!(errors.is_empty(), "{errors:?}\n{}", relay.log());
+    let log = relay.log();
+    assert!(
+        log.contains("accept: Too many open files"),
+        "the accepts met EMFILE (else this test shows nothing):\n{log}"
+    );
+    // And the relay still serves.
+    let errors = clients_at_once(port, 1, EACH);
+    assert!(errors.is_empty(), "{errors:?}\n{}", relay.log());
     assert!(relay.stop().success(), "{}", relay.log());
 }
