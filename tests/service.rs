@@ -1075,3 +1075,84 @@ fn a_changed_service_sends_new_connections_to_its_new_target_and_leaves_open_one
     assert_eq!(old_server.next(Duration::from_secs(120)).sha, open_send.sha);
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+#[test]
+fn a_removed_services_open_connection_is_cut_with_a_reset_after_the_drain_timeout_and_the_other_service_goes_on()
+ {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload-cut");
+    // x's backend accepts and holds its connections without a word; y's answers.
+    let x_backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let x_target = format!("TCP:{}", x_backend.local_addr().unwrap());
+    let held = std::thread::spawn(move || x_backend.accept().map(|(s, _)| s));
+    let y_up = Listen::tcp();
+    let y_target = y_up.connect_address();
+    let (y_reply, y_send) = (payload(4 * MIB, 81), payload(4 * MIB, 82));
+    let y_server = ExchangeServer::spawn(y_up, y_reply.data.clone(), 1);
+    let (x_port, y_port) = (common::free_port(), common::free_port());
+    let service = |name: &str, port: u16, target: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"{target}\"\n"
+        )
+    };
+    let config = dir.path("vsplice.toml");
+    let head = "drain-timeout = \"1s\"\n";
+    std::fs::write(
+        &config,
+        format!(
+            "{head}{}{}",
+            service("x", x_port, &x_target),
+            service("y", y_port, &y_target)
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 2 services", Duration::from_secs(60));
+    let mut open = TcpStream::connect(("127.0.0.1", x_port)).unwrap();
+    open.write_all(b"a request the backend never answers")
+        .unwrap();
+    let _backend_end = held
+        .join()
+        .unwrap()
+        .expect("x's backend got the connection");
+
+    std::fs::write(
+        &config,
+        format!("{head}{}", service("y", y_port, &y_target)),
+    )
+    .unwrap();
+    reload_and_wait(&relay, "0 added, 1 removed, 0 changed, 1 unchanged", 1);
+    // A guard against a hang, not a timing threshold: the cut comes after 1 s.
+    open.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = open.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the removed service's connection ends with a reset, not {got:?}:\n{}",
+        relay.log()
+    );
+    assert!(
+        relay
+            .log()
+            .contains("x: removed 1s ago; cutting its 1 open connections")
+    );
+    // The other service is untouched.
+    let got = exchange(
+        Box::new(TcpStream::connect(("127.0.0.1", y_port)).unwrap()),
+        y_send.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(got.sha, y_reply.sha);
+    assert_eq!(y_server.next(Duration::from_secs(120)).sha, y_send.sha);
+    assert!(relay.stop().success(), "{}", relay.log());
+}

@@ -219,6 +219,9 @@ enum Message {
     Listen(Arc<accept::AcceptGroup>),
     /// Stop accepting on this group's listener (and detach from it).
     Unlisten(Arc<accept::AcceptGroup>),
+    /// Close, with resets, the connections relaying with these options (a service removed
+    /// by a reload, once its drain time is over).
+    Cut(Arc<RelayOptions>),
     Stop,
 }
 
@@ -468,6 +471,16 @@ impl Engine {
     }
 
     /// Closes every connection (those that had not ended get a reset) and joins the workers.
+    /// Closes, with resets, every connection relaying with `options` (compared by identity:
+    /// one service's connections), on every worker; returns at once.
+    pub fn cut(&self, options: &Arc<RelayOptions>) {
+        for w in &self.workers {
+            if w.jobs.send(Message::Cut(options.clone())).is_ok() {
+                w.wake.notify();
+            }
+        }
+    }
+
     pub fn stop(&mut self) {
         for w in &self.workers {
             let _ = w.jobs.send(Message::Stop);

@@ -283,6 +283,7 @@ impl Worker {
                 }
                 Message::Listen(group) => self.listen(group),
                 Message::Unlisten(group) => self.unlisten(Some(&group)),
+                Message::Cut(options) => self.cut(&options),
             }
         }
     }
@@ -291,6 +292,19 @@ impl Worker {
         self.stopping = true;
         self.unlisten(None);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, CloseReason::Stopped);
+        }
+    }
+
+    /// Closes, with resets, the connections relaying with `options`.
+    fn cut(&mut self, options: &Arc<RelayOptions>) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| Arc::ptr_eq(&c.options, options) && !c.is_closing())
+            .map(|(k, _)| k)
+            .collect();
         for key in keys {
             self.close(key, CloseReason::Stopped);
         }

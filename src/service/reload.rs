@@ -2,19 +2,25 @@
 //! services to it without touching a connection already open.
 //!
 //! A service is matched by name: one that is new starts, one that is gone stops accepting
-//! (its listening socket closes) while its connections run to their end, and one whose
+//! (its listening socket closes) while its connections may finish for the drain timeout
+//! (then they are cut with resets, as at a stop signal), and one whose
 //! entry changed serves new connections with the new entry. Listening sockets are matched by
 //! the listen address as written: a service that keeps its address keeps its socket (no
 //! connection attempt is refused meanwhile), even under a new name. Everything that can fail
 //! (reading the file, opening new listening sockets) happens before anything changes, so a
 //! reload that fails leaves the old services running as they were.
+//!
+//! The cut after a removal reaches the connections of the service's last entry; those still
+//! open from before an earlier change of that entry run to their end.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use super::acceptor::{ListenSocket, Service};
 use super::config::ServePlan;
 use super::run::Server;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::{notice, warn};
 
@@ -88,9 +94,14 @@ pub fn reload(server: &mut Server) -> Result<String> {
     }
     let mut removed = 0;
     for (name, acceptor) in old {
-        let live = acceptor.service().observer.live();
+        let service = acceptor.service();
+        let live = service.observer.live();
         drop(acceptor.stop());
-        notice!("{name}: removed; stopped accepting, {live} connections run to their end");
+        let wait = plan.global.drain_timeout;
+        notice!("{name}: removed; stopped accepting, {live} connections may finish for {wait:?}");
+        if live > 0 {
+            cut_after(name, service, Arc::downgrade(&server.engine), wait);
+        }
         removed += 1;
     }
     for (s, socket) in start {
@@ -100,6 +111,32 @@ pub fn reload(server: &mut Server) -> Result<String> {
     Ok(format!(
         "{added} added, {removed} removed, {changed} changed, {unchanged} unchanged"
     ))
+}
+
+/// Cuts, with resets, what is left of a removed service's connections once `wait` (the
+/// drain timeout) is over, as a stop signal does for the whole process. The engine is held
+/// weakly: a process that stops meanwhile drains and cuts everything itself.
+fn cut_after(name: String, service: Arc<Service>, engine: Weak<Mutex<Engine>>, wait: Duration) {
+    let label = name.clone();
+    let spawned = std::thread::Builder::new()
+        .name("vsplice-cut".into())
+        .spawn(move || {
+            std::thread::sleep(wait);
+            let live = service.observer.live();
+            if live == 0 {
+                return;
+            }
+            if let Some(engine) = engine.upgrade() {
+                notice!("{name}: removed {wait:?} ago; cutting its {live} open connections");
+                engine
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .cut(&service.options);
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("{label}: cannot time its drain ({e}); its connections run to their end");
+    }
 }
 
 /// Options of the whole process apply at start only: says which changed and stay as they
