@@ -1156,3 +1156,66 @@ fn a_removed_services_open_connection_is_cut_with_a_reset_after_the_drain_timeou
     assert_eq!(y_server.next(Duration::from_secs(120)).sha, y_send.sha);
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+#[test]
+fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_the_drain_timeout() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload-rename-cut");
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("TCP:{}", backend.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        // The old name's connection is held without a word; the new name's is echoed.
+        let old = backend.accept().map(|(s, _)| s);
+        let (mut new, _) = backend.accept().unwrap();
+        let mut buf = [0u8; 5];
+        new.read_exact(&mut buf).unwrap();
+        new.write_all(&buf).unwrap();
+        old
+    });
+    let port = common::free_port();
+    let config = dir.path("vsplice.toml");
+    let write = |name: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "drain-timeout = \"1s\"\n[[service]]\nname = \"{name}\"\n\
+                 listen = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\nconnect = \"{target}\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("old");
+    let mut relay = common::Relay::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    open.write_all(b"never answered").unwrap();
+    write("new");
+    reload_and_wait(&relay, "1 added, 0 removed, 0 changed, 0 unchanged", 1);
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fresh.write_all(b"hello").unwrap();
+    let mut echo = [0u8; 5];
+    fresh.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"hello", "the new name serves the address");
+    let _old_backend_end = held
+        .join()
+        .unwrap()
+        .expect("the old connection reached the backend");
+    // A guard against a hang, not a timing threshold: the cut comes after 1 s.
+    open.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = open.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the old name's connection ends with a reset, not {got:?}:\n{}",
+        relay.log()
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}

@@ -470,7 +470,6 @@ impl Engine {
         }
     }
 
-    /// Closes every connection (those that had not ended get a reset) and joins the workers.
     /// Closes, with resets, every connection relaying with `options` (compared by identity:
     /// one service's connections), on every worker; returns at once.
     pub fn cut(&self, options: &Arc<RelayOptions>) {
@@ -481,6 +480,7 @@ impl Engine {
         }
     }
 
+    /// Closes every connection (those that had not ended get a reset) and joins the workers.
     pub fn stop(&mut self) {
         for w in &self.workers {
             let _ = w.jobs.send(Message::Stop);

@@ -81,6 +81,7 @@ pub fn reload(server: &mut Server) -> Result<String> {
             server.services.insert(s.name.clone(), acceptor);
         } else {
             // The address moved to another name: the socket moves with it.
+            let service = acceptor.service();
             match acceptor.stop() {
                 Some(socket) => start.push((s.clone(), socket)),
                 None => warn!("{holder}: its acceptor had died; {} not started", s.name),
@@ -88,6 +89,8 @@ pub fn reload(server: &mut Server) -> Result<String> {
             if plan.services.iter().any(|n| n.name == *holder) {
                 changed += 1;
             } else {
+                // The old name is gone: its connections drain, then are cut, as a removal's.
+                retire(holder.clone(), service, server, plan.global.drain_timeout);
                 added += 1;
             }
         }
@@ -95,13 +98,8 @@ pub fn reload(server: &mut Server) -> Result<String> {
     let mut removed = 0;
     for (name, acceptor) in old {
         let service = acceptor.service();
-        let live = service.observer.live();
         drop(acceptor.stop());
-        let wait = plan.global.drain_timeout;
-        notice!("{name}: removed; stopped accepting, {live} connections may finish for {wait:?}");
-        if live > 0 {
-            cut_after(name, service, Arc::downgrade(&server.engine), wait);
-        }
+        retire(name, service, server, plan.global.drain_timeout);
         removed += 1;
     }
     for (s, socket) in start {
@@ -111,6 +109,17 @@ pub fn reload(server: &mut Server) -> Result<String> {
     Ok(format!(
         "{added} added, {removed} removed, {changed} changed, {unchanged} unchanged"
     ))
+}
+
+/// A service that stopped accepting for good (`acceptor.stop()` returned, so no worker
+/// admits another of its connections): its open connections may finish for `wait`, then
+/// what is left of them is cut.
+fn retire(name: String, service: Arc<Service>, server: &Server, wait: Duration) {
+    let live = service.observer.live();
+    notice!("{name}: removed; stopped accepting, {live} connections may finish for {wait:?}");
+    if live > 0 {
+        cut_after(name, service, Arc::downgrade(&server.engine), wait);
+    }
 }
 
 /// Cuts, with resets, what is left of a removed service's connections once `wait` (the

@@ -211,13 +211,16 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
     // The acceptors are gone, so nothing else takes the engine's lock while it drains; the
     // watchdog is fed as the drain starts and at least once a second while it lasts.
     ping();
-    let engine = server.engine.lock().unwrap_or_else(|e| e.into_inner());
+    let mut engine = server.engine.lock().unwrap_or_else(|e| e.into_inner());
     engine.drain(server.plan.global.drain_timeout, signals.as_fd(), || {
         ping();
         signals.take()
     });
+    // Cut what is left (with resets) and join the workers here, not in the engine's Drop: a
+    // removed service's timer thread may hold the engine too (waiting for this lock), and
+    // the process must not end with connections closed by exit, without resets.
+    engine.stop();
     drop(engine);
-    // Dropping the engine cuts what is left (with resets) and joins the workers.
     drop(server);
     Ok(ExitCode::SUCCESS)
 }
