@@ -119,13 +119,13 @@ pub struct AcceptGroup {
     /// Slots taken: connections open plus single-shot accepts armed.
     used: AtomicUsize,
     /// Workers (bit = index % 64) that found no free slot and wait to be woken.
-    waiting: AtomicU64,
+    waiting: WorkerSet,
     /// Connections accepted per worker (sized when the engine starts the group).
     accepted: OnceLock<Vec<AtomicU64>>,
     /// This group's connections open on each worker (the balance of a shared listener).
     open: OnceLock<Vec<AtomicUsize>>,
     /// Workers holding back their ACCEPT until the others catch up (a bit each).
-    held_back: AtomicU64,
+    held_back: WorkerSet,
     /// Workers still holding the group (an accept may be in flight there).
     attached: Mutex<usize>,
     detached: Condvar,
@@ -155,10 +155,10 @@ impl AcceptGroup {
             multishot: false,
             admit,
             used: AtomicUsize::new(0),
-            waiting: AtomicU64::new(0),
+            waiting: WorkerSet::default(),
             accepted: OnceLock::new(),
             open: OnceLock::new(),
-            held_back: AtomicU64::new(0),
+            held_back: WorkerSet::default(),
             attached: Mutex::new(0),
             detached: Condvar::new(),
             wakes: OnceLock::new(),
@@ -178,6 +178,8 @@ impl AcceptGroup {
         let _ = self
             .open
             .set((0..workers).map(|_| AtomicUsize::new(0)).collect());
+        self.waiting.size(workers);
+        self.held_back.size(workers);
         *lock(&self.attached) = workers;
         true
     }
@@ -199,8 +201,7 @@ impl AcceptGroup {
         let Some(max) = self.admit.max_children() else {
             return true;
         };
-        let bit = 1u64 << (index % 64);
-        self.waiting.fetch_or(bit, Ordering::SeqCst);
+        self.waiting.insert(index);
         let got = self
             .used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
@@ -208,7 +209,7 @@ impl AcceptGroup {
             })
             .is_ok();
         if got {
-            self.waiting.fetch_and(!bit, Ordering::SeqCst);
+            self.waiting.remove(index);
         }
         got
     }
@@ -229,17 +230,16 @@ impl AcceptGroup {
 
     /// Wakes the workers (other than `index`) that wait for a slot.
     pub fn wake_waiting(&self, index: usize) {
-        let others = self.waiting.load(Ordering::SeqCst) & !(1u64 << (index % 64));
-        if others == 0 {
-            return;
-        }
-        let woken = self.waiting.fetch_and(!others, Ordering::SeqCst) & others;
-        if let Some(wakes) = self.wakes.get() {
-            for (i, wake) in wakes.iter().enumerate() {
-                if woken & (1u64 << (i % 64)) != 0 {
-                    wake.notify();
-                }
+        for i in self.waiting.members() {
+            if i != index && self.waiting.remove(i) {
+                self.wake(i);
             }
+        }
+    }
+
+    fn wake(&self, index: usize) {
+        if let Some(wake) = self.wakes.get().and_then(|w| w.get(index)) {
+            wake.notify();
         }
     }
 
@@ -256,19 +256,18 @@ impl AcceptGroup {
         let Some(open) = self.open.get() else {
             return true;
         };
-        if self.multishot || open.len() < 2 || open.len() > 64 {
+        if self.multishot || open.len() < 2 {
             return true;
         }
-        let bit = 1u64 << index;
-        // Set before comparing: a worker that opens a connection after this reads the bit.
-        self.held_back.fetch_or(bit, Ordering::SeqCst);
+        // Set before comparing: a worker that opens a connection after this reads the mark.
+        self.held_back.insert(index);
         let min = open
             .iter()
             .map(|c| c.load(Ordering::SeqCst))
             .min()
             .unwrap_or(0);
         if open[index].load(Ordering::SeqCst) <= min + BALANCE_SLACK {
-            self.held_back.fetch_and(!bit, Ordering::SeqCst);
+            self.held_back.remove(index);
             return true;
         }
         false
@@ -281,8 +280,8 @@ impl AcceptGroup {
             return;
         };
         open[index].fetch_add(1, Ordering::SeqCst);
-        let held = self.held_back.load(Ordering::SeqCst);
-        if held == 0 {
+        let held = self.held_back.members();
+        if held.is_empty() {
             return;
         }
         let min = open
@@ -290,19 +289,9 @@ impl AcceptGroup {
             .map(|c| c.load(Ordering::SeqCst))
             .min()
             .unwrap_or(0);
-        let eligible = (0..open.len())
-            .filter(|&i| held & (1u64 << i) != 0)
-            .filter(|&i| open[i].load(Ordering::SeqCst) <= min + BALANCE_SLACK)
-            .fold(0u64, |mask, i| mask | 1u64 << i);
-        if eligible == 0 {
-            return;
-        }
-        let woken = self.held_back.fetch_and(!eligible, Ordering::SeqCst) & eligible;
-        if let Some(wakes) = self.wakes.get() {
-            for (i, wake) in wakes.iter().enumerate() {
-                if woken & (1u64 << i) != 0 {
-                    wake.notify();
-                }
+        for i in held {
+            if open[i].load(Ordering::SeqCst) <= min + BALANCE_SLACK && self.held_back.remove(i) {
+                self.wake(i);
             }
         }
     }
@@ -358,6 +347,55 @@ impl AcceptGroup {
     }
 }
 
+/// A set of worker indices that the workers update concurrently: a bit per worker, for any
+/// number of workers (sized once, when the group is attached; empty and inert before).
+#[derive(Debug, Default)]
+struct WorkerSet {
+    words: OnceLock<Vec<AtomicU64>>,
+}
+
+impl WorkerSet {
+    fn size(&self, workers: usize) {
+        let _ = self.words.set(
+            (0..workers.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        );
+    }
+
+    fn word(&self, index: usize) -> Option<&AtomicU64> {
+        self.words.get()?.get(index / 64)
+    }
+
+    fn insert(&self, index: usize) {
+        if let Some(w) = self.word(index) {
+            w.fetch_or(1 << (index % 64), Ordering::SeqCst);
+        }
+    }
+
+    /// Takes `index` out; whether it was in (so of two removers, one alone wakes it).
+    fn remove(&self, index: usize) -> bool {
+        let bit = 1u64 << (index % 64);
+        self.word(index)
+            .is_some_and(|w| w.fetch_and(!bit, Ordering::SeqCst) & bit != 0)
+    }
+
+    fn members(&self) -> Vec<usize> {
+        let Some(words) = self.words.get() else {
+            return Vec::new();
+        };
+        let mut members = Vec::new();
+        for (n, w) in words.iter().enumerate() {
+            let mut bits = w.load(Ordering::SeqCst);
+            while bits != 0 {
+                members.push(n * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+        members
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -384,14 +422,19 @@ mod tests {
     #[test]
     fn slots_never_exceed_the_limit_and_a_release_wakes_a_waiting_worker() {
         let g = group(Some(2));
+        assert!(g.attach(wakes(2)));
         assert!(g.limited);
         assert!(g.reserve(0));
         assert!(g.reserve(1));
         assert!(!g.reserve(1), "third slot refused");
         assert_eq!(g.used(), 2);
-        assert_eq!(g.waiting.load(Ordering::SeqCst), 0b10, "worker 1 waits");
+        assert_eq!(g.waiting.members(), vec![1], "worker 1 waits");
         g.release(0, false);
-        assert_eq!(g.waiting.load(Ordering::SeqCst), 0, "worker 1 was woken");
+        assert_eq!(
+            g.waiting.members(),
+            Vec::<usize>::new(),
+            "worker 1 was woken"
+        );
         assert!(g.reserve(1));
         assert!(!g.reserve(0));
     }
@@ -405,14 +448,37 @@ mod tests {
         g.opened(0);
         assert!(!g.may_arm(0), "worker 0 is ahead: it holds back");
         assert!(g.may_arm(1));
-        assert_eq!(g.held_back.load(Ordering::SeqCst), 0b01);
+        assert_eq!(g.held_back.members(), vec![0]);
         g.opened(1);
-        assert_eq!(g.held_back.load(Ordering::SeqCst), 0, "worker 0 was woken");
+        assert!(g.held_back.members().is_empty(), "worker 0 was woken");
         assert!(wakes[0].drain() > 0, "through its eventfd");
         assert!(g.may_arm(0));
         g.closed(0);
         g.closed(1);
         assert_eq!(g.open_per_worker(), vec![0, 0]);
+    }
+
+    fn wakes(n: usize) -> Vec<Arc<EventFd>> {
+        (0..n).map(|_| Arc::new(EventFd::new().unwrap())).collect()
+    }
+
+    #[test]
+    fn workers_64_apart_wait_and_are_woken_each_for_itself() {
+        let g = group(Some(1));
+        let w = wakes(100);
+        assert!(g.attach(w.clone()));
+        assert!(g.reserve(99), "the one slot");
+        assert!(!g.reserve(0));
+        assert!(!g.reserve(64));
+        assert_eq!(g.waiting.members(), vec![0, 64]);
+        g.release(99, false);
+        assert!(w[0].drain() > 0 && w[64].drain() > 0, "both woken");
+        assert!(g.reserve(64));
+        assert!(
+            !g.reserve(0),
+            "worker 0 waits on, not cleared by worker 64's reserve"
+        );
+        assert_eq!(g.waiting.members(), vec![0]);
     }
 
     #[test]
