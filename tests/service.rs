@@ -707,6 +707,22 @@ fn the_shipped_example_config_passes_the_check() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": 3 services, metrics at"));
 }
 
+/// Waits for `open` (a connection the relay cuts, here after a 1 s drain) to end with a
+/// reset, not an end of file.
+fn reads_a_reset(open: &mut std::net::TcpStream, relay: &common::Relay, what: &str) {
+    use std::io::Read;
+    // A guard against a hang, not a timing threshold.
+    open.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = open.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{what} ends with a reset, not {got:?}:\n{}",
+        relay.log()
+    );
+}
+
 /// Sends SIGHUP to the relay and waits until it logs `needle` for the `nth` time.
 fn reload_and_wait(relay: &common::Relay, needle: &str, nth: usize) {
     nix::sys::signal::kill(
@@ -1080,7 +1096,7 @@ fn a_changed_service_sends_new_connections_to_its_new_target_and_leaves_open_one
 fn a_removed_services_open_connection_is_cut_with_a_reset_after_the_drain_timeout_and_the_other_service_goes_on()
  {
     use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
 
@@ -1131,16 +1147,7 @@ fn a_removed_services_open_connection_is_cut_with_a_reset_after_the_drain_timeou
     )
     .unwrap();
     reload_and_wait(&relay, "0 added, 1 removed, 0 changed, 1 unchanged", 1);
-    // A guard against a hang, not a timing threshold: the cut comes after 1 s.
-    open.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let got = open.read(&mut buf);
-    assert!(
-        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the removed service's connection ends with a reset, not {got:?}:\n{}",
-        relay.log()
-    );
+    reads_a_reset(&mut open, &relay, "the removed service's connection");
     assert!(
         relay
             .log()
@@ -1207,15 +1214,6 @@ fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_t
         .join()
         .unwrap()
         .expect("the old connection reached the backend");
-    // A guard against a hang, not a timing threshold: the cut comes after 1 s.
-    open.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let got = open.read(&mut buf);
-    assert!(
-        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the old name's connection ends with a reset, not {got:?}:\n{}",
-        relay.log()
-    );
+    reads_a_reset(&mut open, &relay, "the old name's connection");
     assert!(relay.stop().success(), "{}", relay.log());
 }

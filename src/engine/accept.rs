@@ -261,11 +261,7 @@ impl AcceptGroup {
         }
         // Set before comparing: a worker that opens a connection after this reads the mark.
         self.held_back.insert(index);
-        let min = open
-            .iter()
-            .map(|c| c.load(Ordering::SeqCst))
-            .min()
-            .unwrap_or(0);
+        let min = least(open);
         if open[index].load(Ordering::SeqCst) <= min + BALANCE_SLACK {
             self.held_back.remove(index);
             return true;
@@ -284,11 +280,7 @@ impl AcceptGroup {
         if held.is_empty() {
             return;
         }
-        let min = open
-            .iter()
-            .map(|c| c.load(Ordering::SeqCst))
-            .min()
-            .unwrap_or(0);
+        let min = least(open);
         for i in held {
             if open[i].load(Ordering::SeqCst) <= min + BALANCE_SLACK && self.held_back.remove(i) {
                 self.wake(i);
@@ -345,6 +337,14 @@ impl AcceptGroup {
                 .unwrap_or_else(|e| e.into_inner());
         }
     }
+}
+
+/// The fewest connections any worker has open.
+fn least(open: &[AtomicUsize]) -> usize {
+    open.iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .min()
+        .unwrap_or(0)
 }
 
 /// A set of worker indices that the workers update concurrently: a bit per worker, for any

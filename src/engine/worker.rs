@@ -291,18 +291,21 @@ impl Worker {
     fn begin_stop(&mut self) {
         self.stopping = true;
         self.unlisten(None);
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.close(key, CloseReason::Stopped);
-        }
+        self.cut_where(|_| true);
     }
 
     /// Closes, with resets, the connections relaying with `options`.
     fn cut(&mut self, options: &Arc<RelayOptions>) {
+        self.cut_where(|c| Arc::ptr_eq(&c.options, options));
+    }
+
+    /// Closes (as stopped: with resets) every connection `which` picks; one already closing
+    /// is left to finish its close.
+    fn cut_where(&mut self, which: impl Fn(&Conn) -> bool) {
         let keys: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| Arc::ptr_eq(&c.options, options) && !c.is_closing())
+            .filter(|(_, c)| which(c))
             .map(|(k, _)| k)
             .collect();
         for key in keys {

@@ -253,15 +253,6 @@ impl Worker {
             return;
         };
         group.closed(self.index);
-        if !group.limited {
-            let mine = self.accepting.listens.iter().find(|(_, l)| {
-                Arc::ptr_eq(&l.group, &group) && !l.armed && !l.leaving && l.retry_at.is_none()
-            });
-            if let Some((slot, _)) = mine {
-                self.arm_accept(slot);
-            }
-            return;
-        }
         let mine = self
             .accepting
             .listens
@@ -269,14 +260,15 @@ impl Worker {
             .find(|(_, l)| {
                 Arc::ptr_eq(&l.group, &group) && !l.armed && !l.leaving && l.retry_at.is_none()
             })
-            .map(|(slot, _)| slot)
-            // Held back for balance, it must not keep the freed slot to itself unarmed.
-            .filter(|_| group.may_arm(self.index));
+            .map(|(slot, _)| slot);
+        // A limited group's slot goes back; this worker means to take it itself when it has
+        // an idle listener there.
         group.release(self.index, mine.is_some());
         if let Some(slot) = mine {
             self.arm_accept(slot);
-            if !self.accepting.listens[slot].armed {
-                // The balance changed in between: the slot is free and nobody was told.
+            if group.limited && !self.accepting.listens[slot].armed {
+                // Held back for balance (or another worker took the slot first): the slot
+                // must not stay free with nobody told.
                 group.wake_waiting(self.index);
             }
         }
