@@ -369,7 +369,7 @@ impl Drop for ExchangeServer {
 }
 
 /// The lowest port [`free_port`] hands out.
-const FREE_PORT_LOW: u16 = 20000;
+pub const FREE_PORT_LOW: u16 = 20000;
 
 /// The kernel's ephemeral port range (net.ipv4.ip_local_port_range): where outgoing
 /// connections and binds to port 0 take their local ports from.
@@ -393,7 +393,7 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (ephemeral_low, _) = ephemeral_ports();
     if ephemeral_low <= FREE_PORT_LOW + 1000 {
-        // No room below the ephemeral range: let the kernel pick.
+        // No room below the ephemeral range (an unusual sysctl): let the kernel pick.
         return TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
