@@ -573,6 +573,29 @@ fn grammar_errors_exit_2_naming_the_token() {
 }
 
 #[test]
+fn free_ports_lie_below_the_ephemeral_range_and_can_be_bound() {
+    let (ephemeral_low, _) = ephemeral_ports();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    for &port in &ports {
+        assert!(
+            port < ephemeral_low || ephemeral_low <= FREE_PORT_LOW + 1000,
+            "port {port} lies in the ephemeral range from {ephemeral_low}"
+        );
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} cannot be bound: {e}"));
+        drop(listener);
+    }
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        ports.len(),
+        "one port handed out twice: {ports:?}"
+    );
+}
+
+#[test]
 fn runtime_errors_exit_1_naming_address_and_os_error() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();

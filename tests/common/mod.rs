@@ -368,13 +368,48 @@ impl Drop for ExchangeServer {
     }
 }
 
-/// A TCP port that was free a moment ago.
+/// The lowest port [`free_port`] hands out.
+pub const FREE_PORT_LOW: u16 = 20000;
+
+/// The kernel's ephemeral port range (net.ipv4.ip_local_port_range): where outgoing
+/// connections and binds to port 0 take their local ports from.
+pub fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut ends = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((ends.next()??, ends.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, below the ephemeral range: a port
+/// from that range (what binding port 0 gives) may be taken meanwhile by any outgoing
+/// connection, another test's or a bench's, before the test binds it. Candidates start at
+/// an offset drawn from the process id and step with a per-process counter, so test binaries
+/// running at once rarely try the same ports; each is checked by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (ephemeral_low, _) = ephemeral_ports();
+    if ephemeral_low <= FREE_PORT_LOW + 1000 {
+        // No room below the ephemeral range (an unusual sysctl): let the kernel pick.
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = u32::from(ephemeral_low - FREE_PORT_LOW);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FREE_PORT_LOW + ((start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FREE_PORT_LOW}..{ephemeral_low}");
 }
 
 /// A scratch directory, removed on drop.
