@@ -12,6 +12,8 @@ iperf3 and socat from Debian when missing (as root).
     perf/run.py --json out.json      # also write the raw figures
     perf/run.py --vsplice-args="--mode copy"    # give vsplice options (note the "=")
     perf/run.py --vsplice-old /tmp/old/target/release/vsplice   # A/B: an older build interleaved
+    perf/run.py --cases scale --epoll-relay   # also a thread-per-core epoll splice relay
+    perf/run.py --cases scale --cgroups       # each relay in its own CPU cgroup, as under systemd
 
 Cases:
   single     TCP->TCP, one iperf3 stream
@@ -34,6 +36,7 @@ Cases:
 """
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -52,6 +55,7 @@ VSPLICE = os.path.join(REL, "vsplice")
 VSPLICE_OLD = None
 BASELINE = os.path.join(REL, "examples", "baseline-relay")
 LOADGEN = os.path.join(REL, "examples", "loadgen")
+EPOLL_RELAY = os.path.join(REL, "examples", "epoll-relay")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -74,7 +78,7 @@ def ensure_tools():
                            stdout=subprocess.DEVNULL)
     log("building vsplice (release)")
     subprocess.run(["cargo", "build", "--release", "--bin", "vsplice", "--example", "baseline-relay",
-                    "--example", "loadgen"], cwd=ROOT, check=True)
+                    "--example", "epoll-relay", "--example", "loadgen"], cwd=ROOT, check=True)
 
 
 def free_port():
@@ -184,8 +188,59 @@ class Proc:
                 self.p.wait()
 
 
+class Cgroups:
+    """--cgroups: every relay in a CPU cgroup of its own and the endpoints (this script and every
+    client and server it starts) in another, all of equal weight, as systemd runs each service in
+    its own cgroup. Without it, all share one group, and the kernel's scheduler shares a busy
+    machine per thread: a relay with a thread per core then gets a small slice beside the
+    endpoints' thread per stream, where the plain relay's thread pair per connection gets
+    twice theirs (README, Performance: where the many-stream gap comes from)."""
+
+    def __init__(self):
+        v1 = "/sys/fs/cgroup/cpu"
+        if os.path.isfile(os.path.join(v1, "cpu.shares")):
+            self.root, self.weight = v1, ("cpu.shares", "1024")
+        elif "cpu" in open("/sys/fs/cgroup/cgroup.controllers").read().split():
+            self.root, self.weight = "/sys/fs/cgroup", ("cpu.weight", "100")
+            with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
+                f.write("+cpu")
+        else:
+            sys.exit("--cgroups: no CPU cgroup controller (v1 /sys/fs/cgroup/cpu or v2 cpu)")
+        self.made = []
+        self.place("endpoints", os.getpid())
+
+    def place(self, name, pid):
+        path = os.path.join(self.root, f"vsplice-perf-{name}")
+        if path not in self.made:
+            os.makedirs(path, exist_ok=True)
+            with open(os.path.join(path, self.weight[0]), "w") as f:
+                f.write(self.weight[1])
+            self.made.append(path)
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def remove(self):
+        with open(os.path.join(self.root, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        for path in self.made:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass  # a process still inside; the group goes with the next boot
+
+
+CGROUPS = None
+
+
 def start_relay(kind, listen, upstream, extra=()):
     """listen/upstream: ('tcp', port) or ('unix', path)."""
+    proc = start_relay_process(kind, listen, upstream, extra)
+    if CGROUPS:
+        CGROUPS.place("relay-" + kind, proc.pid)
+    return proc
+
+
+def start_relay_process(kind, listen, upstream, extra):
     def vs_addr(a, lst):
         if a[0] == "tcp":
             return f"TCP-LISTEN:{a[1]},bind=127.0.0.1,fork" if lst else f"TCP:127.0.0.1:{a[1]}"
@@ -210,6 +265,9 @@ def start_relay(kind, listen, upstream, extra=()):
                     name=kind)
     if kind == "baseline":
         return Proc([BASELINE, plain(listen), plain(upstream)], ready="listening on", name="baseline")
+    if kind == "epoll":
+        return Proc([EPOLL_RELAY, plain(listen), plain(upstream)], ready="listening on",
+                    name="epoll")
     if kind == "socat":
         # socat's default backlog is 5: a burst of 1,000 connects overflows it and clients sit
         # in TCP's SYN backoff for minutes. Give it vsplice's 1024 so the cases measure data
@@ -585,7 +643,20 @@ def main():
     ap.add_argument("--vsplice-old", metavar="PATH",
                     help="an older vsplice binary, run as relay 'vsplice-old' interleaved with the "
                          "others (same --vsplice-args); idle10k runs once per binary")
+    ap.add_argument("--epoll-relay", action="store_true",
+                    help="also run perf/epoll_relay.rs (the plain relay's splice, but a thread "
+                         "per core on edge-triggered epoll) as relay 'epoll': tells the cost of "
+                         "io_uring and vsplice's machinery from that of the thread-per-core model")
+    ap.add_argument("--cgroups", action="store_true",
+                    help="each relay in a CPU cgroup of its own, the endpoints in another (as "
+                         "systemd runs services); needs root")
     args = ap.parse_args()
+    if args.cgroups:
+        global CGROUPS
+        CGROUPS = Cgroups()
+        atexit.register(CGROUPS.remove)
+    if args.epoll_relay:
+        RELAYS.insert(RELAYS.index("baseline") + 1, "epoll")
     if args.vsplice_old:
         global VSPLICE_OLD
         VSPLICE_OLD = os.path.abspath(args.vsplice_old)
