@@ -5,7 +5,7 @@
 use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
@@ -139,8 +139,13 @@ pub fn run_test(
     let mut intervals = Vec::new();
     let mut counts: Vec<StreamCounts> = Vec::with_capacity(n);
     // Every stream thread exists before the clock starts and all start together: spawning a
-    // thousand threads on a loaded machine takes longer than a short test.
-    let ready = Barrier::new(n + 1);
+    // thousand threads on a loaded machine takes longer than a short test. Each parks until
+    // `released` and is woken by an unpark of its own. A std Barrier woke them all onto one
+    // mutex, which they then took one by one while the first ones already sent: with 256
+    // streams on 2 cores, 57 woke after a 3 s test had ended and sent nothing (now none).
+    // A futex that wakes all with one call measured no better: what is left is the
+    // scheduler's (with --time 2, 5-18 of 256 streams still get no CPU in time).
+    let released = AtomicBool::new(false);
     let clock: OnceLock<Instant> = OnceLock::new();
     let expects: Vec<Expect> = (0..n).map(|_| Expect::new()).collect();
     let (sent_tx, sent_rx) = mpsc::channel::<(u32, u64)>();
@@ -156,14 +161,16 @@ pub fn run_test(
             let s = streams.get(i);
             let (latencies, open_stream) = (&latencies[i], &open_stream);
             let (tx, rx) = (&tx[i], &rx[i]);
-            let (ready, clock) = (&ready, &clock);
+            let (released, clock) = (&released, &clock);
             let params = params.clone();
             let expect = &expects[i];
             let sent_tx = sent_tx.clone();
             let handle = std::thread::Builder::new()
                 .stack_size(256 * 1024)
                 .spawn_scoped(scope, move || {
-                    ready.wait();
+                    while !released.load(Ordering::Acquire) {
+                        std::thread::park();
+                    }
                     // Unset when the test was called off before it started.
                     let Some(&started) = clock.get() else {
                         return StreamCounts {
@@ -225,7 +232,10 @@ pub fn run_test(
                 print_header(address, params);
             }
         }
-        ready.wait();
+        released.store(true, Ordering::Release);
+        for h in &handles {
+            h.thread().unpark();
+        }
         let Some(started) = started_at else {
             for h in handles {
                 let _ = h.join();
