@@ -7,13 +7,14 @@
 //!
 //! Usage: epoll-relay LISTEN_ADDR UPSTREAM_ADDR [THREADS], where each address is `host:port`
 //! (TCP) or a path starting with `/` (UNIX); THREADS defaults to the number of CPUs. The main
-//! thread accepts and dials, then deals each connection to a worker round-robin. Runs until
-//! killed.
+//! thread accepts and dials, then hands each connection to a worker round-robin, which
+//! registers it with its epoll. Runs until killed.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Mutex;
 
 const PIPE_SIZE: usize = 1 << 20;
 
@@ -54,7 +55,12 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: pipe2 succeeded, so both are new descriptors nothing else owns.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: plain fcntl on a descriptor we own.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) } < 0 {
+        // Over the per-user pipe quota (unprivileged, many streams): a smaller pipe skews the
+        // comparison, so say so once.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("epoll-relay: F_SETPIPE_SZ: {}", io::Error::last_os_error()));
+    }
     Ok((r, w))
 }
 
@@ -111,43 +117,151 @@ impl Direction {
     }
 }
 
-/// A worker's epoll loop: it owns the connections registered with `ep` and frees each once
-/// both directions are over (or one failed).
-fn worker(ep: RawFd) {
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let mut over: Vec<*mut Conn> = Vec::new();
-    loop {
-        // SAFETY: `events` has room for the count passed.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
-        for ev in events.iter().take(n.max(0) as usize) {
-            let side = ev.u64 as *const Side;
-            // SAFETY: every registered `u64` points at a Side inside a live Conn: a Conn is
-            // freed only after this batch, once its sockets are closed, so no later batch
-            // names it.
-            let (conn, which) = unsafe { ((*side).conn, (*side).which) };
-            // SAFETY: as above; only this worker touches the Conn.
-            let c = unsafe { &mut *conn };
-            if c.dirs[0].done && c.dirs[1].done {
-                continue; // already closed in this batch
+/// A worker: its epoll instance, and the connections the accepting thread hands it. The worker
+/// registers them itself, so nothing but the worker touches a connection once it is handed
+/// over (the accepting thread registering them raced the worker freeing a connection whose
+/// first socket had already failed).
+struct Worker {
+    ep: OwnedFd,
+    wake: OwnedFd,
+    // Boxed: a Conn needs a fixed address, since its Sides (epoll's data) point into it.
+    #[allow(clippy::vec_box)]
+    handed: Mutex<Vec<Box<Conn>>>,
+}
+
+// SAFETY: a Conn's raw pointers point into its own box, and a handed-over box is touched only
+// by the worker that takes it from `handed`.
+unsafe impl Send for Conn {}
+
+/// The `u64` of the worker's wake-up eventfd; a Side's address is never 0.
+const HANDED: u64 = 0;
+
+impl Worker {
+    fn new() -> io::Result<Worker> {
+        // SAFETY: epoll_create1 and eventfd take no memory arguments.
+        let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: as above.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        // SAFETY: as above.
+        let wake = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: eventfd succeeded: a new descriptor nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: HANDED,
+        };
+        // SAFETY: `ev` is a valid event; both descriptors are open.
+        check(unsafe {
+            libc::epoll_ctl(
+                ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                wake.as_raw_fd(),
+                &mut ev,
+            )
+        })?;
+        Ok(Worker {
+            ep,
+            wake,
+            handed: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Hands a connection to this worker (from the accepting thread).
+    fn hand(&self, conn: Box<Conn>) {
+        self.handed.lock().unwrap().push(conn);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to the eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Registers the connections handed over since the last call; one that cannot be
+    /// registered is dropped, which closes its sockets and so its registrations.
+    fn register_handed(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer.
+        unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        let handed = std::mem::take(&mut *self.handed.lock().unwrap());
+        for conn in handed {
+            let conn = Box::into_raw(conn);
+            let mut registered = true;
+            for which in 0..2 {
+                // SAFETY: `conn` is the live box just taken; only this thread touches it.
+                let c = unsafe { &mut *conn };
+                c.sides[which].conn = conn;
+                let mut ev = libc::epoll_event {
+                    events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                        as u32,
+                    u64: &c.sides[which] as *const Side as u64,
+                };
+                // SAFETY: `ev` is a valid event; the descriptors are open.
+                let added = unsafe {
+                    libc::epoll_ctl(
+                        self.ep.as_raw_fd(),
+                        libc::EPOLL_CTL_ADD,
+                        c.socks[which].as_raw_fd(),
+                        &mut ev,
+                    )
+                };
+                registered &= added == 0;
             }
-            // The socket that fired is the source of one direction and the destination of
-            // the other.
-            let ok = c.dirs[which].pump() && c.dirs[1 - which].pump();
-            if !ok || (c.dirs[0].done && c.dirs[1].done) {
-                c.dirs[0].done = true;
-                c.dirs[1].done = true;
-                over.push(conn);
+            if !registered {
+                eprintln!("epoll-relay: {}", io::Error::last_os_error());
+                // SAFETY: from Box::into_raw above, freed once; no event names it yet (events
+                // come from the next epoll_wait, after its sockets are closed here).
+                drop(unsafe { Box::from_raw(conn) });
             }
         }
-        for conn in over.drain(..) {
-            // SAFETY: the pointer came from Box::into_raw and is freed once (marked over
-            // above, skipped thereafter); dropping it closes its sockets and pipes.
-            drop(unsafe { Box::from_raw(conn) });
+    }
+
+    /// The epoll loop: it owns the connections registered here and frees each once both
+    /// directions are over (or one failed).
+    fn run(&self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut over: Vec<*mut Conn> = Vec::new();
+        loop {
+            // SAFETY: `events` has room for the count passed.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    -1,
+                )
+            };
+            for ev in events.iter().take(n.max(0) as usize) {
+                if ev.u64 == HANDED {
+                    self.register_handed();
+                    continue;
+                }
+                let side = ev.u64 as *const Side;
+                // SAFETY: every other registered `u64` points at a Side inside a live Conn: a
+                // Conn is freed only after this batch, once its sockets are closed, so no
+                // later batch names it.
+                let (conn, which) = unsafe { ((*side).conn, (*side).which) };
+                // SAFETY: as above; only this worker touches the Conn.
+                let c = unsafe { &mut *conn };
+                if c.dirs[0].done && c.dirs[1].done {
+                    continue; // already over in this batch
+                }
+                // The socket that fired is the source of one direction and the destination
+                // of the other.
+                let ok = c.dirs[which].pump() && c.dirs[1 - which].pump();
+                if !ok || (c.dirs[0].done && c.dirs[1].done) {
+                    c.dirs[0].done = true;
+                    c.dirs[1].done = true;
+                    over.push(conn);
+                }
+            }
+            for conn in over.drain(..) {
+                // SAFETY: the pointer came from Box::into_raw and is freed once (marked over
+                // above, skipped thereafter); dropping it closes its sockets and pipes.
+                drop(unsafe { Box::from_raw(conn) });
+            }
         }
     }
 }
 
-fn serve(client: OwnedFd, upstream: OwnedFd, ep: RawFd) -> io::Result<()> {
+fn new_conn(client: OwnedFd, upstream: OwnedFd) -> io::Result<Box<Conn>> {
     let socks = [client, upstream];
     for s in &socks {
         // SAFETY: plain fcntl on a descriptor we own.
@@ -164,35 +278,15 @@ fn serve(client: OwnedFd, upstream: OwnedFd, ep: RawFd) -> io::Result<()> {
         staged: 0,
         done: false,
     };
-    let conn = Box::into_raw(Box::new(Conn {
+    let side = |which| Side {
+        conn: std::ptr::null_mut(),
+        which,
+    };
+    Ok(Box::new(Conn {
         socks,
         dirs: [dir(a, b, r0, w0), dir(b, a, r1, w1)],
-        sides: [
-            Side {
-                conn: std::ptr::null_mut(),
-                which: 0,
-            },
-            Side {
-                conn: std::ptr::null_mut(),
-                which: 1,
-            },
-        ],
-    }));
-    for which in 0..2 {
-        // SAFETY: `conn` is the live box made above; the worker sees it only after the
-        // epoll_ctl below.
-        let c = unsafe { &mut *conn };
-        c.sides[which].conn = conn;
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: &c.sides[which] as *const Side as u64,
-        };
-        // SAFETY: `ev` is a valid event; the descriptor is open.
-        check(unsafe {
-            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.socks[which].as_raw_fd(), &mut ev)
-        })?;
-    }
-    Ok(())
+        sides: [side(0), side(1)],
+    }))
 }
 
 fn connect(addr: &str) -> io::Result<OwnedFd> {
@@ -218,12 +312,11 @@ fn main() {
     let threads = threads
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
-    let eps: Vec<RawFd> = (0..threads)
+    let workers: Vec<&'static Worker> = (0..threads)
         .map(|_| {
-            // SAFETY: epoll_create1 has no memory arguments.
-            let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).expect("epoll");
-            std::thread::spawn(move || worker(ep));
-            ep
+            let worker: &'static Worker = Box::leak(Box::new(Worker::new().expect("epoll")));
+            std::thread::spawn(move || worker.run());
+            worker
         })
         .collect();
     let accept: Box<dyn FnMut() -> io::Result<OwnedFd>> = if listen.starts_with('/') {
@@ -241,10 +334,19 @@ fn main() {
     let mut accept = accept;
     eprintln!("listening on {listen} with {threads} threads");
     for n in 0usize.. {
-        let Ok(client) = accept() else { continue };
+        let client = match accept() {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and the like: say so and let the workers close some.
+                eprintln!("epoll-relay: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
         let Ok(up) = connect(upstream) else { continue };
-        if let Err(e) = serve(client, up, eps[n % threads]) {
-            eprintln!("epoll-relay: {e}");
+        match new_conn(client, up) {
+            Ok(conn) => workers[n % threads].hand(conn),
+            Err(e) => eprintln!("epoll-relay: {e}"),
         }
     }
 }

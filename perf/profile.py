@@ -23,6 +23,7 @@ import collections
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +68,16 @@ def queued(port, upstream_port):
 
 def profile(name, cmd, port, args, out):
     relay = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    for _ in range(100):  # until it listens, or 5 s
+        if relay.poll() is not None:
+            sys.exit(f"{name} exited at start (port {port} in use?): {' '.join(cmd)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        sys.exit(f"{name} is not listening on port {port}")
     data = os.path.join(out, name + ".data")
     rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-a", "-o", data, "--", "sleep",
                             str(args.time + 1.5)], stdout=subprocess.DEVNULL,
@@ -83,7 +93,9 @@ def profile(name, cmd, port, args, out):
         time.sleep(args.time / 4)
         queues.update(queued(port, UPSTREAM_PORT))
     client.wait()
-    gb = (lo_bytes() - b0) / 2 / 1e9  # each byte crosses loopback twice: in and out of the relay
+    # Each byte crosses loopback twice (into and out of the relay). lo's count includes headers
+    # and ACKs, a few per cent, the same for every relay.
+    gb = (lo_bytes() - b0) / 2 / 1e9
     rec.wait()
     relay.kill()
     relay.wait()

@@ -198,16 +198,24 @@ class Cgroups:
 
     def __init__(self):
         v1 = "/sys/fs/cgroup/cpu"
-        if os.path.isfile(os.path.join(v1, "cpu.shares")):
-            self.root, self.weight = v1, ("cpu.shares", "1024")
-        elif "cpu" in open("/sys/fs/cgroup/cgroup.controllers").read().split():
-            self.root, self.weight = "/sys/fs/cgroup", ("cpu.weight", "100")
-            with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
-                f.write("+cpu")
-        else:
-            sys.exit("--cgroups: no CPU cgroup controller (v1 /sys/fs/cgroup/cpu or v2 cpu)")
-        self.made = []
-        self.place("endpoints", os.getpid())
+        v2 = "/sys/fs/cgroup"
+        self.enabled_cpu = False
+        try:
+            if os.path.isfile(os.path.join(v1, "cpu.shares")):
+                self.root, self.weight = v1, ("cpu.shares", "1024")
+            elif "cpu" in open(os.path.join(v2, "cgroup.controllers")).read().split():
+                self.root, self.weight = v2, ("cpu.weight", "100")
+                control = os.path.join(v2, "cgroup.subtree_control")
+                if "cpu" not in open(control).read().split():
+                    with open(control, "w") as f:
+                        f.write("+cpu")
+                    self.enabled_cpu = True
+            else:
+                sys.exit("--cgroups: no CPU cgroup controller (v1 /sys/fs/cgroup/cpu or v2 cpu)")
+            self.made = []
+            self.place("endpoints", os.getpid())
+        except OSError as e:
+            sys.exit(f"--cgroups: {e} (needs root and a cgroup tree this script may change)")
 
     def place(self, name, pid):
         path = os.path.join(self.root, f"vsplice-perf-{name}")
@@ -227,6 +235,12 @@ class Cgroups:
                 os.rmdir(path)
             except OSError:
                 pass  # a process still inside; the group goes with the next boot
+        if self.enabled_cpu:
+            try:
+                with open(os.path.join(self.root, "cgroup.subtree_control"), "w") as f:
+                    f.write("-cpu")
+            except OSError:
+                pass  # another group still uses it
 
 
 CGROUPS = None
@@ -655,6 +669,8 @@ def main():
         global CGROUPS
         CGROUPS = Cgroups()
         atexit.register(CGROUPS.remove)
+        # atexit runs on SIGTERM only through a normal exit.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.epoll_relay:
         RELAYS.insert(RELAYS.index("baseline") + 1, "epoll")
     if args.vsplice_old:

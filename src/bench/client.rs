@@ -214,9 +214,20 @@ pub fn run_test(
                     };
                     on_sent(counts.sent);
                     counts
-                })
-                .expect("spawn a stream thread");
-            handles.push(handle);
+                });
+            match handle {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    // Release the threads already waiting (the clock is unset, so they end at
+                    // once) rather than leave the scope joining them forever.
+                    released.store(true, Ordering::Release);
+                    handles.iter().for_each(|h| h.thread().unpark());
+                    return Err(Error::Bench(format!(
+                        "cannot start stream thread {}: {e}",
+                        i + 1
+                    )));
+                }
+            }
         }
         drop(sent_tx);
         let go = expect(
