@@ -74,16 +74,7 @@ fn clients_at_once(port: u16, clients: usize, size: usize) -> Vec<String> {
                 // A guard against a hang, not a timing threshold.
                 c.set_read_timeout(Some(LONG))
                     .map_err(|e| format!("client {i}: {e}"))?;
-                c.write_all(&message.data)
-                    .and_then(|_| c.shutdown(std::net::Shutdown::Write))
-                    .map_err(|e| format!("client {i}: send: {e}"))?;
-                let mut back = Vec::new();
-                c.read_to_end(&mut back)
-                    .map_err(|e| format!("client {i}: receive: {e}"))?;
-                if sha_hex(&back) != message.sha {
-                    return Err(format!("client {i}: {} bytes back, wrong", back.len()));
-                }
-                Ok(())
+                message.echo_through(&mut c, i)
             })
         })
         .collect();
@@ -269,12 +260,7 @@ fn a_services_max_children_stays_exact_when_every_worker_accepts() {
         ),
     )
     .unwrap();
-    let mut relay = Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut relay = Relay::serve(&config, 1);
     three_at_most_at_once(&mut relay, backend, port, CLIENTS);
 }
 

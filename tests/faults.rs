@@ -535,16 +535,22 @@ fn a_thousand_idle_clients_waking_at_once_under_nofile_1024_lose_no_byte() {
     );
     drop(clients);
     drop(servers);
-    // A new client is served.
+    assert_a_new_client_reaches(port, &backend_after);
+    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
+}
+
+/// A new client through the relay on `port` reaches `backend` with its bytes: the relay still
+/// serves after what the test did to it.
+fn assert_a_new_client_reaches(port: u16, backend: &std::net::TcpListener) {
+    use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.write_all(b"after").unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
-    let (mut s, _) = backend_after.accept().unwrap();
+    let (mut s, _) = backend.accept().unwrap();
     s.set_read_timeout(Some(LONG)).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"after");
-    assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
 }
 
 /// A relay under `prlimit --nofile=128:128` in front of a hand-driven backend, with 48
@@ -574,7 +580,6 @@ fn relay_with_parked_connections() -> (
 
 #[test]
 fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
-    use std::io::{Read, Write};
     let (mut relay, backend, port, mut clients, servers) = relay_with_parked_connections();
     for server in servers {
         reset(server);
@@ -588,15 +593,7 @@ fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
         );
     }
     drop(clients);
-    // The relay still serves.
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.write_all(b"after").unwrap();
-    c.shutdown(std::net::Shutdown::Write).unwrap();
-    let (mut s, _) = backend.accept().unwrap();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"after");
+    assert_a_new_client_reaches(port, &backend);
     assert_eq!(relay.stop().code(), Some(0), "{}", tail(&relay.log()));
 }
 

@@ -429,16 +429,7 @@ fn five_hundred_concurrent_connections_through_one_fork_listener() {
                 // Every connection is open at the same time before any data moves.
                 barrier.wait();
                 let mut c = connected.map_err(|e| format!("client {i}: connect: {e}"))?;
-                c.write_all(&message.data)
-                    .and_then(|_| c.shutdown(std::net::Shutdown::Write))
-                    .map_err(|e| format!("client {i}: send: {e}"))?;
-                let mut back = Vec::new();
-                c.read_to_end(&mut back)
-                    .map_err(|e| format!("client {i}: receive: {e}"))?;
-                if sha_hex(&back) != message.sha {
-                    return Err(format!("client {i}: {} bytes back, wrong", back.len()));
-                }
-                Ok(())
+                message.echo_through(&mut c, i)
             })
         })
         .collect();

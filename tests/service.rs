@@ -414,12 +414,7 @@ allow = ["uid:{}"]
         ),
     )
     .unwrap();
-    let mut relay = Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 3 services", Duration::from_secs(60));
+    let mut relay = Relay::serve(&config, 3);
 
     // Refused first: had it been relayed, it would have taken the upstream's only accept.
     let mut refused = tcp_from("127.0.0.2", port);
@@ -887,12 +882,7 @@ fn a_refused_dial_is_counted_by_errno_and_as_a_dial_failed_close() {
         ),
     )
     .unwrap();
-    let mut relay = Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut relay = Relay::serve(&config, 1);
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut got = Vec::new();
     let _ = std::io::Read::read_to_end(&mut client, &mut got);
@@ -960,12 +950,7 @@ fn a_unix_client_running_as_nobody_is_refused_by_uid_and_counted() {
         ),
     )
     .unwrap();
-    let mut relay = Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut relay = Relay::serve(&config, 1);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
     // A client as nobody (uid 65534): connects, sends, reads until the relay closes.
     const CLIENT: &str = r#"
@@ -1060,12 +1045,7 @@ fn a_changed_service_sends_new_connections_to_its_new_target_and_leaves_open_one
         .unwrap()
     };
     write(&old_target);
-    let mut relay = Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut relay = Relay::serve(&config, 1);
     let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut reader = open.try_clone().unwrap();
     let receiver = std::thread::spawn(move || read_all(&mut reader).unwrap());
@@ -1127,12 +1107,7 @@ fn a_removed_services_open_connection_is_cut_with_a_reset_after_the_drain_timeou
         ),
     )
     .unwrap();
-    let mut relay = Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 2 services", Duration::from_secs(60));
+    let mut relay = Relay::serve(&config, 2);
     let mut open = TcpStream::connect(("127.0.0.1", x_port)).unwrap();
     open.write_all(b"a request the backend never answers")
         .unwrap();
@@ -1168,7 +1143,6 @@ fn a_removed_services_open_connection_is_cut_with_a_reset_after_the_drain_timeou
 fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_the_drain_timeout() {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::time::Duration;
 
     let dir = Scratch::new("reload-rename-cut");
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1195,12 +1169,7 @@ fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_t
         .unwrap()
     };
     write("old");
-    let mut relay = common::Relay::spawn(
-        &["serve", "--config", config.to_str().unwrap()],
-        std::process::Stdio::null(),
-        std::process::Stdio::null(),
-    );
-    relay.wait_for_log("serving 1 services", Duration::from_secs(60));
+    let mut relay = common::Relay::serve(&config, 1);
     let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
     open.write_all(b"never answered").unwrap();
     write("new");

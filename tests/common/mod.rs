@@ -57,6 +57,23 @@ pub fn payload(len: usize, seed: u64) -> Payload {
     }
 }
 
+impl Payload {
+    /// Client `i` of an echo test: sends the payload on `c`, half-closes, and checks that the
+    /// same bytes come back; the error names the client and the step.
+    pub fn echo_through(&self, c: &mut std::net::TcpStream, i: usize) -> Result<(), String> {
+        c.write_all(&self.data)
+            .and_then(|_| c.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| format!("client {i}: send: {e}"))?;
+        let mut back = Vec::new();
+        c.read_to_end(&mut back)
+            .map_err(|e| format!("client {i}: receive: {e}"))?;
+        if sha_hex(&back) != self.sha {
+            return Err(format!("client {i}: {} bytes back, wrong", back.len()));
+        }
+        Ok(())
+    }
+}
+
 pub fn sha_hex(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -451,6 +468,20 @@ impl Relay {
     pub fn start(args: &[&str]) -> Relay {
         let relay = Relay::spawn(args, Stdio::null(), Stdio::null());
         relay.wait_for_log("listening on", Duration::from_secs(20));
+        relay
+    }
+
+    /// Starts `vsplice serve --config CONFIG -dd` and waits until it serves `services`.
+    pub fn serve(config: &Path, services: usize) -> Relay {
+        let relay = Relay::spawn(
+            &["serve", "--config", config.to_str().unwrap()],
+            Stdio::null(),
+            Stdio::null(),
+        );
+        relay.wait_for_log(
+            &format!("serving {services} services"),
+            Duration::from_secs(60),
+        );
         relay
     }
 
