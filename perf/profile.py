@@ -29,9 +29,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
-UPSTREAM_PORT = 21901
+from run import BASELINE, EPOLL_RELAY, VSPLICE, free_port
+
 FUNCS = ["__x64_sys_splice", "tcp_splice_read", "splice_to_socket", "tcp_sendmsg", "tcp_recvmsg",
          "handle_softirqs", "__release_sock", "tcp_rcv_established", "__schedule",
          "__do_sys_io_uring_enter", "tctx_task_work", "do_epoll_wait"]
@@ -66,7 +65,7 @@ def queued(port, upstream_port):
     return q
 
 
-def profile(name, cmd, port, args, out):
+def profile(name, cmd, port, upstream_port, args, out):
     relay = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):  # until it listens, or 5 s
         if relay.poll() is not None:
@@ -84,14 +83,14 @@ def profile(name, cmd, port, args, out):
                            stderr=subprocess.DEVNULL)
     time.sleep(0.7)  # perf is recording before the client's threads exist
     b0 = lo_bytes()
-    client = subprocess.Popen([os.path.join(REL, "vsplice"), "bench", "client",
+    client = subprocess.Popen([VSPLICE, "bench", "client",
                                f"TCP:127.0.0.1:{port}", "--streams", str(args.streams), "--time",
                                str(args.time)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     queues = collections.Counter()
     for _ in range(3):
         time.sleep(args.time / 4)
-        queues.update(queued(port, UPSTREAM_PORT))
+        queues.update(queued(port, upstream_port))
     client.wait()
     # Each byte crosses loopback twice (into and out of the relay). lo's count includes headers
     # and ACKs, a few per cent, the same for every relay.
@@ -134,20 +133,22 @@ def main():
     if shutil.which("perf") is None:
         sys.exit("perf/profile.py needs perf (apt-get install linux-perf)")
     out = tempfile.mkdtemp(prefix="vsplice-profile-")
-    server = subprocess.Popen([os.path.join(REL, "vsplice"), "bench", "server",
-                               f"TCP-LISTEN:{UPSTREAM_PORT},bind=127.0.0.1"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    up = f"127.0.0.1:{UPSTREAM_PORT}"
+    upstream_port = free_port()
+    server = subprocess.Popen([VSPLICE, "bench", "server",
+                               f"TCP-LISTEN:{upstream_port},bind=127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    up = f"127.0.0.1:{upstream_port}"
+    ports = [free_port() for _ in range(3)]
     relays = [
-        ("vsplice", [os.path.join(REL, "vsplice"), *args.vsplice_args.split(),
-                     "TCP-LISTEN:21902,bind=127.0.0.1,fork", "TCP:" + up], 21902),
-        ("plain", [os.path.join(REL, "examples", "baseline-relay"), "127.0.0.1:21903", up], 21903),
-        ("epoll", [os.path.join(REL, "examples", "epoll-relay"), "127.0.0.1:21904", up], 21904),
+        ("vsplice", [VSPLICE, *args.vsplice_args.split(),
+                     f"TCP-LISTEN:{ports[0]},bind=127.0.0.1,fork", "TCP:" + up], ports[0]),
+        ("plain", [BASELINE, f"127.0.0.1:{ports[1]}", up], ports[1]),
+        ("epoll", [EPOLL_RELAY, f"127.0.0.1:{ports[2]}", up], ports[2]),
     ]
     try:
         time.sleep(0.5)
         for name, cmd, port in relays:
-            data, gb, queues, roles = profile(name, cmd, port, args, out)
+            data, gb, queues, roles = profile(name, cmd, port, upstream_port, args, out)
             roles[str(server.pid)] = "server"
             per_role, inclusive = charge(data, gb, roles)
             print(f"\n{name}: {gb:.2f} GB moved in {args.time} s ({gb * 8 / args.time:.2f} Gbit/s); "
