@@ -168,7 +168,7 @@ fn parse_address(text: &str) -> Result<Address> {
 pub fn engine_config(cli: &Cli) -> EngineConfig {
     let size = cli.block.unwrap_or(DEFAULT_PIPE_SIZE);
     EngineConfig {
-        mode: cli.mode.unwrap_or(Mode::Splice),
+        mode: cli.mode.unwrap_or(Mode::Auto),
         pipe_size: size,
         copy_size: size,
         directions: [!cli.reverse_only, !cli.forward_only],

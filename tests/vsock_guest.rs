@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::lab::Lab;
 use common::*;
+use std::path::PathBuf;
 
 const BIG: usize = 32 * MIB;
 const LONG: Duration = Duration::from_secs(600);
@@ -51,6 +52,117 @@ const SCENARIOS: &[Scenario] = &[
 /// Scenarios that reproduce a known, open problem: they run only when a filter names them,
 /// so the suite stays green meanwhile.
 const KNOWN_ISSUES: &[Scenario] = &[];
+
+/// Measurements, not tests: they run only when a filter names them (`perf/vsock-lab.sh`), and
+/// print their table on the console.
+const MEASUREMENTS: &[Scenario] = &[("relay_speed_table_on_vsock", relay_speed_table)];
+
+/// The vsock pairs of the speed table, and TCP -> TCP for reference.
+const SPEED_PAIRS: &[(speed::Family, speed::Family)] = &[
+    (speed::Family::Vsock, speed::Family::Vsock),
+    (speed::Family::Vsock, speed::Family::Tcp),
+    (speed::Family::Tcp, speed::Family::Vsock),
+    (speed::Family::Unix, speed::Family::Vsock),
+    (speed::Family::Vsock, speed::Family::Unix),
+    (speed::Family::Tcp, speed::Family::Tcp),
+];
+
+/// One stream per pair through no relay, vsplice (default, then every `--mode`), the copying
+/// relay and socat, interleaved over rounds; prints the medians (see `common::speed`).
+fn relay_speed_table() {
+    use speed::{Spot, Via};
+    let arg = |name: &str, default: usize| -> usize {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = arg("--rounds", 3);
+    let bytes = arg("--mib", 32) * MIB;
+    let scratch = Scratch::new("speed");
+    let socat = common::debs::tool("socat", "usr/bin/socat")
+        .map(|c| PathBuf::from(c.get_program()))
+        .ok();
+    let mut vias = vec![Via::Direct, Via::Vsplice(vec![])];
+    for mode in ["splice", "uring-splice", "copy", "recv", "recv-zc"] {
+        vias.push(Via::Vsplice(vec!["--mode".into(), mode.into()]));
+    }
+    vias.push(Via::CopyRelay);
+    if let Some(bin) = socat {
+        vias.push(Via::Socat(bin));
+    }
+    let mut figures = vec![vec![Vec::new(); vias.len()]; SPEED_PAIRS.len()];
+    let mut default_path = vec![String::new(); SPEED_PAIRS.len()];
+    let mut failed = vec![0usize; SPEED_PAIRS.len()];
+    for _ in 0..rounds {
+        for (p, (from, to)) in SPEED_PAIRS.iter().enumerate() {
+            for (v, via) in vias.iter().enumerate() {
+                // A run whose connection failed (a dial that failed, say) is counted and made
+                // again, up to three times.
+                let (gbit, log) = (0..3)
+                    .find_map(|_| {
+                        let (a, b) = (Spot::fresh(*from, &scratch.0), Spot::fresh(*to, &scratch.0));
+                        speed::one_run(&a, &b, via, bytes)
+                            .map_err(|e| {
+                                println!("failed run: {}", e.lines().next().unwrap_or(""));
+                                failed[p] += 1;
+                            })
+                            .ok()
+                    })
+                    .expect("three failed runs in a row");
+                if v == 1 {
+                    default_path[p] = speed::logged_path(&log).unwrap_or_else(|| {
+                        println!("no path logged:\n{log}");
+                        "?".into()
+                    });
+                }
+                figures[p][v].push(gbit);
+            }
+        }
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "relay speed in the guest (Linux {}), one stream, {} MiB a run, 128 KiB writes and \
+         reads at the ends, median of {rounds} interleaved rounds, Gbit/s (relative figures: \
+         an emulated guest)",
+        kernel.trim(),
+        bytes / MIB
+    );
+    let mut header = format!("{:<16}", "pair");
+    for via in &vias {
+        header.push_str(&format!(
+            " | {:>14}",
+            via.label().replace("vsplice --mode ", "")
+        ));
+    }
+    header.push_str(" | default path | vsplice/copying | vsplice/socat | failed runs");
+    println!("{header}");
+    let copy_at = vias
+        .iter()
+        .position(|v| matches!(v, Via::CopyRelay))
+        .unwrap();
+    let socat_at = vias.iter().position(|v| matches!(v, Via::Socat(_)));
+    for (p, (from, to)) in SPEED_PAIRS.iter().enumerate() {
+        let medians: Vec<f64> = figures[p].iter_mut().map(|f| speed::median(f)).collect();
+        let mut row = format!("{:<16}", format!("{} -> {}", from.name(), to.name()));
+        for m in &medians {
+            row.push_str(&format!(" | {m:>14.3}"));
+        }
+        let socat_ratio = socat_at.map_or("-".to_string(), |s| {
+            format!("{:.2}", medians[1] / medians[s])
+        });
+        row.push_str(&format!(
+            " | {:>12} | {:>15.2} | {:>13} | {:>11}",
+            default_path[p],
+            medians[1] / medians[copy_at],
+            socat_ratio,
+            failed[p]
+        ));
+        println!("{row}");
+    }
+}
 
 /// The bench over real AF_VSOCK: every byte counted at both ends, patterns checked.
 fn bench_over_vsock() {
@@ -568,12 +680,18 @@ fn serve_three_services() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--copy-relay") {
+        guest_only();
+        speed::copying_relay(&args[i + 1], &args[i + 2]);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--guest") {
         guest_only();
         let name = args.get(i + 1).expect("scenario name");
         let (_, scenario) = SCENARIOS
             .iter()
             .chain(KNOWN_ISSUES)
+            .chain(MEASUREMENTS)
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no scenario {name}"));
         scenario();
@@ -586,15 +704,21 @@ fn main() {
         }
         return;
     }
-    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let known = if filters.is_empty() {
-        &[][..]
+    // Words after a lone `--` go to the guest's scenario (the speed table's `--rounds N`).
+    let filters: Vec<&String> = args[1..]
+        .iter()
+        .take_while(|a| *a != "--")
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (known, measurements) = if filters.is_empty() {
+        (&[][..], &[][..])
     } else {
-        KNOWN_ISSUES
+        (KNOWN_ISSUES, MEASUREMENTS)
     };
     let selected: Vec<&Scenario> = SCENARIOS
         .iter()
         .chain(known)
+        .chain(measurements)
         .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
         .collect();
     if selected.is_empty() {
@@ -610,6 +734,18 @@ fn main() {
         }
     };
     let me = std::env::current_exe().expect("own path");
+    if selected.iter().any(|s| MEASUREMENTS.contains(s)) {
+        // The guest cannot fetch packages: unpack socat for the speed table now.
+        if let Err(e) = common::debs::tool("socat", "usr/bin/socat") {
+            println!("no socat for the speed table: {e}");
+        }
+    }
+    let passthrough: Vec<String> = args
+        .iter()
+        .skip_while(|a| *a != "--")
+        .skip(1)
+        .cloned()
+        .collect();
     println!(
         "running {} vsock scenarios in the guest lab",
         selected.len()
@@ -621,14 +757,26 @@ fn main() {
     let results = Arc::new(std::sync::Mutex::new(Vec::new()));
     let runners: Vec<_> = (0..2)
         .map(|_| {
-            let (queue, results, lab, me) =
-                (queue.clone(), results.clone(), lab.clone(), me.clone());
+            let (queue, results, lab, me, passthrough) = (
+                queue.clone(),
+                results.clone(),
+                lab.clone(),
+                me.clone(),
+                passthrough.clone(),
+            );
             std::thread::spawn(move || {
                 loop {
                     let Some((name, _)) = queue.lock().unwrap().pop() else {
                         return;
                     };
-                    let run = lab.run(name, &me, &["--guest", name], Duration::from_secs(900));
+                    let mut guest_args = vec!["--guest", name];
+                    guest_args.extend(passthrough.iter().map(String::as_str));
+                    let run = lab.run(name, &me, &guest_args, Duration::from_secs(900));
+                    if let Ok(r) = &run
+                        && MEASUREMENTS.iter().any(|(n, _)| n == name)
+                    {
+                        println!("{}", r.console);
+                    }
                     let line = match &run {
                         Ok(r) if r.exit == Some(0) => {
                             println!(

@@ -55,6 +55,10 @@ use crate::sys::eventfd::EventFd;
 /// How bytes move between the two sockets of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// Per direction, from what its source can do (the default): splice where the source has
+    /// a real `splice_read` (TCP, UNIX, pipes), the buffer ring (`recv`) where it has none
+    /// (vsock: splice from it copies one page per call on new kernels; see README, Engine).
+    Auto,
     /// Non-blocking splice(2) through a pipe, called inline once io_uring reports readiness.
     Splice,
     /// IORING_OP_SPLICE through a pipe, submitted once io_uring reports readiness.
@@ -72,6 +76,7 @@ pub enum Mode {
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Auto => "auto",
             Mode::Splice => "splice",
             Mode::UringSplice => "uring-splice",
             Mode::Copy => "copy",

@@ -27,14 +27,23 @@ enum Io {
 pub struct Endpoint {
     io: Io,
     label: String,
+    /// The socket's address family (SO_DOMAIN), kept when the socket is parked.
+    domain: Option<libc::c_int>,
 }
 
 impl Endpoint {
     pub fn socket(socket: Socket, label: String) -> Endpoint {
+        let domain = socket.get_int(libc::SOL_SOCKET, libc::SO_DOMAIN).ok();
         Endpoint {
             io: Io::Socket(socket),
             label,
+            domain,
         }
+    }
+
+    /// Whether this is an AF_VSOCK socket (hybrid vsock is a UNIX socket, and is not).
+    pub fn is_vsock(&self) -> bool {
+        self.domain == Some(libc::AF_VSOCK)
     }
 
     /// Takes ownership of fds 0 and 1. Only one STDIO endpoint may exist in a process.
@@ -46,6 +55,7 @@ impl Endpoint {
                 output: Some(output),
             },
             label: "STDIO".to_string(),
+            domain: None,
         })
     }
 

@@ -64,7 +64,7 @@ pub fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver>) -> R
     let o = &service.options;
     let size = o.buffer.unwrap_or(DEFAULT_PIPE_SIZE);
     RelayOptions {
-        mode: o.mode.unwrap_or(Mode::Splice),
+        mode: o.mode.unwrap_or(Mode::Auto),
         pipe_size: size,
         copy_size: size,
         directions: o.directions(),

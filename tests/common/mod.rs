@@ -11,6 +11,7 @@
 pub mod debs;
 pub mod lab;
 pub mod qemu;
+pub mod speed;
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -101,17 +101,19 @@ impl Lane {
         let discard = !options.directions[dir.index()];
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
+        let mode = Lane::mode_for(options.mode, source);
         // The ring path receives with multishot recv: sockets only. The direction takes its
         // buffer group when its source has bytes, not now.
-        if matches!(options.mode, Mode::Recv | Mode::RecvZc)
+        if matches!(mode, Mode::Recv | Mode::RecvZc)
             && source.is_some_and(Endpoint::is_socket)
             && registry.ring_groups_supported(ring)
         {
             let size = (options.pipe_size / usize::from(RING_BUFFERS)).max(4096);
-            let zerocopy = options.mode == Mode::RecvZc;
+            let zerocopy = mode == Mode::RecvZc;
             return Lane::Ring(RingLane::new(RING_BUFFERS, size, discard, zerocopy));
         }
-        let splice = matches!(options.mode, Mode::Splice | Mode::UringSplice);
+        // Auto on a vsock source without buffer rings: the copy path's large reads.
+        let splice = matches!(mode, Mode::Splice | Mode::UringSplice);
         let staging = if splice && source_splices && sink_splices {
             Staging::Pipe(PipeStage::new(options.pipe_size))
         } else {
@@ -124,6 +126,18 @@ impl Lane {
         let mut flow = Flow::new(capacity, options.fill_policy);
         flow.await_readiness_first();
         Lane::Staged(StagedLane::new(flow, staging, discard))
+    }
+
+    /// The data path `mode` means for a direction reading `source`: `Auto` is splice unless
+    /// the source is a vsock socket, which has no `splice_read` (the kernel's fallback copies,
+    /// one page per call from 6.5 on), and then the buffer ring, which receives up to a whole
+    /// buffer per completion. Measured in the guest lab: README, Engine.
+    pub fn mode_for(mode: Mode, source: Option<&Endpoint>) -> Mode {
+        match mode {
+            Mode::Auto if source.is_some_and(Endpoint::is_vsock) => Mode::Recv,
+            Mode::Auto => Mode::Splice,
+            m => m,
+        }
     }
 
     pub fn discard(&self) -> bool {
@@ -160,7 +174,8 @@ impl Lane {
     pub fn path_name(&self, mode: Mode) -> &'static str {
         match self {
             l if l.discard() => "discard",
-            Lane::Ring(_) => mode.name(),
+            Lane::Ring(_) if mode == Mode::RecvZc => "recv-zc",
+            Lane::Ring(_) => "recv",
             Lane::Staged(l) => match l.staging() {
                 Staging::Pipe(_) if mode == Mode::UringSplice => "uring-splice",
                 Staging::Pipe(_) => "splice",

@@ -85,7 +85,7 @@ impl StagedLane {
             if waiting || self.pending.is_some() {
                 return Pumped::Waiting;
             }
-            let direct = cx.options.mode == Mode::Splice && !cx.ends.parked();
+            let direct = matches!(cx.options.mode, Mode::Splice | Mode::Auto) && !cx.ends.parked();
             let step = self.flow.next();
             match step {
                 Step::Fill { max } => {
