@@ -297,10 +297,15 @@ impl StagedLane {
         }
     }
 
-    /// Gives back the pipe (when empty) or the buffer's slot.
+    /// Gives back the pipe (when empty) or the buffer's slot. A transfer still pending here
+    /// is one whose completion the closed connection never took: a fill may have put bytes
+    /// in the pipe that the flow does not count, so such a pipe is closed, never pooled
+    /// (pooled, it handed one connection's bytes to the next).
     pub fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
         match self.staging {
-            Staging::Pipe(mut stage) if self.flow.staged() == 0 => stage.release(pipes),
+            Staging::Pipe(mut stage) if self.flow.staged() == 0 && self.pending.is_none() => {
+                stage.release(pipes)
+            }
             Staging::Pipe(_) => {}
             Staging::Copy(buffer) => buffer.release(registry, ring),
         }
