@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::sys::socket::Socket;
+use crate::sys::socket::{PeerEnd, Socket};
 use crate::sys::stdio;
 
 #[derive(Debug)]
@@ -27,6 +27,8 @@ enum Io {
 pub struct Endpoint {
     io: Io,
     label: String,
+    /// End of file was passed on to this endpoint's reader ([`Endpoint::shutdown_write`]).
+    write_shut: bool,
 }
 
 impl Endpoint {
@@ -34,6 +36,7 @@ impl Endpoint {
         Endpoint {
             io: Io::Socket(socket),
             label,
+            write_shut: false,
         }
     }
 
@@ -46,6 +49,7 @@ impl Endpoint {
                 output: Some(output),
             },
             label: "STDIO".to_string(),
+            write_shut: false,
         })
     }
 
@@ -69,6 +73,7 @@ impl Endpoint {
 
     /// Passes end of file on to whoever reads from this endpoint.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.write_shut = true;
         match &mut self.io {
             Io::Socket(s) => s.shutdown_write(),
             Io::Stdio { output, .. } => {
@@ -76,6 +81,21 @@ impl Endpoint {
                 Ok(())
             }
             Io::Parked => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Whether this endpoint may still be written to: no end of file was passed on to it.
+    pub fn write_open(&self) -> bool {
+        !self.write_shut
+    }
+
+    /// How this endpoint's peer ended (see [`Socket::peer_end`]), asked after a read returned
+    /// end of file; `None` where there is nothing to ask: standard input, a parked socket
+    /// (no descriptor), or a socket that cannot say.
+    pub fn peer_end(&self) -> Option<PeerEnd> {
+        match &self.io {
+            Io::Socket(s) => s.peer_end().ok(),
+            Io::Stdio { .. } | Io::Parked => None,
         }
     }
 
