@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::RelayOptions;
 pub use super::direction::{Direction, PerDir};
 use super::lane::Lane;
+use super::lane::end::{self, EndOfFile};
 use super::lane::flow::{FlowError, FlowState};
 use super::registry::ParkPair;
 use super::ring::Target;
@@ -222,6 +223,17 @@ impl<'a> Ends<'a> {
         match self.destination() {
             Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
             _ => None,
+        }
+    }
+
+    /// How the source's end of file is to be taken (see [`end::classify`]): asked of the
+    /// source socket, which our write side of is still open unless the other direction
+    /// passed end of file on to it. A parked socket has no descriptor to ask: its end counts
+    /// as clean (parked connections exist only while descriptors run short).
+    pub fn source_end(&self) -> EndOfFile {
+        match self.source {
+            Some(source) => end::classify(source.peer_end(), source.write_open()),
+            None => EndOfFile::Clean,
         }
     }
 
@@ -455,6 +467,7 @@ mod tests {
     fn finished() -> Flow {
         let mut f = Flow::new(8, FillPolicy::Eager);
         f.complete(Step::Fill { max: 8 }, Ok(0));
+        f.confirm_end(super::super::lane::end::EndOfFile::Clean);
         f.complete(Step::ShutdownWrite, Ok(0));
         f
     }

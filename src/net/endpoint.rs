@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::sys::socket::Socket;
+use crate::sys::socket::{PeerEnd, Socket};
 use crate::sys::stdio;
 
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub struct Endpoint {
     label: String,
     /// The socket's address family (SO_DOMAIN), kept when the socket is parked.
     domain: Option<libc::c_int>,
+    /// End of file was passed on to this endpoint's reader ([`Endpoint::shutdown_write`]).
+    write_shut: bool,
 }
 
 impl Endpoint {
@@ -38,6 +40,7 @@ impl Endpoint {
             io: Io::Socket(socket),
             label,
             domain,
+            write_shut: false,
         }
     }
 
@@ -56,6 +59,7 @@ impl Endpoint {
             },
             label: "STDIO".to_string(),
             domain: None,
+            write_shut: false,
         })
     }
 
@@ -79,6 +83,7 @@ impl Endpoint {
 
     /// Passes end of file on to whoever reads from this endpoint.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.write_shut = true;
         match &mut self.io {
             Io::Socket(s) => s.shutdown_write(),
             Io::Stdio { output, .. } => {
@@ -86,6 +91,21 @@ impl Endpoint {
                 Ok(())
             }
             Io::Parked => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Whether this endpoint may still be written to: no end of file was passed on to it.
+    pub fn write_open(&self) -> bool {
+        !self.write_shut
+    }
+
+    /// How this endpoint's peer ended (see [`Socket::peer_end`]), asked after a read returned
+    /// end of file; `None` where there is nothing to ask: standard input, a parked socket
+    /// (no descriptor), or a socket that cannot say.
+    pub fn peer_end(&self) -> Option<PeerEnd> {
+        match &self.io {
+            Io::Socket(s) => s.peer_end().ok(),
+            Io::Stdio { .. } | Io::Parked => None,
         }
     }
 

@@ -97,6 +97,37 @@ pub enum ConnectProgress {
     Busy,
 }
 
+/// The TCP states that tell how a peer ended (include/net/tcp_states.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// TCP_CLOSE: the connection is gone. With our own write side still open, only a reset
+    /// (or a timeout) gets it here; after our FIN it is also where a clean close ends.
+    Closed,
+    /// TCP_CLOSE_WAIT: the peer's FIN came, and we may still send.
+    CloseWait,
+    /// Any other state, by its kernel number.
+    Other(u8),
+}
+
+impl TcpState {
+    pub fn from_raw(state: u8) -> TcpState {
+        match state {
+            7 => TcpState::Closed,
+            8 => TcpState::CloseWait,
+            other => TcpState::Other(other),
+        }
+    }
+}
+
+/// What a socket says about its peer's end (see [`Socket::peer_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerEnd {
+    /// The pending error (SO_ERROR), if any.
+    pub error: Option<i32>,
+    /// The TCP state; `None` for UNIX and vsock sockets, which have no reset to tell.
+    pub tcp_state: Option<TcpState>,
+}
+
 /// An owned, non-blocking stream socket.
 #[derive(Debug)]
 pub struct Socket {
@@ -156,6 +187,43 @@ impl Socket {
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         let code = ns::getsockopt(&self.fd, ns::sockopt::SocketError).map_err(from_nix)?;
         Ok((code != 0).then(|| io::Error::from_raw_os_error(code)))
+    }
+
+    /// What the socket says about how its peer ended, asked after a read returned end of
+    /// file: the pending error (SO_ERROR; reading it clears it) and, for TCP, the state from
+    /// TCP_INFO. Either a FIN or a reset makes a read return 0 once the reset's error was
+    /// taken (by a write of the other direction, say); only these tell them apart.
+    pub fn peer_end(&self) -> io::Result<PeerEnd> {
+        let error = self.get_int(libc::SOL_SOCKET, libc::SO_ERROR)?;
+        let domain = self.get_int(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+        let tcp_state = if domain == libc::AF_INET || domain == libc::AF_INET6 {
+            Some(TcpState::from_raw(self.tcp_info()?.tcpi_state))
+        } else {
+            None
+        };
+        Ok(PeerEnd {
+            error: (error != 0).then_some(error),
+            tcp_state,
+        })
+    }
+
+    /// TCP_INFO of a TCP socket.
+    fn tcp_info(&self) -> io::Result<libc::tcp_info> {
+        // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` and `len` are live locals; the kernel writes at most `len` bytes
+        // (fewer on an older kernel, which leaves the rest zero).
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(info)
     }
 
     /// Makes the coming close abort the connection (SO_LINGER with a zero timeout): a TCP peer
@@ -394,6 +462,52 @@ mod tests {
             "peer sees end of file after shutdown_write"
         );
         assert!(listener.accept().unwrap().is_none());
+    }
+
+    #[test]
+    fn peer_end_tells_a_reset_from_a_fin_after_the_error_was_taken() {
+        fn pair() -> (Socket, std::net::TcpStream) {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (ours, _) = listener.accept().unwrap();
+            (Socket::from_owned(OwnedFd::from(ours)), peer)
+        }
+        let (ours, peer) = pair();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        wait_readable(ours.as_fd(), None).unwrap();
+        assert_eq!(
+            ours.peer_end().unwrap(),
+            PeerEnd {
+                error: None,
+                tcp_state: Some(TcpState::CloseWait)
+            },
+            "a FIN"
+        );
+        let (ours, peer) = pair();
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        ns::setsockopt(&peer, ns::sockopt::Linger, &abort).unwrap();
+        drop(peer);
+        wait_readable(ours.as_fd(), None).unwrap();
+        let end = ours.peer_end().unwrap();
+        assert_eq!(
+            end,
+            PeerEnd {
+                error: Some(libc::ECONNRESET),
+                tcp_state: Some(TcpState::Closed)
+            },
+            "a reset"
+        );
+        assert_eq!(
+            ours.peer_end().unwrap().tcp_state,
+            Some(TcpState::Closed),
+            "the error is taken now; the state still says reset"
+        );
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let unix = Socket::from_owned(OwnedFd::from(a));
+        assert_eq!(unix.peer_end().unwrap().tcp_state, None);
     }
 
     #[test]

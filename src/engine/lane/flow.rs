@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use super::end::EndOfFile;
+
 /// What the driver should do next for this direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -21,7 +23,11 @@ pub enum Step {
     WaitReadable,
     /// The destination is full: wait until it is writable, then call [`Flow::writable`].
     WaitWritable,
-    /// The source ended and everything was delivered: shut down the destination's write side.
+    /// The source read end of file and everything was delivered: ask the source socket
+    /// whether it ended cleanly or was reset, then call [`Flow::confirm_end`].
+    ConfirmEnd,
+    /// The source ended cleanly and everything was delivered: shut down the destination's
+    /// write side.
     ShutdownWrite,
     /// End of stream passed on; nothing more to do.
     Finished,
@@ -116,6 +122,8 @@ pub struct Flow {
     /// another fill at once, which picks up what arrived meanwhile (see [`FillPolicy`]).
     idle_below: usize,
     delivered: u64,
+    /// The source's end of file was found clean ([`Flow::confirm_end`]).
+    end_confirmed: bool,
 }
 
 impl Flow {
@@ -130,6 +138,7 @@ impl Flow {
             sink_full: false,
             idle_below: policy.idle_below(capacity),
             delivered: 0,
+            end_confirmed: false,
         }
     }
 
@@ -181,7 +190,13 @@ impl Flow {
                         Step::Drain { len: self.staged }
                     }
                 } else if self.state == FlowState::SourceEnded {
-                    Step::ShutdownWrite
+                    // A reset must never reach the other side as a FIN: the end of file is
+                    // passed on only once the source says it was clean.
+                    if self.end_confirmed {
+                        Step::ShutdownWrite
+                    } else {
+                        Step::ConfirmEnd
+                    }
                 } else if self.source_idle {
                     Step::WaitReadable
                 } else {
@@ -220,7 +235,26 @@ impl Flow {
             (Step::Drain { .. }, Err(errno)) => self.fail(FlowOp::Write, errno),
             (Step::ShutdownWrite, Ok(_)) => self.state = FlowState::Finished,
             (Step::ShutdownWrite, Err(errno)) => self.fail(FlowOp::Shutdown, errno),
-            (Step::WaitReadable | Step::WaitWritable | Step::Finished | Step::Failed, _) => {}
+            (
+                Step::ConfirmEnd
+                | Step::WaitReadable
+                | Step::WaitWritable
+                | Step::Finished
+                | Step::Failed,
+                _,
+            ) => {}
+        }
+    }
+
+    /// Records what the source said about its end of file: a clean end is passed on, a reset
+    /// fails the direction as a failed read (and so cuts the connection with resets).
+    pub fn confirm_end(&mut self, end: EndOfFile) {
+        if self.state != FlowState::SourceEnded {
+            return;
+        }
+        match end {
+            EndOfFile::Clean => self.end_confirmed = true,
+            EndOfFile::Reset(errno) => self.fail(FlowOp::Read, errno),
         }
     }
 
@@ -265,10 +299,30 @@ mod tests {
         assert_eq!(f.next(), Step::Fill { max: 100 });
         f.complete(Step::Fill { max: 100 }, Ok(0));
         assert_eq!(f.state(), FlowState::SourceEnded);
+        assert_eq!(f.next(), Step::ConfirmEnd);
+        f.confirm_end(EndOfFile::Clean);
         assert_eq!(f.next(), Step::ShutdownWrite);
         f.complete(Step::ShutdownWrite, Ok(0));
         assert_eq!(f.next(), Step::Finished);
         assert!(f.is_over());
+    }
+
+    #[test]
+    fn an_end_of_file_from_a_reset_source_fails_the_direction_and_never_shuts_down() {
+        let mut f = Flow::new(100, FillPolicy::Eager);
+        f.complete(Step::Fill { max: 100 }, Ok(40));
+        f.complete(Step::Drain { len: 40 }, Ok(40));
+        f.complete(Step::Fill { max: 100 }, Ok(0));
+        assert_eq!(f.next(), Step::ConfirmEnd, "not ShutdownWrite: ask first");
+        f.confirm_end(EndOfFile::Reset(libc::ECONNRESET));
+        assert_eq!(f.next(), Step::Failed);
+        assert_eq!(
+            f.failure(),
+            Some(FlowError {
+                op: FlowOp::Read,
+                errno: libc::ECONNRESET
+            })
+        );
     }
 
     #[test]
@@ -286,6 +340,8 @@ mod tests {
         f.complete(Step::Drain { len: 70 }, Ok(70));
         assert_eq!(f.delivered(), 100);
         f.complete(Step::Fill { max: 100 }, Ok(0));
+        assert_eq!(f.next(), Step::ConfirmEnd);
+        f.confirm_end(EndOfFile::Clean);
         assert_eq!(f.next(), Step::ShutdownWrite);
     }
 
@@ -416,6 +472,7 @@ mod tests {
     fn shutdown_failure_is_reported() {
         let mut f = Flow::new(8, FillPolicy::Eager);
         f.complete(Step::Fill { max: 8 }, Ok(0));
+        f.confirm_end(EndOfFile::Clean);
         f.complete(Step::ShutdownWrite, Err(libc::EBADF));
         assert_eq!(f.failure().map(|e| e.op), Some(FlowOp::Shutdown));
     }

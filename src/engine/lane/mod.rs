@@ -9,6 +9,7 @@
 //! connection's ends and submits on its behalf.
 
 mod copy;
+pub mod end;
 pub mod flow;
 pub mod recv;
 mod ring;

@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 
+use super::end::EndOfFile;
 use super::flow::{FlowError, FlowOp, FlowState};
 
 /// Whether a direction holds its buffer group.
@@ -49,7 +50,10 @@ pub enum RecvStep {
     CancelReceive,
     /// Give the group back: drained, and no request uses it any more.
     GiveBack,
-    /// Pass end of file on.
+    /// The source read end of file and everything was sent: ask the source socket whether it
+    /// ended cleanly or was reset, then call [`RecvFlow::confirm_end`].
+    ConfirmEnd,
+    /// Pass end of file on (the source ended cleanly).
     ShutdownWrite,
     /// Nothing to do until a completion arrives.
     Wait,
@@ -76,6 +80,8 @@ pub struct RecvFlow {
     /// Filled buffers not yet fully written: (buffer id, bytes written, bytes filled).
     queue: VecDeque<(u16, usize, usize)>,
     delivered: u64,
+    /// The source's end of file was found clean.
+    end_confirmed: bool,
 }
 
 impl RecvFlow {
@@ -95,6 +101,7 @@ impl RecvFlow {
             shutting: false,
             queue: VecDeque::new(),
             delivered: 0,
+            end_confirmed: false,
         }
     }
 
@@ -161,7 +168,12 @@ impl RecvFlow {
                 };
             }
             if self.state == FlowState::SourceEnded {
-                return RecvStep::ShutdownWrite;
+                // A reset must never reach the other side as a FIN (see `super::end`).
+                return if self.end_confirmed {
+                    RecvStep::ShutdownWrite
+                } else {
+                    RecvStep::ConfirmEnd
+                };
             }
         }
         if self.hold == Hold::Releasing {
@@ -289,6 +301,18 @@ impl RecvFlow {
                 self.fail(FlowOp::Write, errno);
                 None
             }
+        }
+    }
+
+    /// Records what the source said about its end of file: a clean end is passed on, a reset
+    /// fails the direction as a failed read (and so cuts the connection with resets).
+    pub fn confirm_end(&mut self, end: EndOfFile) {
+        if self.state != FlowState::SourceEnded {
+            return;
+        }
+        match end {
+            EndOfFile::Clean => self.end_confirmed = true,
+            EndOfFile::Reset(errno) => self.fail(FlowOp::Read, errno),
         }
     }
 
@@ -426,6 +450,8 @@ mod tests {
         f.started(f.next());
         f.received(Ok((0, 0)), false);
         assert_eq!(f.state(), FlowState::SourceEnded);
+        assert_eq!(f.next(), RecvStep::ConfirmEnd);
+        f.confirm_end(EndOfFile::Clean);
         assert_eq!(f.next(), RecvStep::ShutdownWrite);
     }
 
@@ -547,11 +573,37 @@ mod tests {
         );
         f.started(f.next());
         f.sent(Ok(5));
+        assert_eq!(
+            f.next(),
+            RecvStep::ConfirmEnd,
+            "asked only once the queue drained"
+        );
+        f.confirm_end(EndOfFile::Clean);
         assert_eq!(f.next(), RecvStep::ShutdownWrite);
         f.started(RecvStep::ShutdownWrite);
         assert_eq!(f.next(), RecvStep::Wait);
         f.shut_down(Ok(()));
         assert_eq!(f.next(), RecvStep::Finished);
+    }
+
+    #[test]
+    fn an_end_of_file_from_a_reset_source_fails_the_direction_and_never_shuts_down() {
+        let mut f = held(2);
+        f.started(RecvStep::ArmReceive);
+        f.received(Ok((1, 7)), true);
+        f.received(Ok((0, 0)), false);
+        f.started(f.next());
+        f.sent(Ok(7));
+        assert_eq!(f.next(), RecvStep::ConfirmEnd);
+        f.confirm_end(EndOfFile::Reset(libc::ECONNRESET));
+        assert_eq!(f.next(), RecvStep::Failed);
+        assert_eq!(
+            f.state(),
+            FlowState::Failed(FlowError {
+                op: FlowOp::Read,
+                errno: libc::ECONNRESET
+            })
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::super::Mode;
 use super::super::registry::Registry;
 use super::super::ring::{Ring, Target, errno_of, poll_sqe, shutdown_sqe};
 use super::super::token::Op;
+use super::end::EndOfFile;
 use super::flow::{Flow, FlowOp, Step};
 use super::{CopyBuffer, Cx, PipePool, PipeStage, Pumped};
 use crate::{debug, info};
@@ -184,6 +185,13 @@ impl StagedLane {
                     cx.ops.push(Op::Writable(dir), sqe);
                     return Pumped::Waiting;
                 }
+                Step::ConfirmEnd => {
+                    let end = cx.ends.source_end();
+                    if end != EndOfFile::Clean {
+                        debug!("conn {}: {dir}: the source's end of file is a reset", cx.id);
+                    }
+                    self.flow.confirm_end(end);
+                }
                 Step::ShutdownWrite => {
                     debug!("conn {}: {dir} reached end of file", cx.id);
                     if cx.ends.parked() && !self.discard {
@@ -297,10 +305,15 @@ impl StagedLane {
         }
     }
 
-    /// Gives back the pipe (when empty) or the buffer's slot.
+    /// Gives back the pipe (when empty) or the buffer's slot. A transfer still pending here
+    /// is one whose completion the closed connection never took: a fill may have put bytes
+    /// in the pipe that the flow does not count, so such a pipe is closed, never pooled
+    /// (pooled, it handed one connection's bytes to the next).
     pub fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
         match self.staging {
-            Staging::Pipe(mut stage) if self.flow.staged() == 0 => stage.release(pipes),
+            Staging::Pipe(mut stage) if self.flow.staged() == 0 && self.pending.is_none() => {
+                stage.release(pipes)
+            }
             Staging::Pipe(_) => {}
             Staging::Copy(buffer) => buffer.release(registry, ring),
         }

@@ -294,3 +294,45 @@ fn a_ring_direction_takes_its_group_when_bytes_come_and_gives_it_back_once_drain
     lane.release(cx.registry, cx.ops.ring());
     cx.registry.free_idle_groups(cx.ops.ring());
 }
+
+#[test]
+fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_the_pool() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, _sink_peer) = unix_endpoint();
+    let options = options(Mode::UringSplice);
+    let mut lane = pipe_lane(64 * 1024, false);
+    send(&mut peer, b"the closed connection's bytes");
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(
+        cx.ops.in_flight(Op::Fill(FORWARD)),
+        "an IORING_OP_SPLICE fill"
+    );
+    // The connection closes meanwhile: the fill's completion (29 bytes now in the pipe) comes
+    // back, but a closing connection's lanes take no completions.
+    let mut pending = std::collections::VecDeque::new();
+    let (op, result, _) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), 29));
+    lane.release(cx.registry, cx.ops.ring(), cx.pipes);
+    assert_eq!(
+        pipes.idle(),
+        0,
+        "a pipe holding a closed connection's bytes is closed, not handed to the next one"
+    );
+}
