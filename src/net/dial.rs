@@ -112,6 +112,13 @@ enum Phase {
         deadline: Option<Instant>,
     },
     Backoff,
+    /// A vsock connect reported writable with no error while not connected: look again after
+    /// a short pause (the `checks`-th), before giving the socket up (see [`GHOST_REDIALS`]).
+    Unconfirmed {
+        socket: Socket,
+        target: SockAddr,
+        checks: u32,
+    },
     /// Out of descriptors (EMFILE/ENFILE): try the same target again shortly, until the
     /// deadline, rather than fail the connection (a busy relay frees descriptors soon).
     NoDescriptors {
@@ -147,7 +154,22 @@ pub struct Dial {
     rounds_left: u32,
     phase: Phase,
     last_error: Option<DialError>,
+    /// Fresh sockets started after a vsock connect reported writable while not connected
+    /// (see [`GHOST_REDIALS`]).
+    ghost_redials: u32,
 }
+
+/// How many times one dial starts a fresh socket, without counting an attempt, after a
+/// vsock socket reported writable with no error while not connected. vsock's poll reports a
+/// socket in TCP_CLOSE as writable, and a connecting socket can get there with no error to
+/// read (seen on vsock_loopback, 6.1 and 7.2: about one connect in 50 to a listener that is
+/// up). The listener answered, so a fresh connect is the right next step, not a failure.
+const GHOST_REDIALS: u32 = 8;
+
+/// How many times an unconfirmed connect is looked at again, 1 ms, 2 ms, 4 ms ... apart:
+/// the listener may have accepted it (a fresh socket then leaves it behind, an empty
+/// connection at the backend), so its outcome is waited for first.
+const UNCONFIRMED_CHECKS: u32 = 8;
 
 /// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected. A
 /// rejected reply is quoted with its control characters escaped (`\n`, `\u{1b}`), so a
@@ -173,6 +195,7 @@ impl Dial {
             targets: Vec::new(),
             next: 0,
             rounds_left,
+            ghost_redials: 0,
             phase: Phase::Idle,
             last_error: None,
         }
@@ -191,6 +214,33 @@ impl Dial {
             Phase::Resolving { lookup, .. } => Some(lookup.as_fd()),
             _ => None,
         }
+    }
+
+    /// A connect that reported writable, no error, and no peer: waits and looks again, then
+    /// starts a fresh socket (not counted as a failed attempt), then fails the attempt.
+    fn unconfirmed(&mut self, socket: Socket, target: SockAddr, checks: u32) -> Progress {
+        if checks < UNCONFIRMED_CHECKS {
+            self.phase = Phase::Unconfirmed {
+                socket,
+                target,
+                checks,
+            };
+            return Progress::Wait {
+                fd: None,
+                interest: Interest::Writable,
+                deadline: Some(Instant::now() + Duration::from_millis(1 << checks)),
+            };
+        }
+        drop(socket);
+        if self.ghost_redials < GHOST_REDIALS {
+            self.ghost_redials += 1;
+            return match self.start_target(target, None) {
+                Progress::Failed(_) => self.try_next(),
+                progress => progress,
+            };
+        }
+        self.attempt_failed(&target, "writable but not connected");
+        self.try_next()
     }
 
     fn attempt_deadline(&self) -> Option<Instant> {
@@ -217,10 +267,7 @@ impl Dial {
                 // vsock (seen on vsock_loopback, 6.1) can report a connecting socket writable
                 // with no error before it is connected: writing then fails with ENOTCONN. Such
                 // an attempt failed; `retry` tries again with a fresh socket.
-                Ok(None) if socket.peer_addr().is_err() => {
-                    self.attempt_failed(&target, "writable but not connected");
-                    self.try_next()
-                }
+                Ok(None) if socket.peer_addr().is_err() => self.unconfirmed(socket, target, 0),
                 Ok(None) => self.connected(socket, target),
                 Ok(Some(e)) | Err(e) => {
                     self.attempt_failed(&target, &e.to_string());
@@ -231,6 +278,23 @@ impl Dial {
                 self.attempt_failed(&target, "connect timed out");
                 self.try_next()
             }
+            (
+                Phase::Unconfirmed {
+                    socket,
+                    target,
+                    checks,
+                },
+                _,
+            ) => match socket.take_error() {
+                Ok(None) if socket.peer_addr().is_err() => {
+                    self.unconfirmed(socket, target, checks + 1)
+                }
+                Ok(None) => self.connected(socket, target),
+                Ok(Some(e)) | Err(e) => {
+                    self.attempt_failed(&target, &e.to_string());
+                    self.try_next()
+                }
+            },
             (Phase::NoDescriptors { target, deadline }, _) => {
                 match self.start_target(target, Some(deadline)) {
                     Progress::Failed(_) => self.try_next(),
