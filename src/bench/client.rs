@@ -22,6 +22,7 @@ use super::stream::{self, Expect, Peer, Stream};
 use crate::addr::Address;
 use crate::dial::dial_blocking;
 use crate::error::{Error, Result};
+use crate::net::dial::escape_peer_text;
 
 fn connect(address: &Arc<Address>) -> Result<Stream> {
     let endpoint = dial_blocking(address.clone())?;
@@ -41,12 +42,18 @@ fn bench_err(what: &str, e: std::io::Error) -> Error {
     Error::Bench(format!("{what}: {e}{hint}"))
 }
 
+/// A server's error text as the client reports it: escaped, since the server is a peer.
+fn server_error(message: &str) -> Error {
+    Error::Bench(format!("server: {}", escape_peer_text(message)))
+}
+
 /// Checks that the server answered `want`.
 fn expect(msg: std::io::Result<ServerMsg>, want: ServerMsg) -> Result<()> {
     match msg {
         Ok(m) if m == want => Ok(()),
         Ok(ServerMsg::Error { message }) => Err(Error::Bench(format!(
-            "the server refused the test: {message}"
+            "the server refused the test: {}",
+            escape_peer_text(&message)
         ))),
         Ok(m) => Err(Error::Bench(format!("unexpected server message {m:?}"))),
         Err(e) => Err(bench_err(&format!("waiting for {want:?}"), e)),
@@ -304,7 +311,7 @@ pub fn run_test(
     let results = proto::recv_line::<ServerMsg>(&mut replies, params.max_line());
     let (server_counts, server_cpu) = match results {
         Ok(ServerMsg::Results { streams, cpu, .. }) => (streams, cpu),
-        Ok(ServerMsg::Error { message }) => return Err(Error::Bench(format!("server: {message}"))),
+        Ok(ServerMsg::Error { message }) => return Err(server_error(&message)),
         Ok(other) => return Err(Error::Bench(format!("unexpected server message {other:?}"))),
         Err(e) => return Err(bench_err("waiting for the server's results", e)),
     };
@@ -360,7 +367,7 @@ fn exchange_counts(
             }
             Ok(())
         }
-        Ok(ServerMsg::Error { message }) => Err(Error::Bench(format!("server: {message}"))),
+        Ok(ServerMsg::Error { message }) => Err(server_error(&message)),
         Ok(other) => Err(Error::Bench(format!(
             "unexpected server message {other:?} (expected its byte counts)"
         ))),
@@ -444,5 +451,24 @@ fn report_intervals(
         }
         rows.push(report);
         from = to;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_error_text_cannot_forge_a_line_or_reach_the_terminal() {
+        let e = server_error("no\n2026/12/04 vsplice[1] E forged\u{1b}[2J\u{7}").to_string();
+        assert!(!e.chars().any(char::is_control), "escaped: {e:?}");
+        let refused = expect(
+            Ok(ServerMsg::Error {
+                message: "a\nb\u{1b}".into(),
+            }),
+            ServerMsg::Ready,
+        );
+        let e = refused.unwrap_err().to_string();
+        assert!(!e.chars().any(char::is_control), "escaped: {e:?}");
     }
 }

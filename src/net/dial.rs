@@ -174,10 +174,16 @@ const UNCONFIRMED_CHECKS: u32 = 8;
 /// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected. A
 /// rejected reply is quoted with its control characters escaped (`\n`, `\u{1b}`), so a
 /// VMM's bytes cannot forge or hide log lines.
+/// A peer's text made safe to print in one log line or error: control characters (newline,
+/// ESC, BEL) are escaped, so a peer's bytes cannot forge or hide lines nor drive a terminal.
+pub fn escape_peer_text(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
 pub fn parse_handshake_reply(line: &[u8]) -> Result<u32, String> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
-    let quoted = || text.escape_debug().to_string();
+    let quoted = || escape_peer_text(text);
     match text.strip_prefix("OK ") {
         Some(port) => port
             .trim()

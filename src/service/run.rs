@@ -154,6 +154,14 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
     }
     notice!("serving {status} from {}", plan.file.display());
     let watchdog = notifier.as_ref().and(Watchdog::from_env());
+    if let Some(w) = watchdog.filter(Watchdog::is_clamped) {
+        warn!(
+            "WATCHDOG_USEC={} asks for a ping every {:?}; pinging every {:?} instead (raise WatchdogSec=)",
+            w.timeout.as_micros(),
+            w.timeout / 2,
+            w.interval()
+        );
+    }
     let mut next_ping = Instant::now();
     loop {
         if let (Some(w), Some(n)) = (watchdog, &notifier) {
@@ -251,7 +259,8 @@ fn wait_for(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) {
         .collect();
     let timeout = match timeout {
         None => PollTimeout::NONE,
-        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+        // Rounded up: a wait of 0.4 ms rounded down would be a zero timeout, a busy loop.
+        Some(t) => PollTimeout::try_from(t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX),
     };
     let _ = poll(&mut polled, timeout);

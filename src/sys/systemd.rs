@@ -131,9 +131,21 @@ impl Watchdog {
         })
     }
 
-    /// How often to send WATCHDOG=1: half the timeout, as sd_watchdog_enabled(3) advises.
+    /// How often to send WATCHDOG=1: half the timeout, as sd_watchdog_enabled(3) advises,
+    /// but never more often than every [`Watchdog::MIN_INTERVAL`]: a `WATCHDOG_USEC` of 1000
+    /// would otherwise ping a thousand times a second (and a sub-millisecond wait rounds
+    /// down to a zero poll timeout, a busy loop).
     pub fn interval(&self) -> Duration {
-        self.timeout / 2
+        (self.timeout / 2).max(Self::MIN_INTERVAL)
+    }
+
+    /// The shortest ping interval: a manager that wants faster pings than this cannot be
+    /// served without spending a core on it.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+    /// Whether the manager's timeout is shorter than we can serve (see [`Watchdog::interval`]).
+    pub fn is_clamped(&self) -> bool {
+        self.timeout / 2 < Self::MIN_INTERVAL
     }
 
     /// When the next ping is due after one sent at `sent`.
@@ -300,6 +312,18 @@ mod tests {
         let e = parse_listen_env(Some("7"), Some("many"), None, 7).unwrap_err();
         assert!(e.contains("\"many\""), "{e}");
         assert!(parse_listen_env(Some("x"), Some("1"), None, 7).is_err());
+    }
+
+    #[test]
+    fn a_tiny_watchdog_timeout_pings_at_most_ten_times_a_second() {
+        let w = Watchdog::parse(Some("1000"), None, 7).unwrap();
+        assert_eq!(w.interval(), Duration::from_millis(100));
+        assert!(w.is_clamped());
+        let w = Watchdog::parse(Some("1"), None, 7).unwrap();
+        assert_eq!(w.interval(), Duration::from_millis(100));
+        let w = Watchdog::parse(Some("200000"), None, 7).unwrap();
+        assert_eq!(w.interval(), Duration::from_millis(100));
+        assert!(!w.is_clamped());
     }
 
     #[test]
