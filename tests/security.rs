@@ -80,3 +80,31 @@ fn a_dual_stack_listener_admits_an_ipv4_peer_by_its_ipv4_entry() {
         "admitted bytes arrive whole"
     );
 }
+
+#[test]
+fn a_unix_listener_with_a_uid_entry_refuses_another_user_and_dials_nothing() {
+    let me = nix::unistd::geteuid().as_raw();
+    let other = if me == 65534 { 65533 } else { 65534 };
+    let (backend, bport) = backend();
+    let scratch = Scratch::new("allow-uid");
+    let path = scratch.path("l.sock");
+    let listen = format!("UNIX-LISTEN:{},fork,allow=uid:{other}", path.display());
+    let connect = format!("TCP:127.0.0.1:{bport}");
+    let relay = Relay::start(&[&listen, &connect]);
+    let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 64];
+    // A UNIX peer cannot be reset: it reads end of file, and never a backend byte.
+    assert_eq!(
+        c.read(&mut buf).unwrap(),
+        0,
+        "no byte reaches a refused peer"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(backend.accept().is_err(), "the backend was never dialed");
+    assert!(
+        relay
+            .log()
+            .contains(&format!("uid {me} refused by the allow list"))
+    );
+}
