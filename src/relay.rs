@@ -23,10 +23,10 @@ use crate::addr::{Address, Kind};
 use crate::engine::accept::{AcceptGroup, AcceptStrategy, Admit};
 use crate::engine::{Engine, EngineConfig, Job, RelayOptions, Second, Shared};
 use crate::error::{Error, Result};
+use crate::net::admit::admit;
 use crate::net::dial::dial_blocking;
 use crate::net::endpoint::Endpoint;
 use crate::net::open::Listener;
-use crate::net::sockopt::apply_connected_options;
 use crate::sys::limits;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
 use crate::sys::socket::{SockAddr, Socket};
@@ -219,11 +219,10 @@ fn transient_accept_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// What a forking relay's worker does with an accepted socket: the listener's socket
-/// options, a label for logs, and the second address to dial.
+/// What a forking relay's worker does with an accepted socket: admit it ([`admit`]: allow
+/// list, socket options, label) and dial the second address for it.
 struct RelayAdmit {
     listen: Address,
-    local: SockAddr,
     second: Arc<Address>,
     options: Arc<RelayOptions>,
 }
@@ -234,18 +233,11 @@ impl Admit for RelayAdmit {
     }
 
     fn admit(&self, socket: Socket) -> Option<(Job, Arc<RelayOptions>)> {
-        if matches!(self.listen.kind, Kind::TcpListen { .. }) {
-            if let Err(e) = apply_connected_options(&socket, &self.listen.options) {
-                warn!("{}: socket options: {e}", self.listen.text);
-            }
-        }
         // The label shows only in warnings and below: spare the getpeername otherwise.
-        let label = crate::log::enabled(crate::log::Level::Warn)
-            .then(|| socket.peer_addr().map(|a| a.to_string()).ok())
-            .flatten()
-            .unwrap_or_else(|| format!("client of {}", self.local));
+        let label = crate::log::enabled(crate::log::Level::Warn);
+        let first = admit(&self.listen, &self.listen.text, socket, label)?;
         let job = Job {
-            first: Endpoint::socket(socket, label),
+            first,
             second: Second::Dial(self.second.clone()),
         };
         Some((job, self.options.clone()))
@@ -272,7 +264,6 @@ fn serve_on_workers(
         .map_err(|e| Error::io("duplicating the listening socket", e))?;
     let admit = RelayAdmit {
         listen: plan.first.clone(),
-        local: listeners[0].local_addr().clone(),
         second,
         options: Arc::new(plan.engine.relay_options()),
     };

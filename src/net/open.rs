@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use nix::sys::socket::AddressFamily;
 
+use super::admit::admit;
 pub use super::resolve::connect_targets;
 use super::resolve::resolve_host;
 use super::sockopt::{apply_connected_options, apply_pre_options, bind_address};
@@ -198,20 +199,18 @@ impl Listener {
         Ok(socket)
     }
 
-    /// Accepts one pending connection as an endpoint; `Ok(None)` when none is pending.
+    /// Accepts one pending connection that its allow list admits ([`super::admit`]) as an
+    /// endpoint; `Ok(None)` when none is pending. Refused peers are closed on the way.
     pub fn accept(&self) -> io::Result<Option<Endpoint>> {
-        let Some(socket) = self.socket.accept()? else {
-            return Ok(None);
-        };
-        if matches!(self.address.kind, Kind::TcpListen { .. }) {
-            apply_connected_options(&socket, &self.address.options)?;
+        loop {
+            let Some(socket) = self.socket.accept()? else {
+                return Ok(None);
+            };
+            let name = &self.address.text;
+            if let Some(endpoint) = admit(&self.address, name, socket, self.peer_labels) {
+                return Ok(Some(endpoint));
+            }
         }
-        let label = match self.peer_labels {
-            true => socket.peer_addr().map(|a| a.to_string()).ok(),
-            false => None,
-        }
-        .unwrap_or_else(|| format!("client of {}", self.local));
-        Ok(Some(Endpoint::socket(socket, label)))
     }
 
     /// Whether accepted connections are labelled with their peer address. Off saves a

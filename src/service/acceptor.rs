@@ -9,16 +9,14 @@
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
-use super::allow::Peer;
 use super::config::{ServePlan, ServicePlan};
 use super::observer::ServiceObserver;
-use crate::addr::{Address, Kind};
-use crate::endpoint::Endpoint;
+use crate::addr::Address;
 use crate::engine::accept::{AcceptGroup, Admit};
 use crate::engine::{DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second};
 use crate::error::{Error, Result};
+use crate::net::admit::admit;
 use crate::net::open::Listener;
-use crate::net::sockopt::apply_connected_options;
 use crate::sys::socket::Socket;
 use crate::warn;
 
@@ -127,7 +125,7 @@ impl Admit for ServiceAdmit {
 
     fn admit(&self, socket: Socket) -> Option<(Job, Arc<RelayOptions>)> {
         let service = lock(&self.current).clone();
-        admit(&service, socket).map(|job| (job, service.options.clone()))
+        admit_job(&service, socket).map(|job| (job, service.options.clone()))
     }
 }
 
@@ -217,35 +215,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Checks an accepted socket against the allow list and makes it a job; `None`: refused
-/// (closed at once, nothing relayed).
-fn admit(service: &Service, socket: Socket) -> Option<Job> {
+/// Admits an accepted socket ([`admit`]: allow list, socket options, label) and makes it a
+/// job; `None`: refused (closed with a reset, nothing relayed, counted as denied).
+fn admit_job(service: &Service, socket: Socket) -> Option<Job> {
     let plan = &service.plan;
-    let metrics = service.observer.metrics();
-    if let Some(allow) = plan.allow() {
-        let peer = Peer::of(&socket);
-        if !peer.as_ref().is_ok_and(|p| allow.permits(p)) {
-            metrics.on_deny();
-            match peer {
-                // Logged at -d, as the issue asks: refusals are what an operator looks for.
-                Ok(p) => warn!("{}: {p} refused by the allow list", plan.name),
-                Err(e) => warn!("{}: peer unknown ({e}): refused", plan.name),
-            }
-            return None;
-        }
-    }
-    if matches!(plan.listen.kind, Kind::TcpListen { .. }) {
-        if let Err(e) = apply_connected_options(&socket, &plan.listen.options) {
-            warn!("{}: socket options: {e}", plan.name);
-        }
-    }
-    let label = socket
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| format!("client of {}", plan.name));
+    let Some(first) = admit(&plan.listen, &plan.name, socket, true) else {
+        service.observer.metrics().on_deny();
+        return None;
+    };
     service.observer.on_accept();
     Some(Job {
-        first: Endpoint::socket(socket, label),
+        first,
         second: Second::Dial(service.connect.clone()),
     })
 }

@@ -1,0 +1,50 @@
+//! Admitting an accepted socket: the one place where every listener's connections (the
+//! relay command's, forking or not, and every service's, `ACCEPT-FD` included) meet their
+//! allow list, get their per-connection socket options and their log label. The relay and
+//! service mode both call [`admit`], so what a listener lets in cannot differ between them.
+//!
+//! A refused peer never reaches the second address (nothing is dialed) and its socket is
+//! closed with `SO_LINGER` 0: a TCP peer reads a reset, not an end of stream it could take
+//! for the backend's answer. (A UNIX or vsock peer cannot be reset; it reads end of file.)
+
+use crate::addr::{Address, Kind};
+use crate::net::endpoint::Endpoint;
+use crate::net::sockopt::apply_connected_options;
+use crate::service::allow::Peer;
+use crate::sys::socket::Socket;
+use crate::warn;
+
+/// Checks `socket`, accepted on `listen`, against its allow list and makes it an endpoint;
+/// `None`: refused (logged, and closed with a reset). `name` names the listener in logs;
+/// `label` asks for the peer's address as the endpoint's label (a getpeername).
+pub fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Option<Endpoint> {
+    if let Some(allow) = &listen.options.allow {
+        let peer = Peer::of(&socket);
+        if !peer.as_ref().is_ok_and(|p| allow.permits(p)) {
+            match peer {
+                // Logged at -d: refusals are what an operator looks for.
+                Ok(p) => warn!("{name}: {p} refused by the allow list"),
+                Err(e) => warn!("{name}: peer unknown ({e}): refused"),
+            }
+            refuse(socket);
+            return None;
+        }
+    }
+    if matches!(listen.kind, Kind::TcpListen { .. }) {
+        if let Err(e) = apply_connected_options(&socket, &listen.options) {
+            warn!("{name}: socket options: {e}");
+        }
+    }
+    let label = label
+        .then(|| socket.peer_addr().map(|a| a.to_string()).ok())
+        .flatten()
+        .unwrap_or_else(|| format!("client of {name}"));
+    Some(Endpoint::socket(socket, label))
+}
+
+/// Closes a refused socket so that a TCP peer reads a reset (`SO_LINGER` 0); on other
+/// families the option has no such effect and the close is a plain one.
+fn refuse(socket: Socket) {
+    let _ = socket.reset_on_close();
+    drop(socket);
+}
