@@ -53,6 +53,9 @@ const SCENARIOS: &[Scenario] = &[
     ),
 ];
 
+/// Opens a client connection to a relay's listener.
+type Connector = Box<dyn Fn() -> Box<dyn Duplex>>;
+
 /// 150 connections in a row through each pair whose relay dials vsock (vsock, TCP and UNIX
 /// listeners to `VSOCK-CONNECT:1:P`), each exchanging 64 KiB both ways: not one fails, and the
 /// relay logs no failed dial. Before the dial started a fresh socket when a vsock connect
@@ -62,7 +65,7 @@ fn vsock_dials_never_fail() {
     let scratch = Scratch::new("dials");
     let unix = scratch.path("dials.sock");
     let tcp_port = free_port();
-    let pairs: Vec<(String, Box<dyn Fn() -> Box<dyn Duplex>>)> = vec![
+    let pairs: Vec<(String, Connector)> = vec![
         (
             "VSOCK-LISTEN:5401,fork".to_string(),
             Box::new(|| Box::new(VsockStream::connect(1, 5401).expect("connect vsock"))),
