@@ -110,7 +110,10 @@ const KNOWN_ISSUES: &[Scenario] = &[];
 
 /// Measurements, not tests: they run only when a filter names them (`perf/vsock-lab.sh`), and
 /// print their table on the console.
-const MEASUREMENTS: &[Scenario] = &[("relay_speed_table_on_vsock", relay_speed_table)];
+const MEASUREMENTS: &[Scenario] = &[
+    ("relay_speed_table_on_vsock", relay_speed_table),
+    ("splice_from_vsock_bytes_per_call", splice_probe::run),
+];
 
 /// The vsock pairs of the speed table, and TCP -> TCP for reference.
 const SPEED_PAIRS: &[(speed::Family, speed::Family)] = &[

@@ -12,6 +12,7 @@ pub mod debs;
 pub mod lab;
 pub mod qemu;
 pub mod speed;
+pub mod splice_probe;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
