@@ -55,6 +55,20 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// How the direction's source ended, once a read returned 0 (see [`end::classify`]);
+    /// a reset is logged here, for both data paths.
+    pub fn source_end(&self) -> end::EndOfFile {
+        let end = self.ends.source_end();
+        if end != end::EndOfFile::Clean {
+            crate::debug!(
+                "conn {}: {}: the source's end of file is a reset",
+                self.id,
+                self.dir
+            );
+        }
+        end
+    }
+
     /// Records that bytes moved now (inactivity timeout, parking, receive budget).
     pub fn moved(&mut self, outcome: Result<usize, i32>) {
         if matches!(outcome, Ok(n) if n > 0) {

@@ -16,7 +16,6 @@ use io_uring::{cqueue, opcode, types};
 use super::super::registry::{GroupLease, Registry};
 use super::super::ring::{Ring, outcome, poll_sqe};
 use super::super::token::Op;
-use super::end::EndOfFile;
 use super::flow::FlowOp;
 use super::recv::{RecvFlow, RecvStep};
 use super::{Cx, Pumped};
@@ -165,13 +164,7 @@ impl RingLane {
                     self.flow.gave_back();
                     debug!("conn {}: {dir} drained; its buffers went back", cx.id);
                 }
-                RecvStep::ConfirmEnd => {
-                    let end = cx.ends.source_end();
-                    if end != EndOfFile::Clean {
-                        debug!("conn {}: {dir}: the source's end of file is a reset", cx.id);
-                    }
-                    self.flow.confirm_end(end);
-                }
+                RecvStep::ConfirmEnd => self.flow.confirm_end(cx.source_end()),
                 RecvStep::ShutdownWrite => {
                     self.flow.started(step);
                     let result = cx.ends.shutdown_write();

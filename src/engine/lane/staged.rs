@@ -7,7 +7,6 @@ use super::super::Mode;
 use super::super::registry::Registry;
 use super::super::ring::{Ring, Target, errno_of, poll_sqe, shutdown_sqe};
 use super::super::token::Op;
-use super::end::EndOfFile;
 use super::flow::{Flow, FlowOp, Step};
 use super::{CopyBuffer, Cx, PipePool, PipeStage, Pumped};
 use crate::{debug, info};
@@ -185,13 +184,7 @@ impl StagedLane {
                     cx.ops.push(Op::Writable(dir), sqe);
                     return Pumped::Waiting;
                 }
-                Step::ConfirmEnd => {
-                    let end = cx.ends.source_end();
-                    if end != EndOfFile::Clean {
-                        debug!("conn {}: {dir}: the source's end of file is a reset", cx.id);
-                    }
-                    self.flow.confirm_end(end);
-                }
+                Step::ConfirmEnd => self.flow.confirm_end(cx.source_end()),
                 Step::ShutdownWrite => {
                     debug!("conn {}: {dir} reached end of file", cx.id);
                     if cx.ends.parked() && !self.discard {
