@@ -144,6 +144,10 @@ fn relay_speed_table() {
         .map(|c| PathBuf::from(c.get_program()))
         .ok();
     let mut vias = vec![Via::Direct, Via::Vsplice(vec![])];
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(before) = args.iter().position(|a| a == "--before") {
+        vias.push(Via::VspliceBuild(PathBuf::from(&args[before + 1])));
+    }
     for mode in ["splice", "uring-splice", "copy", "recv", "recv-zc"] {
         vias.push(Via::Vsplice(vec!["--mode".into(), mode.into()]));
     }

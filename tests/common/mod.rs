@@ -473,6 +473,13 @@ impl Relay {
         relay
     }
 
+    /// As [`Relay::start`], with the vsplice binary at `bin` (another build, to compare).
+    pub fn start_bin(bin: &Path, args: &[&str]) -> Relay {
+        let relay = Relay::spawn_with(Command::new(bin), args, Stdio::null(), Stdio::null());
+        relay.wait_for_log("listening on", Duration::from_secs(20));
+        relay
+    }
+
     /// Starts `vsplice serve --config CONFIG -dd` and waits until it serves `services`.
     pub fn serve(config: &Path, services: usize) -> Relay {
         let relay = Relay::spawn(

@@ -149,6 +149,8 @@ pub enum Via {
     Direct,
     /// vsplice with these global options before the two addresses.
     Vsplice(Vec<String>),
+    /// Another vsplice build (`--before PATH`), with its defaults.
+    VspliceBuild(PathBuf),
     CopyRelay,
     Socat(PathBuf),
 }
@@ -159,6 +161,7 @@ impl Via {
             Via::Direct => "no relay".into(),
             Via::Vsplice(args) if args.is_empty() => "vsplice".into(),
             Via::Vsplice(args) => format!("vsplice {}", args.join(" ")),
+            Via::VspliceBuild(_) => "vsplice before".into(),
             Via::CopyRelay => "copying relay".into(),
             Via::Socat(_) => "socat -b 131072".into(),
         }
@@ -211,6 +214,10 @@ pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<(f64, 
             all.push(&c);
             Running::Vsplice(Relay::start(&all))
         }
+        Via::VspliceBuild(bin) => {
+            let (l, c) = (from.vsplice_listen(), to.vsplice_connect());
+            Running::Vsplice(Relay::start_bin(bin, &["-d", &l, &c]))
+        }
         // A process of its own, as a C relay would be: in a guest, switching between
         // processes costs what switching between threads of one process does not.
         Via::CopyRelay => Running::Socat(
@@ -238,7 +245,7 @@ pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<(f64, 
     let start = Instant::now();
     let mut client = match via {
         Via::Direct => to.connect().expect("direct connect"),
-        Via::Vsplice(_) => from.connect().expect("connect to vsplice"),
+        Via::Vsplice(_) | Via::VspliceBuild(_) => from.connect().expect("connect to vsplice"),
         _ => from.connect_when_up(),
     };
     let mut left = bytes;
