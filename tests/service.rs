@@ -346,16 +346,21 @@ fn socket_activation_passes_tcp_and_unix_listeners_and_readiness_reaches_notify_
 
 /// A TCP client whose source address is `source` (127.0.0.2 is outside 127.0.0.1/32).
 fn tcp_from(source: &str, port: u16) -> std::net::TcpStream {
+    try_tcp_from(source, port).unwrap()
+}
+
+/// [`tcp_from`], returning the connect's error: a refused peer is reset the moment it is
+/// accepted, and that reset can arrive before the connect's completion is read back, so
+/// ECONNRESET from the connect itself is a refusal as well.
+fn try_tcp_from(source: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
     use vsplice::sys::socket::{SockAddr, Socket, connect_blocking};
-    let socket = Socket::new(nix::sys::socket::AddressFamily::Inet).unwrap();
-    socket
-        .bind(&SockAddr::Inet(format!("{source}:0").parse().unwrap()))
-        .unwrap();
+    let socket = Socket::new(nix::sys::socket::AddressFamily::Inet)?;
+    socket.bind(&SockAddr::Inet(format!("{source}:0").parse().unwrap()))?;
     let target = SockAddr::Inet(format!("127.0.0.1:{port}").parse().unwrap());
-    connect_blocking(&socket, &target, Some(std::time::Duration::from_secs(30))).unwrap();
+    connect_blocking(&socket, &target, Some(std::time::Duration::from_secs(30)))?;
     let stream = std::net::TcpStream::from(socket.into_owned());
-    stream.set_nonblocking(false).unwrap();
-    stream
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 fn sample(samples: &[String], name_and_labels: &str) -> Option<f64> {
@@ -417,9 +422,11 @@ allow = ["uid:{}"]
     let mut relay = Relay::serve(&config, 3);
 
     // Refused first: had it been relayed, it would have taken the upstream's only accept.
-    let mut refused = tcp_from("127.0.0.2", port);
     let mut got = Vec::new();
-    let _ = refused.read_to_end(&mut got);
+    match try_tcp_from("127.0.0.2", port) {
+        Ok(mut refused) => drop(refused.read_to_end(&mut got)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
     assert!(
         got.is_empty(),
         "a refused peer received {} bytes",
