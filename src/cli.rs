@@ -109,7 +109,7 @@ pub struct Cli {
     /// Worker threads [default: one per core]
     #[arg(long, value_name = "N", value_parser = threads_arg)]
     pub threads: Option<usize>,
-    /// Data path [default: splice]
+    /// Data path [default: auto]
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Pin each worker thread to a core [default: only when workers leave cores free]

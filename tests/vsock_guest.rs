@@ -112,6 +112,7 @@ const KNOWN_ISSUES: &[Scenario] = &[];
 /// print their table on the console.
 const MEASUREMENTS: &[Scenario] = &[
     ("relay_speed_table_on_vsock", relay_speed_table),
+    ("relay_syscalls_on_vsock", relay_syscalls),
     ("splice_from_vsock_bytes_per_call", splice_probe::run),
 ];
 
@@ -148,22 +149,45 @@ fn relay_speed_table() {
     if let Some(before) = args.iter().position(|a| a == "--before") {
         vias.push(Via::VspliceBuild(PathBuf::from(&args[before + 1])));
     }
-    for mode in ["splice", "uring-splice", "copy", "recv", "recv-zc"] {
-        vias.push(Via::Vsplice(vec!["--mode".into(), mode.into()]));
+    // `--with "ARGS"` (repeatable) puts vsplice with ARGS in the table instead of every mode.
+    let with: Vec<Vec<String>> = args
+        .windows(2)
+        .filter(|w| w[0] == "--with")
+        .map(|w| w[1].split_whitespace().map(String::from).collect())
+        .collect();
+    if with.is_empty() {
+        for mode in ["splice", "uring-splice", "copy", "recv", "recv-zc"] {
+            vias.push(Via::Vsplice(vec!["--mode".into(), mode.into()]));
+        }
     }
+    vias.extend(with.into_iter().map(Via::Vsplice));
+    // `--pairs vsock-TCP,UNIX-vsock` keeps only those pairs.
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--pairs")
+        .map(|i| args[i + 1].split(',').map(str::to_lowercase).collect());
+    let pairs: Vec<(speed::Family, speed::Family)> = SPEED_PAIRS
+        .iter()
+        .copied()
+        .filter(|(a, b)| {
+            only.as_ref()
+                .is_none_or(|o| o.contains(&format!("{}-{}", a.name(), b.name()).to_lowercase()))
+        })
+        .collect();
     vias.push(Via::CopyRelay);
     if let Some(bin) = socat {
         vias.push(Via::Socat(bin));
     }
-    let mut figures = vec![vec![Vec::new(); vias.len()]; SPEED_PAIRS.len()];
-    let mut default_path = vec![String::new(); SPEED_PAIRS.len()];
-    let mut failed = vec![0usize; SPEED_PAIRS.len()];
+    let mut figures = vec![vec![Vec::new(); vias.len()]; pairs.len()];
+    let mut cpu = vec![vec![Vec::new(); vias.len()]; pairs.len()];
+    let mut default_path = vec![String::new(); pairs.len()];
+    let mut failed = vec![0usize; pairs.len()];
     for _ in 0..rounds {
-        for (p, (from, to)) in SPEED_PAIRS.iter().enumerate() {
+        for (p, (from, to)) in pairs.iter().enumerate() {
             for (v, via) in vias.iter().enumerate() {
                 // A run whose connection failed (a dial that failed, say) is counted and made
                 // again, up to three times.
-                let (gbit, log) = (0..3)
+                let run = (0..3)
                     .find_map(|_| {
                         let (a, b) = (Spot::fresh(*from, &scratch.0), Spot::fresh(*to, &scratch.0));
                         speed::one_run(&a, &b, via, bytes)
@@ -175,12 +199,13 @@ fn relay_speed_table() {
                     })
                     .expect("three failed runs in a row");
                 if v == 1 {
-                    default_path[p] = speed::logged_path(&log).unwrap_or_else(|| {
-                        println!("no path logged:\n{log}");
+                    default_path[p] = speed::logged_path(&run.log).unwrap_or_else(|| {
+                        println!("no path logged:\n{}", run.log);
                         "?".into()
                     });
                 }
-                figures[p][v].push(gbit);
+                figures[p][v].push(run.gbit);
+                cpu[p][v].push(run.cpu_s_per_gib);
             }
         }
     }
@@ -206,7 +231,7 @@ fn relay_speed_table() {
         .position(|v| matches!(v, Via::CopyRelay))
         .unwrap();
     let socat_at = vias.iter().position(|v| matches!(v, Via::Socat(_)));
-    for (p, (from, to)) in SPEED_PAIRS.iter().enumerate() {
+    for (p, (from, to)) in pairs.iter().enumerate() {
         let medians: Vec<f64> = figures[p].iter_mut().map(|f| speed::median(f)).collect();
         let mut row = format!("{:<16}", format!("{} -> {}", from.name(), to.name()));
         for m in &medians {
@@ -223,6 +248,62 @@ fn relay_speed_table() {
             failed[p]
         ));
         println!("{row}");
+    }
+    println!(
+        "relay CPU (user + system, from its rusage) per GiB moved, median, seconds; {} CPUs \
+         in the guest",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut header = format!("{:<16}", "pair");
+    for via in &vias[1..] {
+        header.push_str(&format!(
+            " | {:>14}",
+            via.label().replace("vsplice --mode ", "")
+        ));
+    }
+    header.push_str(" | vsplice/copying");
+    println!("{header}");
+    for (p, (from, to)) in pairs.iter().enumerate() {
+        let medians: Vec<f64> = cpu[p].iter_mut().map(|f| speed::median(f)).collect();
+        let mut row = format!("{:<16}", format!("{} -> {}", from.name(), to.name()));
+        for m in &medians[1..] {
+            row.push_str(&format!(" | {m:>14.3}"));
+        }
+        row.push_str(&format!(" | {:>15.2}", medians[1] / medians[copy_at]));
+        println!("{row}");
+    }
+}
+
+/// The system calls of vsplice (its default, and `--with "ARGS"` variants) and of the copying
+/// relay moving 32 MiB from vsock to TCP, vsock to vsock and TCP to vsock, counted by `strace -f -c` (the cost per call is
+/// what an emulated guest magnifies).
+fn relay_syscalls() {
+    use speed::{Family, Spot, Via};
+    let scratch = Scratch::new("syscalls");
+    let args: Vec<String> = std::env::args().collect();
+    let mut vias = vec![Via::Vsplice(vec![]), Via::CopyRelay];
+    vias.extend(
+        args.windows(2)
+            .filter(|w| w[0] == "--with")
+            .map(|w| Via::Vsplice(w[1].split_whitespace().map(String::from).collect())),
+    );
+    for (from, to) in [
+        (Family::Vsock, Family::Tcp),
+        (Family::Vsock, Family::Vsock),
+        (Family::Tcp, Family::Vsock),
+    ] {
+        for via in &vias {
+            let trace = scratch.path("trace");
+            let (a, b) = (Spot::fresh(from, &scratch.0), Spot::fresh(to, &scratch.0));
+            speed::traced_run(&a, &b, via, 32 * MIB, Some(&trace)).expect("run");
+            println!(
+                "{} -> {} via {}, 32 MiB:\n{}",
+                from.name(),
+                to.name(),
+                via.label(),
+                std::fs::read_to_string(&trace).unwrap_or_default()
+            );
+        }
     }
 }
 

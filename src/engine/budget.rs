@@ -51,8 +51,7 @@ impl Budget {
     }
 
     /// Recounts the busy connections and updates the cap, when a sweep is due.
-    pub fn sweep(&mut self, conns: &mut Slab<Conn>, shared: &Shared, worker: usize) {
-        let now = Instant::now();
+    pub fn sweep(&mut self, conns: &mut Slab<Conn>, shared: &Shared, worker: usize, now: Instant) {
         if now < self.next_sweep || !self.wanted(shared) {
             return;
         }
@@ -169,7 +168,7 @@ mod tests {
 
         // A second later nothing moved: the sweep counts no busy connection and lifts the cap.
         conns[key].last_active = Instant::now() - BUSY_WINDOW;
-        budget.sweep(&mut conns, &shared, 0);
+        budget.sweep(&mut conns, &shared, 0, Instant::now());
         assert_eq!(shared.busy.load(Ordering::Relaxed), 0);
         assert_eq!(budget.cap, None);
         assert_eq!(conns[key].receive_cap, Some(rcvbudget::AUTOTUNE_ENOUGH));

@@ -76,8 +76,8 @@ impl Parking {
         ring: &Ring,
         shared: &Shared,
         worker: usize,
+        now: Instant,
     ) {
-        let now = Instant::now();
         if now < self.next_sweep || self.wanted(registry, shared) == 0 {
             return;
         }

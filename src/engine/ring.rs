@@ -185,13 +185,14 @@ impl Ring {
     }
 
     /// Submits what is queued and waits: not at all when `busy` (work is ready to run), until
-    /// `deadline` when one is given, otherwise until a completion arrives.
-    pub fn wait(&mut self, busy: bool, deadline: Option<Instant>, worker: usize) {
+    /// `deadline` when one is given (counted from `now`, the loop's clock), otherwise until a
+    /// completion arrives.
+    pub fn wait(&mut self, busy: bool, deadline: Option<Instant>, now: Instant, worker: usize) {
         self.flush_overflow();
         let result = if busy || !self.overflow.is_empty() {
             self.uring.submit()
         } else if let Some(at) = deadline {
-            let left = at.saturating_duration_since(Instant::now());
+            let left = at.saturating_duration_since(now);
             let ts = types::Timespec::from(left);
             let args = types::SubmitArgs::new().timespec(&ts);
             self.uring.submitter().submit_with_args(1, &args)

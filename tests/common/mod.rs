@@ -529,7 +529,7 @@ impl Relay {
         relay
     }
 
-    fn spawn_with(mut command: Command, args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
+    pub fn spawn_with(mut command: Command, args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
         let scratch = Scratch::new("relay");
         let log = scratch.path("stderr.log");
         let child = command

@@ -184,10 +184,47 @@ impl Drop for Running {
     }
 }
 
-/// Moves `bytes` from a client at `from` through `via` to a sink listening at `to`; returns
-/// Gbit/s over the time from the client's connect to the sink's end of file, and the relay's
-/// log (vsplice's, for the data path it chose).
-pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<(f64, String), String> {
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct RunFigures {
+    /// Over the time from the client's connect to the sink's end of file.
+    pub gbit: f64,
+    /// The relay process's CPU time (user and system, from its rusage once it exited) per
+    /// GiB moved; 0 for no relay. Steadier than the rate on a shared machine: another
+    /// process's load stretches the run, not the relay's own work.
+    pub cpu_s_per_gib: f64,
+    /// The relay's log (vsplice's, for the data path it chose).
+    pub log: String,
+}
+
+/// CPU seconds (user and system) of every child that was waited for.
+fn children_cpu() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    secs(usage.user_time()) + secs(usage.system_time())
+}
+
+/// Moves `bytes` from a client at `from` through `via` to a sink listening at `to`.
+pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<RunFigures, String> {
+    traced_run(from, to, via, bytes, None)
+}
+
+/// [`one_run`], with the relay (vsplice or the copying relay) under `strace -f -c -o TRACE`
+/// when `trace` is given: its system calls counted (figures then mean nothing).
+pub fn traced_run(
+    from: &Spot,
+    to: &Spot,
+    via: &Via,
+    bytes: usize,
+    trace: Option<&std::path::Path>,
+) -> Result<RunFigures, String> {
+    let strace = |program: &std::path::Path| {
+        let mut c = Command::new("strace");
+        c.args(["-f", "-c", "-o"]).arg(trace.unwrap()).arg(program);
+        c
+    };
+    let cpu_before = children_cpu();
     let sink = to.listen();
     let sink = std::thread::spawn(move || {
         let mut s = sink.accept().expect("sink accept");
@@ -212,7 +249,15 @@ pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<(f64, 
             let (l, c) = (from.vsplice_listen(), to.vsplice_connect());
             all.push(&l);
             all.push(&c);
-            Running::Vsplice(Relay::start(&all))
+            match trace {
+                Some(_) => {
+                    let bin = std::path::Path::new(super::vsplice_bin());
+                    let relay = Relay::spawn_with(strace(bin), &all, Stdio::null(), Stdio::null());
+                    relay.wait_for_log("listening on", Duration::from_secs(20));
+                    Running::Vsplice(relay)
+                }
+                None => Running::Vsplice(Relay::start(&all)),
+            }
         }
         Via::VspliceBuild(bin) => {
             let (l, c) = (from.vsplice_listen(), to.vsplice_connect());
@@ -221,13 +266,16 @@ pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<(f64, 
         // A process of its own, as a C relay would be: in a guest, switching between
         // processes costs what switching between threads of one process does not.
         Via::CopyRelay => Running::Socat(
-            Command::new(std::env::current_exe().expect("own path"))
-                .arg("--copy-relay")
-                .arg(from.to_arg())
-                .arg(to.to_arg())
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start the copying relay"),
+            match trace {
+                Some(_) => strace(&std::env::current_exe().expect("own path")),
+                None => Command::new(std::env::current_exe().expect("own path")),
+            }
+            .arg("--copy-relay")
+            .arg(from.to_arg())
+            .arg(to.to_arg())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the copying relay"),
         ),
         Via::Socat(bin) => {
             let child = Command::new(bin)
@@ -278,10 +326,23 @@ pub fn one_run(from: &Spot, to: &Spot, via: &Via, bytes: usize) -> Result<(f64, 
             assert!(status.success(), "vsplice: {status}\n{}", r.log());
             r.log()
         }
-        _ => String::new(),
+        Running::Socat(ref mut c) => {
+            // Both ends closed: it exits by itself (and is killed after a minute).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while c.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            String::new()
+        }
+        Running::None => String::new(),
     };
     let secs = end.duration_since(start).as_secs_f64();
-    Ok((bytes as f64 * 8.0 / secs / 1e9, log))
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    Ok(RunFigures {
+        gbit: bytes as f64 * 8.0 / secs / 1e9,
+        cpu_s_per_gib: (children_cpu() - cpu_before) / gib,
+        log,
+    })
 }
 
 /// A plain copying relay for one connection, the guest role `--copy-relay FROM TO`: accept,

@@ -46,6 +46,8 @@ pub struct Cx<'a> {
     pub registry: &'a mut Registry,
     pub pipes: &'a mut PipePool,
     pub last_active: &'a mut Instant,
+    /// The worker loop's clock (read once a turn).
+    pub now: Instant,
     pub options: &'a RelayOptions,
     /// The connection's number, for logs.
     pub id: u64,
@@ -72,7 +74,7 @@ impl Cx<'_> {
     /// Records that bytes moved now (inactivity timeout, parking, receive budget).
     pub fn moved(&mut self, outcome: Result<usize, i32>) {
         if matches!(outcome, Ok(n) if n > 0) {
-            *self.last_active = Instant::now();
+            *self.last_active = self.now;
         }
     }
 }

@@ -114,7 +114,7 @@ impl RingLane {
                         return Pumped::NoDescriptors;
                     };
                     self.lease = Some(lease);
-                    self.last_fill = Instant::now();
+                    self.last_fill = cx.now;
                     self.flow.took_buffers();
                 }
                 RecvStep::ArmReceive => {
@@ -195,7 +195,7 @@ impl RingLane {
         if !self.flow.is_drained() || cx.ops.in_flight(Op::Drain(cx.dir)) {
             return Pumped::Waiting;
         }
-        let now = Instant::now();
+        let now = cx.now;
         if now.saturating_duration_since(self.last_fill) >= RING_IDLE_GRACE {
             self.recheck_at = None;
             self.flow.release();
@@ -254,7 +254,7 @@ impl RingLane {
             }
         }
         if result > 0 {
-            *cx.last_active = Instant::now();
+            *cx.last_active = cx.now;
             if matches!(op, Op::Fill(_)) {
                 self.last_fill = *cx.last_active;
             }

@@ -58,6 +58,7 @@ fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies
         registry: &mut registry,
         pipes: &mut pipes,
         last_active: &mut last_active,
+        now: Instant::now(),
         options: &options,
         id: 1,
         dir: FORWARD,
@@ -82,7 +83,9 @@ fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies
     let deadline = Instant::now() + Duration::from_secs(10);
     while batch.is_empty() {
         assert!(Instant::now() < deadline, "the write never completed");
-        cx.ops.ring_mut().wait(false, Some(deadline), 0);
+        cx.ops
+            .ring_mut()
+            .wait(false, Some(deadline), Instant::now(), 0);
         cx.ops.ring_mut().reap(&mut batch);
     }
     let (user_data, result, _flags) = batch[0];
@@ -124,6 +127,7 @@ fn a_parked_direction_waits_and_splices_through_its_fixed_file_slots_whatever_th
         registry: &mut registry,
         pipes: &mut pipes,
         last_active: &mut last_active,
+        now: Instant::now(),
         options: &options,
         id: 1,
         dir: FORWARD,
@@ -164,6 +168,7 @@ fn an_unparked_splice_direction_with_nothing_to_read_gives_its_pipe_back_and_pol
         registry: &mut registry,
         pipes: &mut pipes,
         last_active: &mut last_active,
+        now: Instant::now(),
         options: &options,
         id: 1,
         dir: FORWARD,
@@ -197,7 +202,9 @@ fn next_completion(
         }
         assert!(Instant::now() < deadline, "no completion came");
         let mut batch = Vec::new();
-        cx.ops.ring_mut().wait(false, Some(deadline), 0);
+        cx.ops
+            .ring_mut()
+            .wait(false, Some(deadline), Instant::now(), 0);
         cx.ops.ring_mut().reap(&mut batch);
         pending.extend(batch);
     }
@@ -226,6 +233,7 @@ fn a_ring_direction_takes_its_group_when_bytes_come_and_gives_it_back_once_drain
         registry: &mut registry,
         pipes: &mut pipes,
         last_active: &mut last_active,
+        now: Instant::now(),
         options: &options,
         id: 1,
         dir: FORWARD,
@@ -314,6 +322,7 @@ fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_th
         registry: &mut registry,
         pipes: &mut pipes,
         last_active: &mut last_active,
+        now: Instant::now(),
         options: &options,
         id: 1,
         dir: FORWARD,
