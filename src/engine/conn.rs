@@ -580,6 +580,7 @@ mod tests {
                 Flow::new(8, FillPolicy::Eager),
                 super::super::lane::Staging::Copy(super::super::lane::CopyBuffer::new(8)),
                 true,
+                false,
             )));
         }
         let devnull = std::fs::File::open("/dev/null").unwrap();

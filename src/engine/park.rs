@@ -219,6 +219,7 @@ mod tests {
                 Flow::new(4096, FillPolicy::Eager),
                 staging,
                 false,
+                false,
             )))
         })
     }

@@ -392,11 +392,10 @@ impl Worker {
             .on_start(&mut self.conns, key, &self.shared, self.index);
         let conn = &self.conns[key];
         if crate::log::enabled(crate::log::Level::Info) {
-            let mode = conn.options.mode;
             let path = |dir| {
                 conn.relaying()
                     .and_then(|r| r.lanes[dir].as_ref())
-                    .map_or("none", |l: &Lane| l.path_name(mode))
+                    .map_or("none", Lane::path_name)
             };
             info!(
                 "conn {}: relaying {} (first->second: {}, second->first: {})",

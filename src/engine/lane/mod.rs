@@ -142,7 +142,8 @@ impl Lane {
         };
         let mut flow = Flow::new(capacity, options.fill_policy);
         flow.await_readiness_first();
-        Lane::Staged(StagedLane::new(flow, staging, discard))
+        let uring_splice = mode == Mode::UringSplice;
+        Lane::Staged(StagedLane::new(flow, staging, discard, uring_splice))
     }
 
     /// The data path `mode` means for a direction reading `source`: `Auto` is splice unless
@@ -188,16 +189,12 @@ impl Lane {
     }
 
     /// The data path's name for logs.
-    pub fn path_name(&self, mode: Mode) -> &'static str {
+    pub fn path_name(&self) -> &'static str {
         match self {
             l if l.discard() => "discard",
-            Lane::Ring(_) if mode == Mode::RecvZc => "recv-zc",
+            Lane::Ring(l) if l.zerocopy() => "recv-zc",
             Lane::Ring(_) => "recv",
-            Lane::Staged(l) => match l.staging() {
-                Staging::Pipe(_) if mode == Mode::UringSplice => "uring-splice",
-                Staging::Pipe(_) => "splice",
-                Staging::Copy(_) => "copy",
-            },
+            Lane::Staged(l) => l.path_name(),
         }
     }
 

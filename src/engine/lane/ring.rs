@@ -69,6 +69,11 @@ impl RingLane {
         self.discard
     }
 
+    /// Whether filled buffers go out with SEND_ZC (until the socket refuses it).
+    pub fn zerocopy(&self) -> bool {
+        self.zerocopy
+    }
+
     /// Whether the lane holds a buffer group now.
     pub fn holds_buffers(&self) -> bool {
         self.lease.is_some()

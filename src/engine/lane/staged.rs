@@ -3,7 +3,6 @@
 //! io_uring form, and switches a pipe direction to a buffer when splice(2) turns out to be
 //! refused for its pair of files (EINVAL before any byte moved).
 
-use super::super::Mode;
 use super::super::registry::Registry;
 use super::super::ring::{Ring, Target, errno_of, poll_sqe, shutdown_sqe};
 use super::super::token::Op;
@@ -36,15 +35,29 @@ pub struct StagedLane {
     pending: Option<Step>,
     /// A direction turned off by `-u`/`-U`: its bytes are read and dropped.
     discard: bool,
+    /// Pipe transfers go out as IORING_OP_SPLICE (`--mode uring-splice`), not as splice(2)
+    /// called once io_uring reports readiness. Resolved when the lane is set up: the lane
+    /// never reads the relay's mode.
+    uring_splice: bool,
 }
 
 impl StagedLane {
-    pub fn new(flow: Flow, staging: Staging, discard: bool) -> StagedLane {
+    pub fn new(flow: Flow, staging: Staging, discard: bool, uring_splice: bool) -> StagedLane {
         StagedLane {
             flow,
             staging,
             pending: None,
             discard,
+            uring_splice,
+        }
+    }
+
+    /// The data path's name for logs.
+    pub fn path_name(&self) -> &'static str {
+        match &self.staging {
+            Staging::Pipe(_) if self.uring_splice => "uring-splice",
+            Staging::Pipe(_) => "splice",
+            Staging::Copy(_) => "copy",
         }
     }
 
@@ -85,7 +98,7 @@ impl StagedLane {
             if waiting || self.pending.is_some() {
                 return Pumped::Waiting;
             }
-            let direct = matches!(cx.options.mode, Mode::Splice | Mode::Auto) && !cx.ends.parked();
+            let direct = !self.uring_splice && !cx.ends.parked();
             let step = self.flow.next();
             match step {
                 Step::Fill { max } => {

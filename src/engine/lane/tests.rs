@@ -27,7 +27,7 @@ fn pipe_lane(capacity: usize, readiness_first: bool) -> StagedLane {
     if readiness_first {
         flow.await_readiness_first();
     }
-    StagedLane::new(flow, Staging::Pipe(PipeStage::new(64 * 1024)), false)
+    StagedLane::new(flow, Staging::Pipe(PipeStage::new(64 * 1024)), false, false)
 }
 
 #[test]
@@ -312,7 +312,9 @@ fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_th
     let (source, mut peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
     let options = options(Mode::UringSplice);
-    let mut lane = pipe_lane(64 * 1024, false);
+    let flow = Flow::new(64 * 1024, FillPolicy::Eager);
+    let stage = Staging::Pipe(PipeStage::new(64 * 1024));
+    let mut lane = StagedLane::new(flow, stage, false, true);
     send(&mut peer, b"the closed connection's bytes");
     let mut inflight = 0u16;
     let mut last_active = Instant::now();
