@@ -1193,3 +1193,87 @@ fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_t
     reads_a_reset(&mut open, &relay, "the old name's connection");
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+/// Sends SIGHUP and waits for the reload's outcome (applied or failed); returns the log.
+fn reload_outcome(relay: &common::Relay, nth: usize) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = relay.log();
+        if log.matches("reloaded ").count() + log.matches("reloading ").count() >= nth {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload outcome in time:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_that_respells_the_listen_address_keeps_its_socket_and_applies_the_tightened_allow_list()
+{
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::io::Read;
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload-respelt");
+    let up = Listen::tcp();
+    let target = up.connect_address();
+    let reply = payload(16 * MIB, 91);
+    let server = ExchangeServer::spawn(up, reply.data.clone(), 2);
+    let port = common::free_port();
+    let config = dir.path("vsplice.toml");
+    let write = |listen: &str, allow: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[service]]\nname = \"x\"\nlisten = \"{listen}\"\nconnect = \"{target}\"\n{allow}"
+            ),
+        )
+        .unwrap()
+    };
+    write(&format!("TCP4-LISTEN:{port},bind=127.0.0.1,fork"), "");
+    let mut relay = Relay::serve(&config, 1);
+    let through = |source: &str, seed: u64| {
+        let send = payload(16 * MIB, seed);
+        let got = exchange(Box::new(tcp_from(source, port)), send.data.clone()).unwrap();
+        assert_eq!(got.sha, reply.sha, "{source}: the backend's bytes");
+        assert_eq!(server.next(Duration::from_secs(120)).sha, send.sha);
+    };
+    through("127.0.0.2", 92);
+
+    // The same socket, spelt in lower case with its options reordered, and a tighter list.
+    write(
+        &format!("tcp4-listen:{port},fork,bind=127.0.0.1"),
+        "allow = [\"127.0.0.1/32\"]\n",
+    );
+    let log = reload_outcome(&relay, 1);
+    assert!(!log.contains("Address already in use"), "{log}");
+    assert!(
+        log.contains("0 added, 0 removed, 1 changed, 0 unchanged"),
+        "the reload applies:\n{log}"
+    );
+    let mut got = Vec::new();
+    match try_tcp_from("127.0.0.2", port) {
+        Ok(mut refused) => drop(refused.read_to_end(&mut got)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(
+        got.is_empty(),
+        "a now-refused peer received {} bytes",
+        got.len()
+    );
+    through("127.0.0.1", 93);
+    assert!(
+        relay.log().contains("127.0.0.2 refused by the allow list"),
+        "{}",
+        relay.log()
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}

@@ -77,54 +77,62 @@ fn not_a_socket(path: &std::path::Path) -> Option<&'static str> {
     }
 }
 
+/// Where a listening address binds, resolved as [`Listener::open`] binds it (a `bind=` host
+/// looked up now, the unspecified address of the family without one, the full path of a
+/// hybrid vsock listener), and the socket file it creates, if any.
+pub fn listen_local(address: &Address) -> Result<(SockAddr, Option<PathBuf>), Error> {
+    let opts = &address.options;
+    Ok(match &address.kind {
+        Kind::TcpListen { port, family } => {
+            let local = match &opts.bind {
+                Some(Bind::Inet { port: Some(p), .. }) if p != port => {
+                    return Err(Error::Usage(format!(
+                        "{}: bind port {p} differs from the listening port {port}",
+                        address.text
+                    )));
+                }
+                Some(Bind::Inet { host, .. }) => resolve_host(host, *port, *family)
+                    .map(|a| SockAddr::Inet(a[0]))
+                    .map_err(|source| Error::Resolve {
+                        address: address.text.clone(),
+                        source,
+                    })?,
+                _ => {
+                    let ip = match family {
+                        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        Family::V6 | Family::Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    };
+                    SockAddr::Inet(SocketAddr::new(ip, *port))
+                }
+            };
+            (local, None)
+        }
+        Kind::UnixListen { path } => (SockAddr::Unix(path.clone()), Some(path.clone())),
+        Kind::VsockUdsListen { path, port } => {
+            let full = PathBuf::from(format!("{}_{}", path.display(), port));
+            (SockAddr::Unix(full.clone()), Some(full))
+        }
+        Kind::VsockListen { port } => {
+            let cid = match &opts.bind {
+                Some(Bind::Vsock { cid: Some(c), .. }) => *c,
+                _ => libc::VMADDR_CID_ANY,
+            };
+            (SockAddr::Vsock { cid, port: *port }, None)
+        }
+        _ => {
+            return Err(Error::Usage(format!(
+                "{} is not a listening address",
+                address.text
+            )));
+        }
+    })
+}
+
 impl Listener {
     /// Binds and listens. Errors name the address and the OS error.
     pub fn open(address: &Address) -> Result<Listener, Error> {
         let opts = &address.options;
-        let (local, socket_file) = match &address.kind {
-            Kind::TcpListen { port, family } => {
-                let local = match &opts.bind {
-                    Some(Bind::Inet { port: Some(p), .. }) if p != port => {
-                        return Err(Error::Usage(format!(
-                            "{}: bind port {p} differs from the listening port {port}",
-                            address.text
-                        )));
-                    }
-                    Some(Bind::Inet { host, .. }) => resolve_host(host, *port, *family)
-                        .map(|a| SockAddr::Inet(a[0]))
-                        .map_err(|source| Error::Resolve {
-                            address: address.text.clone(),
-                            source,
-                        })?,
-                    _ => {
-                        let ip = match family {
-                            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                            Family::V6 | Family::Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                        };
-                        SockAddr::Inet(SocketAddr::new(ip, *port))
-                    }
-                };
-                (local, None)
-            }
-            Kind::UnixListen { path } => (SockAddr::Unix(path.clone()), Some(path.clone())),
-            Kind::VsockUdsListen { path, port } => {
-                let full = PathBuf::from(format!("{}_{}", path.display(), port));
-                (SockAddr::Unix(full.clone()), Some(full))
-            }
-            Kind::VsockListen { port } => {
-                let cid = match &opts.bind {
-                    Some(Bind::Vsock { cid: Some(c), .. }) => *c,
-                    _ => libc::VMADDR_CID_ANY,
-                };
-                (SockAddr::Vsock { cid, port: *port }, None)
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "{} is not a listening address",
-                    address.text
-                )));
-            }
-        };
+        let (local, socket_file) = listen_local(address)?;
         let fail = |source: io::Error| Error::Listen {
             address: address.text.clone(),
             local: local.to_string(),
