@@ -1277,3 +1277,46 @@ fn a_reload_that_respells_the_listen_address_keeps_its_socket_and_applies_the_ti
     );
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+#[test]
+fn serve_at_sigterm_leaves_a_regular_file_that_replaced_its_socket_file_alone() {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("serve-replaced");
+    let up = Listen::tcp();
+    let target = up.connect_address();
+    let (reply, send) = (payload(8 * MIB, 95), payload(8 * MIB, 96));
+    let server = ExchangeServer::spawn(up, reply.data.clone(), 1);
+    let path = dir.path("service.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"u\"\nlisten = \"UNIX-LISTEN:{},fork\"\nconnect = \"{target}\"\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::serve(&config, 1);
+    let got = exchange(
+        Box::new(UnixStream::connect(&path).unwrap()),
+        send.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(got.sha, reply.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, send.sha);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"another program's data\n").unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        relay.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("the file is still there"),
+        b"another program's data\n"
+    );
+}
