@@ -1320,3 +1320,50 @@ fn serve_at_sigterm_leaves_a_regular_file_that_replaced_its_socket_file_alone() 
         b"another program's data\n"
     );
 }
+
+#[test]
+fn serve_check_refuses_an_idle_timeout_of_zero_or_under_a_millisecond_naming_key_and_value() {
+    for (value, token, why) in [
+        ("0", "0", "is less than 1 ms"),
+        ("1e-12", "1e-12", "is less than 1 ms"),
+        ("\"0ms\"", "0ms", "is less than 1 ms"),
+        ("\"0.5ms\"", "0.5ms", "is less than 1 ms"),
+    ] {
+        for at in ["top", "service"] {
+            let key = format!("idle-timeout = {value}\n");
+            let service =
+                "[[service]]\nname = \"a\"\nlisten = \"TCP-L:1,fork\"\nconnect = \"TCP:h:1\"\n";
+            let file = if at == "top" {
+                format!("{key}{service}")
+            } else {
+                format!("{service}{key}")
+            };
+            let (code, out, err) = serve_check(&file);
+            assert_eq!(code, 2, "{value} at {at}: {out}{err}");
+            assert!(
+                err.contains(&format!("idle-timeout: idle timeout \"{token}\" {why}")),
+                "{value} at {at}: {err}"
+            );
+        }
+    }
+    let (code, _, err) = serve_check(
+        "idle-timeout = \"1ms\"\n[[service]]\nname = \"a\"\nlisten = \"TCP-L:1,fork\"\nconnect = \"TCP:h:1\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn the_command_line_still_refuses_an_idle_timeout_of_zero() {
+    for value in ["0", "1e-12"] {
+        let out = Command::new(vsplice_bin())
+            .args(["-T", value, "TCP-L:1", "TCP:127.0.0.1:1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("idle timeout \"{value}\" is")),
+            "{err}"
+        );
+    }
+}

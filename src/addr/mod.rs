@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
-pub use size::{parse_duration, parse_size};
+pub use size::{check_idle_timeout, parse_duration, parse_size};
 
 pub use options::Options;
 

@@ -560,7 +560,13 @@ fn relay_options(src: &Source, items: [&Item; 5]) -> Result<RelayOptions, Config
     let [idle, linger, one_way, buffer, mode] = items;
     let mut out = RelayOptions::default();
     if let Some(v) = idle {
-        out.idle_timeout = Some(duration(src, v, "idle-timeout")?);
+        let timeout = duration(src, v, "idle-timeout")?;
+        // As written in the file: TOML would print 1e-12 back as 0.000000000001.
+        let token = src.text[v.span()].trim_matches(['"', '\'']);
+        out.idle_timeout = Some(
+            crate::addr::check_idle_timeout(token, timeout)
+                .map_err(|e| src.at(v, "idle-timeout", e))?,
+        );
     }
     if let Some(v) = linger {
         out.linger = Some(duration(src, v, "linger")?);
