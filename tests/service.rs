@@ -1367,3 +1367,146 @@ fn the_command_line_still_refuses_an_idle_timeout_of_zero() {
         );
     }
 }
+
+/// A file of one or more services, each `(name, listen, extra lines)`, connecting to a
+/// closed local port (`--check` opens nothing).
+fn services(list: &[(&str, &str, &str)]) -> String {
+    list.iter()
+        .map(|(name, listen, extra)| {
+            format!(
+                "[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nconnect = \"TCP:127.0.0.1:1\"\n{extra}"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn serve_check_refuses_a_nul_in_a_unix_path_naming_file_service_and_path() {
+    let (code, out, err) = serve_check(&services(&[("a", "UNIX-LISTEN:/tmp/a\\u0000b,fork", "")]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.starts_with("vsplice: FILE:3: listen: service \"a\": invalid address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("UNIX-LISTEN path \"/tmp/a\\0b\" holds a NUL byte"),
+        "{err}"
+    );
+    let (code, _, err) = serve_check(
+        "[[service]]\nname = \"b\"\nlisten = \"TCP-L:1,fork\"\nconnect = \"UNIX-CONNECT:/run/x\\u0000\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("vsplice: FILE:4: connect: service \"b\": invalid address")
+            && err.contains("UNIX-CONNECT path \"/run/x\\0\" holds a NUL byte"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_check_refuses_two_services_whose_binds_resolve_to_one_socket() {
+    for (first, second, bound) in [
+        (
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "TCP4-LISTEN:7001,bind=localhost,fork",
+            "127.0.0.1:7001",
+        ),
+        (
+            "TCP4-LISTEN:7001,fork",
+            "tcp4-listen:7001,fork,bind=127.0.0.1",
+            "127.0.0.1:7001",
+        ),
+        (
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "TCP4-LISTEN:7001,fork",
+            "0.0.0.0:7001",
+        ),
+        (
+            "TCP-LISTEN:7001,fork",
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "127.0.0.1:7001",
+        ),
+    ] {
+        let (code, out, err) = serve_check(&services(&[("one", first, ""), ("two", second, "")]));
+        assert_eq!(code, 2, "{first} / {second}: {out}{err}");
+        assert_eq!(
+            err,
+            format!(
+                "vsplice: FILE:7: listen: service \"two\": \"{second}\" would bind {bound}, where \
+                 service \"one\" already listens\n"
+            ),
+            "{first} / {second}"
+        );
+    }
+    // Different addresses, or IPv4 and a specific IPv6 address, on one port are fine.
+    for (first, second) in [
+        (
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "TCP4-LISTEN:7001,bind=127.0.0.2,fork",
+        ),
+        ("TCP4-LISTEN:7001,fork", "TCP6-LISTEN:7001,bind=[::1],fork"),
+    ] {
+        let (code, out, err) = serve_check(&services(&[("one", first, ""), ("two", second, "")]));
+        assert_eq!(code, 0, "{first} / {second}: {out}{err}");
+    }
+}
+
+#[test]
+fn serve_check_refuses_an_allow_entry_that_can_never_match_its_listener() {
+    for (listen, allow, why) in [
+        (
+            "TCP4-LISTEN:7002,fork",
+            "[\"::1\"]",
+            "allow entry \"::1/128\" is an IPv6 network and never matches: a TCP4-LISTEN \
+             listener takes IPv4 peers only",
+        ),
+        (
+            "TCP-LISTEN:7002,bind=127.0.0.1,fork",
+            "[\"127.0.0.0/8\", \"fd00::/8\"]",
+            "allow entry \"fd00::/8\" is an IPv6 network and never matches: a TCP-LISTEN \
+             listener bound to 127.0.0.1 takes IPv4 peers only",
+        ),
+        (
+            "TCP6-LISTEN:7002,bind=[::1],fork",
+            "[\"10.0.0.0/8\"]",
+            "allow entry \"10.0.0.0/8\" is an IPv4 network and never matches: a TCP6-LISTEN \
+             listener bound to ::1 takes IPv6 peers only",
+        ),
+        (
+            "TCP-LISTEN:7002,fork",
+            "[\"uid:1000\"]",
+            "allow entry \"uid:1000\" is for UNIX peers and never matches a TCP-LISTEN listener",
+        ),
+        (
+            "UNIX-LISTEN:/tmp/vsplice-never.sock,fork",
+            "[\"10.0.0.0/8\"]",
+            "allow entry \"10.0.0.0/8\" is for TCP peers and never matches a UNIX-LISTEN listener",
+        ),
+    ] {
+        let (code, out, err) =
+            serve_check(&services(&[("a", listen, &format!("allow = {allow}\n"))]));
+        assert_eq!(code, 2, "{listen} {allow}: {out}{err}");
+        assert!(
+            err.starts_with(&format!("vsplice: FILE:5: allow: service \"a\": {why}")),
+            "{listen} {allow}: {err}"
+        );
+    }
+    // Written into the listen address, after or before bind=.
+    let (code, _, err) = serve_check(&services(&[(
+        "a",
+        "TCP-LISTEN:7002,allow=::1,bind=127.0.0.1,fork",
+        "",
+    )]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("allow entry \"::1/128\" is an IPv6 network and never matches"),
+        "{err}"
+    );
+    // The dual-stack wildcard takes both families.
+    let (code, out, err) = serve_check(&services(&[(
+        "a",
+        "TCP6-LISTEN:7002,fork",
+        "allow = [\"127.0.0.1\", \"::1\"]\n",
+    )]));
+    assert_eq!(code, 0, "{out}{err}");
+}
