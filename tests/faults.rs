@@ -1039,3 +1039,55 @@ fn a_slow_reader_against_fast_writers_keeps_relay_memory_bounded_on_every_data_p
         assert_eq!(relay.stop().code(), Some(0), "{mode}: {}", relay.log());
     }
 }
+
+/// Starts a relay on a UNIX-LISTEN path, serves through it, replaces its socket file with
+/// `replace` (another program's file), stops it with SIGTERM; returns the path, still held
+/// by the scratch directory.
+fn replaced_socket_file_survives_sigterm(
+    replace: impl FnOnce(&Path),
+) -> (Scratch, std::path::PathBuf) {
+    let dir = Scratch::new("replaced");
+    let path = dir.path("relay.sock");
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let server = ExchangeServer::spawn(server, payload(EACH_WAY, 2).data, 1);
+    let listen = format!("UNIX-LISTEN:{},fork", path.display());
+    let mut relay = Relay::start(&["-d", &listen, &upstream]);
+    exchange_through(&path, &server, 1);
+    relay.wait_for_log("closed", LONG);
+    std::fs::remove_file(&path).unwrap();
+    replace(&path);
+    relay.signal(Signal::SIGTERM);
+    let status = relay.wait_exit(LONG);
+    assert_eq!(status.code(), Some(0), "{}", relay.log());
+    (dir, path)
+}
+
+#[test]
+fn sigterm_leaves_a_regular_file_that_replaced_the_socket_file_alone() {
+    let (_dir, path) = replaced_socket_file_survives_sigterm(|path| {
+        std::fs::write(path, b"another program's data\n").unwrap()
+    });
+    assert_eq!(
+        std::fs::read(&path).expect("the file is still there"),
+        b"another program's data\n"
+    );
+}
+
+#[test]
+fn sigterm_leaves_another_programs_socket_at_the_path_alone() {
+    use std::io::{Read, Write};
+    let theirs = std::cell::OnceCell::new();
+    let (_dir, path) = replaced_socket_file_survives_sigterm(|path| {
+        theirs
+            .set(std::os::unix::net::UnixListener::bind(path).unwrap())
+            .unwrap();
+    });
+    let theirs = theirs.into_inner().unwrap();
+    let mut client = UnixStream::connect(&path).expect("their socket is still reachable");
+    client.write_all(b"ping").unwrap();
+    let (mut served, _) = theirs.accept().unwrap();
+    let mut buf = [0u8; 4];
+    served.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+}

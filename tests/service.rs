@@ -1193,3 +1193,320 @@ fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_t
     reads_a_reset(&mut open, &relay, "the old name's connection");
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+/// Sends SIGHUP and waits for the reload's outcome (applied or failed); returns the log.
+fn reload_outcome(relay: &common::Relay, nth: usize) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = relay.log();
+        if log.matches("reloaded ").count() + log.matches("reloading ").count() >= nth {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload outcome in time:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_that_respells_the_listen_address_keeps_its_socket_and_applies_the_tightened_allow_list()
+{
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::io::Read;
+    use std::time::Duration;
+
+    let dir = Scratch::new("reload-respelt");
+    let up = Listen::tcp();
+    let target = up.connect_address();
+    let reply = payload(16 * MIB, 91);
+    let server = ExchangeServer::spawn(up, reply.data.clone(), 2);
+    let port = common::free_port();
+    let config = dir.path("vsplice.toml");
+    let write = |listen: &str, allow: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[service]]\nname = \"x\"\nlisten = \"{listen}\"\nconnect = \"{target}\"\n{allow}"
+            ),
+        )
+        .unwrap()
+    };
+    write(&format!("TCP4-LISTEN:{port},bind=127.0.0.1,fork"), "");
+    let mut relay = Relay::serve(&config, 1);
+    let through = |source: &str, seed: u64| {
+        let send = payload(16 * MIB, seed);
+        let got = exchange(Box::new(tcp_from(source, port)), send.data.clone()).unwrap();
+        assert_eq!(got.sha, reply.sha, "{source}: the backend's bytes");
+        assert_eq!(server.next(Duration::from_secs(120)).sha, send.sha);
+    };
+    through("127.0.0.2", 92);
+
+    // The same socket, spelt in lower case with its options reordered, and a tighter list.
+    write(
+        &format!("tcp4-listen:{port},fork,bind=127.0.0.1"),
+        "allow = [\"127.0.0.1/32\"]\n",
+    );
+    let log = reload_outcome(&relay, 1);
+    assert!(!log.contains("Address already in use"), "{log}");
+    assert!(
+        log.contains("0 added, 0 removed, 1 changed, 0 unchanged"),
+        "the reload applies:\n{log}"
+    );
+    let mut got = Vec::new();
+    match try_tcp_from("127.0.0.2", port) {
+        Ok(mut refused) => drop(refused.read_to_end(&mut got)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(
+        got.is_empty(),
+        "a now-refused peer received {} bytes",
+        got.len()
+    );
+    through("127.0.0.1", 93);
+    assert!(
+        relay.log().contains("127.0.0.2 refused by the allow list"),
+        "{}",
+        relay.log()
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn serve_at_sigterm_leaves_a_regular_file_that_replaced_its_socket_file_alone() {
+    use common::{ExchangeServer, Listen, MIB, Relay, exchange, payload};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let dir = Scratch::new("serve-replaced");
+    let up = Listen::tcp();
+    let target = up.connect_address();
+    let (reply, send) = (payload(8 * MIB, 95), payload(8 * MIB, 96));
+    let server = ExchangeServer::spawn(up, reply.data.clone(), 1);
+    let path = dir.path("service.sock");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"u\"\nlisten = \"UNIX-LISTEN:{},fork\"\nconnect = \"{target}\"\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::serve(&config, 1);
+    let got = exchange(
+        Box::new(UnixStream::connect(&path).unwrap()),
+        send.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(got.sha, reply.sha);
+    assert_eq!(server.next(Duration::from_secs(120)).sha, send.sha);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"another program's data\n").unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        relay.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("the file is still there"),
+        b"another program's data\n"
+    );
+}
+
+#[test]
+fn serve_check_refuses_an_idle_timeout_of_zero_or_under_a_millisecond_naming_key_and_value() {
+    for (value, token, why) in [
+        ("0", "0", "is less than 1 ms"),
+        ("1e-12", "1e-12", "is less than 1 ms"),
+        ("\"0ms\"", "0ms", "is less than 1 ms"),
+        ("\"0.5ms\"", "0.5ms", "is less than 1 ms"),
+    ] {
+        for at in ["top", "service"] {
+            let key = format!("idle-timeout = {value}\n");
+            let service =
+                "[[service]]\nname = \"a\"\nlisten = \"TCP-L:1,fork\"\nconnect = \"TCP:h:1\"\n";
+            let file = if at == "top" {
+                format!("{key}{service}")
+            } else {
+                format!("{service}{key}")
+            };
+            let (code, out, err) = serve_check(&file);
+            assert_eq!(code, 2, "{value} at {at}: {out}{err}");
+            assert!(
+                err.contains(&format!("idle-timeout: idle timeout \"{token}\" {why}")),
+                "{value} at {at}: {err}"
+            );
+        }
+    }
+    let (code, _, err) = serve_check(
+        "idle-timeout = \"1ms\"\n[[service]]\nname = \"a\"\nlisten = \"TCP-L:1,fork\"\nconnect = \"TCP:h:1\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn the_command_line_still_refuses_an_idle_timeout_of_zero() {
+    for value in ["0", "1e-12"] {
+        let out = Command::new(vsplice_bin())
+            .args(["-T", value, "TCP-L:1", "TCP:127.0.0.1:1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("idle timeout \"{value}\" is")),
+            "{err}"
+        );
+    }
+}
+
+/// A file of one or more services, each `(name, listen, extra lines)`, connecting to a
+/// closed local port (`--check` opens nothing).
+fn services(list: &[(&str, &str, &str)]) -> String {
+    list.iter()
+        .map(|(name, listen, extra)| {
+            format!(
+                "[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nconnect = \"TCP:127.0.0.1:1\"\n{extra}"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn serve_check_refuses_a_nul_in_a_unix_path_naming_file_service_and_path() {
+    let (code, out, err) = serve_check(&services(&[("a", "UNIX-LISTEN:/tmp/a\\u0000b,fork", "")]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.starts_with("vsplice: FILE:3: listen: service \"a\": invalid address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("UNIX-LISTEN path \"/tmp/a\\0b\" holds a NUL byte"),
+        "{err}"
+    );
+    let (code, _, err) = serve_check(
+        "[[service]]\nname = \"b\"\nlisten = \"TCP-L:1,fork\"\nconnect = \"UNIX-CONNECT:/run/x\\u0000\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("vsplice: FILE:4: connect: service \"b\": invalid address")
+            && err.contains("UNIX-CONNECT path \"/run/x\\0\" holds a NUL byte"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_check_refuses_two_services_whose_binds_resolve_to_one_socket() {
+    for (first, second, bound) in [
+        (
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "TCP4-LISTEN:7001,bind=localhost,fork",
+            "127.0.0.1:7001",
+        ),
+        (
+            "TCP4-LISTEN:7001,fork",
+            "tcp4-listen:7001,fork,bind=127.0.0.1",
+            "127.0.0.1:7001",
+        ),
+        (
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "TCP4-LISTEN:7001,fork",
+            "0.0.0.0:7001",
+        ),
+        (
+            "TCP-LISTEN:7001,fork",
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "127.0.0.1:7001",
+        ),
+    ] {
+        let (code, out, err) = serve_check(&services(&[("one", first, ""), ("two", second, "")]));
+        assert_eq!(code, 2, "{first} / {second}: {out}{err}");
+        assert_eq!(
+            err,
+            format!(
+                "vsplice: FILE:7: listen: service \"two\": \"{second}\" would bind {bound}, where \
+                 service \"one\" already listens\n"
+            ),
+            "{first} / {second}"
+        );
+    }
+    // Different addresses, or IPv4 and a specific IPv6 address, on one port are fine.
+    for (first, second) in [
+        (
+            "TCP4-LISTEN:7001,bind=127.0.0.1,fork",
+            "TCP4-LISTEN:7001,bind=127.0.0.2,fork",
+        ),
+        ("TCP4-LISTEN:7001,fork", "TCP6-LISTEN:7001,bind=[::1],fork"),
+    ] {
+        let (code, out, err) = serve_check(&services(&[("one", first, ""), ("two", second, "")]));
+        assert_eq!(code, 0, "{first} / {second}: {out}{err}");
+    }
+}
+
+#[test]
+fn serve_check_refuses_an_allow_entry_that_can_never_match_its_listener() {
+    for (listen, allow, why) in [
+        (
+            "TCP4-LISTEN:7002,fork",
+            "[\"::1\"]",
+            "allow entry \"::1/128\" is an IPv6 network and never matches: a TCP4-LISTEN \
+             listener takes IPv4 peers only",
+        ),
+        (
+            "TCP-LISTEN:7002,bind=127.0.0.1,fork",
+            "[\"127.0.0.0/8\", \"fd00::/8\"]",
+            "allow entry \"fd00::/8\" is an IPv6 network and never matches: a TCP-LISTEN \
+             listener bound to 127.0.0.1 takes IPv4 peers only",
+        ),
+        (
+            "TCP6-LISTEN:7002,bind=[::1],fork",
+            "[\"10.0.0.0/8\"]",
+            "allow entry \"10.0.0.0/8\" is an IPv4 network and never matches: a TCP6-LISTEN \
+             listener bound to ::1 takes IPv6 peers only",
+        ),
+        (
+            "TCP-LISTEN:7002,fork",
+            "[\"uid:1000\"]",
+            "allow entry \"uid:1000\" is for UNIX peers and never matches a TCP-LISTEN listener",
+        ),
+        (
+            "UNIX-LISTEN:/tmp/vsplice-never.sock,fork",
+            "[\"10.0.0.0/8\"]",
+            "allow entry \"10.0.0.0/8\" is for TCP peers and never matches a UNIX-LISTEN listener",
+        ),
+    ] {
+        let (code, out, err) =
+            serve_check(&services(&[("a", listen, &format!("allow = {allow}\n"))]));
+        assert_eq!(code, 2, "{listen} {allow}: {out}{err}");
+        assert!(
+            err.starts_with(&format!("vsplice: FILE:5: allow: service \"a\": {why}")),
+            "{listen} {allow}: {err}"
+        );
+    }
+    // Written into the listen address, after or before bind=.
+    let (code, _, err) = serve_check(&services(&[(
+        "a",
+        "TCP-LISTEN:7002,allow=::1,bind=127.0.0.1,fork",
+        "",
+    )]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("allow entry \"::1/128\" is an IPv6 network and never matches"),
+        "{err}"
+    );
+    // The dual-stack wildcard takes both families.
+    let (code, out, err) = serve_check(&services(&[(
+        "a",
+        "TCP6-LISTEN:7002,fork",
+        "allow = [\"127.0.0.1\", \"::1\"]\n",
+    )]));
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -45,6 +45,9 @@ pub(super) fn parse_bind(tag: KindTag, value: &str) -> Result<Bind, String> {
             if value.is_empty() {
                 return Err("empty path".into());
             }
+            if value.contains('\0') {
+                return Err("a socket path cannot hold a NUL byte".into());
+            }
             Ok(Bind::Unix(PathBuf::from(value)))
         }
         _ => {

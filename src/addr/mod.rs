@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
-pub use size::{parse_duration, parse_size};
+pub use size::{check_idle_timeout, parse_duration, parse_size};
 
 pub use options::Options;
 
@@ -248,6 +248,12 @@ pub enum AddressError {
     EmptyPath(&'static str),
     #[error("UNIX socket path \"{path}\" is {len} bytes, longer than the kernel's 107")]
     PathTooLong { path: String, len: usize },
+    /// `path` is shown escaped (`\0`): a socket path is a C string, it cannot hold a NUL.
+    #[error("{kind} path \"{path}\" holds a NUL byte, which no socket path can")]
+    PathNul { kind: &'static str, path: String },
+    /// An allow list that can never match a peer of its listener (the message names both).
+    #[error("{0}")]
+    AllowNeverMatches(String),
     #[error("option \"{option}\" is not valid for {kind}")]
     OptionNotValid { option: String, kind: &'static str },
     #[error("option \"{option}\" needs a value ({option}{hint})")]
@@ -312,6 +318,12 @@ fn parse_path(text: &str, kind: &'static str) -> Result<PathBuf, AddressError> {
     if text.is_empty() {
         return Err(AddressError::EmptyPath(kind));
     }
+    if text.contains('\0') {
+        return Err(AddressError::PathNul {
+            kind,
+            path: text.replace('\0', "\\0"),
+        });
+    }
     if text.len() > UNIX_PATH_MAX {
         return Err(AddressError::PathTooLong {
             path: text.to_string(),
@@ -346,6 +358,12 @@ impl Address {
         let mut options = Options::default();
         for option in &raw.options {
             apply_option(&mut options, tag, option)?;
+        }
+        // After every option: `bind=` may come after `allow=`.
+        if let Some(allow) = &options.allow {
+            allow
+                .fits_listener(&kind, options.bind.as_ref())
+                .map_err(AddressError::AllowNeverMatches)?;
         }
         Ok(Address {
             text: text.to_string(),

@@ -48,6 +48,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The shortest inactivity timeout (`-T`, `idle-timeout`). A connection is idle between any
+/// two reads, so a timeout of zero, or under the millisecond, cuts every connection.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Checks an inactivity timeout, `token` being how it was written: the one check for the
+/// command line's `-T` and the file's `idle-timeout`, so the two cannot drift apart.
+pub fn check_idle_timeout(token: &str, timeout: Duration) -> Result<Duration, String> {
+    if timeout < MIN_IDLE_TIMEOUT {
+        return Err(format!(
+            "idle timeout \"{token}\" is less than 1 ms: a connection is idle between any two \
+             reads, so it would cut every one (leave the option out for no timeout)"
+        ));
+    }
+    Ok(timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +93,25 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
+    }
+
+    #[test]
+    fn idle_timeouts_of_zero_or_under_a_millisecond_are_refused_naming_the_token() {
+        assert_eq!(
+            check_idle_timeout("0.5", Duration::from_millis(500)),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            check_idle_timeout("1ms", MIN_IDLE_TIMEOUT),
+            Ok(MIN_IDLE_TIMEOUT)
+        );
+        let e = check_idle_timeout("0ms", Duration::ZERO).unwrap_err();
+        assert!(
+            e.starts_with("idle timeout \"0ms\" is less than 1 ms"),
+            "{e}"
+        );
+        let e = check_idle_timeout("1e-12", Duration::from_nanos(1)).unwrap_err();
+        assert!(e.contains("\"1e-12\" is less than 1 ms"), "{e}");
     }
 
     #[test]

@@ -52,10 +52,23 @@ pub struct Listener {
     socket: Socket,
     address: Address,
     local: SockAddr,
-    /// The UNIX socket file this listener created, removed on drop.
-    socket_file: Option<PathBuf>,
+    /// The UNIX socket file this listener created, with its device and inode, removed on
+    /// drop if that file is still the one at the path.
+    socket_file: Option<(PathBuf, FileId)>,
     /// Label accepted connections with their peer address (a getpeername per connection).
     peer_labels: bool,
+}
+
+/// A file's identity: device and inode, as lstat(2) gives them.
+type FileId = (u64, u64);
+
+/// The identity of the socket file at `path`, if a socket is there.
+fn socket_file_id(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
 }
 
 /// What stands at a UNIX-LISTEN path when it is not a socket (bind would only say "Address
@@ -77,54 +90,62 @@ fn not_a_socket(path: &std::path::Path) -> Option<&'static str> {
     }
 }
 
+/// Where a listening address binds, resolved as [`Listener::open`] binds it (a `bind=` host
+/// looked up now, the unspecified address of the family without one, the full path of a
+/// hybrid vsock listener), and the socket file it creates, if any.
+pub fn listen_local(address: &Address) -> Result<(SockAddr, Option<PathBuf>), Error> {
+    let opts = &address.options;
+    Ok(match &address.kind {
+        Kind::TcpListen { port, family } => {
+            let local = match &opts.bind {
+                Some(Bind::Inet { port: Some(p), .. }) if p != port => {
+                    return Err(Error::Usage(format!(
+                        "{}: bind port {p} differs from the listening port {port}",
+                        address.text
+                    )));
+                }
+                Some(Bind::Inet { host, .. }) => resolve_host(host, *port, *family)
+                    .map(|a| SockAddr::Inet(a[0]))
+                    .map_err(|source| Error::Resolve {
+                        address: address.text.clone(),
+                        source,
+                    })?,
+                _ => {
+                    let ip = match family {
+                        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        Family::V6 | Family::Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    };
+                    SockAddr::Inet(SocketAddr::new(ip, *port))
+                }
+            };
+            (local, None)
+        }
+        Kind::UnixListen { path } => (SockAddr::Unix(path.clone()), Some(path.clone())),
+        Kind::VsockUdsListen { path, port } => {
+            let full = PathBuf::from(format!("{}_{}", path.display(), port));
+            (SockAddr::Unix(full.clone()), Some(full))
+        }
+        Kind::VsockListen { port } => {
+            let cid = match &opts.bind {
+                Some(Bind::Vsock { cid: Some(c), .. }) => *c,
+                _ => libc::VMADDR_CID_ANY,
+            };
+            (SockAddr::Vsock { cid, port: *port }, None)
+        }
+        _ => {
+            return Err(Error::Usage(format!(
+                "{} is not a listening address",
+                address.text
+            )));
+        }
+    })
+}
+
 impl Listener {
     /// Binds and listens. Errors name the address and the OS error.
     pub fn open(address: &Address) -> Result<Listener, Error> {
         let opts = &address.options;
-        let (local, socket_file) = match &address.kind {
-            Kind::TcpListen { port, family } => {
-                let local = match &opts.bind {
-                    Some(Bind::Inet { port: Some(p), .. }) if p != port => {
-                        return Err(Error::Usage(format!(
-                            "{}: bind port {p} differs from the listening port {port}",
-                            address.text
-                        )));
-                    }
-                    Some(Bind::Inet { host, .. }) => resolve_host(host, *port, *family)
-                        .map(|a| SockAddr::Inet(a[0]))
-                        .map_err(|source| Error::Resolve {
-                            address: address.text.clone(),
-                            source,
-                        })?,
-                    _ => {
-                        let ip = match family {
-                            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                            Family::V6 | Family::Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                        };
-                        SockAddr::Inet(SocketAddr::new(ip, *port))
-                    }
-                };
-                (local, None)
-            }
-            Kind::UnixListen { path } => (SockAddr::Unix(path.clone()), Some(path.clone())),
-            Kind::VsockUdsListen { path, port } => {
-                let full = PathBuf::from(format!("{}_{}", path.display(), port));
-                (SockAddr::Unix(full.clone()), Some(full))
-            }
-            Kind::VsockListen { port } => {
-                let cid = match &opts.bind {
-                    Some(Bind::Vsock { cid: Some(c), .. }) => *c,
-                    _ => libc::VMADDR_CID_ANY,
-                };
-                (SockAddr::Vsock { cid, port: *port }, None)
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "{} is not a listening address",
-                    address.text
-                )));
-            }
-        };
+        let (local, socket_file) = listen_local(address)?;
         let fail = |source: io::Error| Error::Listen {
             address: address.text.clone(),
             local: local.to_string(),
@@ -172,6 +193,9 @@ impl Listener {
             Err(e) => return Err(fail(e)),
         };
         let local = socket.local_addr().unwrap_or(local);
+        // Recorded right after bind: at exit the path is removed only if it still names this
+        // file, not one another program put there after ours was removed.
+        let socket_file = socket_file.and_then(|path| socket_file_id(&path).map(|id| (path, id)));
         Ok(Listener {
             socket,
             address: address.clone(),
@@ -234,8 +258,12 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some(path) = &self.socket_file {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, id)) = &self.socket_file {
+            // unlink(2) cannot be told which inode to remove: a swap in the instant between
+            // this check and the unlink would still lose its file; any time before is safe.
+            if socket_file_id(path) == Some(*id) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -312,6 +340,29 @@ mod tests {
         assert!(err.to_string().contains("Address already in use"), "{err}");
         let _l = Listener::open(&Address::parse(&format!("{text},unlink-early")).unwrap()).unwrap();
         drop(_l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_unix_listener_leaves_alone_what_replaced_its_socket_file() {
+        let dir = std::env::temp_dir().join(format!("vsplice-replaced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l.sock");
+        let text = format!("UNIX-LISTEN:{}", path.display());
+        let l = Listener::open(&Address::parse(&text).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not vsplice's").unwrap();
+        drop(l);
+        assert_eq!(std::fs::read(&path).unwrap(), b"not vsplice's");
+        std::fs::remove_file(&path).unwrap();
+        // Another program's socket at the path is left alone too.
+        let l = Listener::open(&Address::parse(&text).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(l);
+        assert!(path.exists(), "their socket file stays");
+        drop(std::os::unix::net::UnixStream::connect(&path).unwrap());
+        drop(theirs);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

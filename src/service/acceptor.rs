@@ -16,6 +16,7 @@ use crate::engine::accept::{AcceptGroup, Admit};
 use crate::engine::{DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second};
 use crate::error::{Error, Result};
 use crate::net::admit::admit;
+use crate::net::bindkey::BindKey;
 use crate::net::open::Listener;
 use crate::sys::socket::Socket;
 use crate::warn;
@@ -111,6 +112,8 @@ pub struct Acceptor {
     /// The workers accept on this group (its listener is a duplicate of `listen`'s).
     group: Mutex<Option<Arc<AcceptGroup>>>,
     listen: Option<ListenSocket>,
+    /// What `listen` binds, for a reload to match new listen addresses against.
+    key: BindKey,
 }
 
 /// What a worker does with a socket it accepted for a service: the service it serves now.
@@ -132,6 +135,7 @@ impl Admit for ServiceAdmit {
 impl Acceptor {
     pub fn start(
         listen: ListenSocket,
+        key: BindKey,
         service: Arc<Service>,
         engine: Arc<Mutex<Engine>>,
     ) -> Result<Acceptor> {
@@ -140,6 +144,7 @@ impl Acceptor {
             current: Arc::new(Mutex::new(service)),
             group: Mutex::new(None),
             listen: Some(listen),
+            key,
         };
         *lock(&acceptor.group) = Some(acceptor.start_group()?);
         Ok(acceptor)
@@ -172,6 +177,11 @@ impl Acceptor {
         if let Some(group) = lock(&self.group).take() {
             lock(&self.engine).unlisten(&group);
         }
+    }
+
+    /// What the listening socket binds.
+    pub fn key(&self) -> &BindKey {
+        &self.key
     }
 
     /// The service new connections get.

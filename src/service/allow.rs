@@ -11,7 +11,7 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 
-use crate::addr::KindTag;
+use crate::addr::{Bind, Family, Kind, KindTag};
 use crate::sys::socket::{SockAddr, Socket};
 
 /// One entry of an allow list.
@@ -218,6 +218,50 @@ impl Allow {
     /// Whether `peer` may connect.
     pub fn permits(&self, peer: &Peer) -> bool {
         self.rules.iter().any(|r| r.permits(peer))
+    }
+
+    /// [`Allow::fits`], and for a TCP listener that every network is of an IP family the
+    /// listener can take: IPv4 only on `TCP4-LISTEN` or a socket bound to an IPv4 address,
+    /// IPv6 only on a socket bound to a (non-wildcard) IPv6 address; the wildcard of
+    /// `TCP-LISTEN` and `TCP6-LISTEN` is dual-stack and takes both. A `bind=` host name is
+    /// not looked up here: its family is known when the socket opens.
+    pub fn fits_listener(&self, listen: &Kind, bind: Option<&Bind>) -> Result<(), String> {
+        self.fits(listen.tag())?;
+        let Kind::TcpListen { family, .. } = listen else {
+            return Ok(());
+        };
+        let bound = match bind {
+            Some(Bind::Inet { host, .. }) => {
+                host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+            }
+            _ => None,
+        };
+        let (v4, v6) = match (family, bound) {
+            (_, Some(IpAddr::V4(_))) | (Family::V4, _) => (true, false),
+            (_, Some(IpAddr::V6(ip))) if !ip.is_unspecified() => (false, true),
+            _ => (true, true),
+        };
+        let never = self.rules.iter().find(|r| match r {
+            AllowRule::Net { addr, .. } => (addr.is_ipv4() && !v4) || (addr.is_ipv6() && !v6),
+            _ => false,
+        });
+        match never {
+            Some(rule) => {
+                let (entry, takes) = if v4 {
+                    ("an IPv6 network", "IPv4 peers only")
+                } else {
+                    ("an IPv4 network", "IPv6 peers only")
+                };
+                let listener = match bound {
+                    Some(ip) => format!("a {} listener bound to {ip}", listen.tag().name()),
+                    None => format!("a {} listener", listen.tag().name()),
+                };
+                Err(format!(
+                    "allow entry \"{rule}\" is {entry} and never matches: {listener} takes {takes}"
+                ))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Checks that every entry can match peers of the listening address type `tag`:

@@ -15,9 +15,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use crate::addr::{Address, Bind, Kind, parse_duration, parse_size};
+use crate::addr::{Address, AddressError, Kind, parse_duration, parse_size};
 use crate::engine::Mode;
 use crate::error::Error;
+use crate::net::bindkey::BindKey;
 use crate::service::allow::Allow;
 
 /// How long connections may go on after a stop before they are cut, when the file says nothing.
@@ -344,7 +345,7 @@ pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
     let metrics = match &raw.metrics {
         Some(m) => {
             let text = &m.get_ref().listen;
-            let address = listening_address(&src, text, "metrics.listen")?;
+            let address = listening_address(&src, text, "metrics.listen", None)?;
             if let Kind::AcceptFd { .. } = address.kind {
                 return Err(src.at(
                     text,
@@ -361,10 +362,11 @@ pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
     }
     let mut services: Vec<ServicePlan> = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    // Listening addresses taken so far, with who took them.
-    let mut taken: Vec<(Address, String)> = Vec::new();
-    if let Some(m) = &metrics {
-        taken.push((m.clone(), "[metrics]".to_string()));
+    // Sockets taken so far: what each binds, with who took it and how it was written.
+    let mut taken: Vec<(BindKey, String)> = Vec::new();
+    if let (Some(m), Some(raw)) = (&metrics, &raw.metrics) {
+        let key = bind_key(&src, m, &raw.get_ref().listen, "metrics.listen")?;
+        taken.push((key, "[metrics]".to_string()));
     }
     for raw_service in &raw.service {
         let service = resolve_service(&src, raw_service.get_ref(), &global.defaults)?;
@@ -380,23 +382,20 @@ pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
             ));
         }
         let listen = &raw_service.get_ref().listen;
-        if let Some((_, owner)) = taken
-            .iter()
-            .find(|(a, _)| same_listening_socket(a, &service.listen))
-        {
+        let key = bind_key(&src, &service.listen, listen, "listen")?;
+        if let Some((_, owner)) = taken.iter().find(|(k, _)| k.collides(&key)) {
             return Err(src.at(
                 listen,
                 "listen",
                 format!(
-                    "\"{}\" listens where {owner} already does",
-                    service.listen.text
+                    "service \"{}\": \"{}\" would bind {}, where {owner} already listens",
+                    service.name,
+                    service.listen.text,
+                    shown(&key),
                 ),
             ));
         }
-        taken.push((
-            service.listen.clone(),
-            format!("service \"{}\"", service.name),
-        ));
+        taken.push((key, format!("service \"{}\"", service.name)));
         services.push(service);
     }
     Ok(ServePlan {
@@ -424,7 +423,7 @@ fn resolve_service(
             format!("\"{name}\" is not a service name (letters, digits, - _ . only)"),
         ));
     }
-    let mut listen = listening_address(src, &raw.listen, "listen")?;
+    let mut listen = listening_address(src, &raw.listen, "listen", Some(name))?;
     if !listen.options.fork {
         return Err(src.at(
             &raw.listen,
@@ -435,7 +434,7 @@ fn resolve_service(
             ),
         ));
     }
-    let connect = parse_address(src, &raw.connect, "connect")?;
+    let connect = parse_address(src, &raw.connect, "connect", Some(name))?;
     if connect.is_listener() || !connect.is_connector() {
         return Err(src.at(
             &raw.connect,
@@ -475,8 +474,8 @@ fn resolve_service(
             ));
         };
         allow
-            .fits(listen.kind.tag())
-            .map_err(|e| src.at(entries, "allow", e))?;
+            .fits_listener(&listen.kind, listen.options.bind.as_ref())
+            .map_err(|e| src.at(entries, "allow", format!("service \"{name}\": {e}")))?;
         listen.options.allow = Some(allow);
     }
     crate::relay::check_pair(&listen, &connect)
@@ -499,12 +498,26 @@ fn resolve_service(
     })
 }
 
-fn parse_address(src: &Source, text: &Spanned<String>, key: &str) -> Result<Address, ConfigError> {
+/// Parses an address of the file; `service` names the service it belongs to in errors about
+/// what the address text itself cannot hold (a NUL in a path).
+fn parse_address(
+    src: &Source,
+    text: &Spanned<String>,
+    key: &str,
+    service: Option<&str>,
+) -> Result<Address, ConfigError> {
     Address::parse(text.get_ref()).map_err(|e| {
+        let whose = match (&e, service) {
+            (AddressError::PathNul { .. }, Some(name)) => format!("service \"{name}\": "),
+            _ => String::new(),
+        };
         src.at(
             text,
             key,
-            format!("invalid address \"{}\": {e}", text.get_ref()),
+            format!(
+                "{whose}invalid address \"{}\": {e}",
+                text.get_ref().replace('\0', "\\0")
+            ),
         )
     })
 }
@@ -513,45 +526,31 @@ fn listening_address(
     src: &Source,
     text: &Spanned<String>,
     key: &str,
+    service: Option<&str>,
 ) -> Result<Address, ConfigError> {
-    let address = parse_address(src, text, key)?;
+    let address = parse_address(src, text, key, service)?;
     if !address.is_listener() {
         return Err(src.at(text, key, format!("\"{}\" does not listen", address.text)));
     }
     Ok(address)
 }
 
-/// Whether two listening addresses would bind the same socket (the second would fail with
-/// "address in use" at run time, or worse, share it with SO_REUSEPORT).
-fn same_listening_socket(a: &Address, b: &Address) -> bool {
-    fn overlap<T: PartialEq>(x: Option<T>, y: Option<T>) -> bool {
-        match (x, y) {
-            (Some(x), Some(y)) => x == y,
-            // An unbound listener takes every local address, so it meets any other.
-            _ => true,
-        }
-    }
-    let inet_host = |a: &Address| match &a.options.bind {
-        Some(Bind::Inet { host, .. }) => Some(host.clone()),
-        _ => None,
-    };
-    let vsock_cid = |a: &Address| match &a.options.bind {
-        Some(Bind::Vsock { cid, .. }) => *cid,
-        _ => None,
-    };
-    match (&a.kind, &b.kind) {
-        (Kind::TcpListen { port: p, .. }, Kind::TcpListen { port: q, .. }) => {
-            *p != 0 && p == q && overlap(inet_host(a), inet_host(b))
-        }
-        (Kind::VsockListen { port: p }, Kind::VsockListen { port: q }) => {
-            *p != u32::MAX && p == q && overlap(vsock_cid(a), vsock_cid(b))
-        }
-        (Kind::UnixListen { path: p }, Kind::UnixListen { path: q }) => p == q,
-        (Kind::VsockUdsListen { path: p, port: x }, Kind::VsockUdsListen { path: q, port: y }) => {
-            p == q && x == y
-        }
-        (Kind::AcceptFd { fd: x }, Kind::AcceptFd { fd: y }) => x == y,
-        _ => false,
+/// What a listening address binds, resolved now (a `bind=` name is looked up, as opening it
+/// would): two services whose sockets collide cannot both start.
+fn bind_key(
+    src: &Source,
+    address: &Address,
+    text: &Spanned<String>,
+    key: &str,
+) -> Result<BindKey, ConfigError> {
+    BindKey::of(address).map_err(|e| src.at(text, key, e.to_string()))
+}
+
+/// A bind key as a message shows it.
+fn shown(key: &BindKey) -> String {
+    match key {
+        BindKey::Local(local) => local.to_string(),
+        BindKey::Fd(fd) => format!("descriptor {fd}"),
     }
 }
 
@@ -560,7 +559,13 @@ fn relay_options(src: &Source, items: [&Item; 5]) -> Result<RelayOptions, Config
     let [idle, linger, one_way, buffer, mode] = items;
     let mut out = RelayOptions::default();
     if let Some(v) = idle {
-        out.idle_timeout = Some(duration(src, v, "idle-timeout")?);
+        let timeout = duration(src, v, "idle-timeout")?;
+        // As written in the file: TOML would print 1e-12 back as 0.000000000001.
+        let token = src.text[v.span()].trim_matches(['"', '\'']);
+        out.idle_timeout = Some(
+            crate::addr::check_idle_timeout(token, timeout)
+                .map_err(|e| src.at(v, "idle-timeout", e))?,
+        );
     }
     if let Some(v) = linger {
         out.linger = Some(duration(src, v, "linger")?);

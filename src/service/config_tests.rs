@@ -221,7 +221,8 @@ fn duplicate_names_and_shared_listening_addresses_are_refused() {
             ("a", "TCP-L:1,fork"),
             ("b", "TCP6-LISTEN:1,fork,bind=[::1]")
         )),
-        "t.toml:7: listen: \"TCP6-LISTEN:1,fork,bind=[::1]\" listens where service \"a\" already does"
+        "t.toml:7: listen: service \"b\": \"TCP6-LISTEN:1,fork,bind=[::1]\" would bind [::1]:1, \
+         where service \"a\" already listens"
     );
     for (x, y) in [
         ("UNIX-L:/s,fork", "UNIX-LISTEN:/s,fork,unlink-early"),
@@ -229,7 +230,7 @@ fn duplicate_names_and_shared_listening_addresses_are_refused() {
         ("ACCEPT-FD:3,fork", "ACCEPT-FD:3,fork,max-children=2"),
     ] {
         assert!(
-            error(&two(("a", x), ("b", y))).contains("listens where"),
+            error(&two(("a", x), ("b", y))).contains("already listens"),
             "{x} {y}"
         );
     }
@@ -247,7 +248,8 @@ fn duplicate_names_and_shared_listening_addresses_are_refused() {
     );
     assert_eq!(
         e,
-        "t.toml:5: listen: \"TCP-L:9464,fork\" listens where [metrics] already does"
+        "t.toml:5: listen: service \"m\": \"TCP-L:9464,fork\" would bind [::]:9464, where \
+         [metrics] already listens"
     );
 }
 
@@ -269,7 +271,7 @@ fn allow_entries_are_checked_against_the_listener() {
     );
     let e = error(&svc("TCP-L:1,fork", "[\"cid:3\"]"));
     assert!(
-        e.starts_with("t.toml:5: allow: allow entry \"cid:3\" is for vsock peers and never matches a TCP-LISTEN listener"),
+        e.starts_with("t.toml:5: allow: service \"a\": allow entry \"cid:3\" is for vsock peers and never matches a TCP-LISTEN listener"),
         "{e}"
     );
     assert!(error(&svc("TCP-L:1,fork", "[]")).contains("would refuse everyone"));

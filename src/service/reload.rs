@@ -5,8 +5,10 @@
 //! (its listening socket closes) while its connections may finish for the drain timeout
 //! (then they are cut with resets, as at a stop signal), and one whose
 //! entry changed serves new connections with the new entry. Listening sockets are matched by
-//! the listen address as written: a service that keeps its address keeps its socket (no
-//! connection attempt is refused meanwhile), even under a new name. Everything that can fail
+//! what they bind ([`BindKey`]: the resolved local address, not the text, so a listen address
+//! re-spelt, in other case or with its options reordered, is the same socket): a service that
+//! keeps its address keeps its socket (no connection attempt is refused meanwhile), even under
+//! a new name, and its new allow list and target apply from the next connection. Everything that can fail
 //! (reading the file, opening new listening sockets) happens before anything changes, so a
 //! reload that fails leaves the old services running as they were.
 //!
@@ -18,32 +20,35 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::acceptor::{ListenSocket, Service};
-use super::config::ServePlan;
+use super::config::{ServePlan, ServicePlan};
 use super::run::Server;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::net::bindkey::BindKey;
 use crate::{notice, warn};
 
 /// Reloads `server.plan.file`; returns a summary ("1 added, 1 removed, 0 changed").
 pub fn reload(server: &mut Server) -> Result<String> {
     let plan = ServePlan::load(&server.plan.file).map_err(Error::from)?;
     warn_about_global_changes(&server.plan, &plan);
-    // The running services' listen addresses, and which service holds each.
-    let held: HashMap<String, String> = server
+    // The sockets the running services listen on, and which service holds each.
+    let held: Vec<(BindKey, String)> = server
         .services
-        .values()
-        .map(|a| {
-            let s = a.service();
-            (s.plan.listen.text.clone(), s.plan.name.clone())
-        })
+        .iter()
+        .map(|(name, a)| (a.key().clone(), name.clone()))
         .collect();
-    // Stage 1: open what is new. Dropping `opened` on failure closes those sockets again.
+    let holder = |key: &BindKey| held.iter().find(|(k, _)| k == key).map(|(_, n)| n);
+    // Stage 1: resolve every listen address, open what is new. Dropping `opened` on failure
+    // closes those sockets again.
+    let mut keys: HashMap<String, BindKey> = HashMap::new();
     let mut opened: HashMap<String, ListenSocket> = HashMap::new();
     for s in &plan.services {
-        if !held.contains_key(&s.listen.text) {
+        let key = BindKey::of(&s.listen)?;
+        if holder(&key).is_none() {
             let socket = server.open_listener(s)?;
             opened.insert(s.name.clone(), socket);
         }
+        keys.insert(s.name.clone(), key);
     }
     // Stage 2: nothing below fails for a reason the old configuration would not share.
     let mut old: HashMap<String, _> = server.services.drain().collect();
@@ -65,10 +70,11 @@ pub fn reload(server: &mut Server) -> Result<String> {
             start.push((s.clone(), socket));
             continue;
         }
-        let holder = &held[&s.listen.text];
+        let holder = holder(&keys[&s.name]).expect("a socket not opened is held");
         let acceptor = old
             .remove(holder)
-            .expect("held addresses belong to running services");
+            .expect("held sockets belong to running services");
+        warn_about_kept_socket(&acceptor.service().plan, s);
         if holder == &s.name {
             if acceptor.service().plan == *s {
                 unchanged += 1;
@@ -103,7 +109,8 @@ pub fn reload(server: &mut Server) -> Result<String> {
         removed += 1;
     }
     for (s, socket) in start {
-        server.start_service(&s, socket)?;
+        let key = keys.remove(&s.name).expect("every new service has its key");
+        server.start_service(&s, socket, key)?;
     }
     server.plan = plan;
     Ok(format!(
@@ -145,6 +152,36 @@ fn cut_after(name: String, service: Arc<Service>, engine: Weak<Mutex<Engine>>, w
         });
     if let Err(e) = spawned {
         warn!("{label}: cannot time its drain ({e}); its connections run to their end");
+    }
+}
+
+/// A kept listening socket keeps the options it was opened with: says which of those the new
+/// entry changes (its allow list, `max-children` and per-connection options do apply).
+fn warn_about_kept_socket(running: &ServicePlan, new: &ServicePlan) {
+    let (a, b) = (&running.listen.options, &new.listen.options);
+    let mut kept = Vec::new();
+    if a.backlog != b.backlog {
+        kept.push("backlog");
+    }
+    if a.reuseaddr != b.reuseaddr {
+        kept.push("reuseaddr");
+    }
+    if a.reuseport != b.reuseport {
+        kept.push("reuseport");
+    }
+    if a.rcvbuf != b.rcvbuf {
+        kept.push("rcvbuf");
+    }
+    if a.sndbuf != b.sndbuf {
+        kept.push("sndbuf");
+    }
+    if !kept.is_empty() {
+        warn!(
+            "{}: keeps its listening socket; {} apply to a new socket only (restart, or move \
+             the service to another address)",
+            new.name,
+            kept.join(", ")
+        );
     }
 }
 

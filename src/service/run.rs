@@ -20,6 +20,7 @@ use super::observer::ServiceObserver;
 use crate::addr::Kind;
 use crate::engine::{Engine, Shared};
 use crate::error::{Error, Result};
+use crate::net::bindkey::BindKey;
 use crate::net::open::Listener;
 use crate::sys::pipe::Pipe;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
@@ -78,11 +79,16 @@ impl Server {
         }
     }
 
-    /// Starts an acceptor for `s` on `listen`.
-    pub fn start_service(&mut self, s: &ServicePlan, listen: ListenSocket) -> Result<()> {
+    /// Starts an acceptor for `s` on `listen`, the socket `key` names.
+    pub fn start_service(
+        &mut self,
+        s: &ServicePlan,
+        listen: ListenSocket,
+        key: BindKey,
+    ) -> Result<()> {
         let observer = self.observer(&s.name)?;
         let service = Arc::new(Service::new(s, observer));
-        let acceptor = Acceptor::start(listen, service, self.engine.clone())?;
+        let acceptor = Acceptor::start(listen, key, service, self.engine.clone())?;
         self.services.insert(s.name.clone(), acceptor);
         Ok(())
     }
@@ -133,10 +139,11 @@ pub fn run(plan: &ServePlan) -> Result<ExitCode> {
     // Every listener opens before any service runs, so a bad one fails the start.
     let mut listeners = Vec::new();
     for s in &plan.services {
-        listeners.push(server.open_listener(s)?);
+        let key = BindKey::of(&s.listen)?;
+        listeners.push((server.open_listener(s)?, key));
     }
-    for (s, listen) in plan.services.iter().zip(listeners) {
-        server.start_service(s, listen)?;
+    for (s, (listen, key)) in plan.services.iter().zip(listeners) {
+        server.start_service(s, listen, key)?;
     }
     sample_engine(
         &server.metrics,
