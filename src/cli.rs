@@ -291,6 +291,8 @@ pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
 
 /// `main` for the binary: parse, plan, run, map errors to exit codes.
 pub fn main() -> ExitCode {
+    // Before anything opens a descriptor: later, 3, 4, ... may be vsplice's own.
+    crate::sys::systemd::adopt_listen_fds();
     let args = match options_after_bench(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {

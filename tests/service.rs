@@ -1193,3 +1193,136 @@ fn a_service_renamed_with_its_address_cuts_the_old_names_open_connection_after_t
     reads_a_reset(&mut open, &relay, "the old name's connection");
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+/// Starts `vsplice ARGS -dd` socket-activated by hand: `fds` at descriptors 3, 4, ...,
+/// `LISTEN_FDS` as given (which may claim more than were passed), and `LISTEN_PID` the
+/// process's own pid (a shell sets it to `$$` and execs vsplice, which keeps the pid), or
+/// `listen_pid` when given.
+fn hand_activated(
+    fds: &[std::os::fd::OwnedFd],
+    listen_fds: &str,
+    listen_pid: Option<&str>,
+    args: &[&str],
+) -> common::Relay {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut command = Command::new("sh");
+    let pid = listen_pid.map_or("$$".to_string(), |p| p.to_string());
+    command
+        .arg("-c")
+        .arg(format!("export LISTEN_PID={pid}; exec \"$0\" \"$@\""))
+        .arg(vsplice_bin())
+        .env("LISTEN_FDS", listen_fds)
+        .env_remove("LISTEN_FDNAMES");
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2) are made, on
+    // descriptors that are open in the child. The sources move above 100 first, so placing
+    // one at 3 + i never overwrites a source not yet placed; dup2 clears close-on-exec.
+    unsafe {
+        command.pre_exec(move || {
+            let mut high = Vec::with_capacity(0);
+            for &fd in &raw {
+                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (i, &h) in high.iter().enumerate() {
+                if libc::dup2(h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    common::Relay::spawn_command(command, args)
+}
+
+/// Waits for a hand-activated vsplice that must refuse its descriptors: a non-zero exit
+/// within the (generous) bound, and its log.
+fn refused(mut relay: common::Relay) -> String {
+    let status = relay.wait_exit(std::time::Duration::from_secs(30));
+    let log = relay.log();
+    assert!(!status.success(), "{status}; stderr:\n{log}");
+    log
+}
+
+#[test]
+fn a_listen_fds_count_larger_than_what_was_passed_is_refused_naming_the_missing_descriptor() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Only descriptor 3 is passed; 4 and 5 would be vsplice's own signalfds, taken as
+    // inherited sockets (two owners each) before the fix.
+    let relay = hand_activated(
+        &[listener.into()],
+        "3",
+        None,
+        &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"],
+    );
+    let log = refused(relay);
+    assert!(
+        log.contains("LISTEN_FDS=3 names descriptor 4, which is not open"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_passed_seqpacket_listener_is_refused_naming_its_descriptor_and_type() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let dir = Scratch::new("seqpacket");
+    let path = dir.path("seqpacket.sock");
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(8).unwrap()).unwrap();
+    let relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"]);
+    let log = refused(relay);
+    assert!(
+        log.contains("descriptor 3, which is a SOCK_SEQPACKET socket"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_passed_socket_that_is_not_listening_is_refused_naming_its_descriptor() {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let dir = Scratch::new("not-listening");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"x\"\nlisten = \"ACCEPT-FD:3,fork\"\nconnect = \"TCP:127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let relay = hand_activated(
+        &[a.into()],
+        "1",
+        None,
+        &["serve", "--config", config.to_str().unwrap()],
+    );
+    let log = refused(relay);
+    assert!(
+        log.contains("descriptor 3, which is a stream socket that is not listening"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sockets_meant_for_another_process_are_not_taken_and_the_error_says_why() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = hand_activated(
+        &[listener.into()],
+        "1",
+        Some("1"),
+        &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"],
+    );
+    let log = refused(relay);
+    assert!(log.contains("LISTEN_PID=1 is not this process"), "{log}");
+}
