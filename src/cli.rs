@@ -303,9 +303,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     crate::log::set_verbosity(cli.debug);
     match plan(cli).and_then(run) {
-        Ok(code) => code,
+        Ok(code) => {
+            // The last lines sit in the log queue; a stuck standard error holds the exit
+            // for a bounded time only.
+            crate::log::flush(crate::log::FLUSH_TIMEOUT);
+            code
+        }
         Err(e) => {
-            eprintln!("vsplice: {e}");
+            crate::log::final_message(&format!("vsplice: {e}"));
             ExitCode::from(e.exit_code())
         }
     }

@@ -254,6 +254,7 @@ fn sample_engine(
         let busy = shared.busy.load(Ordering::Relaxed);
         let cap = budget.and_then(|b| b.cap(busy)).unwrap_or(0);
         engine.receive_cap_bytes.set(cap as i64);
+        engine.sample_log_lines_dropped(crate::log::dropped_total());
     });
 }
 
