@@ -287,6 +287,8 @@ pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
 
 /// `main` for the binary: parse, plan, run, map errors to exit codes.
 pub fn main() -> ExitCode {
+    // Before anything opens a descriptor: later, 3, 4, ... may be vsplice's own.
+    crate::sys::systemd::adopt_listen_fds();
     let args = match options_after_bench(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
@@ -297,9 +299,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     crate::log::set_verbosity(cli.debug);
     match plan(cli).and_then(run) {
-        Ok(code) => code,
+        Ok(code) => {
+            // The last lines sit in the log queue; a stuck standard error holds the exit
+            // for a bounded time only.
+            crate::log::flush(crate::log::FLUSH_TIMEOUT);
+            code
+        }
         Err(e) => {
-            eprintln!("vsplice: {e}");
+            crate::log::final_message(&format!("vsplice: {e}"));
             ExitCode::from(e.exit_code())
         }
     }

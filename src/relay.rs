@@ -423,13 +423,14 @@ fn wait_idle(engine: &Engine, signals: &StopSignals, drain_timeout: Duration) ->
 }
 
 fn print_totals(shared: &Shared) {
-    eprintln!(
-        "vsplice: total: {} connections ({} failed), {} bytes first->second, {} bytes second->first",
+    // After the connections' own lines, which went through the log queue.
+    crate::log::line(format!(
+        "vsplice: total: {} connections ({} failed), {} bytes first->second, {} bytes second->first\n",
         shared.served.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed),
         shared.failed.load(Ordering::Relaxed),
         shared.bytes[0].load(Ordering::Relaxed),
         shared.bytes[1].load(Ordering::Relaxed),
-    );
+    ));
 }
 
 /// Stops the engine (cutting what is still open with resets) and picks the exit status: 1 when the only connection of a non-forking

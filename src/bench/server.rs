@@ -91,7 +91,7 @@ pub fn serve(listener: Listener, signals: &StopSignals) -> std::io::Result<()> {
                         .stack_size(256 * 1024)
                         .spawn(move || {
                             if let Err(e) = handle(endpoint, &sessions) {
-                                warn!("bench server: {peer}: {e}");
+                                crate::limited!(Warn, "bench server: {peer}: {e}");
                             }
                         });
                     if let Err(e) = spawned {

@@ -9,7 +9,7 @@ use super::Shared;
 use super::conn::{CloseReason, Conn, PerDir};
 use super::direction::Direction;
 use crate::net::dial::DialError;
-use crate::{error, notice, warn};
+use crate::{error, limited, notice};
 
 /// What the owner of a relay learns about each of its connections as it happens (service
 /// mode's per-service metrics), through [`super::RelayOptions::observer`]. Called on worker
@@ -45,7 +45,8 @@ pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, s
         if options.single_connection {
             error!("{reason}");
         } else {
-            warn!("conn {id} ({label}) closed: {reason}");
+            // A peer can cause one per connection (failed dials, resets): rate-limited.
+            limited!(Warn, "conn {id} ({label}) closed: {reason}");
         }
     } else {
         shared.served.fetch_add(1, Ordering::Relaxed);
@@ -59,8 +60,9 @@ pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, s
         observer.closed(reason, conn.started.elapsed());
     }
     if options.stats {
-        eprintln!(
-            "vsplice: conn {id} ({label}): {forward} bytes first->second, {backward} bytes second->first, {secs:.3} s, {reason}"
-        );
+        // Through the log queue: a worker never blocks on standard error.
+        crate::log::line(format!(
+            "vsplice: conn {id} ({label}): {forward} bytes first->second, {backward} bytes second->first, {secs:.3} s, {reason}\n"
+        ));
     }
 }

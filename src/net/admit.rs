@@ -8,11 +8,11 @@
 //! for the backend's answer. (A UNIX or vsock peer cannot be reset; it reads end of file.)
 
 use crate::addr::{Address, Kind};
+use crate::limited;
 use crate::net::endpoint::Endpoint;
 use crate::net::sockopt::apply_connected_options;
 use crate::service::allow::Peer;
 use crate::sys::socket::Socket;
-use crate::warn;
 
 /// Checks `socket`, accepted on `listen`, against its allow list and makes it an endpoint;
 /// `None`: refused (logged, and closed with a reset). `name` names the listener in logs;
@@ -23,8 +23,8 @@ pub fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Optio
         if !peer.as_ref().is_ok_and(|p| allow.permits(p)) {
             match peer {
                 // Logged at -d: refusals are what an operator looks for.
-                Ok(p) => warn!("{name}: {p} refused by the allow list"),
-                Err(e) => warn!("{name}: peer unknown ({e}): refused"),
+                Ok(p) => limited!(Warn, "{name}: {p} refused by the allow list"),
+                Err(e) => limited!(Warn, "{name}: peer unknown ({e}): refused"),
             }
             refuse(socket);
             return None;
@@ -32,7 +32,7 @@ pub fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Optio
     }
     if matches!(listen.kind, Kind::TcpListen { .. }) {
         if let Err(e) = apply_connected_options(&socket, &listen.options) {
-            warn!("{name}: socket options: {e}");
+            limited!(Warn, "{name}: socket options: {e}");
         }
     }
     let label = label

@@ -102,6 +102,19 @@ pub struct EngineGauges {
     pub pipes_in_use: Gauge,
     /// The receive budget's current per-socket cap in bytes; 0 when uncapped.
     pub receive_cap_bytes: Gauge,
+    /// Log lines dropped because standard error did not keep up (sampled from
+    /// [`crate::log::dropped_total`] with [`EngineGauges::sample_log_lines_dropped`]).
+    pub log_lines_dropped: Counter,
+}
+
+impl EngineGauges {
+    /// Brings the dropped-lines counter up to `total` (it only ever grows).
+    pub fn sample_log_lines_dropped(&self, total: u64) {
+        let seen = self.log_lines_dropped.get();
+        if total > seen {
+            self.log_lines_dropped.inc_by(total - seen);
+        }
+    }
 }
 
 type ScrapeHook = Box<dyn Fn(&EngineGauges) + Send + Sync>;
@@ -205,6 +218,11 @@ impl Metrics {
             "Per-socket TCP receive buffer the receive budget sets now (0: uncapped)",
             Unit::Bytes,
             e.receive_cap_bytes.clone(),
+        );
+        r.register(
+            "log_lines_dropped",
+            "Log lines dropped because standard error did not keep up",
+            e.log_lines_dropped.clone(),
         );
         m
     }
@@ -364,6 +382,7 @@ mod tests {
             "vsplice_dial_latency_seconds_count{service=\"api\"} 1",
             "vsplice_engine_workers 4",
             "vsplice_engine_receive_cap_bytes 0",
+            "vsplice_log_lines_dropped_total 0",
         ] {
             assert!(
                 text.contains(&format!("{line}\n")),

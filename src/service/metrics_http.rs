@@ -96,7 +96,7 @@ fn serve(listener: Listener, metrics: Arc<Metrics>, stop: &EventFd) {
                 match Peer::of(&socket) {
                     Ok(peer) if allow.permits(&peer) => {}
                     Ok(peer) => {
-                        crate::info!("metrics: {peer} refused by the allow list");
+                        crate::limited!(Info, "metrics: {peer} refused by the allow list");
                         continue;
                     }
                     Err(_) => continue,

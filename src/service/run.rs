@@ -24,7 +24,9 @@ use crate::net::bindkey::BindKey;
 use crate::net::open::Listener;
 use crate::sys::pipe::Pipe;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
-use crate::sys::systemd::{Notifier, ReloadSignal, Watchdog, inherited_listener, take_listen_fds};
+use crate::sys::systemd::{
+    Notifier, ReloadSignal, Watchdog, inherited_listener, take_listen_fds, why_no_listen_fds,
+};
 use crate::{notice, warn};
 
 /// Everything a running `serve` holds.
@@ -61,9 +63,12 @@ impl Server {
         match s.listen.kind {
             Kind::AcceptFd { fd } => {
                 let owned = self.inherited.remove(&fd).ok_or_else(|| {
+                    let why = why_no_listen_fds()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default();
                     Error::Usage(format!(
                         "service \"{}\": {}: descriptor {fd} was not passed by the service \
-                         manager (LISTEN_FDS), or another service took it",
+                         manager (LISTEN_FDS){why}, or another service took it",
                         s.name, s.listen.text
                     ))
                 })?;
@@ -256,6 +261,7 @@ fn sample_engine(
         let busy = shared.busy.load(Ordering::Relaxed);
         let cap = budget.and_then(|b| b.cap(busy)).unwrap_or(0);
         engine.receive_cap_bytes.set(cap as i64);
+        engine.sample_log_lines_dropped(crate::log::dropped_total());
     });
 }
 

@@ -91,3 +91,10 @@ impl AsFd for StopSignals {
 pub fn unblock_stop_signals() -> io::Result<()> {
     pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None).map_err(from_nix)
 }
+
+/// Blocks every signal in the calling thread, for a helper thread that may start before
+/// [`StopSignals::install`]: a thread with a stop signal unblocked would take it with its
+/// default action (the end of the process) instead of leaving it to the signalfd.
+pub fn block_all_in_this_thread() -> io::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None).map_err(from_nix)
+}

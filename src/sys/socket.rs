@@ -279,19 +279,7 @@ impl Socket {
 
     /// Reads an integer socket option.
     pub fn get_int(&self, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `value` and `len` are live locals the kernel writes at most `len` bytes to.
-        cvt(unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        })?;
-        Ok(value)
+        get_int_option(self.fd.as_fd(), level, name)
     }
 
     /// Sets a socket option whose value is a u64 (vsock buffer sizes and timeouts).
@@ -373,6 +361,29 @@ fn wait_for(
             Err(e) => return Err(from_nix(e)),
         }
     }
+}
+
+/// Reads an integer socket option of any descriptor (one not yet known to be a socket:
+/// ENOTSOCK then), without taking or duplicating it.
+pub fn get_int_option(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live locals the kernel writes at most `len` bytes to;
+    // `fd` is borrowed, so it stays open for the call.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
 }
 
 /// Connects `socket` to `addr`, waiting at most `timeout` (or for ever). The socket stays

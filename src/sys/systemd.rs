@@ -5,19 +5,21 @@
 //!
 //! Both are pure environment-plus-socket protocols, so they also work under
 //! `systemd-socket-activate` or any other supervisor that speaks them, with no PID 1 needed.
-//! Inherited descriptors are taken once per process (a second call gets nothing), marked
-//! close-on-exec and non-blocking, and checked to be listening sockets.
+//! Inherited descriptors are taken once per process, at its start, before it opens any of
+//! its own (a second call gets nothing), marked close-on-exec and non-blocking, and checked
+//! to be listening stream sockets.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 
-use super::socket::Socket;
+use super::socket::{Socket, get_int_option};
 use super::{cvt, from_nix};
 
 /// The first inherited descriptor (SD_LISTEN_FDS_START).
@@ -166,6 +168,10 @@ pub struct ActivatedSocket {
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
+/// What [`adopt_listen_fds`] took at the start of the process, until [`take_listen_fds`]
+/// hands it out.
+static ADOPTED: Mutex<Option<io::Result<Vec<ActivatedSocket>>>> = Mutex::new(None);
+
 /// Which descriptors the environment says are ours: `LISTEN_FDS` of them from 3, if
 /// `LISTEN_PID` is `pid`. Names come from `LISTEN_FDNAMES` (colon-separated).
 pub fn parse_listen_env(
@@ -209,9 +215,54 @@ pub fn parse_listen_env(
         .collect())
 }
 
-/// Takes the sockets the service manager passed (empty when none were, or when they were
-/// taken already). Each becomes close-on-exec at once.
+/// Takes the sockets the service manager passed, before the process opens any descriptor
+/// of its own: call it first thing in `main`. Later, descriptors 3, 4, ... may be vsplice's
+/// own (its signalfds, its engine's rings), and a `LISTEN_FDS` larger than what was really
+/// passed would make them "inherited" too, with two owners that both close them. Each
+/// descriptor must be open and a listening stream socket, else the whole set is refused
+/// (a service manager that passes something else is misconfigured, and guessing which of
+/// them it meant is how a socket gets two owners). The result, sockets or error, waits for
+/// [`take_listen_fds`]; it matters only to a run that asks for an `ACCEPT-FD`.
+pub fn adopt_listen_fds() {
+    let mut slot = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !TAKEN.swap(true, Ordering::SeqCst) {
+        *slot = Some(adopt());
+    }
+}
+
+/// The sockets the service manager passed (empty when none were, or when they were taken
+/// already): those [`adopt_listen_fds`] took at the start of the process, or, if it was not
+/// called, taken now (with the same checks). Each is close-on-exec.
 pub fn take_listen_fds() -> io::Result<Vec<ActivatedSocket>> {
+    let mut slot = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(adopted) = slot.take() {
+        return adopted;
+    }
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    adopt()
+}
+
+/// Why the environment passed no descriptors to this process, for an error message:
+/// `None` when it passed some.
+pub fn why_no_listen_fds() -> Option<String> {
+    let Some(pid) = std::env::var("LISTEN_PID").ok() else {
+        return Some("LISTEN_PID is not set".into());
+    };
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        return Some("LISTEN_FDS is not set".into());
+    }
+    let ours = std::process::id();
+    if pid.trim().parse::<u32>().ok() != Some(ours) {
+        return Some(format!(
+            "LISTEN_PID={pid} is not this process ({ours}): the sockets were meant for another"
+        ));
+    }
+    None
+}
+
+fn adopt() -> io::Result<Vec<ActivatedSocket>> {
     let var = |k: &str| std::env::var(k).ok();
     let wanted = parse_listen_env(
         var("LISTEN_PID").as_deref(),
@@ -220,46 +271,84 @@ pub fn take_listen_fds() -> io::Result<Vec<ActivatedSocket>> {
         std::process::id(),
     )
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    if wanted.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::with_capacity(wanted.len());
+    let count = wanted.len();
+    let mut out = Vec::with_capacity(count);
     for (number, name) in wanted {
+        let refuse = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "LISTEN_FDS={count} names descriptor {number}, which is {what}; \
+                     vsplice takes only listening stream sockets"
+                ),
+            )
+        };
         // Check the descriptor is open before anything owns it.
         // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid
         // argument (a closed one fails with EBADF), and no memory is involved.
-        cvt(unsafe { libc::fcntl(number, libc::F_GETFD) }).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("LISTEN_FDS names descriptor {number}, which is not open: {e}"),
-            )
-        })?;
+        cvt(unsafe { libc::fcntl(number, libc::F_GETFD) })
+            .map_err(|e| refuse(format!("not open ({e})")))?;
         // SAFETY: the service manager passed descriptor `number` to this process for it to
         // own (LISTEN_PID is our pid, and F_GETFD just showed it open); the TAKEN guard
-        // makes this the only place that ever wraps it, so it gets exactly one owner.
+        // makes this the only place that ever wraps it, so it gets exactly one owner. It
+        // cannot be one of vsplice's own: adopt_listen_fds runs before any is opened.
         let fd = unsafe { OwnedFd::from_raw_fd(number) };
         fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(from_nix)?;
+        check_listening_stream(fd.as_fd()).map_err(refuse)?;
         out.push(ActivatedSocket { number, name, fd });
     }
     Ok(out)
 }
 
+/// Checks that `fd` is a listening stream socket; otherwise says what it is.
+fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("not readable by fstat ({e})"))?;
+    let kind = match stat.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => None,
+        libc::S_IFREG => Some("a regular file"),
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFIFO => Some("a pipe"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        _ => Some("not a socket"),
+    };
+    if let Some(kind) = kind {
+        return Err(kind.into());
+    }
+    let ty = get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+        .map_err(|e| format!("a socket whose type cannot be read ({e})"))?;
+    if ty != libc::SOCK_STREAM {
+        return Err(match ty {
+            libc::SOCK_DGRAM => "a SOCK_DGRAM (datagram) socket".into(),
+            libc::SOCK_SEQPACKET => {
+                "a SOCK_SEQPACKET socket (its message boundaries would be merged)".into()
+            }
+            other => format!("a socket of type {other}, not SOCK_STREAM"),
+        });
+    }
+    let listening = get_int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+        .map_err(|e| format!("a stream socket whose state cannot be read ({e})"))?;
+    if listening == 0 {
+        return Err(
+            "a stream socket that is not listening (a connection: use Accept=no and ListenStream=)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Turns an inherited descriptor into a listening socket vsplice can accept on: checks that
 /// it is a listening stream socket and makes it non-blocking (managers pass blocking ones).
 pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
+    check_listening_stream(fd.as_fd()).map_err(|what| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}, not a listening stream socket"),
+        )
+    })?;
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(from_nix)?);
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(from_nix)?;
-    let socket = Socket::from_owned(fd);
-    let listening = socket
-        .get_int(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
-        .map_err(|e| io::Error::new(e.kind(), format!("not a socket: {e}")))?;
-    if listening == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a listening socket (use Accept=no and ListenStream=)",
-        ));
-    }
-    Ok(socket)
+    Ok(Socket::from_owned(fd))
 }
 
 /// SIGHUP, the reload signal (`ExecReload=kill -HUP $MAINPID`), on a signalfd: blocked so it
@@ -380,8 +469,9 @@ mod tests {
         assert!(socket.accept().unwrap().is_none(), "non-blocking");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let e = inherited_listener(OwnedFd::from(a)).unwrap_err();
-        assert!(e.to_string().contains("not a listening socket"), "{e}");
+        assert!(e.to_string().contains("not listening"), "{e}");
         let file = std::fs::File::open("/dev/null").unwrap();
-        assert!(inherited_listener(OwnedFd::from(file)).is_err());
+        let e = inherited_listener(OwnedFd::from(file)).unwrap_err();
+        assert!(e.to_string().contains("a character device"), "{e}");
     }
 }

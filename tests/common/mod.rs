@@ -529,6 +529,11 @@ impl Relay {
         relay
     }
 
+    /// Starts `COMMAND ARGS -dd` (a wrapper that execs vsplice), without waiting.
+    pub fn spawn_command(command: Command, args: &[&str]) -> Relay {
+        Relay::spawn_with(command, args, Stdio::null(), Stdio::null())
+    }
+
     pub fn spawn_with(mut command: Command, args: &[&str], stdin: Stdio, stdout: Stdio) -> Relay {
         let scratch = Scratch::new("relay");
         let log = scratch.path("stderr.log");
