@@ -18,8 +18,14 @@ struct Server {
 
 impl Server {
     fn start(listen: &str) -> Server {
+        Server::start_with(listen, &[])
+    }
+
+    /// A server with options after its address (`--max-sessions 2`).
+    fn start_with(listen: &str, options: &[&str]) -> Server {
         let mut child = Command::new(vsplice_bin())
             .args(["bench", "server", listen])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -281,12 +287,17 @@ fn the_demo_runs_without_setup() {
 
 /// Sends one raw control hello and returns the server's first answer line.
 fn raw_control(addr: &str, params: &str) -> (std::net::TcpStream, String) {
+    raw_control_as(addr, "hostile", params)
+}
+
+/// As [`raw_control`], for a test named `cookie` (tests at once need names of their own).
+fn raw_control_as(addr: &str, cookie: &str, params: &str) -> (std::net::TcpStream, String) {
     use std::io::{BufRead, Write};
     let target = addr.strip_prefix("TCP:").unwrap();
     let mut s = std::net::TcpStream::connect(target).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let hello = format!(
-        "{{\"type\":\"control\",\"version\":{},\"cookie\":\"hostile\",\"params\":{params}}}\n",
+        "{{\"type\":\"control\",\"version\":{},\"cookie\":\"{cookie}\",\"params\":{params}}}\n",
         protocol_version()
     );
     s.write_all(hello.as_bytes()).unwrap();
@@ -894,4 +905,111 @@ fn plot_writes_an_svg_for_each_kind_of_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_svg(&demo, "vsplice");
+}
+
+/// The thread count of a process, from /proc/PID/status.
+fn threads_of(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Whether the server closed `s` before `within`: end of file or a reset, not a timeout.
+fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn two_hundred_partial_hellos_neither_stop_a_test_nor_take_a_thread_each() {
+    use std::io::Write;
+    let (server, addr) = tcp_server();
+    let target = addr.strip_prefix("TCP:").unwrap();
+    let mut idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(target).unwrap();
+            s.write_all(b"{").unwrap();
+            s
+        })
+        .collect();
+    let doc = json_client(&[&addr, "--bytes", "32M", "--verify"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    assert_eq!(doc["sum_client_to_server"]["receiver_bytes"], 32 << 20);
+    // Before, each partial hello held a thread for 30 s: 201 threads here.
+    let threads = threads_of(&server);
+    assert!(threads < 32, "the server has {threads} threads");
+    // The server's hello timeout (5 s) closes them; the 30 s here only catches a hang.
+    for s in &mut idle {
+        assert!(
+            closed_by_server(s, Duration::from_secs(30)),
+            "a partial hello stayed open"
+        );
+    }
+}
+
+#[test]
+fn a_hello_trickled_a_byte_at_a_time_is_closed_after_the_hello_timeout() {
+    use std::io::Write;
+    let (_server, addr) = tcp_server();
+    let mut s = std::net::TcpStream::connect(addr.strip_prefix("TCP:").unwrap()).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    // A byte every half second: a per-read timeout never fires (before: 30 s per read).
+    let trickle = std::thread::spawn(move || {
+        for b in b"{\"type\":\"control\",\"version\":2,\"cookie\":\"slow\""
+            .iter()
+            .cycle()
+            .take(120)
+        {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let started = Instant::now();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(40)),
+        "the trickled hello was not closed in {:?}",
+        started.elapsed()
+    );
+    drop(s);
+    trickle.join().unwrap();
+}
+
+#[test]
+fn tests_past_the_servers_budget_are_refused_with_a_message_the_client_prints() {
+    let port = free_port();
+    let _server = Server::start_with(
+        &format!("TCP-LISTEN:{port},bind=127.0.0.1"),
+        &["--max-sessions", "2", "--max-buffered", "8M"],
+    );
+    let addr = format!("TCP:127.0.0.1:{port}");
+    let hour = "{\"time\":{\"ms\":3600000}}";
+    // A test holding 4 streams x 1 MiB of receive buffers waits for its data connections.
+    let (_a, ready) = raw_control_as(&addr, "first", &params_json(4, 1 << 20, "forward", hour));
+    assert!(ready.contains("ready"), "{ready}");
+    let (code, _, err) = client(&[&addr, "--bytes", "8M", "--streams", "5", "--len", "1M"]);
+    assert!(
+        code == 1 && err.contains("refused") && err.contains("--max-buffered"),
+        "exit {code}: {err}"
+    );
+    let (_b, ready) = raw_control_as(&addr, "second", &params_json(1, 1024, "forward", hour));
+    assert!(ready.contains("ready"), "{ready}");
+    let (code, _, err) = client(&[&addr, "--bytes", "1M"]);
+    assert!(
+        code == 1 && err.contains("at most 2 tests at once"),
+        "exit {code}: {err}"
+    );
 }

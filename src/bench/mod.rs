@@ -5,9 +5,11 @@
 //! [`proto`] is the wire protocol, [`stream`] the sender and receiver loops, [`server`] and
 //! [`client`] the two ends, [`demo`] the one-command demonstration, [`cpu`] the accounting.
 
+pub mod budget;
 pub mod client;
 pub mod cpu;
 pub mod demo;
+pub mod hello;
 pub mod iperf3;
 pub mod pattern;
 pub mod plot;
@@ -101,16 +103,28 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Serve bench tests on a listening address until stopped
     /// (VSOCK-LISTEN:port, TCP-LISTEN:port, UNIX-LISTEN:path, VSOCK-UDS-LISTEN:path:port)
-    Server {
-        /// Where to listen
-        address: String,
-    },
+    Server(ServerArgs),
     /// Run a test against a bench server
     /// (VSOCK-CONNECT:cid:port, TCP:host:port, UNIX-CONNECT:path, VSOCK-UDS-CONNECT:path:port)
     Client(ClientArgs),
     /// Measure on this machine, without setup: straight to a bench server, and through a
     /// vsplice relay (and socat, when installed), side by side
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Where to listen
+    pub address: String,
+    /// Tests at once; a client past them is refused with a message saying so
+    #[arg(long, value_name = "N", default_value = "4", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+    /// Data connections of all tests at once (each takes a thread, two for --bidir)
+    #[arg(long, value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams: u64,
+    /// Buffer bytes all tests at once may make the server hold (streams x write size)
+    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = size_arg)]
+    pub max_buffered: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -233,7 +247,7 @@ pub struct ClientPlan {
 
 #[derive(Debug)]
 pub enum BenchPlan {
-    Server(Address),
+    Server(Address, budget::Limits),
     Client(ClientPlan),
     Demo(DemoPlan),
 }
@@ -248,15 +262,20 @@ fn parse_address(text: &str) -> Result<Address> {
 /// Stage two for `vsplice bench`.
 pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
     match args.command {
-        BenchCommand::Server { address } => {
-            let address = parse_address(&address)?;
+        BenchCommand::Server(a) => {
+            let address = parse_address(&a.address)?;
             if !address.is_listener() {
                 return Err(Error::Usage(format!(
                     "bench server needs a listening address (VSOCK-LISTEN, TCP-LISTEN, UNIX-LISTEN, VSOCK-UDS-LISTEN), not \"{}\"",
                     address.text
                 )));
             }
-            Ok(BenchPlan::Server(address))
+            let limits = budget::Limits {
+                max_sessions: a.max_sessions,
+                max_streams: a.max_streams,
+                max_buffered: a.max_buffered as u64,
+            };
+            Ok(BenchPlan::Server(address, limits))
         }
         BenchCommand::Client(c) => {
             let mut address = parse_address(&c.address)?;
@@ -352,7 +371,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
 pub fn run(plan: BenchPlan) -> Result<ExitCode> {
     ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
     match plan {
-        BenchPlan::Server(address) => {
+        BenchPlan::Server(address, limits) => {
             let signals =
                 StopSignals::install().map_err(|e| Error::io("installing signal handling", e))?;
             let _ = crate::sys::limits::raise_nofile(1 << 16);
@@ -361,7 +380,7 @@ pub fn run(plan: BenchPlan) -> Result<ExitCode> {
                 "vsplice bench server listening on {}",
                 listener.local_addr()
             );
-            server::serve(listener, &signals).map_err(|e| Error::io("bench server", e))?;
+            server::serve(listener, &signals, limits).map_err(|e| Error::io("bench server", e))?;
             Ok(ExitCode::SUCCESS)
         }
         BenchPlan::Client(c) => run_client(c),

@@ -312,14 +312,26 @@ pub fn read_hello(r: &mut impl Read) -> io::Result<Hello> {
             break;
         }
         line.push(byte[0]);
-        if line.len() > 4096 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "hello line too long (not a vsplice bench client?)",
-            ));
+        if line.len() > MAX_HELLO {
+            return Err(hello_too_long());
         }
     }
-    serde_json::from_slice(&line).map_err(|e| {
+    parse_hello(&line)
+}
+
+/// The longest hello line, newline left out.
+pub const MAX_HELLO: usize = 4096;
+
+pub fn hello_too_long() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "hello line too long (not a vsplice bench client?)",
+    )
+}
+
+/// Parses a hello line (without its newline).
+pub fn parse_hello(line: &[u8]) -> io::Result<Hello> {
+    serde_json::from_slice(line).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("bad hello (not a vsplice bench client?): {e}"),

@@ -3,15 +3,22 @@
 //! Tests may overlap; CPU figures are then shared between them. Each stream ends by the counts
 //! the two ends exchange over control (see [`super::proto`]); data connections stay open until
 //! the control connection is through, so no end's close cuts bytes still on their way.
+//!
+//! One thread accepts and reads every hello ([`super::hello`]); a connection gets a thread of
+//! its own only once its hello is admitted, within the server's [`super::budget`].
 
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::budget::{Budget, Limits, Reservation};
 use super::cpu::CpuTimes;
+use super::hello::{Hellos, Step};
 use super::proto::{
     self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
 };
@@ -40,6 +47,8 @@ struct SessionState {
     crr: Vec<u64>,
     /// The control connection is through: data connections may close.
     closed: bool,
+    /// `--crr` data connections with a thread now.
+    crr_live: u32,
 }
 
 #[derive(Debug)]
@@ -52,6 +61,22 @@ struct Session {
 }
 
 impl Session {
+    fn new(params: &Params) -> Session {
+        let n = params.streams as usize;
+        Session {
+            params: params.clone(),
+            state: Mutex::new(SessionState {
+                results: vec![None; n],
+                sent: vec![0; n],
+                joined: vec![false; n],
+                crr: vec![0; n],
+                ..SessionState::default()
+            }),
+            changed: Condvar::new(),
+            expect: (0..n).map(|_| Expect::new()).collect(),
+        }
+    }
+
     fn wait<F: Fn(&SessionState) -> bool>(&self, until: F, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock().unwrap();
@@ -71,33 +96,53 @@ impl Session {
     }
 }
 
-type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
+type Sessions = Mutex<HashMap<String, Arc<Session>>>;
 
-/// Serves until SIGINT/SIGTERM.
-pub fn serve(listener: Listener, signals: &StopSignals) -> std::io::Result<()> {
-    let sessions: Sessions = Arc::default();
+/// What the accepting thread and every connection thread share.
+#[derive(Debug)]
+struct Server {
+    sessions: Sessions,
+    budget: Arc<Budget>,
+}
+
+/// Serves until SIGINT/SIGTERM, within `limits` over all tests at once.
+pub fn serve(listener: Listener, signals: &StopSignals, limits: Limits) -> std::io::Result<()> {
+    let server = Arc::new(Server {
+        sessions: Mutex::default(),
+        budget: Budget::new(limits),
+    });
+    let mut hellos = Hellos::default();
     loop {
-        if let Some(signo) = signals.wait_with(listener.socket().as_fd())? {
+        let now = Instant::now();
+        let timeout = match hellos.next_deadline(now) {
+            // Rounded up, so a wake never comes before the deadline it is for.
+            Some(d) => PollTimeout::from((d.as_millis() + 1).min(60_000) as u16),
+            None => PollTimeout::NONE,
+        };
+        let ready: Vec<bool> = {
+            let mut fds = vec![
+                PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            fds.extend(hellos.fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(crate::sys::from_nix(e)),
+            }
+            fds[2..]
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        if let Some(signo) = signals.take() {
             notice!("bench server: signal {signo}, stopping");
             return Ok(());
         }
+        let now = Instant::now();
+        let mut steps = hellos.advance(&ready, now);
         loop {
             match listener.accept() {
-                Ok(Some(endpoint)) => {
-                    let sessions = sessions.clone();
-                    let peer = endpoint.label().to_string();
-                    let spawned = std::thread::Builder::new()
-                        .name("bench-conn".into())
-                        .stack_size(256 * 1024)
-                        .spawn(move || {
-                            if let Err(e) = handle(endpoint, &sessions) {
-                                crate::limited!(Warn, "bench server: {peer}: {e}");
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        warn!("bench server: cannot start a thread: {e}");
-                    }
-                }
+                Ok(Some(endpoint)) => steps.extend(hellos.add(endpoint, now)),
                 Ok(None) => break,
                 Err(e) => {
                     warn!("bench server: accept: {e}");
@@ -106,76 +151,143 @@ pub fn serve(listener: Listener, signals: &StopSignals) -> std::io::Result<()> {
                 }
             }
         }
+        for step in steps {
+            match step {
+                Step::Waiting => {}
+                Step::Failed(endpoint, e) => {
+                    info!("bench server: {}: {e}", endpoint.label());
+                }
+                Step::Hello(endpoint, hello) => admit(&server, endpoint, hello),
+            }
+        }
     }
 }
 
-fn handle(endpoint: crate::endpoint::Endpoint, sessions: &Sessions) -> std::io::Result<()> {
-    let stream = Stream::from_endpoint(endpoint)?;
-    stream.set_timeouts(SETUP_TIMEOUT)?;
-    match proto::read_hello(&mut stream.reader())? {
+/// Writes a refusal to a connection that has no thread yet (its socket is non-blocking; one
+/// short line fits any fresh socket's send buffer), then closes it.
+fn refuse(endpoint: crate::endpoint::Endpoint, message: String) {
+    crate::limited!(Warn, "bench server: {}: {message}", endpoint.label());
+    let mut line = serde_json::to_vec(&ServerMsg::Error { message }).unwrap_or_default();
+    line.push(b'\n');
+    if let Some(fd) = endpoint.write_fd() {
+        let _ = crate::sys::pipe::write(fd, &line);
+    }
+}
+
+/// Runs a connection's thread; a thread that cannot start costs that connection only.
+fn spawn(name: &str, peer: String, f: impl FnOnce() -> std::io::Result<()> + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if let Err(e) = f() {
+                crate::limited!(Warn, "bench server: {peer}: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("bench server: cannot start a thread: {e}");
+    }
+}
+
+/// Decides on a complete hello, on the accepting thread: a test within the server's budget
+/// gets a control thread; a data connection of a running test, for a stream not yet joined,
+/// gets a data thread; anything else is closed here, costing no thread.
+fn admit(server: &Arc<Server>, endpoint: crate::endpoint::Endpoint, hello: Hello) {
+    let peer = endpoint.label().to_string();
+    match hello {
         Hello::Control {
             version,
             cookie,
             params,
-        } => control(stream, sessions, version, cookie, params),
+        } => {
+            if version != VERSION {
+                return refuse(
+                    endpoint,
+                    format!(
+                        "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
+                    ),
+                );
+            }
+            if let Err(bad) = params.check() {
+                return refuse(endpoint, format!("parameter {bad}"));
+            }
+            let reservation = match server.budget.reserve(&params) {
+                Ok(r) => r,
+                Err(why) => return refuse(endpoint, why),
+            };
+            let session = Arc::new(Session::new(&params));
+            {
+                let mut sessions = server.sessions.lock().unwrap();
+                if sessions.contains_key(&cookie) {
+                    drop(sessions);
+                    return refuse(endpoint, format!("a test {cookie} is running already"));
+                }
+                sessions.insert(cookie.clone(), session.clone());
+            }
+            let server = server.clone();
+            spawn("bench-control", peer, move || {
+                let stream = Stream::from_endpoint(endpoint)?;
+                stream.set_timeouts(SETUP_TIMEOUT)?;
+                control(stream, &server, cookie, session, reservation)
+            });
+        }
         Hello::Data { cookie, stream: id } => {
-            let session = sessions.lock().unwrap().get(&cookie).cloned();
-            match session {
-                Some(session) => {
+            let session = server.sessions.lock().unwrap().get(&cookie).cloned();
+            let Some(session) = session else {
+                info!("bench server: {peer}: data connection for unknown test {cookie}");
+                return;
+            };
+            let streams = session.params.streams;
+            if id >= streams {
+                crate::limited!(
+                    Warn,
+                    "bench server: {peer}: stream {id} is beyond the test's {streams}"
+                );
+                return;
+            }
+            let mut admitted = true;
+            session.update(|s| {
+                if session.params.workload == Workload::Crr {
+                    // One transaction at a time per stream, but the threads of the ones
+                    // before may not have seen their close yet (on 2 busy cores, twice the
+                    // streams was not enough): a loose bound, still a bound.
+                    admitted = s.crr_live < 8 * streams + 64;
+                    s.crr_live += u32::from(admitted);
+                } else {
+                    admitted = !std::mem::replace(&mut s.joined[id as usize], true);
+                }
+            });
+            if !admitted {
+                crate::limited!(
+                    Warn,
+                    "bench server: {peer}: stream {id} arrived twice, or too many at once"
+                );
+                return;
+            }
+            spawn("bench-data", peer, move || {
+                let result = Stream::from_endpoint(endpoint).and_then(|stream| {
+                    stream.set_timeouts(SETUP_TIMEOUT)?;
                     data(stream, &session, id);
                     Ok(())
+                });
+                if session.params.workload == Workload::Crr {
+                    session.update(|s| s.crr_live -= 1);
                 }
-                None => Err(std::io::Error::other(format!(
-                    "data connection for unknown test {cookie}"
-                ))),
-            }
+                result
+            });
         }
     }
 }
 
 fn control(
     stream: Stream,
-    sessions: &Sessions,
-    version: u32,
+    server: &Server,
     cookie: String,
-    params: Params,
+    session: Arc<Session>,
+    reservation: Reservation,
 ) -> std::io::Result<()> {
-    let mut out = stream.writer();
-    // Tells the client why the test is refused, and ends this control connection.
-    let mut refuse = |message: String| -> std::io::Result<()> {
-        proto::send_line(
-            &mut out,
-            &ServerMsg::Error {
-                message: message.clone(),
-            },
-        )?;
-        Err(std::io::Error::other(message))
-    };
-    if version != VERSION {
-        return refuse(format!(
-            "protocol version {version} is not {VERSION}: use the same vsplice on both ends"
-        ));
-    }
-    if let Err(bad) = params.check() {
-        return refuse(format!("parameter {bad}"));
-    }
+    let params = session.params.clone();
     info!("bench server: test {cookie}: {params:?}");
-    let session = Arc::new(Session {
-        params: params.clone(),
-        state: Mutex::new(SessionState {
-            results: vec![None; params.streams as usize],
-            sent: vec![0; params.streams as usize],
-            joined: vec![false; params.streams as usize],
-            crr: vec![0; params.streams as usize],
-            ..SessionState::default()
-        }),
-        changed: Condvar::new(),
-        expect: (0..params.streams).map(|_| Expect::new()).collect(),
-    });
-    sessions
-        .lock()
-        .unwrap()
-        .insert(cookie.clone(), session.clone());
     let result = run_control(&stream, &session, &params);
     // Whatever happened, no receiver waits for counts any more and data connections may go.
     session.expect.iter().for_each(Expect::call_off);
@@ -185,11 +297,15 @@ fn control(
         }
         s.closed = true;
     });
-    sessions.lock().unwrap().remove(&cookie);
-    result
+    server.sessions.lock().unwrap().remove(&cookie);
+    // Given back before the results go out: a client's next test may follow at once.
+    drop(reservation);
+    let results = result?;
+    proto::send_line(&mut stream.writer(), &results)
 }
 
-fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::Result<()> {
+/// Runs a test to its end; returns the results for the client.
+fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::Result<ServerMsg> {
     let mut out = stream.writer();
     proto::send_line(&mut out, &ServerMsg::Ready)?;
     // `--crr` streams have no lasting data connections: one arrives per transaction.
@@ -270,25 +386,15 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
             })
         })
         .collect();
-    proto::send_line(
-        &mut out,
-        &ServerMsg::Results {
-            streams,
-            cpu,
-            seconds: seconds.as_secs_f64(),
-        },
-    )
+    Ok(ServerMsg::Results {
+        streams,
+        cpu,
+        seconds: seconds.as_secs_f64(),
+    })
 }
 
 fn data(stream: Stream, session: &Session, id: u32) {
     let params = session.params.clone();
-    if id >= params.streams {
-        warn!(
-            "bench server: stream {id} is beyond the test's {}",
-            params.streams
-        );
-        return;
-    }
     // `--vsock-buffer`: set on this end's vsock data sockets and read back for the report.
     let vsock_buffer = match (params.vsock_buffer, stream.is_vsock()) {
         (Some(size), true) => match stream.set_vsock_buffer(size) {
@@ -312,15 +418,8 @@ fn data(stream: Stream, session: &Session, id: u32) {
         }
         return;
     }
-    let mut duplicate = false;
-    session.update(|s| {
-        duplicate = std::mem::replace(&mut s.joined[id as usize], true);
-        s.arrived += u32::from(!duplicate);
-    });
-    if duplicate {
-        warn!("bench server: stream {id} arrived twice");
-        return;
-    }
+    // `joined` was marked when the hello was admitted.
+    session.update(|s| s.arrived += 1);
     let idle = match params.limit {
         Limit::Time { ms } => Duration::from_millis(ms) + SETUP_TIMEOUT,
         Limit::Bytes { .. } => SETUP_TIMEOUT,

@@ -1,0 +1,153 @@
+//! The hellos of connections a bench server accepted, read on the accepting thread without a
+//! thread per connection: a connection gets its own thread only once its whole hello arrived
+//! and was admitted. Each hello has [`HELLO_TIMEOUT`] in all (not per read, so a peer that
+//! trickles a byte at a time is cut too), and at most [`MAX_PENDING`] wait at once: beyond, the
+//! oldest is closed, so a flood of idle connections cannot keep a real client out for long.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use super::proto::{self, Hello};
+use crate::endpoint::Endpoint;
+use crate::sys::pipe;
+
+/// How long a connection has, from its accept, to send its whole hello line.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most connections whose hello is still on its way.
+pub const MAX_PENDING: usize = 256;
+
+/// An accepted connection whose hello is on its way (its socket is non-blocking).
+#[derive(Debug)]
+pub struct Pending {
+    endpoint: Endpoint,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+/// Where a pending hello stands after [`Pending::advance`].
+#[derive(Debug)]
+pub enum Step {
+    Waiting,
+    Hello(Endpoint, Hello),
+    Failed(Endpoint, io::Error),
+}
+
+impl Pending {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.endpoint.read_fd().expect("a socket")
+    }
+
+    /// Reads what arrived, a byte at a time, so that not one byte after the newline (the data
+    /// that follows a data hello) is consumed.
+    fn advance(mut self) -> (Option<Pending>, Step) {
+        let mut byte = [0u8; 1];
+        loop {
+            match pipe::read(self.fd(), &mut byte) {
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before its hello",
+                    );
+                    return (None, Step::Failed(self.endpoint, e));
+                }
+                Ok(_) if byte[0] == b'\n' => {
+                    let step = match proto::parse_hello(&self.line) {
+                        Ok(hello) => Step::Hello(self.endpoint, hello),
+                        Err(e) => Step::Failed(self.endpoint, e),
+                    };
+                    return (None, step);
+                }
+                Ok(_) => {
+                    self.line.push(byte[0]);
+                    if self.line.len() > proto::MAX_HELLO {
+                        return (None, Step::Failed(self.endpoint, proto::hello_too_long()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return (Some(self), Step::Waiting);
+                }
+                Err(e) => return (None, Step::Failed(self.endpoint, e)),
+            }
+        }
+    }
+}
+
+/// The connections whose hellos are on their way, oldest first.
+#[derive(Debug, Default)]
+pub struct Hellos {
+    pending: VecDeque<Pending>,
+}
+
+impl Hellos {
+    /// Takes a freshly accepted connection and reads what it sent already. Returns what is
+    /// to be done now: its hello if complete, and the oldest connection's failure when the
+    /// set was full.
+    pub fn add(&mut self, endpoint: Endpoint, now: Instant) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let fresh = Pending {
+            endpoint,
+            line: Vec::with_capacity(256),
+            deadline: now + HELLO_TIMEOUT,
+        };
+        let (left, step) = fresh.advance();
+        if let Some(p) = left {
+            if self.pending.len() >= MAX_PENDING {
+                if let Some(old) = self.pending.pop_front() {
+                    let e = io::Error::other(format!(
+                        "closed before its hello: {MAX_PENDING} connections were waiting to say hello"
+                    ));
+                    steps.push(Step::Failed(old.endpoint, e));
+                }
+            }
+            self.pending.push_back(p);
+        } else {
+            steps.push(step);
+        }
+        steps
+    }
+
+    /// The descriptors to wait on, in order.
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.pending.iter().map(Pending::fd)
+    }
+
+    /// How long until the next hello's time is up (None: no hello pending).
+    pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        let first = self.pending.iter().map(|p| p.deadline).min()?;
+        Some(first.saturating_duration_since(now))
+    }
+
+    /// Reads the connections `ready` marks (in [`Hellos::fds`] order) and closes those past
+    /// their deadline; returns the finished hellos and the failures.
+    pub fn advance(&mut self, ready: &[bool], now: Instant) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+            let (left, step) = if ready.get(i).copied().unwrap_or(false) {
+                p.advance()
+            } else {
+                (Some(p), Step::Waiting)
+            };
+            match left {
+                Some(p) if now >= p.deadline => {
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no complete hello within {} s (got {} bytes)",
+                            HELLO_TIMEOUT.as_secs(),
+                            p.line.len()
+                        ),
+                    );
+                    steps.push(Step::Failed(p.endpoint, e));
+                }
+                Some(p) => kept.push_back(p),
+                None => steps.push(step),
+            }
+        }
+        self.pending = kept;
+        steps
+    }
+}
