@@ -186,6 +186,7 @@ fn vsock(c: &mut Criterion) {
                     &params,
                     None,
                     vsplice::bench::client::Output::Quiet,
+                    vsplice::bench::DEFAULT_STALL_TIMEOUT,
                 )
                 .expect("bench run");
                 assert!(report.errors.is_empty(), "{:?}", report.errors);

@@ -1013,3 +1013,89 @@ fn tests_past_the_servers_budget_are_refused_with_a_message_the_client_prints() 
         "exit {code}: {err}"
     );
 }
+
+/// A fake bench server on loopback: answers a one-stream test's hellos (`ready`, then `start`
+/// once the data connection said hello), then holds both connections and never reads again.
+fn server_that_never_reads() -> (std::net::TcpListener, String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("TCP:{}", listener.local_addr().unwrap());
+    let l = listener.try_clone().unwrap();
+    let held = std::thread::spawn(move || {
+        let line_of = |s: &std::net::TcpStream| {
+            let mut line = Vec::new();
+            let mut r = std::io::BufReader::new(s);
+            r.read_until(b'\n', &mut line).unwrap();
+            assert!(r.buffer().is_empty(), "read past the hello");
+            String::from_utf8(line).unwrap()
+        };
+        let (mut control, _) = l.accept().unwrap();
+        assert!(line_of(&control).contains("control"));
+        control.write_all(b"{\"type\":\"ready\"}\n").unwrap();
+        let (data, _) = l.accept().unwrap();
+        assert!(line_of(&data).contains("data"));
+        control.write_all(b"{\"type\":\"start\"}\n").unwrap();
+        // Hold until the client is gone (its control connection closes), reading nothing.
+        let mut byte = [0u8; 1];
+        control
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut c = &control;
+        while matches!(std::io::Read::read(&mut c, &mut byte), Ok(n) if n > 0) {
+            // The client's `Sent` line: stay silent, as a stopped server would.
+        }
+        drop(data);
+    });
+    (listener, addr, held)
+}
+
+/// Runs a bench client, killing it after `limit` (a hang then fails the test, not the suite).
+fn client_within(args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(vsplice_bin())
+        .args(["bench", "client"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.and_then(|s| s.code()), err)
+}
+
+#[test]
+fn a_bytes_test_against_a_server_that_never_reads_ends_at_the_stall_timeout() {
+    // Before, a --bytes test waited 3,600 s for a write to move.
+    for (args, limit) in [
+        (&["--stall-timeout", "1"][..], Duration::from_secs(30)),
+        (&[][..], Duration::from_secs(90)),
+    ] {
+        let (_listener, addr, held) = server_that_never_reads();
+        let mut all = vec![addr.as_str(), "--bytes", "1G"];
+        all.extend_from_slice(args);
+        let (code, err) = client_within(&all, limit);
+        assert_eq!(
+            code,
+            Some(1),
+            "{args:?}: the client did not end by itself\n{err}"
+        );
+        let secs = if args.is_empty() { "10" } else { "1" };
+        assert!(
+            err.contains(&format!("no byte moved for {secs} s (--stall-timeout)")),
+            "{args:?}: {err}"
+        );
+        held.join().unwrap();
+    }
+}

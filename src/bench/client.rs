@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
 use super::proto::{
-    self, ClientMsg, Direction, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
+    self, ClientMsg, Direction, Hello, Params, ServerMsg, StreamCounts, VERSION, Workload,
 };
 pub use super::report::Output;
 use super::report::{
@@ -70,11 +70,15 @@ fn cookie() -> String {
 
 /// Runs one test. Errors that stop the test are `Err`; problems found in the results (count
 /// mismatches, verification failures) are listed in the report's `errors`.
+/// A test ends with an error once no byte moved for `stall` (`--stall-timeout`): every data
+/// socket's blocking call is bounded by it, and so is the wait for the server's counts while
+/// no stream moves.
 pub fn run_test(
     address: &Arc<Address>,
     params: &Params,
     interval: Option<Duration>,
     output: Output,
+    stall: Duration,
 ) -> Result<TestReport> {
     let control = connect(address)?;
     // Longer than the server's 30 s wait for data connections, so a data connection lost on
@@ -99,10 +103,6 @@ pub fn run_test(
     )?;
 
     let n = params.streams as usize;
-    let test_time = match params.limit {
-        Limit::Time { ms } => Duration::from_millis(ms),
-        Limit::Bytes { .. } => Duration::from_secs(3600),
-    };
     // The vsock buffer the client's sockets read back (0: not set, or not vsock).
     let vsock_buffer = AtomicU64::new(0);
     let open_stream = |id: u32| -> Result<Stream> {
@@ -113,7 +113,7 @@ pub fn run_test(
                 .map_err(|e| bench_err("--vsock-buffer", e))?;
             vsock_buffer.store(got, Ordering::Relaxed);
         }
-        s.set_timeouts(test_time + Duration::from_secs(30))
+        s.set_timeouts(stall)
             .map_err(|e| bench_err("data connection", e))?;
         proto::send_line(
             &mut s.writer(),
@@ -156,7 +156,8 @@ pub fn run_test(
     let clock: OnceLock<Instant> = OnceLock::new();
     let expects: Vec<Expect> = (0..n).map(|_| Expect::new()).collect();
     let (sent_tx, sent_rx) = mpsc::channel::<(u32, u64)>();
-    let idle = test_time + Duration::from_secs(30);
+    // A receiver whose sender's count is still unknown waits this long for a byte.
+    let idle = stall;
     let latencies: Vec<Latencies> = (0..n).map(|_| Latencies::new(rr::histogram())).collect();
     let total_latency = Latencies::new(rr::histogram());
     let mut started_at = None;
@@ -277,7 +278,14 @@ pub fn run_test(
                 output,
             )
         });
-        let exchanged = exchange_counts(&control, &mut replies, &sent_rx, params, &expects, idle);
+        let exchanged = exchange_counts(
+            &control,
+            &mut replies,
+            &sent_rx,
+            params,
+            &expects,
+            Progress { tx, rx, stall },
+        );
         if exchanged.is_err() {
             expects.iter().for_each(Expect::call_off);
         }
@@ -308,6 +316,11 @@ pub fn run_test(
 
     proto::send_line(&mut control.writer(), &ClientMsg::Done)
         .map_err(|e| bench_err("sending done", e))?;
+    // The server sends its results once its receivers are through: at most its 30 s grace
+    // for missing bytes.
+    control
+        .set_timeouts(RESULTS_WAIT + stall)
+        .map_err(|e| bench_err("control connection", e))?;
     let results = proto::recv_line::<ServerMsg>(&mut replies, params.max_line());
     let (server_counts, server_cpu) = match results {
         Ok(ServerMsg::Results { streams, cpu, .. }) => (streams, cpu),
@@ -338,6 +351,57 @@ pub fn run_test(
     Ok(report)
 }
 
+/// How long the client waits for the server's results after `Done`.
+const RESULTS_WAIT: Duration = Duration::from_secs(40);
+
+/// The streams' byte counters, and how long they may stand still.
+struct Progress<'a> {
+    tx: &'a [AtomicU64],
+    rx: &'a [AtomicU64],
+    stall: Duration,
+}
+
+impl Progress<'_> {
+    fn moved(&self) -> u64 {
+        self.tx
+            .iter()
+            .chain(self.rx)
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Waits until a control line is there to read, for as long as the streams move: `Err` once
+/// no byte moved on any stream for the stall timeout and no line came.
+fn wait_for_line(
+    control: &Stream,
+    replies: &BufReader<&std::fs::File>,
+    progress: &Progress<'_>,
+) -> Result<()> {
+    use std::os::fd::AsFd;
+    let mut last = progress.moved();
+    loop {
+        if !replies.buffer().is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + progress.stall;
+        let readable = crate::sys::socket::wait_readable(control.reader().as_fd(), Some(deadline))
+            .map_err(|e| bench_err("control connection", e))?;
+        if readable {
+            return Ok(());
+        }
+        let now = progress.moved();
+        if now == last {
+            return Err(Error::Bench(format!(
+                "the test stalled: no byte moved for {} s (--stall-timeout) and the server sent \
+                 no counts (is it stopped, or not reading?)",
+                progress.stall.as_secs_f64()
+            )));
+        }
+        last = now;
+    }
+}
+
 /// Tells the server what the client's senders sent once they all stopped, and hands the
 /// server's counts to the client's receivers: the streams' end, without half-close.
 fn exchange_counts(
@@ -346,7 +410,7 @@ fn exchange_counts(
     sent: &mpsc::Receiver<(u32, u64)>,
     params: &Params,
     expects: &[Expect],
-    wait: Duration,
+    progress: Progress<'_>,
 ) -> Result<()> {
     let mut bytes = vec![0u64; expects.len()];
     for _ in 0..expects.len() {
@@ -356,10 +420,12 @@ fn exchange_counts(
         }
     }
     control
-        .set_timeouts(wait)
+        .set_timeouts(progress.stall.max(RESULTS_WAIT))
         .map_err(|e| bench_err("control connection", e))?;
     proto::send_line(&mut control.writer(), &ClientMsg::Sent { bytes })
         .map_err(|e| bench_err("sending the byte counts", e))?;
+    // The server's senders may run long (a --reverse --bytes test): wait while bytes move.
+    wait_for_line(control, replies, &progress)?;
     match proto::recv_line::<ServerMsg>(replies, params.max_line()) {
         Ok(ServerMsg::Sent { bytes }) if bytes.len() == expects.len() => {
             for (expect, n) in expects.iter().zip(bytes) {

@@ -230,7 +230,13 @@ fn measure(name: &str, connect: &str, params: &Params, relay: Option<&Helper>) -
     })?);
     let before = relay.and_then(|r| CpuTimes::of_pid(r.pid()));
     let started = Instant::now();
-    let report = run_test(&address, params, None, Output::Quiet)?;
+    let report = run_test(
+        &address,
+        params,
+        None,
+        Output::Quiet,
+        super::DEFAULT_STALL_TIMEOUT,
+    )?;
     let wall = started.elapsed();
     if !report.errors.is_empty() {
         return Err(Error::Bench(format!(

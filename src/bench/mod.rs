@@ -37,6 +37,9 @@ use demo::{DemoPlan, Transport};
 use proto::{Direction, Limit, Params, Workload};
 use report::{Output, TestReport, print_sweep};
 
+/// How long a bench client's streams may stand still before the test fails (`--stall-timeout`).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a bench client waits for each connection when the address does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -182,6 +185,10 @@ pub struct ClientArgs {
     /// Fill the data with a known pattern and check every byte on receipt
     #[arg(long)]
     pub verify: bool,
+    /// End the test with an error once no byte moved for this long (a server that stopped
+    /// reading or sending)
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = time_arg)]
+    pub stall_timeout: Duration,
 }
 
 /// The shape of `--json` output.
@@ -243,6 +250,8 @@ pub struct ClientPlan {
     pub sweep: Vec<usize>,
     /// Where to draw the run (`--plot`).
     pub plot: Option<std::path::PathBuf>,
+    /// `--stall-timeout`.
+    pub stall: Duration,
 }
 
 #[derive(Debug)]
@@ -339,6 +348,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 json: c.json,
                 plot: c.plot,
                 sweep: c.sweep,
+                stall: c.stall_timeout,
             }))
         }
         BenchCommand::Demo(d) => {
@@ -404,7 +414,9 @@ fn run_client(c: ClientPlan) -> Result<ExitCode> {
         Output::Quiet
     };
     let reports: Vec<TestReport> = if c.sweep.is_empty() {
-        vec![run_test(&c.address, &c.params, c.interval, output)?]
+        vec![run_test(
+            &c.address, &c.params, c.interval, output, c.stall,
+        )?]
     } else {
         let mut reports = Vec::new();
         for &len in &c.sweep {
@@ -412,7 +424,7 @@ fn run_client(c: ClientPlan) -> Result<ExitCode> {
                 len,
                 ..c.params.clone()
             };
-            reports.push(run_test(&c.address, &params, None, Output::Quiet)?);
+            reports.push(run_test(&c.address, &params, None, Output::Quiet, c.stall)?);
         }
         reports
     };
