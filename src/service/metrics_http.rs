@@ -3,14 +3,18 @@
 //!
 //! It listens on any listening address of the grammar (through [`Listener::open`], so TCP,
 //! UNIX and vsock listeners with their options, `allow=` included). A hostile client cannot
-//! stall it: each client is served on a short-lived thread (at most [`MAX_CLIENTS`] at once;
-//! past that new clients are closed at once), a request is read only up to
-//! [`MAX_REQUEST_BYTES`], and the whole exchange has [`CLIENT_DEADLINE`] to finish.
+//! stall it: one thread serves every client from a `poll(2)` loop on non-blocking sockets,
+//! so a client that trickles its request holds a slot, never the thread. There are
+//! [`MAX_CLIENTS`] slots; when all are taken, a new client takes the slot of the client that
+//! has waited longest, so idle sockets cannot lock a scraper out (the thread-per-client server
+//! this replaced had 8 slots, which 8 sockets sending one byte every 5 s held for good). A
+//! request head is read only up to [`MAX_REQUEST_BYTES`], the whole exchange (not each read)
+//! has [`CLIENT_DEADLINE`] to finish, and a scraper that takes its answer and does not close
+//! is let go after [`LINGER`].
 
-use std::io;
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,14 +26,18 @@ use crate::addr::Address;
 use crate::error::{Error, Result};
 use crate::open::Listener;
 use crate::sys::eventfd::EventFd;
-use crate::sys::socket::{SockAddr, Socket, wait_readable, wait_writable};
+use crate::sys::socket::{SockAddr, Socket};
 
-/// Clients served at once; more are closed at once.
-pub const MAX_CLIENTS: usize = 8;
+/// Clients served at once; past that a new client displaces the one that has waited longest.
+pub const MAX_CLIENTS: usize = 64;
 /// The longest request head read (request line and headers).
 pub const MAX_REQUEST_BYTES: usize = 8192;
-/// Time a client has to send its request and take the answer.
+/// Time a client has, from its accept, to send its request and take the answer.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a client that has its whole answer may keep the connection open before it is
+/// closed: long enough to read what it still sends (closing with unread bytes would reset
+/// the connection and could destroy the answer), short enough that it frees its slot.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// The running endpoint; dropping it stops the server thread.
 #[derive(Debug)]
@@ -74,51 +82,205 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(listener: Listener, metrics: Arc<Metrics>, stop: &EventFd) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    loop {
-        let mut fds = [
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => {
-                crate::warn!("metrics: poll: {e}");
-                return;
-            }
+/// Where one client's exchange stands.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the request head.
+    Reading { head: Vec<u8> },
+    /// Writing the answer; `sent` bytes of it are out.
+    Writing { response: Vec<u8>, sent: usize },
+    /// The answer is out and the write side shut; reading what the client still sends
+    /// until it closes or `until`.
+    Lingering { until: Instant },
+}
+
+/// One client of the endpoint: its socket, its deadline and where its exchange stands.
+#[derive(Debug)]
+struct Client {
+    socket: Socket,
+    deadline: Instant,
+    phase: Phase,
+}
+
+/// What a turn of I/O left a client to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Wait for the socket to be readable.
+    Read,
+    /// Wait for the socket to be writable.
+    Write,
+    /// Close it.
+    Close,
+}
+
+impl Client {
+    fn new(socket: Socket, now: Instant) -> Client {
+        Client {
+            socket,
+            deadline: now + CLIENT_DEADLINE,
+            phase: Phase::Reading {
+                head: Vec::with_capacity(1024),
+            },
         }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            return;
+    }
+
+    /// The next instant at which this client must be closed if nothing happens.
+    fn expires(&self) -> Instant {
+        match self.phase {
+            Phase::Lingering { until } => until.min(self.deadline),
+            _ => self.deadline,
         }
-        while let Ok(Some(socket)) = listener.socket().accept() {
-            if let Some(allow) = &listener.address().options.allow {
-                match Peer::of(&socket) {
-                    Ok(peer) if allow.permits(&peer) => {}
-                    Ok(peer) => {
-                        crate::limited!(Info, "metrics: {peer} refused by the allow list");
+    }
+
+    /// What the client waits for now.
+    fn waits_for(&self) -> Next {
+        match self.phase {
+            Phase::Writing { .. } => Next::Write,
+            _ => Next::Read,
+        }
+    }
+
+    /// Moves the exchange on as far as the socket allows without blocking.
+    fn advance(&mut self, metrics: &Metrics, now: Instant) -> Next {
+        loop {
+            match &mut self.phase {
+                Phase::Reading { head } => {
+                    if head_complete(head) || head.len() >= MAX_REQUEST_BYTES {
+                        let response = respond(classify(head), metrics);
+                        self.phase = Phase::Writing { response, sent: 0 };
                         continue;
                     }
-                    Err(_) => continue,
+                    let mut buf = [0u8; 2048];
+                    match nix::unistd::read(self.socket.as_fd(), &mut buf) {
+                        Ok(0) => return Next::Close,
+                        Ok(n) => {
+                            let room = MAX_REQUEST_BYTES - head.len();
+                            head.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                        Err(nix::Error::EINTR) => {}
+                        Err(nix::Error::EAGAIN) => return Next::Read,
+                        Err(_) => return Next::Close,
+                    }
+                }
+                Phase::Writing { response, sent } => {
+                    if *sent == response.len() {
+                        let _ = self.socket.shutdown_write();
+                        self.phase = Phase::Lingering {
+                            until: now + LINGER,
+                        };
+                        continue;
+                    }
+                    match nix::unistd::write(&self.socket, &response[*sent..]) {
+                        Ok(n) => *sent += n,
+                        Err(nix::Error::EINTR) => {}
+                        Err(nix::Error::EAGAIN) => return Next::Write,
+                        Err(_) => return Next::Close,
+                    }
+                }
+                Phase::Lingering { .. } => {
+                    let mut sink = [0u8; 1024];
+                    match nix::unistd::read(self.socket.as_fd(), &mut sink) {
+                        Ok(0) => return Next::Close,
+                        Ok(_) | Err(nix::Error::EINTR) => {}
+                        Err(nix::Error::EAGAIN) => return Next::Read,
+                        Err(_) => return Next::Close,
+                    }
                 }
             }
-            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                clients.fetch_sub(1, Ordering::SeqCst);
-                continue;
+        }
+    }
+}
+
+/// The server thread: one poll loop over the stop event, the listener and every client.
+fn serve(listener: Listener, metrics: Arc<Metrics>, stop: &EventFd) {
+    // Oldest first, so the client displaced when the slots are full is the front one.
+    let mut clients: VecDeque<Client> = VecDeque::with_capacity(MAX_CLIENTS);
+    loop {
+        let now = Instant::now();
+        let timeout = clients
+            .iter()
+            .map(Client::expires)
+            .min()
+            .map(|t| t.saturating_duration_since(now));
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            // Round up, so the loop does not spin through the last sub-millisecond.
+            Some(d) => {
+                PollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
             }
-            let (metrics, slots) = (metrics.clone(), clients.clone());
-            let spawned = std::thread::Builder::new()
-                .name("vsplice-scrape".into())
-                .spawn(move || {
-                    if let Err(e) = answer(&socket, &metrics) {
-                        crate::debug!("metrics: client: {e}");
-                    }
-                    slots.fetch_sub(1, Ordering::SeqCst);
-                });
-            if spawned.is_err() {
-                clients.fetch_sub(1, Ordering::SeqCst);
+        };
+        let (stopped, acceptable, ready) = {
+            let mut fds = Vec::with_capacity(clients.len() + 2);
+            fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN));
+            for c in &clients {
+                let want = match c.waits_for() {
+                    Next::Write => PollFlags::POLLOUT,
+                    _ => PollFlags::POLLIN,
+                };
+                fds.push(PollFd::new(c.socket.as_fd(), want));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => {
+                    crate::warn!("metrics: poll: {e}");
+                    return;
+                }
+            }
+            let fired = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<bool> = fds[2..].iter().map(fired).collect();
+            (fired(&fds[0]), fired(&fds[1]), ready)
+        };
+        if stopped {
+            return;
+        }
+        let now = Instant::now();
+        let mut index = 0;
+        clients.retain_mut(|c| {
+            let fired = ready.get(index).copied().unwrap_or(false);
+            index += 1;
+            if fired && c.advance(&metrics, now) == Next::Close {
+                return false;
+            }
+            c.expires() > now
+        });
+        if acceptable {
+            accept_all(&listener, &mut clients, &metrics, now);
+        }
+    }
+}
+
+/// Accepts every pending client that the allow list admits, serving each as far as it can
+/// go at once (a scraper whose request is already in often finishes here).
+fn accept_all(
+    listener: &Listener,
+    clients: &mut VecDeque<Client>,
+    metrics: &Metrics,
+    now: Instant,
+) {
+    while let Ok(Some(socket)) = listener.socket().accept() {
+        if let Some(allow) = &listener.address().options.allow {
+            match Peer::of(&socket) {
+                Ok(peer) if allow.permits(&peer) => {}
+                Ok(peer) => {
+                    crate::limited!(Info, "metrics: {peer} refused by the allow list");
+                    continue;
+                }
+                Err(_) => continue,
             }
         }
+        let mut client = Client::new(socket, now);
+        if client.advance(metrics, now) == Next::Close {
+            continue;
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.pop_front();
+            crate::limited!(
+                Info,
+                "metrics: all {MAX_CLIENTS} slots taken; closed the oldest client"
+            );
+        }
+        clients.push_back(client);
     }
 }
 
@@ -131,34 +293,8 @@ enum Request {
     Bad,
 }
 
-/// Reads the request head, at most [`MAX_REQUEST_BYTES`], before `deadline`. `Ok(None)`:
-/// the client left or was too slow.
-fn read_head(socket: &Socket, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 2048];
-    loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(head));
-        }
-        if head.len() >= MAX_REQUEST_BYTES {
-            return Ok(Some(head));
-        }
-        if !wait_readable(socket.as_fd(), Some(deadline))? {
-            return Ok(None);
-        }
-        match nix::unistd::read(socket.as_fd(), &mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => head.extend_from_slice(&buf[..n.min(MAX_REQUEST_BYTES - head.len())]),
-            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
-            Err(e) => return Err(crate::sys::from_nix(e)),
-        }
-    }
-}
-
 fn classify(head: &[u8]) -> Request {
-    let complete =
-        head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n");
-    if !complete {
+    if !head_complete(head) {
         return Request::Bad;
     }
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -182,12 +318,13 @@ fn classify(head: &[u8]) -> Request {
     }
 }
 
-fn answer(socket: &Socket, metrics: &Metrics) -> io::Result<()> {
-    let deadline = Instant::now() + CLIENT_DEADLINE;
-    let Some(head) = read_head(socket, deadline)? else {
-        return Ok(());
-    };
-    let (status, content_type, body) = match classify(&head) {
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The whole HTTP answer to a request.
+fn respond(request: Request, metrics: &Metrics) -> Vec<u8> {
+    let (status, content_type, body) = match request {
         Request::Metrics => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -201,36 +338,12 @@ fn answer(socket: &Socket, metrics: &Metrics) -> io::Result<()> {
         Request::BadMethod => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
         Request::Bad => ("400 Bad Request", "text/plain", "bad request\n".into()),
     };
-    let response = format!(
+    format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()
-    );
-    write_all(socket, response.as_bytes(), deadline)
-}
-
-fn write_all(socket: &Socket, mut data: &[u8], deadline: Instant) -> io::Result<()> {
-    while !data.is_empty() {
-        if !wait_writable(socket.as_fd(), Some(deadline))? {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "client too slow"));
-        }
-        match nix::unistd::write(socket, data) {
-            Ok(n) => data = &data[n..],
-            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
-            Err(e) => return Err(crate::sys::from_nix(e)),
-        }
-    }
-    let _ = socket.shutdown_write();
-    // Read what the client still sends until it closes: closing with unread bytes would
-    // reset the connection, and a reset can destroy the answer before the client reads it.
-    let mut sink = [0u8; 1024];
-    while wait_readable(socket.as_fd(), Some(deadline))? {
-        match nix::unistd::read(socket.as_fd(), &mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    Ok(())
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]
@@ -285,5 +398,71 @@ mod tests {
         assert!(get(port, &long).starts_with("HTTP/1.1 400 "));
         drop(server);
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    fn start_local() -> (MetricsServer, u16) {
+        let metrics = Arc::new(Metrics::new());
+        metrics.service("api").on_accept();
+        let address = Address::parse("TCP4-LISTEN:0,bind=127.0.0.1").unwrap();
+        let server = MetricsServer::start(&address, metrics).unwrap();
+        let SockAddr::Inet(local) = server.local_addr() else {
+            panic!("inet")
+        };
+        let port = local.port();
+        (server, port)
+    }
+
+    #[test]
+    fn a_scrape_is_answered_while_more_trickling_clients_than_slots_are_connected() {
+        let (_server, port) = start_local();
+        // Each sends one byte of a request and then nothing: the slow-loris that held all
+        // eight slots of the thread-per-client server.
+        let tricklers: Vec<std::net::TcpStream> = (0..MAX_CLIENTS + 8)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.write_all(b"G").unwrap();
+                s
+            })
+            .collect();
+        // A scraper that takes its answer and keeps its socket open holds no one up either.
+        let mut lazy = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        lazy.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        for _ in 0..3 {
+            let reply = get(port, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+            assert!(reply.ends_with("# EOF\n"));
+        }
+        let mut out = String::new();
+        lazy.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out:?}");
+        drop(tricklers);
+    }
+
+    #[test]
+    fn a_client_that_trickles_its_request_is_cut_at_the_deadline_for_the_whole_request() {
+        let (_server, port) = start_local();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        // One byte of a header every 200 ms would keep a per-read timeout waiting forever.
+        let closed = loop {
+            if started.elapsed() > CLIENT_DEADLINE * 6 {
+                break false;
+            }
+            if s.write_all(b"X").is_err() {
+                break true;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => panic!("answered an unfinished request"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "still open after {:?}", started.elapsed());
+        assert!(started.elapsed() >= CLIENT_DEADLINE);
     }
 }
