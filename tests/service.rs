@@ -1743,3 +1743,39 @@ impl Drop for KillOnDrop<'_> {
         }
     }
 }
+
+#[test]
+fn an_accept_fd_relay_refuses_a_peer_outside_its_allow_list_with_a_reset_and_dials_nothing() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    backend.set_nonblocking(true).unwrap();
+    let target = format!("TCP:127.0.0.1:{}", backend.local_addr().unwrap().port());
+    let relay = hand_activated(
+        &[listener.into()],
+        "1",
+        None,
+        &["ACCEPT-FD:3,fork,allow=10.9.9.0/24", &target],
+    );
+    // The passed socket already listens: the connect completes in its backlog, and vsplice
+    // refuses the peer once it has started.
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let got = client.read(&mut [0u8; 64]);
+    assert_eq!(
+        got.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a refused peer reads a reset, got {got:?}; log:\n{}",
+        relay.log()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(backend.accept().is_err(), "the backend was dialed");
+    assert!(
+        relay.log().contains("127.0.0.1 refused by the allow list"),
+        "{}",
+        relay.log()
+    );
+}
