@@ -114,6 +114,7 @@ const MEASUREMENTS: &[Scenario] = &[
     ("relay_speed_table_on_vsock", relay_speed_table),
     ("relay_syscalls_on_vsock", relay_syscalls),
     ("splice_from_vsock_bytes_per_call", splice_probe::run),
+    ("bench_against_a_plain_reader_and_writer", bench_plain::run),
 ];
 
 /// The vsock pairs of the speed table, and TCP -> TCP for reference.
@@ -826,6 +827,11 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--copy-relay") {
         guest_only();
         speed::copying_relay(&args[i + 1], &args[i + 2]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--plain-sink") {
+        guest_only();
+        bench_plain::plain_sink(&args[i + 1]);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--guest") {

@@ -347,3 +347,20 @@ fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_th
         "a pipe holding a closed connection's bytes is closed, not handed to the next one"
     );
 }
+
+#[test]
+fn a_vsock_source_gets_ring_buffers_that_hold_its_whole_credit_window() {
+    use nix::sys::socket::AddressFamily;
+    let (tcp, _peer) = super::super::testing::tcp_endpoint();
+    assert_eq!(ring_buffer_size(1 << 20, Some(&tcp)), 128 * 1024);
+    assert_eq!(ring_buffer_size(8 << 20, Some(&tcp)), 1 << 20);
+    // An unconnected vsock socket: its family is all this asks (nothing connects).
+    let Ok(vsock) = Socket::new(AddressFamily::Vsock) else {
+        eprintln!("no AF_VSOCK here: skipped");
+        return;
+    };
+    let vsock = Endpoint::socket(vsock, "vsock".into());
+    assert_eq!(ring_buffer_size(1 << 20, Some(&vsock)), VSOCK_RING_BUFFER);
+    assert_eq!(ring_buffer_size(64 << 10, Some(&vsock)), VSOCK_RING_BUFFER);
+    assert_eq!(ring_buffer_size(8 << 20, Some(&vsock)), 1 << 20);
+}
