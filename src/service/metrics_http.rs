@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::allow::Peer;
 use super::metrics::Metrics;
 use crate::addr::Address;
 use crate::error::{Error, Result};
@@ -50,7 +49,9 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Listens on `address` and serves `metrics` from a new thread.
     pub fn start(address: &Address, metrics: Arc<Metrics>) -> Result<MetricsServer> {
-        let listener = Listener::open(address)?;
+        let mut listener = Listener::open(address)?;
+        // Nothing prints a scraper's address: save the getpeername.
+        listener.set_peer_labels(false);
         let local = listener.local_addr().clone();
         let stop = Arc::new(EventFd::new().map_err(|e| Error::io("metrics: eventfd", e))?);
         let thread = {
@@ -102,17 +103,6 @@ struct Client {
     phase: Phase,
 }
 
-/// What a turn of I/O left a client to do.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// Wait for the socket to be readable.
-    Read,
-    /// Wait for the socket to be writable.
-    Write,
-    /// Close it.
-    Close,
-}
-
 impl Client {
     fn new(socket: Socket, now: Instant) -> Client {
         Client {
@@ -132,16 +122,17 @@ impl Client {
         }
     }
 
-    /// What the client waits for now.
-    fn waits_for(&self) -> Next {
+    /// What the client's socket is polled for now.
+    fn waits_for(&self) -> PollFlags {
         match self.phase {
-            Phase::Writing { .. } => Next::Write,
-            _ => Next::Read,
+            Phase::Writing { .. } => PollFlags::POLLOUT,
+            _ => PollFlags::POLLIN,
         }
     }
 
-    /// Moves the exchange on as far as the socket allows without blocking.
-    fn advance(&mut self, metrics: &Metrics, now: Instant) -> Next {
+    /// Moves the exchange on as far as the socket allows without blocking; `false`: the
+    /// exchange is over (done, or the client left or failed) and the client is to be closed.
+    fn advance(&mut self, metrics: &Metrics, now: Instant) -> bool {
         loop {
             match &mut self.phase {
                 Phase::Reading { head } => {
@@ -152,14 +143,14 @@ impl Client {
                     }
                     let mut buf = [0u8; 2048];
                     match nix::unistd::read(self.socket.as_fd(), &mut buf) {
-                        Ok(0) => return Next::Close,
+                        Ok(0) => return false,
                         Ok(n) => {
                             let room = MAX_REQUEST_BYTES - head.len();
                             head.extend_from_slice(&buf[..n.min(room)]);
                         }
                         Err(nix::Error::EINTR) => {}
-                        Err(nix::Error::EAGAIN) => return Next::Read,
-                        Err(_) => return Next::Close,
+                        Err(nix::Error::EAGAIN) => return true,
+                        Err(_) => return false,
                     }
                 }
                 Phase::Writing { response, sent } => {
@@ -173,17 +164,17 @@ impl Client {
                     match nix::unistd::write(&self.socket, &response[*sent..]) {
                         Ok(n) => *sent += n,
                         Err(nix::Error::EINTR) => {}
-                        Err(nix::Error::EAGAIN) => return Next::Write,
-                        Err(_) => return Next::Close,
+                        Err(nix::Error::EAGAIN) => return true,
+                        Err(_) => return false,
                     }
                 }
                 Phase::Lingering { .. } => {
                     let mut sink = [0u8; 1024];
                     match nix::unistd::read(self.socket.as_fd(), &mut sink) {
-                        Ok(0) => return Next::Close,
+                        Ok(0) => return false,
                         Ok(_) | Err(nix::Error::EINTR) => {}
-                        Err(nix::Error::EAGAIN) => return Next::Read,
-                        Err(_) => return Next::Close,
+                        Err(nix::Error::EAGAIN) => return true,
+                        Err(_) => return false,
                     }
                 }
             }
@@ -214,11 +205,7 @@ fn serve(listener: Listener, metrics: Arc<Metrics>, stop: &EventFd) {
             fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
             fds.push(PollFd::new(listener.socket().as_fd(), PollFlags::POLLIN));
             for c in &clients {
-                let want = match c.waits_for() {
-                    Next::Write => PollFlags::POLLOUT,
-                    _ => PollFlags::POLLIN,
-                };
-                fds.push(PollFd::new(c.socket.as_fd(), want));
+                fds.push(PollFd::new(c.socket.as_fd(), c.waits_for()));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::Error::EINTR) => {}
@@ -239,7 +226,7 @@ fn serve(listener: Listener, metrics: Arc<Metrics>, stop: &EventFd) {
         clients.retain_mut(|c| {
             let fired = ready.get(index).copied().unwrap_or(false);
             index += 1;
-            if fired && c.advance(&metrics, now) == Next::Close {
+            if fired && !c.advance(&metrics, now) {
                 return false;
             }
             c.expires() > now
@@ -250,27 +237,22 @@ fn serve(listener: Listener, metrics: Arc<Metrics>, stop: &EventFd) {
     }
 }
 
-/// Accepts every pending client that the allow list admits, serving each as far as it can
-/// go at once (a scraper whose request is already in often finishes here).
+/// Accepts every pending client that the allow list admits (through [`Listener::accept`],
+/// the admission every listener's connections take: a refused TCP peer reads a reset),
+/// serving each as far as it can go at once (a scraper whose request is already in often
+/// finishes here).
 fn accept_all(
     listener: &Listener,
     clients: &mut VecDeque<Client>,
     metrics: &Metrics,
     now: Instant,
 ) {
-    while let Ok(Some(socket)) = listener.socket().accept() {
-        if let Some(allow) = &listener.address().options.allow {
-            match Peer::of(&socket) {
-                Ok(peer) if allow.permits(&peer) => {}
-                Ok(peer) => {
-                    crate::limited!(Info, "metrics: {peer} refused by the allow list");
-                    continue;
-                }
-                Err(_) => continue,
-            }
-        }
+    while let Ok(Some(endpoint)) = listener.accept() {
+        let Some(socket) = endpoint.into_socket() else {
+            continue;
+        };
         let mut client = Client::new(socket, now);
-        if client.advance(metrics, now) == Next::Close {
+        if !client.advance(metrics, now) {
             continue;
         }
         if clients.len() >= MAX_CLIENTS {
@@ -377,14 +359,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_404_and_outlasts_a_silent_client() {
-        let metrics = Arc::new(Metrics::new());
-        metrics.service("api").on_accept();
-        let address = Address::parse("TCP4-LISTEN:0,bind=127.0.0.1").unwrap();
-        let server = MetricsServer::start(&address, metrics).unwrap();
-        let SockAddr::Inet(local) = server.local_addr() else {
-            panic!("inet")
-        };
-        let port = local.port();
+        let (server, port) = start_local();
         // A client that connects and says nothing holds one slot, not the server.
         let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let reply = get(port, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -464,5 +439,23 @@ mod tests {
         };
         assert!(closed, "still open after {:?}", started.elapsed());
         assert!(started.elapsed() >= CLIENT_DEADLINE);
+    }
+
+    #[test]
+    fn a_scraper_outside_the_allow_list_reads_a_reset_and_no_metrics() {
+        let metrics = Arc::new(Metrics::new());
+        let address = Address::parse("TCP4-LISTEN:0,bind=127.0.0.1,allow=10.9.9.0/24").unwrap();
+        let server = MetricsServer::start(&address, metrics).unwrap();
+        let SockAddr::Inet(local) = server.local_addr() else {
+            panic!("inet")
+        };
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", local.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let got = s.read(&mut [0u8; 64]);
+        assert_eq!(
+            got.as_ref().map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "a refused scraper reads a reset, got {got:?}"
+        );
     }
 }
