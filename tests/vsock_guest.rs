@@ -315,13 +315,7 @@ fn bench_over_vsock() {
         Stdio::null(),
         Stdio::piped(),
     );
-    let mut out = server.child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("listening on") {
-        assert_eq!(out.read(&mut byte).unwrap(), 1, "bench server exited");
-        seen.push(byte[0]);
-    }
+    server.wait_for_stdout("listening on");
     let doc = vsplice_json(&[
         "bench",
         "client",

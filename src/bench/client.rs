@@ -475,15 +475,8 @@ fn report_intervals(
         let due = started + interval * tick;
         // Parked until the interval is due: the streams' end unparks it. (It used to wake
         // every 10 ms to look: 100 wakeups a second, each dear in a guest.)
-        loop {
-            if finished.load(Ordering::SeqCst) {
-                return rows;
-            }
-            let now = Instant::now();
-            if now >= due {
-                break;
-            }
-            std::thread::park_timeout(due - now);
+        if stream::park_until(due, finished) {
+            return rows;
         }
         tick += 1;
         let to = started.elapsed().as_secs_f64();

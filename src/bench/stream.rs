@@ -186,13 +186,7 @@ pub fn send(
     let result = std::thread::scope(|scope| {
         let timer = match limit {
             SendLimit::Until(t) => Some(scope.spawn(move || {
-                loop {
-                    let now = Instant::now();
-                    if done.load(Ordering::SeqCst) || now >= t {
-                        break;
-                    }
-                    std::thread::park_timeout(t - now);
-                }
+                park_until(t, done);
                 over.store(true, Ordering::Relaxed);
             })),
             SendLimit::Bytes(_) => None,
@@ -215,6 +209,21 @@ pub fn send(
         send_seconds: started.elapsed().as_secs_f64(),
         error,
         ..StreamCounts::default()
+    }
+}
+
+/// Parks this thread until `due` or until `stop` is set (whoever sets it unparks this
+/// thread); `true` if `stop` ended the wait.
+pub(super) fn park_until(due: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= due {
+            return false;
+        }
+        std::thread::park_timeout(due - now);
     }
 }
 
@@ -387,8 +396,7 @@ impl Default for Expect {
     }
 }
 
-/// A receiver reads the clock at least once per this many bytes of full reads, and a time
-/// limited sender once per this many bytes written.
+/// A receiver reads the clock at least once per this many bytes of full reads.
 const STAMP_EVERY: u64 = 1 << 20;
 
 /// How often a waiting receiver looks at its [`Expect`].
@@ -430,18 +438,10 @@ pub fn receive(
             count_known = Some(Instant::now());
         }
         if received >= want {
-            if unstamped > 0 {
-                ended = Instant::now();
-            }
             break;
         }
         match r.read(&mut buf) {
-            Ok(0) => {
-                if unstamped > 0 {
-                    ended = Instant::now();
-                }
-                break;
-            }
+            Ok(0) => break,
             Ok(n) => {
                 if verify && error.is_none() {
                     if let Err(at) = pattern::check(id, received, &buf[..n]) {
@@ -501,6 +501,10 @@ pub fn receive(
                 break;
             }
         }
+    }
+    if unstamped > 0 {
+        // The loop left right after a read that did not read the clock.
+        ended = Instant::now();
     }
     StreamCounts {
         stream: id,

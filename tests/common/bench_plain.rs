@@ -82,13 +82,7 @@ fn bench_run(bin: &Path, spot: &Spot, bytes: usize, trace: Option<&Path>) -> f64
         Stdio::null(),
         Stdio::piped(),
     );
-    let mut out = server.child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("listening on") {
-        assert_eq!(out.read(&mut byte).unwrap(), 1, "bench server exited");
-        seen.push(byte[0]);
-    }
+    server.wait_for_stdout("listening on");
     let connect = spot.vsplice_connect();
     let size = format!("{bytes}");
     let run = command("client")

@@ -557,6 +557,19 @@ impl Relay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Reads the child's piped stdout until `needle` shows (a bench server's "listening on",
+    /// which it prints there); the pipe stays open, so later lines do not meet EPIPE.
+    pub fn wait_for_stdout(&mut self, needle: &str) {
+        let mut out = self.child.stdout.take().expect("stdout piped");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            assert_eq!(out.read(&mut byte).unwrap(), 1, "exited before {needle:?}");
+            seen.push(byte[0]);
+        }
+        self.child.stdout = Some(out);
+    }
+
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
