@@ -13,8 +13,8 @@ use std::sync::mpsc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vsplice::addr::Address;
-use vsplice::endpoint::Endpoint;
 use vsplice::engine::{Engine, EngineConfig, Job, Mode, Second};
+use vsplice::net::endpoint::Endpoint;
 use vsplice::sys::socket::Socket;
 
 const CHUNK: usize = 8 << 20;

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+use crate::addr::check_pair;
 use crate::addr::{Address, parse_duration, parse_size};
 use crate::bench::{BenchArgs, BenchPlan};
 use crate::engine::flow::FillPolicy;
 use crate::engine::rcvbudget::ReceiveBudget;
 use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode};
 use crate::error::{Error, Result};
-use crate::relay::{RelayPlan, check_pair};
+use crate::relay::RelayPlan;
 
 const ADDRESS_HELP: &str = "\
 Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensitive):
@@ -178,14 +179,25 @@ pub fn engine_config(cli: &Cli) -> EngineConfig {
     }
 }
 
-/// Whether workers are pinned. Pinning pays on cores the relay has to itself; when the
-/// workers occupy every core, the relay shares each of them with whatever else runs, and a
-/// pinned worker cannot be moved off a contested core (measured: README, Performance).
-pub fn pin_policy(pin: bool, no_pin: bool, threads: usize, cores: usize) -> bool {
-    if pin || no_pin {
-        return pin;
+/// The relay options of an `ACCEPT-FD` relay's one service, from the command line's flags.
+fn accept_fd_options(cli: &Cli) -> crate::service::config::RelayOptions {
+    use crate::service::config::{OneWay, RelayOptions};
+    RelayOptions {
+        idle_timeout: cli.idle_timeout,
+        linger: cli.half_close_timeout,
+        one_way: match (cli.forward_only, cli.reverse_only) {
+            (true, _) => Some(OneWay::FirstToSecond),
+            (_, true) => Some(OneWay::SecondToFirst),
+            _ => None,
+        },
+        buffer: cli.block,
+        mode: cli.mode,
     }
-    threads < cores
+}
+
+/// What `--pin` and `--no-pin` ask for: `None` when neither was given.
+fn pin_setting(cli: &Cli) -> Option<bool> {
+    (cli.pin || cli.no_pin).then_some(cli.pin)
 }
 
 /// Resolves parsed arguments into a plan.
@@ -200,18 +212,25 @@ pub fn plan(cli: Cli) -> Result<Plan> {
         .map_err(|_| Error::Usage("exactly two addresses are needed".into()))?;
     let first = parse_address(&first)?;
     let second = parse_address(&second)?;
-    check_pair(&first, &second)?;
+    check_pair(&first, &second).map_err(Error::Usage)?;
     if let crate::addr::Kind::AcceptFd { .. } = first.kind {
-        let serve = crate::service::accept_fd_relay(first, second, &cli)?;
+        let serve = crate::service::accept_fd_relay(
+            first,
+            second,
+            accept_fd_options(&cli),
+            crate::service::config::GlobalOptions {
+                drain_timeout: std::time::Duration::ZERO,
+                threads: cli.threads,
+                receive_budget: cli.receive_budget,
+                pin: pin_setting(&cli),
+                defaults: crate::service::config::RelayOptions::default(),
+            },
+        )?;
         return Ok(Plan::Serve(Box::new(serve)));
     }
     let mut engine = engine_config(&cli);
     engine.single_connection = !first.options.fork;
-    engine.receive_budget = match cli.receive_budget {
-        Some(0) => None,
-        Some(n) => Some(ReceiveBudget(n)),
-        None => ReceiveBudget::from_system(),
-    };
+    engine.receive_budget = ReceiveBudget::resolve(cli.receive_budget);
     engine.user_rcvbuf = [
         first.options.rcvbuf.is_some(),
         second.options.rcvbuf.is_some(),
@@ -220,7 +239,7 @@ pub fn plan(cli: Cli) -> Result<Plan> {
         .map(|n| n.get())
         .unwrap_or(1);
     let threads = cli.threads.unwrap_or(cores);
-    engine.pin_workers = pin_policy(cli.pin, cli.no_pin, threads, cores);
+    engine.pin_workers = crate::engine::pin_policy(pin_setting(&cli), threads, cores);
     Ok(Plan::Relay(Box::new(RelayPlan {
         first,
         second,
@@ -409,10 +428,11 @@ mod tests {
 
     #[test]
     fn workers_are_pinned_when_they_leave_cores_free_or_when_asked() {
-        assert!(!pin_policy(false, false, 2, 2));
-        assert!(pin_policy(false, false, 2, 8));
-        assert!(pin_policy(true, false, 2, 2));
-        assert!(!pin_policy(false, true, 2, 8));
+        use crate::engine::pin_policy;
+        assert!(!pin_policy(None, 2, 2));
+        assert!(pin_policy(None, 2, 8));
+        assert!(pin_policy(Some(true), 2, 2));
+        assert!(!pin_policy(Some(false), 2, 8));
         let Plan::Relay(p) = plan_of(&["--threads", "1", "TCP-L:1,fork", "TCP:h:2"]).unwrap()
         else {
             panic!()

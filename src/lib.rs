@@ -18,7 +18,4 @@ pub mod relay;
 pub mod service;
 pub mod sys;
 
-// The modules' former paths, for code written against them.
-pub use net::{dial, endpoint, open, resolve};
-
 pub use error::{Error, Result};

@@ -43,41 +43,6 @@ pub struct RelayPlan {
     pub drain_timeout: Duration,
 }
 
-/// Checks that the two addresses make sense together (stage two of argument parsing).
-pub fn check_pair(first: &Address, second: &Address) -> Result<()> {
-    if second.options.fork {
-        return Err(Error::Usage(format!(
-            "option \"fork\" is only valid on the first address, not on \"{}\"",
-            second.text
-        )));
-    }
-    for a in [first, second] {
-        if a.options.max_children.is_some() && !a.options.fork {
-            return Err(Error::Usage(format!(
-                "option \"max-children\" needs \"fork\" in \"{}\"",
-                a.text
-            )));
-        }
-    }
-    let stdio = |a: &Address| a.kind == Kind::Stdio;
-    if stdio(first) && stdio(second) {
-        return Err(Error::Usage("STDIO can be used only once".into()));
-    }
-    if first.options.fork && stdio(second) {
-        return Err(Error::Usage(format!(
-            "STDIO cannot serve more than one connection: remove \"fork\" from \"{}\"",
-            first.text
-        )));
-    }
-    if first.is_listener() && second.is_listener() {
-        return Err(Error::Usage(format!(
-            "both addresses listen (\"{}\" and \"{}\"): one of them must connect or be STDIO",
-            first.text, second.text
-        )));
-    }
-    Ok(())
-}
-
 /// Descriptors wanted: two sockets per connection plus pipes in flight and some slack.
 fn wanted_descriptors(first: &Address) -> u64 {
     match first.options.max_children {

@@ -14,7 +14,7 @@ use clap::Parser;
 use proptest::prelude::*;
 use vsplice::addr::{Address, Family, Kind, parse_duration, parse_size};
 use vsplice::cli::{Cli, options_after_bench, plan};
-use vsplice::dial::parse_handshake_reply;
+use vsplice::net::dial::parse_handshake_reply;
 
 /// Inputs kept from earlier runs and hand-picked edge cases, one per line.
 const ADDRESS_CORPUS: &str = include_str!("corpus/addresses.txt");

@@ -6,9 +6,11 @@
 //! insensitive), checks parameter counts and ranges, and checks that every option applies to
 //! the address type, so that a typo fails before anything is opened.
 
+pub mod allow;
 mod bind;
 mod lex;
 mod options;
+mod pair;
 pub mod size;
 
 use std::fmt;
@@ -18,6 +20,7 @@ pub use lex::{LexError, RawAddress, RawOption, lex};
 pub use size::{check_idle_timeout, parse_duration, parse_size};
 
 pub use options::Options;
+pub use pair::check_pair;
 
 use options::apply_option;
 

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
 use super::{AddressError, Bind, KindTag, RawOption, parse_duration, parse_size};
-use crate::service::allow::{Allow, AllowRule};
 
 /// The address options vsplice understands, after validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

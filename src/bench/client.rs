@@ -20,8 +20,8 @@ use super::report::{
 use super::rr::{self, Latencies, LatencyReport, Meters};
 use super::stream::{self, Expect, Peer, Stream};
 use crate::addr::Address;
-use crate::dial::dial_blocking;
 use crate::error::{Error, Result};
+use crate::net::dial::dial_blocking;
 use crate::net::dial::escape_peer_text;
 
 fn connect(address: &Arc<Address>) -> Result<Stream> {

@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::proto::{self, Hello};
-use crate::endpoint::Endpoint;
+use crate::net::endpoint::Endpoint;
 use crate::sys::pipe;
 
 /// How long a connection has, from its accept, to send its whole hello line.

@@ -30,7 +30,7 @@ use clap::Subcommand;
 use crate::addr::{Address, parse_duration, parse_size};
 use crate::engine::Mode;
 use crate::error::{Error, Result};
-use crate::open::Listener;
+use crate::net::open::Listener;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
 use client::run_test;
 use demo::{DemoPlan, Transport};

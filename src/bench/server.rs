@@ -24,7 +24,7 @@ use super::proto::{
 };
 use super::rr;
 use super::stream::{self, Expect, Peer, Stream};
-use crate::open::Listener;
+use crate::net::open::Listener;
 use crate::sys::signal::StopSignals;
 use crate::{debug, info, notice, warn};
 
@@ -165,7 +165,7 @@ pub fn serve(listener: Listener, signals: &StopSignals, limits: Limits) -> std::
 
 /// Writes a refusal to a connection that has no thread yet (its socket is non-blocking; one
 /// short line fits any fresh socket's send buffer), then closes it.
-fn refuse(endpoint: crate::endpoint::Endpoint, message: String) {
+fn refuse(endpoint: crate::net::endpoint::Endpoint, message: String) {
     crate::limited!(Warn, "bench server: {}: {message}", endpoint.label());
     let mut line = serde_json::to_vec(&ServerMsg::Error { message }).unwrap_or_default();
     line.push(b'\n');
@@ -192,7 +192,7 @@ fn spawn(name: &str, peer: String, f: impl FnOnce() -> std::io::Result<()> + Sen
 /// Decides on a complete hello, on the accepting thread: a test within the server's budget
 /// gets a control thread; a data connection of a running test, for a stream not yet joined,
 /// gets a data thread; anything else is closed here, costing no thread.
-fn admit(server: &Arc<Server>, endpoint: crate::endpoint::Endpoint, hello: Hello) {
+fn admit(server: &Arc<Server>, endpoint: crate::net::endpoint::Endpoint, hello: Hello) {
     let peer = endpoint.label().to_string();
     match hello {
         Hello::Control {

@@ -17,7 +17,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 use super::pattern;
 use super::proto::{Limit, Params, StreamCounts};
-use crate::endpoint::Endpoint;
+use crate::net::endpoint::Endpoint;
 use crate::sys::zerocopy;
 
 /// A connected, blocking socket.

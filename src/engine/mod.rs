@@ -504,3 +504,12 @@ impl Drop for Engine {
         self.stop();
     }
 }
+
+/// Whether workers are pinned: `pin` when the user said (`--pin`/`--no-pin`, the config's
+/// `pin`), else only when the workers leave cores free. Pinning pays on cores the relay has
+/// to itself; when the workers occupy every core, the relay shares each of them with
+/// whatever else runs, and a pinned worker cannot be moved off a contested core (measured:
+/// README, Performance).
+pub fn pin_policy(pin: Option<bool>, threads: usize, cores: usize) -> bool {
+    pin.unwrap_or(threads < cores)
+}

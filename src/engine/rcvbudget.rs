@@ -26,6 +26,16 @@ pub const FLOOR: usize = 64 << 10;
 pub struct ReceiveBudget(pub usize);
 
 impl ReceiveBudget {
+    /// The budget a setting asks for (`--receive-budget`, the config's `receive-budget`):
+    /// 0 turns it off, a number is bytes, and no setting means [`ReceiveBudget::from_system`].
+    pub fn resolve(setting: Option<usize>) -> Option<ReceiveBudget> {
+        match setting {
+            Some(0) => None,
+            Some(n) => Some(ReceiveBudget(n)),
+            None => ReceiveBudget::from_system(),
+        }
+    }
+
     /// Half of the kernel's TCP memory-pressure threshold (`net.ipv4.tcp_mem`, second field,
     /// in pages): the other half stays for the relay's peers' queues and everything else on
     /// the machine. `None` where the file cannot be read.

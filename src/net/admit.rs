@@ -7,11 +7,11 @@
 //! closed with `SO_LINGER` 0: a TCP peer reads a reset, not an end of stream it could take
 //! for the backend's answer. (A UNIX or vsock peer cannot be reset; it reads end of file.)
 
+use crate::addr::allow::Peer;
 use crate::addr::{Address, Kind};
 use crate::limited;
 use crate::net::endpoint::Endpoint;
 use crate::net::sockopt::apply_connected_options;
-use crate::service::allow::Peer;
 use crate::sys::socket::Socket;
 
 /// Checks `socket`, accepted on `listen`, against its allow list and makes it an endpoint;

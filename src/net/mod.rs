@@ -8,5 +8,6 @@ pub mod bindkey;
 pub mod dial;
 pub mod endpoint;
 pub mod open;
+pub mod peer;
 pub mod resolve;
 pub mod sockopt;

@@ -90,19 +90,14 @@ pub fn engine_config(plan: &ServePlan, threads: usize) -> EngineConfig {
         pipe_size: size,
         copy_size: size,
         receive_budget: receive_budget(plan),
-        pin_workers: crate::cli::pin_policy(pin == Some(true), pin == Some(false), threads, cores),
+        pin_workers: crate::engine::pin_policy(pin, threads, cores),
         single_connection: false,
         ..EngineConfig::default()
     }
 }
 
 pub fn receive_budget(plan: &ServePlan) -> Option<crate::engine::rcvbudget::ReceiveBudget> {
-    use crate::engine::rcvbudget::ReceiveBudget;
-    match plan.global.receive_budget {
-        Some(0) => None,
-        Some(n) => Some(ReceiveBudget(n)),
-        None => ReceiveBudget::from_system(),
-    }
+    crate::engine::rcvbudget::ReceiveBudget::resolve(plan.global.receive_budget)
 }
 
 /// A service's listener as the engine's workers accept on it.

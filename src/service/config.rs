@@ -4,7 +4,7 @@
 //! Two stages, like the command line: serde reads the text into raw structures that keep
 //! every value's position ([`toml::Spanned`]), then [`resolve`] gives each value meaning with
 //! the same code the command line uses (the address grammar, the size and duration parsers,
-//! [`crate::relay::check_pair`]). Every error names the file, the line and the key; unknown
+//! [`crate::addr::check_pair`]). Every error names the file, the line and the key; unknown
 //! keys are errors, not silently ignored, so a typo never leaves an option unset.
 
 use std::collections::HashMap;
@@ -15,11 +15,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
+use crate::addr::allow::Allow;
 use crate::addr::{Address, AddressError, Kind, parse_duration, parse_size};
 use crate::engine::Mode;
 use crate::error::Error;
 use crate::net::bindkey::BindKey;
-use crate::service::allow::Allow;
 
 /// How long connections may go on after a stop before they are cut, when the file says nothing.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -462,7 +462,7 @@ fn resolve_service(
         }
         let mut rules = Vec::new();
         for entry in entries.get_ref() {
-            let rule = crate::service::allow::AllowRule::parse(entry.get_ref())
+            let rule = crate::addr::allow::AllowRule::parse(entry.get_ref())
                 .map_err(|e| src.at(entry, "allow", e))?;
             rules.push(rule);
         }
@@ -478,8 +478,7 @@ fn resolve_service(
             .map_err(|e| src.at(entries, "allow", format!("service \"{name}\": {e}")))?;
         listen.options.allow = Some(allow);
     }
-    crate::relay::check_pair(&listen, &connect)
-        .map_err(|e| src.at(&raw.name, "", e.to_string()))?;
+    crate::addr::check_pair(&listen, &connect).map_err(|e| src.at(&raw.name, "", e))?;
     let own = relay_options(
         src,
         [

@@ -23,7 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::metrics::Metrics;
 use crate::addr::Address;
 use crate::error::{Error, Result};
-use crate::open::Listener;
+use crate::net::open::Listener;
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket::{SockAddr, Socket};
 

@@ -8,7 +8,6 @@
 //! `reload`: SIGHUP). This module holds the `serve` subcommand.
 
 mod acceptor;
-pub mod allow;
 pub mod config;
 pub mod metrics;
 mod metrics_http;
@@ -62,7 +61,8 @@ pub fn run(command: ServeCommand) -> Result<ExitCode> {
 pub fn accept_fd_relay(
     first: Address,
     second: Address,
-    cli: &crate::cli::Cli,
+    options: config::RelayOptions,
+    global: config::GlobalOptions,
 ) -> Result<ServeCommand> {
     if !first.options.fork {
         return Err(Error::Usage(format!(
@@ -76,26 +76,9 @@ pub fn accept_fd_relay(
             second.text
         )));
     }
-    let options = config::RelayOptions {
-        idle_timeout: cli.idle_timeout,
-        linger: cli.half_close_timeout,
-        one_way: match (cli.forward_only, cli.reverse_only) {
-            (true, _) => Some(config::OneWay::FirstToSecond),
-            (_, true) => Some(config::OneWay::SecondToFirst),
-            _ => None,
-        },
-        buffer: cli.block,
-        mode: cli.mode,
-    };
     let plan = ServePlan {
         file: PathBuf::from("(command line)"),
-        global: config::GlobalOptions {
-            drain_timeout: std::time::Duration::ZERO,
-            threads: cli.threads,
-            receive_budget: cli.receive_budget,
-            pin: (cli.pin || cli.no_pin).then_some(cli.pin),
-            defaults: config::RelayOptions::default(),
-        },
+        global,
         metrics: None,
         services: vec![config::ServicePlan {
             name: "relay".into(),

@@ -6,13 +6,14 @@
 //! ever match peers of a listening address type (a CID entry on a TCP listener is a mistake
 //! caught before anything is opened); [`Allow::permits`] decides for one accepted peer. An
 //! empty list is never built: "no allow list" means everyone, and is `Option<Allow>::None`.
+//!
+//! Grammar only: reading who is on the other end of a socket ([`Peer::of`]) lives in
+//! `net::peer`, where sockets are.
 
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
 
-use crate::addr::{Bind, Family, Kind, KindTag};
-use crate::sys::socket::{SockAddr, Socket};
+use super::{Bind, Family, Kind, KindTag};
 
 /// One entry of an allow list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,27 +37,6 @@ pub enum Peer {
     Unix {
         uid: Option<u32>,
     },
-}
-
-impl Peer {
-    /// The peer of an accepted socket: its address, and for UNIX sockets its credentials.
-    pub fn of(socket: &Socket) -> io::Result<Peer> {
-        Ok(match socket.peer_addr()? {
-            SockAddr::Unix(_) => Peer::Unix {
-                uid: socket.peer_credentials().ok().map(|c| c.uid),
-            },
-            other => Peer::from_addr(&other),
-        })
-    }
-
-    /// The peer behind an address (UNIX peers without credentials).
-    pub fn from_addr(addr: &SockAddr) -> Peer {
-        match addr {
-            SockAddr::Inet(a) => Peer::Inet(a.ip().to_canonical()),
-            SockAddr::Vsock { cid, .. } => Peer::Vsock { cid: *cid },
-            SockAddr::Unix(_) => Peer::Unix { uid: None },
-        }
-    }
 }
 
 impl fmt::Display for Peer {
@@ -418,26 +398,6 @@ mod tests {
                 .fits(KindTag::TcpConnect(Family::Any))
                 .is_err()
         );
-    }
-
-    #[test]
-    fn peers_of_real_sockets() {
-        use std::os::unix::net::{UnixListener, UnixStream};
-        let dir = std::env::temp_dir().join(format!("vsplice-allow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s");
-        let listener = UnixListener::bind(&path).unwrap();
-        let _client = UnixStream::connect(&path).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let server = Socket::from_owned(server.into());
-        let uid = nix::unistd::geteuid().as_raw();
-        assert_eq!(Peer::of(&server).unwrap(), Peer::Unix { uid: Some(uid) });
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _c = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
-        let (s, _) = tcp.accept().unwrap();
-        let s = Socket::from_owned(s.into());
-        assert_eq!(Peer::of(&s).unwrap(), inet("127.0.0.1"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,0 +1,41 @@
+//! The rules that span a relay's two addresses (which may fork, which may listen, STDIO
+//! once): pure, shared by the command line and the service config, so that a pair the one
+//! refuses the other refuses too.
+
+use super::{Address, Kind};
+
+/// Checks that the two addresses make sense together (stage two of argument parsing): the
+/// message names the address at fault.
+pub fn check_pair(first: &Address, second: &Address) -> Result<(), String> {
+    if second.options.fork {
+        return Err(format!(
+            "option \"fork\" is only valid on the first address, not on \"{}\"",
+            second.text
+        ));
+    }
+    for a in [first, second] {
+        if a.options.max_children.is_some() && !a.options.fork {
+            return Err(format!(
+                "option \"max-children\" needs \"fork\" in \"{}\"",
+                a.text
+            ));
+        }
+    }
+    let stdio = |a: &Address| a.kind == Kind::Stdio;
+    if stdio(first) && stdio(second) {
+        return Err("STDIO can be used only once".into());
+    }
+    if first.options.fork && stdio(second) {
+        return Err(format!(
+            "STDIO cannot serve more than one connection: remove \"fork\" from \"{}\"",
+            first.text
+        ));
+    }
+    if first.is_listener() && second.is_listener() {
+        return Err(format!(
+            "both addresses listen (\"{}\" and \"{}\"): one of them must connect or be STDIO",
+            first.text, second.text
+        ));
+    }
+    Ok(())
+}
