@@ -82,6 +82,39 @@ fn a_dual_stack_listener_admits_an_ipv4_peer_by_its_ipv4_entry() {
 }
 
 #[test]
+fn a_dual_stack_listener_refuses_an_ipv4_peer_outside_its_allow_list_with_a_reset() {
+    let (backend, bport) = backend();
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},fork,allow=10.9.9.0/24");
+    let connect = format!("TCP:127.0.0.1:{bport}");
+    let relay = Relay::start(&[&listen, &connect]);
+    // The wildcard of TCP-LISTEN is IPv6's, dual-stack: the client below is accepted as
+    // ::ffff:127.0.0.1, an IPv4-mapped address that the allow list must judge as 127.0.0.1.
+    assert!(
+        relay.log().contains(&format!("listening on [::]:{port}")),
+        "the listener is dual-stack:\n{}",
+        relay.log()
+    );
+    let got = first_read(port);
+    assert_eq!(
+        got.as_ref().map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "a refused IPv4 peer of a dual-stack listener reads a reset, got {got:?}:\n{}",
+        relay.log()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        backend.accept().is_err(),
+        "the backend was dialed for a refused peer"
+    );
+    assert!(
+        relay.log().contains("127.0.0.1 refused by the allow list"),
+        "{}",
+        relay.log()
+    );
+}
+
+#[test]
 fn a_unix_listener_with_a_uid_entry_refuses_another_user_and_dials_nothing() {
     let me = nix::unistd::geteuid().as_raw();
     let other = if me == 65534 { 65533 } else { 65534 };
