@@ -959,6 +959,53 @@ fn two_hundred_partial_hellos_neither_stop_a_test_nor_take_a_thread_each() {
     }
 }
 
+/// The bench server's bounds on hellos (src/bench/hello.rs).
+const MAX_PENDING_HELLOS: usize = 256;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[test]
+fn past_256_partial_hellos_the_oldest_are_closed_at_once_and_a_test_still_runs() {
+    use std::io::Write;
+    const EXTRA: usize = 44;
+    let (_server, addr) = tcp_server();
+    let target = addr.strip_prefix("TCP:").unwrap();
+    let started = Instant::now();
+    // Connected one after another, so the server accepts them in this order.
+    let mut idle: Vec<std::net::TcpStream> = (0..MAX_PENDING_HELLOS + EXTRA)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(target).unwrap();
+            s.write_all(b"{").unwrap();
+            s
+        })
+        .collect();
+    // The oldest EXTRA are closed to make room, the newest 256 wait on.
+    for (n, s) in idle.iter_mut().enumerate().take(EXTRA) {
+        assert!(
+            closed_by_server(s, Duration::from_secs(30)),
+            "partial hello {n} (of the oldest {EXTRA}) stayed open"
+        );
+    }
+    for (n, s) in idle.iter_mut().enumerate().skip(EXTRA) {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        let got = std::io::Read::read(s, &mut buf);
+        assert!(
+            matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "partial hello {n} (of the newest {MAX_PENDING_HELLOS}) was closed: {got:?}"
+        );
+    }
+    // Seen before any hello's own timeout could have closed them: the cap closed the oldest.
+    assert!(
+        started.elapsed() < HELLO_TIMEOUT,
+        "too slow to tell the cap from the hello timeout: {:?}",
+        started.elapsed()
+    );
+    // And the server still answers: a verified test completes beside 256 waiting hellos.
+    let doc = json_client(&[&addr, "--bytes", "8M", "--verify"]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    assert_eq!(doc["sum_client_to_server"]["receiver_bytes"], 8 << 20);
+}
+
 #[test]
 fn a_hello_trickled_a_byte_at_a_time_is_closed_after_the_hello_timeout() {
     use std::io::Write;

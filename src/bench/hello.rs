@@ -151,3 +151,97 @@ impl Hellos {
         steps
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::socket::Socket;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// A connection as the server holds it after its accept (non-blocking, labelled with its
+    /// number), and the client's end.
+    fn connection(n: usize) -> (Endpoint, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let endpoint = Endpoint::socket(Socket::from_owned(server.into()), format!("client {n}"));
+        (endpoint, client)
+    }
+
+    fn data_hello(cookie: &str) -> Hello {
+        Hello::Data {
+            cookie: cookie.into(),
+            stream: 0,
+        }
+    }
+
+    /// Whether the server closed the client's connection (it reads end of file now).
+    fn closed(client: &mut UnixStream) -> bool {
+        client.set_nonblocking(true).unwrap();
+        match client.read(&mut [0u8; 16]) {
+            Ok(0) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            other => panic!("a pending client read {other:?}"),
+        }
+    }
+
+    #[test]
+    fn past_max_pending_partial_hellos_the_oldest_is_closed_and_hellos_are_still_answered() {
+        let now = Instant::now();
+        let mut hellos = Hellos::default();
+        let mut clients = Vec::new();
+        for n in 0..MAX_PENDING {
+            let (endpoint, mut client) = connection(n);
+            client.write_all(b"{\"type\":").unwrap();
+            let steps = hellos.add(endpoint, now);
+            assert!(steps.is_empty(), "{n}: {steps:?}");
+            clients.push(client);
+        }
+        assert_eq!(hellos.fds().count(), MAX_PENDING);
+
+        // One more partial hello: the oldest waiting one (client 0) is closed for it, only that.
+        let (endpoint, late) = connection(MAX_PENDING);
+        let steps = hellos.add(endpoint, now);
+        match &steps[..] {
+            [Step::Failed(oldest, e)] => {
+                assert_eq!(oldest.label(), "client 0", "the oldest is the one closed");
+                let why = format!("{MAX_PENDING} connections were waiting");
+                assert!(e.to_string().contains(&why), "{e}");
+            }
+            other => panic!("one failure expected, got {other:?}"),
+        }
+        drop(steps);
+        assert!(closed(&mut clients[0]), "client 0 was closed");
+        for (n, client) in clients.iter_mut().enumerate().skip(1) {
+            assert!(!closed(client), "client {n} still waits");
+        }
+        assert_eq!(hellos.fds().count(), MAX_PENDING);
+
+        // Still answered: a fresh connection whose hello is whole, without closing anyone...
+        let (endpoint, mut whole) = connection(MAX_PENDING + 1);
+        proto::send_line(&mut whole, &data_hello("fresh")).unwrap();
+        match &hellos.add(endpoint, now)[..] {
+            [Step::Hello(e, hello)] => {
+                assert_eq!(e.label(), format!("client {}", MAX_PENDING + 1));
+                assert_eq!(*hello, data_hello("fresh"));
+            }
+            other => panic!("the whole hello is answered at once, got {other:?}"),
+        }
+        assert!(!closed(&mut clients[1]), "client 1 still waits");
+        // ...and a waiting one (client 1, now the oldest) that finishes its hello.
+        clients[1]
+            .write_all(b"\"data\",\"cookie\":\"late\",\"stream\":0}\n")
+            .unwrap();
+        let mut ready = vec![false; MAX_PENDING];
+        ready[0] = true;
+        match &hellos.advance(&ready, now)[..] {
+            [Step::Hello(e, hello)] => {
+                assert_eq!(e.label(), "client 1");
+                assert_eq!(*hello, data_hello("late"));
+            }
+            other => panic!("client 1's hello is answered, got {other:?}"),
+        }
+        assert_eq!(hellos.fds().count(), MAX_PENDING - 1);
+        drop(late);
+    }
+}
