@@ -26,7 +26,7 @@ const READ_BEFORE_RESET: usize = MIB;
 /// the upload short.
 const UPLOAD: usize = 8 * MIB;
 
-const MODES: [&str; 5] = ["splice", "uring-splice", "copy", "recv", "recv-zc"];
+const MODES: [&str; 6] = ["auto", "splice", "uring-splice", "copy", "recv", "recv-zc"];
 
 /// The first thing an uploading socket showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
