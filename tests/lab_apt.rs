@@ -120,3 +120,21 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The QEMU lab boots the kernel Debian's `linux-image-amd64` points at, asked of the labs'
+/// own lists like every package they fetch: the machine's lists may be months old (naming a
+/// kernel the mirror has since dropped) or never fetched at all.
+#[test]
+fn the_qemu_labs_kernel_package_is_named_by_the_labs_own_lists() {
+    let debs = common::lab::deb_root();
+    let depends = debs
+        .depends("linux-image-amd64")
+        .expect("apt-cache depends on the lab's lists");
+    let kernel = depends
+        .first()
+        .expect("linux-image-amd64 depends on a kernel package");
+    assert!(
+        kernel.starts_with("linux-image-") && kernel.ends_with("-amd64"),
+        "{depends:?}"
+    );
+}

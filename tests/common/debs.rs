@@ -1,7 +1,9 @@
 //! Debian packages for the guest labs, unpacked into a cache folder with `apt-get download` and
 //! `dpkg -x`, never installed. The labs always run their own unpacked copies, whether or not
 //! the machine has the packages installed, so README's `cargo test` needs nothing installed by
-//! hand (only `apt-get update` having been run) and behaves the same on every machine.
+//! hand and behaves the same on every machine. They read private package lists fetched from
+//! the machine's Debian mirror, never the machine's own lists (which may be stale or absent),
+//! so no `apt-get update` of the machine is needed either.
 //!
 //! A package unpacked here leaves a marker file `<root>/.vsplice-debs/<name>`, written after
 //! `dpkg -x` succeeded, so a run cut short is finished by the next one.
@@ -251,7 +253,7 @@ impl DebRoot {
 
     /// The packages `package` depends on (first choice of each alternative; virtual ones
     /// skipped), from this root's lists.
-    fn depends(&self, package: &str) -> Result<Vec<String>, String> {
+    pub fn depends(&self, package: &str) -> Result<Vec<String>, String> {
         let out = self
             .apt("apt-cache")?
             .args(["depends", "--no-recommends", "--no-suggests", package])

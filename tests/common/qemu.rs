@@ -73,7 +73,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 }
 
 const HOW: &str = "QEMU, its firmware, busybox and the kernel are fetched with `apt-get download` \
-(run `apt-get update` first) and vhost-device-vsock with `cargo install`";
+(into the lab's private package lists, from the machine's Debian mirror) and vhost-device-vsock \
+with `cargo install`";
 
 impl QemuLab {
     pub fn prepare() -> Result<QemuLab, String> {
@@ -133,14 +134,12 @@ impl QemuLab {
             ))
         };
         if find_kernel().is_none() {
-            let deps = run(
-                Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
-                "apt-cache depends linux-image-amd64",
-            )?;
-            let package = deps
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("Depends: "))
-                .map(str::to_string)
+            // Asked of the lab's own lists, as every package here: the machine's may be
+            // months old (naming a kernel the mirror no longer has) or never fetched.
+            let package = debs
+                .depends("linux-image-amd64")?
+                .into_iter()
+                .next()
                 .ok_or_else(|| {
                     format!("cannot tell which kernel linux-image-amd64 wants; {HOW}")
                 })?;
