@@ -721,6 +721,51 @@ fn idle_timeout_closes_a_silent_connection() {
     assert!(relay.stop().success());
 }
 
+/// The copy path sends a whole buffer per request when nothing times out, and a whole send
+/// shows no progress until it completes: under `-T` it must report each part, or a reader that
+/// keeps reading slowly (16 KiB every 20 ms here, so a 1 MiB buffer takes about a second)
+/// is cut as idle. Failed before the copy path gave up whole sends under an idle timeout.
+#[test]
+fn a_slow_reader_that_keeps_reading_is_not_taken_for_idle_in_copy_mode() {
+    let server = Listen::tcp();
+    let upstream = format!("{},sndbuf=16K", server.connect_address());
+    let port = free_port();
+    let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
+    let mut relay = Relay::start(&["--mode", "copy", "-T", "0.3", &listen, &upstream]);
+    let up = payload(2 * MIB, 31);
+    let reader = std::thread::spawn(move || {
+        let mut s = server.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the slow reader was cut after {} bytes: {e}", got.len()),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sha_hex(&got)
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&up.data).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        reader.join().unwrap(),
+        up.sha,
+        "every byte reached the reader"
+    );
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("a clean end once the reader closed");
+    assert!(relay.wait_exit(LONG).success(), "{}", relay.log());
+    assert!(
+        !relay.log().contains("inactivity timeout"),
+        "{}",
+        relay.log()
+    );
+}
+
 #[test]
 fn half_close_timeout_cuts_the_other_direction_off() {
     let server = Listen::tcp();

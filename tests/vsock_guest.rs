@@ -292,6 +292,7 @@ fn relay_syscalls() {
         (Family::Vsock, Family::Tcp),
         (Family::Vsock, Family::Vsock),
         (Family::Tcp, Family::Vsock),
+        (Family::Unix, Family::Vsock),
     ] {
         for via in &vias {
             let trace = scratch.path("trace");

@@ -92,8 +92,9 @@ pub type Completion = (u64, i32, u32);
 
 pub struct Ring {
     uring: IoUring,
-    /// Submissions that found the queue full and the kernel busy.
-    overflow: VecDeque<squeue::Entry>,
+    /// Submissions that found the queue full and the kernel busy, in the groups they were
+    /// pushed in.
+    overflow: VecDeque<Vec<squeue::Entry>>,
 }
 
 impl Ring {
@@ -135,27 +136,38 @@ impl Ring {
     /// # Safety
     /// Every descriptor and buffer `sqe` names must stay valid until its completion is reaped.
     pub unsafe fn push(&mut self, sqe: &squeue::Entry) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.push_group(std::slice::from_ref(sqe)) }
+    }
+
+    /// Queues `sqes` so that they reach the kernel in one submission, in order, never split
+    /// by a flush: a chain linked with `IOSQE_IO_LINK` stays one chain (split, its tail would
+    /// run at once instead of after its head).
+    ///
+    /// # Safety
+    /// As [`Ring::push`], for every entry.
+    pub unsafe fn push_group(&mut self, sqes: &[squeue::Entry]) {
         if self.overflow.is_empty() {
             // SAFETY: forwarded from this function's contract.
-            if unsafe { self.uring.submission().push(sqe) }.is_ok() {
+            if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
                 return;
             }
             if self.uring.submit().is_ok() {
                 // SAFETY: as above.
-                if unsafe { self.uring.submission().push(sqe) }.is_ok() {
+                if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
                     return;
                 }
             }
         }
-        self.overflow.push_back(sqe.clone());
+        self.overflow.push_back(sqes.to_vec());
     }
 
-    /// Moves entries that did not fit earlier into the submission queue, as room allows.
+    /// Moves groups that did not fit earlier into the submission queue, as room allows.
     fn flush_overflow(&mut self) {
-        while let Some(sqe) = self.overflow.front() {
-            // SAFETY: the entry was accepted by `push` under the same contract and its owner
-            // still holds it in flight.
-            if unsafe { self.uring.submission().push(sqe) }.is_err() {
+        while let Some(group) = self.overflow.front() {
+            // SAFETY: the entries were accepted by `push_group` under the same contract and
+            // their owner still holds them in flight.
+            if unsafe { self.uring.submission().push_multiple(group) }.is_err() {
                 if self.uring.submit().is_err() {
                     return;
                 }
@@ -244,6 +256,23 @@ impl<'a> ConnOps<'a> {
         // completion clears `op` from its in-flight set: it is freed only once that set is
         // empty (worker `finalize`).
         unsafe { self.ring.push(&sqe) };
+    }
+
+    /// Queues `first` and then `then`, linked (`IOSQE_IO_LINK`): `then` starts only once
+    /// `first` completed in full, and is cancelled (ECANCELED) when `first` fails or comes
+    /// back short. Both are recorded in the connection's in-flight set.
+    pub fn push_linked(&mut self, first: (Op, squeue::Entry), then: (Op, squeue::Entry)) {
+        let head = first
+            .1
+            .user_data(token::encode(self.key, first.0))
+            .flags(squeue::Flags::IO_LINK);
+        let tail = then.1.user_data(token::encode(self.key, then.0));
+        for op in [first.0, then.0] {
+            debug_assert_eq!(*self.inflight & op.bit(), 0, "{op:?} already in flight");
+            *self.inflight |= op.bit();
+        }
+        // SAFETY: as in `push`, for both requests.
+        unsafe { self.ring.push_group(&[head, tail]) };
     }
 
     /// Asks the kernel to cancel the connection's request `op`; its completion still comes

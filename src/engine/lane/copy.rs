@@ -166,25 +166,40 @@ impl CopyBuffer {
     }
 
     /// A read of up to `max` bytes from `source` into the (empty) buffer; returns the length
-    /// asked for and the request.
-    pub fn fill_sqe(&mut self, source: RawFd, max: usize) -> (usize, squeue::Entry) {
+    /// asked for and the request. With `nowait` (a socket source) the read never waits: an
+    /// empty source completes it at once with EAGAIN, and the direction then waits for
+    /// readiness without holding the buffer in a pending read.
+    pub fn fill_sqe(&mut self, source: RawFd, max: usize, nowait: bool) -> (usize, squeue::Entry) {
         let max = max.min(self.size);
         let ptr = self.data().as_mut_ptr();
+        let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
         let sqe = match &self.slot {
             Some(slot) => opcode::ReadFixed::new(types::Fd(source), ptr, max as u32, slot.index())
                 .offset(u64::MAX)
+                .rw_flags(flags)
                 .build(),
             None => opcode::Read::new(types::Fd(source), ptr, max as u32)
                 .offset(u64::MAX)
+                .rw_flags(flags)
                 .build(),
         };
         (max, sqe)
     }
 
-    /// A write of the `len` staged bytes to `sink`.
-    pub fn drain_sqe(&mut self, sink: RawFd, len: usize) -> squeue::Entry {
+    /// A write of the `len` staged bytes to `sink`. With `whole` (a socket sink) they go as one
+    /// SEND with `MSG_WAITALL`: the kernel waits for room and sends the rest itself (io_uring
+    /// retries a short send on readiness without a trip to user space), so a direction costs
+    /// one completion per buffer however small the peer's window is. On vsock the window is
+    /// the peer's credit (256 KiB by default), and a plain non-blocking write came back short
+    /// at every credit update: README, Engine, "vsock as a destination".
+    pub fn drain_sqe(&mut self, sink: RawFd, len: usize, whole: bool) -> squeue::Entry {
         let start = self.start;
         let ptr = self.data()[start..].as_mut_ptr();
+        if whole {
+            return opcode::Send::new(types::Fd(sink), ptr, len as u32)
+                .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+                .build();
+        }
         match &self.slot {
             Some(slot) => opcode::WriteFixed::new(types::Fd(sink), ptr, len as u32, slot.index())
                 .offset(u64::MAX)

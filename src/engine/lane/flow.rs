@@ -206,6 +206,13 @@ impl Flow {
         }
     }
 
+    /// Whether a fill follows once the `len` bytes of a drain about to go out are delivered
+    /// in full: the source is open and was not found empty. A driver may then send that fill
+    /// linked behind the drain, so that it runs in the kernel as soon as the drain is done.
+    pub fn fills_after_drain(&self, len: usize) -> bool {
+        self.state == FlowState::Open && !self.source_idle && !self.sink_full && len == self.staged
+    }
+
     /// Records the result of `step`: a byte count, or an OS error number.
     pub fn complete(&mut self, step: Step, result: Result<usize, i32>) {
         if self.is_over() {
@@ -323,6 +330,31 @@ mod tests {
                 errno: libc::ECONNRESET
             })
         );
+    }
+
+    #[test]
+    fn a_fill_may_be_linked_behind_a_drain_only_while_the_source_flows() {
+        let mut f = Flow::new(100, FillPolicy::Adaptive);
+        f.complete(Step::Fill { max: 100 }, Ok(100));
+        assert!(f.fills_after_drain(100), "a full fill: the source flows");
+        assert!(
+            !f.fills_after_drain(50),
+            "only a drain of everything staged"
+        );
+        let mut trickle = Flow::new(1 << 20, FillPolicy::Adaptive);
+        trickle.complete(Step::Fill { max: 1 << 20 }, Ok(10));
+        assert!(
+            !trickle.fills_after_drain(10),
+            "a trickle waits for readiness"
+        );
+        let mut ended = Flow::new(100, FillPolicy::Eager);
+        ended.complete(Step::Fill { max: 100 }, Ok(40));
+        ended.complete(Step::Fill { max: 60 }, Ok(0));
+        assert!(!ended.fills_after_drain(40), "no fill after end of file");
+        let mut full = Flow::new(100, FillPolicy::Eager);
+        full.complete(Step::Fill { max: 100 }, Ok(100));
+        full.complete(Step::Drain { len: 100 }, Ok(30));
+        assert!(!full.fills_after_drain(70), "the sink said it is full");
     }
 
     #[test]

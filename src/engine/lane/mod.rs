@@ -134,7 +134,7 @@ impl Lane {
         let discard = !options.directions[dir.index()];
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
-        let mode = Lane::mode_for(options.mode, source);
+        let mode = Lane::mode_for(options.mode, source, sink);
         // The ring path receives with multishot recv: sockets only. The direction takes its
         // buffer group when its source has bytes, not now.
         if matches!(mode, Mode::Recv | Mode::RecvZc)
@@ -159,16 +159,32 @@ impl Lane {
         let mut flow = Flow::new(capacity, options.fill_policy);
         flow.await_readiness_first();
         let uring_splice = mode == Mode::UringSplice;
-        Lane::Staged(StagedLane::new(flow, staging, discard, uring_splice))
+        // A whole send shows no progress until it completes, and the inactivity timeout
+        // counts completions: with a timeout, sends report each part that went out, so a
+        // slow reader that keeps reading is never taken for an idle one.
+        let whole_sends =
+            !discard && sink.is_some_and(Endpoint::is_socket) && options.idle_timeout.is_none();
+        Lane::Staged(
+            StagedLane::new(flow, staging, discard, uring_splice)
+                .sockets(source.is_some_and(Endpoint::is_socket), whole_sends),
+        )
     }
 
-    /// The data path `mode` means for a direction reading `source`: `Auto` is splice unless
-    /// the source is a vsock socket, which has no `splice_read` (the kernel's fallback copies,
-    /// one page per call from 6.5 on), and then the buffer ring, which receives up to a whole
-    /// buffer per completion. Measured in the guest lab: README, Engine.
-    pub fn mode_for(mode: Mode, source: Option<&Endpoint>) -> Mode {
+    /// The data path `mode` means for a direction from `source` to `sink`. `Auto` is:
+    /// - the buffer ring when the source is a vsock socket, which has no `splice_read` (the
+    ///   kernel's fallback copies, one page per call from 6.5 on); the ring receives up to a
+    ///   whole buffer per completion;
+    /// - the copy path when the destination is a vsock socket: vsock copies what it sends
+    ///   whatever the path, and a non-blocking splice into it stops at every credit update
+    ///   (about 700 splices per 32 MiB), where one whole SEND per buffer waits for the credit
+    ///   in the kernel;
+    /// - splice otherwise.
+    ///
+    /// Measured in the guest lab: README, Engine.
+    pub fn mode_for(mode: Mode, source: Option<&Endpoint>, sink: Option<&Endpoint>) -> Mode {
         match mode {
             Mode::Auto if source.is_some_and(Endpoint::is_vsock) => Mode::Recv,
+            Mode::Auto if sink.is_some_and(Endpoint::is_vsock) => Mode::Copy,
             Mode::Auto => Mode::Splice,
             m => m,
         }
@@ -228,7 +244,7 @@ impl Lane {
             (Lane::Staged(l), Op::Readable(_)) => l.readable(),
             (Lane::Staged(l), Op::Writable(_)) => l.writable(),
             (Lane::Staged(l), Op::Fill(_) | Op::Drain(_)) => {
-                l.complete(super::ring::outcome(result), cx)
+                l.complete(op, super::ring::outcome(result), cx)
             }
             (Lane::Ring(l), Op::Readable(_) | Op::Fill(_) | Op::Drain(_)) => {
                 l.complete(op, result, flags, cx)

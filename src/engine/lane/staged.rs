@@ -33,12 +33,19 @@ pub struct StagedLane {
     staging: Staging,
     /// The io_uring transfer in flight, if any.
     pending: Option<Step>,
+    /// A fill linked behind the pending drain (copy path, socket to socket): its `max`. It
+    /// completes after the drain, or is cancelled when the drain came back short.
+    linked_fill: Option<usize>,
     /// A direction turned off by `-u`/`-U`: its bytes are read and dropped.
     discard: bool,
     /// Pipe transfers go out as IORING_OP_SPLICE (`--mode uring-splice`), not as splice(2)
     /// called once io_uring reports readiness. Resolved when the lane is set up: the lane
     /// never reads the relay's mode.
     uring_splice: bool,
+    /// Copy path: the source is a socket, read without waiting (see [`StagedLane::sockets`]).
+    nowait_reads: bool,
+    /// Copy path: the sink is a socket that takes each buffer as one whole SEND.
+    whole_sends: bool,
 }
 
 impl StagedLane {
@@ -47,9 +54,24 @@ impl StagedLane {
             flow,
             staging,
             pending: None,
+            linked_fill: None,
             discard,
             uring_splice,
+            nowait_reads: false,
+            whole_sends: false,
         }
+    }
+
+    /// Tells the copy path how to use its ends. `nowait_reads` (a socket source): reads never
+    /// wait (RWF_NOWAIT), so after a drain the next read goes out at once instead of after a
+    /// readiness round trip. `whole_sends` (a socket sink): each buffer goes out as one whole
+    /// SEND (see [`CopyBuffer::drain_sqe`]), with the next read linked behind it when both
+    /// hold. Other files (a terminal, a regular file) keep plain reads after readiness and
+    /// plain writes.
+    pub fn sockets(mut self, nowait_reads: bool, whole_sends: bool) -> StagedLane {
+        self.nowait_reads = nowait_reads;
+        self.whole_sends = whole_sends;
+        self
     }
 
     /// The data path's name for logs.
@@ -95,7 +117,7 @@ impl StagedLane {
         loop {
             let waiting =
                 cx.ops.in_flight(Op::Readable(dir)) || cx.ops.in_flight(Op::Writable(dir));
-            if waiting || self.pending.is_some() {
+            if waiting || self.pending.is_some() || self.linked_fill.is_some() {
                 return Pumped::Waiting;
             }
             let direct = !self.uring_splice && !cx.ends.parked();
@@ -138,8 +160,11 @@ impl StagedLane {
                             return Pumped::Waiting;
                         }
                         (Staging::Copy(buffer), Target::Fd(fd)) => {
-                            let (max, sqe) =
-                                buffer.fill_sqe(std::os::fd::AsRawFd::as_raw_fd(&fd), max);
+                            let (max, sqe) = buffer.fill_sqe(
+                                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                                max,
+                                self.nowait_reads,
+                            );
                             self.pending = Some(Step::Fill { max });
                             cx.ops.push(Op::Fill(dir), sqe);
                             return Pumped::Waiting;
@@ -168,9 +193,31 @@ impl StagedLane {
                             return Pumped::Waiting;
                         }
                         (Staging::Copy(buffer), Target::Fd(fd)) => {
-                            let sqe = buffer.drain_sqe(std::os::fd::AsRawFd::as_raw_fd(&fd), len);
+                            let sqe = buffer.drain_sqe(
+                                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                                len,
+                                self.whole_sends,
+                            );
                             self.pending = Some(step);
-                            cx.ops.push(Op::Drain(dir), sqe);
+                            // Socket to socket, a flowing source: the next read goes out
+                            // linked behind this whole SEND, so one wake-up of the worker
+                            // takes both (the read starts at the buffer's beginning only
+                            // after every staged byte left it).
+                            let source = cx.ends.source_fd();
+                            match source {
+                                Some(source)
+                                    if self.nowait_reads
+                                        && self.whole_sends
+                                        && self.flow.fills_after_drain(len) =>
+                                {
+                                    let (max, fill) =
+                                        buffer.fill_sqe(source, self.flow.capacity(), true);
+                                    self.linked_fill = Some(max);
+                                    cx.ops
+                                        .push_linked((Op::Drain(dir), sqe), (Op::Fill(dir), fill));
+                                }
+                                _ => cx.ops.push(Op::Drain(dir), sqe),
+                            }
                             return Pumped::Waiting;
                         }
                         (Staging::Copy(_), Target::Fixed(_)) => {
@@ -239,10 +286,22 @@ impl StagedLane {
         true
     }
 
-    /// Applies the result of an io_uring transfer.
-    pub fn complete(&mut self, outcome: Result<usize, i32>, cx: &mut Cx<'_>) {
-        let Some(step) = self.pending.take() else {
-            return;
+    /// Applies the result of the io_uring transfer `op`.
+    pub fn complete(&mut self, op: Op, outcome: Result<usize, i32>, cx: &mut Cx<'_>) {
+        let step = match (op, self.linked_fill) {
+            // The fill linked behind a drain (which completed first: a link runs in order).
+            (Op::Fill(_), Some(max)) if !matches!(self.pending, Some(Step::Fill { .. })) => {
+                self.linked_fill = None;
+                if outcome == Err(libc::ECANCELED) {
+                    // The drain came back short or failed: the read never ran.
+                    return;
+                }
+                Step::Fill { max }
+            }
+            _ => match self.pending.take() {
+                Some(step) => step,
+                None => return,
+            },
         };
         if self.splice_refused(outcome, cx) {
             self.fall_back_to_copy(cx);
@@ -262,9 +321,13 @@ impl StagedLane {
         if let Staging::Copy(buffer) = &mut self.staging {
             if self.flow.staged() == 0 {
                 buffer.rewind();
-                // Read only after readiness: a read of an empty blocking socket would hold
-                // the buffer (and its share of the cap) for as long as the peer is silent.
-                self.flow.await_readiness_first();
+                // Read only after readiness: a read of an empty blocking file would hold the
+                // buffer (and its share of the cap) for as long as the peer is silent. A
+                // socket's read cannot wait (RWF_NOWAIT), so it goes out at once: a flowing
+                // source has bytes by now, and an empty one answers EAGAIN.
+                if !self.nowait_reads {
+                    self.flow.await_readiness_first();
+                }
             }
         }
         cx.moved(outcome);

@@ -11,7 +11,7 @@ use super::super::registry::Registry;
 use super::super::ring::{ConnOps, Ring};
 use super::super::testing::{options, send, unix_endpoint};
 use super::super::token::{self, Op, Token};
-use super::flow::{FillPolicy, Flow};
+use super::flow::{FillPolicy, Flow, FlowState};
 use super::*;
 use crate::net::endpoint::Endpoint;
 use crate::sys::socket::Socket;
@@ -96,7 +96,11 @@ fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies
             op: Op::Drain(FORWARD)
         }
     );
-    lane.complete(super::super::ring::outcome(result), &mut cx);
+    lane.complete(
+        Op::Drain(FORWARD),
+        super::super::ring::outcome(result),
+        &mut cx,
+    );
     assert_eq!(lane.flow().delivered(), 12);
     assert_eq!(lane.flow().staged(), 0);
     assert_eq!(std::fs::read(&path).unwrap(), b"hello, world");
@@ -363,4 +367,125 @@ fn a_vsock_source_gets_ring_buffers_that_hold_its_whole_credit_window() {
     assert_eq!(ring_buffer_size(1 << 20, Some(&vsock)), VSOCK_RING_BUFFER);
     assert_eq!(ring_buffer_size(64 << 10, Some(&vsock)), VSOCK_RING_BUFFER);
     assert_eq!(ring_buffer_size(8 << 20, Some(&vsock)), 1 << 20);
+}
+
+#[test]
+fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linked_behind_each() {
+    use std::io::Read;
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, mut sink_peer) = unix_endpoint();
+    let options = options(Mode::Copy);
+    let mut flow = Flow::new(16 * 1024, FillPolicy::Adaptive);
+    flow.await_readiness_first();
+    let mut lane = Lane::Staged(
+        StagedLane::new(
+            flow,
+            Staging::Copy(CopyBuffer::lazy(16 * 1024)),
+            false,
+            false,
+        )
+        .sockets(true, true),
+    );
+    let sent: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    send(&mut peer, &sent);
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        now: Instant::now(),
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    let mut pending = std::collections::VecDeque::new();
+    let (mut linked, mut turns) = (0, 0);
+    while lane.pump(&mut cx) != Pumped::Ended {
+        turns += 1;
+        assert!(turns < 200, "the direction never ended");
+        if cx.ops.in_flight(Op::Drain(FORWARD)) && cx.ops.in_flight(Op::Fill(FORWARD)) {
+            linked += 1;
+        }
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        lane.complete(op, result, flags, &mut cx);
+    }
+    assert_eq!(lane.state(), FlowState::Finished);
+    assert!(
+        linked >= 5,
+        "100,000 bytes through a 16 KiB buffer: the reads ride behind the sends ({linked})"
+    );
+    let mut got = Vec::new();
+    sink_peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "every byte in order");
+}
+
+#[test]
+fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, sink_peer) = unix_endpoint();
+    let options = options(Mode::Copy);
+    let mut lane = Lane::Staged(
+        StagedLane::new(
+            Flow::new(4096, FillPolicy::Adaptive),
+            Staging::Copy(CopyBuffer::lazy(4096)),
+            false,
+            false,
+        )
+        .sockets(true, true),
+    );
+    send(&mut peer, &[1u8; 8192]);
+    drop(sink_peer);
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        now: Instant::now(),
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    let mut pending = std::collections::VecDeque::new();
+    let mut results = Vec::new();
+    while lane.pump(&mut cx) != Pumped::Ended {
+        assert!(results.len() < 20, "the direction never ended");
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        results.push((op, result));
+        lane.complete(op, result, flags, &mut cx);
+    }
+    assert!(
+        results.contains(&(Op::Fill(FORWARD), -libc::ECANCELED)),
+        "the read behind the failed send never ran: {results:?}"
+    );
+    let Lane::Staged(staged) = &lane else {
+        unreachable!()
+    };
+    assert_eq!(
+        staged.flow().failure().map(|e| (e.op, e.errno)),
+        Some((flow::FlowOp::Write, libc::EPIPE))
+    );
+    assert_eq!(staged.flow().delivered(), 0);
+    assert_eq!(
+        staged.flow().staged(),
+        4096,
+        "the cancelled read added nothing"
+    );
 }
