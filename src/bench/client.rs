@@ -203,6 +203,7 @@ pub fn run_test(
                                 &params,
                                 params.direction.client_sends().then_some(started),
                                 params.direction.server_sends(),
+                                &|| Some(started),
                                 tx,
                                 rx,
                                 Peer {

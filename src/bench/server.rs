@@ -475,12 +475,14 @@ fn data(stream: Stream, session: &Session, id: u32) {
             })
         }),
     };
+    let test_start = || session.state.lock().unwrap().started;
     let mut counts = stream::run_end(
         &stream,
         id,
         &params,
         started,
         params.direction.client_sends(),
+        &test_start,
         &counter,
         &counter,
         peer,

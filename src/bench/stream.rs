@@ -396,16 +396,93 @@ impl Default for Expect {
     }
 }
 
-/// A receiver reads the clock at least once per this many bytes of full reads.
-const STAMP_EVERY: u64 = 1 << 20;
-
 /// How often a waiting receiver looks at its [`Expect`].
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long a receiver waits for the bytes still missing once it knows the sender's count.
 pub const MISSING_GRACE: Duration = Duration::from_secs(30);
 
+/// How a receiver's stream is to end, as far as it knows before the sender's count comes:
+/// after this many bytes (`--bytes`), or at this long after the test's start (`--time`).
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    Bytes(u64),
+    After(Duration),
+}
+
+impl Ending {
+    pub fn of(params: &Params, id: u32) -> Ending {
+        match params.limit {
+            Limit::Time { ms } => Ending::After(Duration::from_millis(ms)),
+            Limit::Bytes { .. } => Ending::Bytes(params.stream_bytes(id).unwrap_or(0)),
+        }
+    }
+}
+
+/// When the test started, as a receiver learns it: the instant its end sent (server) or got
+/// (client) the start. A receiver's time runs from there, not from its thread's start: a
+/// server's receiver starts with its data connection, before the other streams arrived and
+/// the start went out, and that wait is no part of the transfer (in the guest lab it made a
+/// 256 MiB test's receiver time up to a tenth longer than its sender's). `None` if the test
+/// has not started.
+pub type TestStart<'a> = &'a (dyn Fn() -> Option<Instant> + Sync);
+
+/// A `--time` receiver reads the clock every read once the test's end is this near, so it
+/// has the time of its last byte; before that, only every [`Stamps::step`] bytes.
+const LATE: Duration = Duration::from_millis(50);
+
+/// When a receiver reads the clock. A clock read is a system call where there is no vDSO
+/// clock (user-mode Linux): one per short read was one system call in three on UNIX
+/// sockets, whose reads are mostly short (`bench_against_a_plain_reader_and_writer`). The
+/// receiver only needs the time of its last byte: with `--bytes` that is the read that
+/// completes the count (no clock read before it); with `--time` the clock is read at
+/// growing byte steps, each about half of [`LATE`] at the rate so far, until the end is
+/// within [`LATE`], and then after every read.
+struct Stamps {
+    ending: Ending,
+    /// The clock is read after the read that brings the count to this.
+    next: u64,
+}
+
+impl Stamps {
+    const FIRST: u64 = 64 << 10;
+    const MAX_STEP: u64 = 16 << 20;
+
+    fn new(ending: Ending) -> Stamps {
+        let next = match ending {
+            Ending::Bytes(total) => total,
+            Ending::After(_) => Stamps::FIRST,
+        };
+        Stamps { ending, next }
+    }
+
+    fn due(&self, received: u64) -> bool {
+        received >= self.next
+    }
+
+    /// Sets the next clock read after one at `now`, `received` bytes into a test that
+    /// started at `start`.
+    fn stamped(&mut self, now: Instant, start: Instant, received: u64) {
+        self.next = match self.ending {
+            Ending::After(length) if now + LATE < start + length => {
+                received + Stamps::step(received, now.saturating_duration_since(start))
+            }
+            // Past the expected end, or near it: every read.
+            _ => received + 1,
+        };
+    }
+
+    /// Bytes that take about half of [`LATE`] at `received` bytes in `elapsed`.
+    fn step(received: u64, elapsed: Duration) -> u64 {
+        let nanos = elapsed.as_nanos().max(1);
+        let step = u128::from(received) * (LATE.as_nanos() / 2) / nanos;
+        (step.min(u128::from(Stamps::MAX_STEP)) as u64).max(Stamps::FIRST)
+    }
+}
+
 /// Receives until it has the sender's count (or end of file, or `idle` without a byte
-/// while the count is unknown). Returns this stream's counts (receiver side).
+/// while the count is unknown). Returns this stream's counts (receiver side), timed from
+/// the test's start to its last byte.
+#[allow(clippy::too_many_arguments)]
 pub fn receive(
     stream: &Stream,
     id: u32,
@@ -414,8 +491,10 @@ pub fn receive(
     counter: &AtomicU64,
     expect: &Expect,
     idle: Duration,
+    ending: Ending,
+    test_start: TestStart<'_>,
 ) -> StreamCounts {
-    let started = Instant::now();
+    let begun = Instant::now();
     let mut buf = vec![0u8; len.max(4096)];
     let mut received: u64 = 0;
     let mut r = stream.reader();
@@ -427,11 +506,16 @@ pub fn receive(
             ..StreamCounts::default()
         };
     }
-    let mut last_byte = Instant::now();
+    // The test's start, asked for once the first clock read is due (the first bytes came,
+    // so the test has started); this thread's start if it has not (a peer that sends early).
+    let mut known: Option<Instant> = None;
+    let mut start = move || *known.get_or_insert_with(|| test_start().unwrap_or(begun));
+    let mut stamps = Stamps::new(ending);
+    let mut last_byte = begun;
     let mut count_known: Option<Instant> = None;
-    let mut ended = started;
-    // Bytes received since the clock was last read.
-    let mut unstamped: u64 = 0;
+    let mut ended: Option<Instant> = None;
+    // Bytes came since the clock was last read.
+    let mut unstamped = false;
     loop {
         let want = expect.get();
         if want != Expect::UNKNOWN && count_known.is_none() {
@@ -450,15 +534,14 @@ pub fn receive(
                 }
                 received += n as u64;
                 counter.fetch_add(n as u64, Ordering::Relaxed);
-                // The clock only after a short read (the socket is drained: the next read
-                // may wait) or a MiB of full ones; a read that waits stamps its start below.
-                // A clock read per read was one system call in two in a guest without a
-                // vDSO clock.
-                unstamped += n as u64;
-                if n < buf.len() || unstamped >= STAMP_EVERY {
-                    last_byte = Instant::now();
-                    ended = last_byte;
-                    unstamped = 0;
+                if stamps.due(received) {
+                    let now = Instant::now();
+                    stamps.stamped(now, start(), received);
+                    last_byte = now;
+                    ended = Some(now);
+                    unstamped = false;
+                } else {
+                    unstamped = true;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -468,15 +551,16 @@ pub fn receive(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if unstamped > 0 {
+                if unstamped {
                     // The read that timed out began right after the last byte: it waited
-                    // TICK from then.
+                    // TICK from then (to the timer's tick: only where the bytes stopped
+                    // short of the count, or a `--time` sender stopped early).
                     last_byte = Instant::now()
                         .checked_sub(TICK)
                         .unwrap_or(last_byte)
                         .max(last_byte);
-                    ended = last_byte;
-                    unstamped = 0;
+                    ended = Some(last_byte);
+                    unstamped = false;
                 }
                 match count_known {
                     Some(at) if at.elapsed() >= MISSING_GRACE => {
@@ -502,14 +586,18 @@ pub fn receive(
             }
         }
     }
-    if unstamped > 0 {
+    if unstamped {
         // The loop left right after a read that did not read the clock.
-        ended = Instant::now();
+        ended = Some(Instant::now());
     }
+    let recv_seconds = match ended {
+        Some(at) => at.saturating_duration_since(start()).as_secs_f64(),
+        None => 0.0,
+    };
     StreamCounts {
         stream: id,
         received,
-        recv_seconds: (ended - started).as_secs_f64(),
+        recv_seconds,
         error,
         ..StreamCounts::default()
     }
@@ -531,10 +619,12 @@ pub struct Peer<'a> {
     pub on_sent: Box<dyn FnOnce(u64) + Send + 'a>,
 }
 
-/// One end of one stream: the receiver runs on a helper thread when `receive` is set, the
-/// sender on this one when `send_from` gives the test's start; their counts are merged. The
-/// sent count goes to `peer.on_sent` when sending ends (0 at once for an end that does not
-/// send), so the control connection can carry it while the receiver still runs.
+/// One end of one stream: the sender runs on this thread when `send_from` gives the test's
+/// start; the receiver, when `receive` is set, on a helper thread beside a sender or on this
+/// one alone, timed from the test's start as `test_start` gives it (see [`TestStart`]);
+/// their counts are merged. The sent count goes to `peer.on_sent` when
+/// sending ends (0 at once for an end that does not send), so the control connection can
+/// carry it while the receiver still runs.
 #[allow(clippy::too_many_arguments)]
 pub fn run_end(
     stream: &Stream,
@@ -542,6 +632,7 @@ pub fn run_end(
     params: &Params,
     send_from: Option<Instant>,
     receive: bool,
+    test_start: TestStart<'_>,
     sent: &AtomicU64,
     received: &AtomicU64,
     peer: Peer<'_>,
@@ -551,35 +642,41 @@ pub fn run_end(
         idle,
         on_sent,
     } = peer;
-    std::thread::scope(|scope| {
-        let receiver = receive.then(|| {
-            scope.spawn(|| {
-                self::receive(
-                    stream,
-                    id,
-                    params.len,
-                    params.verify,
-                    received,
-                    expect,
-                    idle,
-                )
-            })
-        });
-        let sent = match send_from {
-            Some(started) => send(
-                stream,
-                id,
-                params.len,
-                limit_for(params, id, started),
-                params.verify,
-                params.zerocopy,
-                sent,
-            ),
-            None => StreamCounts {
+    let receiver = || {
+        self::receive(
+            stream,
+            id,
+            params.len,
+            params.verify,
+            received,
+            expect,
+            idle,
+            Ending::of(params, id),
+            test_start,
+        )
+    };
+    let Some(started) = send_from else {
+        // Nothing to send: no helper thread, and the count (0) goes out at once.
+        on_sent(0);
+        return match receive {
+            true => receiver(),
+            false => StreamCounts {
                 stream: id,
                 ..StreamCounts::default()
             },
         };
+    };
+    std::thread::scope(|scope| {
+        let receiver = receive.then(|| scope.spawn(receiver));
+        let sent = send(
+            stream,
+            id,
+            params.len,
+            limit_for(params, id, started),
+            params.verify,
+            params.zerocopy,
+            sent,
+        );
         on_sent(sent.sent);
         match receiver {
             Some(r) => merge(sent, r.join().unwrap_or_default()),
@@ -605,4 +702,44 @@ pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
 /// Writes a line on a control stream.
 pub fn write_all(stream: &Stream, data: &[u8]) -> io::Result<()> {
     stream.writer().write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bytes_receiver_reads_the_clock_only_at_the_count_and_after() {
+        let start = Instant::now();
+        let mut stamps = Stamps::new(Ending::Bytes(1 << 30));
+        assert!(!stamps.due(64 << 10));
+        assert!(!stamps.due((1 << 30) - 1));
+        assert!(stamps.due(1 << 30));
+        // Bytes past the count (a sender that sent more) move the end with them.
+        stamps.stamped(start, start, 1 << 30);
+        assert!(stamps.due((1 << 30) + 1));
+    }
+
+    #[test]
+    fn a_time_receiver_reads_the_clock_in_steps_then_every_read_near_the_end() {
+        let start = Instant::now();
+        let mut stamps = Stamps::new(Ending::After(Duration::from_secs(3)));
+        assert!(!stamps.due(Stamps::FIRST - 1));
+        assert!(stamps.due(Stamps::FIRST));
+        // 200 MB/s so far: a step of 5 MB (25 ms, half of LATE).
+        let mb = 1_000_000;
+        stamps.stamped(start + Duration::from_millis(500), start, 100 * mb);
+        assert_eq!(stamps.next, 100 * mb + 5 * mb);
+        // Faster: capped.
+        stamps.stamped(start + Duration::from_millis(100), start, 10_000 * mb);
+        assert_eq!(stamps.next, 10_000 * mb + Stamps::MAX_STEP);
+        // Slow: at least the first step.
+        stamps.stamped(start + Duration::from_secs(1), start, 1000);
+        assert_eq!(stamps.next, 1000 + Stamps::FIRST);
+        // Within LATE of the end, and past it: every read.
+        stamps.stamped(start + Duration::from_millis(2960), start, 5000 * mb);
+        assert_eq!(stamps.next, 5000 * mb + 1);
+        stamps.stamped(start + Duration::from_secs(4), start, 6000 * mb);
+        assert_eq!(stamps.next, 6000 * mb + 1);
+    }
 }
