@@ -37,8 +37,19 @@ pub fn plain_sink(spot: &str) {
 }
 
 /// Gbit/s of `bytes` from a plain writer in this process to a `--plain-sink` process.
-fn plain_run(spot: &Spot, bytes: usize) -> f64 {
-    let mut sink = Command::new(std::env::current_exe().expect("own path"))
+fn plain_run(spot: &Spot, bytes: usize, trace: Option<&Path>) -> f64 {
+    let exe = std::env::current_exe().expect("own path");
+    let mut sink = match trace {
+        Some(dir) => {
+            let mut c = Command::new("strace");
+            c.args(["-f", "-c", "-o"])
+                .arg(dir.join("plain.strace"))
+                .arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut sink = sink
         .arg("--plain-sink")
         .arg(spot.to_arg())
         .stdin(Stdio::null())
@@ -140,7 +151,7 @@ pub fn run() {
     let mut figures = vec![vec![Vec::new(); bins.len() + 1]; families.len()];
     for _ in 0..rounds {
         for (f, family) in families.iter().enumerate() {
-            figures[f][0].push(plain_run(&Spot::fresh(*family, &scratch.0), bytes));
+            figures[f][0].push(plain_run(&Spot::fresh(*family, &scratch.0), bytes, None));
             for (b, bin) in bins.iter().enumerate() {
                 let rate = bench_run(bin, &Spot::fresh(*family, &scratch.0), bytes, None);
                 figures[f][b + 1].push(rate);
@@ -180,30 +191,44 @@ pub fn run() {
         }
         println!("{row}");
     }
-    // `--strace`: one more vsock run of each bench build with both ends under `strace -f -c`,
-    // to see what the bench spends per byte (its rate then means nothing).
+    // `--strace`: one more run per family of the plain reader and of each bench build with
+    // both ends under `strace -f -c`, to see what each spends per byte (the rates then mean
+    // nothing): the system calls made 16 times or more, and the total.
     if args.iter().any(|a| a == "--strace") {
-        for bin in &bins {
-            let dir = scratch.0.join("trace");
-            std::fs::create_dir_all(&dir).unwrap();
-            bench_run(
-                bin,
-                &Spot::fresh(Family::Vsock, &scratch.0),
-                bytes,
-                Some(&dir),
+        let dir = scratch.0.join("trace");
+        std::fs::create_dir_all(&dir).unwrap();
+        let show = |what: String, file: &str| {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            println!("{what}, {} MiB:", bytes / MIB);
+            for line in text.lines().filter(|l| many_calls(l)) {
+                println!("  {line}");
+            }
+        };
+        for family in families {
+            plain_run(&Spot::fresh(family, &scratch.0), bytes, Some(&dir));
+            show(
+                format!("plain reader over {}", family.name()),
+                "plain.strace",
             );
-            for side in ["client", "server"] {
-                let text =
-                    std::fs::read_to_string(dir.join(format!("{side}.strace"))).unwrap_or_default();
-                println!(
-                    "{} bench {side} over vsock, {} MiB:",
-                    bin.display(),
-                    bytes / MIB
-                );
-                for line in text.lines().take(14) {
-                    println!("  {line}");
+            for bin in &bins {
+                bench_run(bin, &Spot::fresh(family, &scratch.0), bytes, Some(&dir));
+                for side in ["client", "server"] {
+                    show(
+                        format!("{} bench {side} over {}", bin.display(), family.name()),
+                        &format!("{side}.strace"),
+                    );
                 }
             }
         }
+    }
+}
+
+/// A line of `strace -c` worth printing: the header, the total, or a system call made 16
+/// times or more (the calls column, the fourth).
+fn many_calls(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields.get(3).map(|c| c.parse::<u64>()) {
+        Some(Ok(calls)) => calls >= 16 || fields.last() == Some(&"total"),
+        _ => line.contains("syscall"),
     }
 }
