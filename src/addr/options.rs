@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
-use super::{AddressError, Bind, KindTag, RawOption, parse_duration, parse_size};
+use super::error::AddressError;
+use super::kind::{Bind, KindTag};
+use super::lex::RawOption;
+use super::size::{parse_duration, parse_size};
 
 /// The address options vsplice understands, after validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

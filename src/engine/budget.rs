@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::Shared;
 use super::conn::Conn;
 use super::rcvbudget::{self, ReceiveBudget};
+use super::shared::Shared;
 use crate::info;
 
 /// How often a worker counts its busy connections while a receive-buffer cap may apply.

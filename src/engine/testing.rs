@@ -8,8 +8,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use super::config::{EngineConfig, RelayOptions};
 use super::conn::{Conn, Phase, Relaying};
-use super::{EngineConfig, RelayOptions};
 use crate::net::endpoint::Endpoint;
 use crate::sys::socket::Socket;
 

@@ -21,22 +21,27 @@ use io_uring::cqueue;
 use slab::Slab;
 
 use super::budget::Budget;
-use super::conn::{
-    CloseReason, Conn, Dialing, Direction, PerDir, Phase, Relaying, Verdict, verdict,
-};
+use super::close::CloseReason;
+use super::config::{EngineConfig, RelayOptions};
+use super::conn::{Conn, Dialing, Phase, Relaying, Verdict, verdict};
+use super::direction::{Direction, PerDir};
+use super::inbox::Message;
+use super::job::{Job, Second};
 use super::lane::{Cx, Lane, PipePool, Pumped};
 use super::park::{self, Parking};
 use super::registry::Registry;
 use super::ring::{Completion, ConnOps, Ring};
+use super::shared::Shared;
+use super::stats;
 use super::timers::{Timer, TimerKind, Timers};
 use super::token::{self, Op, Token};
-use super::{EngineConfig, Job, Message, RelayOptions, Second, Shared, stats};
 use crate::net::dial::{Dial, Event as DialEvent};
 use crate::sys::eventfd::EventFd;
 use crate::{debug, info};
 
 mod accept;
 mod dial;
+mod listening;
 
 /// How long a direction that found no descriptor for a pipe waits before it tries again.
 const DESCRIPTOR_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -61,7 +66,7 @@ pub(super) struct Worker {
     next_serial: u64,
     stopping: bool,
     completions: Vec<Completion>,
-    accepting: accept::Accepting,
+    accepting: listening::Accepting,
     /// When the last wait returned: the loop reads the clock once a turn, and everything in
     /// the turn (activity stamps, timers, sweeps, the next wait's timeout) uses this. In a
     /// guest without a vDSO clock (user-mode Linux) each read is a system call, and reading
@@ -105,7 +110,7 @@ impl Worker {
             next_serial: 1,
             stopping: false,
             completions: Vec::with_capacity(256),
-            accepting: accept::Accepting::default(),
+            accepting: listening::Accepting::default(),
             now: Instant::now(),
         })
     }

@@ -10,10 +10,10 @@
 mod acceptor;
 pub mod config;
 pub mod metrics;
-mod metrics_http;
 pub mod observer;
 mod reload;
 pub mod run;
+pub mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::metrics::{CloseReason as Reason, Direction, ServiceMetrics};
 use crate::engine::ConnObserver;
-use crate::engine::conn::{CloseReason, Direction as EngineDirection};
+use crate::engine::{CloseReason, Direction as EngineDirection};
 use crate::net::dial::DialError;
 use crate::sys::eventfd::EventFd;
 

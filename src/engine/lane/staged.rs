@@ -6,8 +6,10 @@
 use super::super::registry::Registry;
 use super::super::ring::{Ring, Target, errno_of, poll_sqe, shutdown_sqe};
 use super::super::token::Op;
+use super::copy::CopyBuffer;
+use super::cx::{Cx, Pumped};
 use super::flow::{Flow, FlowOp, Step};
-use super::{CopyBuffer, Cx, PipePool, PipeStage, Pumped};
+use super::splice::{PipePool, PipeStage};
 use crate::{debug, info};
 
 /// A direction's staging area.

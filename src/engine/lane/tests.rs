@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::super::Mode;
-use super::super::conn::{Direction, Ends};
+use super::super::direction::Direction;
+use super::super::ends::Ends;
 use super::super::registry::Registry;
 use super::super::ring::{ConnOps, Ring};
 use super::super::testing::{options, send, unix_endpoint};

@@ -1,7 +1,6 @@
-//! Prometheus metrics of a service-mode process: the counters, gauges and histograms (kept by
-//! the `prometheus-client` crate, which also writes the OpenMetrics text), the per-service
-//! handles the data path bumps, and [`MetricsServer`], a small HTTP server on its own thread
-//! that answers `GET /metrics`.
+//! The metric families of a service-mode process: the counters, gauges and histograms (kept
+//! by the `prometheus-client` crate, which also writes the OpenMetrics text) and the
+//! per-service handles the data path bumps.
 //!
 //! The data path never takes a lock for a metric: [`Metrics::service`] resolves one service's
 //! label set once, and its [`ServiceMetrics`] holds clones of the counters (each an atomic
@@ -18,8 +17,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-pub use super::metrics_http::MetricsServer;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
