@@ -249,24 +249,27 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     })))
 }
 
-/// Relay options that take their value as the next word (`-b 64K`).
-const RELAY_VALUE_OPTIONS: &[&str] = &[
-    "-b",
-    "-t",
-    "-T",
-    "--threads",
-    "--mode",
-    "--receive-budget",
-    "--budget",
-    "--fill",
-    "--sqpoll",
-];
+/// Relay options that take their value as the next word (`-b 64K`), read from the one
+/// definition of the flags ([`Cli`]), so a new flag with a value is never missed here.
+fn relay_value_options() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        .flat_map(|a| {
+            let short = a.get_short().map(|c| format!("-{c}"));
+            let long = a.get_long().map(|l| format!("--{l}"));
+            short.into_iter().chain(long)
+        })
+        .collect()
+}
 
 /// Options written before the `bench` subcommand. `-d` applies everywhere, so
 /// `vsplice -d bench ...` becomes `vsplice bench -d ...`; a relay option there
 /// (`vsplice -S bench demo`) is an error naming it, where clap would take `bench` for an
 /// address. Any other command line is returned as it is.
 pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
+    let value_options = relay_value_options();
     let mut before = Vec::new();
     let mut i = 1;
     while i < args.len() {
@@ -278,7 +281,7 @@ pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
             return Ok(args);
         }
         before.push(i);
-        if RELAY_VALUE_OPTIONS.contains(&word.as_ref()) && i + 1 < args.len() {
+        if value_options.iter().any(|o| *o == word) && i + 1 < args.len() {
             i += 1;
             before.push(i);
         }
@@ -341,6 +344,67 @@ fn run(plan: Plan) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    /// README's Addresses section (its two tables), up to the global options.
+    fn readme_addresses() -> &'static str {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("## Addresses")
+            .expect("README has an Addresses section");
+        let end = start
+            + readme[start..]
+                .find("### Global options")
+                .expect("then Global options");
+        &readme[start..end]
+    }
+
+    #[test]
+    fn every_address_keyword_and_alias_is_in_readme_and_every_type_in_the_help() {
+        let readme = readme_addresses();
+        for k in crate::addr::KindTag::keywords() {
+            assert!(
+                readme.contains(&format!("`{k}:")) || readme.contains(&format!("`{k}`")),
+                "README's address table lacks keyword {k}"
+            );
+            let tag = crate::addr::KindTag::from_keyword(k).unwrap();
+            assert!(
+                ADDRESS_HELP.contains(tag.name()),
+                "--help lacks address type {}",
+                tag.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_option_name_and_alias_is_in_readme_and_every_option_in_the_help() {
+        let readme = readme_addresses();
+        for (name, canonical) in crate::addr::option_names() {
+            assert!(
+                readme.contains(&format!("`{name}`")) || readme.contains(&format!("`{name}=")),
+                "README's option table lacks option {name}"
+            );
+            if canonical {
+                assert!(ADDRESS_HELP.contains(name), "--help lacks option {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_value_taking_relay_flags_are_read_from_the_flag_definitions() {
+        let flags = relay_value_options();
+        for f in [
+            "-b",
+            "-t",
+            "-T",
+            "--threads",
+            "--mode",
+            "--receive-budget",
+            "--drain-timeout",
+        ] {
+            assert!(flags.iter().any(|x| x == f), "{f} takes a value: {flags:?}");
+        }
+        assert!(!flags.iter().any(|x| x == "-d" || x == "-S" || x == "--pin"));
+    }
+
     use super::*;
 
     fn plan_of(args: &[&str]) -> Result<Plan> {

@@ -102,6 +102,11 @@ const KEYWORDS: &[(&str, KindTag)] = &[
 ];
 
 impl KindTag {
+    /// Every keyword of the table, aliases included (for the help and README checks).
+    pub fn keywords() -> impl Iterator<Item = &'static str> {
+        KEYWORDS.iter().map(|(k, _)| *k)
+    }
+
     /// Looks a keyword up, ignoring case.
     pub fn from_keyword(keyword: &str) -> Option<KindTag> {
         KEYWORDS

@@ -92,6 +92,15 @@ const OPTION_NAMES: &[(&str, OptName)] = &[
     ("allow", OptName::Allow),
 ];
 
+/// Every option name, aliases included, and whether it is its option's first (canonical)
+/// spelling (for the help and README checks).
+pub fn option_names() -> impl Iterator<Item = (&'static str, bool)> {
+    OPTION_NAMES.iter().enumerate().map(|(i, (name, opt))| {
+        let first = OPTION_NAMES[..i].iter().all(|(_, o)| o != opt);
+        (*name, first)
+    })
+}
+
 impl OptName {
     fn lookup(name: &str) -> Option<OptName> {
         OPTION_NAMES

@@ -14,8 +14,8 @@
 //! thread. [`rcvbudget`] bounds the memory the relay's TCP receive queues hold when many
 //! connections are busy.
 //!
-//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), [`ring`] (the
-//! io_uring, submission, wait, reap), [`registry`] (what is registered with it, as owned
+//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), `ring` (the
+//! io_uring, submission, wait, reap), `registry` (what is registered with it, as owned
 //! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
 //! `park` and `budget` (the worker's two policies), `stats` (close logging and counters),
 //! `worker` (the loop that ties them together).

@@ -2,10 +2,10 @@
 //!
 //! The pieces stand apart from the engine so each is tested alone: [`config`] turns the file
 //! into a checked [`config::ServePlan`] (raw TOML, then resolved values, like the command
-//! line's two stages), [`allow`] decides which peers a listener serves, [`metrics`] keeps the
+//! line's two stages), [`crate::addr::allow`] decides which peers a listener serves, [`metrics`] keeps the
 //! Prometheus counters and serves them over HTTP, [`observer`] feeds them from the engine.
-//! [`run`] runs every service on one engine (`acceptor`: a thread per listening socket;
-//! `reload`: SIGHUP). This module holds the `serve` subcommand.
+//! [`run`](mod@run) runs every service on one engine (`acceptor`: a service's listening socket
+//! as an accept group of the engine; `server`: what a running `serve` holds; `reload`: SIGHUP). This module holds the `serve` subcommand.
 
 mod acceptor;
 pub mod config;

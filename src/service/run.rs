@@ -2,7 +2,7 @@
 //! one acceptor thread per service that hands each accepted connection to the engine with
 //! its service's options. The main thread waits for signals: SIGINT/SIGTERM drain (stop
 //! accepting, let connections finish for `drain-timeout`, then cut; a second signal cuts at
-//! once), SIGHUP reloads the file ([`super::reload`]).
+//! once), SIGHUP reloads the file (`reload`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};

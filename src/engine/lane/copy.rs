@@ -26,7 +26,7 @@ pub struct CopyBuffer {
     slot: Option<FixedBuffer>,
     /// Whether [`CopyBuffer::take`] registers the memory with the ring.
     register: bool,
-    /// Whether the memory held counts against [`COPY_MEMORY_CAP`](super::super::cap::COPY_MEMORY_CAP).
+    /// Whether the memory held counts against `cap::COPY_MEMORY_CAP`.
     counted: bool,
 }
 
@@ -79,7 +79,7 @@ impl CopyBuffer {
     }
 
     /// Makes sure the buffer holds memory before a fill; false when the process-wide cap
-    /// ([`COPY_MEMORY_CAP`](super::super::cap::COPY_MEMORY_CAP)) leaves no room now (nothing is lost: try again later).
+    /// (`cap::COPY_MEMORY_CAP`) leaves no room now (nothing is lost: try again later).
     pub fn take(&mut self, registry: &mut Registry, ring: &Ring) -> bool {
         if self.data.is_some() {
             return true;

@@ -79,6 +79,187 @@ struct DirectionLabels {
     direction: Direction,
 }
 
+/// One metric family, defined once: the registry registers it from here, and README's table
+/// (Running as a service, Metrics) is checked against this list by a test, so the name, type,
+/// help and labels an operator reads cannot drift from what a scrape shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// The name as registered: without the `vsplice_` prefix, a counter's `_total` and the
+    /// unit suffix, all of which the encoder adds.
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub unit: Option<&'static str>,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// What the labels are (README's third column).
+    pub labels: &'static str,
+}
+
+/// The OpenMetrics type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+impl MetricDef {
+    /// The name a scrape shows: `vsplice_`, the name, the unit, and `_total` for a counter.
+    pub fn exposed_name(&self) -> String {
+        let unit = self.unit.map(|u| format!("_{u}")).unwrap_or_default();
+        let total = if self.kind == MetricKind::Counter {
+            "_total"
+        } else {
+            ""
+        };
+        format!("vsplice_{}{unit}{total}", self.name)
+    }
+}
+
+const fn def(
+    name: &'static str,
+    kind: MetricKind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static str,
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+    }
+}
+
+/// Every metric family of `vsplice serve`, in the order a scrape lists them.
+pub const METRICS: &[MetricDef] = &[
+    def(
+        "connections_accepted",
+        MetricKind::Counter,
+        None,
+        "Connections accepted and handed to the relay",
+        "`service`",
+    ),
+    def(
+        "connections_denied",
+        MetricKind::Counter,
+        None,
+        "Connections closed at once because the allow list refused the peer",
+        "`service`",
+    ),
+    def(
+        "connections_active",
+        MetricKind::Gauge,
+        None,
+        "Connections open now",
+        "`service`",
+    ),
+    def(
+        "connections_closed",
+        MetricKind::Counter,
+        None,
+        "Connections ended, by reason",
+        "`service`, `reason`: `eof` (both directions ended), `error` (a read, write or shutdown \
+         failed: reset, broken pipe), `dial_failed`, `idle_timeout` (`-T`), `linger_timeout` \
+         (`-t`), `stopped` (cut at the end of a drain)",
+    ),
+    def(
+        "dial_failures",
+        MetricKind::Counter,
+        None,
+        "Failed connects to a service's connect address, by errno",
+        "`service`, `errno` (`ECONNREFUSED`, `ETIMEDOUT`, ...; `resolve` for a name that did \
+         not resolve)",
+    ),
+    def(
+        "bytes",
+        MetricKind::Counter,
+        None,
+        "Bytes relayed, by direction",
+        "`service`, `direction` (`first_to_second`, `second_to_first`)",
+    ),
+    def(
+        "connection_duration",
+        MetricKind::Histogram,
+        Some("seconds"),
+        "How long connections lasted",
+        "`service` (1 ms to 9 h)",
+    ),
+    def(
+        "dial_latency",
+        MetricKind::Histogram,
+        Some("seconds"),
+        "Time from accept to the connect address answering",
+        "`service` (from hand-over to a worker to connected; 50 µs to 13 s)",
+    ),
+    def(
+        "engine_workers",
+        MetricKind::Gauge,
+        None,
+        "Worker threads",
+        "none",
+    ),
+    def(
+        "engine_parked_connections",
+        MetricKind::Gauge,
+        None,
+        "Connections whose sockets sit in io_uring fixed-file tables",
+        "none",
+    ),
+    def(
+        "engine_pipes_in_use",
+        MetricKind::Gauge,
+        None,
+        "Splice pipes open: held by connections or pooled for reuse",
+        "none",
+    ),
+    def(
+        "engine_receive_cap",
+        MetricKind::Gauge,
+        Some("bytes"),
+        "Per-socket TCP receive buffer the receive budget sets now (0: uncapped)",
+        "none",
+    ),
+    def(
+        "log_lines_dropped",
+        MetricKind::Counter,
+        None,
+        "Log lines dropped because standard error did not keep up",
+        "none",
+    ),
+];
+
+/// The definition of family `name` (a name missing from [`METRICS`] is a bug: it panics in
+/// every test that builds [`Metrics`]).
+fn metric(name: &str) -> &'static MetricDef {
+    METRICS
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("metric {name} has no definition in METRICS"))
+}
+
+/// Registers family `name` from its definition.
+fn register(r: &mut Registry, name: &str, family: impl prometheus_client::registry::Metric) {
+    let d = metric(name);
+    match d.unit {
+        None => r.register(d.name, d.help, family),
+        Some("seconds") => r.register_with_unit(d.name, d.help, Unit::Seconds, family),
+        Some("bytes") => r.register_with_unit(d.name, d.help, Unit::Bytes, family),
+        Some(other) => panic!("metric {name}: no unit {other}"),
+    }
+}
+
 type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
 
 /// Connection durations: 1 ms to about 9 hours.
@@ -159,68 +340,22 @@ impl Metrics {
             before_scrape: Mutex::new(None),
         };
         let r = &mut m.registry;
-        // Counters get their `_total` suffix from the encoder.
-        r.register(
-            "connections_accepted",
-            "Connections accepted and handed to the relay",
-            m.accepted.clone(),
-        );
-        r.register(
-            "connections_denied",
-            "Connections closed at once because the allow list refused the peer",
-            m.denied.clone(),
-        );
-        r.register(
-            "connections_active",
-            "Connections open now",
-            m.active.clone(),
-        );
-        r.register(
-            "connections_closed",
-            "Connections ended, by reason",
-            m.closed.clone(),
-        );
-        r.register(
-            "dial_failures",
-            "Failed connects to a service's connect address, by errno",
-            m.dial_failures.clone(),
-        );
-        r.register("bytes", "Bytes relayed, by direction", m.bytes.clone());
-        r.register_with_unit(
-            "connection_duration",
-            "How long connections lasted",
-            Unit::Seconds,
-            m.durations.clone(),
-        );
-        r.register_with_unit(
-            "dial_latency",
-            "Time from accept to the connect address answering",
-            Unit::Seconds,
-            m.dial_latency.clone(),
-        );
+        // Counters get their `_total` suffix from the encoder; names, help and units come
+        // from METRICS.
+        register(r, "connections_accepted", m.accepted.clone());
+        register(r, "connections_denied", m.denied.clone());
+        register(r, "connections_active", m.active.clone());
+        register(r, "connections_closed", m.closed.clone());
+        register(r, "dial_failures", m.dial_failures.clone());
+        register(r, "bytes", m.bytes.clone());
+        register(r, "connection_duration", m.durations.clone());
+        register(r, "dial_latency", m.dial_latency.clone());
         let e = &m.engine;
-        r.register("engine_workers", "Worker threads", e.workers.clone());
-        r.register(
-            "engine_parked_connections",
-            "Connections whose sockets sit in io_uring fixed-file tables",
-            e.parked_connections.clone(),
-        );
-        r.register(
-            "engine_pipes_in_use",
-            "Pipes held by connections",
-            e.pipes_in_use.clone(),
-        );
-        r.register_with_unit(
-            "engine_receive_cap",
-            "Per-socket TCP receive buffer the receive budget sets now (0: uncapped)",
-            Unit::Bytes,
-            e.receive_cap_bytes.clone(),
-        );
-        r.register(
-            "log_lines_dropped",
-            "Log lines dropped because standard error did not keep up",
-            e.log_lines_dropped.clone(),
-        );
+        register(r, "engine_workers", e.workers.clone());
+        register(r, "engine_parked_connections", e.parked_connections.clone());
+        register(r, "engine_pipes_in_use", e.pipes_in_use.clone());
+        register(r, "engine_receive_cap", e.receive_cap_bytes.clone());
+        register(r, "log_lines_dropped", e.log_lines_dropped.clone());
         m
     }
 
@@ -346,6 +481,68 @@ pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {
+    /// README's metrics table, row for row, as [`METRICS`] defines it.
+    fn readme_table() -> String {
+        METRICS
+            .iter()
+            .map(|d| {
+                format!(
+                    "| `{}` | {} | {} | {} |\n",
+                    d.exposed_name(),
+                    d.kind.name(),
+                    d.help,
+                    d.labels
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_metric_with_the_name_type_help_and_labels_a_scrape_shows() {
+        let readme = include_str!("../../../README.md");
+        let rows: String = readme
+            .lines()
+            .filter(|l| l.starts_with("| `vsplice_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            rows,
+            readme_table(),
+            "README's metrics table differs from METRICS; it should read:\n{}",
+            readme_table()
+        );
+    }
+
+    #[test]
+    fn a_scrape_shows_exactly_the_defined_families_with_their_help() {
+        let metrics = Metrics::new();
+        let _service = metrics.service("s"); // labelled families appear once a service has them
+        let text = metrics.encode();
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        let wanted: Vec<String> = METRICS
+            .iter()
+            .map(|d| {
+                let name = d.exposed_name();
+                let family = name.strip_suffix("_total").unwrap_or(&name).to_string();
+                format!("# HELP {family} {}.", d.help)
+            })
+            .collect();
+        for help in &helps {
+            assert!(
+                wanted.iter().any(|w| w == help),
+                "{help}: a family without a definition in METRICS, or with other help"
+            );
+        }
+        // Every family shows once a service exists, but for dial failures, whose series
+        // appear with their first errno.
+        for want in wanted.iter().filter(|w| !w.contains("dial_failures ")) {
+            assert!(
+                helps.contains(&want.as_str()),
+                "{want} is not in the scrape"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
