@@ -128,21 +128,23 @@ impl CopyBuffer {
     }
 
     /// A read of up to `max` bytes from `source` into the (empty) buffer; returns the length
-    /// asked for and the request. With `nowait` (a socket source) the read never waits: an
-    /// empty source completes it at once with EAGAIN, and the direction then waits for
-    /// readiness without holding the buffer in a pending read.
+    /// asked for and the request. With `nowait` (a socket source) the read never waits: a
+    /// RECV with `MSG_DONTWAIT`, which io_uring completes at once with EAGAIN when the source
+    /// is empty, so the direction then waits for readiness without holding the buffer in a
+    /// pending read. (Not `RWF_NOWAIT` on a read: kernels before sockets took `FMODE_NOWAIT`,
+    /// Debian 12's 6.1 among them, refuse that with EOPNOTSUPP.)
     pub fn fill_sqe(&mut self, source: RawFd, max: usize, nowait: bool) -> (usize, squeue::Entry) {
         let max = max.min(self.size);
         let ptr = self.data().as_mut_ptr();
-        let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
         let sqe = match &self.slot {
+            _ if nowait => opcode::Recv::new(types::Fd(source), ptr, max as u32)
+                .flags(libc::MSG_DONTWAIT)
+                .build(),
             Some(slot) => opcode::ReadFixed::new(types::Fd(source), ptr, max as u32, slot.index())
                 .offset(u64::MAX)
-                .rw_flags(flags)
                 .build(),
             None => opcode::Read::new(types::Fd(source), ptr, max as u32)
                 .offset(u64::MAX)
-                .rw_flags(flags)
                 .build(),
         };
         (max, sqe)

@@ -65,7 +65,7 @@ impl StagedLane {
     }
 
     /// Tells the copy path how to use its ends. `nowait_reads` (a socket source): reads never
-    /// wait (RWF_NOWAIT), so after a drain the next read goes out at once instead of after a
+    /// wait (a RECV with MSG_DONTWAIT), so after a drain the next read goes out at once instead of after a
     /// readiness round trip. `whole_sends` (a socket sink): each buffer goes out as one whole
     /// SEND (see [`CopyBuffer::drain_sqe`]), with the next read linked behind it when both
     /// hold. Other files (a terminal, a regular file) keep plain reads after readiness and
@@ -325,7 +325,7 @@ impl StagedLane {
                 buffer.rewind();
                 // Read only after readiness: a read of an empty blocking file would hold the
                 // buffer (and its share of the cap) for as long as the peer is silent. A
-                // socket's read cannot wait (RWF_NOWAIT), so it goes out at once: a flowing
+                // socket's read cannot wait (MSG_DONTWAIT), so it goes out at once: a flowing
                 // source has bytes by now, and an empty one answers EAGAIN.
                 if !self.nowait_reads {
                     self.flow.await_readiness_first();
