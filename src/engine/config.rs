@@ -43,26 +43,14 @@ impl Mode {
     }
 }
 
-/// Everything a worker needs to know about how to relay.
+/// Everything a worker needs to know about how to relay: what is global to the engine, and
+/// the relay options of jobs submitted without their own.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub mode: Mode,
-    /// Requested pipe capacity (`-b`).
-    pub pipe_size: usize,
-    /// Copy-path buffer size (`-b`).
-    pub copy_size: usize,
-    /// Which directions run: [first->second, second->first] (`-u` / `-U`).
-    pub directions: [bool; 2],
-    /// Close a connection after this long without a byte moved (`-T`).
-    pub idle_timeout: Option<Duration>,
-    /// After one direction ends, how long the other may go on (`-t`).
-    pub linger: Option<Duration>,
-    /// Print per-connection byte counts (`-S`).
-    pub stats: bool,
+    /// The options of jobs submitted without their own (a relay command's one relay).
+    pub relay: RelayOptions,
     /// Transfers one direction may make before yielding to other connections.
-    pub budget: u32,
-    /// What a direction does after a short fill.
-    pub fill_policy: flow::FillPolicy,
+    pub turn_budget: u32,
     /// Empty pipes a worker keeps for reuse.
     pub max_idle_pipes: usize,
     /// Submission queue entries per ring.
@@ -75,30 +63,6 @@ pub struct EngineConfig {
     /// Memory the relay's TCP receive queues may hold together; past it, connections get
     /// fixed receive buffers (see [`rcvbudget`]). `None`: autotuning always.
     pub receive_budget: Option<rcvbudget::ReceiveBudget>,
-    /// Whether the user set `rcvbuf` on [first, second] address: such sockets keep it.
-    pub user_rcvbuf: [bool; 2],
-    /// The relay serves one connection: its failure is an error the user must see, not a
-    /// warning that needs `-d`.
-    pub single_connection: bool,
-}
-
-impl EngineConfig {
-    /// The per-relay part of this configuration.
-    pub fn relay_options(&self) -> RelayOptions {
-        RelayOptions {
-            mode: self.mode,
-            pipe_size: self.pipe_size,
-            copy_size: self.copy_size,
-            directions: self.directions,
-            idle_timeout: self.idle_timeout,
-            linger: self.linger,
-            stats: self.stats,
-            fill_policy: self.fill_policy,
-            user_rcvbuf: self.user_rcvbuf,
-            single_connection: self.single_connection,
-            observer: None,
-        }
-    }
 }
 
 /// How one relay's connections are served. Every connection carries an `Arc` of its
@@ -134,6 +98,20 @@ pub struct RelayOptions {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            relay: RelayOptions::default(),
+            turn_budget: 16,
+            max_idle_pipes: 16,
+            ring_entries: 1024,
+            sqpoll_idle_ms: None,
+            pin_workers: true,
+            receive_budget: None,
+        }
+    }
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
             mode: Mode::Splice,
             pipe_size: DEFAULT_PIPE_SIZE,
             copy_size: DEFAULT_PIPE_SIZE,
@@ -141,15 +119,10 @@ impl Default for EngineConfig {
             idle_timeout: None,
             linger: None,
             stats: false,
-            budget: 16,
             fill_policy: flow::FillPolicy::Adaptive,
-            max_idle_pipes: 16,
-            ring_entries: 1024,
-            sqpoll_idle_ms: None,
-            pin_workers: true,
-            receive_budget: None,
             user_rcvbuf: [false, false],
             single_connection: false,
+            observer: None,
         }
     }
 }

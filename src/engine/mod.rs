@@ -17,11 +17,10 @@
 //! Map: [`accept`] (listeners the workers accept on, `max-children` slots), `ring` (the
 //! io_uring, submission, wait, reap), `registry` (what is registered with it, as owned
 //! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
-//! `park` and `budget` (the worker's two policies), `stats` (close logging and counters),
+//! `park` and `rcvsweep` (the worker's two policies), `stats` (close logging and counters),
 //! `worker` (the loop that ties them together).
 
 pub mod accept;
-mod budget;
 mod cap;
 mod close;
 mod config;
@@ -34,6 +33,7 @@ pub mod lane;
 mod observer;
 mod park;
 pub mod rcvbudget;
+mod rcvsweep;
 mod registry;
 mod ring;
 mod shared;
@@ -132,7 +132,7 @@ impl Engine {
                     workers,
                     next: 0,
                     shared,
-                    options: Arc::new(config.relay_options()),
+                    options: Arc::new(config.relay.clone()),
                 };
                 engine.stop();
                 return Err(e);
@@ -142,7 +142,7 @@ impl Engine {
             workers,
             next: 0,
             shared,
-            options: Arc::new(config.relay_options()),
+            options: Arc::new(config.relay.clone()),
         })
     }
 

@@ -20,7 +20,6 @@ use crossbeam_channel::Receiver;
 use io_uring::cqueue;
 use slab::Slab;
 
-use super::budget::Budget;
 use super::close::CloseReason;
 use super::config::{EngineConfig, RelayOptions};
 use super::conn::{Conn, Dialing, Phase, Relaying, Verdict, verdict};
@@ -29,6 +28,7 @@ use super::inbox::Message;
 use super::job::{Job, Second};
 use super::lane::{Cx, Lane, PipePool, Pumped};
 use super::park::{self, Parking};
+use super::rcvsweep::ReceiveSweep;
 use super::registry::Registry;
 use super::ring::{Completion, ConnOps, Ring};
 use super::shared::Shared;
@@ -62,7 +62,7 @@ pub(super) struct Worker {
     /// Directions that used up their turn: (key, serial, direction).
     runq: VecDeque<(usize, u64, Direction)>,
     parking: Parking,
-    budget: Budget,
+    receive_sweep: ReceiveSweep,
     next_serial: u64,
     stopping: bool,
     completions: Vec<Completion>,
@@ -102,7 +102,7 @@ impl Worker {
             inbox,
             wake,
             shared,
-            budget: Budget::new(config.receive_budget),
+            receive_sweep: ReceiveSweep::new(config.receive_budget),
             config,
             timers: Timers::default(),
             runq: VecDeque::new(),
@@ -129,7 +129,7 @@ impl Worker {
                 self.index,
                 self.now,
             );
-            self.budget
+            self.receive_sweep
                 .sweep(&mut self.conns, &self.shared, self.index, self.now);
             if self.stopping && self.conns.is_empty() && self.accepting.is_empty() {
                 break;
@@ -140,7 +140,7 @@ impl Worker {
             }
             let deadline = self.timers.next_deadline([
                 self.parking.due(&self.registry, &self.shared),
-                self.budget.due(&self.shared),
+                self.receive_sweep.due(&self.shared),
                 self.accepting.due(),
             ]);
             self.ring
@@ -239,7 +239,7 @@ impl Worker {
             options: parts.options,
             id: parts.id,
             dir,
-            turn: config.budget,
+            turn: config.turn_budget,
         };
         // Bytes delivered are reported to the relay's observer as they move (a scrape sees
         // a long transfer progress), from the lane's own count: one compare per call.
@@ -393,7 +393,7 @@ impl Worker {
             parked: None,
         });
         conn.last_active = self.now;
-        self.budget
+        self.receive_sweep
             .on_start(&mut self.conns, key, &self.shared, self.index);
         let conn = &self.conns[key];
         if crate::log::enabled(crate::log::Level::Info) {

@@ -61,7 +61,7 @@ pub fn run(command: ServeCommand) -> Result<ExitCode> {
 pub fn accept_fd_relay(
     first: Address,
     second: Address,
-    options: config::RelayOptions,
+    options: config::ServiceOptions,
     global: config::GlobalOptions,
 ) -> Result<ServeCommand> {
     if !first.options.fork {

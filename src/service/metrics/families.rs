@@ -26,7 +26,7 @@ struct ServiceLabel {
 /// Why a connection ended (label `reason` of `vsplice_connections_closed_total`).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum CloseReason {
+pub enum ReasonLabel {
     /// Both directions reached end of file.
     eof,
     /// `idle-timeout` passed without a byte moved.
@@ -41,14 +41,14 @@ pub enum CloseReason {
     stopped,
 }
 
-impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
-        CloseReason::eof,
-        CloseReason::idle_timeout,
-        CloseReason::linger_timeout,
-        CloseReason::error,
-        CloseReason::dial_failed,
-        CloseReason::stopped,
+impl ReasonLabel {
+    pub const ALL: [ReasonLabel; 6] = [
+        ReasonLabel::eof,
+        ReasonLabel::idle_timeout,
+        ReasonLabel::linger_timeout,
+        ReasonLabel::error,
+        ReasonLabel::dial_failed,
+        ReasonLabel::stopped,
     ];
 }
 
@@ -56,7 +56,7 @@ impl CloseReason {
 /// listening side's connection, "second" the dialed one.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Direction {
+pub enum DirectionLabel {
     first_to_second,
     second_to_first,
 }
@@ -64,7 +64,7 @@ pub enum Direction {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClosedLabels {
     service: String,
-    reason: CloseReason,
+    reason: ReasonLabel,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,7 +76,7 @@ struct ErrnoLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     service: String,
-    direction: Direction,
+    direction: DirectionLabel,
 }
 
 /// One metric family, defined once: the registry registers it from here, and README's table
@@ -376,13 +376,13 @@ impl Metrics {
             active: self.active.get_or_create_owned(&label),
             bytes: [
                 self.bytes
-                    .get_or_create_owned(&direction(Direction::first_to_second)),
+                    .get_or_create_owned(&direction(DirectionLabel::first_to_second)),
                 self.bytes
-                    .get_or_create_owned(&direction(Direction::second_to_first)),
+                    .get_or_create_owned(&direction(DirectionLabel::second_to_first)),
             ],
             duration: self.durations.get_or_create_owned(&label),
             dial_latency: self.dial_latency.get_or_create_owned(&label),
-            closed: CloseReason::ALL.map(|reason| {
+            closed: ReasonLabel::ALL.map(|reason| {
                 self.closed.get_or_create_owned(&ClosedLabels {
                     service: name.to_string(),
                     reason,
@@ -425,8 +425,8 @@ pub struct ServiceMetrics {
     bytes: [Counter; 2],
     duration: Histogram,
     dial_latency: Histogram,
-    /// One counter per [`CloseReason`], resolved up front: a close touches no lock.
-    closed: [Counter; CloseReason::ALL.len()],
+    /// One counter per [`ReasonLabel`], resolved up front: a close touches no lock.
+    closed: [Counter; ReasonLabel::ALL.len()],
     dial_failures: Family<ErrnoLabels, Counter>,
 }
 
@@ -448,7 +448,7 @@ impl ServiceMetrics {
     }
 
     /// The connect address could not be reached (the connection then closes with
-    /// [`CloseReason::dial_failed`]).
+    /// [`ReasonLabel::dial_failed`]).
     /// `errno` names the error (`ECONNREFUSED`).
     pub fn on_dial_failure(&self, errno: &str) {
         self.dial_failures
@@ -460,12 +460,12 @@ impl ServiceMetrics {
     }
 
     /// Bytes delivered in one direction.
-    pub fn add_bytes(&self, direction: Direction, bytes: u64) {
+    pub fn add_bytes(&self, direction: DirectionLabel, bytes: u64) {
         self.bytes[direction as usize].inc_by(bytes);
     }
 
     /// A connection counted by [`ServiceMetrics::on_accept`] ended after `lasted`.
-    pub fn on_close(&self, reason: CloseReason, lasted: Duration) {
+    pub fn on_close(&self, reason: ReasonLabel, lasted: Duration) {
         self.active.dec();
         self.duration.observe(lasted.as_secs_f64());
         self.closed[reason as usize].inc();
@@ -557,11 +557,11 @@ mod tests {
         api.on_accept();
         api.on_accept();
         api.on_deny();
-        api.add_bytes(Direction::first_to_second, 1000);
-        api.add_bytes(Direction::second_to_first, 7);
+        api.add_bytes(DirectionLabel::first_to_second, 1000);
+        api.add_bytes(DirectionLabel::second_to_first, 7);
         api.on_dial(Duration::from_millis(2));
         api.on_dial_failure("ECONNREFUSED");
-        api.on_close(CloseReason::eof, Duration::from_secs(3));
+        api.on_close(ReasonLabel::eof, Duration::from_secs(3));
         m.engine().workers.set(4);
         let text = m.encode();
         for line in [
