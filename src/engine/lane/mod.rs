@@ -31,7 +31,7 @@ pub use self::copy::CopyBuffer;
 pub use self::cx::{Cx, Pumped};
 pub use self::ring::{RING_IDLE_GRACE, RingLane};
 pub use self::splice::{PipePool, PipeStage};
-pub use self::staged::{StagedLane, Staging};
+pub use self::staged::{COPY_IDLE_GRACE, StagedLane, Staging};
 
 /// Buffers per direction on the ring path (`--mode recv`); each is `-b` divided by this.
 const RING_BUFFERS: u16 = 8;
