@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub const GUEST_CID: u32 = 4;
 
 /// vhost-device-vsock version the tests were written against (its behaviour is in README).
-const BACKEND_VERSION: &str = "0.3.0";
+pub const BACKEND_VERSION: &str = "0.3.0";
 
 /// Modules to load, in dependency order.
 const MODULES: &[&str] = &[

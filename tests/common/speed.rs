@@ -198,7 +198,7 @@ pub struct RunFigures {
 }
 
 /// CPU seconds (user and system) of every child that was waited for.
-fn children_cpu() -> f64 {
+pub fn children_cpu() -> f64 {
     use nix::sys::resource::{UsageWho, getrusage};
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
