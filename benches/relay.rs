@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vsplice::addr::Address;
-use vsplice::engine::{Engine, EngineConfig, Job, Mode, Second};
+use vsplice::engine::{Engine, EngineConfig, Job, Mode, RelayOptions, Second};
 use vsplice::net::endpoint::Endpoint;
 use vsplice::sys::socket::Socket;
 
@@ -105,9 +105,12 @@ fn throughput<P: Pairs>(c: &mut Criterion, family: &str) {
         (Mode::RecvZc, 1 << 20),
     ] {
         let config = EngineConfig {
-            mode,
-            pipe_size: size,
-            copy_size: size,
+            relay: RelayOptions {
+                mode,
+                pipe_size: size,
+                copy_size: size,
+                ..RelayOptions::default()
+            },
             pin_workers: false,
             ..EngineConfig::default()
         };

@@ -14,7 +14,7 @@ use crate::addr::{Address, parse_duration, parse_size};
 use crate::bench::{BenchArgs, BenchPlan};
 use crate::engine::flow::FillPolicy;
 use crate::engine::rcvbudget::ReceiveBudget;
-use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode};
+use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions};
 use crate::error::{Error, Result};
 use crate::relay::RelayPlan;
 
@@ -165,24 +165,30 @@ fn parse_address(text: &str) -> Result<Address> {
 pub fn engine_config(cli: &Cli) -> EngineConfig {
     let size = cli.block.unwrap_or(DEFAULT_PIPE_SIZE);
     EngineConfig {
-        mode: cli.mode.unwrap_or(Mode::Auto),
-        pipe_size: size,
-        copy_size: size,
-        directions: [!cli.reverse_only, !cli.forward_only],
-        idle_timeout: cli.idle_timeout,
-        linger: cli.half_close_timeout,
-        stats: cli.stats,
-        budget: cli.budget.unwrap_or(EngineConfig::default().budget).max(1),
-        fill_policy: cli.fill.unwrap_or(FillPolicy::Adaptive),
+        relay: RelayOptions {
+            mode: cli.mode.unwrap_or(Mode::Auto),
+            pipe_size: size,
+            copy_size: size,
+            directions: [!cli.reverse_only, !cli.forward_only],
+            idle_timeout: cli.idle_timeout,
+            linger: cli.half_close_timeout,
+            stats: cli.stats,
+            fill_policy: cli.fill.unwrap_or(FillPolicy::Adaptive),
+            ..RelayOptions::default()
+        },
+        turn_budget: cli
+            .budget
+            .unwrap_or(EngineConfig::default().turn_budget)
+            .max(1),
         sqpoll_idle_ms: cli.sqpoll,
         ..EngineConfig::default()
     }
 }
 
 /// The relay options of an `ACCEPT-FD` relay's one service, from the command line's flags.
-fn accept_fd_options(cli: &Cli) -> crate::service::config::RelayOptions {
-    use crate::service::config::{OneWay, RelayOptions};
-    RelayOptions {
+fn accept_fd_options(cli: &Cli) -> crate::service::config::ServiceOptions {
+    use crate::service::config::{OneWay, ServiceOptions};
+    ServiceOptions {
         idle_timeout: cli.idle_timeout,
         linger: cli.half_close_timeout,
         one_way: match (cli.forward_only, cli.reverse_only) {
@@ -223,15 +229,15 @@ pub fn plan(cli: Cli) -> Result<Plan> {
                 threads: cli.threads,
                 receive_budget: cli.receive_budget,
                 pin: pin_setting(&cli),
-                defaults: crate::service::config::RelayOptions::default(),
+                defaults: crate::service::config::ServiceOptions::default(),
             },
         )?;
         return Ok(Plan::Serve(Box::new(serve)));
     }
     let mut engine = engine_config(&cli);
-    engine.single_connection = !first.options.fork;
+    engine.relay.single_connection = !first.options.fork;
     engine.receive_budget = ReceiveBudget::resolve(cli.receive_budget);
-    engine.user_rcvbuf = [
+    engine.relay.user_rcvbuf = [
         first.options.rcvbuf.is_some(),
         second.options.rcvbuf.is_some(),
     ];
@@ -249,24 +255,27 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     })))
 }
 
-/// Relay options that take their value as the next word (`-b 64K`).
-const RELAY_VALUE_OPTIONS: &[&str] = &[
-    "-b",
-    "-t",
-    "-T",
-    "--threads",
-    "--mode",
-    "--receive-budget",
-    "--budget",
-    "--fill",
-    "--sqpoll",
-];
+/// Relay options that take their value as the next word (`-b 64K`), read from the one
+/// definition of the flags ([`Cli`]), so a new flag with a value is never missed here.
+fn relay_value_options() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        .flat_map(|a| {
+            let short = a.get_short().map(|c| format!("-{c}"));
+            let long = a.get_long().map(|l| format!("--{l}"));
+            short.into_iter().chain(long)
+        })
+        .collect()
+}
 
 /// Options written before the `bench` subcommand. `-d` applies everywhere, so
 /// `vsplice -d bench ...` becomes `vsplice bench -d ...`; a relay option there
 /// (`vsplice -S bench demo`) is an error naming it, where clap would take `bench` for an
 /// address. Any other command line is returned as it is.
 pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
+    let value_options = relay_value_options();
     let mut before = Vec::new();
     let mut i = 1;
     while i < args.len() {
@@ -278,7 +287,7 @@ pub fn options_after_bench(args: Vec<OsString>) -> Result<Vec<OsString>> {
             return Ok(args);
         }
         before.push(i);
-        if RELAY_VALUE_OPTIONS.contains(&word.as_ref()) && i + 1 < args.len() {
+        if value_options.iter().any(|o| *o == word) && i + 1 < args.len() {
             i += 1;
             before.push(i);
         }
@@ -341,6 +350,67 @@ fn run(plan: Plan) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    /// README's Addresses section (its two tables), up to the global options.
+    fn readme_addresses() -> &'static str {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("## Addresses")
+            .expect("README has an Addresses section");
+        let end = start
+            + readme[start..]
+                .find("### Global options")
+                .expect("then Global options");
+        &readme[start..end]
+    }
+
+    #[test]
+    fn every_address_keyword_and_alias_is_in_readme_and_every_type_in_the_help() {
+        let readme = readme_addresses();
+        for k in crate::addr::KindTag::keywords() {
+            assert!(
+                readme.contains(&format!("`{k}:")) || readme.contains(&format!("`{k}`")),
+                "README's address table lacks keyword {k}"
+            );
+            let tag = crate::addr::KindTag::from_keyword(k).unwrap();
+            assert!(
+                ADDRESS_HELP.contains(tag.name()),
+                "--help lacks address type {}",
+                tag.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_option_name_and_alias_is_in_readme_and_every_option_in_the_help() {
+        let readme = readme_addresses();
+        for (name, canonical) in crate::addr::option_names() {
+            assert!(
+                readme.contains(&format!("`{name}`")) || readme.contains(&format!("`{name}=")),
+                "README's option table lacks option {name}"
+            );
+            if canonical {
+                assert!(ADDRESS_HELP.contains(name), "--help lacks option {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_value_taking_relay_flags_are_read_from_the_flag_definitions() {
+        let flags = relay_value_options();
+        for f in [
+            "-b",
+            "-t",
+            "-T",
+            "--threads",
+            "--mode",
+            "--receive-budget",
+            "--drain-timeout",
+        ] {
+            assert!(flags.iter().any(|x| x == f), "{f} takes a value: {flags:?}");
+        }
+        assert!(!flags.iter().any(|x| x == "-d" || x == "-S" || x == "--pin"));
+    }
+
     use super::*;
 
     fn plan_of(args: &[&str]) -> Result<Plan> {
@@ -367,7 +437,7 @@ mod tests {
         };
         let p = relay(&["TCP-LISTEN:1,fork", "TCP:h:2"]);
         assert_eq!(p.engine.receive_budget, ReceiveBudget::from_system());
-        assert_eq!(p.engine.user_rcvbuf, [false, false]);
+        assert_eq!(p.engine.relay.user_rcvbuf, [false, false]);
         let p = relay(&[
             "--receive-budget",
             "0",
@@ -375,7 +445,7 @@ mod tests {
             "TCP:h:2,rcvbuf=1M",
         ]);
         assert_eq!(p.engine.receive_budget, None);
-        assert_eq!(p.engine.user_rcvbuf, [false, true]);
+        assert_eq!(p.engine.relay.user_rcvbuf, [false, true]);
         let p = relay(&[
             "--receive-budget",
             "1G",
@@ -383,7 +453,7 @@ mod tests {
             "TCP:h:2",
         ]);
         assert_eq!(p.engine.receive_budget, Some(ReceiveBudget(1 << 30)));
-        assert_eq!(p.engine.user_rcvbuf, [true, false]);
+        assert_eq!(p.engine.relay.user_rcvbuf, [true, false]);
         assert!(
             usage_error(&["--receive-budget", "lots", "TCP-LISTEN:1", "TCP:h:2"]).contains("lots")
         );
@@ -411,19 +481,19 @@ mod tests {
         .unwrap() else {
             panic!("relay")
         };
-        assert_eq!(p.engine.pipe_size, 65536);
-        assert_eq!(p.engine.linger, Some(Duration::from_millis(1500)));
-        assert_eq!(p.engine.idle_timeout, Some(Duration::from_secs(30)));
-        assert_eq!(p.engine.directions, [true, false]);
-        assert!(p.engine.stats);
+        assert_eq!(p.engine.relay.pipe_size, 65536);
+        assert_eq!(p.engine.relay.linger, Some(Duration::from_millis(1500)));
+        assert_eq!(p.engine.relay.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(p.engine.relay.directions, [true, false]);
+        assert!(p.engine.relay.stats);
         assert_eq!(p.threads, 3);
-        assert_eq!(p.engine.mode, Mode::Copy);
-        assert!(!p.engine.single_connection);
+        assert_eq!(p.engine.relay.mode, Mode::Copy);
+        assert!(!p.engine.relay.single_connection);
         let Plan::Relay(p) = plan_of(&["-U", "-", "TCP:h:2"]).unwrap() else {
             panic!()
         };
-        assert_eq!(p.engine.directions, [false, true]);
-        assert!(p.engine.single_connection);
+        assert_eq!(p.engine.relay.directions, [false, true]);
+        assert!(p.engine.relay.single_connection);
     }
 
     #[test]
@@ -511,7 +581,7 @@ mod tests {
         let Plan::Relay(p) = plan_of(&["-t", "0", "TCP-L:1", "TCP:h:1"]).unwrap() else {
             panic!()
         };
-        assert_eq!(p.engine.linger, Some(Duration::ZERO));
+        assert_eq!(p.engine.relay.linger, Some(Duration::ZERO));
     }
 
     fn words(args: &[&str]) -> Vec<OsString> {

@@ -4,7 +4,7 @@
 //!
 //! Layout: [`addr`] parses the address grammar (pure); [`cli`] parses the command line in two
 //! stages; [`net`] opens addresses (resolve, socket options, listen, dial) into endpoints;
-//! [`engine`] runs connections on io_uring workers; [`relay`] is the accept loop; [`bench`]
+//! [`engine`] runs connections on io_uring workers; [`relay`] is the accept loop; [`bench`](mod@bench)
 //! measures; [`sys`] holds every raw system call behind safe wrappers.
 
 pub mod addr;

@@ -7,7 +7,7 @@
 //! or a pipe nobody reads would otherwise stop every worker at its next line, and with them
 //! the main thread, which then never reads SIGTERM). When the writer gets through again it
 //! says how many lines were lost; [`dropped_total`] feeds a metric. Lines a peer can cause
-//! once per connection (refusals, failed dials, resets) go through [`limited!`], a token
+//! once per connection (refusals, failed dials, resets) go through [`limited!`](crate::limited), a token
 //! bucket per call site whose excess is summed into one "suppressed N similar lines" line a
 //! second. [`flush`] waits, for a bounded time, until what was queued is written: the exit
 //! paths call it so that the last lines are not lost.

@@ -67,10 +67,10 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
         Err(e) => warn!("cannot raise the descriptor limit: {e}"),
     }
     let max_pipe = limits::pipe_max_size();
-    if plan.engine.pipe_size > max_pipe && !nix::unistd::geteuid().is_root() {
+    if plan.engine.relay.pipe_size > max_pipe && !nix::unistd::geteuid().is_root() {
         warn!(
             "-b {} is above fs.pipe-max-size ({max_pipe}); pipes keep the kernel's size",
-            plan.engine.pipe_size
+            plan.engine.relay.pipe_size
         );
     }
     let second = Arc::new(plan.second.clone());
@@ -230,7 +230,7 @@ fn serve_on_workers(
     let admit = RelayAdmit {
         listen: plan.first.clone(),
         second,
-        options: Arc::new(plan.engine.relay_options()),
+        options: Arc::new(plan.engine.relay.clone()),
     };
     let group = Arc::new(
         AcceptGroup::new(plan.first.text.clone(), fds, Box::new(admit))
@@ -403,11 +403,11 @@ fn print_totals(shared: &Shared) {
 fn finish(mut engine: Engine, plan: &RelayPlan, stopped: bool) -> Result<ExitCode> {
     engine.stop();
     let shared = engine.shared().clone();
-    if plan.engine.stats {
+    if plan.engine.relay.stats {
         print_totals(&shared);
     }
     let failed = shared.failed.load(Ordering::Relaxed);
-    if plan.engine.single_connection && failed > 0 && !stopped {
+    if plan.engine.relay.single_connection && failed > 0 && !stopped {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

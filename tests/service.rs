@@ -159,7 +159,7 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
     use std::sync::Arc;
     use std::time::Duration;
     use vsplice::addr::Address;
-    use vsplice::service::metrics::{CloseReason, Direction, Metrics, MetricsServer};
+    use vsplice::service::metrics::{DirectionLabel, Metrics, MetricsServer, ReasonLabel};
     use vsplice::sys::socket::SockAddr;
 
     let metrics = Arc::new(Metrics::new());
@@ -171,10 +171,10 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
     api.on_deny();
     api.on_dial(Duration::from_micros(300));
     api.on_dial_failure("ECONNREFUSED");
-    api.add_bytes(Direction::first_to_second, 32 << 20);
-    api.add_bytes(Direction::second_to_first, 1234);
-    api.on_close(CloseReason::eof, Duration::from_millis(1500));
-    api.on_close(CloseReason::idle_timeout, Duration::from_secs(600));
+    api.add_bytes(DirectionLabel::first_to_second, 32 << 20);
+    api.add_bytes(DirectionLabel::second_to_first, 1234);
+    api.on_close(ReasonLabel::eof, Duration::from_millis(1500));
+    api.on_close(ReasonLabel::idle_timeout, Duration::from_secs(600));
     metrics.engine().workers.set(2);
     metrics.before_scrape(|e| {
         e.pipes_in_use.set(6);

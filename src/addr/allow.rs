@@ -13,7 +13,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::{Bind, Family, Kind, KindTag};
+use super::kind::{Bind, Family, Kind, KindTag};
 
 /// One entry of an allow list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl AllowRule {
             Some((h, p)) => (h, Some(p)),
             None => (text, None),
         };
-        let host = crate::addr::strip_brackets(host);
+        let host = super::param::strip_brackets(host);
         let addr: IpAddr = host.parse().map_err(|_| {
             bad("expected cid:N, cid:N-M, uid:N, uid:N-M or an IP network like 10.0.0.0/8")
         })?;

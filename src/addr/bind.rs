@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use super::{Bind, KindTag, parse_cid, parse_port, parse_vsock_port, strip_brackets};
+use super::kind::{Bind, KindTag};
+use super::param::{parse_cid, parse_port, parse_vsock_port, strip_brackets};
 
 /// Splits `bind=` values of the form `[host][:port]`, where host may be `[v6]`.
 fn split_host_port(text: &str) -> (&str, Option<&str>) {

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
-use super::{AddressError, Bind, KindTag, RawOption, parse_duration, parse_size};
+use super::error::AddressError;
+use super::kind::{Bind, KindTag};
+use super::lex::RawOption;
+use super::size::{parse_duration, parse_size};
 
 /// The address options vsplice understands, after validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +91,15 @@ const OPTION_NAMES: &[(&str, OptName)] = &[
     ("interval", OptName::Interval),
     ("allow", OptName::Allow),
 ];
+
+/// Every option name, aliases included, and whether it is its option's first (canonical)
+/// spelling (for the help and README checks).
+pub fn option_names() -> impl Iterator<Item = (&'static str, bool)> {
+    OPTION_NAMES.iter().enumerate().map(|(i, (name, opt))| {
+        let first = OPTION_NAMES[..i].iter().all(|(_, o)| o != opt);
+        (*name, first)
+    })
+}
 
 impl OptName {
     fn lookup(name: &str) -> Option<OptName> {

@@ -2,7 +2,8 @@
 //! once): pure, shared by the command line and the service config, so that a pair the one
 //! refuses the other refuses too.
 
-use super::{Address, Kind};
+use super::address::Address;
+use super::kind::Kind;
 
 /// Checks that the two addresses make sense together (stage two of argument parsing): the
 /// message names the address at fault.

@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 use crate::net::dial::dial_blocking;
 use crate::net::dial::escape_peer_text;
 
+/// How long a bench client's streams may stand still before the test fails (`--stall-timeout`).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn connect(address: &Arc<Address>) -> Result<Stream> {
     let endpoint = dial_blocking(address.clone())?;
     Stream::from_endpoint(endpoint).map_err(|e| Error::io(address.text.clone(), e))

@@ -235,7 +235,7 @@ fn measure(name: &str, connect: &str, params: &Params, relay: Option<&Helper>) -
         params,
         None,
         Output::Quiet,
-        super::DEFAULT_STALL_TIMEOUT,
+        super::client::DEFAULT_STALL_TIMEOUT,
     )?;
     let wall = started.elapsed();
     if !report.errors.is_empty() {

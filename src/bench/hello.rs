@@ -26,7 +26,7 @@ pub struct Pending {
     deadline: Instant,
 }
 
-/// Where a pending hello stands after [`Pending::advance`].
+/// Where a pending hello stands after `Pending::advance`.
 #[derive(Debug)]
 pub enum Step {
     Waiting,

@@ -32,13 +32,11 @@ use crate::engine::Mode;
 use crate::error::{Error, Result};
 use crate::net::open::Listener;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
+pub use client::DEFAULT_STALL_TIMEOUT;
 use client::run_test;
 use demo::{DemoPlan, Transport};
 use proto::{Direction, Limit, Params, Workload};
 use report::{Output, TestReport, print_sweep};
-
-/// How long a bench client's streams may stand still before the test fails (`--stall-timeout`).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a bench client waits for each connection when the address does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -52,7 +52,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use super::{Job, RelayOptions};
+use super::config::RelayOptions;
+use super::job::Job;
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket::Socket;
 

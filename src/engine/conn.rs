@@ -7,80 +7,21 @@
 //! its two ends, the in-flight set), so a data path works on `&mut` parts of one connection
 //! without looking it up again.
 
-use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::RelayOptions;
-pub use super::direction::{Direction, PerDir};
+use super::close::CloseReason;
+use super::config::RelayOptions;
+use super::direction::{Direction, PerDir};
+use super::ends::Ends;
 use super::lane::Lane;
-use super::lane::end::{self, EndOfFile};
-use super::lane::flow::{FlowError, FlowState};
+use super::lane::flow::FlowState;
 use super::registry::ParkPair;
-use super::ring::Target;
 use super::token::Op;
 use crate::debug;
 use crate::net::dial::Dial;
 use crate::net::endpoint::Endpoint;
-
-/// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both directions passed end of file on.
-    Done,
-    /// A direction failed; the other side gets its sockets closed.
-    Failed {
-        direction: Direction,
-        error: FlowError,
-    },
-    /// The second address could not be opened.
-    DialFailed(String),
-    /// No byte moved for `-T` seconds.
-    IdleTimeout,
-    /// One direction ended `-t` seconds ago and the other did not follow.
-    LingerExpired,
-    /// The relay is shutting down (SIGINT/SIGTERM).
-    Stopped,
-}
-
-impl CloseReason {
-    /// Whether this ending counts as a failed connection in statistics and exit codes.
-    pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            CloseReason::Failed { .. } | CloseReason::DialFailed(_)
-        )
-    }
-
-    /// Whether the relay cut streams that had not ended: a direction failed (a peer's reset,
-    /// a write to a gone peer), `-T`, the cut that ends a stop, or a failed dial (the client
-    /// may have sent bytes that now reach no one). Such a connection's sockets close with a
-    /// reset, so no peer mistakes the truncated stream for a whole one. Only `-t` ends what
-    /// the user asked to end: it closes as usual.
-    pub fn truncates(&self) -> bool {
-        matches!(
-            self,
-            CloseReason::Failed { .. }
-                | CloseReason::DialFailed(_)
-                | CloseReason::IdleTimeout
-                | CloseReason::Stopped
-        )
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CloseReason::Done => write!(f, "finished"),
-            CloseReason::Failed { direction, error } => write!(f, "{direction}: {error}"),
-            CloseReason::DialFailed(why) => write!(f, "{why}"),
-            CloseReason::IdleTimeout => write!(f, "inactivity timeout (-T)"),
-            CloseReason::LingerExpired => write!(f, "half-close timeout (-t)"),
-            CloseReason::Stopped => write!(f, "relay stopping"),
-        }
-    }
-}
 
 /// Dial bookkeeping while the second address connects.
 #[derive(Debug)]
@@ -147,109 +88,6 @@ pub struct Conn {
     pub last_active: Instant,
     /// The receive buffer its TCP sockets were fixed at, if the receive budget capped them.
     pub receive_cap: Option<usize>,
-}
-
-/// The two ends of one direction, as its data path sees them.
-pub struct Ends<'a> {
-    source: Option<&'a Endpoint>,
-    sink: Option<&'a mut Endpoint>,
-    /// Fixed-file slots of [source, sink] while the connection is parked.
-    fixed: Option<[u32; 2]>,
-    /// The direction is turned off (`-u`/`-U`): its bytes are read and dropped into
-    /// `devnull`, so the peer can finish sending and close cleanly instead of being reset.
-    discard: bool,
-    devnull: BorrowedFd<'a>,
-}
-
-impl<'a> Ends<'a> {
-    pub fn new(
-        source: Option<&'a Endpoint>,
-        sink: Option<&'a mut Endpoint>,
-        fixed: Option<[u32; 2]>,
-        discard: bool,
-        devnull: BorrowedFd<'a>,
-    ) -> Ends<'a> {
-        Ends {
-            source,
-            sink,
-            fixed,
-            discard,
-            devnull,
-        }
-    }
-
-    /// Whether the sockets live in the fixed-file table (only io_uring requests name them).
-    pub fn parked(&self) -> bool {
-        self.fixed.is_some()
-    }
-
-    pub fn discard(&self) -> bool {
-        self.discard
-    }
-
-    /// Where the direction reads.
-    pub fn source(&self) -> Option<Target<'_>> {
-        match self.fixed {
-            Some([source, _]) => Some(Target::Fixed(source)),
-            None => self.source.and_then(Endpoint::read_fd).map(Target::Fd),
-        }
-    }
-
-    /// Where the direction writes (`/dev/null` when it discards).
-    pub fn destination(&self) -> Option<Target<'_>> {
-        if self.discard {
-            return Some(Target::Fd(self.devnull));
-        }
-        match self.fixed {
-            Some([_, sink]) => Some(Target::Fixed(sink)),
-            None => self
-                .sink
-                .as_deref()
-                .and_then(Endpoint::write_fd)
-                .map(Target::Fd),
-        }
-    }
-
-    /// The source's descriptor (never parked on the paths that ask).
-    pub fn source_fd(&self) -> Option<RawFd> {
-        match self.source() {
-            Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
-            _ => None,
-        }
-    }
-
-    /// The destination's descriptor (never parked on the paths that ask).
-    pub fn destination_fd(&self) -> Option<RawFd> {
-        match self.destination() {
-            Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
-            _ => None,
-        }
-    }
-
-    /// How the source's end of file is to be taken (see [`end::classify`]): asked of the
-    /// source socket, which our write side of is still open unless the other direction
-    /// passed end of file on to it. A parked socket has no descriptor to ask: its end counts
-    /// as clean (parked connections exist only while descriptors run short).
-    pub fn source_end(&self) -> EndOfFile {
-        match self.source {
-            Some(source) => end::classify(source.peer_end(), source.write_open()),
-            None => EndOfFile::Clean,
-        }
-    }
-
-    /// Passes end of file on to the destination, now (a discarding direction has nothing to
-    /// pass on).
-    pub fn shutdown_write(&mut self) -> Result<(), i32> {
-        if self.discard {
-            return Ok(());
-        }
-        match self.sink.as_deref_mut() {
-            Some(sink) => sink
-                .shutdown_write()
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
-            None => Err(libc::EBADF),
-        }
-    }
 }
 
 /// One direction of a relaying connection, split into disjoint borrows.

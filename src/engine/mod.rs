@@ -14,270 +14,56 @@
 //! thread. [`rcvbudget`] bounds the memory the relay's TCP receive queues hold when many
 //! connections are busy.
 //!
-//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), [`ring`] (the
-//! io_uring, submission, wait, reap), [`registry`] (what is registered with it, as owned
+//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), `ring` (the
+//! io_uring, submission, wait, reap), `registry` (what is registered with it, as owned
 //! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
-//! `park` and `budget` (the worker's two policies), `stats` (close logging and counters),
+//! `park` and `rcvsweep` (the worker's two policies), `stats` (close logging and counters),
 //! `worker` (the loop that ties them together).
 
 pub mod accept;
-mod budget;
+mod cap;
+mod close;
+mod config;
 pub mod conn;
 mod direction;
+mod ends;
+mod inbox;
+mod job;
 pub mod lane;
+mod observer;
 mod park;
 pub mod rcvbudget;
+mod rcvsweep;
 mod registry;
 mod ring;
+mod shared;
 mod stats;
-pub use stats::ConnObserver;
 #[cfg(test)]
 mod testing;
 mod timers;
 pub mod token;
 mod worker;
 
+pub use close::CloseReason;
+pub use config::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions, pin_policy};
+pub use direction::Direction;
+pub use job::{Job, Second};
 pub use lane::{flow, recv};
+pub use observer::ConnObserver;
+pub use shared::Shared;
+
+use inbox::Message;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::addr::Address;
-use crate::net::endpoint::Endpoint;
 use crate::sys::eventfd::EventFd;
-
-/// How bytes move between the two sockets of a direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Per direction, from what its source can do (the default): splice where the source has
-    /// a real `splice_read` (TCP, UNIX, pipes), the buffer ring (`recv`) where it has none
-    /// (vsock: splice from it copies one page per call on new kernels; see README, Engine).
-    Auto,
-    /// Non-blocking splice(2) through a pipe, called inline once io_uring reports readiness.
-    Splice,
-    /// IORING_OP_SPLICE through a pipe, submitted once io_uring reports readiness.
-    UringSplice,
-    /// io_uring read/write through a registered buffer (one copy in, one copy out).
-    Copy,
-    /// Multishot receive into a ring of provided buffers, then io_uring writes: receiving and
-    /// sending overlap, no io-wq thread is involved (one copy in, one copy out).
-    Recv,
-    /// As `recv`, but filled buffers go out with SEND_ZC from the ring's memory registered as
-    /// a fixed buffer; where the socket cannot (UNIX, vsock before 6.7), plain writes.
-    RecvZc,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Splice => "splice",
-            Mode::UringSplice => "uring-splice",
-            Mode::Copy => "copy",
-            Mode::Recv => "recv",
-            Mode::RecvZc => "recv-zc",
-        }
-    }
-}
-
-/// Everything a worker needs to know about how to relay.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub mode: Mode,
-    /// Requested pipe capacity (`-b`).
-    pub pipe_size: usize,
-    /// Copy-path buffer size (`-b`).
-    pub copy_size: usize,
-    /// Which directions run: [first->second, second->first] (`-u` / `-U`).
-    pub directions: [bool; 2],
-    /// Close a connection after this long without a byte moved (`-T`).
-    pub idle_timeout: Option<Duration>,
-    /// After one direction ends, how long the other may go on (`-t`).
-    pub linger: Option<Duration>,
-    /// Print per-connection byte counts (`-S`).
-    pub stats: bool,
-    /// Transfers one direction may make before yielding to other connections.
-    pub budget: u32,
-    /// What a direction does after a short fill.
-    pub fill_policy: flow::FillPolicy,
-    /// Empty pipes a worker keeps for reuse.
-    pub max_idle_pipes: usize,
-    /// Submission queue entries per ring.
-    pub ring_entries: u32,
-    /// Let a kernel thread poll each ring's submission queue, idling after this many ms
-    /// (IORING_SETUP_SQPOLL); `None`: submit with io_uring_enter.
-    pub sqpoll_idle_ms: Option<u32>,
-    /// Pin worker threads to cores.
-    pub pin_workers: bool,
-    /// Memory the relay's TCP receive queues may hold together; past it, connections get
-    /// fixed receive buffers (see [`rcvbudget`]). `None`: autotuning always.
-    pub receive_budget: Option<rcvbudget::ReceiveBudget>,
-    /// Whether the user set `rcvbuf` on [first, second] address: such sockets keep it.
-    pub user_rcvbuf: [bool; 2],
-    /// The relay serves one connection: its failure is an error the user must see, not a
-    /// warning that needs `-d`.
-    pub single_connection: bool,
-}
-
-impl EngineConfig {
-    /// The per-relay part of this configuration.
-    pub fn relay_options(&self) -> RelayOptions {
-        RelayOptions {
-            mode: self.mode,
-            pipe_size: self.pipe_size,
-            copy_size: self.copy_size,
-            directions: self.directions,
-            idle_timeout: self.idle_timeout,
-            linger: self.linger,
-            stats: self.stats,
-            fill_policy: self.fill_policy,
-            user_rcvbuf: self.user_rcvbuf,
-            single_connection: self.single_connection,
-            observer: None,
-        }
-    }
-}
-
-/// How one relay's connections are served. Every connection carries an `Arc` of its
-/// relay's options, so one engine can serve relays with different options; what is global
-/// to the engine (threads, ring size, turn budget, receive budget, pinning) stays in
-/// [`EngineConfig`]. A relay's `pipe_size` sizes its own splice pipes (a worker's pool keeps
-/// idle pipes by the size they were asked for), copy buffers and buffer rings.
-#[derive(Debug, Clone)]
-pub struct RelayOptions {
-    pub mode: Mode,
-    /// Requested pipe capacity (`-b`).
-    pub pipe_size: usize,
-    /// Copy-path buffer size (`-b`).
-    pub copy_size: usize,
-    /// Which directions run: [first->second, second->first] (`-u` / `-U`).
-    pub directions: [bool; 2],
-    /// Close a connection after this long without a byte moved (`-T`).
-    pub idle_timeout: Option<Duration>,
-    /// After one direction ends, how long the other may go on (`-t`).
-    pub linger: Option<Duration>,
-    /// Print per-connection byte counts (`-S`).
-    pub stats: bool,
-    /// What a direction does after a short fill.
-    pub fill_policy: flow::FillPolicy,
-    /// Whether the user set `rcvbuf` on [first, second] address: such sockets keep it.
-    pub user_rcvbuf: [bool; 2],
-    /// The relay serves one connection: its failure is an error the user must see.
-    pub single_connection: bool,
-    /// Told of each connection's bytes, dial and close as they happen (service metrics).
-    pub observer: Option<Arc<dyn ConnObserver>>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            mode: Mode::Splice,
-            pipe_size: DEFAULT_PIPE_SIZE,
-            copy_size: DEFAULT_PIPE_SIZE,
-            directions: [true, true],
-            idle_timeout: None,
-            linger: None,
-            stats: false,
-            budget: 16,
-            fill_policy: flow::FillPolicy::Adaptive,
-            max_idle_pipes: 16,
-            ring_entries: 1024,
-            sqpoll_idle_ms: None,
-            pin_workers: true,
-            receive_budget: None,
-            user_rcvbuf: [false, false],
-            single_connection: false,
-        }
-    }
-}
-
-/// Default pipe and buffer size when `-b` is not given: the largest an unprivileged user may
-/// ask for by default (fs.pipe-max-size). Fewer, larger splices per byte measured better than
-/// 256 KiB and 64 KiB (README, Performance). A pipe holds page references, not copies: its own
-/// cost is a 256-slot ring (about 10 KiB).
-pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
-
-/// The second end of a new connection: already open, or to be dialed by the worker.
-#[derive(Debug)]
-pub enum Second {
-    Ready(Endpoint),
-    Dial(Arc<Address>),
-}
-
-/// A connection handed to a worker.
-#[derive(Debug)]
-pub struct Job {
-    pub first: Endpoint,
-    pub second: Second,
-}
-
-#[derive(Debug)]
-enum Message {
-    Relay(Job, Arc<RelayOptions>),
-    /// Accept on this group's listener.
-    Listen(Arc<accept::AcceptGroup>),
-    /// Stop accepting on this group's listener (and detach from it).
-    Unlisten(Arc<accept::AcceptGroup>),
-    /// Close, with resets, the connections relaying with these options (a service removed
-    /// by a reload, once its drain time is over).
-    Cut(Arc<RelayOptions>),
-    Stop,
-}
-
-/// Counters shared by all workers and the acceptor.
-#[derive(Debug)]
-pub struct Shared {
-    /// Connections handed to workers and not yet closed.
-    pub live: AtomicUsize,
-    /// Connections that ended well / badly.
-    pub served: AtomicU64,
-    pub failed: AtomicU64,
-    /// Bytes delivered [first->second, second->first].
-    pub bytes: [AtomicU64; 2],
-    /// Numbers connections for logs.
-    pub next_id: AtomicU64,
-    /// Notified when a connection closes, if `wake_on_close` is set.
-    pub closed: EventFd,
-    /// Whether the acceptor waits for closes (`max-children`, or a single connection);
-    /// otherwise closes do not wake it.
-    pub wake_on_close: std::sync::atomic::AtomicBool,
-    /// Connections whose sockets are parked in a fixed-file table (no descriptors).
-    pub parked: AtomicUsize,
-    /// Connections that moved data lately, as the workers last counted them (the receive
-    /// budget's divisor).
-    pub busy: AtomicUsize,
-}
-
-impl Shared {
-    fn new() -> io::Result<Shared> {
-        Ok(Shared {
-            live: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
-            next_id: AtomicU64::new(1),
-            closed: EventFd::new()?,
-            wake_on_close: std::sync::atomic::AtomicBool::new(true),
-            parked: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
-        })
-    }
-}
-
-impl Shared {
-    /// Tells the acceptor a connection closed, when it waits for that.
-    pub fn notify_closed(&self) {
-        if self.wake_on_close.load(Ordering::Relaxed) {
-            self.closed.notify();
-        }
-    }
-}
 
 struct WorkerHandle {
     jobs: Sender<Message>,
@@ -346,7 +132,7 @@ impl Engine {
                     workers,
                     next: 0,
                     shared,
-                    options: Arc::new(config.relay_options()),
+                    options: Arc::new(config.relay.clone()),
                 };
                 engine.stop();
                 return Err(e);
@@ -356,7 +142,7 @@ impl Engine {
             workers,
             next: 0,
             shared,
-            options: Arc::new(config.relay_options()),
+            options: Arc::new(config.relay.clone()),
         })
     }
 
@@ -503,13 +289,4 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Whether workers are pinned: `pin` when the user said (`--pin`/`--no-pin`, the config's
-/// `pin`), else only when the workers leave cores free. Pinning pays on cores the relay has
-/// to itself; when the workers occupy every core, the relay shares each of them with
-/// whatever else runs, and a pinned worker cannot be moved off a contested core (measured:
-/// README, Performance).
-pub fn pin_policy(pin: Option<bool>, threads: usize, cores: usize) -> bool {
-    pin.unwrap_or(threads < cores)
 }

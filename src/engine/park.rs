@@ -14,10 +14,10 @@ use slab::Slab;
 
 use io_uring::{opcode, types};
 
-use super::Shared;
 use super::conn::{Conn, Phase};
 use super::registry::Registry;
 use super::ring::{ConnOps, Ring};
+use super::shared::Shared;
 use super::token::Op;
 use crate::net::endpoint::Endpoint;
 use crate::{debug, info};
@@ -201,7 +201,7 @@ pub fn arm_reset(conn: &mut Conn, ring: &mut Ring, key: usize) {
 #[cfg(test)]
 mod tests {
     use super::super::Mode;
-    use super::super::conn::{Direction, PerDir};
+    use super::super::direction::{Direction, PerDir};
     use super::super::lane::flow::{FillPolicy, Flow};
     use super::super::lane::{CopyBuffer, Lane, PipeStage, StagedLane, Staging};
     use super::super::testing::{options, relaying_conn, unix_endpoint};
@@ -251,7 +251,7 @@ mod tests {
             !conn.parkable(now, PARK_IDLE),
             "copy lanes keep their descriptors"
         );
-        assert!(conn.begin_close(super::super::conn::CloseReason::Done));
+        assert!(conn.begin_close(super::super::close::CloseReason::Done));
         assert!(!conn.parkable(now, PARK_IDLE), "a closing connection stays");
     }
 

@@ -4,7 +4,7 @@
 //! pool of idle buffer groups ([`GroupLease`]): a ring-path direction takes one when its
 //! source has bytes and gives it back when it drains, so a burst of wakes reuses groups
 //! already registered instead of registering new ones, and every group counts against the
-//! process-wide staging cap ([`COPY_MEMORY_CAP`](super::lane::COPY_MEMORY_CAP)).
+//! process-wide staging cap ([`COPY_MEMORY_CAP`](super::cap::COPY_MEMORY_CAP)).
 //!
 //! A token is not `Clone`; each kind has one `release_*` that takes it back, so a slot can
 //! be neither freed twice nor forgotten silently. The owner (a lane or a connection) releases
@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::lane::{claim_buffer_memory, release_buffer_memory};
+use super::cap::{claim_buffer_memory, release_buffer_memory};
 use super::ring::Ring;
 use crate::debug;
 use crate::sys::bufring::BufRing;
@@ -78,7 +78,7 @@ impl BufferGroup {
 
 /// A buffer group held by one ring-path direction (or idle in its worker's pool), with the
 /// fixed-buffer slot its memory is registered in when it goes out with SEND_ZC. Its bytes
-/// count against the staging cap ([`COPY_MEMORY_CAP`](super::lane::COPY_MEMORY_CAP)) from
+/// count against the staging cap ([`COPY_MEMORY_CAP`](super::cap::COPY_MEMORY_CAP)) from
 /// its registration until it is freed.
 #[derive(Debug)]
 #[must_use = "a group lease goes back with Registry::return_group or Registry::free_group"]

@@ -3,28 +3,12 @@
 //! [`ConnObserver`], through which a relay's owner hears of each connection as it goes.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use super::Shared;
-use super::conn::{CloseReason, Conn, PerDir};
-use super::direction::Direction;
-use crate::net::dial::DialError;
+use super::close::CloseReason;
+use super::conn::Conn;
+use super::direction::PerDir;
+use super::shared::Shared;
 use crate::{error, limited, notice};
-
-/// What the owner of a relay learns about each of its connections as it happens (service
-/// mode's per-service metrics), through [`super::RelayOptions::observer`]. Called on worker
-/// threads in the data path: an implementation only bumps atomics, never blocks.
-pub trait ConnObserver: Send + Sync + std::fmt::Debug {
-    /// `bytes` more were delivered in direction `dir` (not counted for a discarding
-    /// direction).
-    fn delivered(&self, dir: Direction, bytes: u64);
-    /// The second address answered, `latency` after the connection was handed over.
-    fn dialed(&self, latency: Duration);
-    /// The second address could not be reached; the connection then closes.
-    fn dial_failed(&self, error: &DialError);
-    /// The connection ended after `lasted`.
-    fn closed(&self, reason: &CloseReason, lasted: Duration);
-}
 
 /// Logs the end of `conn` and counts it.
 pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, shared: &Shared) {

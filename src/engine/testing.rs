@@ -8,8 +8,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use super::config::RelayOptions;
 use super::conn::{Conn, Phase, Relaying};
-use super::{EngineConfig, RelayOptions};
 use crate::net::endpoint::Endpoint;
 use crate::sys::socket::Socket;
 
@@ -33,9 +33,10 @@ pub fn tcp_endpoint() -> (Endpoint, TcpStream) {
 
 /// The default relay options on `mode`.
 pub fn options(mode: super::Mode) -> Arc<RelayOptions> {
-    let mut options = EngineConfig::default().relay_options();
-    options.mode = mode;
-    Arc::new(options)
+    Arc::new(RelayOptions {
+        mode,
+        ..RelayOptions::default()
+    })
 }
 
 /// A relaying connection between two endpoints, without lanes.

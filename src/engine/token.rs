@@ -12,7 +12,7 @@ pub const CANCEL: u64 = u64::MAX - 1;
 /// The tag of a worker's ACCEPT on one of its listeners (above every connection tag).
 pub const ACCEPT_TAG: u8 = 0xa0;
 
-use super::conn::Direction;
+use super::direction::Direction;
 
 /// What an in-flight request on a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,23 +20,28 @@ use crossbeam_channel::Receiver;
 use io_uring::cqueue;
 use slab::Slab;
 
-use super::budget::Budget;
-use super::conn::{
-    CloseReason, Conn, Dialing, Direction, PerDir, Phase, Relaying, Verdict, verdict,
-};
+use super::close::CloseReason;
+use super::config::{EngineConfig, RelayOptions};
+use super::conn::{Conn, Dialing, Phase, Relaying, Verdict, verdict};
+use super::direction::{Direction, PerDir};
+use super::inbox::Message;
+use super::job::{Job, Second};
 use super::lane::{Cx, Lane, PipePool, Pumped};
 use super::park::{self, Parking};
+use super::rcvsweep::ReceiveSweep;
 use super::registry::Registry;
 use super::ring::{Completion, ConnOps, Ring};
+use super::shared::Shared;
+use super::stats;
 use super::timers::{Timer, TimerKind, Timers};
 use super::token::{self, Op, Token};
-use super::{EngineConfig, Job, Message, RelayOptions, Second, Shared, stats};
 use crate::net::dial::{Dial, Event as DialEvent};
 use crate::sys::eventfd::EventFd;
 use crate::{debug, info};
 
 mod accept;
 mod dial;
+mod listening;
 
 /// How long a direction that found no descriptor for a pipe waits before it tries again.
 const DESCRIPTOR_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -57,11 +62,11 @@ pub(super) struct Worker {
     /// Directions that used up their turn: (key, serial, direction).
     runq: VecDeque<(usize, u64, Direction)>,
     parking: Parking,
-    budget: Budget,
+    receive_sweep: ReceiveSweep,
     next_serial: u64,
     stopping: bool,
     completions: Vec<Completion>,
-    accepting: accept::Accepting,
+    accepting: listening::Accepting,
     /// When the last wait returned: the loop reads the clock once a turn, and everything in
     /// the turn (activity stamps, timers, sweeps, the next wait's timeout) uses this. In a
     /// guest without a vDSO clock (user-mode Linux) each read is a system call, and reading
@@ -97,7 +102,7 @@ impl Worker {
             inbox,
             wake,
             shared,
-            budget: Budget::new(config.receive_budget),
+            receive_sweep: ReceiveSweep::new(config.receive_budget),
             config,
             timers: Timers::default(),
             runq: VecDeque::new(),
@@ -105,7 +110,7 @@ impl Worker {
             next_serial: 1,
             stopping: false,
             completions: Vec::with_capacity(256),
-            accepting: accept::Accepting::default(),
+            accepting: listening::Accepting::default(),
             now: Instant::now(),
         })
     }
@@ -124,7 +129,7 @@ impl Worker {
                 self.index,
                 self.now,
             );
-            self.budget
+            self.receive_sweep
                 .sweep(&mut self.conns, &self.shared, self.index, self.now);
             if self.stopping && self.conns.is_empty() && self.accepting.is_empty() {
                 break;
@@ -135,7 +140,7 @@ impl Worker {
             }
             let deadline = self.timers.next_deadline([
                 self.parking.due(&self.registry, &self.shared),
-                self.budget.due(&self.shared),
+                self.receive_sweep.due(&self.shared),
                 self.accepting.due(),
             ]);
             self.ring
@@ -234,7 +239,7 @@ impl Worker {
             options: parts.options,
             id: parts.id,
             dir,
-            turn: config.budget,
+            turn: config.turn_budget,
         };
         // Bytes delivered are reported to the relay's observer as they move (a scrape sees
         // a long transfer progress), from the lane's own count: one compare per call.
@@ -388,7 +393,7 @@ impl Worker {
             parked: None,
         });
         conn.last_active = self.now;
-        self.budget
+        self.receive_sweep
             .on_start(&mut self.conns, key, &self.shared, self.index);
         let conn = &self.conns[key];
         if crate::log::enabled(crate::log::Level::Info) {

@@ -75,7 +75,7 @@ pub fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver>) -> R
         ],
         single_connection: false,
         observer: Some(observer),
-        ..EngineConfig::default().relay_options()
+        ..RelayOptions::default()
     }
 }
 
@@ -87,11 +87,13 @@ pub fn engine_config(plan: &ServePlan, threads: usize) -> EngineConfig {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = plan.global.pin;
     EngineConfig {
-        pipe_size: size,
-        copy_size: size,
+        relay: RelayOptions {
+            pipe_size: size,
+            copy_size: size,
+            ..RelayOptions::default()
+        },
         receive_budget: receive_budget(plan),
         pin_workers: crate::engine::pin_policy(pin, threads, cores),
-        single_connection: false,
         ..EngineConfig::default()
     }
 }

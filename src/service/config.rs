@@ -64,7 +64,7 @@ pub enum OneWay {
 
 /// The per-relay options a service takes, named after the command line's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RelayOptions {
+pub struct ServiceOptions {
     /// `-T`: close a connection after this long without data.
     pub idle_timeout: Option<Duration>,
     /// `-t`: after one side's EOF, how long the other direction may go on.
@@ -77,7 +77,7 @@ pub struct RelayOptions {
     pub mode: Option<Mode>,
 }
 
-impl RelayOptions {
+impl ServiceOptions {
     /// Which directions run: [first->second, second->first].
     pub fn directions(&self) -> [bool; 2] {
         match self.one_way {
@@ -88,8 +88,8 @@ impl RelayOptions {
     }
 
     /// These options, with the unset ones taken from `defaults`.
-    fn or(&self, defaults: &RelayOptions) -> RelayOptions {
-        RelayOptions {
+    fn or(&self, defaults: &ServiceOptions) -> ServiceOptions {
+        ServiceOptions {
             idle_timeout: self.idle_timeout.or(defaults.idle_timeout),
             linger: self.linger.or(defaults.linger),
             one_way: self.one_way.or(defaults.one_way),
@@ -111,7 +111,7 @@ pub struct GlobalOptions {
     /// `--pin` (true) / `--no-pin` (false); `None`: the command line's policy.
     pub pin: Option<bool>,
     /// Per-relay options given at the top of the file: every service's defaults.
-    pub defaults: RelayOptions,
+    pub defaults: ServiceOptions,
 }
 
 /// One service, resolved.
@@ -124,7 +124,7 @@ pub struct ServicePlan {
     /// A connecting address.
     pub connect: Address,
     /// The service's own options over the file's defaults.
-    pub options: RelayOptions,
+    pub options: ServiceOptions,
 }
 
 impl ServicePlan {
@@ -409,7 +409,7 @@ pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
 fn resolve_service(
     src: &Source,
     raw: &RawService,
-    defaults: &RelayOptions,
+    defaults: &ServiceOptions,
 ) -> Result<ServicePlan, ConfigError> {
     let name = raw.name.get_ref().trim();
     if name.is_empty()
@@ -554,9 +554,9 @@ fn shown(key: &BindKey) -> String {
 }
 
 /// The five per-relay options, in the order idle-timeout, linger, one-way, buffer, mode.
-fn relay_options(src: &Source, items: [&Item; 5]) -> Result<RelayOptions, ConfigError> {
+fn relay_options(src: &Source, items: [&Item; 5]) -> Result<ServiceOptions, ConfigError> {
     let [idle, linger, one_way, buffer, mode] = items;
-    let mut out = RelayOptions::default();
+    let mut out = ServiceOptions::default();
     if let Some(v) = idle {
         let timeout = duration(src, v, "idle-timeout")?;
         // As written in the file: TOML would print 1e-12 back as 0.000000000001.

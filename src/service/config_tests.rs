@@ -43,7 +43,7 @@ fn the_issue_example_resolves_into_two_services() {
     assert_eq!(ssh.name, "guest-ssh");
     assert_eq!(ssh.listen.kind, Kind::VsockListen { port: 22 });
     assert_eq!(ssh.allow().unwrap().to_string(), "cid:3, cid:10-20");
-    assert_eq!(ssh.options, RelayOptions::default());
+    assert_eq!(ssh.options, ServiceOptions::default());
     let api = &p.services[1];
     assert_eq!(api.options.idle_timeout, Some(Duration::from_secs(600)));
     assert_eq!(api.allow().unwrap().to_string(), "127.0.0.0/8, 10.1.0.0/16");

@@ -2,18 +2,18 @@
 //!
 //! The pieces stand apart from the engine so each is tested alone: [`config`] turns the file
 //! into a checked [`config::ServePlan`] (raw TOML, then resolved values, like the command
-//! line's two stages), [`allow`] decides which peers a listener serves, [`metrics`] keeps the
+//! line's two stages), [`crate::addr::allow`] decides which peers a listener serves, [`metrics`] keeps the
 //! Prometheus counters and serves them over HTTP, [`observer`] feeds them from the engine.
-//! [`run`] runs every service on one engine (`acceptor`: a thread per listening socket;
-//! `reload`: SIGHUP). This module holds the `serve` subcommand.
+//! [`run`](mod@run) runs every service on one engine (`acceptor`: a service's listening socket
+//! as an accept group of the engine; `server`: what a running `serve` holds; `reload`: SIGHUP). This module holds the `serve` subcommand.
 
 mod acceptor;
 pub mod config;
 pub mod metrics;
-mod metrics_http;
 pub mod observer;
 mod reload;
 pub mod run;
+pub mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,7 +61,7 @@ pub fn run(command: ServeCommand) -> Result<ExitCode> {
 pub fn accept_fd_relay(
     first: Address,
     second: Address,
-    options: config::RelayOptions,
+    options: config::ServiceOptions,
     global: config::GlobalOptions,
 ) -> Result<ServeCommand> {
     if !first.options.fork {

@@ -7,9 +7,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::metrics::{CloseReason as Reason, Direction, ServiceMetrics};
+use super::metrics::{DirectionLabel, ReasonLabel as Reason, ServiceMetrics};
 use crate::engine::ConnObserver;
-use crate::engine::conn::{CloseReason, Direction as EngineDirection};
+use crate::engine::{CloseReason, Direction as EngineDirection};
 use crate::net::dial::DialError;
 use crate::sys::eventfd::EventFd;
 
@@ -63,8 +63,8 @@ impl ServiceObserver {
 impl ConnObserver for ServiceObserver {
     fn delivered(&self, dir: EngineDirection, bytes: u64) {
         let direction = match dir {
-            EngineDirection::Forward => Direction::first_to_second,
-            EngineDirection::Backward => Direction::second_to_first,
+            EngineDirection::Forward => DirectionLabel::first_to_second,
+            EngineDirection::Backward => DirectionLabel::second_to_first,
         };
         self.metrics.add_bytes(direction, bytes);
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::acceptor::{ListenSocket, Service};
 use super::config::{ServePlan, ServicePlan};
-use super::run::Server;
+use super::server::Server;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::net::bindkey::BindKey;

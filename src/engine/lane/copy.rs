@@ -5,51 +5,13 @@
 //! that the buffer-ring path's groups (`ring.rs`, `registry.rs`) count against too.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use io_uring::{opcode, squeue, types};
 
+use super::super::cap::{claim_buffer_memory, release_buffer_memory};
 use super::super::registry::{FixedBuffer, Registry};
 use super::super::ring::Ring;
 use crate::sys::mapping::Mapping;
-
-/// The most memory the staging buffers of the whole process may hold at once: copy buffers
-/// and the buffer-ring path's provided-buffer groups together (one cap, so the bound an
-/// operator reads is one number whatever the modes of the relays and services in a process).
-/// A direction holds its buffer only while it has bytes to move (taken when its source is
-/// readable, given back when it drains), so idle connections cost none; past this cap a
-/// waking direction waits until others give theirs back, as it waits for descriptors.
-pub const COPY_MEMORY_CAP: usize = 1 << 30;
-
-/// Bytes of staging buffers held now, all workers together.
-static COPY_MEMORY: AtomicUsize = AtomicUsize::new(0);
-
-/// Bytes of staging buffers (copy buffers and buffer groups) the process holds now.
-pub fn copy_memory_in_use() -> usize {
-    COPY_MEMORY.load(Ordering::Relaxed)
-}
-
-/// Counts `bytes` more in `counter` unless that passes `cap`; one claim alone may pass it
-/// (a single `-b` larger than the cap still works).
-fn claim_within(counter: &AtomicUsize, bytes: usize, cap: usize) -> bool {
-    let claimed = counter.fetch_add(bytes, Ordering::Relaxed);
-    if claimed + bytes > cap && claimed > 0 {
-        counter.fetch_sub(bytes, Ordering::Relaxed);
-        return false;
-    }
-    true
-}
-
-/// Claims `bytes` of staging memory under [`COPY_MEMORY_CAP`]; false when there is no room
-/// now (nothing is lost: the direction tries again later).
-pub fn claim_buffer_memory(bytes: usize) -> bool {
-    claim_within(&COPY_MEMORY, bytes, COPY_MEMORY_CAP)
-}
-
-/// Gives back `bytes` claimed with [`claim_buffer_memory`].
-pub fn release_buffer_memory(bytes: usize) {
-    COPY_MEMORY.fetch_sub(bytes, Ordering::Relaxed);
-}
 
 /// A buffer for the copy path, held only while bytes are staged. Staged bytes live at
 /// `data[start..start + staged]`.
@@ -64,7 +26,7 @@ pub struct CopyBuffer {
     slot: Option<FixedBuffer>,
     /// Whether [`CopyBuffer::take`] registers the memory with the ring.
     register: bool,
-    /// Whether the memory held counts against [`COPY_MEMORY_CAP`].
+    /// Whether the memory held counts against `cap::COPY_MEMORY_CAP`.
     counted: bool,
 }
 
@@ -117,7 +79,7 @@ impl CopyBuffer {
     }
 
     /// Makes sure the buffer holds memory before a fill; false when the process-wide cap
-    /// ([`COPY_MEMORY_CAP`]) leaves no room now (nothing is lost: try again later).
+    /// (`cap::COPY_MEMORY_CAP`) leaves no room now (nothing is lost: try again later).
     pub fn take(&mut self, registry: &mut Registry, ring: &Ring) -> bool {
         if self.data.is_some() {
             return true;
@@ -225,29 +187,5 @@ impl CopyBuffer {
     /// Clears the buffer's slot (no request uses it any more) and frees it.
     pub fn release(mut self, registry: &mut Registry, ring: &Ring) {
         self.give_back(registry, ring);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claims_stop_at_the_cap_but_one_claim_alone_may_pass_it() {
-        let counter = AtomicUsize::new(0);
-        assert!(claim_within(&counter, 600, 1000));
-        assert!(claim_within(&counter, 400, 1000), "exactly the cap fits");
-        assert!(!claim_within(&counter, 1, 1000), "past the cap waits");
-        assert_eq!(
-            counter.load(Ordering::Relaxed),
-            1000,
-            "a refused claim counts nothing"
-        );
-        counter.store(0, Ordering::Relaxed);
-        assert!(
-            claim_within(&counter, 5000, 1000),
-            "alone, a claim may pass the cap"
-        );
-        assert!(!claim_within(&counter, 1, 1000));
     }
 }

@@ -9,6 +9,7 @@
 //! connection's ends and submits on its behalf.
 
 mod copy;
+mod cx;
 pub mod end;
 pub mod flow;
 pub mod recv;
@@ -18,22 +19,19 @@ mod staged;
 #[cfg(test)]
 mod tests;
 
-use std::time::Instant;
-
 use self::flow::{Flow, FlowState};
-use super::conn::{Direction, Ends};
+use super::config::{Mode, RelayOptions};
+use super::direction::Direction;
 use super::registry::Registry;
-use super::ring::{ConnOps, Ring};
+use super::ring::Ring;
 use super::token::Op;
-use super::{Mode, RelayOptions};
 use crate::net::endpoint::Endpoint;
 
-pub use self::copy::{
-    COPY_MEMORY_CAP, CopyBuffer, claim_buffer_memory, copy_memory_in_use, release_buffer_memory,
-};
+pub use self::copy::CopyBuffer;
+pub use self::cx::{Cx, Pumped};
 pub use self::ring::{RING_IDLE_GRACE, RingLane};
 pub use self::splice::{PipePool, PipeStage};
-pub use self::staged::{StagedLane, Staging};
+pub use self::staged::{COPY_IDLE_GRACE, StagedLane, Staging};
 
 /// Buffers per direction on the ring path (`--mode recv`); each is `-b` divided by this.
 const RING_BUFFERS: u16 = 8;
@@ -52,65 +50,6 @@ pub fn ring_buffer_size(pipe_size: usize, source: Option<&Endpoint>) -> usize {
     } else {
         size
     }
-}
-
-/// What a lane may use while it runs: its connection's ends and submissions, and the
-/// worker's registry and pipe pool.
-pub struct Cx<'a> {
-    pub ops: ConnOps<'a>,
-    pub ends: Ends<'a>,
-    pub registry: &'a mut Registry,
-    pub pipes: &'a mut PipePool,
-    pub last_active: &'a mut Instant,
-    /// The worker loop's clock (read once a turn).
-    pub now: Instant,
-    pub options: &'a RelayOptions,
-    /// The connection's number, for logs.
-    pub id: u64,
-    pub dir: Direction,
-    /// Transfers the lane may make before it yields its turn.
-    pub turn: u32,
-}
-
-impl Cx<'_> {
-    /// How the direction's source ended, once a read returned 0 (see [`end::classify`]);
-    /// a reset is logged here, for both data paths.
-    pub fn source_end(&self) -> end::EndOfFile {
-        let end = self.ends.source_end();
-        if end != end::EndOfFile::Clean {
-            crate::debug!(
-                "conn {}: {}: the source's end of file is a reset",
-                self.id,
-                self.dir
-            );
-        }
-        end
-    }
-
-    /// Records that bytes moved now (inactivity timeout, parking, receive budget).
-    pub fn moved(&mut self, outcome: Result<usize, i32>) {
-        if matches!(outcome, Ok(n) if n > 0) {
-            *self.last_active = self.now;
-        }
-    }
-}
-
-/// How a pump ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pumped {
-    /// Waits for a completion.
-    Waiting,
-    /// Used up its turn with work left: run it again after the others.
-    Yield,
-    /// Finished or failed: the connection decides whether it goes on.
-    Ended,
-    /// Could not take a pipe (the process or the system is out of descriptors): nothing was
-    /// lost; run it again after a pause, as dials wait for descriptors. Also: no room under
-    /// the staging cap for a copy buffer or a buffer group.
-    NoDescriptors,
-    /// Waits for a completion, holding buffers it gives back if nothing comes: run it again
-    /// after this long (a ring-path direction that drained).
-    RecheckAfter(std::time::Duration),
 }
 
 /// One direction of a connection, on one of the data paths.

@@ -16,9 +16,9 @@ use io_uring::{cqueue, opcode, types};
 use super::super::registry::{GroupLease, Registry};
 use super::super::ring::{Ring, outcome, poll_sqe};
 use super::super::token::Op;
+use super::cx::{Cx, Pumped};
 use super::flow::FlowOp;
 use super::recv::{RecvFlow, RecvStep};
-use super::{Cx, Pumped};
 use crate::{debug, info};
 
 /// How long a drained direction keeps its group with no byte coming in before it gives it

@@ -3,11 +3,16 @@
 //! io_uring form, and switches a pipe direction to a buffer when splice(2) turns out to be
 //! refused for its pair of files (EINVAL before any byte moved).
 
+use std::time::{Duration, Instant};
+
 use super::super::registry::Registry;
 use super::super::ring::{Ring, Target, errno_of, poll_sqe, shutdown_sqe};
 use super::super::token::Op;
+use super::copy::CopyBuffer;
+use super::cx::{Cx, Pumped};
 use super::flow::{Flow, FlowOp, Step};
-use super::{CopyBuffer, Cx, PipePool, PipeStage, Pumped};
+use super::ring::RING_IDLE_GRACE;
+use super::splice::{PipePool, PipeStage};
 use crate::{debug, info};
 
 /// A direction's staging area.
@@ -46,7 +51,17 @@ pub struct StagedLane {
     nowait_reads: bool,
     /// Copy path: the sink is a socket that takes each buffer as one whole SEND.
     whole_sends: bool,
+    /// Copy path, socket source: the buffer is kept through a readiness wait until then
+    /// (see [`COPY_IDLE_GRACE`]).
+    keep_buffer_until: Option<Instant>,
 }
+
+/// How long a copy direction with a socket source keeps its buffer while it waits for its
+/// source to be readable again. Giving it back unmaps it, and taking it again maps, registers
+/// (a system call) and faults in a fresh one: per buffer, on a stream whose reads catch the
+/// source empty now and then (the QEMU lab's hybrid guest -> host in `--mode copy` spent 3.4
+/// CPU s/GiB so). As long as the buffer ring's grace.
+pub const COPY_IDLE_GRACE: Duration = RING_IDLE_GRACE;
 
 impl StagedLane {
     pub fn new(flow: Flow, staging: Staging, discard: bool, uring_splice: bool) -> StagedLane {
@@ -59,6 +74,7 @@ impl StagedLane {
             uring_splice,
             nowait_reads: false,
             whole_sends: false,
+            keep_buffer_until: None,
         }
     }
 
@@ -118,12 +134,18 @@ impl StagedLane {
             let waiting =
                 cx.ops.in_flight(Op::Readable(dir)) || cx.ops.in_flight(Op::Writable(dir));
             if waiting || self.pending.is_some() || self.linked_fill.is_some() {
+                // A buffer kept through a readiness wait goes back once the grace is over.
+                if self.keep_buffer_until.is_some_and(|until| cx.now >= until) {
+                    self.keep_buffer_until = None;
+                    self.release_pipe(cx);
+                }
                 return Pumped::Waiting;
             }
             let direct = !self.uring_splice && !cx.ends.parked();
             let step = self.flow.next();
             match step {
                 Step::Fill { max } => {
+                    self.keep_buffer_until = None;
                     if let Staging::Pipe(stage) = &mut self.staging {
                         match stage.ensure(cx.pipes) {
                             Ok(Some(capacity)) => self.flow.set_capacity(capacity),
@@ -226,13 +248,21 @@ impl StagedLane {
                     }
                 }
                 Step::WaitReadable => {
-                    self.release_pipe(cx);
+                    let keep = self.nowait_reads
+                        && matches!(&self.staging, Staging::Copy(b) if b.is_held());
+                    if !keep {
+                        self.release_pipe(cx);
+                    }
                     let Some(source) = cx.ends.source() else {
                         self.flow.fail(FlowOp::Read, libc::EBADF);
                         continue;
                     };
                     let sqe = poll_sqe(source, libc::POLLIN);
                     cx.ops.push(Op::Readable(dir), sqe);
+                    if keep {
+                        self.keep_buffer_until = Some(cx.now + COPY_IDLE_GRACE);
+                        return Pumped::RecheckAfter(COPY_IDLE_GRACE);
+                    }
                     return Pumped::Waiting;
                 }
                 Step::WaitWritable => {

@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::super::Mode;
-use super::super::conn::{Direction, Ends};
+use super::super::direction::Direction;
+use super::super::ends::Ends;
 use super::super::registry::Registry;
 use super::super::ring::{ConnOps, Ring};
 use super::super::testing::{options, send, unix_endpoint};
@@ -488,4 +489,59 @@ fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
         4096,
         "the cancelled read added nothing"
     );
+}
+
+#[test]
+fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_after_the_grace() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, _sink_peer) = unix_endpoint();
+    let options = options(Mode::Copy);
+    let mut lane = Lane::Staged(
+        StagedLane::new(
+            Flow::new(4096, FillPolicy::Adaptive),
+            Staging::Copy(CopyBuffer::lazy(4096)),
+            false,
+            false,
+        )
+        .sockets(true, true),
+    );
+    let held = |lane: &Lane| matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()));
+    send(&mut peer, &[7u8; 4096]);
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        now: Instant::now(),
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    let mut pending = std::collections::VecDeque::new();
+    // Move the 4 KiB until the direction waits for readiness again.
+    let waited = loop {
+        match lane.pump(&mut cx) {
+            Pumped::RecheckAfter(after) => break after,
+            Pumped::Ended => panic!("ended"),
+            _ => {}
+        }
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        lane.complete(op, result, flags, &mut cx);
+    };
+    assert_eq!(waited, COPY_IDLE_GRACE);
+    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(held(&lane), "kept through the wait");
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(held(&lane), "still within the grace");
+    cx.now += COPY_IDLE_GRACE;
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(!held(&lane), "given back after the grace");
 }

@@ -5,16 +5,15 @@
 //! of a listener: cancel its ACCEPT and detach once the completion is back, so the owner may
 //! close the listener knowing no worker accepts on it any more.
 
-use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types};
-use slab::Slab;
 
 use super::Worker;
+use super::listening::Listening;
 use crate::engine::accept::AcceptGroup;
 use crate::engine::token;
 use crate::sys::socket::Socket;
@@ -23,43 +22,6 @@ use crate::{debug, warn};
 /// How long a listener waits after an accept failed for want of descriptors or memory (as
 /// the old acceptor did), or for a reason that concerns the listener itself.
 const RETRY_AFTER: Duration = Duration::from_millis(20);
-
-/// One listener as this worker accepts on it.
-struct Listening {
-    group: Arc<AcceptGroup>,
-    /// An ACCEPT is in flight.
-    armed: bool,
-    /// The in-flight ACCEPT holds a `max-children` slot.
-    holds_slot: bool,
-    /// The owner asked the workers to let go: cancelled, detaches once nothing is in flight.
-    leaving: bool,
-    /// Arm again no earlier than this (after EMFILE and the like).
-    retry_at: Option<Instant>,
-    warned: bool,
-}
-
-/// The listeners of one worker and the slots its connections hold.
-#[derive(Default)]
-pub(super) struct Accepting {
-    listens: Slab<Listening>,
-    /// Connections (slab key) accepted here, with their group: it counts them open (the
-    /// balance), and a limited group's slot goes back to it when they close. Weak: a
-    /// connection must not keep its listener open after the owner let go of it.
-    groups: HashMap<usize, Weak<AcceptGroup>>,
-    /// Connections this worker accepted.
-    pub accepted: u64,
-}
-
-impl Accepting {
-    pub fn is_empty(&self) -> bool {
-        self.listens.is_empty()
-    }
-
-    /// The earliest retry due.
-    pub fn due(&self) -> Option<Instant> {
-        self.listens.iter().filter_map(|(_, l)| l.retry_at).min()
-    }
-}
 
 /// Accept errors that concern one client, not the listener.
 fn transient(errno: i32) -> bool {

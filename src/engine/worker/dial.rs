@@ -5,7 +5,8 @@
 use io_uring::{opcode, types};
 
 use super::Worker;
-use crate::engine::conn::{CloseReason, Conn, Phase};
+use crate::engine::close::CloseReason;
+use crate::engine::conn::{Conn, Phase};
 use crate::engine::ring::ConnOps;
 use crate::engine::timers::{Timer, TimerKind};
 use crate::engine::token::Op;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::Shared;
 use super::conn::Conn;
 use super::rcvbudget::{self, ReceiveBudget};
+use super::shared::Shared;
 use crate::info;
 
 /// How often a worker counts its busy connections while a receive-buffer cap may apply.
@@ -19,7 +19,7 @@ const BUDGET_SWEEP: Duration = Duration::from_millis(100);
 const BUSY_WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
-pub struct Budget {
+pub struct ReceiveSweep {
     budget: Option<ReceiveBudget>,
     /// The receive-buffer cap this worker last applied to all its connections.
     cap: Option<usize>,
@@ -28,9 +28,9 @@ pub struct Budget {
     next_sweep: Instant,
 }
 
-impl Budget {
-    pub fn new(budget: Option<ReceiveBudget>) -> Budget {
-        Budget {
+impl ReceiveSweep {
+    pub fn new(budget: Option<ReceiveBudget>) -> ReceiveSweep {
+        ReceiveSweep {
             budget,
             cap: None,
             busy: 0,
@@ -154,7 +154,7 @@ mod tests {
         let key = conns.insert(relaying_conn(first, second, options(Mode::Splice)));
         shared.live.store(1, Ordering::Relaxed);
         // 1 MiB for one busy connection (two sockets): 512 KiB each.
-        let mut budget = Budget::new(Some(ReceiveBudget(1 << 20)));
+        let mut budget = ReceiveSweep::new(Some(ReceiveBudget(1 << 20)));
         budget.on_start(&mut conns, key, &shared, 0);
         assert_eq!(shared.busy.load(Ordering::Relaxed), 1);
         assert_eq!(budget.cap, Some(512 << 10));
@@ -186,7 +186,7 @@ mod tests {
         let mut conns = Slab::new();
         let key = conns.insert(relaying_conn(first, second, options(Mode::Splice)));
         shared.live.store(100_000, Ordering::Relaxed);
-        let mut budget = Budget::new(None);
+        let mut budget = ReceiveSweep::new(None);
         budget.on_start(&mut conns, key, &shared, 0);
         assert_eq!(shared.busy.load(Ordering::Relaxed), 0);
         assert_eq!(conns[key].receive_cap, None);

@@ -1,7 +1,6 @@
-//! Prometheus metrics of a service-mode process: the counters, gauges and histograms (kept by
-//! the `prometheus-client` crate, which also writes the OpenMetrics text), the per-service
-//! handles the data path bumps, and [`MetricsServer`], a small HTTP server on its own thread
-//! that answers `GET /metrics`.
+//! The metric families of a service-mode process: the counters, gauges and histograms (kept
+//! by the `prometheus-client` crate, which also writes the OpenMetrics text) and the
+//! per-service handles the data path bumps.
 //!
 //! The data path never takes a lock for a metric: [`Metrics::service`] resolves one service's
 //! label set once, and its [`ServiceMetrics`] holds clones of the counters (each an atomic
@@ -19,8 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-pub use super::metrics_http::MetricsServer;
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
@@ -29,7 +26,7 @@ struct ServiceLabel {
 /// Why a connection ended (label `reason` of `vsplice_connections_closed_total`).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum CloseReason {
+pub enum ReasonLabel {
     /// Both directions reached end of file.
     eof,
     /// `idle-timeout` passed without a byte moved.
@@ -44,14 +41,14 @@ pub enum CloseReason {
     stopped,
 }
 
-impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
-        CloseReason::eof,
-        CloseReason::idle_timeout,
-        CloseReason::linger_timeout,
-        CloseReason::error,
-        CloseReason::dial_failed,
-        CloseReason::stopped,
+impl ReasonLabel {
+    pub const ALL: [ReasonLabel; 6] = [
+        ReasonLabel::eof,
+        ReasonLabel::idle_timeout,
+        ReasonLabel::linger_timeout,
+        ReasonLabel::error,
+        ReasonLabel::dial_failed,
+        ReasonLabel::stopped,
     ];
 }
 
@@ -59,7 +56,7 @@ impl CloseReason {
 /// listening side's connection, "second" the dialed one.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Direction {
+pub enum DirectionLabel {
     first_to_second,
     second_to_first,
 }
@@ -67,7 +64,7 @@ pub enum Direction {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClosedLabels {
     service: String,
-    reason: CloseReason,
+    reason: ReasonLabel,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,7 +76,188 @@ struct ErrnoLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     service: String,
-    direction: Direction,
+    direction: DirectionLabel,
+}
+
+/// One metric family, defined once: the registry registers it from here, and README's table
+/// (Running as a service, Metrics) is checked against this list by a test, so the name, type,
+/// help and labels an operator reads cannot drift from what a scrape shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// The name as registered: without the `vsplice_` prefix, a counter's `_total` and the
+    /// unit suffix, all of which the encoder adds.
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub unit: Option<&'static str>,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// What the labels are (README's third column).
+    pub labels: &'static str,
+}
+
+/// The OpenMetrics type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+impl MetricDef {
+    /// The name a scrape shows: `vsplice_`, the name, the unit, and `_total` for a counter.
+    pub fn exposed_name(&self) -> String {
+        let unit = self.unit.map(|u| format!("_{u}")).unwrap_or_default();
+        let total = if self.kind == MetricKind::Counter {
+            "_total"
+        } else {
+            ""
+        };
+        format!("vsplice_{}{unit}{total}", self.name)
+    }
+}
+
+const fn def(
+    name: &'static str,
+    kind: MetricKind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static str,
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+    }
+}
+
+/// Every metric family of `vsplice serve`, in the order a scrape lists them.
+pub const METRICS: &[MetricDef] = &[
+    def(
+        "connections_accepted",
+        MetricKind::Counter,
+        None,
+        "Connections accepted and handed to the relay",
+        "`service`",
+    ),
+    def(
+        "connections_denied",
+        MetricKind::Counter,
+        None,
+        "Connections closed at once because the allow list refused the peer",
+        "`service`",
+    ),
+    def(
+        "connections_active",
+        MetricKind::Gauge,
+        None,
+        "Connections open now",
+        "`service`",
+    ),
+    def(
+        "connections_closed",
+        MetricKind::Counter,
+        None,
+        "Connections ended, by reason",
+        "`service`, `reason`: `eof` (both directions ended), `error` (a read, write or shutdown \
+         failed: reset, broken pipe), `dial_failed`, `idle_timeout` (`-T`), `linger_timeout` \
+         (`-t`), `stopped` (cut at the end of a drain)",
+    ),
+    def(
+        "dial_failures",
+        MetricKind::Counter,
+        None,
+        "Failed connects to a service's connect address, by errno",
+        "`service`, `errno` (`ECONNREFUSED`, `ETIMEDOUT`, ...; `resolve` for a name that did \
+         not resolve)",
+    ),
+    def(
+        "bytes",
+        MetricKind::Counter,
+        None,
+        "Bytes relayed, by direction",
+        "`service`, `direction` (`first_to_second`, `second_to_first`)",
+    ),
+    def(
+        "connection_duration",
+        MetricKind::Histogram,
+        Some("seconds"),
+        "How long connections lasted",
+        "`service` (1 ms to 9 h)",
+    ),
+    def(
+        "dial_latency",
+        MetricKind::Histogram,
+        Some("seconds"),
+        "Time from accept to the connect address answering",
+        "`service` (from hand-over to a worker to connected; 50 µs to 13 s)",
+    ),
+    def(
+        "engine_workers",
+        MetricKind::Gauge,
+        None,
+        "Worker threads",
+        "none",
+    ),
+    def(
+        "engine_parked_connections",
+        MetricKind::Gauge,
+        None,
+        "Connections whose sockets sit in io_uring fixed-file tables",
+        "none",
+    ),
+    def(
+        "engine_pipes_in_use",
+        MetricKind::Gauge,
+        None,
+        "Splice pipes open: held by connections or pooled for reuse",
+        "none",
+    ),
+    def(
+        "engine_receive_cap",
+        MetricKind::Gauge,
+        Some("bytes"),
+        "Per-socket TCP receive buffer the receive budget sets now (0: uncapped)",
+        "none",
+    ),
+    def(
+        "log_lines_dropped",
+        MetricKind::Counter,
+        None,
+        "Log lines dropped because standard error did not keep up",
+        "none",
+    ),
+];
+
+/// The definition of family `name` (a name missing from [`METRICS`] is a bug: it panics in
+/// every test that builds [`Metrics`]).
+fn metric(name: &str) -> &'static MetricDef {
+    METRICS
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("metric {name} has no definition in METRICS"))
+}
+
+/// Registers family `name` from its definition.
+fn register(r: &mut Registry, name: &str, family: impl prometheus_client::registry::Metric) {
+    let d = metric(name);
+    match d.unit {
+        None => r.register(d.name, d.help, family),
+        Some("seconds") => r.register_with_unit(d.name, d.help, Unit::Seconds, family),
+        Some("bytes") => r.register_with_unit(d.name, d.help, Unit::Bytes, family),
+        Some(other) => panic!("metric {name}: no unit {other}"),
+    }
 }
 
 type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
@@ -162,68 +340,22 @@ impl Metrics {
             before_scrape: Mutex::new(None),
         };
         let r = &mut m.registry;
-        // Counters get their `_total` suffix from the encoder.
-        r.register(
-            "connections_accepted",
-            "Connections accepted and handed to the relay",
-            m.accepted.clone(),
-        );
-        r.register(
-            "connections_denied",
-            "Connections closed at once because the allow list refused the peer",
-            m.denied.clone(),
-        );
-        r.register(
-            "connections_active",
-            "Connections open now",
-            m.active.clone(),
-        );
-        r.register(
-            "connections_closed",
-            "Connections ended, by reason",
-            m.closed.clone(),
-        );
-        r.register(
-            "dial_failures",
-            "Failed connects to a service's connect address, by errno",
-            m.dial_failures.clone(),
-        );
-        r.register("bytes", "Bytes relayed, by direction", m.bytes.clone());
-        r.register_with_unit(
-            "connection_duration",
-            "How long connections lasted",
-            Unit::Seconds,
-            m.durations.clone(),
-        );
-        r.register_with_unit(
-            "dial_latency",
-            "Time from accept to the connect address answering",
-            Unit::Seconds,
-            m.dial_latency.clone(),
-        );
+        // Counters get their `_total` suffix from the encoder; names, help and units come
+        // from METRICS.
+        register(r, "connections_accepted", m.accepted.clone());
+        register(r, "connections_denied", m.denied.clone());
+        register(r, "connections_active", m.active.clone());
+        register(r, "connections_closed", m.closed.clone());
+        register(r, "dial_failures", m.dial_failures.clone());
+        register(r, "bytes", m.bytes.clone());
+        register(r, "connection_duration", m.durations.clone());
+        register(r, "dial_latency", m.dial_latency.clone());
         let e = &m.engine;
-        r.register("engine_workers", "Worker threads", e.workers.clone());
-        r.register(
-            "engine_parked_connections",
-            "Connections whose sockets sit in io_uring fixed-file tables",
-            e.parked_connections.clone(),
-        );
-        r.register(
-            "engine_pipes_in_use",
-            "Pipes held by connections",
-            e.pipes_in_use.clone(),
-        );
-        r.register_with_unit(
-            "engine_receive_cap",
-            "Per-socket TCP receive buffer the receive budget sets now (0: uncapped)",
-            Unit::Bytes,
-            e.receive_cap_bytes.clone(),
-        );
-        r.register(
-            "log_lines_dropped",
-            "Log lines dropped because standard error did not keep up",
-            e.log_lines_dropped.clone(),
-        );
+        register(r, "engine_workers", e.workers.clone());
+        register(r, "engine_parked_connections", e.parked_connections.clone());
+        register(r, "engine_pipes_in_use", e.pipes_in_use.clone());
+        register(r, "engine_receive_cap", e.receive_cap_bytes.clone());
+        register(r, "log_lines_dropped", e.log_lines_dropped.clone());
         m
     }
 
@@ -244,13 +376,13 @@ impl Metrics {
             active: self.active.get_or_create_owned(&label),
             bytes: [
                 self.bytes
-                    .get_or_create_owned(&direction(Direction::first_to_second)),
+                    .get_or_create_owned(&direction(DirectionLabel::first_to_second)),
                 self.bytes
-                    .get_or_create_owned(&direction(Direction::second_to_first)),
+                    .get_or_create_owned(&direction(DirectionLabel::second_to_first)),
             ],
             duration: self.durations.get_or_create_owned(&label),
             dial_latency: self.dial_latency.get_or_create_owned(&label),
-            closed: CloseReason::ALL.map(|reason| {
+            closed: ReasonLabel::ALL.map(|reason| {
                 self.closed.get_or_create_owned(&ClosedLabels {
                     service: name.to_string(),
                     reason,
@@ -293,8 +425,8 @@ pub struct ServiceMetrics {
     bytes: [Counter; 2],
     duration: Histogram,
     dial_latency: Histogram,
-    /// One counter per [`CloseReason`], resolved up front: a close touches no lock.
-    closed: [Counter; CloseReason::ALL.len()],
+    /// One counter per [`ReasonLabel`], resolved up front: a close touches no lock.
+    closed: [Counter; ReasonLabel::ALL.len()],
     dial_failures: Family<ErrnoLabels, Counter>,
 }
 
@@ -316,7 +448,7 @@ impl ServiceMetrics {
     }
 
     /// The connect address could not be reached (the connection then closes with
-    /// [`CloseReason::dial_failed`]).
+    /// [`ReasonLabel::dial_failed`]).
     /// `errno` names the error (`ECONNREFUSED`).
     pub fn on_dial_failure(&self, errno: &str) {
         self.dial_failures
@@ -328,12 +460,12 @@ impl ServiceMetrics {
     }
 
     /// Bytes delivered in one direction.
-    pub fn add_bytes(&self, direction: Direction, bytes: u64) {
+    pub fn add_bytes(&self, direction: DirectionLabel, bytes: u64) {
         self.bytes[direction as usize].inc_by(bytes);
     }
 
     /// A connection counted by [`ServiceMetrics::on_accept`] ended after `lasted`.
-    pub fn on_close(&self, reason: CloseReason, lasted: Duration) {
+    pub fn on_close(&self, reason: ReasonLabel, lasted: Duration) {
         self.active.dec();
         self.duration.observe(lasted.as_secs_f64());
         self.closed[reason as usize].inc();
@@ -349,6 +481,68 @@ pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {
+    /// README's metrics table, row for row, as [`METRICS`] defines it.
+    fn readme_table() -> String {
+        METRICS
+            .iter()
+            .map(|d| {
+                format!(
+                    "| `{}` | {} | {} | {} |\n",
+                    d.exposed_name(),
+                    d.kind.name(),
+                    d.help,
+                    d.labels
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_metric_with_the_name_type_help_and_labels_a_scrape_shows() {
+        let readme = include_str!("../../../README.md");
+        let rows: String = readme
+            .lines()
+            .filter(|l| l.starts_with("| `vsplice_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            rows,
+            readme_table(),
+            "README's metrics table differs from METRICS; it should read:\n{}",
+            readme_table()
+        );
+    }
+
+    #[test]
+    fn a_scrape_shows_exactly_the_defined_families_with_their_help() {
+        let metrics = Metrics::new();
+        let _service = metrics.service("s"); // labelled families appear once a service has them
+        let text = metrics.encode();
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        let wanted: Vec<String> = METRICS
+            .iter()
+            .map(|d| {
+                let name = d.exposed_name();
+                let family = name.strip_suffix("_total").unwrap_or(&name).to_string();
+                format!("# HELP {family} {}.", d.help)
+            })
+            .collect();
+        for help in &helps {
+            assert!(
+                wanted.iter().any(|w| w == help),
+                "{help}: a family without a definition in METRICS, or with other help"
+            );
+        }
+        // Every family shows once a service exists, but for dial failures, whose series
+        // appear with their first errno.
+        for want in wanted.iter().filter(|w| !w.contains("dial_failures ")) {
+            assert!(
+                helps.contains(&want.as_str()),
+                "{want} is not in the scrape"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -363,11 +557,11 @@ mod tests {
         api.on_accept();
         api.on_accept();
         api.on_deny();
-        api.add_bytes(Direction::first_to_second, 1000);
-        api.add_bytes(Direction::second_to_first, 7);
+        api.add_bytes(DirectionLabel::first_to_second, 1000);
+        api.add_bytes(DirectionLabel::second_to_first, 7);
         api.on_dial(Duration::from_millis(2));
         api.on_dial_failure("ECONNREFUSED");
-        api.on_close(CloseReason::eof, Duration::from_secs(3));
+        api.on_close(ReasonLabel::eof, Duration::from_secs(3));
         m.engine().workers.set(4);
         let text = m.encode();
         for line in [

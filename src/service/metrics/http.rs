@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::metrics::Metrics;
+use super::families::Metrics;
 use crate::addr::Address;
 use crate::error::{Error, Result};
 use crate::net::open::Listener;

@@ -1,0 +1,120 @@
+//! A resolved address ([`Address`]): stage two of parsing, which gives the lexed pieces
+//! meaning: picks the type from the keyword table, checks parameter counts and ranges, and
+//! applies each option, failing on one that does not apply to the type.
+
+use std::fmt;
+
+use super::error::AddressError;
+use super::kind::{Kind, KindTag};
+use super::lex::lex;
+use super::options::{Options, apply_option};
+use super::param::{
+    UNIX_PATH_MAX, parse_cid, parse_host, parse_path, parse_port, parse_vsock_port,
+};
+
+/// A fully parsed address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The address as the user wrote it, for messages.
+    pub text: String,
+    pub kind: Kind,
+    pub options: Options,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Address {
+    /// Parses one address string (stage two: meaning, ranges, option applicability).
+    pub fn parse(text: &str) -> Result<Address, AddressError> {
+        let raw = lex(text).map_err(AddressError::Lex)?;
+        let tag = KindTag::from_keyword(&raw.keyword)
+            .ok_or_else(|| AddressError::UnknownType(raw.keyword.clone()))?;
+        let kind = Self::kind_from_params(tag, &raw.params)?;
+        let mut options = Options::default();
+        for option in &raw.options {
+            apply_option(&mut options, tag, option)?;
+        }
+        // After every option: `bind=` may come after `allow=`.
+        if let Some(allow) = &options.allow {
+            allow
+                .fits_listener(&kind, options.bind.as_ref())
+                .map_err(AddressError::AllowNeverMatches)?;
+        }
+        Ok(Address {
+            text: text.to_string(),
+            kind,
+            options,
+        })
+    }
+
+    fn kind_from_params(tag: KindTag, params: &[String]) -> Result<Kind, AddressError> {
+        let wrong = || AddressError::Parameters {
+            kind: tag.name(),
+            form: tag.form(),
+        };
+        let name = tag.name();
+        Ok(match (tag, params) {
+            (KindTag::TcpConnect(family), [host, port]) => Kind::TcpConnect {
+                host: parse_host(host, name)?,
+                port: parse_port(port)?,
+                family,
+            },
+            (KindTag::TcpListen(family), [port]) => Kind::TcpListen {
+                port: parse_port(port)?,
+                family,
+            },
+            (KindTag::UnixConnect, [path]) => Kind::UnixConnect {
+                path: parse_path(path, name)?,
+            },
+            (KindTag::UnixListen, [path]) => Kind::UnixListen {
+                path: parse_path(path, name)?,
+            },
+            (KindTag::VsockConnect, [cid, port]) => Kind::VsockConnect {
+                cid: parse_cid(cid)?,
+                port: parse_vsock_port(port)?,
+            },
+            (KindTag::VsockListen, [port]) => Kind::VsockListen {
+                port: parse_vsock_port(port)?,
+            },
+            (KindTag::VsockUdsConnect, [path, port]) => Kind::VsockUdsConnect {
+                path: parse_path(path, name)?,
+                port: parse_vsock_port(port)?,
+            },
+            (KindTag::VsockUdsListen, [path, port]) => {
+                let port = parse_vsock_port(port)?;
+                let path = parse_path(path, name)?;
+                // The VMM listens at `<path>_<port>`: that full path must fit too.
+                let full = format!("{}_{}", path.display(), port);
+                if full.len() > UNIX_PATH_MAX {
+                    return Err(AddressError::PathTooLong {
+                        len: full.len(),
+                        path: full,
+                    });
+                }
+                Kind::VsockUdsListen { path, port }
+            }
+            (KindTag::Stdio, []) => Kind::Stdio,
+            (KindTag::Stdio, _) => return Err(AddressError::NoParameters { kind: name }),
+            (KindTag::AcceptFd, [fd]) => Kind::AcceptFd {
+                fd: fd
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| AddressError::Fd(fd.to_string()))?,
+            },
+            _ => return Err(wrong()),
+        })
+    }
+
+    pub fn is_listener(&self) -> bool {
+        self.kind.tag().is_listener()
+    }
+
+    pub fn is_connector(&self) -> bool {
+        self.kind.tag().is_connector()
+    }
+}
