@@ -737,13 +737,7 @@ fn speed_guest_to_host(
 fn host_speed_table(guest: &mut Guest) {
     use speed::Via;
     let args: Vec<String> = std::env::args().skip_while(|a| a != "--").collect();
-    let arg = |name: &str, default: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let arg = |name: &str, default: usize| number_arg(&args, name, default);
     let rounds = arg("--rounds", 3);
     let bytes = arg("--mib", 64) * MIB;
     let socat = match common::debs::tool("socat", "usr/bin/socat") {

@@ -131,14 +131,8 @@ const SPEED_PAIRS: &[(speed::Family, speed::Family)] = &[
 /// relay and socat, interleaved over rounds; prints the medians (see `common::speed`).
 fn relay_speed_table() {
     use speed::{Spot, Via};
-    let arg = |name: &str, default: usize| -> usize {
-        let args: Vec<String> = std::env::args().collect();
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: usize| number_arg(&args, name, default);
     let rounds = arg("--rounds", 3);
     let bytes = arg("--mib", 32) * MIB;
     let scratch = Scratch::new("speed");
@@ -146,7 +140,6 @@ fn relay_speed_table() {
         .map(|c| PathBuf::from(c.get_program()))
         .ok();
     let mut vias = vec![Via::Direct, Via::Vsplice(vec![])];
-    let args: Vec<String> = std::env::args().collect();
     if let Some(before) = args.iter().position(|a| a == "--before") {
         vias.push(Via::VspliceBuild(PathBuf::from(&args[before + 1])));
     }

@@ -132,13 +132,7 @@ fn bench_run(bin: &Path, spot: &Spot, bytes: usize, trace: Option<&Path>) -> f64
 /// The measurement scenario `bench_against_a_plain_reader_and_writer`.
 pub fn run() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let arg = |name: &str, default: usize| super::number_arg(&args, name, default);
     let rounds = arg("--rounds", 3);
     let bytes = arg("--mib", 256) * MIB;
     let mut bins = vec![PathBuf::from(super::vsplice_bin())];

@@ -660,3 +660,13 @@ pub fn run_vsplice(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The number after `name` among a measurement's arguments (`--rounds 5`), or `default`
+/// when it is missing or not a number.
+pub fn number_arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

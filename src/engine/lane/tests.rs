@@ -373,13 +373,8 @@ fn a_vsock_source_gets_ring_buffers_that_hold_its_whole_credit_window() {
 #[test]
 fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linked_behind_each() {
     use std::io::Read;
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
     let (source, mut peer) = unix_endpoint();
     let (mut sink, mut sink_peer) = unix_endpoint();
-    let options = options(Mode::Copy);
     let mut flow = Flow::new(16 * 1024, FillPolicy::Adaptive);
     flow.await_readiness_first();
     let mut lane = Lane::Staged(
@@ -394,20 +389,8 @@ fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linke
     let sent: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     send(&mut peer, &sent);
     peer.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut rig = Rig::new(Mode::Copy);
+    let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
     let (mut linked, mut turns) = (0, 0);
     while lane.pump(&mut cx) != Pumped::Ended {
@@ -432,13 +415,8 @@ fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linke
 
 #[test]
 fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
     let (source, mut peer) = unix_endpoint();
     let (mut sink, sink_peer) = unix_endpoint();
-    let options = options(Mode::Copy);
     let mut lane = Lane::Staged(
         StagedLane::new(
             Flow::new(4096, FillPolicy::Adaptive),
@@ -450,20 +428,8 @@ fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
     );
     send(&mut peer, &[1u8; 8192]);
     drop(sink_peer);
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut rig = Rig::new(Mode::Copy);
+    let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
     let mut results = Vec::new();
     while lane.pump(&mut cx) != Pumped::Ended {
@@ -493,13 +459,8 @@ fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
 
 #[test]
 fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_after_the_grace() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
     let (source, mut peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
-    let options = options(Mode::Copy);
     let mut lane = Lane::Staged(
         StagedLane::new(
             Flow::new(4096, FillPolicy::Adaptive),
@@ -511,20 +472,8 @@ fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_afte
     );
     let held = |lane: &Lane| matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()));
     send(&mut peer, &[7u8; 4096]);
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut rig = Rig::new(Mode::Copy);
+    let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
     // Move the 4 KiB until the direction waits for readiness again.
     let waited = loop {
@@ -544,4 +493,46 @@ fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_afte
     cx.now += COPY_IDLE_GRACE;
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(!held(&lane), "given back after the grace");
+}
+
+/// What a lane test's [`Cx`] borrows: a ring, the worker's registry and pipe pool, the
+/// connection's in-flight set, clock and options.
+struct Rig {
+    ring: Ring,
+    registry: Registry,
+    pipes: PipePool,
+    devnull: File,
+    inflight: u16,
+    last_active: Instant,
+    options: std::sync::Arc<super::super::config::RelayOptions>,
+}
+
+impl Rig {
+    fn new(mode: Mode) -> Rig {
+        Rig {
+            ring: Ring::new(8, None).unwrap(),
+            registry: Registry::empty(),
+            pipes: PipePool::new(4),
+            devnull: devnull(),
+            inflight: 0,
+            last_active: Instant::now(),
+            options: options(mode),
+        }
+    }
+
+    /// A [`Cx`] for connection 7's forward direction from `source` to `sink`.
+    fn cx<'a>(&'a mut self, source: &'a Endpoint, sink: &'a mut Endpoint) -> Cx<'a> {
+        Cx {
+            ops: ConnOps::new(&mut self.ring, 7, &mut self.inflight),
+            ends: Ends::new(Some(source), Some(sink), None, false, self.devnull.as_fd()),
+            registry: &mut self.registry,
+            pipes: &mut self.pipes,
+            last_active: &mut self.last_active,
+            now: Instant::now(),
+            options: &self.options,
+            id: 1,
+            dir: FORWARD,
+            turn: 16,
+        }
+    }
 }
