@@ -103,11 +103,11 @@ pub trait Admit: Send + Sync {
     fn admit(&self, socket: Socket) -> Option<(Job, Arc<RelayOptions>)>;
 }
 
-/// One listening address the workers accept on.
 /// How many more open connections than the least loaded worker a worker may have and still
 /// accept on a shared listener.
 pub const BALANCE_SLACK: usize = 0;
 
+/// One listening address the workers accept on.
 pub struct AcceptGroup {
     pub name: String,
     /// One shared listener, or one per worker (SO_REUSEPORT): worker `i` uses `i % len`.
