@@ -9,16 +9,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
+use super::end::{self, Peer};
 use super::proto::{
     self, ClientMsg, Direction, Hello, Params, ServerMsg, StreamCounts, VERSION, Workload,
 };
+use super::receive::Expect;
 pub use super::report::Output;
 use super::report::{
     IntervalReport, IntervalStream, TestReport, VsockBufferReport, build_report, print_header,
     print_interval, print_summary,
 };
 use super::rr::{self, Latencies, LatencyReport, Meters};
-use super::stream::{self, Expect, Peer, Stream};
+use super::send;
+use super::stream::{self, Stream};
 use crate::addr::Address;
 use crate::error::{Error, Result};
 use crate::net::dial::dial_blocking;
@@ -192,7 +195,7 @@ pub fn run_test(
                     let on_sent = move |n| {
                         let _ = sent_tx.send((id, n));
                     };
-                    let limit = stream::limit_for(&params, id, started);
+                    let limit = send::limit_for(&params, id, started);
                     let meters = Meters {
                         latencies,
                         sent: tx,
@@ -200,7 +203,7 @@ pub fn run_test(
                     };
                     let counts = match (params.workload, s) {
                         (Workload::Stream, Some(s)) => {
-                            return stream::run_end(
+                            return end::run_end(
                                 s,
                                 id,
                                 &params,

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod client;
 pub mod cpu;
 pub mod demo;
+pub mod end;
 pub mod hello;
 pub mod iperf3;
 pub mod pattern;
@@ -16,8 +17,10 @@ pub mod plot;
 pub mod proto;
 #[cfg(test)]
 mod proto_props;
+pub mod receive;
 pub mod report;
 pub mod rr;
+pub mod send;
 pub mod server;
 pub mod stream;
 

@@ -15,7 +15,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::proto::StreamCounts;
-use super::stream::{Expect, MISSING_GRACE, SendLimit, Stream};
+use super::receive::{Expect, MISSING_GRACE};
+use super::send::SendLimit;
+use super::stream::Stream;
 
 /// The slowest transaction a histogram holds: one hour, in µs.
 const MAX_US: u64 = 3_600_000_000;

@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 
 use super::budget::{Budget, Limits, Reservation};
 use super::cpu::CpuTimes;
+use super::end::{self, Peer};
 use super::hello::{Hellos, Step};
 use super::proto::{
     self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
 };
+use super::receive::{self, Expect};
 use super::rr;
-use super::stream::{self, Expect, Peer, Stream};
+use super::stream::Stream;
 use crate::net::open::Listener;
 use crate::sys::signal::StopSignals;
 use crate::{debug, info, notice, warn};
@@ -448,7 +450,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
             params.len,
             &session.expect[id as usize],
             idle,
-            stream::TICK,
+            receive::TICK,
         );
         counts.vsock_buffer = vsock_buffer;
         session.update(|s| {
@@ -476,7 +478,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
         }),
     };
     let test_start = || session.state.lock().unwrap().started;
-    let mut counts = stream::run_end(
+    let mut counts = end::run_end(
         &stream,
         id,
         &params,
