@@ -10,7 +10,7 @@
 //! `MISSING_GRACE`, naming the stream.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -171,9 +171,4 @@ pub(super) fn park_until(due: Instant, stop: &AtomicBool) -> bool {
         }
         std::thread::park_timeout(due - now);
     }
-}
-
-/// Writes a line on a control stream.
-pub fn write_all(stream: &Stream, data: &[u8]) -> io::Result<()> {
-    stream.writer().write_all(data)
 }

@@ -245,6 +245,7 @@ impl AcceptGroup {
     }
 
     /// Slots taken now (connections open plus accepts armed).
+    #[cfg(test)]
     pub fn used(&self) -> usize {
         self.used.load(Ordering::SeqCst)
     }
@@ -298,6 +299,7 @@ impl AcceptGroup {
     }
 
     /// This group's connections open on each worker now.
+    #[cfg(test)]
     pub fn open_per_worker(&self) -> Vec<usize> {
         self.open
             .get()

@@ -87,11 +87,6 @@ impl AsFd for StopSignals {
     }
 }
 
-/// Undoes the signal mask in a child process before exec (used by tests and bench helpers).
-pub fn unblock_stop_signals() -> io::Result<()> {
-    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None).map_err(from_nix)
-}
-
 /// Blocks every signal in the calling thread, for a helper thread that may start before
 /// [`StopSignals::install`]: a thread with a stop signal unblocked would take it with its
 /// default action (the end of the process) instead of leaving it to the signalfd.

@@ -8,7 +8,7 @@
 //! series up, once per connection. A scrape encodes under the registry's own locks, which the
 //! data path does not take.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -475,9 +475,6 @@ impl ServiceMetrics {
         &self.name
     }
 }
-
-/// Shared ownership, as the HTTP server and the relay both hold the metrics.
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {
