@@ -319,8 +319,9 @@ impl StagedLane {
     /// Applies the result of the io_uring transfer `op`.
     pub fn complete(&mut self, op: Op, outcome: Result<usize, i32>, cx: &mut Cx<'_>) {
         let step = match (op, self.linked_fill) {
-            // The fill linked behind a drain (which completed first: a link runs in order).
-            (Op::Fill(_), Some(max)) if !matches!(self.pending, Some(Step::Fill { .. })) => {
+            // The fill linked behind a drain (which completed first: a link runs in order;
+            // no other fill is pending while one is linked, `pump` waits for it).
+            (Op::Fill(_), Some(max)) => {
                 self.linked_fill = None;
                 if outcome == Err(libc::ECANCELED) {
                     // The drain came back short or failed: the read never ran.

@@ -375,17 +375,7 @@ fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linke
     use std::io::Read;
     let (source, mut peer) = unix_endpoint();
     let (mut sink, mut sink_peer) = unix_endpoint();
-    let mut flow = Flow::new(16 * 1024, FillPolicy::Adaptive);
-    flow.await_readiness_first();
-    let mut lane = Lane::Staged(
-        StagedLane::new(
-            flow,
-            Staging::Copy(CopyBuffer::lazy(16 * 1024)),
-            false,
-            false,
-        )
-        .sockets(true, true),
-    );
+    let mut lane = socket_copy_lane(16 * 1024);
     let sent: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     send(&mut peer, &sent);
     peer.shutdown(std::net::Shutdown::Write).unwrap();
@@ -417,15 +407,7 @@ fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linke
 fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
     let (source, mut peer) = unix_endpoint();
     let (mut sink, sink_peer) = unix_endpoint();
-    let mut lane = Lane::Staged(
-        StagedLane::new(
-            Flow::new(4096, FillPolicy::Adaptive),
-            Staging::Copy(CopyBuffer::lazy(4096)),
-            false,
-            false,
-        )
-        .sockets(true, true),
-    );
+    let mut lane = socket_copy_lane(4096);
     send(&mut peer, &[1u8; 8192]);
     drop(sink_peer);
     let mut rig = Rig::new(Mode::Copy);
@@ -461,15 +443,7 @@ fn a_read_linked_behind_a_send_that_fails_is_cancelled_and_counts_as_no_read() {
 fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_after_the_grace() {
     let (source, mut peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
-    let mut lane = Lane::Staged(
-        StagedLane::new(
-            Flow::new(4096, FillPolicy::Adaptive),
-            Staging::Copy(CopyBuffer::lazy(4096)),
-            false,
-            false,
-        )
-        .sockets(true, true),
-    );
+    let mut lane = socket_copy_lane(4096);
     let held = |lane: &Lane| matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()));
     send(&mut peer, &[7u8; 4096]);
     let mut rig = Rig::new(Mode::Copy);
@@ -535,4 +509,15 @@ impl Rig {
             turn: 16,
         }
     }
+}
+
+/// A copy direction between two sockets (reads that never wait, whole sends) with `size`
+/// bytes of buffer, waiting for readiness first as `Lane::setup` makes it.
+fn socket_copy_lane(size: usize) -> Lane {
+    let mut flow = Flow::new(size, FillPolicy::Adaptive);
+    flow.await_readiness_first();
+    Lane::Staged(
+        StagedLane::new(flow, Staging::Copy(CopyBuffer::lazy(size)), false, false)
+            .sockets(true, true),
+    )
 }
