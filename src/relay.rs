@@ -83,23 +83,13 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
             && matches!(plan.first.kind, Kind::TcpListen { .. });
         let mut first = plan.first.clone();
         first.options.reuseport |= reuseport;
-        let listener = Listener::open(&first)?;
-        notice!(
-            "listening on {} ({})",
-            listener.local_addr(),
-            plan.first.text
-        );
         let fork = plan.first.options.fork;
         let threads = if fork { plan.threads } else { 1 };
-        let engine =
-            Engine::start(threads, Arc::new(plan.engine.clone())).map_err(Error::Engine)?;
-        if strategy == AcceptStrategy::Thread {
-            return serve(listener, engine, &signals, &plan, second);
-        }
-        let mut listeners = vec![listener];
+        let mut listeners = vec![Listener::open(&first)?];
         if reuseport {
             // One listener per worker on the same port: the kernel spreads connections by
-            // their addresses' hash.
+            // their addresses' hash. All are open before "listening on" is said: a client
+            // that connects on that word while only the first is open lands on it alone.
             if let (Kind::TcpListen { family, .. }, SockAddr::Inet(local)) =
                 (&first.kind, listeners[0].local_addr().clone())
             {
@@ -111,6 +101,17 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
             for _ in 1..threads {
                 listeners.push(Listener::open(&first)?);
             }
+        }
+        notice!(
+            "listening on {} ({})",
+            listeners[0].local_addr(),
+            plan.first.text
+        );
+        let engine =
+            Engine::start(threads, Arc::new(plan.engine.clone())).map_err(Error::Engine)?;
+        if strategy == AcceptStrategy::Thread {
+            let listener = listeners.pop().expect("one listener without reuseport");
+            return serve(listener, engine, &signals, &plan, second);
         }
         serve_on_workers(listeners, strategy, engine, &signals, &plan, second)
     } else {
