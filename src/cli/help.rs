@@ -230,7 +230,13 @@ pub fn short_help() -> String {
 fn blocks_text(blocks: &[Block], out: &mut String) {
     for b in blocks {
         match b {
-            Block::Para(text) => out.push_str(&wrap(&plain(text), 2, 96)),
+            Block::Para(text) => {
+                // A blank line between paragraphs and before one that follows a list.
+                if !out.ends_with(":\n") && !out.ends_with("\n\n") {
+                    out.push('\n');
+                }
+                out.push_str(&wrap(&plain(text), 2, 96));
+            }
             Block::Item(term, text) => {
                 out.push_str(&format!("  {}\n", plain(term)));
                 out.push_str(&wrap(&plain(text), 6, 96));
