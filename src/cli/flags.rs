@@ -120,8 +120,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Measure throughput (iperf style) over vsock, TCP or UNIX, with or without a relay
+    #[command(after_long_help = super::help::blocks_help(super::help::BENCH))]
     Bench(BenchArgs),
     /// Run the relays a TOML file declares (service mode); --check only validates it
+    #[command(after_long_help = super::help::blocks_help(super::help::SERVICE_MODE))]
     Serve(crate::service::ServeArgs),
     /// Write the manual page, shell completions or README's tables to standard output
     Generate(GenerateArgs),

@@ -232,7 +232,7 @@ fn blocks_text(blocks: &[Block], out: &mut String) {
         match b {
             Block::Para(text) => {
                 // A blank line between paragraphs and before one that follows a list.
-                if !out.ends_with(":\n") && !out.ends_with("\n\n") {
+                if !out.is_empty() && !out.ends_with(":\n") && !out.ends_with("\n\n") {
                     out.push('\n');
                 }
                 out.push_str(&wrap(&plain(text), 2, 96));
@@ -243,6 +243,13 @@ fn blocks_text(blocks: &[Block], out: &mut String) {
             }
         }
     }
+}
+
+/// `blocks` as `--help` shows them, for a subcommand's `--help` (`serve`, `bench`).
+pub fn blocks_help(blocks: &[Block]) -> String {
+    let mut out = String::new();
+    blocks_text(blocks, &mut out);
+    out.trim_end().to_string()
 }
 
 /// The text after `--help`'s flags: the address syntax, every address type and option with
