@@ -142,7 +142,9 @@ fn connect_when_listening(port: u16, log: &Path) -> TcpStream {
 /// Runs `command`, failing the test with its output unless it succeeds; returns its stdout
 /// and stderr together.
 fn run_ok(command: &mut Command) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -150,6 +152,19 @@ fn run_ok(command: &mut Command) -> String {
     );
     assert!(out.status.success(), "{command:?} failed: {text}");
     text
+}
+
+/// `text` without the "X backspace X" pairs that man writes for bold into a pipe.
+fn without_overstrikes(text: &str) -> String {
+    let mut plain: Vec<char> = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\u{8}' {
+            plain.pop();
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.into_iter().collect()
 }
 
 /// The files the package must put in place, relative to the root it is installed into.
@@ -181,7 +196,12 @@ fn the_debian_package_installs_its_files_where_they_belong_and_they_work() {
     run_ok(
         Command::new("dpkg")
             .arg(format!("--root={}", root.display()))
-            .args(["--force-not-root", "--force-depends", "--log=/dev/null", "-i"])
+            .args([
+                "--force-not-root",
+                "--force-depends",
+                "--log=/dev/null",
+                "-i",
+            ])
             .arg(&deb),
     );
     let listed = run_ok(
@@ -194,7 +214,10 @@ fn the_debian_package_installs_its_files_where_they_belong_and_they_work() {
         assert!(listed.contains(&format!("/{file}")), "dpkg -L lacks {file}");
     }
     let conffiles = std::fs::read_to_string(db.join("info/vsplice.conffiles")).unwrap();
-    assert!(conffiles.contains("/etc/vsplice/example.toml"), "{conffiles}");
+    assert!(
+        conffiles.contains("/etc/vsplice/example.toml"),
+        "{conffiles}"
+    );
 
     let bin = root.join("usr/bin/vsplice");
     let version = run_ok(Command::new(&bin).arg("--version"));
@@ -207,11 +230,14 @@ fn the_debian_package_installs_its_files_where_they_belong_and_they_work() {
     );
 
     // The man page renders without a warning.
-    let man = ["usr/share/man/man1/vsplice.1.gz", "usr/share/man/man1/vsplice.1"]
-        .iter()
-        .map(|p| root.join(p))
-        .find(|p| p.is_file())
-        .expect("the man page installed");
+    let man = [
+        "usr/share/man/man1/vsplice.1.gz",
+        "usr/share/man/man1/vsplice.1",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .find(|p| p.is_file())
+    .expect("the man page installed");
     let page = Command::new("man")
         .args(["--warnings", "-l"])
         .arg(&man)
@@ -220,8 +246,11 @@ fn the_debian_package_installs_its_files_where_they_belong_and_they_work() {
         .output()
         .unwrap();
     let warnings = String::from_utf8_lossy(&page.stderr);
-    assert!(page.status.success() && warnings.trim().is_empty(), "{warnings}");
-    let text = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.status.success() && warnings.trim().is_empty(),
+        "{warnings}"
+    );
+    let text = without_overstrikes(&String::from_utf8_lossy(&page.stdout));
     assert!(text.contains("ADDRESS TYPES"), "{text}");
 
     // Bash loads the completion and knows the command by it.
