@@ -83,6 +83,15 @@ impl Notifier {
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"))
     }
 
+    /// A process that took over from the main one (a binary upgrade) serves now: it names
+    /// itself the main process (needs `NotifyAccess=all`) and says it is ready.
+    pub fn took_over(&self, pid: u32, status: &str) -> io::Result<()> {
+        self.notify(&format!(
+            "MAINPID={pid}\nREADY=1\nSTATUS={}",
+            one_line(status)
+        ))
+    }
+
     /// Shutdown started (draining).
     pub fn stopping(&self) -> io::Result<()> {
         self.notify("STOPPING=1")
@@ -215,8 +224,9 @@ pub fn parse_listen_env(
         .collect())
 }
 
-/// Takes the sockets the service manager passed, before the process opens any descriptor
-/// of its own: call it first thing in `main`. Later, descriptors 3, 4, ... may be vsplice's
+/// Takes the sockets the service manager passed (and those an upgrading vsplice handed
+/// over: [`super::handover`]), before the process opens any descriptor of its own: call it
+/// first thing in `main`. Later, descriptors 3, 4, ... may be vsplice's
 /// own (its signalfds, its engine's rings), and a `LISTEN_FDS` larger than what was really
 /// passed would make them "inherited" too, with two owners that both close them. Each
 /// descriptor must be open and a listening stream socket, else the whole set is refused
@@ -224,6 +234,7 @@ pub fn parse_listen_env(
 /// them it meant is how a socket gets two owners). The result, sockets or error, waits for
 /// [`take_listen_fds`]; it matters only to a run that asks for an `ACCEPT-FD`.
 pub fn adopt_listen_fds() {
+    super::handover::adopt();
     let mut slot = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
     if !TAKEN.swap(true, Ordering::SeqCst) {
         *slot = Some(adopt());
@@ -301,7 +312,7 @@ fn adopt() -> io::Result<Vec<ActivatedSocket>> {
 }
 
 /// Checks that `fd` is a listening stream socket; otherwise says what it is.
-fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
+pub(crate) fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
     let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("not readable by fstat ({e})"))?;
     let kind = match stat.st_mode & libc::S_IFMT {
         libc::S_IFSOCK => None,
@@ -351,30 +362,42 @@ pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
     Ok(Socket::from_owned(fd))
 }
 
-/// SIGHUP, the reload signal (`ExecReload=kill -HUP $MAINPID`), on a signalfd: blocked so it
-/// no longer ends the process. Create it on the main thread before other threads start.
+/// A signal that means a request rather than a stop, on a signalfd: SIGHUP (reload,
+/// `ExecReload=kill -HUP $MAINPID`) or SIGUSR2 (binary upgrade). Blocked so it no longer
+/// ends the process. Create it on the main thread before other threads start. The stop
+/// signals' signalfd ([`super::signal::StopSignals`]) reads these too: take this one first.
 #[derive(Debug)]
-pub struct ReloadSignal(nix::sys::signalfd::SignalFd);
+pub struct CaughtSignal(nix::sys::signalfd::SignalFd);
 
-impl ReloadSignal {
-    pub fn install() -> io::Result<ReloadSignal> {
-        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+impl CaughtSignal {
+    /// SIGHUP, the reload signal.
+    pub fn hangup() -> io::Result<CaughtSignal> {
+        CaughtSignal::catch(nix::sys::signal::Signal::SIGHUP)
+    }
+
+    /// SIGUSR2, the upgrade signal.
+    pub fn upgrade() -> io::Result<CaughtSignal> {
+        CaughtSignal::catch(nix::sys::signal::Signal::SIGUSR2)
+    }
+
+    fn catch(signal: nix::sys::signal::Signal) -> io::Result<CaughtSignal> {
+        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
         use nix::sys::signalfd::{SfdFlags, SignalFd};
         let mut set = SigSet::empty();
-        set.add(Signal::SIGHUP);
+        set.add(signal);
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(from_nix)?;
         SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map(ReloadSignal)
+            .map(CaughtSignal)
             .map_err(from_nix)
     }
 
-    /// Whether a SIGHUP arrived since the last call.
+    /// Whether the signal arrived since the last call.
     pub fn take(&self) -> bool {
         matches!(self.0.read_signal(), Ok(Some(_)))
     }
 }
 
-impl AsFd for ReloadSignal {
+impl AsFd for CaughtSignal {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.0.as_fd()
     }
