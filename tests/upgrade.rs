@@ -317,7 +317,11 @@ impl Site {
                  [metrics]\nlisten = \"TCP-LISTEN:{metrics_port},bind=127.0.0.1\"\n\
                  [[service]]\nname = \"echo\"\n\
                  listen = \"TCP-LISTEN:{port},bind=127.0.0.1,fork,backlog=1024\"\n\
-                 connect = \"TCP:127.0.0.1:{backend}\"\n"
+                 connect = \"TCP:127.0.0.1:{backend}\"\n\
+                 [[service]]\nname = \"unix\"\n\
+                 listen = \"UNIX-LISTEN:{},fork\"\n\
+                 connect = \"TCP:127.0.0.1:{backend}\"\n",
+                dir.path("echo.sock").display()
             ),
         )
         .unwrap();
@@ -349,7 +353,7 @@ impl Site {
                 self.pid_file.to_str().unwrap(),
             ],
         );
-        relay.wait_for_log("serving 1 services", GUARD);
+        relay.wait_for_log("serving 2 services", GUARD);
         relay
     }
 
@@ -361,6 +365,17 @@ impl Site {
         c.read_to_string(&mut out).unwrap();
         out
     }
+}
+
+/// One exchange through the UNIX service.
+fn unix_exchange(site: &Site, msg: &[u8]) {
+    let mut c = std::os::unix::net::UnixStream::connect(site.dir.path("echo.sock"))
+        .expect("the UNIX service's socket file is there");
+    c.write_all(msg).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, msg);
 }
 
 /// The first log line of process `pid` that contains `needle`, waited for.
@@ -467,6 +482,8 @@ fn upgrades_under_load_refuse_reset_and_cut_nothing_three_times_in_a_row() {
         pid = new;
         gens.push(pid);
     }
+    // The UNIX service's socket file outlived the processes that handed it over.
+    unix_exchange(&site, b"through the socket file after three upgrades");
     let after = load.done();
     while load.done() < after + 100 {
         std::thread::sleep(Duration::from_millis(10));

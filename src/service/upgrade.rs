@@ -108,6 +108,7 @@ impl Upgrade {
         binary: &Path,
         args: &[OsString],
     ) -> io::Result<Upgrade> {
+        let started = Instant::now();
         let mut names = Vec::new();
         let mut fds: Vec<RawFd> = Vec::new();
         for acceptor in server.services.values() {
@@ -151,7 +152,6 @@ impl Upgrade {
         let child = handover::spawn_inheriting(&mut command, &fds)?;
         // Only the child holds the write end now: its exit is our end of file.
         drop(write);
-        let started = Instant::now();
         Ok(Upgrade {
             child,
             ready: std::fs::File::from(read),
