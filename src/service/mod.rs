@@ -47,7 +47,7 @@ pub struct ServeArgs {
 pub enum ServeCommand {
     /// Serve the plan (or only print its summary).
     Run {
-        plan: ServePlan,
+        plan: Box<ServePlan>,
         check_only: bool,
         pid_file: Option<PathBuf>,
     },
@@ -66,7 +66,7 @@ pub fn plan(args: ServeArgs) -> Result<ServeCommand> {
         .config
         .ok_or_else(|| Error::Usage("serve needs --config FILE".into()))?;
     Ok(ServeCommand::Run {
-        plan: ServePlan::load(&config)?,
+        plan: Box::new(ServePlan::load(&config)?),
         check_only: args.check,
         pid_file: args.pid_file,
     })
@@ -119,7 +119,7 @@ pub fn accept_fd_relay(
         }],
     };
     Ok(ServeCommand::Run {
-        plan,
+        plan: Box::new(plan),
         check_only: false,
         pid_file: None,
     })

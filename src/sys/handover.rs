@@ -19,14 +19,14 @@
 //! socket) and made close-on-exec; a set that fails a check is refused whole.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::Mutex;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
-use super::systemd::check_listening_stream;
+use super::socket::get_int_option;
 use super::{cvt, from_nix};
 
 /// The old process's pid.
@@ -59,6 +59,9 @@ pub struct Handover {
     pub ready: OwnedFd,
 }
 
+/// The handed-over sockets (number and name) and the readiness pipe's number.
+pub type Wanted = (Vec<(RawFd, String)>, RawFd);
+
 /// The handover's variables, read as text: which descriptors are ours and their names, and
 /// the readiness pipe. `Ok(None)` when no handover is meant for a process whose parent is
 /// `ppid` (no variables, or another process's).
@@ -68,7 +71,7 @@ pub fn parse_env(
     names: Option<&str>,
     ready: Option<&str>,
     ppid: u32,
-) -> Result<Option<(Vec<(RawFd, String)>, RawFd)>, String> {
+) -> Result<Option<Wanted>, String> {
     let Some(pid) = pid else {
         return Ok(None);
     };
@@ -163,7 +166,7 @@ pub(crate) fn adopt() {
     }
 }
 
-/// What [`adopt`] took (once; later calls get `Ok(None)`).
+/// What `adopt` took at the start of the process (once; later calls get `Ok(None)`).
 pub fn take() -> io::Result<Option<Handover>> {
     let mut slot = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
     match slot.take() {
@@ -234,6 +237,44 @@ fn own(number: RawFd, what: &str) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(number) };
     fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(from_nix)?;
     Ok(fd)
+}
+
+/// Checks that `fd` is a listening stream socket; otherwise says what it is (the check
+/// inherited descriptors get, from the service manager or from an upgrading vsplice).
+pub(crate) fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("not readable by fstat ({e})"))?;
+    let kind = match stat.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => None,
+        libc::S_IFREG => Some("a regular file"),
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFIFO => Some("a pipe"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        _ => Some("not a socket"),
+    };
+    if let Some(kind) = kind {
+        return Err(kind.into());
+    }
+    let ty = get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+        .map_err(|e| format!("a socket whose type cannot be read ({e})"))?;
+    if ty != libc::SOCK_STREAM {
+        return Err(match ty {
+            libc::SOCK_DGRAM => "a SOCK_DGRAM (datagram) socket".into(),
+            libc::SOCK_SEQPACKET => {
+                "a SOCK_SEQPACKET socket (its message boundaries would be merged)".into()
+            }
+            other => format!("a socket of type {other}, not SOCK_STREAM"),
+        });
+    }
+    let listening = get_int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+        .map_err(|e| format!("a stream socket whose state cannot be read ({e})"))?;
+    if listening == 0 {
+        return Err(
+            "a stream socket that is not listening (a connection: use Accept=no and ListenStream=)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// A pipe for the readiness line: (read end, write end), both close-on-exec.

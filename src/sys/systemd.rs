@@ -10,7 +10,7 @@
 //! to be listening stream sockets.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
 use std::sync::Mutex;
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 
-use super::socket::{Socket, get_int_option};
+use super::handover::check_listening_stream;
+use super::socket::Socket;
 use super::{cvt, from_nix};
 
 /// The first inherited descriptor (SD_LISTEN_FDS_START).
@@ -309,43 +310,6 @@ fn adopt() -> io::Result<Vec<ActivatedSocket>> {
         out.push(ActivatedSocket { number, name, fd });
     }
     Ok(out)
-}
-
-/// Checks that `fd` is a listening stream socket; otherwise says what it is.
-pub(crate) fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("not readable by fstat ({e})"))?;
-    let kind = match stat.st_mode & libc::S_IFMT {
-        libc::S_IFSOCK => None,
-        libc::S_IFREG => Some("a regular file"),
-        libc::S_IFDIR => Some("a directory"),
-        libc::S_IFIFO => Some("a pipe"),
-        libc::S_IFCHR => Some("a character device"),
-        libc::S_IFBLK => Some("a block device"),
-        _ => Some("not a socket"),
-    };
-    if let Some(kind) = kind {
-        return Err(kind.into());
-    }
-    let ty = get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)
-        .map_err(|e| format!("a socket whose type cannot be read ({e})"))?;
-    if ty != libc::SOCK_STREAM {
-        return Err(match ty {
-            libc::SOCK_DGRAM => "a SOCK_DGRAM (datagram) socket".into(),
-            libc::SOCK_SEQPACKET => {
-                "a SOCK_SEQPACKET socket (its message boundaries would be merged)".into()
-            }
-            other => format!("a socket of type {other}, not SOCK_STREAM"),
-        });
-    }
-    let listening = get_int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
-        .map_err(|e| format!("a stream socket whose state cannot be read ({e})"))?;
-    if listening == 0 {
-        return Err(
-            "a stream socket that is not listening (a connection: use Accept=no and ListenStream=)"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 /// Turns an inherited descriptor into a listening socket vsplice can accept on: checks that
