@@ -719,3 +719,89 @@ fn socket_activated_listeners_survive_an_upgrade_and_mainpid_names_the_new_proce
     kill(third, Signal::SIGTERM);
     wait_exited(third, &|| relay.log());
 }
+
+#[test]
+fn a_socket_from_systemds_descriptor_store_is_taken_by_its_name_and_stored_again() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::new("upgrade-fdstore", "5s");
+    let backend = echo_server();
+    let port = common::free_port();
+    let config = site.dir.path("stored.toml");
+    // A plain TCP listener: the passed socket already binds its port, so vsplice serves only
+    // if it takes that socket by its name instead of binding its own.
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"echo\"\nlisten = \"TCP-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"TCP:127.0.0.1:{backend}\"\n"
+        ),
+    )
+    .unwrap();
+    let notify_path = site.dir.path("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(GUARD)).unwrap();
+    let name = format!("listen=127.0.0.1%3A{port}");
+    let mut command = socket_activate();
+    command
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("--fdname={name}"))
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("-E")
+        .arg("FDSTORE=8")
+        .arg(&site.binary)
+        .args(["serve", "--config", config.to_str().unwrap()]);
+    let relay = Relay::spawn_command(command, &[]);
+    let deadline = Instant::now() + GUARD;
+    loop {
+        match short_exchange(port, b"through the stored socket") {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{e}\n{}", relay.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"READY=1\n"), "{}", relay.log());
+    // Stored again (systemd keeps one copy of a descriptor stored twice).
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        notify.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let fds: Vec<_> = msg
+        .cmsgs()
+        .unwrap()
+        .filter_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let len = msg.bytes;
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..len]),
+        format!("FDSTORE=1\nFDNAME={name}")
+    );
+    assert_eq!(fds.len(), 1);
+    // SAFETY: SCM_RIGHTS just gave this process the descriptor; nothing else owns it.
+    let stored = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    let local =
+        nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(stored.as_fd().as_raw_fd())
+            .unwrap();
+    assert_eq!(local.port(), port);
+    assert!(
+        relay.log().contains("echo: serving on 127.0.0.1"),
+        "{}",
+        relay.log()
+    );
+}

@@ -28,14 +28,15 @@ use crate::net::bindkey::BindKey;
 use crate::sys::handover;
 use crate::sys::pipe::Pipe;
 use crate::sys::signal::{StopSignals, ignore_sigpipe};
-use crate::sys::systemd::{CaughtSignal, Notifier, Watchdog, take_listen_fds};
+use crate::sys::systemd::{CaughtSignal, Notifier, Watchdog, fd_store_max, take_listen_fds};
 use crate::{notice, warn};
 
 pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
     ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
     let mut handed = handover::take()
         .map_err(|e| Error::io("taking the sockets of an upgrade", e))?
-        .map(Handed::new);
+        .map(Handed::new)
+        .unwrap_or_default();
     let signals = StopSignals::install().map_err(|e| Error::io("installing signal handling", e))?;
     let hangup = CaughtSignal::hangup().map_err(|e| Error::io("installing SIGHUP", e))?;
     let usr2 = CaughtSignal::upgrade().map_err(|e| Error::io("installing SIGUSR2", e))?;
@@ -48,18 +49,26 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
         .services
         .iter()
         .any(|s| matches!(s.listen.kind, Kind::AcceptFd { .. }));
-    let mut inherited: HashMap<i32, OwnedFd> = if needs_inherited {
-        take_listen_fds()
-            .map_err(|e| Error::io("socket activation", e))?
-            .into_iter()
-            .map(|s| (s.number, s.fd))
-            .collect()
-    } else {
-        HashMap::new()
+    // The service manager's descriptors: a socket unit's (by number, for ACCEPT-FD) and those
+    // its descriptor store kept across a restart (by name, as an upgrade hands them over).
+    let passed = match take_listen_fds() {
+        Ok(passed) => passed,
+        Err(e) if needs_inherited => return Err(Error::io("socket activation", e)),
+        Err(e) => {
+            warn!("socket activation: {e}; no service takes an inherited descriptor");
+            Vec::new()
+        }
     };
-    if let Some(h) = &mut handed {
-        inherited.extend(h.take_inherited());
-    }
+    let mut inherited: HashMap<i32, OwnedFd> = handed
+        .add_stored(
+            passed
+                .into_iter()
+                .map(|s| (s.number, s.name, s.fd))
+                .collect(),
+        )
+        .into_iter()
+        .collect();
+    inherited.extend(handed.take_inherited());
     let threads = plan
         .global
         .threads
@@ -83,11 +92,7 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
     let mut listeners = Vec::new();
     for s in &plan.services {
         let key = BindKey::of(&s.listen)?;
-        let taken = match &mut handed {
-            Some(h) => h.take_listener(&key, &s.listen)?,
-            None => None,
-        };
-        let socket = match taken {
+        let socket = match handed.take_listener(&key, &s.listen)? {
             Some(l) => {
                 notice!("{}: serving on {} (handed over)", s.name, l.local_addr());
                 upgrade::service_socket(l)
@@ -108,11 +113,7 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
     let mut metrics_server = match &plan.metrics {
         Some(address) => {
             let key = BindKey::of(address)?;
-            let taken = match &mut handed {
-                Some(h) => h.take_metrics(&key, address)?,
-                None => None,
-            };
-            let server = match taken {
+            let server = match handed.take_metrics(&key, address)? {
                 Some(l) => MetricsServer::start_on(l, server.metrics.clone())?,
                 None => MetricsServer::start(address, server.metrics.clone())?,
             };
@@ -126,16 +127,18 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
         upgrade::write_pid_file(path, pid)
             .map_err(|e| Error::io(format!("--pid-file {}", path.display()), e))?;
     }
-    match handed {
-        Some(mut h) => {
-            for name in h.close_unused() {
-                notice!("upgrade: handed-over socket {name} is not in the config; closed here");
-            }
-            let parent = h.parent;
+    for name in handed.close_unused() {
+        notice!("handed-over socket {name} is not in the config; closed here");
+        if let Some(n) = &notifier {
+            let _ = n.remove_stored(&upgrade::store_name(&name));
+        }
+    }
+    match handed.parent {
+        Some(parent) => {
             if let Some(n) = &notifier {
                 let _ = n.took_over(pid, &status);
             }
-            if let Err(e) = h.say_ready() {
+            if let Err(e) = handed.say_ready() {
                 warn!("upgrade: telling process {parent} that this one serves: {e}");
             }
             notice!(
@@ -150,6 +153,8 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
             notice!("serving {status} from {}", plan.file.display());
         }
     }
+    let mut stored = Vec::new();
+    store_sockets(&server, &metrics_server, &notifier, &mut stored);
     let watchdog = notifier.as_ref().and(Watchdog::from_env());
     if let Some(w) = watchdog.filter(Watchdog::is_clamped) {
         warn!(
@@ -200,6 +205,7 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
             if let Some(n) = &notifier {
                 let _ = n.ready(&status);
             }
+            store_sockets(&server, &metrics_server, &notifier, &mut stored);
         }
         // Before the stop signals' signalfd, which reads SIGUSR2 too.
         if usr2.take() {
@@ -310,6 +316,40 @@ pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
     drop(metrics_server);
     drop(server);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps every listening socket this process opened in systemd's descriptor store (when
+/// `FileDescriptorStoreMax=` gives it one), so that a restart gets them back; drops from
+/// the store those of services a reload removed. `stored` is what was stored before.
+fn store_sockets(
+    server: &Server,
+    metrics: &Option<(BindKey, MetricsServer)>,
+    notifier: &Option<Notifier>,
+    stored: &mut Vec<String>,
+) {
+    let Some(n) = notifier.as_ref().filter(|_| fd_store_max() > 0) else {
+        return;
+    };
+    let mut now = Vec::new();
+    for acceptor in server.services.values() {
+        // A socket unit's descriptor stays with the socket unit.
+        if let (BindKey::Local(_), Some(socket)) = (acceptor.key(), acceptor.listening()) {
+            now.push((upgrade::socket_name(acceptor.key()), socket.as_fd()));
+        }
+    }
+    if let Some((key, m)) = metrics {
+        now.push((upgrade::metrics_name(key), m.listening().as_fd()));
+    }
+    for (name, fd) in &now {
+        if let Err(e) = n.store_fd(&upgrade::store_name(name), *fd) {
+            warn!("FDSTORE: keeping {name}: {e}");
+        }
+    }
+    let names: Vec<String> = now.into_iter().map(|(name, _)| name).collect();
+    for gone in stored.iter().filter(|s| !names.contains(s)) {
+        let _ = n.remove_stored(&upgrade::store_name(gone));
+    }
+    *stored = names;
 }
 
 /// A failed upgrade: said in the log and in systemd's STATUS=; nothing else changes.

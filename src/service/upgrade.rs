@@ -62,6 +62,19 @@ pub fn metrics_name(key: &BindKey) -> String {
     format!("metrics={}", socket_name(key))
 }
 
+/// The `FDNAME=` a listening socket is kept under in systemd's descriptor store: its
+/// [`socket_name`], escaped (systemd's names have no ':').
+pub fn store_name(name: &str) -> String {
+    handover::escape(name)
+}
+
+/// The socket name behind a `LISTEN_FDNAMES` entry, if it is one [`store_name`] made.
+pub fn stored_name(fdname: &str) -> Option<String> {
+    handover::unescape(fdname)
+        .ok()
+        .filter(|n| n.starts_with("listen=") || n.starts_with("metrics="))
+}
+
 /// The path of the running binary, read at start: `/proc/self/exe` names the file this
 /// process was started from, and after a package manager replaced it, the same path plus
 /// " (deleted)"; the path is what the upgrade runs.
@@ -248,25 +261,46 @@ impl Upgrade {
     }
 }
 
-/// The sockets the old process handed to this one, until the services take them.
-#[derive(Debug)]
+/// The sockets the old process handed to this one (or the service manager kept in its
+/// descriptor store across a restart), until the services take them.
+#[derive(Debug, Default)]
 pub struct Handed {
-    pub parent: u32,
+    /// The process that handed them over (an upgrade; not a restart).
+    pub parent: Option<u32>,
     sockets: HashMap<String, OwnedFd>,
-    ready: OwnedFd,
+    ready: Option<OwnedFd>,
 }
 
 impl Handed {
     pub fn new(handover: Handover) -> Handed {
         Handed {
-            parent: handover.parent,
+            parent: Some(handover.parent),
             sockets: handover
                 .sockets
                 .into_iter()
                 .map(|s| (s.name, s.fd))
                 .collect(),
-            ready: handover.ready,
+            ready: Some(handover.ready),
         }
+    }
+
+    /// Adds the sockets the service manager passed back from its descriptor store (named
+    /// as [`store_name`] names them); returns the descriptors that carry no such name (a
+    /// socket unit's, for `ACCEPT-FD`).
+    pub fn add_stored(
+        &mut self,
+        passed: Vec<(i32, Option<String>, OwnedFd)>,
+    ) -> Vec<(i32, OwnedFd)> {
+        let mut others = Vec::new();
+        for (number, name, fd) in passed {
+            match name.as_deref().and_then(stored_name) {
+                Some(name) => {
+                    self.sockets.insert(name, fd);
+                }
+                None => others.push((number, fd)),
+            }
+        }
+        others
     }
 
     /// The service manager's descriptors the old process held (by their `ACCEPT-FD` number).
@@ -312,10 +346,12 @@ impl Handed {
         names
     }
 
-    /// Tells the old process that this one serves.
+    /// Tells the old process, if there is one, that this one serves.
     pub fn say_ready(self) -> io::Result<()> {
-        let mut pipe = std::fs::File::from(self.ready);
-        pipe.write_all(handover::READY_LINE)
+        match self.ready {
+            Some(ready) => std::fs::File::from(ready).write_all(handover::READY_LINE),
+            None => Ok(()),
+        }
     }
 }
 
@@ -394,6 +430,25 @@ mod tests {
         let key =
             BindKey::of(&Address::parse("TCP4-LISTEN:8080,bind=127.0.0.1,fork").unwrap()).unwrap();
         assert_eq!(socket_name(&key), socket_name(&tcp));
+    }
+
+    #[test]
+    fn stored_names_come_back_as_the_socket_names_and_others_keep_their_number() {
+        let name = "listen=[::]:8080";
+        let stored = store_name(name);
+        assert!(crate::sys::systemd::fdname_is_valid(&stored), "{stored}");
+        assert_eq!(stored_name(&stored).as_deref(), Some(name));
+        assert_eq!(stored_name("tcp"), None);
+        assert_eq!(stored_name("fd=3"), None);
+        let mut handed = Handed::default();
+        let a = std::fs::File::open("/dev/null").unwrap();
+        let b = std::fs::File::open("/dev/null").unwrap();
+        let others = handed.add_stored(vec![
+            (3, Some("tcp".into()), OwnedFd::from(a)),
+            (4, Some(stored), OwnedFd::from(b)),
+        ]);
+        assert_eq!(others.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [3]);
+        assert_eq!(handed.close_unused(), [name.to_string()]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! to be listening stream sockets.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
 use std::sync::Mutex;
@@ -31,6 +31,8 @@ pub const LISTEN_FDS_START: i32 = 3;
 pub struct Notifier {
     socket: UnixDatagram,
     target: UnixSocketAddr,
+    /// The same address for sendmsg(2), which carries descriptors (`FDSTORE=1`).
+    store: nix::sys::socket::UnixAddr,
 }
 
 impl Notifier {
@@ -46,9 +48,16 @@ impl Notifier {
     /// A notifier for a `NOTIFY_SOCKET` value: an absolute path, or `@name` for a name in
     /// the abstract namespace.
     pub fn new(notify_socket: &str) -> io::Result<Notifier> {
-        let target = match notify_socket.strip_prefix('@') {
-            Some(name) => UnixSocketAddr::from_abstract_name(name.as_bytes())?,
-            None if notify_socket.starts_with('/') => UnixSocketAddr::from_pathname(notify_socket)?,
+        use nix::sys::socket::UnixAddr;
+        let (target, store) = match notify_socket.strip_prefix('@') {
+            Some(name) => (
+                UnixSocketAddr::from_abstract_name(name.as_bytes())?,
+                UnixAddr::new_abstract(name.as_bytes()).map_err(from_nix)?,
+            ),
+            None if notify_socket.starts_with('/') => (
+                UnixSocketAddr::from_pathname(notify_socket)?,
+                UnixAddr::new(notify_socket).map_err(from_nix)?,
+            ),
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -58,7 +67,11 @@ impl Notifier {
         };
         // std's sockets are close-on-exec.
         let socket = UnixDatagram::unbound()?;
-        Ok(Notifier { socket, target })
+        Ok(Notifier {
+            socket,
+            target,
+            store,
+        })
     }
 
     /// Sends one message of `KEY=VALUE` lines.
@@ -93,6 +106,39 @@ impl Notifier {
         ))
     }
 
+    /// Keeps `fd` in the service manager's descriptor store under `name` (`FDSTORE=1` with
+    /// `FDNAME=`; needs `FileDescriptorStoreMax=` above 0): the next start of the service
+    /// gets it back in `LISTEN_FDS` with that name, so a restart keeps a listening socket
+    /// open (its clients wait in the backlog). A descriptor stored twice is kept once.
+    pub fn store_fd(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        if !fdname_is_valid(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("\"{name}\" cannot be an FDNAME (255 printable characters, no ':')"),
+            ));
+        }
+        let text = format!("FDSTORE=1\nFDNAME={name}");
+        let iov = [io::IoSlice::new(text.as_bytes())];
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg(
+            self.socket.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&self.store),
+        )
+        .map_err(from_nix)?;
+        Ok(())
+    }
+
+    /// Drops what the descriptor store keeps under `name`.
+    pub fn remove_stored(&self, name: &str) -> io::Result<()> {
+        self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
+    }
+
     /// Shutdown started (draining).
     pub fn stopping(&self) -> io::Result<()> {
         self.notify("STOPPING=1")
@@ -107,6 +153,23 @@ impl Notifier {
     pub fn watchdog(&self) -> io::Result<()> {
         self.notify("WATCHDOG=1")
     }
+}
+
+/// What systemd takes as a descriptor name (its `fdname_is_valid`): 1 to 255 ASCII
+/// characters, no control character, no ':'.
+pub fn fdname_is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| (b' '..0x7f).contains(&b) && b != b':')
+}
+
+/// How many descriptors the service manager keeps for this service (`$FDSTORE`, from
+/// `FileDescriptorStoreMax=`; systemd 254 and later); 0 when it keeps none.
+pub fn fd_store_max() -> usize {
+    std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn one_line(s: &str) -> String {
@@ -443,6 +506,52 @@ mod tests {
         assert_eq!(recv(&by_name), "STATUS=draining");
         assert!(Notifier::new("relative").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stored_descriptor_reaches_the_notify_socket_with_its_name() {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::AsRawFd;
+        let name = format!("vsplice-fdstore-test-{}", std::process::id());
+        let receiver =
+            UnixDatagram::bind_addr(&UnixSocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = Notifier::new(&format!("@{name}")).unwrap();
+        n.store_fd("listen=127.0.0.1%3A1", l.as_fd()).unwrap();
+        let mut buf = [0u8; 256];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            receiver.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fds: Vec<_> = msg
+            .cmsgs()
+            .unwrap()
+            .filter_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => Some(fds),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let len = msg.bytes;
+        assert_eq!(fds.len(), 1);
+        // SAFETY: SCM_RIGHTS just gave this process the descriptor; nothing else owns it.
+        let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let same = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert_eq!(same(got.as_fd()), same(l.as_fd()), "the same socket");
+        assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=listen=127.0.0.1%3A1");
+        let e = n.store_fd("a:b", l.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("\"a:b\""), "{e}");
+        n.remove_stored("x").unwrap();
+        assert!(fdname_is_valid("listen=[%3A%3A]%3A22"));
+        assert!(fdname_is_valid("listen=unix%3A/run/with space"));
+        assert!(!fdname_is_valid("listen=[::]:22"));
+        assert!(!fdname_is_valid("tab\there"));
     }
 
     #[test]
