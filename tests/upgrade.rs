@@ -583,12 +583,13 @@ fn a_broken_or_silent_binary_leaves_the_old_process_serving_everything() {
     kill(new, Signal::SIGTERM);
     wait_exited(new, &|| relay.log());
     // Nothing the silent binary started is left holding the sockets.
-    let leftover = Command::new("pgrep")
-        .args(["-f", "^sleep 600"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    assert!(leftover.is_empty(), "processes left: {leftover}");
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| cmdline.as_slice() == b"sleep\0600\0")
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .collect();
+    assert!(leftover.is_empty(), "processes left: {leftover:?}");
 }
 
 #[test]
