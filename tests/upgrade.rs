@@ -586,7 +586,7 @@ fn a_broken_or_silent_binary_leaves_the_old_process_serving_everything() {
     let leftover: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|cmdline| cmdline.as_slice() == b"sleep\0600\0")
+        .filter(|cmdline| cmdline.as_slice() == b"sleep\x00600\x00")
         .map(|c| String::from_utf8_lossy(&c).into_owned())
         .collect();
     assert!(leftover.is_empty(), "processes left: {leftover:?}");
