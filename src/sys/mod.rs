@@ -4,12 +4,14 @@
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
 //! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
 //! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`],
-//! [`limits`] (RLIMIT_NOFILE, pipe quotas) and [`systemd`] (sd_notify, socket activation). Descriptors are `OwnedFd` from the moment the
+//! [`limits`] (RLIMIT_NOFILE, pipe quotas), [`systemd`] (sd_notify, socket activation) and
+//! [`handover`] (listening sockets passed to a new binary at an upgrade). Descriptors are `OwnedFd` from the moment the
 //! kernel returns them, so no error path leaks one. Nothing outside this module and the
 //! io_uring worker calls `libc` directly.
 
 pub mod bufring;
 pub mod eventfd;
+pub mod handover;
 pub mod limits;
 pub mod mapping;
 pub mod pipe;

@@ -474,6 +474,20 @@ impl ServiceMetrics {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The service's counters in one line, for the log a process leaves at exit (a process
+    /// that handed over at an upgrade serves no scrape any more).
+    pub fn summary(&self) -> String {
+        let closed: u64 = self.closed.iter().map(Counter::get).sum();
+        format!(
+            "accepted {}, denied {}, closed {closed}, open {}, bytes {} first-to-second, {} second-to-first",
+            self.accepted.get(),
+            self.denied.get(),
+            self.active.get(),
+            self.bytes[0].get(),
+            self.bytes[1].get()
+        )
+    }
 }
 
 #[cfg(test)]
