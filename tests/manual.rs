@@ -214,3 +214,18 @@ fn a_completion_script_with_a_syntax_error_fails_the_checks() {
         "man reported nothing about a broken page"
     );
 }
+
+#[test]
+fn a_shell_that_is_not_offered_is_a_usage_error_naming_it() {
+    let out = Command::new(common::vsplice_bin())
+        .args(["generate", "completions", "powershell"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("powershell") && stderr.contains("bash, zsh, fish"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}

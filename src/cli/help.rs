@@ -213,7 +213,7 @@ pub fn short_help() -> String {
         .iter()
         .map(|o| format!("{}{}", o.usage, aliases_in_parens(&o.aliases)))
         .collect();
-    out.push_str("Options:\n");
+    out.push_str("Address options:\n");
     out.push_str(&wrap(&(options.join(", ") + "."), 2, 96));
     out.push_str("\nExamples:\n");
     for (line, _) in EXAMPLES {
