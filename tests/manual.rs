@@ -46,20 +46,31 @@ fn man() -> Command {
     let debs = common::lab::deb_root();
     debs.ensure(&["man-db", "groff-base"])
         .unwrap_or_else(|e| panic!("man-db and groff-base: {e}"));
+    // man-db keeps its own libraries in /usr/lib/man-db (its RUNPATH), which a machine
+    // without man-db lacks: link them where the unpacked root's libraries are looked for.
+    let private = debs.path("usr/lib/man-db");
+    let shared = debs.path("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&shared).unwrap();
+    for lib in std::fs::read_dir(&private).unwrap().flatten() {
+        let link = shared.join(lib.file_name());
+        if lib.file_name().to_string_lossy().contains(".so") && !link.exists() {
+            let _ = std::os::unix::fs::symlink(lib.path(), &link);
+        }
+    }
     let man = debs.path("usr/bin/man");
-    debs.ensure_libraries(&man, "man-db")
-        .unwrap_or_else(|e| panic!("man-db's libraries: {e}"));
+    for (binary, package) in [
+        (man.clone(), "man-db"),
+        (debs.path("usr/bin/troff"), "groff-base"),
+        (debs.path("usr/bin/grotty"), "groff-base"),
+        (debs.path("usr/bin/preconv"), "groff-base"),
+    ] {
+        debs.ensure_libraries(&binary, package)
+            .unwrap_or_else(|e| panic!("{package}'s libraries: {e}"));
+    }
     let mut cmd = Command::new(&man);
     let path = std::env::var("PATH").unwrap_or_default();
     cmd.env("PATH", format!("{}:{path}", debs.path("usr/bin").display()))
-        .env(
-            "LD_LIBRARY_PATH",
-            format!(
-                "{}:{}",
-                debs.library_path(),
-                debs.path("usr/lib/man-db").display()
-            ),
-        )
+        .env("LD_LIBRARY_PATH", debs.library_path())
         .env("GROFF_FONT_PATH", debs.path("usr/share/groff/current/font"))
         .env("GROFF_TMAC_PATH", debs.path("usr/share/groff/current/tmac"))
         .arg("-C")
@@ -213,4 +224,19 @@ fn a_completion_script_with_a_syntax_error_fails_the_checks() {
         !String::from_utf8_lossy(&out.stderr).trim().is_empty(),
         "man reported nothing about a broken page"
     );
+}
+
+#[test]
+fn a_shell_that_is_not_offered_is_a_usage_error_naming_it() {
+    let out = Command::new(common::vsplice_bin())
+        .args(["generate", "completions", "powershell"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("powershell") && stderr.contains("bash, zsh, fish"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }

@@ -24,7 +24,7 @@ use super::send;
 use super::stream::{self, Stream};
 use crate::addr::Address;
 use crate::error::{Error, Result};
-use crate::net::dial::dial_blocking;
+use crate::net::blocking::dial_blocking;
 use crate::net::dial::escape_peer_text;
 
 /// How long a bench client's streams may stand still before the test fails (`--stall-timeout`).

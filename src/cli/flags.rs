@@ -145,7 +145,8 @@ pub enum Generate {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// README's tables of address types, address options and global options, in Markdown
+    /// README's generated parts, in Markdown: the address syntax and types, the address and
+    /// global options, the exit status and signals (each between markers README keeps)
     ReadmeTables,
 }
 

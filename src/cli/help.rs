@@ -113,7 +113,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
 pub const EXIT_STATUS: &[Block] = &[
     Block::Item(
         "0",
-        "the relay ended normally, or a signal asked it to end (see SIGNALS)",
+        "the relay ended normally, or a signal asked it to end (the signals are listed below)",
     ),
     Block::Item(
         "1",
@@ -130,19 +130,15 @@ pub const EXIT_STATUS: &[Block] = &[
 /// What each signal does.
 pub const SIGNALS: &[Block] = &[
     Block::Item(
-        "SIGTERM, SIGINT",
+        "SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGIO, SIGPWR",
         "drain: stop accepting, let open connections finish for `--drain-timeout` (or the \
          file's `drain-timeout`), then cut what is left with resets; a second signal cuts at \
-         once. Exit status 0.",
+         once. A UNIX-LISTEN socket file is removed. Exit status 0.",
     ),
     Block::Item(
         "SIGHUP",
         "`vsplice serve` reads its file again and applies it to new connections (open ones keep \
-         their service's entry); a relay on the command line stops as on SIGTERM.",
-    ),
-    Block::Item(
-        "SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGIO, SIGPWR",
-        "stop cleanly, as on SIGTERM (a UNIX-LISTEN socket file is removed).",
+         their service's entry); a relay on the command line drains as on SIGTERM.",
     ),
     Block::Item(
         "SIGPIPE",
@@ -217,7 +213,7 @@ pub fn short_help() -> String {
         .iter()
         .map(|o| format!("{}{}", o.usage, aliases_in_parens(&o.aliases)))
         .collect();
-    out.push_str("Options:\n");
+    out.push_str("Address options:\n");
     out.push_str(&wrap(&(options.join(", ") + "."), 2, 96));
     out.push_str("\nExamples:\n");
     for (line, _) in EXAMPLES {
