@@ -729,11 +729,24 @@ fn idle_timeout_closes_a_silent_connection() {
 /// 2-core machine a thread can wait a few hundred milliseconds for a core.
 #[test]
 fn a_slow_reader_that_keeps_reading_is_not_taken_for_idle_in_copy_mode() {
+    slow_reader_is_not_idle(&["--mode", "copy"]);
+}
+
+/// The same on the buffer-ring path, which sends each filled buffer whole too (1 MiB buffers
+/// with `-b 8M`).
+#[test]
+fn a_slow_reader_that_keeps_reading_is_not_taken_for_idle_in_recv_mode() {
+    slow_reader_is_not_idle(&["--mode", "recv", "-b", "8M"]);
+}
+
+fn slow_reader_is_not_idle(mode: &[&str]) {
     let server = Listen::tcp();
     let upstream = format!("{},sndbuf=16K", server.connect_address());
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
-    let mut relay = Relay::start(&["--mode", "copy", "-T", "1", &listen, &upstream]);
+    let mut args = mode.to_vec();
+    args.extend(["-T", "1", &listen, &upstream]);
+    let mut relay = Relay::start(&args);
     let up = payload(2 * MIB, 31);
     let reader = std::thread::spawn(move || {
         let mut s = server.accept().unwrap();

@@ -4,8 +4,10 @@
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
 //! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
 //! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`],
-//! [`limits`] (RLIMIT_NOFILE, pipe quotas), [`systemd`] (sd_notify, socket activation) and
-//! [`handover`] (listening sockets passed to a new binary at an upgrade). Descriptors are `OwnedFd` from the moment the
+//! [`limits`] (RLIMIT_NOFILE, pipe quotas), [`systemd`] (sd_notify, socket activation),
+//! [`handover`] (listening sockets passed to a new binary at an upgrade), and [`tsc`] (the
+//! CPU's time-stamp counter, not a system call: a clock read where the kernel's is one).
+//! Descriptors are `OwnedFd` from the moment the
 //! kernel returns them, so no error path leaks one. Nothing outside this module and the
 //! io_uring worker calls `libc` directly.
 
@@ -19,6 +21,7 @@ pub mod signal;
 pub mod socket;
 pub mod stdio;
 pub mod systemd;
+pub mod tsc;
 pub mod zerocopy;
 
 use std::io;

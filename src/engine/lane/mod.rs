@@ -74,6 +74,11 @@ impl Lane {
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
         let mode = Lane::mode_for(options.mode, source, sink);
+        // A whole send shows no progress until it completes, and the inactivity timeout
+        // counts completions: with a timeout, sends report each part that went out, so a
+        // slow reader that keeps reading is never taken for an idle one.
+        let whole_sends =
+            !discard && sink.is_some_and(Endpoint::is_socket) && options.idle_timeout.is_none();
         // The ring path receives with multishot recv: sockets only. The direction takes its
         // buffer group when its source has bytes, not now.
         if matches!(mode, Mode::Recv | Mode::RecvZc)
@@ -82,7 +87,9 @@ impl Lane {
         {
             let size = ring_buffer_size(options.pipe_size, source);
             let zerocopy = mode == Mode::RecvZc;
-            return Lane::Ring(RingLane::new(RING_BUFFERS, size, discard, zerocopy));
+            return Lane::Ring(
+                RingLane::new(RING_BUFFERS, size, discard, zerocopy).whole_sends(whole_sends),
+            );
         }
         // Auto on a vsock source without buffer rings: the copy path's large reads.
         let splice = matches!(mode, Mode::Splice | Mode::UringSplice);
@@ -98,11 +105,6 @@ impl Lane {
         let mut flow = Flow::new(capacity, options.fill_policy);
         flow.await_readiness_first();
         let uring_splice = mode == Mode::UringSplice;
-        // A whole send shows no progress until it completes, and the inactivity timeout
-        // counts completions: with a timeout, sends report each part that went out, so a
-        // slow reader that keeps reading is never taken for an idle one.
-        let whole_sends =
-            !discard && sink.is_some_and(Endpoint::is_socket) && options.idle_timeout.is_none();
         Lane::Staged(
             StagedLane::new(flow, staging, discard, uring_splice)
                 .sockets(source.is_some_and(Endpoint::is_socket), whole_sends),
