@@ -71,7 +71,7 @@ pub enum KindTag {
 }
 
 /// Keywords and their aliases, as socat spells them, with each address type's help, written
-/// once for `--help`, the man page and README: the first row of a type carries its help
+/// once for `--help`, the man page and `docs/manual.md`: the first row of a type carries its help
 /// (`code` in backquotes), the rows after it are its aliases and carry [`ALIAS`].
 const KEYWORDS: &[(&str, KindTag, Option<&str>)] = &[
     (
@@ -165,7 +165,7 @@ const KEYWORDS: &[(&str, KindTag, Option<&str>)] = &[
 const ALIAS: Option<&str> = None;
 
 /// One address type as the help shows it: read from the keyword table, so `--help`, the man page
-/// and README list every keyword and alias the grammar accepts.
+/// and `docs/manual.md` list every keyword and alias the grammar accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeywordDoc {
     pub tag: KindTag,
@@ -205,7 +205,7 @@ pub fn keyword_docs() -> Vec<KeywordDoc> {
 const NO_PARAMETERS: &str = "no parameters";
 
 impl KindTag {
-    /// Every keyword of the table, aliases included (for the help and README checks).
+    /// Every keyword of the table, aliases included (for the help and manual checks).
     pub fn keywords() -> impl Iterator<Item = &'static str> {
         KEYWORDS.iter().map(|(k, _, _)| *k)
     }

@@ -63,7 +63,7 @@ enum OptName {
 }
 
 /// Option names and their aliases, with each option's help, written once for `--help`, the
-/// man page and README: the first row of an option carries its help (`code` in backquotes),
+/// man page and `docs/manual.md`: the first row of an option carries its help (`code` in backquotes),
 /// the rows of its aliases carry [`ALIAS`].
 const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
     (
@@ -234,7 +234,7 @@ pub fn option_docs() -> Vec<OptionDoc> {
 }
 
 /// Every option name, aliases included, and whether it is its option's first (canonical)
-/// spelling (for the help and README checks).
+/// spelling (for the help and manual checks).
 pub fn option_names() -> impl Iterator<Item = (&'static str, bool)> {
     OPTION_NAMES.iter().enumerate().map(|(i, (name, opt, _))| {
         let first = OPTION_NAMES[..i].iter().all(|(_, o, _)| o != opt);

@@ -1,6 +1,6 @@
 //! The command line's one definition: every flag with its name, help and value parser side by
-//! side (clap's derive), from which `--help`, the man page, the shell completions and README's
-//! global-options table are all generated ([`super::generate`]). A flag is added here and
+//! side (clap's derive), from which `--help`, the man page, the shell completions and the
+//! manual's global-options table (`docs/manual.md`) are all generated ([`super::generate`]). A flag is added here and
 //! nowhere else; what it means for the run is resolved in [`mod@super::plan`].
 
 use std::time::Duration;
@@ -125,7 +125,7 @@ pub enum Command {
     /// Run the relays a TOML file declares (service mode); --check only validates it
     #[command(after_long_help = super::help::blocks_help(super::help::SERVICE_MODE))]
     Serve(crate::service::ServeArgs),
-    /// Write the manual page, shell completions or README's tables to standard output
+    /// Write the manual page, shell completions or docs/manual.md's tables to standard output
     Generate(GenerateArgs),
 }
 
@@ -145,8 +145,8 @@ pub enum Generate {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// README's generated parts, in Markdown: the address syntax and types, the address and
-    /// global options, the exit status and signals (each between markers README keeps)
+    /// docs/manual.md's generated parts, in Markdown: the address syntax and types, the address
+    /// and global options, the exit status and signals (each between markers the file keeps)
     ReadmeTables,
 }
 

@@ -1,4 +1,4 @@
-//! `vsplice generate`: the manual page, the shell completions and README's tables, written to
+//! `vsplice generate`: the manual page, the shell completions and the manual's tables (`docs/manual.md`), written to
 //! standard output from the one definition of the flags ([`super::flags`]) and the grammar's
 //! tables, so a packager (or `cargo deb`) builds them from the binary they ship and help, man
 //! page and completions cannot drift apart.

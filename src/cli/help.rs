@@ -1,12 +1,12 @@
 //! The help text beyond the flags, written once as data and rendered three ways: plain text
-//! for `--help`, roff for the man page ([`super::man`]), Markdown for README's tables
+//! for `--help`, roff for the man page ([`super::man`]), Markdown for the manual's tables (`docs/manual.md`)
 //! ([`super::readme`]). The address types and options are read from the grammar's own tables
 //! ([`crate::addr::keyword_docs`], [`crate::addr::option_docs`]), so a keyword or option the
 //! grammar accepts cannot be missing here; the sections socat's man page has and clap does not
 //! render (examples, exit status, signals) are the constants below.
 //!
 //! Markup is one rule: text in backquotes is code (bold in the man page, as written in
-//! README, plain in `--help`).
+//! the Markdown docs, plain in `--help`).
 
 use crate::addr::{KeywordDoc, OptionDoc, keyword_docs, option_docs};
 
@@ -39,7 +39,7 @@ pub const OPTIONS_NOTE: &[Block] = &[Block::Para(
      a message that names the token.",
 )];
 
-/// `vsplice serve`, in a few paragraphs (README's "Running as a service" has the whole story).
+/// `vsplice serve`, in a few paragraphs (`docs/service.md` has the whole story).
 pub const SERVICE_MODE: &[Block] = &[
     Block::Para(
         "`vsplice serve --config FILE` runs every relay a TOML file declares in one process, \

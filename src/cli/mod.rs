@@ -84,12 +84,12 @@ mod tests {
         text
     }
 
-    /// README's Addresses section, up to the global options.
+    /// The manual's Addresses section (`docs/manual.md`), up to the global options.
     fn readme_addresses() -> &'static str {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/manual.md");
         let start = readme
             .find("## Addresses")
-            .expect("README has an Addresses section");
+            .expect("docs/manual.md has an Addresses section");
         let end = start
             + readme[start..]
                 .find("### Global options")
@@ -98,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn every_keyword_and_option_of_the_grammar_is_in_the_help_the_man_page_and_readme() {
+    fn every_keyword_and_option_of_the_grammar_is_in_the_help_the_man_page_and_the_manual() {
         let short = Cli::command().render_help().to_string();
         let long = Cli::command().render_long_help().to_string();
         let man = man_text();
@@ -111,7 +111,7 @@ mod tests {
                 ("-h", short.as_str()),
                 ("--help", long.as_str()),
                 ("the man page", man.as_str()),
-                ("README's Addresses section", readme),
+                ("docs/manual.md's Addresses section", readme),
             ] {
                 assert!(names(text, word), "{doc} lacks {word}");
             }
