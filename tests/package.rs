@@ -177,6 +177,7 @@ const INSTALLED: &[&str] = &[
     "lib/systemd/system/vsplice@.socket",
     "etc/vsplice/example.toml",
     "usr/share/doc/vsplice/copyright",
+    "usr/share/doc/vsplice/docs/manual.md",
 ];
 
 #[test]
