@@ -9,6 +9,7 @@
 mod address;
 pub mod allow;
 mod bind;
+pub mod dest;
 mod error;
 mod kind;
 mod lex;
