@@ -30,14 +30,19 @@ Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensiti
   VSOCK-UDS-LISTEN:path:port    guest connections to host port <port>, at <path>_<port>
   STDIO                    -
   ACCEPT-FD:n              a listening socket inherited as descriptor n (systemd), with fork
+  SOCKS5-SERVER            second address only: SOCKS5 to the first side's clients, each
+  HTTP-CONNECT-SERVER        connected where it asks if a dest= entry allows it
 Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
   connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
   keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early,
-  allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8)
+  allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8),
+  dest=HOST:PORT (proxies, required; repeat: name, *.domain or network; PORT or N-M),
+  user=NAME, password-file=PATH (proxies: RFC 1929 / Proxy-Authorization: Basic)
 
 Examples:
   vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201
   vsplice TCP-LISTEN:2222,fork VSOCK-UDS-CONNECT:/run/firecracker.vsock:22
+  vsplice VSOCK-LISTEN:1080,fork,allow=cid:16 SOCKS5-SERVER,dest=*.example.com:443
   vsplice bench demo
   vsplice serve --config /etc/vsplice/relays.toml";
 

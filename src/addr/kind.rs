@@ -53,6 +53,11 @@ pub enum Kind {
     AcceptFd {
         fd: i32,
     },
+    /// A second address that speaks SOCKS5 to the first side's clients and connects each to
+    /// the destination it asks for, if the `dest=` list allows it.
+    Socks5Server,
+    /// As [`Kind::Socks5Server`], for `CONNECT host:port HTTP/1.1`.
+    HttpConnectServer,
 }
 
 /// Address types without their parameters: the rows of the keyword table.
@@ -68,6 +73,8 @@ pub enum KindTag {
     VsockUdsListen,
     Stdio,
     AcceptFd,
+    Socks5Server,
+    HttpConnectServer,
 }
 
 /// Keywords and their aliases, as socat spells them.
@@ -99,6 +106,8 @@ const KEYWORDS: &[(&str, KindTag)] = &[
     ("STDIO", KindTag::Stdio),
     ("-", KindTag::Stdio),
     ("ACCEPT-FD", KindTag::AcceptFd),
+    ("SOCKS5-SERVER", KindTag::Socks5Server),
+    ("HTTP-CONNECT-SERVER", KindTag::HttpConnectServer),
 ];
 
 impl KindTag {
@@ -132,6 +141,8 @@ impl KindTag {
             KindTag::VsockUdsListen => "VSOCK-UDS-LISTEN",
             KindTag::Stdio => "STDIO",
             KindTag::AcceptFd => "ACCEPT-FD",
+            KindTag::Socks5Server => "SOCKS5-SERVER",
+            KindTag::HttpConnectServer => "HTTP-CONNECT-SERVER",
         }
     }
 
@@ -143,7 +154,9 @@ impl KindTag {
             KindTag::UnixConnect | KindTag::UnixListen => "path",
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
-            KindTag::Stdio => "no parameters",
+            KindTag::Stdio | KindTag::Socks5Server | KindTag::HttpConnectServer => {
+                "no parameters"
+            }
             KindTag::AcceptFd => "fd",
         }
     }
@@ -169,6 +182,11 @@ impl KindTag {
         )
     }
 
+    /// A proxy: the second address, connecting each client where it asks to go.
+    pub fn is_proxy(self) -> bool {
+        matches!(self, KindTag::Socks5Server | KindTag::HttpConnectServer)
+    }
+
     pub(super) fn is_tcp(self) -> bool {
         matches!(self, KindTag::TcpConnect(_) | KindTag::TcpListen(_))
     }
@@ -191,6 +209,8 @@ impl Kind {
             Kind::VsockUdsListen { .. } => KindTag::VsockUdsListen,
             Kind::Stdio => KindTag::Stdio,
             Kind::AcceptFd { .. } => KindTag::AcceptFd,
+            Kind::Socks5Server => KindTag::Socks5Server,
+            Kind::HttpConnectServer => KindTag::HttpConnectServer,
         }
     }
 }

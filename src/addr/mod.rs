@@ -30,3 +30,5 @@ pub use param::{UNIX_PATH_MAX, strip_brackets};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod proxy_tests;

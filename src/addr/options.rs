@@ -3,10 +3,12 @@
 //! to, and the parsing of their values. An option that does not apply to the address type is an
 //! error here, never silently ignored.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
+use super::dest::{DestList, DestRule};
 use super::error::AddressError;
 use super::kind::{Bind, KindTag};
 use super::lex::RawOption;
@@ -37,6 +39,12 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
     pub allow: Option<Allow>,
+    /// Where a proxy address may connect its clients (`dest=`, repeated).
+    pub dest: Option<DestList>,
+    /// The user a proxy address requires (`user=`, with `password-file=`).
+    pub user: Option<String>,
+    /// The file holding that user's password (its first line).
+    pub password_file: Option<PathBuf>,
 }
 
 /// Option names and their aliases.
@@ -60,6 +68,9 @@ enum OptName {
     Retry,
     Interval,
     Allow,
+    Dest,
+    User,
+    PasswordFile,
 }
 
 const OPTION_NAMES: &[(&str, OptName)] = &[
@@ -90,6 +101,9 @@ const OPTION_NAMES: &[(&str, OptName)] = &[
     ("retry", OptName::Retry),
     ("interval", OptName::Interval),
     ("allow", OptName::Allow),
+    ("dest", OptName::Dest),
+    ("user", OptName::User),
+    ("password-file", OptName::PasswordFile),
 ];
 
 /// Every option name, aliases included, and whether it is its option's first (canonical)
@@ -127,7 +141,9 @@ impl OptName {
                     | KindTag::VsockConnect
                     | KindTag::VsockListen
             ),
-            OptName::ConnectTimeout | OptName::Retry | OptName::Interval => tag.is_connector(),
+            OptName::ConnectTimeout => tag.is_connector() || tag.is_proxy(),
+            OptName::Retry | OptName::Interval => tag.is_connector(),
+            OptName::Dest | OptName::User | OptName::PasswordFile => tag.is_proxy(),
             OptName::RcvBuf | OptName::SndBuf => tag.is_socket(),
             OptName::UnlinkEarly => {
                 matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
@@ -148,6 +164,9 @@ impl OptName {
             OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
             OptName::Allow => "=ENTRY",
+            OptName::Dest => "=HOST:PORT",
+            OptName::User => "=NAME",
+            OptName::PasswordFile => "=PATH",
             _ => "",
         }
     }
@@ -321,6 +340,35 @@ pub(super) fn apply_option(
                 .fits(tag)
                 .map_err(|why| option_value_error(name, value, why))?;
             opts.allow = Some(allow);
+        }
+        OptName::Dest => {
+            let rule = DestRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
+            let mut rules = opts
+                .dest
+                .take()
+                .map(|d| d.rules().to_vec())
+                .unwrap_or_default();
+            rules.push(rule);
+            opts.dest = DestList::from_rules(rules);
+        }
+        OptName::User => {
+            if value.is_empty() || value.len() > 255 || value.contains(':') {
+                return Err(option_value_error(
+                    name,
+                    value,
+                    "1-255 bytes, without ':' (HTTP Basic separates user and password with it)",
+                ));
+            }
+            opts.user = Some(value.to_string());
+        }
+        OptName::PasswordFile => {
+            if value.is_empty() {
+                return Err(AddressError::OptionNeedsValue {
+                    option: name.to_string(),
+                    hint: opt.value_hint(),
+                });
+            }
+            opts.password_file = Some(PathBuf::from(value));
         }
         _ => unreachable!("value options handled above"),
     }
