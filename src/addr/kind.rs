@@ -154,9 +154,7 @@ impl KindTag {
             KindTag::UnixConnect | KindTag::UnixListen => "path",
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
-            KindTag::Stdio | KindTag::Socks5Server | KindTag::HttpConnectServer => {
-                "no parameters"
-            }
+            KindTag::Stdio | KindTag::Socks5Server | KindTag::HttpConnectServer => "no parameters",
             KindTag::AcceptFd => "fd",
         }
     }

@@ -16,6 +16,7 @@ mod lex;
 mod options;
 mod pair;
 mod param;
+mod secret;
 pub mod size;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
@@ -27,8 +28,9 @@ pub use kind::{Bind, Family, Kind, KindTag};
 pub use options::{Options, option_names};
 pub use pair::check_pair;
 pub use param::{UNIX_PATH_MAX, strip_brackets};
+pub use secret::{Secret, load_password};
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod proxy_tests;
+#[cfg(test)]
+mod tests;

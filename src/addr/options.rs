@@ -45,6 +45,9 @@ pub struct Options {
     pub user: Option<String>,
     /// The file holding that user's password (its first line).
     pub password_file: Option<PathBuf>,
+    /// The password read from `password-file=` ([`super::secret::load_password`]; never
+    /// by parsing).
+    pub password: Option<super::secret::Secret>,
 }
 
 /// Option names and their aliases.
@@ -342,7 +345,8 @@ pub(super) fn apply_option(
             opts.allow = Some(allow);
         }
         OptName::Dest => {
-            let rule = DestRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
+            let rule =
+                DestRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
             let mut rules = opts
                 .dest
                 .take()

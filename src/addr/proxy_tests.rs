@@ -48,7 +48,10 @@ fn user_and_password_file_come_together() {
         "SOCKS5-SERVER,dest=a.b:1,user=u",
         "SOCKS5-SERVER,dest=a.b:1,password-file=/x",
     ] {
-        assert!(error(text).contains("user= and password-file= together"), "{text}");
+        assert!(
+            error(text).contains("user= and password-file= together"),
+            "{text}"
+        );
     }
     assert!(error("SOCKS5-SERVER,dest=a.b:1,user=a:b,password-file=/x").contains("\"a:b\""));
 }
@@ -76,7 +79,15 @@ fn a_proxy_is_the_second_address_of_a_socket() {
     let listen = Address::parse("TCP-LISTEN:1080,fork").unwrap();
     assert!(check_pair(&listen, &proxy).is_ok());
     let tcp = Address::parse("TCP:h:1").unwrap();
-    assert!(check_pair(&proxy, &tcp).unwrap_err().contains("second address"));
+    assert!(
+        check_pair(&proxy, &tcp)
+            .unwrap_err()
+            .contains("second address")
+    );
     let stdio = Address::parse("STDIO").unwrap();
-    assert!(check_pair(&stdio, &proxy).unwrap_err().contains("not STDIO"));
+    assert!(
+        check_pair(&stdio, &proxy)
+            .unwrap_err()
+            .contains("not STDIO")
+    );
 }

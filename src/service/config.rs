@@ -434,8 +434,9 @@ fn resolve_service(
             ),
         ));
     }
-    let connect = parse_address(src, &raw.connect, "connect", Some(name))?;
-    if connect.is_listener() || !connect.is_connector() {
+    let mut connect = parse_address(src, &raw.connect, "connect", Some(name))?;
+    crate::addr::load_password(&mut connect).map_err(|e| src.at(&raw.connect, "connect", e))?;
+    if connect.is_listener() || !(connect.is_connector() || connect.is_proxy()) {
         return Err(src.at(
             &raw.connect,
             "connect",
