@@ -8,6 +8,7 @@ pub mod bindkey;
 pub mod dial;
 pub mod endpoint;
 pub mod open;
+pub mod own;
 pub mod peer;
 pub mod resolve;
 pub mod sockopt;

@@ -105,6 +105,7 @@ pub fn errno_label(error: &DialError) -> String {
     let why = match error {
         DialError::Resolve(_) => return "resolve".to_string(),
         DialError::Connect { why, .. } | DialError::GuestPort { why, .. } => why,
+        DialError::NotAllowed { .. } => return "not_allowed".to_string(),
         DialError::NoAddress | DialError::Finished => return "other".to_string(),
     };
     // The dial keeps the OS error as text ("Connection refused (os error 111)").
