@@ -110,6 +110,30 @@ impl Socks5 {
         }
     }
 
+    /// How many more bytes the current message needs at least, given the bytes received and
+    /// not yet consumed (at least 1 while it is not whole): a driver that reads no more than
+    /// this never takes a byte past the message, so nothing after the request is read.
+    pub fn wanted(&self, input: &[u8]) -> usize {
+        let at = |i: usize| input.get(i).map(|&b| usize::from(b));
+        let whole = match self.state {
+            State::Greeting => at(1).map_or(2, |n| 2 + n),
+            State::Auth => match (at(1), at(1).and_then(|u| at(2 + u))) {
+                (None, _) => 2,
+                (Some(u), None) => 3 + u,
+                (Some(u), Some(p)) => 3 + u + p,
+            },
+            State::Request => match at(3) {
+                None => 5,
+                Some(1) => 10,
+                Some(4) => 22,
+                Some(3) => at(4).map_or(5, |n| 7 + n),
+                Some(_) => 4,
+            },
+            State::Done => 0,
+        };
+        whole.saturating_sub(input.len()).max(1)
+    }
+
     /// Looks at the bytes received and not yet consumed.
     pub fn advance(&mut self, input: &[u8]) -> Step {
         let step = match self.state {
@@ -365,6 +389,32 @@ mod tests {
             let mut s = Socks5::new(None);
             s.advance(greeting);
             assert_eq!(s.advance(&req[..n]), Step::NeedMore, "{n}");
+        }
+    }
+
+    #[test]
+    fn reading_what_it_wants_never_takes_a_byte_past_a_message() {
+        let conversation: &[&[u8]] = &[
+            b"\x05\x02\x00\x02",
+            b"\x01\x01u\x02pw",
+            b"\x05\x01\x00\x03\x03abc\x00\x50",
+        ];
+        let mut s = Socks5::new(creds());
+        for message in conversation {
+            let mut buf = Vec::new();
+            loop {
+                let want = s.wanted(&buf);
+                assert!(buf.len() + want <= message.len(), "wants past the message");
+                buf.extend_from_slice(&message[buf.len()..buf.len() + want]);
+                match s.advance(&buf) {
+                    Step::NeedMore => continue,
+                    Step::Answer { consumed, .. } | Step::Connect { consumed, .. } => {
+                        assert_eq!(consumed, message.len());
+                        break;
+                    }
+                    Step::Refuse { why, .. } => panic!("{why}"),
+                }
+            }
         }
     }
 
