@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::net::endpoint::Endpoint;
 use crate::net::open::{connect_socket, connected_endpoint};
 use crate::net::own::OwnAddresses;
+pub use crate::protocols::target::FailureClass;
 use crate::net::resolve::{Lookup, connect_targets, needs_lookup};
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
 
@@ -107,21 +108,6 @@ impl std::fmt::Display for DialError {
 }
 
 impl std::error::Error for DialError {}
-
-/// How a dial failed, in the classes a proxy's answer tells apart (SOCKS5 reply codes, HTTP
-/// status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    /// No resolved address was allowed by the `dest=` list.
-    NotAllowed,
-    /// ECONNREFUSED.
-    Refused,
-    /// The connect (or the lookup) ran past `connect-timeout`.
-    TimedOut,
-    /// The name did not resolve, or no route (EHOSTUNREACH, ENETUNREACH).
-    Unreachable,
-    Other,
-}
 
 impl DialError {
     /// The class of the failure, from the last attempt's OS error.

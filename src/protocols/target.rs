@@ -36,6 +36,21 @@ impl fmt::Display for Target {
     }
 }
 
+/// How a dial for a proxy client failed, in the classes its answer tells apart (SOCKS5
+/// reply codes, HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// No resolved address was allowed by the `dest=` list.
+    NotAllowed,
+    /// ECONNREFUSED.
+    Refused,
+    /// The connect (or the lookup) ran past `connect-timeout`.
+    TimedOut,
+    /// The name did not resolve, or no route (EHOSTUNREACH, ENETUNREACH).
+    Unreachable,
+    Other,
+}
+
 /// Checks a host name a client sent: 1-255 bytes of `[A-Za-z0-9._-]`, not starting with `-`
 /// or `.`. An IP literal written as a name passes too (and is then treated as that address).
 pub fn check_name(name: &[u8]) -> Result<String, String> {
