@@ -20,4 +20,9 @@ pub trait ConnObserver: Send + Sync + std::fmt::Debug {
     fn dial_failed(&self, error: &DialError);
     /// The connection ended after `lasted`.
     fn closed(&self, reason: &CloseReason, lasted: Duration);
+    /// The handshake `prelude` (`proxy`, ...) on the accepted socket failed for `reason` (a
+    /// fixed word: `truncated`, `timeout`, ...); the connection then closes. Default: nothing.
+    fn prelude_failed(&self, prelude: &'static str, reason: &'static str) {
+        let _ = (prelude, reason);
+    }
 }

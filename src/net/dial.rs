@@ -18,8 +18,8 @@ use crate::error::Error;
 use crate::net::endpoint::Endpoint;
 use crate::net::open::{connect_socket, connected_endpoint};
 use crate::net::own::OwnAddresses;
-pub use crate::protocols::target::FailureClass;
 use crate::net::resolve::{Lookup, connect_targets, needs_lookup};
+pub use crate::protocols::target::FailureClass;
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.

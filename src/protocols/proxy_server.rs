@@ -101,9 +101,18 @@ impl ProxyServer {
     /// A request was read: refused unless the list may allow it (no lookup, no connect
     /// otherwise), else the dial target.
     fn request(&self, used: usize, target: Target, denied: Vec<u8>) -> Step {
-        let dest = self.proxy.options.dest.as_ref().expect("a proxy has a dest list");
+        let dest = self
+            .proxy
+            .options
+            .dest
+            .as_ref()
+            .expect("a proxy has a dest list");
         if !dest.may_admit(&target.host, target.port) {
-            return fail("denied", format!("{target}: no dest= entry allows it"), denied);
+            return fail(
+                "denied",
+                format!("{target}: no dest= entry allows it"),
+                denied,
+            );
         }
         Step::Done {
             used,
@@ -137,9 +146,7 @@ impl ProxyServer {
                     [1, 1] => "auth_failed",
                     [5, 0xFF] => "unsupported",
                     [5, code, ..] if *code == Reply::CommandNotSupported as u8 => "unsupported",
-                    [5, code, ..] if *code == Reply::AddressTypeNotSupported as u8 => {
-                        "unsupported"
-                    }
+                    [5, code, ..] if *code == Reply::AddressTypeNotSupported as u8 => "unsupported",
                     _ => "bad_request",
                 };
                 fail(reason, format!("SOCKS5: {why}"), answer)
@@ -162,7 +169,11 @@ impl ProxyServer {
                     Status::AuthRequired => "auth_failed",
                     _ => "bad_request",
                 };
-                fail(reason, format!("HTTP CONNECT: {why}"), http_connect::response(status))
+                fail(
+                    reason,
+                    format!("HTTP CONNECT: {why}"),
+                    http_connect::response(status),
+                )
             }
         }
     }
@@ -197,7 +208,7 @@ impl Prelude for ProxyServer {
         match (&self.protocol, end) {
             (Protocol::Socks5(_), DialEnd::Connected { local }) => {
                 let bound = local.and_then(|l| match l {
-                    crate::sys_free::SockAddrView::Inet(a) => Some(*a),
+                    crate::sys::socket::SockAddr::Inet(a) => Some(*a),
                     _ => None,
                 });
                 socks5::reply(Reply::Succeeded, bound)
@@ -215,11 +226,13 @@ impl Prelude for ProxyServer {
                 },
                 None,
             ),
-            (Protocol::Http, DialEnd::Failed { class, .. }) => http_connect::response(match class {
-                FailureClass::NotAllowed => Status::Forbidden,
-                FailureClass::TimedOut => Status::GatewayTimeout,
-                _ => Status::BadGateway,
-            }),
+            (Protocol::Http, DialEnd::Failed { class, .. }) => {
+                http_connect::response(match class {
+                    FailureClass::NotAllowed => Status::Forbidden,
+                    FailureClass::TimedOut => Status::GatewayTimeout,
+                    _ => Status::BadGateway,
+                })
+            }
         }
     }
 }

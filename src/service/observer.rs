@@ -92,6 +92,7 @@ pub fn reason_label(reason: &CloseReason) -> Reason {
         CloseReason::Done => Reason::eof,
         CloseReason::Failed { .. } => Reason::error,
         CloseReason::DialFailed(_) => Reason::dial_failed,
+        CloseReason::PreludeFailed(_) => Reason::error,
         CloseReason::IdleTimeout => Reason::idle_timeout,
         CloseReason::LingerExpired => Reason::linger_timeout,
         CloseReason::Stopped => Reason::stopped,

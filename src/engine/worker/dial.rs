@@ -29,15 +29,25 @@ impl Worker {
                 if let Some(observer) = &conn.options.observer {
                     observer.dialed(conn.started.elapsed());
                 }
+                let prelude = dialing.prelude.take();
+                let reply_timeout = dialing.reply_timeout;
                 conn.second = Some(endpoint);
-                self.start_relay(key);
+                self.answer_and_relay(key, prelude, reply_timeout);
             }
             Progress::Failed(why) => {
                 if let Some(observer) = &conn.options.observer {
                     observer.dial_failed(&why);
                 }
-                let text = dialing.dial.address().text.clone();
-                self.close(key, CloseReason::DialFailed(format!("{text}: {why}")));
+                let text = format!("{}: {why}", dialing.dial.address().text);
+                if let Some(machine) = dialing.prelude.as_deref_mut() {
+                    super::prelude::answer_failed_dial(
+                        machine,
+                        conn.first.as_socket(),
+                        &text,
+                        why.class(),
+                    );
+                }
+                self.close(key, CloseReason::DialFailed(text));
             }
             Progress::Wait {
                 fd,
