@@ -236,3 +236,98 @@ impl Prelude for ProxyServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(text: &str) -> ProxyServer {
+        ProxyServer::new(Arc::new(Address::parse(text).unwrap()))
+    }
+
+    fn failed(step: Step) -> Failure {
+        match step {
+            Step::Fail(f) => f,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_socks5_request_becomes_a_tcp_dial_that_carries_the_dest_list() {
+        let mut p = proxy("SOCKS5-SERVER,dest=*.example.com:443,connect-timeout=2");
+        assert_eq!(p.want(), 2);
+        assert!(matches!(p.feed(b"\x05\x01"), Step::More));
+        assert_eq!(p.want(), 1);
+        assert!(matches!(p.feed(b"\x00"), Step::Reply(r) if r == b"\x05\x00"));
+        let req = b"\x05\x01\x00\x03\x0fwww.example.com\x01\xbb";
+        let Step::Done { used, outcome } = p.feed(req) else {
+            panic!("no target")
+        };
+        assert_eq!(used, req.len());
+        let target = outcome.target.unwrap();
+        assert_eq!(target.text, "TCP:www.example.com:443");
+        assert_eq!(
+            target.options.connect_timeout,
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert!(target.options.dest.is_some(), "the dial filters what it resolves");
+    }
+
+    #[test]
+    fn a_denied_destination_is_answered_without_a_lookup() {
+        let mut p = proxy("SOCKS5-SERVER,dest=*.example.com:443");
+        p.feed(b"\x05\x01\x00");
+        let f = failed(p.feed(b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x16"));
+        assert_eq!((f.reason, f.reply[1]), ("denied", 0x02));
+        let mut p = proxy("HTTP-CONNECT-SERVER,dest=*.example.com:443");
+        let f = failed(p.feed(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n"));
+        assert_eq!(f.reason, "denied");
+        assert!(f.reply.starts_with(b"HTTP/1.1 403 "));
+    }
+
+    #[test]
+    fn an_http_head_split_over_peeks_leaves_the_tunnel_bytes_in_the_socket() {
+        let mut p = proxy("HTTP-CONNECT-SERVER,dest=a.example:80");
+        assert!(matches!(p.feed(b"CONNECT a.example:80 HT"), Step::More));
+        let Step::Done { used, .. } = p.feed(b"TP/1.1\r\n\r\nEARLY") else {
+            panic!()
+        };
+        assert_eq!(used, b"TP/1.1\r\n\r\n".len());
+    }
+
+    #[test]
+    fn failed_dials_are_answered_with_the_matching_code() {
+        for (class, socks, http) in [
+            (FailureClass::NotAllowed, 0x02, 403),
+            (FailureClass::Unreachable, 0x04, 502),
+            (FailureClass::Refused, 0x05, 502),
+            (FailureClass::TimedOut, 0x06, 504),
+            (FailureClass::Other, 0x01, 502),
+        ] {
+            let end = || DialEnd::Failed { why: "x", class };
+            assert_eq!(proxy("SOCKS5-SERVER,dest=a.b:1").dialed(end())[1], socks);
+            let answer = proxy("HTTP-CONNECT-SERVER,dest=a.b:1").dialed(end());
+            assert!(answer.starts_with(format!("HTTP/1.1 {http} ").as_bytes()));
+        }
+        let bound = crate::sys::socket::SockAddr::Inet("10.0.0.1:4000".parse().unwrap());
+        let ok = proxy("SOCKS5-SERVER,dest=a.b:1").dialed(DialEnd::Connected {
+            local: Some(&bound),
+        });
+        assert_eq!(ok, b"\x05\x00\x00\x01\x0a\x00\x00\x01\x0f\xa0");
+    }
+
+    #[test]
+    fn bind_and_a_wrong_password_have_their_own_results() {
+        let mut p = proxy("SOCKS5-SERVER,dest=a.b:1");
+        p.feed(b"\x05\x01\x00");
+        let f = failed(p.feed(b"\x05\x02\x00\x01\x01\x02\x03\x04\x00\x50"));
+        assert_eq!((f.reason, f.reply[1]), ("unsupported", 0x07));
+        let mut addr = Address::parse("SOCKS5-SERVER,dest=a.b:1,user=u,password-file=/x").unwrap();
+        addr.options.password = Some(crate::addr::Secret(b"pw".to_vec()));
+        let mut p = ProxyServer::new(Arc::new(addr));
+        assert!(matches!(p.feed(b"\x05\x01\x02"), Step::Reply(_)));
+        let f = failed(p.feed(b"\x01\x01u\x02px"));
+        assert_eq!((f.reason, f.reply.as_slice()), ("auth_failed", &b"\x01\x01"[..]));
+        assert!(RESULTS.contains(&f.reason));
+    }
+}
