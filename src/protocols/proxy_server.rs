@@ -270,7 +270,10 @@ mod tests {
             target.options.connect_timeout,
             Some(std::time::Duration::from_secs(2))
         );
-        assert!(target.options.dest.is_some(), "the dial filters what it resolves");
+        assert!(
+            target.options.dest.is_some(),
+            "the dial filters what it resolves"
+        );
     }
 
     #[test]
@@ -327,7 +330,10 @@ mod tests {
         let mut p = ProxyServer::new(Arc::new(addr));
         assert!(matches!(p.feed(b"\x05\x01\x02"), Step::Reply(_)));
         let f = failed(p.feed(b"\x01\x01u\x02px"));
-        assert_eq!((f.reason, f.reply.as_slice()), ("auth_failed", &b"\x01\x01"[..]));
+        assert_eq!(
+            (f.reason, f.reply.as_slice()),
+            ("auth_failed", &b"\x01\x01"[..])
+        );
         assert!(RESULTS.contains(&f.reason));
     }
 }
