@@ -25,4 +25,11 @@ pub trait ConnObserver: Send + Sync + std::fmt::Debug {
     fn prelude_failed(&self, prelude: &'static str, reason: &'static str) {
         let _ = (prelude, reason);
     }
+    /// The request a prelude read ended with `result`: its failure's reason, or after the
+    /// dial `connected`, `denied` (the dial found no allowed address) or `dial_failed`.
+    /// Told once per prelude that got so far; a failed prelude is also told to
+    /// [`ConnObserver::prelude_failed`]. Default: nothing.
+    fn prelude_ended(&self, prelude: &'static str, result: &'static str) {
+        let _ = (prelude, result);
+    }
 }

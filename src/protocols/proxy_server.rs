@@ -49,6 +49,19 @@ pub const RESULTS: &[&str] = &[
     "closed",
 ];
 
+/// The `result` label of a request that prelude `prelude` ended with `result` (a failure's
+/// reason or the dial's outcome); `None` for preludes that are not proxies.
+pub fn result_label(prelude: &str, result: &str) -> Option<&'static str> {
+    if !matches!(prelude, "socks5" | "http-connect") {
+        return None;
+    }
+    Some(match RESULTS.iter().find(|r| **r == result) {
+        Some(r) => r,
+        None if result.ends_with("error") => "closed",
+        None => "bad_request",
+    })
+}
+
 fn fail(reason: &'static str, detail: impl Into<String>, reply: Vec<u8>) -> Step {
     Step::Fail(Failure::new(reason, detail).with_reply(reply))
 }

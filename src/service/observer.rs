@@ -11,6 +11,7 @@ use super::metrics::{DirectionLabel, ReasonLabel as Reason, ServiceMetrics};
 use crate::engine::ConnObserver;
 use crate::engine::{CloseReason, Direction as EngineDirection};
 use crate::net::dial::DialError;
+use crate::protocols::proxy_server;
 use crate::sys::eventfd::EventFd;
 
 /// One service's view of its connections (kept across reloads while the name stays).
@@ -75,6 +76,12 @@ impl ConnObserver for ServiceObserver {
 
     fn dial_failed(&self, error: &DialError) {
         self.metrics.on_dial_failure(&errno_label(error));
+    }
+
+    fn prelude_ended(&self, prelude: &'static str, result: &'static str) {
+        if let Some(result) = proxy_server::result_label(prelude, result) {
+            self.metrics.on_proxy_request(result);
+        }
     }
 
     fn closed(&self, reason: &CloseReason, lasted: Duration) {

@@ -208,12 +208,15 @@ impl Worker {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let name = match &conn.phase {
-            Phase::Prelude(p) => p.job.machine.name(),
-            _ => "prelude",
+        let (name, reading) = match &conn.phase {
+            Phase::Prelude(p) => (p.job.machine.name(), p.second.is_some()),
+            _ => ("prelude", false),
         };
         if let Some(observer) = &conn.options.observer {
             observer.prelude_failed(name, failure.reason);
+            if reading {
+                observer.prelude_ended(name, failure.reason);
+            }
         }
         send_once(conn.first.as_socket(), &failure.reply);
         let why = format!("{name}: {} ({})", failure.detail, failure.reason);
@@ -308,6 +311,9 @@ impl Worker {
             return self.start_relay(key);
         };
         let conn = &mut self.conns[key];
+        if let Some(observer) = &conn.options.observer {
+            observer.prelude_ended(machine.name(), "connected");
+        }
         let local = conn
             .second
             .as_ref()
