@@ -325,3 +325,85 @@ fn a_proxy_without_dest_entries_is_refused_at_start_with_exit_status_2() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("/nonexistent/pw"), "{stderr}");
 }
+
+/// The `value` of sample `name{...}` whose labels include every one of `labels`, from a
+/// plain-text scrape of `/metrics` on `port`.
+fn sample(port: u16, name: &str, labels: &[&str]) -> Option<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn serve_counts_proxy_results_and_a_reload_changes_the_dest_list_and_the_password() {
+    if !curl_available() {
+        println!("skipped: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let a = Origin::start();
+    let b = Origin::start();
+    let scratch = Scratch::new("proxy-serve");
+    let (port, metrics) = (free_port(), free_port());
+    let config = scratch.path("vsplice.toml");
+    let password = scratch.path("pw");
+    let write = |dest: u16, pw: &str| {
+        std::fs::write(&password, format!("{pw}\n")).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[metrics]\nlisten = \"TCP-LISTEN:{metrics},bind=127.0.0.1\"\n\
+                 [[service]]\nname = \"egress\"\n\
+                 listen = \"TCP-LISTEN:{port},fork,bind=127.0.0.1\"\n\
+                 connect = \"SOCKS5-SERVER,dest=127.0.0.1:{dest},user=app,password-file={}\"\n",
+                password.display()
+            ),
+        )
+        .unwrap();
+    };
+    write(a.port, "first");
+    let relay = Relay::serve(&config, 1);
+    let socks = |pw: &str, to: u16| {
+        let proxy = format!("socks5h://app:{pw}@127.0.0.1:{port}");
+        let url = format!("http://127.0.0.1:{to}/bytes/1000");
+        curl(&["-x", &proxy, "-o", "/dev/null", &url])
+            .status
+            .success()
+    };
+    assert!(socks("first", a.port), "{}", relay.log());
+    assert!(!socks("first", b.port));
+    assert!(!socks("wrong", a.port));
+    let count = |result: &str| {
+        sample(
+            metrics,
+            "vsplice_proxy_requests_total",
+            &["service=\"egress\"", &format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!(count("connected"), Some(1), "{}", relay.log());
+    assert_eq!(count("denied"), Some(1));
+    assert_eq!(count("auth_failed"), Some(1));
+    // The reload reads the file and the password again.
+    write(b.port, "second");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    relay.wait_for_log("reloaded", Duration::from_secs(30));
+    assert!(socks("second", b.port), "{}", relay.log());
+    assert!(!socks("second", a.port));
+    assert!(!socks("first", b.port));
+    assert_eq!((a.accepted(), b.accepted()), (1, 1));
+    assert_eq!(count("connected"), Some(2));
+    assert_eq!(count("denied"), Some(2));
+    assert_eq!(count("auth_failed"), Some(2));
+}
