@@ -258,6 +258,8 @@ impl Worker {
         let Preluding { job, second, .. } = *p;
         match &outcome.origin {
             Some(origin) => info!("conn {}: {name}: client {}", conn.id, origin.source),
+            // A proxy's request names where it goes (logged with the dial), not who it is from.
+            None if outcome.target.is_some() => {}
             None => info!("conn {}: {name}: no client declared", conn.id),
         }
         conn.origin = outcome.origin;
