@@ -90,13 +90,30 @@ impl Origin {
     }
 }
 
+/// Debian's curl: the machine's, or else unpacked from the machine's Debian mirror into the
+/// labs' cache (never installed; `common::debs::tool`). `None` (the tests skip, saying so)
+/// when neither is there.
+fn curl_command() -> Option<Command> {
+    if Command::new("curl").arg("--version").output().is_ok() {
+        return Some(Command::new("curl"));
+    }
+    match common::debs::tool("curl", "usr/bin/curl") {
+        Ok(cmd) => Some(cmd),
+        Err(e) => {
+            println!("curl is neither installed nor fetchable from the Debian mirror: {e}");
+            None
+        }
+    }
+}
+
 fn curl_available() -> bool {
-    Command::new("curl").arg("--version").output().is_ok()
+    curl_command().is_some()
 }
 
 /// Runs curl with `args` (silent, errors shown, a 30 s bound).
 fn curl(args: &[&str]) -> Output {
-    Command::new("curl")
+    curl_command()
+        .expect("curl_available() was checked")
         .args(["-sS", "--max-time", "30"])
         .args(args)
         .output()
@@ -151,7 +168,7 @@ fn download_and_upload(proxy_args: &[&str], host: &str, origin: &Origin, scratch
 #[test]
 fn curl_moves_64_mib_each_way_through_socks5_by_name_and_by_address_and_through_http_connect() {
     if !curl_available() {
-        println!("skipped: curl is not installed (apt-get install curl)");
+        println!("skipped: no curl (see above)");
         return;
     }
     let origin = Origin::start();
@@ -179,7 +196,7 @@ fn curl_moves_64_mib_each_way_through_socks5_by_name_and_by_address_and_through_
 #[test]
 fn a_denied_destination_gets_curls_not_allowed_error_and_never_reaches_the_network() {
     if !curl_available() {
-        println!("skipped: curl is not installed (apt-get install curl)");
+        println!("skipped: no curl (see above)");
         return;
     }
     let allowed = Origin::start();
@@ -230,7 +247,7 @@ fn a_denied_destination_gets_curls_not_allowed_error_and_never_reaches_the_netwo
 #[test]
 fn a_name_that_resolves_into_a_denied_network_is_refused() {
     if !curl_available() {
-        println!("skipped: curl is not installed (apt-get install curl)");
+        println!("skipped: no curl (see above)");
         return;
     }
     if !nix::unistd::geteuid().is_root() {
@@ -346,7 +363,7 @@ fn sample(port: u16, name: &str, labels: &[&str]) -> Option<u64> {
 #[test]
 fn serve_counts_proxy_results_and_a_reload_changes_the_dest_list_and_the_password() {
     if !curl_available() {
-        println!("skipped: curl is not installed (apt-get install curl)");
+        println!("skipped: no curl (see above)");
         return;
     }
     let a = Origin::start();

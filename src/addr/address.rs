@@ -30,13 +30,13 @@ impl fmt::Display for Address {
 /// A proxy needs a destination allow list (no open proxy), and `user=` and
 /// `password-file=` together or not at all.
 fn check_proxy(tag: KindTag, options: &Options) -> Result<(), AddressError> {
-    if options.dest.is_none() {
+    if options.proxy.dest.is_none() {
         return Err(AddressError::Proxy(format!(
             "{} needs at least one dest=HOST:PORT entry: an open proxy is never started",
             tag.name()
         )));
     }
-    if options.user.is_some() != options.password_file.is_some() {
+    if options.proxy.user.is_some() != options.proxy.password_file.is_some() {
         return Err(AddressError::Proxy(format!(
             "{} needs user= and password-file= together",
             tag.name()

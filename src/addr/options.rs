@@ -39,7 +39,15 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
     pub allow: Option<Allow>,
-    /// Where a proxy address may connect its clients (`dest=`, repeated).
+    /// The proxy addresses' options (boxed: most addresses have none).
+    pub proxy: Box<ProxyOptions>,
+}
+
+/// The options only proxy addresses (`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER`) take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// Where a proxy address may connect its clients (`dest=`, repeated). On the `TCP:`
+    /// address a proxy dials for a client, the same list filters the resolved addresses.
     pub dest: Option<DestList>,
     /// The user a proxy address requires (`user=`, with `password-file=`).
     pub user: Option<String>,
@@ -348,12 +356,13 @@ pub(super) fn apply_option(
             let rule =
                 DestRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
             let mut rules = opts
+                .proxy
                 .dest
                 .take()
                 .map(|d| d.rules().to_vec())
                 .unwrap_or_default();
             rules.push(rule);
-            opts.dest = DestList::from_rules(rules);
+            opts.proxy.dest = DestList::from_rules(rules);
         }
         OptName::User => {
             if value.is_empty() || value.len() > 255 || value.contains(':') {
@@ -363,7 +372,7 @@ pub(super) fn apply_option(
                     "1-255 bytes, without ':' (HTTP Basic separates user and password with it)",
                 ));
             }
-            opts.user = Some(value.to_string());
+            opts.proxy.user = Some(value.to_string());
         }
         OptName::PasswordFile => {
             if value.is_empty() {
@@ -372,7 +381,7 @@ pub(super) fn apply_option(
                     hint: opt.value_hint(),
                 });
             }
-            opts.password_file = Some(PathBuf::from(value));
+            opts.proxy.password_file = Some(PathBuf::from(value));
         }
         _ => unreachable!("value options handled above"),
     }

@@ -14,6 +14,7 @@ fn proxy_keywords_parse_with_their_dest_list() {
     assert!(a.is_proxy() && !a.is_connector() && !a.is_listener());
     let rules: Vec<String> = a
         .options
+        .proxy
         .dest
         .unwrap()
         .rules()
@@ -26,7 +27,7 @@ fn proxy_keywords_parse_with_their_dest_list() {
     )
     .unwrap();
     assert_eq!(a.kind, Kind::HttpConnectServer);
-    assert_eq!(a.options.user.as_deref(), Some("alice"));
+    assert_eq!(a.options.proxy.user.as_deref(), Some("alice"));
     assert_eq!(
         a.options.connect_timeout,
         Some(std::time::Duration::from_secs(3))

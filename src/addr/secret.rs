@@ -22,7 +22,7 @@ const MAX_PASSWORD: usize = 255;
 /// Reads the first line of a proxy address's `password-file=` into its options (nothing to do
 /// for other addresses). The message names the address and the file.
 pub fn load_password(address: &mut Address) -> Result<(), String> {
-    let Some(path) = address.options.password_file.clone() else {
+    let Some(path) = address.options.proxy.password_file.clone() else {
         return Ok(());
     };
     let fail = |why: String| {
@@ -44,7 +44,7 @@ pub fn load_password(address: &mut Address) -> Result<(), String> {
             line.len()
         )));
     }
-    address.options.password = Some(Secret(line.to_vec()));
+    address.options.proxy.password = Some(Secret(line.to_vec()));
     Ok(())
 }
 
@@ -64,7 +64,7 @@ mod tests {
         );
         let mut a = Address::parse(&text).unwrap();
         load_password(&mut a).unwrap();
-        assert_eq!(a.options.password, Some(Secret(b"s3cret".to_vec())));
+        assert_eq!(a.options.proxy.password, Some(Secret(b"s3cret".to_vec())));
         assert!(!format!("{a:?}").contains("s3cret"));
         std::fs::write(&file, "\n").unwrap();
         assert!(load_password(&mut a).unwrap_err().contains("empty"));

@@ -416,7 +416,7 @@ impl Dial {
     /// not allowed.
     fn keep_allowed_targets(&mut self) {
         let (Some(dest), Kind::TcpConnect { host, .. }) =
-            (&self.address.options.dest, &self.address.kind)
+            (&self.address.options.proxy.dest, &self.address.kind)
         else {
             return;
         };
@@ -757,7 +757,7 @@ mod tests {
 
     fn proxied(host: &str, port: u16, dest: &[&str]) -> Arc<Address> {
         let mut address = Address::parse(&format!("TCP:{host}:{port}")).unwrap();
-        address.options.dest = crate::addr::dest::DestList::parse(dest).unwrap();
+        address.options.proxy.dest = crate::addr::dest::DestList::parse(dest).unwrap();
         Arc::new(address)
     }
 

@@ -18,7 +18,7 @@ use super::http_connect::{self, Parsed, Status};
 use super::prelude::{DialEnd, Failure, Outcome, Prelude, Step};
 use super::socks5::{self, Reply, Socks5};
 use super::target::{FailureClass, Target};
-use crate::addr::{Address, Family, Kind, Options};
+use crate::addr::{Address, Family, Kind, Options, ProxyOptions};
 
 /// Which protocol, with its state.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl ProxyServer {
     /// The handshake of proxy address `proxy` (`SOCKS5-SERVER` or `HTTP-CONNECT-SERVER`,
     /// its password loaded).
     pub fn new(proxy: Arc<Address>) -> ProxyServer {
-        let credentials = match (&proxy.options.user, &proxy.options.password) {
+        let credentials = match (&proxy.options.proxy.user, &proxy.options.proxy.password) {
             (Some(user), Some(password)) => Some(Credentials {
                 user: user.as_bytes().to_vec(),
                 password: password.0.clone(),
@@ -105,7 +105,10 @@ impl ProxyServer {
                 connect_timeout: Some(p.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
                 rcvbuf: p.rcvbuf,
                 sndbuf: p.sndbuf,
-                dest: p.dest.clone(),
+                proxy: Box::new(ProxyOptions {
+                    dest: p.proxy.dest.clone(),
+                    ..ProxyOptions::default()
+                }),
                 ..Options::default()
             },
         }
@@ -117,6 +120,7 @@ impl ProxyServer {
         let dest = self
             .proxy
             .options
+            .proxy
             .dest
             .as_ref()
             .expect("a proxy has a dest list");
@@ -284,7 +288,7 @@ mod tests {
             Some(std::time::Duration::from_secs(2))
         );
         assert!(
-            target.options.dest.is_some(),
+            target.options.proxy.dest.is_some(),
             "the dial filters what it resolves"
         );
     }
@@ -339,7 +343,7 @@ mod tests {
         let f = failed(p.feed(b"\x05\x02\x00\x01\x01\x02\x03\x04\x00\x50"));
         assert_eq!((f.reason, f.reply[1]), ("unsupported", 0x07));
         let mut addr = Address::parse("SOCKS5-SERVER,dest=a.b:1,user=u,password-file=/x").unwrap();
-        addr.options.password = Some(crate::addr::Secret(b"pw".to_vec()));
+        addr.options.proxy.password = Some(crate::addr::Secret(b"pw".to_vec()));
         let mut p = ProxyServer::new(Arc::new(addr));
         assert!(matches!(p.feed(b"\x05\x01\x02"), Step::Reply(_)));
         let f = failed(p.feed(b"\x01\x01u\x02px"));
