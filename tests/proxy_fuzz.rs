@@ -202,6 +202,10 @@ fn ten_thousand_malformed_requests_each_end_their_own_connection_with_the_right_
             CASES.fetch_add(1, Ordering::Relaxed);
             let got = exchange(sp, &bytes).map_err(TestCaseError::fail)?;
             ANSWERED.fetch_add(usize::from(got.len() > 2), Ordering::Relaxed);
+            // A greeting without the "no authentication" method is refused with 05 FF.
+            if got == b"\x05\xff" {
+                return Ok(());
+            }
             // After a method reply (05 00), at most one request reply: never a success.
             let reply = got.strip_prefix(b"\x05\x00").unwrap_or(&got);
             if !reply.is_empty() {

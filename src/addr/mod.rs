@@ -25,10 +25,11 @@ pub use size::{check_idle_timeout, parse_duration, parse_size};
 pub use address::Address;
 pub use error::AddressError;
 pub use kind::{Bind, Family, Kind, KindTag};
+pub use options::Secret;
 pub use options::{Options, ProxyOptions, option_names};
 pub use pair::check_pair;
 pub use param::{UNIX_PATH_MAX, strip_brackets};
-pub use secret::{Secret, load_password};
+pub use secret::load_password;
 
 #[cfg(test)]
 mod proxy_tests;

@@ -55,7 +55,17 @@ pub struct ProxyOptions {
     pub password_file: Option<PathBuf>,
     /// The password read from `password-file=` ([`super::secret::load_password`]; never
     /// by parsing).
-    pub password: Option<super::secret::Secret>,
+    pub password: Option<Secret>,
+}
+
+/// A password, never printed.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(hidden)")
+    }
 }
 
 /// Option names and their aliases.

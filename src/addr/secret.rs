@@ -5,16 +5,7 @@
 //! client's request; a reload reads the file again.
 
 use super::address::Address;
-
-/// A password, never printed.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(pub Vec<u8>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(hidden)")
-    }
-}
+use super::options::Secret;
 
 /// The longest password RFC 1929 carries.
 const MAX_PASSWORD: usize = 255;

@@ -34,7 +34,7 @@ pub struct Outcome {
     /// socket's own peer stands.
     pub origin: Option<Origin>,
     /// Where to dial instead of the relay's second address; `None`: the configured one.
-    pub target: Option<Address>,
+    pub target: Option<Box<Address>>,
 }
 
 /// Why a prelude failed: a short, fixed `reason` (a metrics label: `truncated`,

@@ -135,7 +135,7 @@ impl ProxyServer {
             used,
             outcome: Outcome {
                 origin: None,
-                target: Some(self.target_address(&target)),
+                target: Some(Box::new(self.target_address(&target))),
             },
         }
     }

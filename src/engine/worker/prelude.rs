@@ -264,7 +264,7 @@ impl Worker {
         }
         conn.origin = outcome.origin;
         let second = match (outcome.target, second) {
-            (Some(target), _) => Second::Dial(Arc::new(target)),
+            (Some(target), _) => Second::Dial(Arc::from(target)),
             (None, Some(second)) => second,
             (None, None) => unreachable!("a reading prelude holds its second end"),
         };
