@@ -424,3 +424,53 @@ fn serve_counts_proxy_results_and_a_reload_changes_the_dest_list_and_the_passwor
     assert_eq!(count("denied"), Some(2));
     assert_eq!(count("auth_failed"), Some(2));
 }
+
+#[test]
+fn an_activated_socket_serves_socks5_through_accept_fd() {
+    if !curl_available() {
+        println!("skipped: no curl (see above)");
+        return;
+    }
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file()) else {
+        println!("skipped: systemd-socket-activate is not installed (tests/service.rs unpacks it)");
+        return;
+    };
+    let origin = Origin::start();
+    let port = free_port();
+    let mut command = Command::new(activate);
+    command.args(["-l", &format!("127.0.0.1:{port}"), common::vsplice_bin()]);
+    let relay = Relay::spawn_command(
+        command,
+        &[
+            "ACCEPT-FD:3,fork",
+            &format!("SOCKS5-SERVER,dest=127.0.0.1:{}", origin.port),
+        ],
+    );
+    let socks_at = format!("127.0.0.1:{port}");
+    let ok = format!("http://127.0.0.1:{}/bytes/100000", origin.port);
+    let denied = format!("http://127.0.0.1:{}/bytes/1", origin.port + 1);
+    let out = curl(&[
+        "--socks5",
+        &socks_at,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &ok,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "100000",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        relay.log()
+    );
+    let out = curl(&["--socks5", &socks_at, &denied]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(2)"));
+    assert_eq!(origin.accepted(), 1);
+}
