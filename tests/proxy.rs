@@ -361,7 +361,7 @@ fn sample(port: u16, name: &str, labels: &[&str]) -> Option<u64> {
 }
 
 #[test]
-fn serve_counts_proxy_results_and_a_reload_changes_the_dest_list_and_the_password() {
+fn serve_counts_proxy_results_and_a_reload_changes_the_dest_key_and_the_password() {
     if !curl_available() {
         println!("skipped: no curl (see above)");
         return;
@@ -380,7 +380,8 @@ fn serve_counts_proxy_results_and_a_reload_changes_the_dest_list_and_the_passwor
                 "[metrics]\nlisten = \"TCP-LISTEN:{metrics},bind=127.0.0.1\"\n\
                  [[service]]\nname = \"egress\"\n\
                  listen = \"TCP-LISTEN:{port},fork,bind=127.0.0.1\"\n\
-                 connect = \"SOCKS5-SERVER,dest=127.0.0.1:{dest},user=app,password-file={}\"\n",
+                 connect = \"SOCKS5-SERVER,user=app,password-file={}\"\n\
+                 dest = [\"127.0.0.1:{dest}\"]\n",
                 password.display()
             ),
         )
