@@ -124,6 +124,7 @@ fn throughput<P: Pairs>(c: &mut Criterion, family: &str) {
         engine.submit(Job {
             first: Endpoint::socket(nonblocking(relay_a), "a".into()),
             second: Second::Ready(Endpoint::socket(nonblocking(relay_b), "b".into())),
+            prelude: None,
         });
         let (go, rounds) = mpsc::channel::<()>();
         let writer = std::thread::spawn(move || {

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod net;
+pub mod protocols;
 pub mod relay;
 pub mod service;
 pub mod sys;

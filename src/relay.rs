@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::addr::{Address, Kind};
 use crate::engine::accept::{AcceptGroup, AcceptStrategy, Admit};
-use crate::engine::{Engine, EngineConfig, Job, RelayOptions, Second, Shared};
+use crate::engine::{Engine, EngineConfig, Job, RelayOptions, Second, Shared, prelude_for};
 use crate::error::{Error, Result};
 use crate::net::admit::admit;
 use crate::net::blocking::dial_blocking;
@@ -124,6 +124,7 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
         engine.submit(Job {
             first,
             second: second_end,
+            prelude: prelude_for(&plan.first, &second),
         });
         let stopped = wait_idle(&engine, &signals, plan.drain_timeout);
         finish(engine, &plan, stopped)
@@ -205,6 +206,7 @@ impl Admit for RelayAdmit {
         let job = Job {
             first,
             second: Second::Dial(self.second.clone()),
+            prelude: prelude_for(&self.listen, &self.second),
         };
         Some((job, self.options.clone()))
     }
@@ -328,6 +330,7 @@ fn serve(
             }
             match l.accept() {
                 Ok(Some(first)) => {
+                    let prelude = prelude_for(&plan.first, &second);
                     let second = match &second.kind {
                         Kind::Stdio => match Endpoint::stdio() {
                             Ok(e) => Second::Ready(e),
@@ -335,7 +338,11 @@ fn serve(
                         },
                         _ => Second::Dial(second.clone()),
                     };
-                    engine.queue(Job { first, second });
+                    engine.queue(Job {
+                        first,
+                        second,
+                        prelude,
+                    });
                     if !fork {
                         // One connection only: stop listening (and remove a UNIX socket file).
                         listener = None;

@@ -16,7 +16,17 @@ use std::path::{Path, PathBuf};
 /// The top-level modules, lowest first: each may import only from those before it (and
 /// itself). `main.rs` is a crate of its own and is not read.
 const LAYERS: &[&str] = &[
-    "sys", "addr", "error", "log", "net", "engine", "relay", "service", "bench", "cli",
+    "sys",
+    "addr",
+    "protocols",
+    "error",
+    "log",
+    "net",
+    "engine",
+    "relay",
+    "service",
+    "bench",
+    "cli",
 ];
 
 /// The logging macros, exported at the crate root but defined in `log`.

@@ -27,6 +27,24 @@ impl fmt::Display for Address {
     }
 }
 
+/// A proxy needs a destination allow list (no open proxy), and `user=` and
+/// `password-file=` together or not at all.
+fn check_proxy(tag: KindTag, options: &Options) -> Result<(), AddressError> {
+    if options.proxy.dest.is_none() {
+        return Err(AddressError::Proxy(format!(
+            "{} needs at least one dest=HOST:PORT entry: an open proxy is never started",
+            tag.name()
+        )));
+    }
+    if options.proxy.user.is_some() != options.proxy.password_file.is_some() {
+        return Err(AddressError::Proxy(format!(
+            "{} needs user= and password-file= together",
+            tag.name()
+        )));
+    }
+    Ok(())
+}
+
 impl Address {
     /// Parses one address string (stage two: meaning, ranges, option applicability).
     pub fn parse(text: &str) -> Result<Address, AddressError> {
@@ -43,6 +61,9 @@ impl Address {
             allow
                 .fits_listener(&kind, options.bind.as_ref())
                 .map_err(AddressError::AllowNeverMatches)?;
+        }
+        if tag.is_proxy() {
+            check_proxy(tag, &options)?;
         }
         Ok(Address {
             text: text.to_string(),
@@ -98,7 +119,11 @@ impl Address {
                 Kind::VsockUdsListen { path, port }
             }
             (KindTag::Stdio, []) => Kind::Stdio,
-            (KindTag::Stdio, _) => return Err(AddressError::NoParameters { kind: name }),
+            (KindTag::Socks5Server, []) => Kind::Socks5Server,
+            (KindTag::HttpConnectServer, []) => Kind::HttpConnectServer,
+            (KindTag::Stdio | KindTag::Socks5Server | KindTag::HttpConnectServer, _) => {
+                return Err(AddressError::NoParameters { kind: name });
+            }
             (KindTag::AcceptFd, [fd]) => Kind::AcceptFd {
                 fd: fd
                     .parse::<i32>()
@@ -112,6 +137,11 @@ impl Address {
 
     pub fn is_listener(&self) -> bool {
         self.kind.tag().is_listener()
+    }
+
+    /// A proxy address (`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER`).
+    pub fn is_proxy(&self) -> bool {
+        self.kind.tag().is_proxy()
     }
 
     pub fn is_connector(&self) -> bool {

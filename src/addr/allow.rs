@@ -129,7 +129,8 @@ impl AllowRule {
         })
     }
 
-    fn permits(&self, peer: &Peer) -> bool {
+    /// Whether this entry matches `peer`.
+    pub(super) fn permits_peer(&self, peer: &Peer) -> bool {
         match (self, peer) {
             (AllowRule::Cid { first, last }, Peer::Vsock { cid }) => (first..=last).contains(&cid),
             (AllowRule::Uid { first, last }, Peer::Unix { uid: Some(uid) }) => {
@@ -197,7 +198,7 @@ impl Allow {
 
     /// Whether `peer` may connect.
     pub fn permits(&self, peer: &Peer) -> bool {
-        self.rules.iter().any(|r| r.permits(peer))
+        self.rules.iter().any(|r| r.permits_peer(peer))
     }
 
     /// [`Allow::fits`], and for a TCP listener that every network is of an IP family the

@@ -38,6 +38,9 @@ pub enum AddressError {
     /// An allow list that can never match a peer of its listener (the message names both).
     #[error("{0}")]
     AllowNeverMatches(String),
+    /// A proxy address without what it needs (the message names the keyword).
+    #[error("{0}")]
+    Proxy(String),
     #[error("option \"{option}\" is not valid for {kind}")]
     OptionNotValid { option: String, kind: &'static str },
     #[error("option \"{option}\" needs a value ({option}{hint})")]

@@ -53,6 +53,11 @@ pub enum Kind {
     AcceptFd {
         fd: i32,
     },
+    /// A second address that speaks SOCKS5 to the first side's clients and connects each to
+    /// the destination it asks for, if the `dest=` list allows it.
+    Socks5Server,
+    /// As [`Kind::Socks5Server`], for `CONNECT host:port HTTP/1.1`.
+    HttpConnectServer,
 }
 
 /// Address types without their parameters: the rows of the keyword table.
@@ -68,6 +73,8 @@ pub enum KindTag {
     VsockUdsListen,
     Stdio,
     AcceptFd,
+    Socks5Server,
+    HttpConnectServer,
 }
 
 /// Keywords and their aliases, as socat spells them, with each address type's help, written
@@ -159,6 +166,18 @@ const KEYWORDS: &[(&str, KindTag, Option<&str>)] = &[
             "a listening socket inherited as descriptor `fd` (systemd socket activation), with `fork`",
         ),
     ),
+    (
+        "SOCKS5-SERVER",
+        KindTag::Socks5Server,
+        Some(
+            "second address only: a SOCKS5 proxy (RFC 1928, CONNECT) for the first side's clients, each connected where it asks if a `dest=` entry allows it",
+        ),
+    ),
+    (
+        "HTTP-CONNECT-SERVER",
+        KindTag::HttpConnectServer,
+        Some("second address only: the same for `CONNECT host:port HTTP/1.1` requests"),
+    ),
 ];
 
 /// The help column of an alias row: the alias shares its address type's help.
@@ -235,6 +254,8 @@ impl KindTag {
             KindTag::VsockUdsListen => "VSOCK-UDS-LISTEN",
             KindTag::Stdio => "STDIO",
             KindTag::AcceptFd => "ACCEPT-FD",
+            KindTag::Socks5Server => "SOCKS5-SERVER",
+            KindTag::HttpConnectServer => "HTTP-CONNECT-SERVER",
         }
     }
 
@@ -246,7 +267,7 @@ impl KindTag {
             KindTag::UnixConnect | KindTag::UnixListen => "path",
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
-            KindTag::Stdio => NO_PARAMETERS,
+            KindTag::Stdio | KindTag::Socks5Server | KindTag::HttpConnectServer => NO_PARAMETERS,
             KindTag::AcceptFd => "fd",
         }
     }
@@ -272,6 +293,11 @@ impl KindTag {
         )
     }
 
+    /// A proxy: the second address, connecting each client where it asks to go.
+    pub fn is_proxy(self) -> bool {
+        matches!(self, KindTag::Socks5Server | KindTag::HttpConnectServer)
+    }
+
     pub(super) fn is_tcp(self) -> bool {
         matches!(self, KindTag::TcpConnect(_) | KindTag::TcpListen(_))
     }
@@ -294,6 +320,8 @@ impl Kind {
             Kind::VsockUdsListen { .. } => KindTag::VsockUdsListen,
             Kind::Stdio => KindTag::Stdio,
             Kind::AcceptFd { .. } => KindTag::AcceptFd,
+            Kind::Socks5Server => KindTag::Socks5Server,
+            Kind::HttpConnectServer => KindTag::HttpConnectServer,
         }
     }
 }

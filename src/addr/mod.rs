@@ -9,12 +9,14 @@
 mod address;
 pub mod allow;
 mod bind;
+pub mod dest;
 mod error;
 mod kind;
 mod lex;
 mod options;
 mod pair;
 mod param;
+mod secret;
 pub mod size;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
@@ -23,9 +25,13 @@ pub use size::{check_idle_timeout, parse_duration, parse_size};
 pub use address::Address;
 pub use error::AddressError;
 pub use kind::{Bind, Family, KeywordDoc, Kind, KindTag, keyword_docs};
-pub use options::{OptionDoc, OptionHelp, Options, option_docs, option_names};
+pub use options::Secret;
+pub use options::{OptionDoc, OptionHelp, Options, ProxyOptions, option_docs, option_names};
 pub use pair::check_pair;
 pub use param::{UNIX_PATH_MAX, strip_brackets};
+pub use secret::load_password;
 
+#[cfg(test)]
+mod proxy_tests;
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,12 @@
 //! to, and the parsing of their values. An option that does not apply to the address type is an
 //! error here, never silently ignored.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
+use super::dest::{DestList, DestRule};
 use super::error::AddressError;
 use super::kind::{Bind, KindTag};
 use super::lex::RawOption;
@@ -37,6 +39,33 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
     pub allow: Option<Allow>,
+    /// The proxy addresses' options (boxed: most addresses have none).
+    pub proxy: Box<ProxyOptions>,
+}
+
+/// The options only proxy addresses (`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER`) take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// Where a proxy address may connect its clients (`dest=`, repeated). On the `TCP:`
+    /// address a proxy dials for a client, the same list filters the resolved addresses.
+    pub dest: Option<DestList>,
+    /// The user a proxy address requires (`user=`, with `password-file=`).
+    pub user: Option<String>,
+    /// The file holding that user's password (its first line).
+    pub password_file: Option<PathBuf>,
+    /// The password read from `password-file=` ([`super::secret::load_password`]; never
+    /// by parsing).
+    pub password: Option<Secret>,
+}
+
+/// A password, never printed.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(hidden)")
+    }
 }
 
 /// Option names and their aliases.
@@ -60,6 +89,9 @@ enum OptName {
     Retry,
     Interval,
     Allow,
+    Dest,
+    User,
+    PasswordFile,
 }
 
 /// Option names and their aliases, with each option's help, written once for `--help`, the
@@ -185,6 +217,30 @@ const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
             "serve only peers that fit an entry: an IP network (`10.0.0.0/8`), `cid:N[-M]` (vsock), `uid:N[-M]` (UNIX); others are refused (TCP with a reset) before anything is dialed",
         ),
     ),
+    (
+        "dest",
+        OptName::Dest,
+        help(
+            "`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER` (required; repeat it)",
+            "a destination the proxy may connect to: `HOST:PORT`, `*.example.com:443`, `10.0.0.0/8:5432`, ports as `N-M`; a name entry never dials the machine's own or loopback addresses, a network entry matches the resolved address",
+        ),
+    ),
+    (
+        "user",
+        OptName::User,
+        help(
+            "`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER`",
+            "the user name clients must give (RFC 1929, `Proxy-Authorization: Basic`), with `password-file`",
+        ),
+    ),
+    (
+        "password-file",
+        OptName::PasswordFile,
+        help(
+            "`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER`",
+            "the file whose first line is that user's password (read again at reload)",
+        ),
+    ),
 ];
 
 /// What an option's help says: whom it applies to and what it does.
@@ -268,7 +324,9 @@ impl OptName {
                     | KindTag::VsockConnect
                     | KindTag::VsockListen
             ),
-            OptName::ConnectTimeout | OptName::Retry | OptName::Interval => tag.is_connector(),
+            OptName::ConnectTimeout => tag.is_connector() || tag.is_proxy(),
+            OptName::Retry | OptName::Interval => tag.is_connector(),
+            OptName::Dest | OptName::User | OptName::PasswordFile => tag.is_proxy(),
             OptName::RcvBuf | OptName::SndBuf => tag.is_socket(),
             OptName::UnlinkEarly => {
                 matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
@@ -289,6 +347,9 @@ impl OptName {
             OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
             OptName::Allow => "=ENTRY",
+            OptName::Dest => "=HOST:PORT",
+            OptName::User => "=NAME",
+            OptName::PasswordFile => "=PATH",
             _ => "",
         }
     }
@@ -462,6 +523,37 @@ pub(super) fn apply_option(
                 .fits(tag)
                 .map_err(|why| option_value_error(name, value, why))?;
             opts.allow = Some(allow);
+        }
+        OptName::Dest => {
+            let rule =
+                DestRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
+            let mut rules = opts
+                .proxy
+                .dest
+                .take()
+                .map(|d| d.rules().to_vec())
+                .unwrap_or_default();
+            rules.push(rule);
+            opts.proxy.dest = DestList::from_rules(rules);
+        }
+        OptName::User => {
+            if value.is_empty() || value.len() > 255 || value.contains(':') {
+                return Err(option_value_error(
+                    name,
+                    value,
+                    "1-255 bytes, without ':' (HTTP Basic separates user and password with it)",
+                ));
+            }
+            opts.proxy.user = Some(value.to_string());
+        }
+        OptName::PasswordFile => {
+            if value.is_empty() {
+                return Err(AddressError::OptionNeedsValue {
+                    option: name.to_string(),
+                    hint: opt.value_hint(),
+                });
+            }
+            opts.proxy.password_file = Some(PathBuf::from(value));
         }
         _ => unreachable!("value options handled above"),
     }

@@ -22,7 +22,19 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<(), String> {
             ));
         }
     }
+    if first.is_proxy() {
+        return Err(format!(
+            "\"{}\" serves the clients of the other address: it must be the second address",
+            first.text
+        ));
+    }
     let stdio = |a: &Address| a.kind == Kind::Stdio;
+    if second.is_proxy() && stdio(first) {
+        return Err(format!(
+            "\"{}\" needs a socket on the first address, not STDIO",
+            second.text
+        ));
+    }
     if stdio(first) && stdio(second) {
         return Err("STDIO can be used only once".into());
     }

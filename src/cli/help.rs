@@ -92,6 +92,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "serve only the guests with CID 3 or 10 to 20",
     ),
     (
+        "vsplice VSOCK-LISTEN:1080,fork,allow=cid:16 SOCKS5-SERVER,dest=*.example.com:443",
+        "an egress proxy for the enclave with CID 16: SOCKS5, to port 443 of example.com's hosts only",
+    ),
+    (
         "systemd-socket-activate -l 2222 vsplice ACCEPT-FD:3,fork VSOCK-CONNECT:3:22",
         "serve a listening socket that systemd opened",
     ),

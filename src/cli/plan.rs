@@ -89,8 +89,9 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     let [first, second] = <[String; 2]>::try_from(cli.addresses.clone())
         .map_err(|_| Error::Usage("exactly two addresses are needed".into()))?;
     let first = parse_address(&first)?;
-    let second = parse_address(&second)?;
+    let mut second = parse_address(&second)?;
     check_pair(&first, &second).map_err(Error::Usage)?;
+    crate::addr::load_password(&mut second).map_err(Error::Usage)?;
     if let crate::addr::Kind::AcceptFd { .. } = first.kind {
         let serve = crate::service::accept_fd_relay(
             first,

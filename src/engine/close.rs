@@ -18,6 +18,9 @@ pub enum CloseReason {
     },
     /// The second address could not be opened.
     DialFailed(String),
+    /// The handshake before the dial (`accept-proxy`, ...) failed: a bad, oversized or late
+    /// header; nothing was dialed. The text names the prelude and why.
+    PreludeFailed(String),
     /// No byte moved for `-T` seconds.
     IdleTimeout,
     /// One direction ended `-t` seconds ago and the other did not follow.
@@ -31,7 +34,7 @@ impl CloseReason {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            CloseReason::Failed { .. } | CloseReason::DialFailed(_)
+            CloseReason::Failed { .. } | CloseReason::DialFailed(_) | CloseReason::PreludeFailed(_)
         )
     }
 
@@ -45,6 +48,7 @@ impl CloseReason {
             self,
             CloseReason::Failed { .. }
                 | CloseReason::DialFailed(_)
+                | CloseReason::PreludeFailed(_)
                 | CloseReason::IdleTimeout
                 | CloseReason::Stopped
         )
@@ -56,7 +60,7 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::Done => write!(f, "finished"),
             CloseReason::Failed { direction, error } => write!(f, "{direction}: {error}"),
-            CloseReason::DialFailed(why) => write!(f, "{why}"),
+            CloseReason::DialFailed(why) | CloseReason::PreludeFailed(why) => write!(f, "{why}"),
             CloseReason::IdleTimeout => write!(f, "inactivity timeout (-T)"),
             CloseReason::LingerExpired => write!(f, "half-close timeout (-t)"),
             CloseReason::Stopped => write!(f, "relay stopping"),

@@ -1,5 +1,5 @@
-//! A relayed connection: its two ends, its phase (dialing, relaying, closing) carrying the
-//! data of that phase, and the pure rule that decides, from the state of its two
+//! A relayed connection: its two ends, its phase (prelude, dialing, relaying, closing)
+//! carrying the data of that phase, and the pure rule that decides, from the state of its two
 //! directions, whether it goes on, starts its half-close linger (`-t`), or closes.
 //!
 //! The worker owns connections in a slab; everything else reaches a connection's parts
@@ -15,6 +15,7 @@ use super::close::CloseReason;
 use super::config::RelayOptions;
 use super::direction::{Direction, PerDir};
 use super::ends::Ends;
+use super::job::{PreludeJob, Second};
 use super::lane::Lane;
 use super::lane::flow::FlowState;
 use super::registry::ParkPair;
@@ -22,6 +23,7 @@ use super::token::Op;
 use crate::debug;
 use crate::net::dial::Dial;
 use crate::net::endpoint::Endpoint;
+use crate::protocols::prelude::{Origin, Prelude};
 
 /// Dial bookkeeping while the second address connects.
 #[derive(Debug)]
@@ -31,6 +33,11 @@ pub struct Dialing {
     pub epoch: u32,
     /// The wait's deadline passed while its poll was in flight; the poll is being cancelled.
     pub timed_out: bool,
+    /// The prelude that ran before this dial: it is told how the dial ended and may have a
+    /// reply for the client (`None`: no prelude).
+    pub prelude: Option<Box<dyn Prelude>>,
+    /// How long that reply may take to write.
+    pub reply_timeout: Duration,
 }
 
 impl Dialing {
@@ -39,8 +46,34 @@ impl Dialing {
             dial,
             epoch: 0,
             timed_out: false,
+            prelude: None,
+            reply_timeout: Duration::ZERO,
         }
     }
+}
+
+/// What a prelude does now: reads the client's bytes, or writes a reply to it.
+#[derive(Debug)]
+pub enum PreludeStage {
+    Reading,
+    /// Writing `bytes[sent..]`; then reading on (`relay_after` false) or relaying.
+    Writing {
+        bytes: Vec<u8>,
+        sent: usize,
+        relay_after: bool,
+    },
+}
+
+/// A handshake running on the first end before the second is opened (see
+/// [`crate::protocols::prelude`] and the worker's `prelude.rs`).
+#[derive(Debug)]
+pub struct Preluding {
+    pub job: PreludeJob,
+    pub stage: PreludeStage,
+    /// When the stage must be over (`proxy-timeout` from its start).
+    pub deadline: Instant,
+    /// The second end to open once the prelude is done; `None` once it is open.
+    pub second: Option<Second>,
 }
 
 /// Both ends open: the directions' data paths.
@@ -57,6 +90,8 @@ pub struct Relaying {
 /// Where a connection is in its life; each phase carries what only it has.
 #[derive(Debug)]
 pub enum Phase {
+    /// Running a handshake on the first end before the second is opened.
+    Prelude(Box<Preluding>),
     /// Waiting for the second address to connect.
     Dialing(Dialing),
     /// Both ends open; bytes move in the enabled directions.
@@ -88,6 +123,9 @@ pub struct Conn {
     pub last_active: Instant,
     /// The receive buffer its TCP sockets were fixed at, if the receive budget capped them.
     pub receive_cap: Option<usize>,
+    /// Who the first end's client is, as a prelude declared it (`accept-proxy`); `None`:
+    /// the socket's own peer.
+    pub origin: Option<Origin>,
 }
 
 /// One direction of a relaying connection, split into disjoint borrows.
@@ -121,6 +159,7 @@ impl Conn {
             started: now,
             last_active: now,
             receive_cap: None,
+            origin: None,
         }
     }
 
@@ -135,6 +174,13 @@ impl Conn {
     pub fn relaying(&self) -> Option<&Relaying> {
         match &self.phase {
             Phase::Relaying(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn preluding_mut(&mut self) -> Option<&mut Preluding> {
+        match &mut self.phase {
+            Phase::Prelude(p) => Some(p),
             _ => None,
         }
     }
@@ -204,6 +250,7 @@ impl Conn {
         let (relaying, dialing) =
             match std::mem::replace(&mut self.phase, Phase::Relaying(Relaying::default())) {
                 Phase::Relaying(r) => (r, None),
+                Phase::Prelude(_) => (Relaying::default(), None),
                 Phase::Dialing(d) => (Relaying::default(), Some(Box::new(d))),
                 Phase::Closing { .. } => unreachable!("checked above"),
             };
@@ -253,10 +300,16 @@ impl Conn {
         self.receive_cap = Some(bytes);
     }
 
+    /// The connection for logs: its ends, and the declared origin of a client behind a proxy
+    /// (`SOURCE via PROXY`).
     pub fn label(&self) -> String {
-        match &self.second {
-            Some(s) => format!("{} <-> {}", self.first.label(), s.label()),
+        let first = match &self.origin {
+            Some(origin) => format!("{} via {}", origin.source, self.first.label()),
             None => self.first.label().to_string(),
+        };
+        match &self.second {
+            Some(s) => format!("{first} <-> {}", s.label()),
+            None => first,
         }
     }
 }

@@ -48,7 +48,7 @@ mod worker;
 pub use close::CloseReason;
 pub use config::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions, pin_policy};
 pub use direction::Direction;
-pub use job::{Job, Second};
+pub use job::{Job, PreludeJob, Second, prelude_for};
 pub use lane::{flow, recv};
 pub use observer::ConnObserver;
 pub use shared::Shared;

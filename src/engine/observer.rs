@@ -20,4 +20,16 @@ pub trait ConnObserver: Send + Sync + std::fmt::Debug {
     fn dial_failed(&self, error: &DialError);
     /// The connection ended after `lasted`.
     fn closed(&self, reason: &CloseReason, lasted: Duration);
+    /// The handshake `prelude` (`proxy`, ...) on the accepted socket failed for `reason` (a
+    /// fixed word: `truncated`, `timeout`, ...); the connection then closes. Default: nothing.
+    fn prelude_failed(&self, prelude: &'static str, reason: &'static str) {
+        let _ = (prelude, reason);
+    }
+    /// The request a prelude read ended with `result`: its failure's reason, or after the
+    /// dial `connected`, `denied` (the dial found no allowed address) or `dial_failed`.
+    /// Told once per prelude that got so far; a failed prelude is also told to
+    /// [`ConnObserver::prelude_failed`]. Default: nothing.
+    fn prelude_ended(&self, prelude: &'static str, result: &'static str) {
+        let _ = (prelude, result);
+    }
 }

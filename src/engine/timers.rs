@@ -1,4 +1,4 @@
-//! A worker's timers: per-connection deadlines (a dial's wait, `-T` inactivity, `-t`
+//! A worker's timers: per-connection deadlines (a dial's wait, a prelude's, `-T` inactivity, `-t`
 //! linger, a direction's retry after running out of descriptors) in one heap, and the one place that decides how long the worker may sleep.
 //!
 //! Timers are never cancelled: each names its connection's slab key and serial, and a timer
@@ -12,6 +12,8 @@ use std::time::Instant;
 pub enum TimerKind {
     /// The deadline of dial wait number `epoch`.
     Dial(u32),
+    /// A prelude's deadline (its stage's, checked when it fires).
+    Prelude,
     Idle,
     Linger,
     /// Run direction number `index` again: it could not take a pipe for want of descriptors.

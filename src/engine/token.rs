@@ -19,6 +19,8 @@ use super::direction::Direction;
 pub enum Op {
     /// The second address's connect or handshake readiness.
     Dial,
+    /// The first end's readiness for a prelude's read or reply.
+    Prelude,
     /// Waiting for a direction's source to be readable.
     Readable(Direction),
     /// Waiting for a direction's destination to be writable.
@@ -37,6 +39,7 @@ impl Op {
     pub fn tag(self) -> u8 {
         match self {
             Op::Dial => 0,
+            Op::Prelude => 11,
             Op::Readable(d) => 1 + 4 * d.index() as u8,
             Op::Writable(d) => 2 + 4 * d.index() as u8,
             Op::Fill(d) => 3 + 4 * d.index() as u8,
@@ -49,6 +52,7 @@ impl Op {
         match tag {
             0 => return Some(Op::Dial),
             9 | 10 => return Some(Op::ArmReset(tag - 9)),
+            11 => return Some(Op::Prelude),
             _ => {}
         }
         let d = match (tag - 1) / 4 {
@@ -125,6 +129,7 @@ mod tests {
             Op::Drain(Direction::Backward),
             Op::ArmReset(0),
             Op::ArmReset(1),
+            Op::Prelude,
         ];
         let mut bits = 0u16;
         for op in ops {

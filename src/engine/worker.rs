@@ -6,7 +6,8 @@
 //! a connection has in flight is tracked in its in-flight set; a closing connection cancels
 //! them and keeps its descriptors, pipes and buffers until the kernel has returned every one,
 //! so nothing the kernel may still touch is freed or reused early. A worker also accepts
-//! for itself on the listeners the engine gave it (`accept.rs`), and dials from there
+//! for itself on the listeners the engine gave it (`accept.rs`), runs a connection's
+//! prelude (`prelude.rs`: `accept-proxy` and other handshakes before the dial), and dials
 //! (`dial.rs`).
 
 use std::collections::VecDeque;
@@ -23,10 +24,10 @@ use slab::Slab;
 use super::clock::Clock;
 use super::close::CloseReason;
 use super::config::{EngineConfig, RelayOptions};
-use super::conn::{Conn, Dialing, Phase, Relaying, Verdict, verdict};
+use super::conn::{Conn, Phase, Relaying, Verdict, verdict};
 use super::direction::{Direction, PerDir};
 use super::inbox::Message;
-use super::job::{Job, Second};
+use super::job::Job;
 use super::lane::{Cx, Lane, PipePool, Pumped};
 use super::park::{self, Parking};
 use super::rcvsweep::ReceiveSweep;
@@ -36,13 +37,15 @@ use super::shared::Shared;
 use super::stats;
 use super::timers::{Timer, TimerKind, Timers};
 use super::token::{self, Op, Token};
-use crate::net::dial::{Dial, Event as DialEvent};
 use crate::sys::eventfd::EventFd;
 use crate::{debug, info};
+
+use std::time::Duration;
 
 mod accept;
 mod dial;
 mod listening;
+mod prelude;
 
 /// How long a direction that found no descriptor for a pipe waits before it tries again.
 const DESCRIPTOR_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -204,6 +207,7 @@ impl Worker {
                 }
                 match op {
                     Op::Dial => self.on_dial_ready(key),
+                    Op::Prelude => self.advance_prelude(key),
                     // Only pushed for a closing connection (handled above).
                     Op::ArmReset(_) => {}
                     Op::Readable(dir) | Op::Writable(dir) | Op::Fill(dir) | Op::Drain(dir) => {
@@ -352,28 +356,20 @@ impl Worker {
         let serial = self.next_serial;
         self.next_serial += 1;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (second, phase) = match job.second {
-            Second::Ready(endpoint) => (Some(endpoint), Phase::Relaying(Relaying::default())),
-            Second::Dial(address) => (None, Phase::Dialing(Dialing::new(Dial::new(address)))),
-        };
-        let dials = matches!(phase, Phase::Dialing(_));
-        let conn = Conn::new(serial, id, options, job.first, second, phase);
-        if dials {
-            if let Phase::Dialing(dialing) = &conn.phase {
-                info!(
-                    "conn {id}: accepted {}, connecting {}",
-                    conn.first.label(),
-                    dialing.dial.address().text
-                );
-            }
-            let key = self.conns.insert(conn);
-            self.advance_dial(key, DialEvent::Start);
-            Some(key)
-        } else {
-            let key = self.conns.insert(conn);
-            self.start_relay(key);
-            Some(key)
+        let Job {
+            first,
+            second,
+            prelude,
+        } = job;
+        let phase = Phase::Relaying(Relaying::default());
+        let key = self
+            .conns
+            .insert(Conn::new(serial, id, options, first, None, phase));
+        match prelude {
+            Some(prelude) => self.start_prelude(key, prelude, second),
+            None => self.open_second(key, second, None, Duration::ZERO),
         }
+        Some(key)
     }
 
     // ---- relaying ----
@@ -548,6 +544,7 @@ impl Worker {
             }
             match timer.kind {
                 TimerKind::Dial(epoch) => self.on_dial_timer(timer.key, epoch),
+                TimerKind::Prelude => self.on_prelude_timer(timer.key),
                 TimerKind::Retry(index) => {
                     if conn.is_relaying() {
                         self.pump(timer.key, Direction::from_index(index as usize));

@@ -19,7 +19,9 @@ use crate::net::endpoint::Endpoint;
 use crate::net::hybrid::MAX_REPLY;
 pub use crate::net::hybrid::{escape_peer_text, parse_handshake_reply};
 use crate::net::open::{connect_socket, connected_endpoint};
+use crate::net::own::OwnAddresses;
 use crate::net::resolve::{Lookup, connect_targets, needs_lookup};
+pub use crate::protocols::target::FailureClass;
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
@@ -79,6 +81,8 @@ pub enum DialError {
     },
     /// The address named no target.
     NoAddress,
+    /// The name resolved only to addresses the proxy's `dest=` list does not allow.
+    NotAllowed { host: String, addresses: String },
     /// The dial was advanced after it had ended.
     Finished,
 }
@@ -92,12 +96,44 @@ impl std::fmt::Display for DialError {
                 write!(f, "guest port {port} refused via {path}: {why}")
             }
             DialError::NoAddress => f.write_str("no address to connect to"),
+            DialError::NotAllowed { host, addresses } => {
+                write!(
+                    f,
+                    "{host} resolved to {addresses}, which no dest= entry allows"
+                )
+            }
             DialError::Finished => f.write_str("dial already finished"),
         }
     }
 }
 
 impl std::error::Error for DialError {}
+
+impl DialError {
+    /// The class of the failure, from the last attempt's OS error.
+    pub fn class(&self) -> FailureClass {
+        let why = match self {
+            DialError::NotAllowed { .. } => return FailureClass::NotAllowed,
+            DialError::Resolve(why) if why.contains("timed out") => {
+                return FailureClass::TimedOut;
+            }
+            DialError::Resolve(_) => return FailureClass::Unreachable,
+            DialError::Connect { why, .. } | DialError::GuestPort { why, .. } => why,
+            DialError::NoAddress | DialError::Finished => return FailureClass::Other,
+        };
+        let code = why
+            .rsplit_once("(os error ")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .and_then(|n| n.parse::<i32>().ok());
+        match code {
+            Some(libc::ECONNREFUSED) => FailureClass::Refused,
+            Some(libc::ETIMEDOUT) => FailureClass::TimedOut,
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => FailureClass::Unreachable,
+            None if why.contains("timed out") => FailureClass::TimedOut,
+            _ => FailureClass::Other,
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Phase {
@@ -340,7 +376,10 @@ impl Dial {
     /// Starts a round of attempts on the targets a lookup gave.
     fn round(&mut self, answer: io::Result<Vec<SockAddr>>) -> Progress {
         match answer {
-            Ok(targets) => self.targets = targets,
+            Ok(targets) => {
+                self.targets = targets;
+                self.keep_allowed_targets();
+            }
             Err(e) => {
                 self.targets.clear();
                 self.last_error = Some(DialError::Resolve(e.to_string()));
@@ -348,6 +387,34 @@ impl Dial {
         }
         self.next = 0;
         self.try_next()
+    }
+
+    /// A proxy's dial (its address carries the `dest=` list): drops every resolved address
+    /// the list does not allow, before anything connects; with none left the dial fails as
+    /// not allowed.
+    fn keep_allowed_targets(&mut self) {
+        let (Some(dest), Kind::TcpConnect { host, .. }) =
+            (&self.address.options.proxy.dest, &self.address.kind)
+        else {
+            return;
+        };
+        let own = OwnAddresses::default();
+        let before = std::mem::take(&mut self.targets);
+        self.targets = before
+            .iter()
+            .filter(|t| match t {
+                SockAddr::Inet(a) => dest.admits(host, *a, |ip| own.contains(ip)),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        if self.targets.is_empty() {
+            let addresses: Vec<String> = before.iter().map(|t| t.to_string()).collect();
+            self.last_error = Some(DialError::NotAllowed {
+                host: host.clone(),
+                addresses: addresses.join(", "),
+            });
+        }
     }
 
     /// Records a failed attempt on `target` and returns it.
@@ -574,5 +641,45 @@ impl Dial {
             interest,
             deadline: Some(deadline),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::blocking::dial_blocking;
+
+    fn proxied(host: &str, port: u16, dest: &[&str]) -> Arc<Address> {
+        let mut address = Address::parse(&format!("TCP:{host}:{port}")).unwrap();
+        address.options.proxy.dest = crate::addr::dest::DestList::parse(dest).unwrap();
+        Arc::new(address)
+    }
+
+    #[test]
+    fn a_name_entry_never_dials_the_loopback_its_name_resolves_to() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = dial_blocking(proxied("localhost", port, &[&format!("localhost:{port}")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("which no dest= entry allows"), "{err}");
+        assert!(listener.accept().is_err(), "the listener saw a connection");
+        let mut dial = Dial::new(proxied("localhost", port, &[&format!("localhost:{port}")]));
+        let failed = loop {
+            match dial.advance(Event::Ready) {
+                Progress::Failed(e) => break e,
+                Progress::Wait { .. } => std::thread::sleep(Duration::from_millis(5)),
+                Progress::Connected(_) => panic!("connected"),
+            }
+        };
+        assert_eq!(failed.class(), FailureClass::NotAllowed);
+        // A network entry naming loopback lets the same name through.
+        dial_blocking(proxied(
+            "localhost",
+            port,
+            &[&format!("127.0.0.0/8:{port}")],
+        ))
+        .expect("127.0.0.0/8 is named");
     }
 }

@@ -155,6 +155,15 @@ impl Endpoint {
         }
     }
 
+    /// The socket, while it has a descriptor: for a handshake the worker runs on it, and for
+    /// asking who its ends are.
+    pub fn as_socket(&self) -> Option<&Socket> {
+        match &self.io {
+            Io::Socket(s) => Some(s),
+            Io::Stdio { .. } | Io::Parked => None,
+        }
+    }
+
     /// The socket, for callers that do their own I/O (the bench).
     pub fn into_socket(self) -> Option<Socket> {
         match self.io {

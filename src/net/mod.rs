@@ -11,6 +11,7 @@ pub mod dial;
 pub mod endpoint;
 pub mod hybrid;
 pub mod open;
+pub mod own;
 pub mod peer;
 pub mod resolve;
 pub mod sockopt;

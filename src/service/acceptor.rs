@@ -13,7 +13,9 @@ use super::config::{ServePlan, ServicePlan};
 use super::observer::ServiceObserver;
 use crate::addr::Address;
 use crate::engine::accept::{AcceptGroup, Admit};
-use crate::engine::{DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second};
+use crate::engine::{
+    DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second, prelude_for,
+};
 use crate::error::{Error, Result};
 use crate::net::admit::admit;
 use crate::net::bindkey::BindKey;
@@ -239,5 +241,6 @@ fn admit_job(service: &Service, socket: Socket) -> Option<Job> {
     Some(Job {
         first,
         second: Second::Dial(service.connect.clone()),
+        prelude: prelude_for(&plan.listen, &service.connect),
     })
 }

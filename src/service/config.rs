@@ -243,6 +243,7 @@ struct RawService {
     listen: Spanned<String>,
     connect: Spanned<String>,
     allow: Option<Spanned<Vec<Spanned<String>>>>,
+    dest: Option<Spanned<Vec<Spanned<String>>>>,
     max_children: Item,
     idle_timeout: Item,
     linger: Item,
@@ -434,8 +435,10 @@ fn resolve_service(
             ),
         ));
     }
-    let connect = parse_address(src, &raw.connect, "connect", Some(name))?;
-    if connect.is_listener() || !connect.is_connector() {
+    let connect_text = with_dest_key(src, &raw.connect, raw.dest.as_ref())?;
+    let mut connect = parse_address(src, &connect_text, "connect", Some(name))?;
+    crate::addr::load_password(&mut connect).map_err(|e| src.at(&raw.connect, "connect", e))?;
+    if connect.is_listener() || !(connect.is_connector() || connect.is_proxy()) {
         return Err(src.at(
             &raw.connect,
             "connect",
@@ -495,6 +498,41 @@ fn resolve_service(
         connect,
         options: own.or(defaults),
     })
+}
+
+/// The `connect` address with the `dest` key's entries appended as `dest=` options (each
+/// checked first, so an entry cannot smuggle in other options); the key and `dest=` in the
+/// address are not both allowed.
+fn with_dest_key(
+    src: &Source,
+    connect: &Spanned<String>,
+    dest: Option<&Spanned<Vec<Spanned<String>>>>,
+) -> Result<Spanned<String>, ConfigError> {
+    let Some(entries) = dest else {
+        return Ok(connect.clone());
+    };
+    if connect.get_ref().to_ascii_lowercase().contains("dest=") {
+        return Err(src.at(
+            entries,
+            "dest",
+            "given twice: as a key and as dest= in the connect address",
+        ));
+    }
+    if entries.get_ref().is_empty() {
+        return Err(src.at(
+            entries,
+            "dest",
+            "an empty list would allow no destination: a proxy needs at least one entry",
+        ));
+    }
+    let mut text = connect.get_ref().clone();
+    for entry in entries.get_ref() {
+        crate::addr::dest::DestRule::parse(entry.get_ref())
+            .map_err(|e| src.at(entry, "dest", e))?;
+        text.push_str(",dest=");
+        text.push_str(entry.get_ref());
+    }
+    Ok(Spanned::new(connect.span(), text))
 }
 
 /// Parses an address of the file; `service` names the service it belongs to in errors about

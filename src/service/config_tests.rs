@@ -312,3 +312,41 @@ fn an_unreadable_file_is_a_usage_error() {
     );
     assert_eq!(Error::from(e).exit_code(), 2);
 }
+
+#[test]
+fn a_proxy_service_takes_its_destinations_as_a_dest_key_or_in_the_address_not_both() {
+    let p = plan(
+        r#"
+[[service]]
+name = "egress"
+listen = "VSOCK-LISTEN:1080,fork"
+connect = "SOCKS5-SERVER,connect-timeout=3"
+allow = ["cid:16"]
+dest = ["*.example.com:443", "10.0.0.0/8:5432"]
+"#,
+    );
+    let dest = p.services[0].connect.options.proxy.dest.as_ref().unwrap();
+    let shown: Vec<String> = dest.rules().iter().map(|r| r.to_string()).collect();
+    assert_eq!(shown, ["*.example.com:443", "10.0.0.0/8:5432"]);
+    let base = "[[service]]\nname = \"e\"\nlisten = \"TCP-LISTEN:1,fork\"\n";
+    let twice = format!("{base}connect = \"SOCKS5-SERVER,dest=a.b:1\"\ndest = [\"c.d:2\"]\n");
+    assert!(error(&twice).contains("given twice"), "{}", error(&twice));
+    let smuggled = format!("{base}connect = \"SOCKS5-SERVER\"\ndest = [\"a.b:1,user=x\"]\n");
+    assert!(
+        error(&smuggled).contains("invalid dest entry"),
+        "{}",
+        error(&smuggled)
+    );
+    let none = format!("{base}connect = \"HTTP-CONNECT-SERVER\"\n");
+    assert!(
+        error(&none).contains("an open proxy is never started"),
+        "{}",
+        error(&none)
+    );
+    let empty = format!("{base}connect = \"HTTP-CONNECT-SERVER\"\ndest = []\n");
+    assert!(
+        error(&empty).contains("at least one entry"),
+        "{}",
+        error(&empty)
+    );
+}

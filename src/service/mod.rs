@@ -101,7 +101,7 @@ pub fn accept_fd_relay(
             first.text
         )));
     }
-    if !second.is_connector() {
+    if !(second.is_connector() || second.is_proxy()) {
         return Err(Error::Usage(format!(
             "\"{}\": ACCEPT-FD relays to a connecting address",
             second.text

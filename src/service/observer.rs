@@ -11,6 +11,7 @@ use super::metrics::{DirectionLabel, ReasonLabel as Reason, ServiceMetrics};
 use crate::engine::ConnObserver;
 use crate::engine::{CloseReason, Direction as EngineDirection};
 use crate::net::dial::DialError;
+use crate::protocols::proxy_server;
 use crate::sys::eventfd::EventFd;
 
 /// One service's view of its connections (kept across reloads while the name stays).
@@ -77,6 +78,12 @@ impl ConnObserver for ServiceObserver {
         self.metrics.on_dial_failure(&errno_label(error));
     }
 
+    fn prelude_ended(&self, prelude: &'static str, result: &'static str) {
+        if let Some(result) = proxy_server::result_label(prelude, result) {
+            self.metrics.on_proxy_request(result);
+        }
+    }
+
     fn closed(&self, reason: &CloseReason, lasted: Duration) {
         self.metrics.on_close(reason_label(reason), lasted);
         self.live.fetch_sub(1, Ordering::SeqCst);
@@ -92,6 +99,7 @@ pub fn reason_label(reason: &CloseReason) -> Reason {
         CloseReason::Done => Reason::eof,
         CloseReason::Failed { .. } => Reason::error,
         CloseReason::DialFailed(_) => Reason::dial_failed,
+        CloseReason::PreludeFailed(_) => Reason::error,
         CloseReason::IdleTimeout => Reason::idle_timeout,
         CloseReason::LingerExpired => Reason::linger_timeout,
         CloseReason::Stopped => Reason::stopped,
@@ -105,6 +113,7 @@ pub fn errno_label(error: &DialError) -> String {
     let why = match error {
         DialError::Resolve(_) => return "resolve".to_string(),
         DialError::Connect { why, .. } | DialError::GuestPort { why, .. } => why,
+        DialError::NotAllowed { .. } => return "not_allowed".to_string(),
         DialError::NoAddress | DialError::Finished => return "other".to_string(),
     };
     // The dial keeps the OS error as text ("Connection refused (os error 111)").

@@ -10,7 +10,7 @@ use crate::engine::conn::{Conn, Phase};
 use crate::engine::ring::ConnOps;
 use crate::engine::timers::{Timer, TimerKind};
 use crate::engine::token::Op;
-use crate::net::dial::{Event as DialEvent, Interest, Progress};
+use crate::net::dial::{Event as DialEvent, FailureClass, Interest, Progress};
 
 impl Worker {
     pub(super) fn advance_dial(&mut self, key: usize, event: DialEvent) {
@@ -29,15 +29,32 @@ impl Worker {
                 if let Some(observer) = &conn.options.observer {
                     observer.dialed(conn.started.elapsed());
                 }
+                let prelude = dialing.prelude.take();
+                let reply_timeout = dialing.reply_timeout;
                 conn.second = Some(endpoint);
-                self.start_relay(key);
+                self.answer_and_relay(key, prelude, reply_timeout);
             }
             Progress::Failed(why) => {
                 if let Some(observer) = &conn.options.observer {
                     observer.dial_failed(&why);
                 }
-                let text = dialing.dial.address().text.clone();
-                self.close(key, CloseReason::DialFailed(format!("{text}: {why}")));
+                let text = format!("{}: {why}", dialing.dial.address().text);
+                if let Some(machine) = dialing.prelude.as_deref_mut() {
+                    if let Some(observer) = &conn.options.observer {
+                        let result = match why.class() {
+                            FailureClass::NotAllowed => "denied",
+                            _ => "dial_failed",
+                        };
+                        observer.prelude_ended(machine.name(), result);
+                    }
+                    super::prelude::answer_failed_dial(
+                        machine,
+                        conn.first.as_socket(),
+                        &text,
+                        why.class(),
+                    );
+                }
+                self.close(key, CloseReason::DialFailed(text));
             }
             Progress::Wait {
                 fd,

@@ -74,6 +74,12 @@ struct ErrnoLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    service: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     service: String,
     direction: DirectionLabel,
@@ -181,6 +187,15 @@ pub const METRICS: &[MetricDef] = &[
         "Failed connects to a service's connect address, by errno",
         "`service`, `errno` (`ECONNREFUSED`, `ETIMEDOUT`, ...; `resolve` for a name that did \
          not resolve)",
+    ),
+    def(
+        "proxy_requests",
+        MetricKind::Counter,
+        None,
+        "Requests a SOCKS5-SERVER or HTTP-CONNECT-SERVER answered, by result",
+        "`service`, `result`: `connected`, `denied` (no `dest=` entry allows the destination or \
+         what it resolved to), `dial_failed`, `auth_failed`, `bad_request`, `unsupported` \
+         (BIND, UDP ASSOCIATE, an unknown address type or method), `timeout`, `closed`",
     ),
     def(
         "bytes",
@@ -305,6 +320,7 @@ pub struct Metrics {
     active: Family<ServiceLabel, Gauge>,
     closed: Family<ClosedLabels, Counter>,
     dial_failures: Family<ErrnoLabels, Counter>,
+    proxy_requests: Family<ResultLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
     durations: HistogramFamily,
     dial_latency: HistogramFamily,
@@ -333,6 +349,7 @@ impl Metrics {
             active: Family::default(),
             closed: Family::default(),
             dial_failures: Family::default(),
+            proxy_requests: Family::default(),
             bytes: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             dial_latency: Family::new_with_constructor(latency_histogram),
@@ -347,6 +364,7 @@ impl Metrics {
         register(r, "connections_active", m.active.clone());
         register(r, "connections_closed", m.closed.clone());
         register(r, "dial_failures", m.dial_failures.clone());
+        register(r, "proxy_requests", m.proxy_requests.clone());
         register(r, "bytes", m.bytes.clone());
         register(r, "connection_duration", m.durations.clone());
         register(r, "dial_latency", m.dial_latency.clone());
@@ -389,6 +407,7 @@ impl Metrics {
                 })
             }),
             dial_failures: self.dial_failures.clone(),
+            proxy_requests: self.proxy_requests.clone(),
         }
     }
 
@@ -428,9 +447,20 @@ pub struct ServiceMetrics {
     /// One counter per [`ReasonLabel`], resolved up front: a close touches no lock.
     closed: [Counter; ReasonLabel::ALL.len()],
     dial_failures: Family<ErrnoLabels, Counter>,
+    proxy_requests: Family<ResultLabels, Counter>,
 }
 
 impl ServiceMetrics {
+    /// A proxy request ended with `result` (one of a fixed set: see METRICS).
+    pub fn on_proxy_request(&self, result: &str) {
+        self.proxy_requests
+            .get_or_create(&ResultLabels {
+                service: self.name.clone(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     /// A connection was accepted and handed to the relay.
     pub fn on_accept(&self) {
         self.accepted.inc();
@@ -544,9 +574,12 @@ mod tests {
                 "{help}: a family without a definition in METRICS, or with other help"
             );
         }
-        // Every family shows once a service exists, but for dial failures, whose series
-        // appear with their first errno.
-        for want in wanted.iter().filter(|w| !w.contains("dial_failures ")) {
+        // Every family shows once a service exists, but for dial failures and proxy
+        // requests, whose series appear with their first errno or result.
+        for want in wanted
+            .iter()
+            .filter(|w| !w.contains("dial_failures ") && !w.contains("proxy_requests "))
+        {
             assert!(
                 helps.contains(&want.as_str()),
                 "{want} is not in the scrape"

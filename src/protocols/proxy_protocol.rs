@@ -1,0 +1,1 @@
+//! HAProxy's PROXY protocol (placeholder, filled in by the next commit).
