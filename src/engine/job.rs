@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::addr::Address;
 use crate::addr::allow::Allow;
+use crate::addr::{Address, DEFAULT_PROXY_TIMEOUT};
 use crate::net::endpoint::Endpoint;
 use crate::protocols::prelude::Prelude;
+use crate::protocols::proxy_protocol::AcceptProxy;
 
 /// The second end of a new connection: already open, or to be dialed by the worker.
 #[derive(Debug)]
@@ -44,6 +45,13 @@ pub struct Job {
 /// address's keyword and options; `None`: none. The one place that maps listeners to
 /// handshakes, for the relay command and service mode alike.
 pub fn prelude_for(listen: &Address) -> Option<PreludeJob> {
-    let _ = listen;
+    let options = &listen.options;
+    if options.accept_proxy {
+        return Some(PreludeJob {
+            machine: Box::new(AcceptProxy::default()),
+            timeout: options.proxy_timeout.unwrap_or(DEFAULT_PROXY_TIMEOUT),
+            allow_source: options.allow_source.clone(),
+        });
+    }
     None
 }
