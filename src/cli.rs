@@ -34,6 +34,8 @@ Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
   connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
   keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early,
   allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8)
+  PROXY protocol: send-proxy[=v1|v2], proxy-crc, proxy-unique-id (connect addresses);
+  accept-proxy, proxy-timeout=S, allow-source=ENTRY (listeners)
 
 Examples:
   vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201

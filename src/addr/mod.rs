@@ -23,7 +23,10 @@ pub use size::{check_idle_timeout, parse_duration, parse_size};
 pub use address::Address;
 pub use error::AddressError;
 pub use kind::{Bind, Family, Kind, KindTag};
-pub use options::{DEFAULT_PROXY_TIMEOUT, Options, ProxyVersion, option_names};
+pub use options::{
+    DEFAULT_PROXY_TIMEOUT, Options, ProxyVersion, check_combinations as check_proxy_options,
+    option_names,
+};
 pub use pair::check_pair;
 pub use param::{UNIX_PATH_MAX, strip_brackets};
 

@@ -410,7 +410,7 @@ pub(super) fn apply_option(
 /// Checks the options that only mean something together with another (run after all
 /// options are applied): `proxy-crc` and `proxy-unique-id` need `send-proxy` v2,
 /// `proxy-timeout` and `allow-source` need `accept-proxy`. Each error names the option.
-pub(super) fn check_combinations(opts: &Options) -> Result<(), AddressError> {
+pub fn check_combinations(opts: &Options) -> Result<(), AddressError> {
     let needs = |option: &str, value: &str, why: &str| Err(option_value_error(option, value, why));
     if opts.proxy_crc && opts.send_proxy != Some(ProxyVersion::V2) {
         return needs("proxy-crc", "1", "needs send-proxy=v2 (v1 has no TLVs)");

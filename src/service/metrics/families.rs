@@ -74,6 +74,12 @@ struct ErrnoLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyErrorLabels {
+    service: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     service: String,
     direction: DirectionLabel,
@@ -181,6 +187,15 @@ pub const METRICS: &[MetricDef] = &[
         "Failed connects to a service's connect address, by errno",
         "`service`, `errno` (`ECONNREFUSED`, `ETIMEDOUT`, ...; `resolve` for a name that did \
          not resolve)",
+    ),
+    def(
+        "proxy_header_errors",
+        MetricKind::Counter,
+        None,
+        "Connections of an accept-proxy service ended for a bad or missing PROXY header, by reason",
+        "`service`, `reason` (`bad-signature`, `bad-v1`, `bad-version`, `bad-command`, \
+         `bad-family`, `bad-length`, `bad-tlv`, `bad-crc`, `too-long`, `timeout`, `closed`, \
+         `read-error`, `source-denied`)",
     ),
     def(
         "bytes",
@@ -305,6 +320,7 @@ pub struct Metrics {
     active: Family<ServiceLabel, Gauge>,
     closed: Family<ClosedLabels, Counter>,
     dial_failures: Family<ErrnoLabels, Counter>,
+    proxy_errors: Family<ProxyErrorLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
     durations: HistogramFamily,
     dial_latency: HistogramFamily,
@@ -333,6 +349,7 @@ impl Metrics {
             active: Family::default(),
             closed: Family::default(),
             dial_failures: Family::default(),
+            proxy_errors: Family::default(),
             bytes: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             dial_latency: Family::new_with_constructor(latency_histogram),
@@ -347,6 +364,7 @@ impl Metrics {
         register(r, "connections_active", m.active.clone());
         register(r, "connections_closed", m.closed.clone());
         register(r, "dial_failures", m.dial_failures.clone());
+        register(r, "proxy_header_errors", m.proxy_errors.clone());
         register(r, "bytes", m.bytes.clone());
         register(r, "connection_duration", m.durations.clone());
         register(r, "dial_latency", m.dial_latency.clone());
@@ -389,6 +407,7 @@ impl Metrics {
                 })
             }),
             dial_failures: self.dial_failures.clone(),
+            proxy_errors: self.proxy_errors.clone(),
         }
     }
 
@@ -428,9 +447,20 @@ pub struct ServiceMetrics {
     /// One counter per [`ReasonLabel`], resolved up front: a close touches no lock.
     closed: [Counter; ReasonLabel::ALL.len()],
     dial_failures: Family<ErrnoLabels, Counter>,
+    proxy_errors: Family<ProxyErrorLabels, Counter>,
 }
 
 impl ServiceMetrics {
+    /// A connection's PROXY header was bad, missing or late (`reason`: a fixed word).
+    pub fn on_proxy_header_error(&self, reason: &str) {
+        self.proxy_errors
+            .get_or_create(&ProxyErrorLabels {
+                service: self.name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     /// A connection was accepted and handed to the relay.
     pub fn on_accept(&self) {
         self.accepted.inc();
@@ -530,9 +560,12 @@ mod tests {
                 "{help}: a family without a definition in METRICS, or with other help"
             );
         }
-        // Every family shows once a service exists, but for dial failures, whose series
-        // appear with their first errno.
-        for want in wanted.iter().filter(|w| !w.contains("dial_failures ")) {
+        // Every family shows once a service exists, but for dial failures and PROXY header
+        // errors, whose series appear with their first errno or reason.
+        for want in wanted
+            .iter()
+            .filter(|w| !w.contains("dial_failures ") && !w.contains("proxy_header_errors "))
+        {
             assert!(
                 helps.contains(&want.as_str()),
                 "{want} is not in the scrape"
