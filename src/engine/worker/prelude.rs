@@ -37,6 +37,7 @@ use crate::protocols::proxy_protocol::{self, Extras};
 use crate::sys::socket::Socket;
 
 /// Where one round of driving a prelude left it.
+#[allow(clippy::large_enum_variant)]
 enum Drive {
     /// Poll the socket for reading (`false`) or writing (`true`), then drive again.
     Wait {
