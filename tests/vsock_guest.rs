@@ -51,7 +51,67 @@ const SCENARIOS: &[Scenario] = &[
         "vsock_dials_never_fail_while_the_listener_is_up",
         vsock_dials_never_fail,
     ),
+    (
+        "send_proxy_v2_gives_a_python_backend_the_vsock_clients_cid_and_port",
+        send_proxy_vsock_tlv,
+    ),
 ];
+
+/// `send-proxy=v2` on a relay from a vsock listener: a Python backend that runs README's
+/// PROXY v2 reader (the very code of README, parsing byte by byte) finds the client's CID and
+/// port and the address it reached in vsplice's TLV, the unique id, and then the client's bytes.
+fn send_proxy_vsock_tlv() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("```python\nimport socket, struct")
+        .expect("README has the PROXY v2 reader");
+    let code = &readme[start + "```python\n".len()..];
+    let code = &code[..code.find("```").expect("end of the reader")];
+    let port = free_port();
+    let script = format!(
+        "{code}\nimport json\nl = socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1', {port}))\nl.listen(4)\nprint('ready', flush=True)\nc, _ = l.accept()\n\
+         h = read_proxy_v2(c)\nrest = b''\nwhile True:\n    b = c.recv(65536)\n    if not b:\n        break\n    rest += b\n\
+         print(json.dumps({{'header': h, 'rest': rest.decode()}}), flush=True)\n"
+    );
+    let scratch = Scratch::new("proxy-vsock");
+    let path = scratch.path("backend.py");
+    std::fs::write(&path, script).unwrap();
+    let mut backend = std::process::Command::new("python3")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(backend.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let _relay = Relay::start(&[
+        "VSOCK-LISTEN:5011,fork",
+        &format!("TCP:127.0.0.1:{port},send-proxy=v2,proxy-unique-id"),
+    ]);
+    let mut client = VsockStream::connect(1, 5011).expect("connect vsock");
+    // The client's own getsockname says CID -1 (any); the relay sees it as CID 1 (this guest).
+    let (_, client_port) = client.local_addr().unwrap();
+    client.write_all(b"hello through vsock").unwrap();
+    client.shutdown_write().unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(
+        got["header"]["vsock"],
+        serde_json::json!([1, client_port, 1, 5011]),
+        "{line}"
+    );
+    assert_eq!(got["rest"], "hello through vsock", "{line}");
+    assert!(
+        got["header"]["unique_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("vsplice-")),
+        "{line}"
+    );
+    let _ = backend.wait();
+}
 
 /// Opens a client connection to a relay's listener.
 type Connector = Box<dyn Fn() -> Box<dyn Duplex>>;

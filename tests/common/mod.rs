@@ -123,6 +123,13 @@ impl VsockStream {
         connect(fd.as_raw_fd(), &VsockAddr::new(cid, port)).map_err(io::Error::from)?;
         Ok(VsockStream(File::from(fd)))
     }
+
+    /// The local (CID, port) of the connection.
+    pub fn local_addr(&self) -> io::Result<(u32, u32)> {
+        let addr: nix::sys::socket::VsockAddr =
+            nix::sys::socket::getsockname(self.0.as_raw_fd()).map_err(io::Error::from)?;
+        Ok((addr.cid(), addr.port()))
+    }
 }
 
 impl Read for VsockStream {
