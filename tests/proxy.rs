@@ -424,3 +424,33 @@ fn vsplice_accepts_haproxys_send_proxy_and_send_proxy_v2_and_passes_the_client_o
         relay.wait_for_log(&format!("({me} via 127.0.0.1:"), Duration::from_secs(10));
     }
 }
+
+#[test]
+fn a_unix_clients_uid_gid_and_pid_reach_readmes_python_reader_in_the_v2_tlv() {
+    let dir = Scratch::new("proxy-unix");
+    let port = free_port();
+    let (mut backend, mut out) = common::proxy_reader::spawn(port, &dir);
+    let sock = dir.path("front.sock");
+    let _relay = Relay::start(&[
+        &format!("UNIX-LISTEN:{},fork", sock.display()),
+        &format!("TCP:127.0.0.1:{port},send-proxy,proxy-crc"),
+    ]);
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    client.write_all(b"hello from unix").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    let me = [
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+        std::process::id(),
+    ];
+    assert_eq!(
+        got["header"]["uid_gid_pid"],
+        serde_json::json!(me),
+        "{line}"
+    );
+    assert_eq!(got["rest"], "hello from unix", "{line}");
+    let _ = backend.wait();
+}

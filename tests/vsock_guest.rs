@@ -61,31 +61,10 @@ const SCENARIOS: &[Scenario] = &[
 /// PROXY v2 reader (the very code of README, parsing byte by byte) finds the client's CID and
 /// port and the address it reached in vsplice's TLV, the unique id, and then the client's bytes.
 fn send_proxy_vsock_tlv() {
-    let readme = include_str!("../README.md");
-    let start = readme
-        .find("```python\nimport socket, struct")
-        .expect("README has the PROXY v2 reader");
-    let code = &readme[start + "```python\n".len()..];
-    let code = &code[..code.find("```").expect("end of the reader")];
     let port = free_port();
-    let script = format!(
-        "{code}\nimport json\nl = socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('127.0.0.1', {port}))\nl.listen(4)\nprint('ready', flush=True)\nc, _ = l.accept()\n\
-         h = read_proxy_v2(c)\nrest = b''\nwhile True:\n    b = c.recv(65536)\n    if not b:\n        break\n    rest += b\n\
-         print(json.dumps({{'header': h, 'rest': rest.decode()}}), flush=True)\n"
-    );
     let scratch = Scratch::new("proxy-vsock");
-    let path = scratch.path("backend.py");
-    std::fs::write(&path, script).unwrap();
-    let mut backend = std::process::Command::new("python3")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut out = std::io::BufReader::new(backend.stdout.take().unwrap());
+    let (mut backend, mut out) = proxy_reader::spawn(port, &scratch);
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line, "ready\n");
     let _relay = Relay::start(&[
         "VSOCK-LISTEN:5011,fork",
         &format!("TCP:127.0.0.1:{port},send-proxy=v2,proxy-unique-id"),

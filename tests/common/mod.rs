@@ -11,6 +11,7 @@
 pub mod bench_plain;
 pub mod debs;
 pub mod lab;
+pub mod proxy_reader;
 pub mod qemu;
 pub mod speed;
 pub mod splice_probe;
