@@ -1869,3 +1869,49 @@ fn proxy_keys_of_a_service_read_and_write_headers_count_bad_ones_and_follow_a_re
     );
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+/// `accept-proxy` on an inherited socket (`ACCEPT-FD`, systemd socket activation): the header
+/// is read and taken off, the declared client goes on in the relay's `send-proxy=v1`.
+#[test]
+fn accept_fd_with_accept_proxy_passes_the_declared_client_on() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::time::Duration;
+
+    let dir = Scratch::new("accept-fd-proxy");
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!(
+        "TCP:127.0.0.1:{},send-proxy=v1",
+        backend.local_addr().unwrap().port()
+    );
+    let port = common::free_port();
+    let (mut activator, notify, log) = activate(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        &[],
+        &["ACCEPT-FD:3,fork,accept-proxy", &target],
+    );
+    let mut client = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    client
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x05\x0a\x00\x00\x01\x13\x88\x00\x50tail")
+        .unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (s, _) = backend.accept().unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "PROXY TCP4 192.0.2.5 10.0.0.1 5000 80\r\n");
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"tail");
+    let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = activator.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+}
