@@ -255,6 +255,33 @@ fn proxy_options_that_cannot_apply_fail_with_the_option_named() {
         assert_eq!(out.status.code(), Some(2), "{second}: {err}");
         assert!(err.contains(token), "{second}: {err}");
     }
+    for args in [
+        ["bench", "client", "TCP:127.0.0.1:1,send-proxy"],
+        ["bench", "server", "TCP-LISTEN:0,accept-proxy"],
+    ] {
+        let out = Command::new(common::vsplice_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("not supported by the bench"),
+            "{args:?}: {err}"
+        );
+    }
+    for pair in [
+        ["TCP:127.0.0.1:1,send-proxy", "TCP-LISTEN:0"],
+        ["TCP:127.0.0.1:1", "TCP-LISTEN:0,accept-proxy"],
+    ] {
+        let out = Command::new(common::vsplice_bin())
+            .args(pair)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{pair:?}: {err}");
+        assert!(err.contains("only valid on the"), "{pair:?}: {err}");
+    }
     let out = Command::new(common::vsplice_bin())
         .args(["TCP-LISTEN:0,allow-source=10.0.0.0/8", "TCP:127.0.0.1:1"])
         .output()

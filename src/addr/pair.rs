@@ -22,6 +22,20 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<(), String> {
             ));
         }
     }
+    // The PROXY protocol describes the accepted client to the dialed backend: `send-proxy`
+    // belongs on the second address, `accept-proxy` on the first.
+    if first.options.send_proxy.is_some() {
+        return Err(format!(
+            "option \"send-proxy\" is only valid on the second address, not on \"{}\"",
+            first.text
+        ));
+    }
+    if second.options.accept_proxy {
+        return Err(format!(
+            "option \"accept-proxy\" is only valid on the first address, not on \"{}\"",
+            second.text
+        ));
+    }
     let stdio = |a: &Address| a.kind == Kind::Stdio;
     if stdio(first) && stdio(second) {
         return Err("STDIO can be used only once".into());
