@@ -481,3 +481,82 @@ fn a_unix_clients_uid_gid_and_pid_reach_readmes_python_reader_in_the_v2_tlv() {
     assert_eq!(got["rest"], "hello from unix", "{line}");
     let _ = backend.wait();
 }
+
+/// 400 generated broken headers, each on its own connection to one relay: a v2 header with a
+/// CRC32C and one byte changed (signature, command, length, address, TLV, CRC), or
+/// a v1 or v2 header cut short. Every one ends its connection with a reset, none dials the
+/// backend, and a good header right after is served.
+#[test]
+fn four_hundred_generated_broken_headers_each_cost_their_connection_only() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    backend.set_nonblocking(true).unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    // A relay writes the real thing (v2 with CRC32C, unique id) for the generator to break.
+    let sample = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _writer = Relay::start(&[
+        &format!("TCP-LISTEN:{pa},fork"),
+        &format!(
+            "TCP:127.0.0.1:{},send-proxy=v2,proxy-crc,proxy-unique-id",
+            sample.local_addr().unwrap().port()
+        ),
+    ]);
+    let _c = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    let (mut s, _) = sample.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = [0u8; 16];
+    s.read_exact(&mut head).unwrap();
+    let mut v2 = head.to_vec();
+    v2.resize(
+        16 + usize::from(u16::from_be_bytes([head[14], head[15]])),
+        0,
+    );
+    s.read_exact(&mut v2[16..]).unwrap();
+    let v1 = b"PROXY TCP4 192.0.2.1 10.0.0.1 51000 80\r\n".to_vec();
+    let relay = Relay::start(&[
+        &format!("TCP-LISTEN:{pb},fork,accept-proxy,proxy-timeout=2"),
+        &format!("TCP:127.0.0.1:{backend_port}"),
+    ]);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..400 {
+        let r = next();
+        let broken = if i % 2 == 0 {
+            let mut b = v2.clone();
+            let mut at = (r % b.len() as u64) as usize;
+            if at == b.len() - 7 {
+                // The CRC TLV's type byte: changed, the CRC becomes an unknown TLV and the
+                // header a good one without a checksum. Break the byte before it instead.
+                at -= 1;
+            }
+            b[at] ^= ((r >> 32) as u8) | 1;
+            b
+        } else {
+            let whole = if r % 3 == 0 { &v1 } else { &v2 };
+            whole[..(r >> 8) as usize % whole.len()].to_vec()
+        };
+        match send_header(pb, &broken, false) {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("#{i} {broken:?}: expected a reset, got {other:?}"),
+        }
+        let dialed = backend.accept();
+        assert!(
+            dialed.is_err_and(|e| e.kind() == ErrorKind::WouldBlock),
+            "#{i} {broken:?}: the backend was dialed"
+        );
+    }
+    backend.set_nonblocking(false).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", pb)).unwrap();
+    c.write_all(&v2).unwrap();
+    c.write_all(b"good").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut s, _) = backend.accept().unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"good", "{}", relay.log());
+}
