@@ -1787,3 +1787,132 @@ fn an_accept_fd_relay_refuses_a_peer_outside_its_allow_list_with_a_reset_and_dia
         relay.log()
     );
 }
+
+/// `accept-proxy`, `allow-source` and `send-proxy` as service keys: a bad header is counted
+/// by reason, a refused declared source too, a good one reaches the backend as the first
+/// client; a reload that drops `accept-proxy` serves plain clients from the next one on.
+#[test]
+fn proxy_keys_of_a_service_read_and_write_headers_count_bad_ones_and_follow_a_reload() {
+    use common::Relay;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("proxy-keys");
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    let config = dir.path("vsplice.toml");
+    let write_config = |accept: bool| {
+        let accept = if accept {
+            "accept-proxy = true\nallow-source = [\"10.0.0.0/8\"]\nproxy-timeout = \"2s\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+                 name = \"pp\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+                 connect = \"TCP:127.0.0.1:{backend_port}\"\nsend-proxy = \"v1\"\n{accept}"
+            ),
+        )
+        .unwrap();
+    };
+    write_config(true);
+    let mut relay = Relay::serve(&config, 1);
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let wait_sample = |key: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let samples = scrape_and_parse(&url);
+            if sample(&samples, key) == Some(1.0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{key} not 1: {samples:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for (bytes, reason) in [
+        (&b"GET / HTTP/1.0\r\n\r\n"[..], "bad-signature"),
+        (b"PROXY TCP4 192.0.2.1 10.0.0.1 1 2\r\n", "source-denied"),
+    ] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(bytes).unwrap();
+        let mut buf = [0u8; 8];
+        let err = c.read(&mut buf).expect_err("a reset");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        wait_sample(&format!(
+            "vsplice_proxy_header_errors_total{{reason={reason},service=pp}}"
+        ));
+    }
+    let read_line = |backend: &std::net::TcpListener| {
+        let (s, _) = backend.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"PROXY TCP4 10.9.8.7 10.0.0.1 5555 80\r\nhello\n")
+        .unwrap();
+    assert_eq!(
+        read_line(&backend),
+        format!("PROXY TCP4 10.9.8.7 10.0.0.1 5555 80\r\n")
+    );
+    drop(c);
+    write_config(false);
+    reload_and_wait(&relay, "0 added, 0 removed, 1 changed, 0 unchanged", 1);
+    let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let me = c.local_addr().unwrap();
+    assert_eq!(
+        read_line(&backend),
+        format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {port}\r\n", me.port()),
+        "after the reload a plain client is served, and described as itself"
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+/// `accept-proxy` on an inherited socket (`ACCEPT-FD`, systemd socket activation): the header
+/// is read and taken off, the declared client goes on in the relay's `send-proxy=v1`.
+#[test]
+fn accept_fd_with_accept_proxy_passes_the_declared_client_on() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::time::Duration;
+
+    let dir = Scratch::new("accept-fd-proxy");
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!(
+        "TCP:127.0.0.1:{},send-proxy=v1",
+        backend.local_addr().unwrap().port()
+    );
+    let port = common::free_port();
+    let (mut activator, notify, log) = activate(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        &[],
+        &["ACCEPT-FD:3,fork,accept-proxy", &target],
+    );
+    let mut client = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(recv_notify(&notify), "READY=1\nSTATUS=1 services");
+    client
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x05\x0a\x00\x00\x01\x13\x88\x00\x50tail")
+        .unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (s, _) = backend.accept().unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "PROXY TCP4 192.0.2.5 10.0.0.1 5000 80\r\n");
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"tail");
+    let pid = nix::unistd::Pid::from_raw(activator.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = activator.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+}

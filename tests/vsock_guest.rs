@@ -51,7 +51,46 @@ const SCENARIOS: &[Scenario] = &[
         "vsock_dials_never_fail_while_the_listener_is_up",
         vsock_dials_never_fail,
     ),
+    (
+        "send_proxy_v2_gives_a_python_backend_the_vsock_clients_cid_and_port",
+        send_proxy_vsock_tlv,
+    ),
 ];
+
+/// `send-proxy=v2` on a relay from a vsock listener: a Python backend that runs docs/proxy-protocol.md's
+/// PROXY v2 reader (the very code of docs/proxy-protocol.md, parsing byte by byte) finds the client's CID and
+/// port and the address it reached in vsplice's TLV, the unique id, and then the client's bytes.
+fn send_proxy_vsock_tlv() {
+    let port = free_port();
+    let scratch = Scratch::new("proxy-vsock");
+    let (mut backend, mut out) = proxy_reader::spawn(port, &scratch);
+    let mut line = String::new();
+    let _relay = Relay::start(&[
+        "VSOCK-LISTEN:5011,fork",
+        &format!("TCP:127.0.0.1:{port},send-proxy=v2,proxy-unique-id"),
+    ]);
+    let mut client = VsockStream::connect(1, 5011).expect("connect vsock");
+    // The client's own getsockname says CID -1 (any); the relay sees it as CID 1 (this guest).
+    let (_, client_port) = client.local_addr().unwrap();
+    client.write_all(b"hello through vsock").unwrap();
+    client.shutdown_write().unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(
+        got["header"]["vsock"],
+        serde_json::json!([1, client_port, 1, 5011]),
+        "{line}"
+    );
+    assert_eq!(got["rest"], "hello through vsock", "{line}");
+    assert!(
+        got["header"]["unique_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("vsplice-")),
+        "{line}"
+    );
+    let _ = backend.wait();
+}
 
 /// Opens a client connection to a relay's listener.
 type Connector = Box<dyn Fn() -> Box<dyn Duplex>>;

@@ -56,6 +56,7 @@ impl Address {
         for option in &raw.options {
             apply_option(&mut options, tag, option)?;
         }
+        super::options::check_combinations(&options)?;
         // After every option: `bind=` may come after `allow=`.
         if let Some(allow) = &options.allow {
             allow

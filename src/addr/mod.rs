@@ -26,7 +26,10 @@ pub use address::Address;
 pub use error::AddressError;
 pub use kind::{Bind, Family, KeywordDoc, Kind, KindTag, keyword_docs};
 pub use options::Secret;
-pub use options::{OptionDoc, OptionHelp, Options, ProxyOptions, option_docs, option_names};
+pub use options::{
+    DEFAULT_PROXY_TIMEOUT, OptionDoc, OptionHelp, Options, ProxyOptions, ProxyVersion,
+    check_combinations as check_proxy_options, option_docs, option_names,
+};
 pub use pair::check_pair;
 pub use param::{UNIX_PATH_MAX, strip_brackets};
 pub use secret::load_password;

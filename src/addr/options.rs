@@ -39,6 +39,18 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
     pub allow: Option<Allow>,
+    /// Write a PROXY protocol header first on each dialed connection (`send-proxy[=v1|v2]`).
+    pub send_proxy: Option<ProxyVersion>,
+    /// Add a CRC32C TLV to a v2 header (`proxy-crc`).
+    pub proxy_crc: bool,
+    /// Add a per-connection unique id TLV to a v2 header, and log it (`proxy-unique-id`).
+    pub proxy_unique_id: bool,
+    /// Read a PROXY protocol header (v1 or v2) first on each accepted connection.
+    pub accept_proxy: bool,
+    /// How long that header may take to arrive whole (`proxy-timeout=`; default 5 s).
+    pub proxy_timeout: Option<Duration>,
+    /// Declared sources a listener with `accept-proxy` serves (`allow-source=`); `None`: all.
+    pub allow_source: Option<Allow>,
     /// The proxy addresses' options (boxed: most addresses have none).
     pub proxy: Box<ProxyOptions>,
 }
@@ -68,6 +80,18 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The PROXY protocol version `send-proxy` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text line (`PROXY TCP4 ...\r\n`): TCP clients only, others `UNKNOWN`.
+    V1,
+    /// The binary header, with vsplice's TLV for vsock and UNIX clients.
+    V2,
+}
+
+/// How long an `accept-proxy` header may take when `proxy-timeout` is not given.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Option names and their aliases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OptName {
@@ -92,6 +116,12 @@ enum OptName {
     Dest,
     User,
     PasswordFile,
+    SendProxy,
+    ProxyCrc,
+    ProxyUniqueId,
+    AcceptProxy,
+    ProxyTimeout,
+    AllowSource,
 }
 
 /// Option names and their aliases, with each option's help, written once for `--help`, the
@@ -241,6 +271,54 @@ const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
             "the file whose first line is that user's password (read again at reload)",
         ),
     ),
+    (
+        "send-proxy",
+        OptName::SendProxy,
+        help(
+            "connect addresses",
+            "write a PROXY protocol header (`v1` or `v2`; bare: `v2`) first on each dialed connection, naming the accepted client (a vsock client's CID and port in a TLV of type 0xE3)",
+        ),
+    ),
+    (
+        "proxy-crc",
+        OptName::ProxyCrc,
+        help(
+            "connect addresses with `send-proxy=v2`",
+            "add a CRC32C TLV to the header",
+        ),
+    ),
+    (
+        "proxy-unique-id",
+        OptName::ProxyUniqueId,
+        help(
+            "connect addresses with `send-proxy=v2`",
+            "add a per-connection unique id TLV (0x05), also logged",
+        ),
+    ),
+    (
+        "accept-proxy",
+        OptName::AcceptProxy,
+        help(
+            "listeners",
+            "read a PROXY protocol header (v1 or v2) first on each connection: its declared client is what logs and a `send-proxy` carry on; a bad, oversized or late header resets that connection before anything is dialed",
+        ),
+    ),
+    (
+        "proxy-timeout",
+        OptName::ProxyTimeout,
+        help(
+            "listeners with `accept-proxy`",
+            "how long the header may take to arrive whole (default 5 s)",
+        ),
+    ),
+    (
+        "allow-source",
+        OptName::AllowSource,
+        help(
+            "listeners with `accept-proxy` (repeat it)",
+            "serve only declared clients that fit an entry (the entries of `allow`, which still checks the real peer)",
+        ),
+    ),
 ];
 
 /// What an option's help says: whom it applies to and what it does.
@@ -312,6 +390,10 @@ impl OptName {
             OptName::Fork | OptName::MaxChildren | OptName::Backlog | OptName::Allow => {
                 tag.is_listener()
             }
+            OptName::AcceptProxy | OptName::ProxyTimeout | OptName::AllowSource => {
+                tag.is_listener()
+            }
+            OptName::SendProxy | OptName::ProxyCrc | OptName::ProxyUniqueId => tag.is_connector(),
             OptName::ReuseAddr | OptName::ReusePort | OptName::NoDelay => tag.is_tcp(),
             OptName::KeepAlive | OptName::KeepIdle | OptName::KeepIntvl | OptName::KeepCnt => {
                 tag.is_tcp()
@@ -344,9 +426,9 @@ impl OptName {
             | OptName::KeepIdle
             | OptName::KeepIntvl => "=N",
             OptName::Bind => "=ADDRESS",
-            OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
+            OptName::ConnectTimeout | OptName::Interval | OptName::ProxyTimeout => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
-            OptName::Allow => "=ENTRY",
+            OptName::Allow | OptName::AllowSource => "=ENTRY",
             OptName::Dest => "=HOST:PORT",
             OptName::User => "=NAME",
             OptName::PasswordFile => "=PATH",
@@ -363,6 +445,9 @@ impl OptName {
                 | OptName::NoDelay
                 | OptName::KeepAlive
                 | OptName::UnlinkEarly
+                | OptName::ProxyCrc
+                | OptName::ProxyUniqueId
+                | OptName::AcceptProxy
         )
     }
 }
@@ -421,6 +506,17 @@ pub(super) fn apply_option(
     if !opt.applies_to(tag) {
         return Err(not_valid());
     }
+    if opt == OptName::SendProxy {
+        opts.send_proxy = match raw.value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("v2") | Some("2") => Some(ProxyVersion::V2),
+            Some("v1") | Some("1") => Some(ProxyVersion::V1),
+            Some(_) => {
+                let value = raw.value.as_deref().unwrap_or_default();
+                return Err(option_value_error(name, value, "expected v1 or v2"));
+            }
+        };
+        return Ok(());
+    }
     if opt.is_flag() {
         let on = match &raw.value {
             None => true,
@@ -435,6 +531,9 @@ pub(super) fn apply_option(
             OptName::NoDelay => opts.nodelay = on,
             OptName::KeepAlive => opts.keepalive = on,
             OptName::UnlinkEarly => opts.unlink_early = on,
+            OptName::ProxyCrc => opts.proxy_crc = on,
+            OptName::ProxyUniqueId => opts.proxy_unique_id = on,
+            OptName::AcceptProxy => opts.accept_proxy = on,
             _ => unreachable!("flag options are listed in is_flag"),
         }
         return Ok(());
@@ -555,7 +654,58 @@ pub(super) fn apply_option(
             }
             opts.proxy.password_file = Some(PathBuf::from(value));
         }
+        OptName::ProxyTimeout => {
+            let timeout =
+                parse_duration(value).map_err(|why| option_value_error(name, value, why))?;
+            if timeout.is_zero() {
+                return Err(option_value_error(
+                    name,
+                    value,
+                    "must be more than 0 seconds",
+                ));
+            }
+            opts.proxy_timeout = Some(timeout);
+        }
+        OptName::AllowSource => {
+            let rule =
+                AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
+            let mut rules = opts
+                .allow_source
+                .take()
+                .map(|a| a.rules().to_vec())
+                .unwrap_or_default();
+            rules.push(rule);
+            opts.allow_source = Allow::from_rules(rules);
+        }
         _ => unreachable!("value options handled above"),
+    }
+    Ok(())
+}
+
+/// Checks the options that only mean something together with another (run after all
+/// options are applied): `proxy-crc` and `proxy-unique-id` need `send-proxy` v2,
+/// `proxy-timeout` and `allow-source` need `accept-proxy`. Each error names the option.
+pub fn check_combinations(opts: &Options) -> Result<(), AddressError> {
+    let needs = |option: &str, value: &str, why: &str| Err(option_value_error(option, value, why));
+    if opts.proxy_crc && opts.send_proxy != Some(ProxyVersion::V2) {
+        return needs("proxy-crc", "1", "needs send-proxy=v2 (v1 has no TLVs)");
+    }
+    if opts.proxy_unique_id && opts.send_proxy != Some(ProxyVersion::V2) {
+        return needs(
+            "proxy-unique-id",
+            "1",
+            "needs send-proxy=v2 (v1 has no TLVs)",
+        );
+    }
+    if let (Some(t), false) = (opts.proxy_timeout, opts.accept_proxy) {
+        return needs(
+            "proxy-timeout",
+            &format!("{}", t.as_secs_f64()),
+            "needs accept-proxy",
+        );
+    }
+    if let (Some(a), false) = (&opts.allow_source, opts.accept_proxy) {
+        return needs("allow-source", &a.to_string(), "needs accept-proxy");
     }
     Ok(())
 }

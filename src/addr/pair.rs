@@ -28,6 +28,26 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<(), String> {
             first.text
         ));
     }
+    // The PROXY protocol describes the accepted client to the dialed backend: `send-proxy`
+    // belongs on the second address, `accept-proxy` on the first.
+    if first.options.send_proxy.is_some() {
+        return Err(format!(
+            "option \"send-proxy\" is only valid on the second address, not on \"{}\"",
+            first.text
+        ));
+    }
+    if second.options.accept_proxy {
+        return Err(format!(
+            "option \"accept-proxy\" is only valid on the first address, not on \"{}\"",
+            second.text
+        ));
+    }
+    if second.is_proxy() && first.options.accept_proxy {
+        return Err(format!(
+            "option \"accept-proxy\" cannot be used with \"{}\": a connection runs one handshake, and the proxy's is its request",
+            second.text
+        ));
+    }
     let stdio = |a: &Address| a.kind == Kind::Stdio;
     if second.is_proxy() && stdio(first) {
         return Err(format!(

@@ -263,10 +263,22 @@ pub enum BenchPlan {
 }
 
 fn parse_address(text: &str) -> Result<Address> {
-    Address::parse(text).map_err(|source| Error::Address {
+    let address = Address::parse(text).map_err(|source| Error::Address {
         text: text.to_string(),
         source,
-    })
+    })?;
+    // The bench's own ends do not speak the PROXY protocol (a relay in front of the bench
+    // server may: its header then reaches the server as data).
+    let proxy = [
+        (address.options.send_proxy.is_some(), "send-proxy"),
+        (address.options.accept_proxy, "accept-proxy"),
+    ];
+    if let Some((_, option)) = proxy.iter().find(|(set, _)| *set) {
+        return Err(Error::Usage(format!(
+            "option \"{option}\" is not supported by the bench, in \"{text}\""
+        )));
+    }
+    Ok(address)
 }
 
 /// Stage two for `vsplice bench`.

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::addr::Address;
 use crate::addr::allow::Allow;
+use crate::addr::{Address, DEFAULT_PROXY_TIMEOUT};
 use crate::net::endpoint::Endpoint;
 use crate::protocols::prelude::Prelude;
+use crate::protocols::proxy_protocol::AcceptProxy;
 use crate::protocols::proxy_server::{DEFAULT_CONNECT_TIMEOUT, ProxyServer};
 
 /// The second end of a new connection: already open, or to be dialed by the worker.
@@ -45,7 +46,8 @@ pub struct Job {
 /// address's keyword and options, or from the second address when it is a proxy
 /// (`SOCKS5-SERVER`, `HTTP-CONNECT-SERVER`: their handshake, bounded by `connect-timeout`,
 /// default 10 s); `None`: none. The one place that maps addresses to handshakes, for the
-/// relay command and service mode alike.
+/// relay command and service mode alike. One handshake per connection: `check_pair` refuses
+/// `accept-proxy` in front of a proxy.
 pub fn prelude_for(listen: &Address, second: &Arc<Address>) -> Option<PreludeJob> {
     if second.is_proxy() {
         return Some(PreludeJob {
@@ -57,6 +59,13 @@ pub fn prelude_for(listen: &Address, second: &Arc<Address>) -> Option<PreludeJob
             allow_source: None,
         });
     }
-    let _ = listen;
+    let options = &listen.options;
+    if options.accept_proxy {
+        return Some(PreludeJob {
+            machine: Box::new(AcceptProxy::default()),
+            timeout: options.proxy_timeout.unwrap_or(DEFAULT_PROXY_TIMEOUT),
+            allow_source: options.allow_source.clone(),
+        });
+    }
     None
 }

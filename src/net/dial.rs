@@ -4,7 +4,9 @@
 //! names on a resolver thread, so a slow DNS server never stalls a worker),
 //! tries each target in turn, bounds each attempt by `connect-timeout`, starts a new round
 //! `interval` later up to `retry` times, and for `VSOCK-UDS-CONNECT` speaks the hybrid-vsock
-//! handshake (`CONNECT <port>\n`, answered by `OK <n>\n`). It never blocks: it says what to
+//! handshake (`CONNECT <port>\n`, answered by `OK <n>\n`), then writes the connection's
+//! preamble if it has one (a `send-proxy` header) as the first bytes, whole, within the same
+//! bound as the handshake. It never blocks: it says what to
 //! wait for ([`Progress::Wait`]), and a driver waits, with poll(2) in
 //! [`crate::net::blocking::dial_blocking`] or with io_uring in the workers. The handshake's
 //! reply parsing is in [`crate::net::hybrid`].
@@ -162,6 +164,8 @@ enum Phase {
         deadline: Instant,
     },
     Handshake(Handshake),
+    /// Writing the preamble on a connected socket.
+    Preamble(Handshake),
     /// A resolver thread looks the host up (see [`crate::net::resolve`]).
     Resolving {
         lookup: Lookup,
@@ -193,6 +197,8 @@ pub struct Dial {
     /// Fresh sockets started after a vsock connect reported writable while not connected
     /// (see [`GHOST_REDIALS`]).
     ghost_redials: u32,
+    /// Written whole before the connection counts as connected (`send-proxy`).
+    preamble: Vec<u8>,
 }
 
 /// How many times one dial starts a fresh socket, without counting an attempt, after a
@@ -218,7 +224,14 @@ impl Dial {
             ghost_redials: 0,
             phase: Phase::Idle,
             last_error: None,
+            preamble: Vec::new(),
         }
+    }
+
+    /// Bytes to write first on the connected socket, before it is handed over (a PROXY
+    /// protocol header). Written again on a fresh socket if that attempt fails.
+    pub fn set_preamble(&mut self, bytes: Vec<u8>) {
+        self.preamble = bytes;
     }
 
     pub fn address(&self) -> &Address {
@@ -230,7 +243,7 @@ impl Dial {
     pub fn waiting_on(&self) -> Option<BorrowedFd<'_>> {
         match &self.phase {
             Phase::Connecting { socket, .. } => Some(socket.as_fd()),
-            Phase::Handshake(h) => Some(h.socket.as_fd()),
+            Phase::Handshake(h) | Phase::Preamble(h) => Some(h.socket.as_fd()),
             Phase::Resolving { lookup, .. } => Some(lookup.as_fd()),
             _ => None,
         }
@@ -336,6 +349,7 @@ impl Dial {
                 self.connect_on(socket, target, deadline)
             }
             (Phase::Handshake(h), event) => self.handshake(h, event),
+            (Phase::Preamble(h), event) => self.write_preamble(h, event),
             (Phase::Resolving { lookup, deadline }, Event::Ready) => match lookup.take() {
                 Some(answer) => self.round(answer),
                 // Woken early: keep waiting.
@@ -547,6 +561,64 @@ impl Dial {
             };
             return self.handshake(handshake, Event::Ready);
         }
+        self.transport_ready(socket, target)
+    }
+
+    /// The stream is the backend's: write the preamble, then hand the socket over.
+    fn transport_ready(&mut self, socket: Socket, target: SockAddr) -> Progress {
+        if !self.preamble.is_empty() {
+            let deadline = Instant::now()
+                + self
+                    .address
+                    .options
+                    .connect_timeout
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+            let h = Handshake {
+                socket,
+                target,
+                request: self.preamble.clone(),
+                sent: 0,
+                reply: Vec::new(),
+                deadline,
+            };
+            return self.write_preamble(h, Event::Ready);
+        }
+        self.hand_over(socket, target)
+    }
+
+    /// Writes the preamble whole (bounded by the handshake deadline), then hands over.
+    fn write_preamble(&mut self, mut h: Handshake, event: Event) -> Progress {
+        if event == Event::Timeout || Instant::now() >= h.deadline {
+            self.attempt_failed(&h.target, "PROXY header not written before the timeout");
+            return self.try_next();
+        }
+        while h.sent < h.request.len() {
+            match nix::sys::socket::send(
+                h.socket.as_raw_fd(),
+                &h.request[h.sent..],
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => h.sent += n,
+                Err(nix::Error::EAGAIN) => {
+                    let (fd, deadline) = (h.socket.as_raw_fd(), h.deadline);
+                    self.phase = Phase::Preamble(h);
+                    return Progress::Wait {
+                        fd: Some(fd),
+                        interest: Interest::Writable,
+                        deadline: Some(deadline),
+                    };
+                }
+                Err(nix::Error::EINTR) => {}
+                Err(e) => {
+                    self.attempt_failed(&h.target, &format!("writing the PROXY header: {e}"));
+                    return self.try_next();
+                }
+            }
+        }
+        self.hand_over(h.socket, h.target)
+    }
+
+    fn hand_over(&mut self, socket: Socket, target: SockAddr) -> Progress {
         match connected_endpoint(&self.address, socket, &target) {
             Ok(endpoint) => {
                 self.phase = Phase::Done;
@@ -615,13 +687,7 @@ impl Dial {
             if newline.is_some() {
                 h.reply.pop();
                 return match parse_handshake_reply(&h.reply) {
-                    Ok(_) => match connected_endpoint(&self.address, h.socket, &h.target) {
-                        Ok(endpoint) => {
-                            self.phase = Phase::Done;
-                            Progress::Connected(endpoint)
-                        }
-                        Err(e) => fail(self, &h.target, e.to_string()),
-                    },
+                    Ok(_) => self.transport_ready(h.socket, h.target),
                     Err(why) => fail(self, &h.target, why),
                 };
             }

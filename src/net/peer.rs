@@ -5,7 +5,23 @@
 use std::io;
 
 use crate::addr::allow::Peer;
+use crate::protocols::prelude::Origin;
 use crate::sys::socket::{SockAddr, Socket};
+
+/// Who an accepted socket's client is, for a `send-proxy` header: its peer, the local
+/// address it reached, and for UNIX its credentials; `None` when the peer cannot be read.
+pub fn origin_of(socket: &Socket) -> Option<Origin> {
+    let source = socket.peer_addr().ok()?;
+    let credentials = match source {
+        SockAddr::Unix(_) => socket.peer_credentials().ok(),
+        _ => None,
+    };
+    Some(Origin {
+        source,
+        destination: socket.local_addr().ok(),
+        credentials,
+    })
+}
 
 impl Peer {
     /// The peer of an accepted socket: its address, and for UNIX sockets its credentials.

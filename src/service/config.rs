@@ -250,6 +250,14 @@ struct RawService {
     one_way: Item,
     buffer: Item,
     mode: Item,
+    /// `"v1"` or `"v2"`: the connect address's `send-proxy`.
+    send_proxy: Item,
+    /// The listen address's `accept-proxy`.
+    accept_proxy: Item,
+    /// The listen address's `allow-source` entries.
+    allow_source: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The listen address's `proxy-timeout`.
+    proxy_timeout: Item,
 }
 
 /// Positions into the text, turned into line numbers for errors.
@@ -481,6 +489,7 @@ fn resolve_service(
             .map_err(|e| src.at(entries, "allow", format!("service \"{name}\": {e}")))?;
         listen.options.allow = Some(allow);
     }
+    proxy_keys(src, raw, &mut listen, &mut connect)?;
     crate::addr::check_pair(&listen, &connect).map_err(|e| src.at(&raw.name, "", e))?;
     let own = relay_options(
         src,
@@ -533,6 +542,71 @@ fn with_dest_key(
         text.push_str(entry.get_ref());
     }
     Ok(Spanned::new(connect.span(), text))
+}
+
+/// The PROXY protocol keys, as the address options they stand for: `send-proxy = "v2"` on
+/// the connect address; `accept-proxy = true`, `allow-source = [...]`, `proxy-timeout` on
+/// the listen address. A key given also as an option in the address is an error.
+fn proxy_keys(
+    src: &Source,
+    raw: &RawService,
+    listen: &mut Address,
+    connect: &mut Address,
+) -> Result<(), ConfigError> {
+    let twice = |key: &str| format!("given twice: as a key and as {key} in the address");
+    if let Some(v) = &raw.send_proxy {
+        if connect.options.send_proxy.is_some() {
+            return Err(src.at(v, "send-proxy", twice("send-proxy")));
+        }
+        connect.options.send_proxy = Some(match v.get_ref().as_str() {
+            Some("v1") => crate::addr::ProxyVersion::V1,
+            Some("v2") => crate::addr::ProxyVersion::V2,
+            _ => {
+                let why = format!("{} is not \"v1\" or \"v2\"", v.get_ref());
+                return Err(src.at(v, "send-proxy", why));
+            }
+        });
+    }
+    if let Some(v) = &raw.accept_proxy {
+        let Some(on) = v.get_ref().as_bool() else {
+            let why = format!("{} is not true or false", v.get_ref());
+            return Err(src.at(v, "accept-proxy", why));
+        };
+        listen.options.accept_proxy |= on;
+    }
+    if let Some(v) = &raw.proxy_timeout {
+        if listen.options.proxy_timeout.is_some() {
+            return Err(src.at(v, "proxy-timeout", twice("proxy-timeout=")));
+        }
+        let timeout = duration(src, v, "proxy-timeout")?;
+        if timeout.is_zero() {
+            return Err(src.at(v, "proxy-timeout", "must be more than 0 seconds"));
+        }
+        listen.options.proxy_timeout = Some(timeout);
+    }
+    if let Some(entries) = &raw.allow_source {
+        if listen.options.allow_source.is_some() {
+            return Err(src.at(entries, "allow-source", twice("allow-source=")));
+        }
+        let mut rules = Vec::new();
+        for entry in entries.get_ref() {
+            let rule = crate::addr::allow::AllowRule::parse(entry.get_ref())
+                .map_err(|e| src.at(entry, "allow-source", e))?;
+            rules.push(rule);
+        }
+        listen.options.allow_source = Some(Allow::from_rules(rules).ok_or_else(|| {
+            src.at(
+                entries,
+                "allow-source",
+                "an empty list would refuse everyone",
+            )
+        })?);
+    }
+    for (address, key) in [(&*listen, &raw.listen), (&*connect, &raw.connect)] {
+        crate::addr::check_proxy_options(&address.options)
+            .map_err(|e| src.at(key, "", format!("service \"{}\": {e}", raw.name.get_ref())))?;
+    }
+    Ok(())
 }
 
 /// Parses an address of the file; `service` names the service it belongs to in errors about

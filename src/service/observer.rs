@@ -84,6 +84,12 @@ impl ConnObserver for ServiceObserver {
         }
     }
 
+    fn prelude_failed(&self, prelude: &'static str, reason: &'static str) {
+        if prelude == "proxy" {
+            self.metrics.on_proxy_header_error(reason);
+        }
+    }
+
     fn closed(&self, reason: &CloseReason, lasted: Duration) {
         self.metrics.on_close(reason_label(reason), lasted);
         self.live.fetch_sub(1, Ordering::SeqCst);

@@ -11,6 +11,7 @@
 pub mod bench_plain;
 pub mod debs;
 pub mod lab;
+pub mod proxy_reader;
 pub mod qemu;
 pub mod speed;
 pub mod splice_probe;
@@ -122,6 +123,13 @@ impl VsockStream {
         .map_err(io::Error::from)?;
         connect(fd.as_raw_fd(), &VsockAddr::new(cid, port)).map_err(io::Error::from)?;
         Ok(VsockStream(File::from(fd)))
+    }
+
+    /// The local (CID, port) of the connection.
+    pub fn local_addr(&self) -> io::Result<(u32, u32)> {
+        let addr: nix::sys::socket::VsockAddr =
+            nix::sys::socket::getsockname(self.0.as_raw_fd()).map_err(io::Error::from)?;
+        Ok((addr.cid(), addr.port()))
     }
 }
 

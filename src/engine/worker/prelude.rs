@@ -20,9 +20,10 @@ use io_uring::{opcode, types};
 use nix::sys::socket::MsgFlags;
 
 use super::Worker;
+use crate::addr::ProxyVersion;
 use crate::addr::allow::Peer;
 use crate::engine::close::CloseReason;
-use crate::engine::conn::{Dialing, Phase, PreludeStage, Preluding, Relaying};
+use crate::engine::conn::{Conn, Dialing, Phase, PreludeStage, Preluding, Relaying};
 use crate::engine::job::{PreludeJob, Second};
 use crate::engine::ring::ConnOps;
 use crate::engine::timers::{Timer, TimerKind};
@@ -30,11 +31,14 @@ use crate::engine::token::Op;
 use crate::info;
 use crate::net::dial::Dial;
 use crate::net::dial::Event as DialEvent;
+use crate::net::peer::origin_of;
 use crate::protocols::prelude::{DialEnd, Failure, MAX_SHOW, Outcome, Prelude, Step};
+use crate::protocols::proxy_protocol::{self, Extras};
 use crate::protocols::target::FailureClass;
 use crate::sys::socket::Socket;
 
 /// Where one round of driving a prelude left it.
+#[allow(clippy::large_enum_variant)]
 enum Drive {
     /// Poll the socket for reading (`false`) or writing (`true`), then drive again.
     Wait {
@@ -293,7 +297,16 @@ impl Worker {
                     conn.label(),
                     address.text
                 );
-                let mut dialing = Dialing::new(Dial::new(address));
+                let mut dial = Dial::new(address.clone());
+                if let Some(version) = address.options.send_proxy {
+                    dial.set_preamble(proxy_header(
+                        conn,
+                        version,
+                        address.options.proxy_crc,
+                        address.options.proxy_unique_id,
+                    ));
+                }
+                let mut dialing = Dialing::new(dial);
                 dialing.prelude = prelude;
                 dialing.reply_timeout = reply_timeout;
                 conn.phase = Phase::Dialing(dialing);
@@ -345,6 +358,35 @@ impl Worker {
         self.arm_prelude_timer(key, deadline);
         self.advance_prelude(key);
     }
+}
+
+/// The `send-proxy` header for connection `conn`: its declared origin (`accept-proxy` in
+/// front: a chain keeps the first client), else its first end's own peer.
+fn proxy_header(conn: &Conn, version: ProxyVersion, crc: bool, unique: bool) -> Vec<u8> {
+    let origin = conn
+        .origin
+        .clone()
+        .or_else(|| conn.first.as_socket().and_then(origin_of));
+    let unique_id = unique.then(|| {
+        let id = unique_id(conn.id);
+        info!("conn {}: PROXY unique id {id}", conn.id);
+        id.into_bytes()
+    });
+    let extras = Extras { crc, unique_id };
+    proxy_protocol::encode(version, origin.as_ref(), &extras)
+}
+
+/// A connection's unique id for `proxy-unique-id`: a random number drawn once per process
+/// (the seed of std's hash keys, which the OS supplies) and the connection's number.
+fn unique_id(conn: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let process = PROCESS.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    format!("vsplice-{process:016x}-{conn}")
 }
 
 /// Tells a prelude that its dial failed and writes what it answers, as far as the socket

@@ -80,6 +80,12 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyErrorLabels {
+    service: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     service: String,
     direction: DirectionLabel,
@@ -196,6 +202,15 @@ pub const METRICS: &[MetricDef] = &[
         "`service`, `result`: `connected`, `denied` (no `dest=` entry allows the destination or \
          what it resolved to), `dial_failed`, `auth_failed`, `bad_request`, `unsupported` \
          (BIND, UDP ASSOCIATE, an unknown address type or method), `timeout`, `closed`",
+    ),
+    def(
+        "proxy_header_errors",
+        MetricKind::Counter,
+        None,
+        "Connections of an accept-proxy service ended for a bad or missing PROXY header, by reason",
+        "`service`, `reason` (`bad-signature`, `bad-v1`, `bad-version`, `bad-command`, \
+         `bad-family`, `bad-length`, `bad-tlv`, `bad-crc`, `too-long`, `timeout`, `closed`, \
+         `read-error`, `source-denied`)",
     ),
     def(
         "bytes",
@@ -321,6 +336,7 @@ pub struct Metrics {
     closed: Family<ClosedLabels, Counter>,
     dial_failures: Family<ErrnoLabels, Counter>,
     proxy_requests: Family<ResultLabels, Counter>,
+    proxy_errors: Family<ProxyErrorLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
     durations: HistogramFamily,
     dial_latency: HistogramFamily,
@@ -350,6 +366,7 @@ impl Metrics {
             closed: Family::default(),
             dial_failures: Family::default(),
             proxy_requests: Family::default(),
+            proxy_errors: Family::default(),
             bytes: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             dial_latency: Family::new_with_constructor(latency_histogram),
@@ -365,6 +382,7 @@ impl Metrics {
         register(r, "connections_closed", m.closed.clone());
         register(r, "dial_failures", m.dial_failures.clone());
         register(r, "proxy_requests", m.proxy_requests.clone());
+        register(r, "proxy_header_errors", m.proxy_errors.clone());
         register(r, "bytes", m.bytes.clone());
         register(r, "connection_duration", m.durations.clone());
         register(r, "dial_latency", m.dial_latency.clone());
@@ -408,6 +426,7 @@ impl Metrics {
             }),
             dial_failures: self.dial_failures.clone(),
             proxy_requests: self.proxy_requests.clone(),
+            proxy_errors: self.proxy_errors.clone(),
         }
     }
 
@@ -448,6 +467,7 @@ pub struct ServiceMetrics {
     closed: [Counter; ReasonLabel::ALL.len()],
     dial_failures: Family<ErrnoLabels, Counter>,
     proxy_requests: Family<ResultLabels, Counter>,
+    proxy_errors: Family<ProxyErrorLabels, Counter>,
 }
 
 impl ServiceMetrics {
@@ -457,6 +477,16 @@ impl ServiceMetrics {
             .get_or_create(&ResultLabels {
                 service: self.name.clone(),
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A connection's PROXY header was bad, missing or late (`reason`: a fixed word).
+    pub fn on_proxy_header_error(&self, reason: &str) {
+        self.proxy_errors
+            .get_or_create(&ProxyErrorLabels {
+                service: self.name.clone(),
+                reason: reason.to_string(),
             })
             .inc();
     }
@@ -574,12 +604,13 @@ mod tests {
                 "{help}: a family without a definition in METRICS, or with other help"
             );
         }
-        // Every family shows once a service exists, but for dial failures and proxy
-        // requests, whose series appear with their first errno or result.
-        for want in wanted
-            .iter()
-            .filter(|w| !w.contains("dial_failures ") && !w.contains("proxy_requests "))
-        {
+        // Every family shows once a service exists, but for dial failures, proxy requests and
+        // PROXY header errors, whose series appear with their first errno, result or reason.
+        for want in wanted.iter().filter(|w| {
+            !w.contains("dial_failures ")
+                && !w.contains("proxy_requests ")
+                && !w.contains("proxy_header_errors ")
+        }) {
             assert!(
                 helps.contains(&want.as_str()),
                 "{want} is not in the scrape"
