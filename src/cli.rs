@@ -33,7 +33,9 @@ Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensiti
 Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
   connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
   keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early,
-  allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8)
+  allow=ENTRY (listeners; repeat: cid:N[-M], uid:N[-M], an IP network like 10.0.0.0/8),
+  socktype=5 (UNIX, VSOCK: SEQPACKET, messages kept whole),
+  framing=len16 (a stream opposite a message address: 2-byte length before each message)
 
 Examples:
   vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201

@@ -1590,13 +1590,11 @@ fn a_listen_fds_count_larger_than_what_was_passed_is_refused_naming_the_missing_
     );
 }
 
-#[test]
-fn a_passed_seqpacket_listener_is_refused_naming_its_descriptor_and_type() {
+fn passed_seqpacket_listener(dir: &Scratch) -> (std::os::fd::OwnedFd, std::path::PathBuf) {
     use nix::sys::socket::{
         AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
     };
     use std::os::fd::AsRawFd;
-    let dir = Scratch::new("seqpacket");
     let path = dir.path("seqpacket.sock");
     let fd = socket(
         AddressFamily::Unix,
@@ -1607,12 +1605,63 @@ fn a_passed_seqpacket_listener_is_refused_naming_its_descriptor_and_type() {
     .unwrap();
     bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
     listen(&fd, Backlog::new(8).unwrap()).unwrap();
-    let relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"]);
-    let log = refused(relay);
+    (fd, path)
+}
+
+#[test]
+fn a_passed_seqpacket_listener_paired_with_a_stream_is_refused_naming_both_addresses() {
+    let dir = Scratch::new("seqpacket");
+    let (fd, _path) = passed_seqpacket_listener(&dir);
+    let mut relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"]);
+    let status = relay.wait_exit(std::time::Duration::from_secs(20));
+    let log = relay.log();
+    assert_eq!(status.code(), Some(2), "a usage error; stderr:\n{log}");
     assert!(
-        log.contains("descriptor 3, which is a SOCK_SEQPACKET socket"),
+        log.contains("descriptor 3")
+            && log.contains("\"ACCEPT-FD:3,fork\" carries messages")
+            && log.contains("\"TCP:127.0.0.1:1\" is a stream"),
         "{log}"
     );
+}
+
+#[test]
+fn a_passed_seqpacket_listener_relays_messages_to_a_seqpacket_address() {
+    use common::messages::{Framing, Sequence, check_sequence, send_sequence};
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept, bind, connect, listen, socket,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    let dir = Scratch::new("seqpacket-pass");
+    let (fd, front) = passed_seqpacket_listener(&dir);
+    let back = dir.path("back.sock");
+    let seqpacket = || {
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap()
+    };
+    let backend = seqpacket();
+    bind(backend.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
+    listen(&backend, Backlog::new(8).unwrap()).unwrap();
+    let connect_to = format!("UNIX-CONNECT:{},socktype=seqpacket", back.display());
+    let relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", &connect_to]);
+    let client = seqpacket();
+    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let seq = Sequence {
+        seed: 7,
+        count: 20_000,
+        max: 65535,
+        empty: true,
+    };
+    let sender = std::thread::spawn(move || send_sequence(client.as_fd(), seq, Framing::Packets));
+    let server = accept(&backend).unwrap();
+    common::messages::recv_timeout(server.as_fd(), 60);
+    let checked = check_sequence(server.as_fd(), seq, Framing::Packets);
+    sender.join().unwrap().unwrap();
+    assert_eq!(checked, Ok(()), "relay log:\n{}", relay.log());
 }
 
 #[test]

@@ -173,6 +173,12 @@ impl KindTag {
         matches!(self, KindTag::TcpConnect(_) | KindTag::TcpListen(_))
     }
 
+    /// Whether the address is a stream socket (or may be one: an inherited descriptor), which
+    /// `framing=` can carry messages over.
+    pub(super) fn is_stream_socket(self) -> bool {
+        !matches!(self, KindTag::Stdio)
+    }
+
     pub(super) fn is_socket(self) -> bool {
         self != KindTag::Stdio
     }
@@ -193,6 +199,21 @@ impl Kind {
             Kind::AcceptFd { .. } => KindTag::AcceptFd,
         }
     }
+}
+
+/// The socket type an address asks for (`socktype=`, socat's numbers: 1 stream, 5 seqpacket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketType {
+    Stream,
+    /// SOCK_SEQPACKET: a connection that keeps each message's boundaries.
+    Seqpacket,
+}
+
+/// How messages travel over a stream (`framing=`): `len16` is a 2-byte big-endian length,
+/// then the message (DNS over TCP, RFC 1035 4.2.2, RFC 7766).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Len16,
 }
 
 /// Where a socket binds before it listens or connects (`bind=`), typed by address family.

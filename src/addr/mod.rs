@@ -22,9 +22,9 @@ pub use size::{check_idle_timeout, parse_duration, parse_size};
 
 pub use address::Address;
 pub use error::AddressError;
-pub use kind::{Bind, Family, Kind, KindTag};
+pub use kind::{Bind, Family, Framing, Kind, KindTag, SocketType};
 pub use options::{Options, option_names};
-pub use pair::check_pair;
+pub use pair::{check_message_pair, check_pair};
 pub use param::{UNIX_PATH_MAX, strip_brackets};
 
 #[cfg(test)]

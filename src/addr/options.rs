@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
 use super::error::AddressError;
-use super::kind::{Bind, KindTag};
+use super::kind::{Bind, Framing, KindTag, SocketType};
 use super::lex::RawOption;
 use super::size::{parse_duration, parse_size};
 
@@ -37,6 +37,10 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
     pub allow: Option<Allow>,
+    /// `socktype=`: SOCK_SEQPACKET on UNIX and vsock addresses; `None`: a stream.
+    pub socktype: Option<SocketType>,
+    /// `framing=len16`: a stream that carries messages, each behind its 2-byte length.
+    pub framing: Option<Framing>,
 }
 
 /// Option names and their aliases.
@@ -60,6 +64,8 @@ enum OptName {
     Retry,
     Interval,
     Allow,
+    SockType,
+    Framing,
 }
 
 const OPTION_NAMES: &[(&str, OptName)] = &[
@@ -90,6 +96,9 @@ const OPTION_NAMES: &[(&str, OptName)] = &[
     ("retry", OptName::Retry),
     ("interval", OptName::Interval),
     ("allow", OptName::Allow),
+    ("socktype", OptName::SockType),
+    ("so-type", OptName::SockType),
+    ("framing", OptName::Framing),
 ];
 
 /// Every option name, aliases included, and whether it is its option's first (canonical)
@@ -132,6 +141,14 @@ impl OptName {
             OptName::UnlinkEarly => {
                 matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
             }
+            OptName::SockType => matches!(
+                tag,
+                KindTag::UnixConnect
+                    | KindTag::UnixListen
+                    | KindTag::VsockConnect
+                    | KindTag::VsockListen
+            ),
+            OptName::Framing => tag.is_stream_socket(),
         }
     }
 
@@ -148,6 +165,8 @@ impl OptName {
             OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
             OptName::Allow => "=ENTRY",
+            OptName::SockType => "=5 or =seqpacket",
+            OptName::Framing => "=len16",
             _ => "",
         }
     }
@@ -200,6 +219,27 @@ fn parse_in_range(option: &str, value: &str, min: u32, max: u32) -> Result<u32, 
             option,
             value,
             format!("not a number {min}-{max}"),
+        )),
+    }
+}
+
+/// `socktype=`'s value: socat's numbers (1 stream, 5 seqpacket) or their names.
+fn parse_socktype(tag: KindTag, option: &str, value: &str) -> Result<SocketType, AddressError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "stream" => Ok(SocketType::Stream),
+        "5" | "seqpacket" => Ok(SocketType::Seqpacket),
+        "2" | "dgram" | "datagram" => Err(option_value_error(
+            option,
+            value,
+            format!(
+                "{} has no datagram type (vsock has none; for datagrams use UDP addresses)",
+                tag.name()
+            ),
+        )),
+        _ => Err(option_value_error(
+            option,
+            value,
+            "expected 1 (stream) or 5 (seqpacket)",
         )),
     }
 }
@@ -321,6 +361,17 @@ pub(super) fn apply_option(
                 .fits(tag)
                 .map_err(|why| option_value_error(name, value, why))?;
             opts.allow = Some(allow);
+        }
+        OptName::SockType => opts.socktype = Some(parse_socktype(tag, name, value)?),
+        OptName::Framing => {
+            if !value.eq_ignore_ascii_case("len16") {
+                return Err(option_value_error(
+                    name,
+                    value,
+                    "the only framing is len16 (a 2-byte big-endian length before each message)",
+                ));
+            }
+            opts.framing = Some(Framing::Len16);
         }
         _ => unreachable!("value options handled above"),
     }

@@ -31,17 +31,53 @@ pub struct Endpoint {
     domain: Option<libc::c_int>,
     /// End of file was passed on to this endpoint's reader ([`Endpoint::shutdown_write`]).
     write_shut: bool,
+    /// The socket's type (SO_TYPE): a SEQPACKET or datagram socket carries messages.
+    sock_type: Option<libc::c_int>,
+    /// A stream that carries messages, each behind a 2-byte length (`framing=len16`).
+    framed: bool,
 }
 
 impl Endpoint {
     pub fn socket(socket: Socket, label: String) -> Endpoint {
         let domain = socket.get_int(libc::SOL_SOCKET, libc::SO_DOMAIN).ok();
+        let sock_type = socket.get_int(libc::SOL_SOCKET, libc::SO_TYPE).ok();
         Endpoint {
             io: Io::Socket(socket),
             label,
             domain,
             write_shut: false,
+            sock_type,
+            framed: false,
         }
+    }
+
+    /// Marks a stream endpoint as carrying messages behind 2-byte lengths (`framing=len16`).
+    pub fn with_framing(mut self, framed: bool) -> Endpoint {
+        self.framed = framed;
+        self
+    }
+
+    /// Whether the socket keeps message boundaries (SOCK_SEQPACKET or SOCK_DGRAM).
+    pub fn is_message(&self) -> bool {
+        matches!(
+            self.sock_type,
+            Some(libc::SOCK_SEQPACKET | libc::SOCK_DGRAM)
+        )
+    }
+
+    /// Whether this is a datagram socket (UDP).
+    pub fn is_datagram(&self) -> bool {
+        self.sock_type == Some(libc::SOCK_DGRAM)
+    }
+
+    /// Whether this stream carries messages behind 2-byte lengths (`framing=len16`).
+    pub fn is_framed(&self) -> bool {
+        self.framed
+    }
+
+    /// Whether this is an AF_UNIX socket.
+    pub fn is_unix(&self) -> bool {
+        self.domain == Some(libc::AF_UNIX)
     }
 
     /// Whether this is an AF_VSOCK socket (hybrid vsock is a UNIX socket, and is not).
@@ -60,6 +96,8 @@ impl Endpoint {
             label: "STDIO".to_string(),
             domain: None,
             write_shut: false,
+            sock_type: None,
+            framed: false,
         })
     }
 

@@ -14,7 +14,7 @@ use super::admit::admit;
 pub use super::resolve::connect_targets;
 use super::resolve::resolve_host;
 use super::sockopt::{apply_connected_options, apply_pre_options, bind_address};
-use crate::addr::{Address, Bind, Family, Kind, Options};
+use crate::addr::{Address, Bind, Family, Kind, Options, SocketType};
 use crate::error::Error;
 use crate::net::endpoint::Endpoint;
 use crate::sys::socket::{SockAddr, Socket};
@@ -26,7 +26,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// A fresh socket for connecting `address` to `target`, with its pre-connect options and bind.
 pub fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket> {
     let family = target.family();
-    let socket = Socket::new(family)?;
+    let socket = Socket::of_type(family, sock_type(&address.options))?;
     apply_pre_options(&socket, family, &address.options, false)?;
     if let Some(bind) = &address.options.bind {
         socket.bind(&bind_address(bind, family)?)?;
@@ -43,7 +43,17 @@ pub fn connected_endpoint(
     if matches!(address.kind, Kind::TcpConnect { .. }) {
         apply_connected_options(&socket, &address.options)?;
     }
-    Ok(Endpoint::socket(socket, target.to_string()))
+    let framed = address.options.framing.is_some();
+    Ok(Endpoint::socket(socket, target.to_string()).with_framing(framed))
+}
+
+/// The socket type an address's options ask for (`socktype=`; a stream without).
+fn sock_type(opts: &Options) -> nix::sys::socket::SockType {
+    use nix::sys::socket::SockType;
+    match opts.socktype {
+        Some(SocketType::Seqpacket) => SockType::SeqPacket,
+        Some(SocketType::Stream) | None => SockType::Stream,
+    }
 }
 
 /// A listening socket and what it needs to clean up.
@@ -207,7 +217,7 @@ impl Listener {
 
     fn bind_listen(local: &SockAddr, opts: &Options) -> io::Result<Socket> {
         let family = local.family();
-        let socket = Socket::new(family)?;
+        let socket = Socket::of_type(family, sock_type(opts))?;
         apply_pre_options(&socket, family, opts, true)?;
         if family == AddressFamily::Inet6 {
             // Dual stack for the unspecified address, so TCP-LISTEN serves IPv4 too.

@@ -3,7 +3,7 @@
 //! One module per kernel object: [`socket`] (non-blocking stream sockets of the three
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
 //! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
-//! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`],
+//! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`], [`message`] (whole messages on SEQPACKET and datagram sockets),
 //! [`limits`] (RLIMIT_NOFILE, pipe quotas) and [`systemd`] (sd_notify, socket activation). Descriptors are `OwnedFd` from the moment the
 //! kernel returns them, so no error path leaks one. Nothing outside this module and the
 //! io_uring worker calls `libc` directly.
@@ -12,6 +12,7 @@ pub mod bufring;
 pub mod eventfd;
 pub mod limits;
 pub mod mapping;
+pub mod message;
 pub mod pipe;
 pub mod signal;
 pub mod socket;

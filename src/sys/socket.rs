@@ -137,9 +137,15 @@ pub struct Socket {
 impl Socket {
     /// Creates a non-blocking, close-on-exec stream socket.
     pub fn new(family: AddressFamily) -> io::Result<Socket> {
+        Socket::of_type(family, SockType::Stream)
+    }
+
+    /// Creates a non-blocking, close-on-exec socket of type `ty` (a stream, a SEQPACKET
+    /// connection, a datagram socket).
+    pub fn of_type(family: AddressFamily, ty: SockType) -> io::Result<Socket> {
         let fd = ns::socket(
             family,
-            SockType::Stream,
+            ty,
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             None,
         )

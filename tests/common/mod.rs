@@ -11,6 +11,7 @@
 pub mod bench_plain;
 pub mod debs;
 pub mod lab;
+pub mod messages;
 pub mod qemu;
 pub mod speed;
 pub mod splice_probe;

@@ -12,6 +12,7 @@ mod copy;
 mod cx;
 pub mod end;
 pub mod flow;
+pub mod message;
 pub mod recv;
 mod ring;
 mod splice;
@@ -29,6 +30,7 @@ use crate::net::endpoint::Endpoint;
 
 pub use self::copy::CopyBuffer;
 pub use self::cx::{Cx, Pumped};
+pub use self::message::MessageLane;
 pub use self::ring::{RING_IDLE_GRACE, RingLane};
 pub use self::splice::{PipePool, PipeStage};
 pub use self::staged::{COPY_IDLE_GRACE, StagedLane, Staging};
@@ -57,6 +59,8 @@ pub fn ring_buffer_size(pipe_size: usize, source: Option<&Endpoint>) -> usize {
 pub enum Lane {
     Staged(StagedLane),
     Ring(RingLane),
+    /// Messages, each kept whole (SEQPACKET, datagrams, framed streams).
+    Message(MessageLane),
 }
 
 impl Lane {
@@ -71,6 +75,12 @@ impl Lane {
         ring: &Ring,
     ) -> Lane {
         let discard = !options.directions[dir.index()];
+        // Message ends keep their boundaries whatever the mode: the message path.
+        if let Some(source) = source.filter(|_| {
+            source.is_some_and(Endpoint::is_message) || sink.is_some_and(Endpoint::is_message)
+        }) {
+            return Lane::Message(MessageLane::setup(source, sink, discard));
+        }
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
         let mode = Lane::mode_for(options.mode, source, sink);
@@ -133,6 +143,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.discard(),
             Lane::Ring(l) => l.discard(),
+            Lane::Message(l) => l.discard(),
         }
     }
 
@@ -140,6 +151,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.flow().state(),
             Lane::Ring(l) => l.flow().state(),
+            Lane::Message(l) => l.machine().state(),
         }
     }
 
@@ -147,6 +159,15 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.flow().delivered(),
             Lane::Ring(l) => l.flow().delivered(),
+            Lane::Message(l) => l.machine().delivered(),
+        }
+    }
+
+    /// Messages delivered, on the message path; `None` on the byte paths.
+    pub fn messages(&self) -> Option<u64> {
+        match self {
+            Lane::Message(l) => Some(l.machine().messages()),
+            _ => None,
         }
     }
 
@@ -155,7 +176,7 @@ impl Lane {
     pub fn parkable(&self) -> bool {
         match self {
             Lane::Staged(l) => l.is_idle_pipe(),
-            Lane::Ring(_) => false,
+            Lane::Ring(_) | Lane::Message(_) => false,
         }
     }
 
@@ -166,6 +187,7 @@ impl Lane {
             Lane::Ring(l) if l.zerocopy() => "recv-zc",
             Lane::Ring(_) => "recv",
             Lane::Staged(l) => l.path_name(),
+            Lane::Message(_) => "messages",
         }
     }
 
@@ -174,6 +196,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.pump(cx),
             Lane::Ring(l) => l.pump(cx),
+            Lane::Message(l) => l.pump(cx),
         }
     }
 
@@ -188,6 +211,8 @@ impl Lane {
             (Lane::Ring(l), Op::Readable(_) | Op::Fill(_) | Op::Drain(_)) => {
                 l.complete(op, result, flags, cx)
             }
+            (Lane::Message(l), Op::Readable(_)) => l.readable(),
+            (Lane::Message(l), Op::Writable(_)) => l.writable(),
             _ => {}
         }
     }
@@ -197,6 +222,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.release(registry, ring, pipes),
             Lane::Ring(l) => l.release(registry, ring),
+            Lane::Message(_) => {}
         }
     }
 }

@@ -1,0 +1,637 @@
+//! A direction that carries messages: from a message socket (SOCK_SEQPACKET, a datagram
+//! socket) or a stream framed with 2-byte lengths (`framing=len16`), to either. Each message
+//! arrives whole, with its length known, and leaves as one message (or one frame): same
+//! bytes, same boundaries, same order.
+//!
+//! [`Messages`] is the pure machine (what to do next, what a result means); [`MessageLane`]
+//! drives it with inline non-blocking system calls after io_uring readiness polls, the form
+//! the splice path uses: a message is received and, most of the time, sent in the same turn,
+//! so no buffer is ever in the kernel's hands between turns. [`len16_frame`] is the framing
+//! rule, on byte literals.
+//!
+//! Bounds: a message larger than the lane's limit ([`MESSAGE_MAX`]; 65,535 bytes where a
+//! frame or a datagram carries it) is an error of that connection, logged, never cut short.
+//! A framed stream that ends inside a frame is cut with a reset.
+//!
+//! vsock SEQPACKET sinks: a non-blocking send that finds room for part of a message queues
+//! that part and still answers EAGAIN; sent again, the two would reach the peer as one merged
+//! message. A vsock SEQPACKET sink therefore sends blocking (`sys::message::whole_sends`),
+//! after a readiness poll, waiting in the kernel at most [`VSOCK_SEND_WAIT`] for the rest of
+//! the room; a send still short then cuts the connection instead of retrying.
+
+use std::time::Duration;
+
+use super::super::ring::poll_sqe;
+use super::super::token::Op;
+use super::cx::{Cx, Pumped};
+use super::end::EndOfFile;
+use super::flow::{FlowError, FlowOp, FlowState};
+use crate::net::endpoint::Endpoint;
+use crate::sys::message::{self, Received, ZeroMeans};
+use crate::warn;
+
+/// The largest message a direction between message sockets carries: vsock's default buffer
+/// (a larger SEQPACKET message cannot reach a default vsock peer at all) and more than a UNIX
+/// SEQPACKET socket's default send buffer lets a sender write.
+pub const MESSAGE_MAX: usize = 256 * 1024;
+
+/// The largest message behind a 2-byte length, and the largest datagram.
+pub const FRAMED_MAX: usize = u16::MAX as usize;
+
+/// How long a send into a vsock SEQPACKET socket may wait in the kernel for room for the
+/// rest of a message it started queueing (see the module's note).
+pub const VSOCK_SEND_WAIT: Duration = Duration::from_secs(2);
+
+/// The length of the first complete frame in `buf` (its payload follows the 2-byte length),
+/// or `None` while it is incomplete.
+pub fn len16_frame(buf: &[u8]) -> Option<usize> {
+    let [hi, lo, rest @ ..] = buf else {
+        return None;
+    };
+    let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+    (rest.len() >= len).then_some(len)
+}
+
+/// What a receive gave the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Got {
+    /// A whole message of this many bytes, ready to go out.
+    Message(usize),
+    /// Nothing now: wait for readiness.
+    Nothing,
+    /// The source ended (cleanly or not: [`Step::ConfirmEnd`] asks).
+    End,
+    /// The source failed, or broke the rules (EMSGSIZE: too large; EPROTO: a cut frame).
+    Failed(i32),
+}
+
+/// What a send gave the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// The message (or the rest of its frame) went out.
+    Whole,
+    /// A stream took part of a frame: the rest goes after readiness.
+    Part,
+    /// No room now: wait for readiness.
+    Blocked,
+    Failed(i32),
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Receive,
+    Send,
+    WaitReadable,
+    WaitWritable,
+    /// The source ended with nothing held: ask how ([`Messages::confirm_end`]).
+    ConfirmEnd,
+    /// Pass end of stream on.
+    ShutdownWrite,
+    Finished,
+    Failed,
+}
+
+/// One message direction's bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Messages {
+    state: FlowState,
+    /// The length of the message held for sending, if any.
+    held: Option<usize>,
+    source_idle: bool,
+    sink_full: bool,
+    end_confirmed: bool,
+    /// Every send waits for a readiness poll first (a vsock SEQPACKET sink, whose sends
+    /// block: the poll keeps a silent peer from holding the worker).
+    poll_before_send: bool,
+    bytes: u64,
+    messages: u64,
+}
+
+impl Default for Messages {
+    fn default() -> Messages {
+        Messages::new()
+    }
+}
+
+impl Messages {
+    pub fn new() -> Messages {
+        Messages {
+            state: FlowState::Open,
+            held: None,
+            source_idle: true,
+            sink_full: false,
+            end_confirmed: false,
+            poll_before_send: false,
+            bytes: 0,
+            messages: 0,
+        }
+    }
+
+    /// A machine that waits for the sink's readiness before every send.
+    pub fn polling_before_sends() -> Messages {
+        Messages {
+            poll_before_send: true,
+            sink_full: true,
+            ..Messages::new()
+        }
+    }
+
+    pub fn state(&self) -> FlowState {
+        self.state
+    }
+
+    /// Bytes delivered (message bytes, without frame headers).
+    pub fn delivered(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Messages delivered.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    pub fn next(&self) -> Step {
+        match self.state {
+            FlowState::Finished => return Step::Finished,
+            FlowState::Failed(_) => return Step::Failed,
+            _ => {}
+        }
+        if self.held.is_some() {
+            return match self.sink_full {
+                true => Step::WaitWritable,
+                false => Step::Send,
+            };
+        }
+        match self.state {
+            FlowState::SourceEnded if self.end_confirmed => Step::ShutdownWrite,
+            FlowState::SourceEnded => Step::ConfirmEnd,
+            _ if self.source_idle => Step::WaitReadable,
+            _ => Step::Receive,
+        }
+    }
+
+    pub fn readable(&mut self) {
+        self.source_idle = false;
+    }
+
+    pub fn writable(&mut self) {
+        self.sink_full = false;
+    }
+
+    fn fail(&mut self, op: FlowOp, errno: i32) {
+        self.state = FlowState::Failed(FlowError { op, errno });
+    }
+
+    pub fn received(&mut self, got: Got) {
+        match got {
+            Got::Message(len) => self.held = Some(len),
+            Got::Nothing => self.source_idle = true,
+            Got::End => self.state = FlowState::SourceEnded,
+            Got::Failed(errno) => self.fail(FlowOp::Read, errno),
+        }
+    }
+
+    pub fn sent(&mut self, put: Put) {
+        match put {
+            Put::Whole => {
+                let len = self.held.take().unwrap_or(0);
+                self.bytes += len as u64;
+                self.messages += 1;
+                self.sink_full = self.poll_before_send;
+            }
+            Put::Part | Put::Blocked => self.sink_full = true,
+            Put::Failed(errno) => self.fail(FlowOp::Write, errno),
+        }
+    }
+
+    pub fn confirm_end(&mut self, end: EndOfFile) {
+        match end {
+            EndOfFile::Clean => self.end_confirmed = true,
+            EndOfFile::Reset(errno) => self.fail(FlowOp::Read, errno),
+        }
+    }
+
+    pub fn shut_down(&mut self, result: Result<(), i32>) {
+        match result {
+            Ok(()) | Err(libc::ENOTCONN) => self.state = FlowState::Finished,
+            Err(errno) => self.fail(FlowOp::Shutdown, errno),
+        }
+    }
+}
+
+/// How one end carries messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One message per receive or send; what a 0-byte receive means.
+    Packets(ZeroMeans),
+    /// A stream, each message behind its 2-byte length.
+    Framed,
+}
+
+impl Shape {
+    fn of(end: &Endpoint) -> Shape {
+        if !end.is_message() {
+            Shape::Framed
+        } else if end.is_datagram() {
+            Shape::Packets(ZeroMeans::Message)
+        } else if end.is_unix() {
+            Shape::Packets(ZeroMeans::AskCredentials)
+        } else {
+            Shape::Packets(ZeroMeans::End)
+        }
+    }
+
+    /// The largest message this end carries.
+    fn limit(self) -> usize {
+        match self {
+            Shape::Packets(ZeroMeans::Message) | Shape::Framed => FRAMED_MAX,
+            Shape::Packets(_) => MESSAGE_MAX,
+        }
+    }
+}
+
+/// A direction on the message path.
+#[derive(Debug)]
+pub struct MessageLane {
+    machine: Messages,
+    source: Shape,
+    sink: Shape,
+    limit: usize,
+    discard: bool,
+    /// The sink's sends wait in the kernel for room for the whole message (vsock SEQPACKET).
+    blocking_sends: bool,
+    /// The message going out (behind its 2-byte length for a framed sink), from index 0 on
+    /// a framed sink and 2 on a message sink; allocated at the first message.
+    out: Vec<u8>,
+    /// Bytes of `out` a framed sink already took.
+    sent: usize,
+    /// A framed source's bytes not yet taken as messages.
+    inbox: Vec<u8>,
+}
+
+impl MessageLane {
+    /// The lane between `source` and `sink` (at least one of them keeps message boundaries;
+    /// the other, if a stream, is framed). Sets up the sockets for it: credentials on a UNIX
+    /// SEQPACKET source, whole blocking sends into a vsock SEQPACKET sink.
+    pub fn setup(source: &Endpoint, sink: Option<&Endpoint>, discard: bool) -> MessageLane {
+        let source_shape = Shape::of(source);
+        let sink_shape = sink.map_or(Shape::Packets(ZeroMeans::End), Shape::of);
+        if source_shape == Shape::Packets(ZeroMeans::AskCredentials) {
+            if let Some(fd) = source.read_fd() {
+                if let Err(e) = message::pass_credentials(fd) {
+                    warn!("SO_PASSCRED on {}: {e}", source.label());
+                }
+            }
+        }
+        let mut blocking_sends = false;
+        if let Some(sink) = sink.filter(|s| s.is_vsock() && s.is_message() && !discard) {
+            if let Some(fd) = sink.write_fd() {
+                match message::whole_sends(fd, VSOCK_SEND_WAIT) {
+                    Ok(()) => blocking_sends = true,
+                    Err(e) => warn!("blocking sends on {}: {e}", sink.label()),
+                }
+            }
+        }
+        let limit = match discard {
+            true => source_shape.limit(),
+            false => source_shape.limit().min(sink_shape.limit()),
+        };
+        let machine = match blocking_sends {
+            true => Messages::polling_before_sends(),
+            false => Messages::new(),
+        };
+        MessageLane {
+            machine,
+            blocking_sends,
+            source: source_shape,
+            sink: sink_shape,
+            limit,
+            discard,
+            out: Vec::new(),
+            sent: 0,
+            inbox: Vec::new(),
+        }
+    }
+
+    pub fn machine(&self) -> &Messages {
+        &self.machine
+    }
+
+    pub fn discard(&self) -> bool {
+        self.discard
+    }
+
+    pub fn readable(&mut self) {
+        self.machine.readable();
+    }
+
+    pub fn writable(&mut self) {
+        self.machine.writable();
+    }
+
+    /// Runs the direction until it must wait, ends, or uses up its turn.
+    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+        let dir = cx.dir;
+        let mut turn = cx.turn;
+        loop {
+            if cx.ops.in_flight(Op::Readable(dir)) || cx.ops.in_flight(Op::Writable(dir)) {
+                return Pumped::Waiting;
+            }
+            match self.machine.next() {
+                Step::Receive => {
+                    let got = self.receive(cx);
+                    if let Got::Message(_) = got {
+                        cx.moved(Ok(1));
+                    }
+                    self.machine.received(got);
+                }
+                Step::Send => {
+                    let put = self.send(cx);
+                    if put == Put::Whole {
+                        cx.moved(Ok(1));
+                    }
+                    self.machine.sent(put);
+                }
+                Step::WaitReadable => {
+                    let Some(source) = cx.ends.source() else {
+                        self.machine.received(Got::Failed(libc::EBADF));
+                        continue;
+                    };
+                    cx.ops
+                        .push(Op::Readable(dir), poll_sqe(source, libc::POLLIN));
+                    return Pumped::Waiting;
+                }
+                Step::WaitWritable => {
+                    let Some(sink) = cx.ends.destination() else {
+                        self.machine.sent(Put::Failed(libc::EBADF));
+                        continue;
+                    };
+                    cx.ops
+                        .push(Op::Writable(dir), poll_sqe(sink, libc::POLLOUT));
+                    return Pumped::Waiting;
+                }
+                Step::ConfirmEnd => self.machine.confirm_end(cx.source_end()),
+                Step::ShutdownWrite => {
+                    crate::debug!("conn {}: {dir} reached end of stream", cx.id);
+                    self.machine.shut_down(cx.ends.shutdown_write());
+                }
+                Step::Finished | Step::Failed => return Pumped::Ended,
+            }
+            turn = turn.saturating_sub(1);
+            if turn == 0 {
+                return Pumped::Yield;
+            }
+        }
+    }
+
+    /// Where a message's bytes start in `out`: after room for the 2-byte length.
+    const BODY: usize = 2;
+
+    fn receive(&mut self, cx: &mut Cx<'_>) -> Got {
+        let Some(fd) = cx.ends.source() else {
+            return Got::Failed(libc::EBADF);
+        };
+        let super::super::ring::Target::Fd(fd) = fd else {
+            return Got::Failed(libc::EBADF);
+        };
+        if self.out.is_empty() {
+            self.out = vec![0; Self::BODY + self.limit];
+        }
+        match self.source {
+            Shape::Packets(zero) => {
+                match message::recv_message(fd, &mut self.out[Self::BODY..], zero) {
+                    Ok(Received::Message(len)) if len > self.limit => {
+                        warn!(
+                            "conn {}: {}: a message of {len} bytes is larger than the {} the \
+                             other end takes: connection cut",
+                            cx.id, cx.dir, self.limit
+                        );
+                        Got::Failed(libc::EMSGSIZE)
+                    }
+                    Ok(Received::Message(len)) => self.hold(len),
+                    Ok(Received::Nothing) => Got::Nothing,
+                    Ok(Received::End) => Got::End,
+                    Err(e) => Got::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
+                }
+            }
+            Shape::Framed => self.receive_frame(fd, cx),
+        }
+    }
+
+    /// A framed source: the next whole frame in the inbox, reading more when it holds none.
+    fn receive_frame(&mut self, fd: std::os::fd::BorrowedFd<'_>, cx: &Cx<'_>) -> Got {
+        loop {
+            if let Some(len) = len16_frame(&self.inbox) {
+                if len > self.limit {
+                    warn!(
+                        "conn {}: {}: a frame of {len} bytes is larger than the {} the other \
+                         end takes: connection cut",
+                        cx.id, cx.dir, self.limit
+                    );
+                    return Got::Failed(libc::EMSGSIZE);
+                }
+                let end = Self::BODY + len;
+                self.out[Self::BODY..end].copy_from_slice(&self.inbox[Self::BODY..end]);
+                self.inbox.drain(..end);
+                return self.hold(len);
+            }
+            let have = self.inbox.len();
+            let want = (Self::BODY + FRAMED_MAX).max(64 * 1024);
+            self.inbox.resize(have + want, 0);
+            let read = message::recv_stream(fd, &mut self.inbox[have..]);
+            match read {
+                Ok(Some(0)) => {
+                    self.inbox.truncate(have);
+                    if have > 0 {
+                        warn!(
+                            "conn {}: {}: the stream ended inside a frame ({have} bytes of \
+                             it): connection cut",
+                            cx.id, cx.dir
+                        );
+                        return Got::Failed(libc::EPROTO);
+                    }
+                    return Got::End;
+                }
+                Ok(Some(n)) => self.inbox.truncate(have + n),
+                Ok(None) => {
+                    self.inbox.truncate(have);
+                    return Got::Nothing;
+                }
+                Err(e) => {
+                    self.inbox.truncate(have);
+                    return Got::Failed(e.raw_os_error().unwrap_or(libc::EIO));
+                }
+            }
+        }
+    }
+
+    /// Holds a message of `len` bytes (at `out[BODY..]`) for sending.
+    fn hold(&mut self, len: usize) -> Got {
+        if self.sink == Shape::Framed {
+            self.out[..Self::BODY].copy_from_slice(&(len as u16).to_be_bytes());
+        }
+        self.sent = 0;
+        Got::Message(len)
+    }
+
+    fn send(&mut self, cx: &mut Cx<'_>) -> Put {
+        let Some(len) = self.machine.held else {
+            return Put::Whole;
+        };
+        if self.discard {
+            return Put::Whole;
+        }
+        let Some(super::super::ring::Target::Fd(fd)) = cx.ends.destination() else {
+            return Put::Failed(libc::EBADF);
+        };
+        let bytes = match self.sink {
+            Shape::Framed => &self.out[self.sent..Self::BODY + len],
+            Shape::Packets(_) => &self.out[Self::BODY..Self::BODY + len],
+        };
+        match message::send(fd, bytes) {
+            Ok(n) if self.sink == Shape::Framed => {
+                self.sent += n;
+                match self.sent == Self::BODY + len {
+                    true => Put::Whole,
+                    false => Put::Part,
+                }
+            }
+            Ok(n) if n == len => Put::Whole,
+            // A message socket sends all of a message or nothing.
+            Ok(_) => Put::Failed(libc::EMSGSIZE),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) if !self.blocking_sends => Put::Blocked,
+                Some(libc::EAGAIN) => {
+                    warn!(
+                        "conn {}: {}: the vsock peer took part of a {len}-byte message and no \
+                         room for the rest in {VSOCK_SEND_WAIT:?}: connection cut (a retry \
+                         would merge two messages)",
+                        cx.id, cx.dir
+                    );
+                    Put::Failed(libc::ETIMEDOUT)
+                }
+                Some(libc::EMSGSIZE) => {
+                    warn!(
+                        "conn {}: {}: a message of {len} bytes is larger than the other end \
+                         takes: connection cut",
+                        cx.id, cx.dir
+                    );
+                    Put::Failed(libc::EMSGSIZE)
+                }
+                Some(errno) => Put::Failed(errno),
+                None => Put::Failed(libc::EIO),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_whole_only_with_all_its_bytes() {
+        assert_eq!(len16_frame(b""), None);
+        assert_eq!(len16_frame(b"\x00"), None);
+        assert_eq!(len16_frame(b"\x00\x00"), Some(0));
+        assert_eq!(len16_frame(b"\x00\x03ab"), None);
+        assert_eq!(len16_frame(b"\x00\x03abc"), Some(3));
+        assert_eq!(len16_frame(b"\x00\x03abc\x00\x01"), Some(3));
+        assert_eq!(len16_frame(b"\x01\x00"), None, "256 bytes announced");
+        let mut big = vec![0xff, 0xff];
+        big.resize(2 + 65535, 7);
+        assert_eq!(len16_frame(&big), Some(65535));
+    }
+
+    #[test]
+    fn a_message_is_received_then_sent_whole_before_the_next_is_received() {
+        let mut m = Messages::new();
+        assert_eq!(m.next(), Step::WaitReadable);
+        m.readable();
+        assert_eq!(m.next(), Step::Receive);
+        m.received(Got::Message(5));
+        assert_eq!(m.next(), Step::Send);
+        m.sent(Put::Blocked);
+        assert_eq!(m.next(), Step::WaitWritable, "held, never received over");
+        m.writable();
+        assert_eq!(m.next(), Step::Send);
+        m.sent(Put::Whole);
+        assert_eq!((m.delivered(), m.messages()), (5, 1));
+        assert_eq!(m.next(), Step::Receive);
+        m.received(Got::Nothing);
+        assert_eq!(m.next(), Step::WaitReadable);
+    }
+
+    #[test]
+    fn a_zero_length_message_counts_as_a_message() {
+        let mut m = Messages::new();
+        m.readable();
+        m.received(Got::Message(0));
+        assert_eq!(m.next(), Step::Send);
+        m.sent(Put::Whole);
+        assert_eq!((m.delivered(), m.messages()), (0, 1));
+    }
+
+    #[test]
+    fn a_sink_that_blocks_is_polled_before_every_send() {
+        let mut m = Messages::polling_before_sends();
+        m.readable();
+        m.received(Got::Message(9));
+        assert_eq!(m.next(), Step::WaitWritable);
+        m.writable();
+        assert_eq!(m.next(), Step::Send);
+        m.sent(Put::Whole);
+        m.received(Got::Message(1));
+        assert_eq!(m.next(), Step::WaitWritable, "again before the second");
+    }
+
+    #[test]
+    fn a_part_of_a_frame_waits_for_room_for_the_rest() {
+        let mut m = Messages::new();
+        m.readable();
+        m.received(Got::Message(100));
+        m.sent(Put::Part);
+        assert_eq!(m.next(), Step::WaitWritable);
+        m.writable();
+        m.sent(Put::Whole);
+        assert_eq!(m.messages(), 1);
+    }
+
+    #[test]
+    fn the_end_is_confirmed_then_passed_on() {
+        let mut m = Messages::new();
+        m.readable();
+        m.received(Got::End);
+        assert_eq!(m.next(), Step::ConfirmEnd);
+        m.confirm_end(EndOfFile::Clean);
+        assert_eq!(m.next(), Step::ShutdownWrite);
+        m.shut_down(Ok(()));
+        assert_eq!(m.next(), Step::Finished);
+        assert_eq!(m.state(), FlowState::Finished);
+    }
+
+    #[test]
+    fn a_reset_source_an_oversized_message_and_a_failed_send_fail_the_direction() {
+        let mut m = Messages::new();
+        m.readable();
+        m.received(Got::End);
+        m.confirm_end(EndOfFile::Reset(libc::ECONNRESET));
+        assert_eq!(m.next(), Step::Failed);
+        let mut m = Messages::new();
+        m.readable();
+        m.received(Got::Failed(libc::EMSGSIZE));
+        assert_eq!(
+            m.state(),
+            FlowState::Failed(FlowError {
+                op: FlowOp::Read,
+                errno: libc::EMSGSIZE
+            })
+        );
+        let mut m = Messages::new();
+        m.readable();
+        m.received(Got::Message(3));
+        m.sent(Put::Failed(libc::EPIPE));
+        assert_eq!(m.next(), Step::Failed);
+    }
+}

@@ -1,0 +1,230 @@
+//! Message relays end to end on real sockets: UNIX SEQPACKET on both sides, both ways at
+//! once, 20,000 messages of random sizes (zero-length ones included) each way, every message's
+//! length, bytes and order checked at the far end; a message too large for the other end, a
+//! framed stream that breaks its framing, and pairs that cannot carry messages.
+//! (vsock SEQPACKET runs in the guest lab: tests/vsock_guest.rs.)
+
+mod common;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use common::messages::{Framing, Sequence, check_sequence, recv_timeout, send_sequence};
+use common::*;
+use nix::sys::socket::{
+    AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept, bind, connect, listen,
+    shutdown, socket,
+};
+
+const COUNT: usize = 20_000;
+const LONG: Duration = Duration::from_secs(120);
+
+fn seqpacket() -> OwnedFd {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+fn seqpacket_listen(path: &Path) -> OwnedFd {
+    let fd = seqpacket();
+    bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(64).unwrap()).unwrap();
+    fd
+}
+
+fn seqpacket_connect(path: &Path) -> OwnedFd {
+    let fd = seqpacket();
+    connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    fd
+}
+
+fn accept_one(listener: &OwnedFd) -> OwnedFd {
+    accept(listener).unwrap()
+}
+
+/// Sends `out` and checks `back` on `fd` at once (sender on a thread), then half-closes.
+fn exchange_messages(
+    fd: OwnedFd,
+    out: Sequence,
+    back: Sequence,
+    framing: Framing,
+) -> Result<(), String> {
+    recv_timeout(fd.as_fd(), 60);
+    let fd = std::sync::Arc::new(fd);
+    let sender = {
+        let fd = fd.clone();
+        std::thread::spawn(move || {
+            send_sequence(fd.as_fd(), out, framing).map_err(|e| e.to_string())?;
+            shutdown(fd.as_raw_fd(), Shutdown::Write).map_err(|e| e.to_string())
+        })
+    };
+    let checked = check_sequence(fd.as_fd(), back, framing);
+    let sent = sender.join().unwrap();
+    checked.and(sent)
+}
+
+#[test]
+fn unix_seqpacket_messages_cross_both_ways_at_once_with_every_boundary_kept() {
+    let dir = Scratch::new("seqpacket");
+    let front = dir.path("front.sock");
+    let back = dir.path("back.sock");
+    let backend = seqpacket_listen(&back);
+    let mut relay = Relay::start(&[
+        &format!("UNIX-LISTEN:{},socktype=seqpacket", front.display()),
+        &format!("UNIX-CONNECT:{},socktype=5", back.display()),
+    ]);
+    let up = Sequence {
+        seed: 1,
+        count: COUNT,
+        max: 65535,
+        empty: true,
+    };
+    let down = Sequence {
+        seed: 2,
+        count: COUNT,
+        max: 65535,
+        empty: true,
+    };
+    let server = std::thread::spawn(move || {
+        let conn = accept_one(&backend);
+        exchange_messages(conn, down, up, Framing::Packets)
+    });
+    let client = exchange_messages(seqpacket_connect(&front), up, down, Framing::Packets);
+    let server = server.join().unwrap();
+    assert_eq!(client, Ok(()), "client side; relay log:\n{}", relay.log());
+    assert_eq!(server, Ok(()), "server side; relay log:\n{}", relay.log());
+    let status = relay.wait_exit(LONG);
+    assert!(status.success(), "{status}\n{}", relay.log());
+    let log = relay.log();
+    assert!(
+        log.contains(&format!("({COUNT} + {COUNT} messages)")),
+        "every message counted, once:\n{log}"
+    );
+}
+
+/// Runs vsplice with `args` and returns its exit code and standard error.
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(vsplice_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_seqpacket_address_paired_with_a_stream_without_framing_is_refused_naming_both() {
+    let dir = Scratch::new("seqpacket-stream");
+    let front = dir.path("front.sock");
+    let first = format!("UNIX-LISTEN:{},socktype=seqpacket", front.display());
+    let (code, err) = refused(&[&first, "TCP:127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("\"{first}\" carries messages"))
+            && err.contains("\"TCP:127.0.0.1:1\" is a stream")
+            && err.contains("framing=len16"),
+        "{err}"
+    );
+    assert!(!front.exists(), "refused before anything opened");
+    let (code, err) = refused(&["TCP-LISTEN:0", "TCP:127.0.0.1:1,framing=len16"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("carries none"), "{err}");
+}
+
+#[test]
+fn socktype_on_an_address_without_such_a_type_is_refused_naming_it() {
+    let (code, err) = refused(&["TCP-LISTEN:0,socktype=5", "TCP:127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("option \"socktype\" is not valid for TCP-LISTEN"),
+        "{err}"
+    );
+    let (code, err) = refused(&["UNIX-LISTEN:/nonexistent/x,socktype=2", "UDP:127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("socktype") && err.contains("no datagram type"),
+        "{err}"
+    );
+    let (code, err) = refused(&["UNIX-LISTEN:/nonexistent/x,socktype=7", "TCP:127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("invalid value \"7\" for option \"socktype\""),
+        "{err}"
+    );
+    let (code, err) = refused(&[
+        "UNIX-LISTEN:/nonexistent/x,socktype=5,framing=len16",
+        "TCP:127.0.0.1:1",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("use one of the two"), "{err}");
+}
+
+#[test]
+fn a_message_larger_than_the_other_end_takes_cuts_that_connection_only() {
+    let dir = Scratch::new("seqpacket-big");
+    let front = dir.path("front.sock");
+    let back = dir.path("back.sock");
+    let backend = seqpacket_listen(&back);
+    // The backend side's send buffer (16 KiB, doubled by the kernel) takes no 60 KB message.
+    let relay = Relay::start(&[
+        &format!("UNIX-LISTEN:{},socktype=seqpacket,fork", front.display()),
+        &format!("UNIX-CONNECT:{},socktype=5,sndbuf=16384", back.display()),
+    ]);
+    let server = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let conn = accept_one(&backend);
+            recv_timeout(conn.as_fd(), 30);
+            let mut buf = vec![0u8; 128 * 1024];
+            let mut lens = Vec::new();
+            loop {
+                match common::messages::recv_one(conn.as_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => lens.push(n),
+                    Err(e) => panic!("backend: {e}"),
+                }
+            }
+            got.push(lens);
+        }
+        got
+    });
+    let send = |fd: &OwnedFd, len: usize| {
+        let m = vec![9u8; len];
+        let n = nix::sys::socket::send(fd.as_raw_fd(), &m, nix::sys::socket::MsgFlags::empty())
+            .unwrap();
+        assert_eq!(n, len);
+    };
+    let big = seqpacket_connect(&front);
+    send(&big, 100);
+    send(&big, 60_000);
+    send(&big, 200);
+    // The relay cuts this connection: its client reads a reset (or the end, where the
+    // relay had read all it sent).
+    recv_timeout(big.as_fd(), 30);
+    let mut buf = [0u8; 16];
+    match common::messages::recv_one(big.as_fd(), &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {}
+        other => panic!("expected the connection cut, got {other:?}"),
+    }
+    relay.wait_for_log("larger than the other end takes", LONG);
+    // Another connection of the same relay is served as before.
+    let other = seqpacket_connect(&front);
+    send(&other, 1000);
+    send(&other, 2000);
+    shutdown(other.as_raw_fd(), Shutdown::Write).unwrap();
+    let got = server.join().unwrap();
+    assert_eq!(
+        got[0],
+        vec![100],
+        "the message before the large one went; nothing after it"
+    );
+    assert_eq!(got[1], vec![1000, 2000], "{}", relay.log());
+}
