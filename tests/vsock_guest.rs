@@ -51,6 +51,10 @@ const SCENARIOS: &[Scenario] = &[
         "vsock_dials_never_fail_while_the_listener_is_up",
         vsock_dials_never_fail,
     ),
+    (
+        "vsock_seqpacket_messages_cross_both_ways_with_every_boundary_kept",
+        seqpacket_guest::vsock_seqpacket_both_ways,
+    ),
 ];
 
 /// Opens a client connection to a relay's listener.

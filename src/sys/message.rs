@@ -10,7 +10,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::time::Duration;
 
 use super::cvt;
 
@@ -121,24 +120,10 @@ pub fn pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
 }
 
-/// Makes sends on `fd` wait in the kernel (at most `wait`) until the whole message is queued:
-/// clears `O_NONBLOCK` and sets `SO_SNDTIMEO`. Receives must then pass `MSG_DONTWAIT`
-/// themselves, as [`recv_message`] does.
-pub fn whole_sends(fd: BorrowedFd<'_>, wait: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: wait.as_secs() as libc::time_t,
-        tv_usec: wait.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: the pointer and length describe `tv`, live for the call; the kernel copies it.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
+/// Clears `O_NONBLOCK` on `fd`'s open file (shared by its duplicates), so sends wait in the
+/// kernel until the whole message is queued. Receives must then pass `MSG_DONTWAIT`
+/// themselves, as [`recv_message`] and [`recv_stream`] do.
+pub fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a borrowed, open descriptor touch no memory of ours.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
     // SAFETY: as above.

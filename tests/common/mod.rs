@@ -13,6 +13,7 @@ pub mod debs;
 pub mod lab;
 pub mod messages;
 pub mod qemu;
+pub mod seqpacket_guest;
 pub mod speed;
 pub mod splice_probe;
 

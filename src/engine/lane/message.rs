@@ -15,17 +15,15 @@
 //!
 //! vsock SEQPACKET sinks: a non-blocking send that finds room for part of a message queues
 //! that part and still answers EAGAIN; sent again, the two would reach the peer as one merged
-//! message. A vsock SEQPACKET sink therefore sends blocking (`sys::message::whole_sends`),
-//! after a readiness poll, waiting in the kernel at most [`VSOCK_SEND_WAIT`] for the rest of
-//! the room; a send still short then cuts the connection instead of retrying.
-
-use std::time::Duration;
+//! message. Messages into vsock SEQPACKET therefore go out whole from a helper thread
+//! ([`super::whole_send`]), and the direction waits for its result.
 
 use super::super::ring::poll_sqe;
 use super::super::token::Op;
 use super::cx::{Cx, Pumped};
 use super::end::EndOfFile;
 use super::flow::{FlowError, FlowOp, FlowState};
+use super::whole_send::WholeSender;
 use crate::net::endpoint::Endpoint;
 use crate::sys::message::{self, Received, ZeroMeans};
 use crate::warn;
@@ -37,10 +35,6 @@ pub const MESSAGE_MAX: usize = 256 * 1024;
 
 /// The largest message behind a 2-byte length, and the largest datagram.
 pub const FRAMED_MAX: usize = u16::MAX as usize;
-
-/// How long a send into a vsock SEQPACKET socket may wait in the kernel for room for the
-/// rest of a message it started queueing (see the module's note).
-pub const VSOCK_SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// The length of the first complete frame in `buf` (its payload follows the 2-byte length),
 /// or `None` while it is incomplete.
@@ -74,6 +68,8 @@ pub enum Put {
     Part,
     /// No room now: wait for readiness.
     Blocked,
+    /// Handed to a helper thread: the driver waits for it (the machine holds the message).
+    Waiting,
     Failed(i32),
 }
 
@@ -101,9 +97,6 @@ pub struct Messages {
     source_idle: bool,
     sink_full: bool,
     end_confirmed: bool,
-    /// Every send waits for a readiness poll first (a vsock SEQPACKET sink, whose sends
-    /// block: the poll keeps a silent peer from holding the worker).
-    poll_before_send: bool,
     bytes: u64,
     messages: u64,
 }
@@ -122,18 +115,8 @@ impl Messages {
             source_idle: true,
             sink_full: false,
             end_confirmed: false,
-            poll_before_send: false,
             bytes: 0,
             messages: 0,
-        }
-    }
-
-    /// A machine that waits for the sink's readiness before every send.
-    pub fn polling_before_sends() -> Messages {
-        Messages {
-            poll_before_send: true,
-            sink_full: true,
-            ..Messages::new()
         }
     }
 
@@ -198,9 +181,9 @@ impl Messages {
                 let len = self.held.take().unwrap_or(0);
                 self.bytes += len as u64;
                 self.messages += 1;
-                self.sink_full = self.poll_before_send;
             }
             Put::Part | Put::Blocked => self.sink_full = true,
+            Put::Waiting => {}
             Put::Failed(errno) => self.fail(FlowOp::Write, errno),
         }
     }
@@ -259,8 +242,9 @@ pub struct MessageLane {
     sink: Shape,
     limit: usize,
     discard: bool,
-    /// The sink's sends wait in the kernel for room for the whole message (vsock SEQPACKET).
-    blocking_sends: bool,
+    /// The sink is vsock SEQPACKET: messages go out whole from a helper thread.
+    vsock_sink: bool,
+    sender: Option<WholeSender>,
     /// The message going out (behind its 2-byte length for a framed sink), from index 0 on
     /// a framed sink and 2 on a message sink; allocated at the first message.
     out: Vec<u8>,
@@ -284,26 +268,15 @@ impl MessageLane {
                 }
             }
         }
-        let mut blocking_sends = false;
-        if let Some(sink) = sink.filter(|s| s.is_vsock() && s.is_message() && !discard) {
-            if let Some(fd) = sink.write_fd() {
-                match message::whole_sends(fd, VSOCK_SEND_WAIT) {
-                    Ok(()) => blocking_sends = true,
-                    Err(e) => warn!("blocking sends on {}: {e}", sink.label()),
-                }
-            }
-        }
+        let vsock_sink = sink.is_some_and(|s| s.is_vsock() && s.is_message()) && !discard;
         let limit = match discard {
             true => source_shape.limit(),
             false => source_shape.limit().min(sink_shape.limit()),
         };
-        let machine = match blocking_sends {
-            true => Messages::polling_before_sends(),
-            false => Messages::new(),
-        };
         MessageLane {
-            machine,
-            blocking_sends,
+            machine: Messages::new(),
+            vsock_sink,
+            sender: None,
             source: source_shape,
             sink: sink_shape,
             limit,
@@ -352,6 +325,9 @@ impl MessageLane {
                         cx.moved(Ok(1));
                     }
                     self.machine.sent(put);
+                    if put == Put::Waiting {
+                        return Pumped::Waiting;
+                    }
                 }
                 Step::WaitReadable => {
                     let Some(source) = cx.ends.source() else {
@@ -475,12 +451,58 @@ impl MessageLane {
         Got::Message(len)
     }
 
+    /// Into vsock SEQPACKET: the message goes to the helper thread, and the direction waits
+    /// for its eventfd ([`Put::Waiting`]) until the result is back.
+    fn send_whole(&mut self, len: usize, cx: &mut Cx<'_>) -> Put {
+        if self.sender.is_none() {
+            let Some(super::super::ring::Target::Fd(fd)) = cx.ends.destination() else {
+                return Put::Failed(libc::EBADF);
+            };
+            match WholeSender::start(fd) {
+                Ok(sender) => self.sender = Some(sender),
+                Err(e) => {
+                    warn!(
+                        "conn {}: {}: cannot start the vsock sender: {e}",
+                        cx.id, cx.dir
+                    );
+                    return Put::Failed(e.raw_os_error().unwrap_or(libc::EIO));
+                }
+            }
+        }
+        let sender = self.sender.as_mut().expect("started above");
+        if sender.busy() {
+            match sender.take_result() {
+                Some(Ok(n)) if n == len => return Put::Whole,
+                Some(Ok(_)) => return Put::Failed(libc::EMSGSIZE),
+                Some(Err(libc::EMSGSIZE)) => {
+                    warn!(
+                        "conn {}: {}: a message of {len} bytes is larger than the vsock peer \
+                         takes: connection cut",
+                        cx.id, cx.dir
+                    );
+                    return Put::Failed(libc::EMSGSIZE);
+                }
+                Some(Err(errno)) => return Put::Failed(errno),
+                None => {}
+            }
+        } else {
+            sender.submit(self.out[Self::BODY..Self::BODY + len].to_vec());
+        }
+        let done = super::super::ring::Target::Fd(sender.done_fd());
+        cx.ops
+            .push(Op::Writable(cx.dir), poll_sqe(done, libc::POLLIN));
+        Put::Waiting
+    }
+
     fn send(&mut self, cx: &mut Cx<'_>) -> Put {
         let Some(len) = self.machine.held else {
             return Put::Whole;
         };
         if self.discard {
             return Put::Whole;
+        }
+        if self.vsock_sink {
+            return self.send_whole(len, cx);
         }
         let Some(super::super::ring::Target::Fd(fd)) = cx.ends.destination() else {
             return Put::Failed(libc::EBADF);
@@ -501,16 +523,7 @@ impl MessageLane {
             // A message socket sends all of a message or nothing.
             Ok(_) => Put::Failed(libc::EMSGSIZE),
             Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) if !self.blocking_sends => Put::Blocked,
-                Some(libc::EAGAIN) => {
-                    warn!(
-                        "conn {}: {}: the vsock peer took part of a {len}-byte message and no \
-                         room for the rest in {VSOCK_SEND_WAIT:?}: connection cut (a retry \
-                         would merge two messages)",
-                        cx.id, cx.dir
-                    );
-                    Put::Failed(libc::ETIMEDOUT)
-                }
+                Some(libc::EAGAIN) => Put::Blocked,
                 Some(libc::EMSGSIZE) => {
                     warn!(
                         "conn {}: {}: a message of {len} bytes is larger than the other end \
@@ -571,19 +584,6 @@ mod tests {
         assert_eq!(m.next(), Step::Send);
         m.sent(Put::Whole);
         assert_eq!((m.delivered(), m.messages()), (0, 1));
-    }
-
-    #[test]
-    fn a_sink_that_blocks_is_polled_before_every_send() {
-        let mut m = Messages::polling_before_sends();
-        m.readable();
-        m.received(Got::Message(9));
-        assert_eq!(m.next(), Step::WaitWritable);
-        m.writable();
-        assert_eq!(m.next(), Step::Send);
-        m.sent(Put::Whole);
-        m.received(Got::Message(1));
-        assert_eq!(m.next(), Step::WaitWritable, "again before the second");
     }
 
     #[test]

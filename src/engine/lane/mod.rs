@@ -19,6 +19,7 @@ mod splice;
 mod staged;
 #[cfg(test)]
 mod tests;
+mod whole_send;
 
 use self::flow::{Flow, FlowState};
 use super::config::{Mode, RelayOptions};
