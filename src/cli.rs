@@ -30,6 +30,8 @@ Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensiti
   VSOCK-UDS-LISTEN:path:port    guest connections to host port <port>, at <path>_<port>
   STDIO                    -
   ACCEPT-FD:n              a listening socket inherited as descriptor n (systemd), with fork
+  UDP:host:port            UDP4:, UDP6:, UDP-CONNECT: (each datagram a message)
+  UDP-LISTEN:port          UDP-L:, UDP4-LISTEN:, UDP6-LISTEN: (a session per sender; -T idle, 60 s)
 Options: fork, max-children=N, backlog=N, reuseaddr, reuseport, bind=ADDR,
   connect-timeout=S, retry=N, interval=S, rcvbuf=SIZE, sndbuf=SIZE, nodelay,
   keepalive, keepidle=S, keepintvl=S, keepcnt=N, unlink-early,
@@ -42,6 +44,9 @@ Examples:
   vsplice TCP-LISTEN:2222,fork VSOCK-UDS-CONNECT:/run/firecracker.vsock:22
   vsplice bench demo
   vsplice serve --config /etc/vsplice/relays.toml";
+
+/// How long a UDP session lives without a datagram when `-T` is not given.
+pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn size_arg(s: &str) -> std::result::Result<usize, String> {
     let n = parse_size(s)?;
@@ -237,6 +242,12 @@ pub fn plan(cli: Cli) -> Result<Plan> {
         return Ok(Plan::Serve(Box::new(serve)));
     }
     let mut engine = engine_config(&cli);
+    // A UDP session has no end of its own: it ends when idle (socat's -T), by default 60 s.
+    if engine.relay.idle_timeout.is_none()
+        && (first.kind.tag().is_udp() || second.kind.tag().is_udp())
+    {
+        engine.relay.idle_timeout = Some(UDP_IDLE_TIMEOUT);
+    }
     engine.relay.single_connection = !first.options.fork;
     engine.receive_budget = ReceiveBudget::resolve(cli.receive_budget);
     engine.relay.user_rcvbuf = [

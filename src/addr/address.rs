@@ -106,6 +106,15 @@ impl Address {
                 }
                 Kind::VsockUdsListen { path, port }
             }
+            (KindTag::UdpConnect(family), [host, port]) => Kind::UdpConnect {
+                host: parse_host(host, name)?,
+                port: parse_port(port)?,
+                family,
+            },
+            (KindTag::UdpListen(family), [port]) => Kind::UdpListen {
+                port: parse_port(port)?,
+                family,
+            },
             (KindTag::Stdio, []) => Kind::Stdio,
             (KindTag::Stdio, _) => return Err(AddressError::NoParameters { kind: name }),
             (KindTag::AcceptFd, [fd]) => Kind::AcceptFd {
@@ -130,6 +139,6 @@ impl Address {
     /// Whether the address carries messages, each with its boundaries (SOCK_SEQPACKET), as
     /// far as its text says (an inherited descriptor's type is read when it is taken).
     pub fn is_message(&self) -> bool {
-        self.options.socktype == Some(SocketType::Seqpacket)
+        self.options.socktype == Some(SocketType::Seqpacket) || self.kind.tag().is_udp()
     }
 }

@@ -53,6 +53,17 @@ pub enum Kind {
     AcceptFd {
         fd: i32,
     },
+    /// A UDP socket connected to `host:port`: each datagram is a message.
+    UdpConnect {
+        host: String,
+        port: u16,
+        family: Family,
+    },
+    /// A UDP socket bound to `port`: each sender address is a session.
+    UdpListen {
+        port: u16,
+        family: Family,
+    },
 }
 
 /// Address types without their parameters: the rows of the keyword table.
@@ -68,6 +79,8 @@ pub enum KindTag {
     VsockUdsListen,
     Stdio,
     AcceptFd,
+    UdpConnect(Family),
+    UdpListen(Family),
 }
 
 /// Keywords and their aliases, as socat spells them.
@@ -99,6 +112,16 @@ const KEYWORDS: &[(&str, KindTag)] = &[
     ("STDIO", KindTag::Stdio),
     ("-", KindTag::Stdio),
     ("ACCEPT-FD", KindTag::AcceptFd),
+    ("UDP", KindTag::UdpConnect(Family::Any)),
+    ("UDP-CONNECT", KindTag::UdpConnect(Family::Any)),
+    ("UDP4", KindTag::UdpConnect(Family::V4)),
+    ("UDP4-CONNECT", KindTag::UdpConnect(Family::V4)),
+    ("UDP6", KindTag::UdpConnect(Family::V6)),
+    ("UDP6-CONNECT", KindTag::UdpConnect(Family::V6)),
+    ("UDP-LISTEN", KindTag::UdpListen(Family::Any)),
+    ("UDP-L", KindTag::UdpListen(Family::Any)),
+    ("UDP4-LISTEN", KindTag::UdpListen(Family::V4)),
+    ("UDP6-LISTEN", KindTag::UdpListen(Family::V6)),
 ];
 
 impl KindTag {
@@ -132,14 +155,20 @@ impl KindTag {
             KindTag::VsockUdsListen => "VSOCK-UDS-LISTEN",
             KindTag::Stdio => "STDIO",
             KindTag::AcceptFd => "ACCEPT-FD",
+            KindTag::UdpConnect(Family::Any) => "UDP",
+            KindTag::UdpConnect(Family::V4) => "UDP4",
+            KindTag::UdpConnect(Family::V6) => "UDP6",
+            KindTag::UdpListen(Family::Any) => "UDP-LISTEN",
+            KindTag::UdpListen(Family::V4) => "UDP4-LISTEN",
+            KindTag::UdpListen(Family::V6) => "UDP6-LISTEN",
         }
     }
 
     /// The parameters the address type takes, as shown in "needs ..." messages.
     pub(super) fn form(self) -> &'static str {
         match self {
-            KindTag::TcpConnect(_) => "host:port",
-            KindTag::TcpListen(_) | KindTag::VsockListen => "port",
+            KindTag::TcpConnect(_) | KindTag::UdpConnect(_) => "host:port",
+            KindTag::TcpListen(_) | KindTag::VsockListen | KindTag::UdpListen(_) => "port",
             KindTag::UnixConnect | KindTag::UnixListen => "path",
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
@@ -156,6 +185,7 @@ impl KindTag {
                 | KindTag::VsockListen
                 | KindTag::VsockUdsListen
                 | KindTag::AcceptFd
+                | KindTag::UdpListen(_)
         )
     }
 
@@ -166,7 +196,13 @@ impl KindTag {
                 | KindTag::UnixConnect
                 | KindTag::VsockConnect
                 | KindTag::VsockUdsConnect
+                | KindTag::UdpConnect(_)
         )
+    }
+
+    /// Whether the address is UDP (its datagrams are messages).
+    pub fn is_udp(self) -> bool {
+        matches!(self, KindTag::UdpConnect(_) | KindTag::UdpListen(_))
     }
 
     pub(super) fn is_tcp(self) -> bool {
@@ -176,7 +212,7 @@ impl KindTag {
     /// Whether the address is a stream socket (or may be one: an inherited descriptor), which
     /// `framing=` can carry messages over.
     pub(super) fn is_stream_socket(self) -> bool {
-        !matches!(self, KindTag::Stdio)
+        !matches!(self, KindTag::Stdio) && !self.is_udp()
     }
 
     pub(super) fn is_socket(self) -> bool {
@@ -197,6 +233,8 @@ impl Kind {
             Kind::VsockUdsListen { .. } => KindTag::VsockUdsListen,
             Kind::Stdio => KindTag::Stdio,
             Kind::AcceptFd { .. } => KindTag::AcceptFd,
+            Kind::UdpConnect { family, .. } => KindTag::UdpConnect(*family),
+            Kind::UdpListen { family, .. } => KindTag::UdpListen(*family),
         }
     }
 }

@@ -132,6 +132,8 @@ impl OptName {
                 tag,
                 KindTag::TcpConnect(_)
                     | KindTag::TcpListen(_)
+                    | KindTag::UdpConnect(_)
+                    | KindTag::UdpListen(_)
                     | KindTag::UnixConnect
                     | KindTag::VsockConnect
                     | KindTag::VsockListen

@@ -37,6 +37,13 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<(), String> {
     if !inherited(first) && !inherited(second) {
         check_message_pair(first, first.is_message(), second, second.is_message())?;
     }
+    if matches!(second.kind, Kind::UdpListen { .. }) {
+        return Err(format!(
+            "\"{}\" must be the first address: UDP-LISTEN makes a session per sender, for \
+             the second address to be opened for",
+            second.text
+        ));
+    }
     if first.is_listener() && second.is_listener() {
         return Err(format!(
             "both addresses listen (\"{}\" and \"{}\"): one of them must connect or be STDIO",

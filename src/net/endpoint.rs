@@ -35,6 +35,9 @@ pub struct Endpoint {
     sock_type: Option<libc::c_int>,
     /// A stream that carries messages, each behind a 2-byte length (`framing=len16`).
     framed: bool,
+    /// A message received before the endpoint was handed over (a UDP session's first
+    /// datagram), for its direction to send first.
+    first_messages: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Endpoint {
@@ -48,7 +51,28 @@ impl Endpoint {
             write_shut: false,
             sock_type,
             framed: false,
+            first_messages: Default::default(),
         }
+    }
+
+    /// Carries `messages`, received before the handover, for the direction reading this end
+    /// to send first, in order.
+    pub fn with_first_messages(self, messages: Vec<Vec<u8>>) -> Endpoint {
+        *self
+            .first_messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = messages;
+        self
+    }
+
+    /// The messages received before the handover, once.
+    pub fn take_first_messages(&self) -> Vec<Vec<u8>> {
+        std::mem::take(
+            &mut *self
+                .first_messages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Marks a stream endpoint as carrying messages behind 2-byte lengths (`framing=len16`).
@@ -98,6 +122,7 @@ impl Endpoint {
             write_shut: false,
             sock_type: None,
             framed: false,
+            first_messages: Default::default(),
         })
     }
 

@@ -11,3 +11,4 @@ pub mod open;
 pub mod peer;
 pub mod resolve;
 pub mod sockopt;
+pub mod udp;

@@ -21,7 +21,7 @@ use nix::sys::socket::{
 use super::{cvt, from_nix};
 
 /// A socket address of any family vsplice speaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SockAddr {
     Inet(SocketAddr),
     Unix(PathBuf),
@@ -321,6 +321,17 @@ impl Socket {
             other => other?,
         }
         Ok(true)
+    }
+
+    /// Receives one datagram without waiting: its length and sender; `Ok(None)` when none
+    /// is queued. `buf` should hold the largest datagram (64 KiB): a longer one is cut.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<Option<(usize, SockAddr)>> {
+        match ns::recvfrom::<SockaddrStorage>(self.fd.as_raw_fd(), buf) {
+            Ok((n, Some(from))) => Ok(SockAddr::from_storage(&from).map(|a| (n, a))),
+            Ok((_, None)) => Ok(None),
+            Err(nix::Error::EAGAIN) => Ok(None),
+            Err(e) => Err(from_nix(e)),
+        }
     }
 
     pub fn into_owned(self) -> OwnedFd {

@@ -17,13 +17,16 @@ pub enum Framing {
 }
 
 /// The length of message `i` of sequence `seed`: one in four anywhere in 0..=max, the others
-/// up to 1 KiB, and every 97th empty (when `empty` allows).
+/// up to 1 KiB, and every 97th empty (when `empty` allows). The first is at most 64 bytes: it
+/// opens a UDP session, alone (see [`udp_exchange`]).
 pub fn message_len(seed: u64, i: usize, max: usize, empty: bool) -> usize {
     let r = mix(seed, i as u64);
     if empty && i % 97 == 5 {
         return 0;
     }
-    let len = if r % 4 == 0 {
+    let len = if i == 0 {
+        (r >> 8) as usize % 65
+    } else if r % 4 == 0 {
         (r >> 8) as usize % (max + 1)
     } else {
         (r >> 8) as usize % 1025
@@ -217,4 +220,44 @@ pub fn recv_timeout(fd: BorrowedFd<'_>, secs: u64) {
         )
     };
     assert_eq!(r, 0, "SO_RCVTIMEO");
+}
+
+/// A UDP client's exchange through a relay: sends `out` one datagram at a time with at most
+/// `window` unanswered (one until the first answer: the first datagram opens the session),
+/// and checks that `back` comes back one datagram per message sent, in
+/// order (UDP has no flow control: the window keeps every queue on the way from overflowing).
+pub fn udp_exchange(
+    socket: &std::net::UdpSocket,
+    out: Sequence,
+    back: Sequence,
+    window: usize,
+) -> Result<(), String> {
+    assert_eq!(out.count, back.count);
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let mut sent = 0;
+    for i in 0..back.count {
+        let window = if i == 0 { 1 } else { window };
+        while sent < out.count && sent < i + window {
+            let m = out.message(sent);
+            let n = socket.send(&m).map_err(|e| format!("send {sent}: {e}"))?;
+            if n != m.len() {
+                return Err(format!("send {sent}: {n} of {} bytes", m.len()));
+            }
+            sent += 1;
+        }
+        let n = socket
+            .recv(&mut buf)
+            .map_err(|e| format!("message {i} of {}: {e}", back.count))?;
+        let want = back.message(i);
+        if n != want.len() || buf[..n] != want[..] {
+            return Err(format!(
+                "message {i}: {n} bytes arrived, {} expected (or its bytes differ)",
+                want.len()
+            ));
+        }
+    }
+    Ok(())
 }

@@ -252,6 +252,9 @@ pub struct MessageLane {
     sent: usize,
     /// A framed source's bytes not yet taken as messages.
     inbox: Vec<u8>,
+    /// Messages received before the handover (a UDP session's first datagrams), taken before
+    /// the source's.
+    early: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl MessageLane {
@@ -273,7 +276,7 @@ impl MessageLane {
             true => source_shape.limit(),
             false => source_shape.limit().min(sink_shape.limit()),
         };
-        MessageLane {
+        let mut lane = MessageLane {
             machine: Messages::new(),
             vsock_sink,
             sender: None,
@@ -284,7 +287,14 @@ impl MessageLane {
             out: Vec::new(),
             sent: 0,
             inbox: Vec::new(),
+            early: Default::default(),
+        };
+        // A UDP session's first datagrams, received before the handover, go first.
+        lane.early = source.take_first_messages().into();
+        if !lane.early.is_empty() {
+            lane.machine.readable();
         }
+        lane
     }
 
     pub fn machine(&self) -> &Messages {
@@ -373,6 +383,13 @@ impl MessageLane {
         };
         if self.out.is_empty() {
             self.out = vec![0; Self::BODY + self.limit];
+        }
+        if let Some(early) = self.early.pop_front() {
+            if early.len() > self.limit {
+                return Got::Failed(libc::EMSGSIZE);
+            }
+            self.out[Self::BODY..Self::BODY + early.len()].copy_from_slice(&early);
+            return self.hold(early.len());
         }
         match self.source {
             Shape::Packets(zero) => {
