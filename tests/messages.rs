@@ -394,3 +394,101 @@ fn udp_datagrams_cross_to_unix_seqpacket_and_back_one_message_each() {
         relay.log()
     );
 }
+
+#[test]
+fn udp_datagrams_cross_a_tcp_stream_framed_with_2_byte_lengths_and_back() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = backend.local_addr().unwrap().port();
+    let front = free_port();
+    let mut relay = Relay::start(&[
+        &format!("UDP4-LISTEN:{front},bind=127.0.0.1"),
+        &format!("TCP:127.0.0.1:{tcp_port},framing=len16"),
+        "-T",
+        "3",
+    ]);
+    let up = Sequence {
+        seed: 31,
+        count: COUNT,
+        max: UDP_MAX,
+        empty: true,
+    };
+    let down = Sequence {
+        seed: 32,
+        count: COUNT,
+        max: UDP_MAX,
+        empty: true,
+    };
+    let server = std::thread::spawn(move || {
+        let (conn, _) = backend.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        common::messages::answer_each(conn.as_fd(), up, down, Framing::Len16)
+    });
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(("127.0.0.1", front)).unwrap();
+    let at_client = common::messages::udp_exchange(&client, up, down, 2);
+    let at_server = server.join().unwrap();
+    assert_eq!(
+        at_server,
+        Ok(()),
+        "at the TCP server; relay log:\n{}",
+        relay.log()
+    );
+    assert_eq!(
+        at_client,
+        Ok(()),
+        "at the UDP client; relay log:\n{}",
+        relay.log()
+    );
+    let status = relay.wait_exit(LONG);
+    assert!(status.success(), "{status}\n{}", relay.log());
+}
+
+#[test]
+fn a_stream_peer_that_breaks_its_framing_costs_that_connection_only() {
+    let dir = Scratch::new("bad-frame");
+    let front = dir.path("front.sock");
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = backend.local_addr().unwrap().port();
+    let relay = Relay::start(&[
+        &format!("UNIX-LISTEN:{},socktype=seqpacket,fork", front.display()),
+        &format!("TCP:127.0.0.1:{tcp_port},framing=len16"),
+    ]);
+    // First connection: one good frame, then a frame announcing 1,000 bytes and ending after
+    // 10. Second: a good frame.
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = backend.accept().unwrap();
+        conn.write_all(b"\x00\x03abc\x03\xe8").unwrap();
+        conn.write_all(&[7u8; 10]).unwrap();
+        drop(conn);
+        let (mut conn, _) = backend.accept().unwrap();
+        conn.write_all(b"\x00\x02ok").unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut conn, &mut rest);
+    });
+    let mut buf = [0u8; 2048];
+    let bad = seqpacket_connect(&front);
+    recv_timeout(bad.as_fd(), 30);
+    assert_eq!(
+        common::messages::recv_one(bad.as_fd(), &mut buf).unwrap(),
+        3
+    );
+    assert_eq!(&buf[..3], b"abc");
+    match common::messages::recv_one(bad.as_fd(), &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {}
+        other => panic!("expected the connection cut, got {other:?}"),
+    }
+    relay.wait_for_log("the stream ended inside a frame", LONG);
+    let good = seqpacket_connect(&front);
+    recv_timeout(good.as_fd(), 30);
+    assert_eq!(
+        common::messages::recv_one(good.as_fd(), &mut buf).unwrap(),
+        2
+    );
+    assert_eq!(&buf[..2], b"ok");
+    shutdown(good.as_raw_fd(), Shutdown::Write).unwrap();
+    server.join().unwrap();
+}

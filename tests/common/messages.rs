@@ -261,3 +261,72 @@ pub fn udp_exchange(
     }
     Ok(())
 }
+
+/// Reads one message of the given framing (blocking); `None` at the end of the stream.
+pub fn read_one(fd: BorrowedFd<'_>, buf: &mut [u8], framing: Framing) -> io::Result<Option<usize>> {
+    match framing {
+        Framing::Packets => recv_one(fd, buf).map(Some),
+        Framing::Len16 => {
+            let mut len = [0u8; 2];
+            if !recv_exact(fd, &mut len)? {
+                return Ok(None);
+            }
+            let n = usize::from(u16::from_be_bytes(len));
+            if !recv_exact(fd, &mut buf[..n])? {
+                return Err(io::Error::other("the stream ended inside a frame"));
+            }
+            Ok(Some(n))
+        }
+    }
+}
+
+/// Sends one message of the given framing (blocking).
+pub fn write_one(fd: BorrowedFd<'_>, message: &[u8], framing: Framing) -> io::Result<()> {
+    match framing {
+        Framing::Packets => {
+            // SAFETY: `message` is readable for its length; `fd` is borrowed for the call.
+            let n = cvt(unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    message.as_ptr().cast(),
+                    message.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            })?;
+            if n != message.len() {
+                return Err(io::Error::other("a message went out in part"));
+            }
+            Ok(())
+        }
+        Framing::Len16 => {
+            let mut frame = (message.len() as u16).to_be_bytes().to_vec();
+            frame.extend_from_slice(message);
+            send_all_bytes(fd, &frame)
+        }
+    }
+}
+
+/// The far end of a request/answer exchange: checks that `up` arrives message by message
+/// and answers each with the next message of `down`.
+pub fn answer_each(
+    fd: BorrowedFd<'_>,
+    up: Sequence,
+    down: Sequence,
+    framing: Framing,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 128 * 1024];
+    for i in 0..up.count {
+        let n = read_one(fd, &mut buf, framing)
+            .map_err(|e| format!("message {i}: {e}"))?
+            .ok_or_else(|| format!("message {i}: the stream ended"))?;
+        let want = up.message(i);
+        if n != want.len() || buf[..n] != want[..] {
+            return Err(format!(
+                "message {i}: {n} bytes, {} sent (or bytes differ)",
+                want.len()
+            ));
+        }
+        write_one(fd, &down.message(i), framing).map_err(|e| format!("answer {i}: {e}"))?;
+    }
+    Ok(())
+}
