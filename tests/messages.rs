@@ -492,3 +492,82 @@ fn a_stream_peer_that_breaks_its_framing_costs_that_connection_only() {
     shutdown(good.as_raw_fd(), Shutdown::Write).unwrap();
     server.join().unwrap();
 }
+
+/// A real DNS-over-TCP speaker behind the relay and a real DNS client in front: Debian's
+/// dnsmasq (answering from `--host-record`s, on loopback TCP and UDP) and `dig` from
+/// bind9-dnsutils, both unpacked into the labs' cache (see `common::debs::tool`). dig asks over
+/// UDP through `UDP-LISTEN ... TCP:...,framing=len16`, so each query reaches dnsmasq's TCP port
+/// framed as RFC 7766 says, and each answer must name its own query's address.
+#[test]
+fn dig_asks_dnsmasq_through_a_udp_listener_framed_onto_its_tcp_port() {
+    const NAMES: usize = 12;
+    let dnsmasq = common::debs::tool("dnsmasq-base", "usr/sbin/dnsmasq")
+        .unwrap_or_else(|e| panic!("dnsmasq: {e}"));
+    let dig = || {
+        common::debs::tool("bind9-dnsutils", "usr/bin/dig").unwrap_or_else(|e| panic!("dig: {e}"))
+    };
+    let dns_port = free_port();
+    let mut server = dnsmasq;
+    server.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--pid-file=",
+        "--user=root",
+        &format!("--port={dns_port}"),
+    ]);
+    for i in 0..NAMES {
+        server.arg(format!(
+            "--host-record=n{i}.vsplice.test,10.9.{i}.{}",
+            100 + i
+        ));
+    }
+    let mut server = server
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dnsmasq");
+    let front = free_port();
+    let relay = Relay::start(&[
+        &format!("UDP4-LISTEN:{front},bind=127.0.0.1,fork"),
+        &format!("TCP:127.0.0.1:{dns_port},framing=len16"),
+        "-T",
+        "1",
+    ]);
+    let ask = |name: &str| {
+        let out = dig()
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &front.to_string(),
+                "+notcp",
+                "+tries=3",
+                "+time=5",
+                "+short",
+                name,
+                "A",
+            ])
+            .output()
+            .expect("run dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Twice over: the second round's queries come while the first round's sessions live on.
+    for round in 0..2 {
+        for i in 0..NAMES {
+            let answer = ask(&format!("n{i}.vsplice.test"));
+            assert_eq!(
+                answer,
+                format!("10.9.{i}.{}", 100 + i),
+                "round {round}, name {i}; relay log:\n{}",
+                relay.log()
+            );
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = relay.log();
+    assert!(!log.contains(" E ") && !log.contains("failed"), "{log}");
+}
