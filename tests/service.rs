@@ -1835,3 +1835,112 @@ fn an_accept_fd_relay_refuses_a_peer_outside_its_allow_list_with_a_reset_and_dia
         relay.log()
     );
 }
+
+#[test]
+fn a_seqpacket_service_relays_messages_whole_and_counts_them_by_direction() {
+    use common::Relay;
+    use common::messages::{Framing, Sequence, check_sequence, send_sequence};
+    use nix::sys::socket::{
+        AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept, bind, connect,
+        listen, shutdown, socket,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("seqpacket-service");
+    let (front, back) = (dir.path("front.sock"), dir.path("back.sock"));
+    let metrics_port = common::free_port();
+    let seqpacket = || {
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap()
+    };
+    let backend = seqpacket();
+    bind(backend.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
+    listen(&backend, Backlog::new(8).unwrap()).unwrap();
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+             name = \"agent\"\nlisten = \"UNIX-LISTEN:{},socktype=seqpacket,fork\"\n\
+             connect = \"UNIX-CONNECT:{},socktype=seqpacket\"\n",
+            front.display(),
+            back.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::serve(&config, 1);
+    let up = Sequence {
+        seed: 41,
+        count: 20_000,
+        max: 65535,
+        empty: true,
+    };
+    let client = seqpacket();
+    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let sender = std::thread::spawn(move || {
+        send_sequence(client.as_fd(), up, Framing::Packets).unwrap();
+        shutdown(client.as_raw_fd(), Shutdown::Write).unwrap();
+        client
+    });
+    let server = accept(&backend).unwrap();
+    common::messages::recv_timeout(server.as_fd(), 60);
+    assert_eq!(
+        check_sequence(server.as_fd(), up, Framing::Packets),
+        Ok(()),
+        "{}",
+        relay.log()
+    );
+    let reply = Sequence {
+        seed: 42,
+        count: 3,
+        max: 100,
+        empty: false,
+    };
+    send_sequence(server.as_fd(), reply, Framing::Packets).unwrap();
+    drop(server);
+    let client = sender.join().unwrap();
+    common::messages::recv_timeout(client.as_fd(), 60);
+    assert_eq!(
+        check_sequence(client.as_fd(), reply, Framing::Packets),
+        Ok(())
+    );
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wanted = "vsplice_messages_total{direction=first_to_second,service=agent}";
+    let samples = loop {
+        let samples = scrape_and_parse(&url);
+        if sample(&samples, wanted) == Some(20_000.0) {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "not counted: {samples:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_messages_total{direction=second_to_first,service=agent}"
+        ),
+        Some(3.0),
+        "{samples:#?}"
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
+#[test]
+fn serve_check_refuses_a_udp_listen_service_naming_it() {
+    let (code, _, err) = serve_check(
+        "[[service]]\nname = \"dns\"\nlisten = \"UDP4-LISTEN:5353,fork\"\n\
+         connect = \"TCP:127.0.0.1:53,framing=len16\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("service \"dns\"") && err.contains("UDP4-LISTEN:5353,fork"),
+        "{err}"
+    );
+}

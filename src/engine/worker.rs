@@ -248,12 +248,17 @@ impl Worker {
             .observer
             .as_ref()
             .filter(|_| !parts.lane.discard());
-        let before = observer.map(|_| parts.lane.delivered());
+        let before = observer.map(|_| (parts.lane.delivered(), parts.lane.messages()));
         let result = f(parts.lane, &mut cx);
-        if let (Some(observer), Some(before)) = (observer, before) {
-            let moved = parts.lane.delivered().saturating_sub(before);
+        if let (Some(observer), Some((bytes, messages))) = (observer, before) {
+            let moved = parts.lane.delivered().saturating_sub(bytes);
             if moved > 0 {
                 observer.delivered(dir, moved);
+            }
+            if let (Some(after), Some(before)) = (parts.lane.messages(), messages) {
+                if after > before {
+                    observer.messages(dir, after - before);
+                }
             }
         }
         Some(result)

@@ -190,6 +190,13 @@ pub const METRICS: &[MetricDef] = &[
         "`service`, `direction` (`first_to_second`, `second_to_first`)",
     ),
     def(
+        "messages",
+        MetricKind::Counter,
+        None,
+        "Messages relayed whole (SEQPACKET, UDP, framed streams), by direction",
+        "`service`, `direction` (`first_to_second`, `second_to_first`)",
+    ),
+    def(
         "connection_duration",
         MetricKind::Histogram,
         Some("seconds"),
@@ -306,6 +313,7 @@ pub struct Metrics {
     closed: Family<ClosedLabels, Counter>,
     dial_failures: Family<ErrnoLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    messages: Family<DirectionLabels, Counter>,
     durations: HistogramFamily,
     dial_latency: HistogramFamily,
     engine: EngineGauges,
@@ -334,6 +342,7 @@ impl Metrics {
             closed: Family::default(),
             dial_failures: Family::default(),
             bytes: Family::default(),
+            messages: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             dial_latency: Family::new_with_constructor(latency_histogram),
             engine: EngineGauges::default(),
@@ -348,6 +357,7 @@ impl Metrics {
         register(r, "connections_closed", m.closed.clone());
         register(r, "dial_failures", m.dial_failures.clone());
         register(r, "bytes", m.bytes.clone());
+        register(r, "messages", m.messages.clone());
         register(r, "connection_duration", m.durations.clone());
         register(r, "dial_latency", m.dial_latency.clone());
         let e = &m.engine;
@@ -378,6 +388,12 @@ impl Metrics {
                 self.bytes
                     .get_or_create_owned(&direction(DirectionLabel::first_to_second)),
                 self.bytes
+                    .get_or_create_owned(&direction(DirectionLabel::second_to_first)),
+            ],
+            messages: [
+                self.messages
+                    .get_or_create_owned(&direction(DirectionLabel::first_to_second)),
+                self.messages
                     .get_or_create_owned(&direction(DirectionLabel::second_to_first)),
             ],
             duration: self.durations.get_or_create_owned(&label),
@@ -423,6 +439,7 @@ pub struct ServiceMetrics {
     denied: Counter,
     active: Gauge,
     bytes: [Counter; 2],
+    messages: [Counter; 2],
     duration: Histogram,
     dial_latency: Histogram,
     /// One counter per [`ReasonLabel`], resolved up front: a close touches no lock.
@@ -462,6 +479,11 @@ impl ServiceMetrics {
     /// Bytes delivered in one direction.
     pub fn add_bytes(&self, direction: DirectionLabel, bytes: u64) {
         self.bytes[direction as usize].inc_by(bytes);
+    }
+
+    /// Messages delivered whole in one direction.
+    pub fn add_messages(&self, direction: DirectionLabel, messages: u64) {
+        self.messages[direction as usize].inc_by(messages);
     }
 
     /// A connection counted by [`ServiceMetrics::on_accept`] ended after `lasted`.
