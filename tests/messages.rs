@@ -571,3 +571,83 @@ fn dig_asks_dnsmasq_through_a_udp_listener_framed_onto_its_tcp_port() {
     let log = relay.log();
     assert!(!log.contains(" E ") && !log.contains("failed"), "{log}");
 }
+
+#[test]
+fn a_udp_sender_outside_the_allow_list_gets_no_session_and_one_inside_does() {
+    let backend = udp_echo();
+    let front = free_port();
+    let relay = Relay::start(&[
+        &format!("UDP4-LISTEN:{front},bind=127.0.0.1,fork,allow=127.0.0.2/32"),
+        &format!("UDP:127.0.0.1:{backend}"),
+        "-T",
+        "2",
+    ]);
+    let asked = |from: &str| {
+        let socket = std::net::UdpSocket::bind((from, 0)).unwrap();
+        socket.connect(("127.0.0.1", front)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        socket.send(b"ping").unwrap();
+        let mut buf = [0u8; 16];
+        socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    };
+    assert_eq!(asked("127.0.0.1"), None, "refused: no answer");
+    relay.wait_for_log("refused by the allow list", LONG);
+    assert_eq!(
+        asked("127.0.0.2"),
+        Some(b"ping".to_vec()),
+        "{}",
+        relay.log()
+    );
+}
+
+#[test]
+fn one_way_discards_the_other_directions_messages() {
+    let dir = Scratch::new("seqpacket-oneway");
+    let front = dir.path("front.sock");
+    let back = dir.path("back.sock");
+    let backend = seqpacket_listen(&back);
+    let mut relay = Relay::start(&[
+        "-u",
+        &format!("UNIX-LISTEN:{},socktype=seqpacket", front.display()),
+        &format!("UNIX-CONNECT:{},socktype=seqpacket", back.display()),
+    ]);
+    let up = Sequence {
+        seed: 51,
+        count: 2000,
+        max: 65535,
+        empty: true,
+    };
+    let server = std::thread::spawn(move || {
+        let conn = accept_one(&backend);
+        // What the server sends is read and dropped by the relay.
+        let noise = Sequence {
+            seed: 52,
+            count: 50,
+            max: 1000,
+            empty: false,
+        };
+        let _ = send_sequence(conn.as_fd(), noise, Framing::Packets);
+        recv_timeout(conn.as_fd(), 30);
+        let checked = check_sequence(conn.as_fd(), up, Framing::Packets);
+        let mut buf = [0u8; 16];
+        let end = common::messages::recv_one(conn.as_fd(), &mut buf);
+        (checked, end.ok())
+    });
+    let client = seqpacket_connect(&front);
+    send_sequence(client.as_fd(), up, Framing::Packets).unwrap();
+    shutdown(client.as_raw_fd(), Shutdown::Write).unwrap();
+    let (checked, end) = server.join().unwrap();
+    assert_eq!(checked, Ok(()), "{}", relay.log());
+    assert_eq!(end, Some(0), "the end passed on");
+    recv_timeout(client.as_fd(), 5);
+    let mut buf = [0u8; 2048];
+    let got = common::messages::recv_one(client.as_fd(), &mut buf);
+    assert!(
+        matches!(got, Ok(0)) || got.is_err(),
+        "nothing came back: {got:?}"
+    );
+    drop(client);
+    relay.wait_exit(LONG);
+}
