@@ -1944,3 +1944,21 @@ fn serve_check_refuses_a_udp_listen_service_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_check_refuses_a_seqpacket_service_whose_other_end_is_an_unframed_stream() {
+    let (code, _, err) = serve_check(
+        "[[service]]\nname = \"agent\"\nlisten = \"UNIX-LISTEN:/run/x.sock,socktype=5,fork\"\n\
+         connect = \"TCP:127.0.0.1:9000\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("carries messages") && err.contains("\"TCP:127.0.0.1:9000\" is a stream"),
+        "{err}"
+    );
+    let (code, out, err) = serve_check(
+        "[[service]]\nname = \"agent\"\nlisten = \"UNIX-LISTEN:/run/x.sock,socktype=5,fork\"\n\
+         connect = \"TCP:127.0.0.1:9000,framing=len16\"\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
