@@ -16,7 +16,7 @@
 //! vsock SEQPACKET sinks: a non-blocking send that finds room for part of a message queues
 //! that part and still answers EAGAIN; sent again, the two would reach the peer as one merged
 //! message. Messages into vsock SEQPACKET therefore go out whole from a helper thread
-//! ([`super::whole_send`]), and the direction waits for its result.
+//! (`lane/whole_send.rs`), and the direction waits for its result.
 
 use super::super::ring::poll_sqe;
 use super::super::token::Op;
