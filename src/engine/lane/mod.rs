@@ -13,6 +13,7 @@ mod cx;
 pub mod end;
 pub mod flow;
 pub mod message;
+pub mod messages;
 pub mod recv;
 mod ring;
 mod splice;
