@@ -175,7 +175,7 @@ fn vsock(c: &mut Criterion) {
         let params = vsplice::bench::proto::Params {
             streams: 1,
             len,
-            direction: vsplice::bench::proto::Direction::Forward,
+            direction: vsplice::bench::proto::TestDirection::Forward,
             limit: vsplice::bench::proto::Limit::Bytes { total: bytes },
             verify: false,
             zerocopy: false,

@@ -3,7 +3,7 @@
 //! edge-triggered epoll instead of io_uring. It answers one question: is a gap between vsplice
 //! and the plain relay (a blocking thread per direction) the cost of io_uring and vsplice's
 //! own machinery, or of serving many streams from a thread per core at all? Where this relay
-//! and vsplice measure alike, it is the latter (README, Performance).
+//! and vsplice measure alike, it is the latter (docs/performance.md).
 //!
 //! Usage: epoll-relay LISTEN_ADDR UPSTREAM_ADDR [THREADS], where each address is `host:port`
 //! (TCP) or a path starting with `/` (UNIX); THREADS defaults to the number of CPUs. The main

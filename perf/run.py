@@ -194,7 +194,7 @@ class Cgroups:
     its own cgroup. Without it, all share one group, and the kernel's scheduler shares a busy
     machine per thread: a relay with a thread per core then gets a small slice beside the
     endpoints' thread per stream, where the plain relay's thread pair per connection gets
-    twice theirs (README, Performance: where the many-stream gap comes from)."""
+    twice theirs (docs/performance.md: where the many-stream gap comes from)."""
 
     def __init__(self):
         v1 = "/sys/fs/cgroup/cpu"

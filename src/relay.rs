@@ -24,7 +24,7 @@ use crate::engine::accept::{AcceptGroup, AcceptStrategy, Admit};
 use crate::engine::{Engine, EngineConfig, Job, RelayOptions, Second, Shared};
 use crate::error::{Error, Result};
 use crate::net::admit::admit;
-use crate::net::dial::dial_blocking;
+use crate::net::blocking::dial_blocking;
 use crate::net::endpoint::Endpoint;
 use crate::net::open::Listener;
 use crate::sys::limits;

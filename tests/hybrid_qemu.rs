@@ -13,7 +13,7 @@
 //!
 //! `hybrid_speed_table` is a measurement, not a test: it runs only when a filter names it
 //! (`perf/vsock-lab.sh`) and prints relay speed over hybrid vsock, relays on the machine, in
-//! one guest boot (README, "vsock in the guest, relatively").
+//! one guest boot (docs/performance.md, "vsock in the guest, relatively").
 
 mod common;
 

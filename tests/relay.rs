@@ -723,15 +723,30 @@ fn idle_timeout_closes_a_silent_connection() {
 
 /// The copy path sends a whole buffer per request when nothing times out, and a whole send
 /// shows no progress until it completes: under `-T` it must report each part, or a reader that
-/// keeps reading slowly (16 KiB every 20 ms here, so a 1 MiB buffer takes about a second)
+/// keeps reading slowly (16 KiB every 30 ms here, so a 1 MiB buffer takes about two seconds)
 /// is cut as idle. Failed before the copy path gave up whole sends under an idle timeout.
+/// `-T` is a second, not less: the reader thread must be scheduled within it, and on a loaded
+/// 2-core machine a thread can wait a few hundred milliseconds for a core.
 #[test]
 fn a_slow_reader_that_keeps_reading_is_not_taken_for_idle_in_copy_mode() {
+    slow_reader_is_not_idle(&["--mode", "copy"]);
+}
+
+/// The same on the buffer-ring path, which sends each filled buffer whole too (1 MiB buffers
+/// with `-b 8M`).
+#[test]
+fn a_slow_reader_that_keeps_reading_is_not_taken_for_idle_in_recv_mode() {
+    slow_reader_is_not_idle(&["--mode", "recv", "-b", "8M"]);
+}
+
+fn slow_reader_is_not_idle(mode: &[&str]) {
     let server = Listen::tcp();
     let upstream = format!("{},sndbuf=16K", server.connect_address());
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1");
-    let mut relay = Relay::start(&["--mode", "copy", "-T", "0.3", &listen, &upstream]);
+    let mut args = mode.to_vec();
+    args.extend(["-T", "1", &listen, &upstream]);
+    let mut relay = Relay::start(&args);
     let up = payload(2 * MIB, 31);
     let reader = std::thread::spawn(move || {
         let mut s = server.accept().unwrap();
@@ -743,7 +758,7 @@ fn a_slow_reader_that_keeps_reading_is_not_taken_for_idle_in_copy_mode() {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) => panic!("the slow reader was cut after {} bytes: {e}", got.len()),
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(30));
         }
         sha_hex(&got)
     });

@@ -83,59 +83,188 @@ pub enum KindTag {
     UdpListen(Family),
 }
 
-/// Keywords and their aliases, as socat spells them.
-const KEYWORDS: &[(&str, KindTag)] = &[
-    ("TCP", KindTag::TcpConnect(Family::Any)),
-    ("TCP-CONNECT", KindTag::TcpConnect(Family::Any)),
-    ("TCP4", KindTag::TcpConnect(Family::V4)),
-    ("TCP4-CONNECT", KindTag::TcpConnect(Family::V4)),
-    ("TCP6", KindTag::TcpConnect(Family::V6)),
-    ("TCP6-CONNECT", KindTag::TcpConnect(Family::V6)),
-    ("TCP-LISTEN", KindTag::TcpListen(Family::Any)),
-    ("TCP-L", KindTag::TcpListen(Family::Any)),
-    ("TCP4-LISTEN", KindTag::TcpListen(Family::V4)),
-    ("TCP4-L", KindTag::TcpListen(Family::V4)),
-    ("TCP6-LISTEN", KindTag::TcpListen(Family::V6)),
-    ("TCP6-L", KindTag::TcpListen(Family::V6)),
-    ("UNIX-CONNECT", KindTag::UnixConnect),
-    ("UNIX", KindTag::UnixConnect),
-    ("UNIX-LISTEN", KindTag::UnixListen),
-    ("UNIX-L", KindTag::UnixListen),
-    ("VSOCK-CONNECT", KindTag::VsockConnect),
-    ("VSOCK", KindTag::VsockConnect),
-    ("VSOCK-LISTEN", KindTag::VsockListen),
-    ("VSOCK-L", KindTag::VsockListen),
-    ("VSOCK-UDS-CONNECT", KindTag::VsockUdsConnect),
-    ("VSOCK-UDS", KindTag::VsockUdsConnect),
-    ("VSOCK-UDS-LISTEN", KindTag::VsockUdsListen),
-    ("VSOCK-UDS-L", KindTag::VsockUdsListen),
-    ("STDIO", KindTag::Stdio),
-    ("-", KindTag::Stdio),
-    ("ACCEPT-FD", KindTag::AcceptFd),
-    ("UDP", KindTag::UdpConnect(Family::Any)),
-    ("UDP-CONNECT", KindTag::UdpConnect(Family::Any)),
-    ("UDP4", KindTag::UdpConnect(Family::V4)),
-    ("UDP4-CONNECT", KindTag::UdpConnect(Family::V4)),
-    ("UDP6", KindTag::UdpConnect(Family::V6)),
-    ("UDP6-CONNECT", KindTag::UdpConnect(Family::V6)),
-    ("UDP-LISTEN", KindTag::UdpListen(Family::Any)),
-    ("UDP-L", KindTag::UdpListen(Family::Any)),
-    ("UDP4-LISTEN", KindTag::UdpListen(Family::V4)),
-    ("UDP6-LISTEN", KindTag::UdpListen(Family::V6)),
+/// Keywords and their aliases, as socat spells them, with each address type's help, written
+/// once for `--help`, the man page and `docs/manual.md`: the first row of a type carries its help
+/// (`code` in backquotes), the rows after it are its aliases and carry [`ALIAS`].
+const KEYWORDS: &[(&str, KindTag, Option<&str>)] = &[
+    (
+        "TCP",
+        KindTag::TcpConnect(Family::Any),
+        Some("connect; the name is resolved for every connection"),
+    ),
+    ("TCP-CONNECT", KindTag::TcpConnect(Family::Any), ALIAS),
+    (
+        "TCP4",
+        KindTag::TcpConnect(Family::V4),
+        Some("like `TCP`, IPv4 only"),
+    ),
+    ("TCP4-CONNECT", KindTag::TcpConnect(Family::V4), ALIAS),
+    (
+        "TCP6",
+        KindTag::TcpConnect(Family::V6),
+        Some("like `TCP`, IPv6 only"),
+    ),
+    ("TCP6-CONNECT", KindTag::TcpConnect(Family::V6), ALIAS),
+    (
+        "TCP-LISTEN",
+        KindTag::TcpListen(Family::Any),
+        Some("listen; dual-stack (`[::]`, IPv4 too)"),
+    ),
+    ("TCP-L", KindTag::TcpListen(Family::Any), ALIAS),
+    (
+        "TCP4-LISTEN",
+        KindTag::TcpListen(Family::V4),
+        Some("listen on IPv4 only"),
+    ),
+    ("TCP4-L", KindTag::TcpListen(Family::V4), ALIAS),
+    (
+        "TCP6-LISTEN",
+        KindTag::TcpListen(Family::V6),
+        Some("listen on IPv6 only"),
+    ),
+    ("TCP6-L", KindTag::TcpListen(Family::V6), ALIAS),
+    (
+        "UNIX-CONNECT",
+        KindTag::UnixConnect,
+        Some("connect to a UNIX stream socket"),
+    ),
+    ("UNIX", KindTag::UnixConnect, ALIAS),
+    (
+        "UNIX-LISTEN",
+        KindTag::UnixListen,
+        Some("listen; fails if the path exists (unless `unlink-early`); removes it on exit"),
+    ),
+    ("UNIX-L", KindTag::UnixListen, ALIAS),
+    (
+        "VSOCK-CONNECT",
+        KindTag::VsockConnect,
+        Some("connect; CID 2 is the host, 1 the local machine, `-1` any"),
+    ),
+    ("VSOCK", KindTag::VsockConnect, ALIAS),
+    (
+        "VSOCK-LISTEN",
+        KindTag::VsockListen,
+        Some("listen on any CID (`bind=CID` to restrict)"),
+    ),
+    ("VSOCK-L", KindTag::VsockListen, ALIAS),
+    (
+        "VSOCK-UDS-CONNECT",
+        KindTag::VsockUdsConnect,
+        Some(
+            "hybrid vsock (Firecracker, cloud-hypervisor): connect to the VMM's UNIX socket and ask for guest port `port` (`CONNECT port`)",
+        ),
+    ),
+    ("VSOCK-UDS", KindTag::VsockUdsConnect, ALIAS),
+    (
+        "VSOCK-UDS-LISTEN",
+        KindTag::VsockUdsListen,
+        Some(
+            "hybrid vsock, guest-initiated: serve guest connections to host port `port`, which the VMM delivers at `path_port`",
+        ),
+    ),
+    ("VSOCK-UDS-L", KindTag::VsockUdsListen, ALIAS),
+    ("STDIO", KindTag::Stdio, Some("standard input and output")),
+    ("-", KindTag::Stdio, ALIAS),
+    (
+        "ACCEPT-FD",
+        KindTag::AcceptFd,
+        Some(
+            "a listening socket inherited as descriptor `fd` (systemd socket activation), with `fork`",
+        ),
+    ),
+    (
+        "UDP",
+        KindTag::UdpConnect(Family::Any),
+        Some("a UDP socket connected to host:port; each datagram is a message"),
+    ),
+    ("UDP-CONNECT", KindTag::UdpConnect(Family::Any), ALIAS),
+    (
+        "UDP4",
+        KindTag::UdpConnect(Family::V4),
+        Some("like `UDP`, IPv4 only"),
+    ),
+    ("UDP4-CONNECT", KindTag::UdpConnect(Family::V4), ALIAS),
+    (
+        "UDP6",
+        KindTag::UdpConnect(Family::V6),
+        Some("like `UDP`, IPv6 only"),
+    ),
+    ("UDP6-CONNECT", KindTag::UdpConnect(Family::V6), ALIAS),
+    (
+        "UDP-LISTEN",
+        KindTag::UdpListen(Family::Any),
+        Some(
+            "first address only: a session per sender (with `fork`: every sender; without: the first), ended after `-T` idle seconds (60 s by default for UDP)",
+        ),
+    ),
+    ("UDP-L", KindTag::UdpListen(Family::Any), ALIAS),
+    (
+        "UDP4-LISTEN",
+        KindTag::UdpListen(Family::V4),
+        Some("like `UDP-LISTEN`, IPv4 only"),
+    ),
+    (
+        "UDP6-LISTEN",
+        KindTag::UdpListen(Family::V6),
+        Some("like `UDP-LISTEN`, IPv6 only"),
+    ),
 ];
 
+/// The help column of an alias row: the alias shares its address type's help.
+const ALIAS: Option<&str> = None;
+
+/// One address type as the help shows it: read from the keyword table, so `--help`, the man page
+/// and `docs/manual.md` list every keyword and alias the grammar accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeywordDoc {
+    pub tag: KindTag,
+    /// How the address is written: `TCP:host:port`, `STDIO`.
+    pub usage: String,
+    /// The other spellings, each with its `:` when the type takes parameters.
+    pub aliases: Vec<String>,
+    /// What it does (`code` in backquotes).
+    pub help: &'static str,
+}
+
+/// Every address type in table order, with its aliases and help.
+pub fn keyword_docs() -> Vec<KeywordDoc> {
+    let spell = |keyword: &str, tag: KindTag| match tag.form() {
+        NO_PARAMETERS => keyword.to_string(),
+        _ => format!("{keyword}:"),
+    };
+    let mut docs: Vec<KeywordDoc> = Vec::new();
+    for &(keyword, tag, help) in KEYWORDS {
+        match docs.iter_mut().find(|d| d.tag == tag) {
+            Some(doc) => doc.aliases.push(spell(keyword, tag)),
+            None => docs.push(KeywordDoc {
+                tag,
+                usage: match tag.form() {
+                    NO_PARAMETERS => keyword.to_string(),
+                    form => format!("{keyword}:{form}"),
+                },
+                aliases: Vec::new(),
+                help: help.unwrap_or_else(|| panic!("{keyword}: a type's first row has its help")),
+            }),
+        }
+    }
+    docs
+}
+
+/// [`KindTag::form`] of a type that takes no parameters.
+const NO_PARAMETERS: &str = "no parameters";
+
 impl KindTag {
-    /// Every keyword of the table, aliases included (for the help and README checks).
+    /// Every keyword of the table, aliases included (for the help and manual checks).
     pub fn keywords() -> impl Iterator<Item = &'static str> {
-        KEYWORDS.iter().map(|(k, _)| *k)
+        KEYWORDS.iter().map(|(k, _, _)| *k)
     }
 
     /// Looks a keyword up, ignoring case.
     pub fn from_keyword(keyword: &str) -> Option<KindTag> {
         KEYWORDS
             .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(keyword))
-            .map(|(_, tag)| *tag)
+            .find(|(name, _, _)| name.eq_ignore_ascii_case(keyword))
+            .map(|(_, tag, _)| *tag)
     }
 
     /// The canonical keyword, used in messages.
@@ -165,14 +294,14 @@ impl KindTag {
     }
 
     /// The parameters the address type takes, as shown in "needs ..." messages.
-    pub(super) fn form(self) -> &'static str {
+    pub fn form(self) -> &'static str {
         match self {
             KindTag::TcpConnect(_) | KindTag::UdpConnect(_) => "host:port",
             KindTag::TcpListen(_) | KindTag::VsockListen | KindTag::UdpListen(_) => "port",
             KindTag::UnixConnect | KindTag::UnixListen => "path",
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
-            KindTag::Stdio => "no parameters",
+            KindTag::Stdio => NO_PARAMETERS,
             KindTag::AcceptFd => "fd",
         }
     }
@@ -263,4 +392,36 @@ pub enum Bind {
     Unix(PathBuf),
     /// `[cid][:port]`.
     Vsock { cid: Option<u32>, port: Option<u32> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_row_of_each_address_type_carries_help() {
+        for (i, (keyword, tag, help)) in KEYWORDS.iter().enumerate() {
+            let first = KEYWORDS[..i].iter().all(|(_, t, _)| t != tag);
+            assert_eq!(
+                help.is_some(),
+                first,
+                "{keyword}: help on exactly a type's first row"
+            );
+            if first {
+                assert_eq!(
+                    *keyword,
+                    tag.name(),
+                    "a type's first row is its canonical name"
+                );
+            }
+        }
+        let docs = keyword_docs();
+        assert_eq!(docs[0].usage, "TCP:host:port");
+        assert_eq!(docs[0].aliases, ["TCP-CONNECT:"]);
+        let stdio = docs.iter().find(|d| d.tag == KindTag::Stdio).unwrap();
+        assert_eq!(
+            (stdio.usage.as_str(), &stdio.aliases[..]),
+            ("STDIO", &["-".to_string()][..])
+        );
+    }
 }

@@ -22,8 +22,8 @@ pub use size::{check_idle_timeout, parse_duration, parse_size};
 
 pub use address::Address;
 pub use error::AddressError;
-pub use kind::{Bind, Family, Framing, Kind, KindTag, SocketType};
-pub use options::{Options, option_names};
+pub use kind::{Bind, Family, Framing, KeywordDoc, Kind, KindTag, SocketType, keyword_docs};
+pub use options::{OptionDoc, OptionHelp, Options, option_docs, option_names};
 pub use pair::{check_message_pair, check_pair};
 pub use param::{UNIX_PATH_MAX, strip_brackets};
 

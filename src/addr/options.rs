@@ -68,44 +68,199 @@ enum OptName {
     Framing,
 }
 
-const OPTION_NAMES: &[(&str, OptName)] = &[
-    ("fork", OptName::Fork),
-    ("max-children", OptName::MaxChildren),
-    ("backlog", OptName::Backlog),
-    ("reuseaddr", OptName::ReuseAddr),
-    ("so-reuseaddr", OptName::ReuseAddr),
-    ("reuseport", OptName::ReusePort),
-    ("so-reuseport", OptName::ReusePort),
-    ("bind", OptName::Bind),
-    ("connect-timeout", OptName::ConnectTimeout),
-    ("rcvbuf", OptName::RcvBuf),
-    ("so-rcvbuf", OptName::RcvBuf),
-    ("sndbuf", OptName::SndBuf),
-    ("so-sndbuf", OptName::SndBuf),
-    ("nodelay", OptName::NoDelay),
-    ("tcp-nodelay", OptName::NoDelay),
-    ("keepalive", OptName::KeepAlive),
-    ("so-keepalive", OptName::KeepAlive),
-    ("keepidle", OptName::KeepIdle),
-    ("tcp-keepidle", OptName::KeepIdle),
-    ("keepintvl", OptName::KeepIntvl),
-    ("tcp-keepintvl", OptName::KeepIntvl),
-    ("keepcnt", OptName::KeepCnt),
-    ("tcp-keepcnt", OptName::KeepCnt),
-    ("unlink-early", OptName::UnlinkEarly),
-    ("retry", OptName::Retry),
-    ("interval", OptName::Interval),
-    ("allow", OptName::Allow),
-    ("socktype", OptName::SockType),
-    ("so-type", OptName::SockType),
-    ("framing", OptName::Framing),
+/// Option names and their aliases, with each option's help, written once for `--help`, the
+/// man page and `docs/manual.md`: the first row of an option carries its help (`code` in backquotes),
+/// the rows of its aliases carry [`ALIAS`].
+const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
+    (
+        "fork",
+        OptName::Fork,
+        help(
+            "listeners",
+            "keep accepting; serve connections concurrently (no processes)",
+        ),
+    ),
+    (
+        "max-children",
+        OptName::MaxChildren,
+        help(
+            "listeners with `fork`",
+            "at most N connections at once; further clients wait in the backlog",
+        ),
+    ),
+    (
+        "backlog",
+        OptName::Backlog,
+        help("listeners", "listen backlog (default 1024)"),
+    ),
+    (
+        "reuseaddr",
+        OptName::ReuseAddr,
+        help("TCP", "SO_REUSEADDR (on by default for TCP listeners)"),
+    ),
+    ("so-reuseaddr", OptName::ReuseAddr, ALIAS),
+    ("reuseport", OptName::ReusePort, help("TCP", "SO_REUSEPORT")),
+    ("so-reuseport", OptName::ReusePort, ALIAS),
+    (
+        "bind",
+        OptName::Bind,
+        help(
+            "TCP, UDP (`host[:port]`), UNIX-CONNECT (`path`), VSOCK (`[cid][:port]`)",
+            "local address",
+        ),
+    ),
+    (
+        "connect-timeout",
+        OptName::ConnectTimeout,
+        help(
+            "connect addresses",
+            "bound each connect attempt (and the hybrid-vsock handshake)",
+        ),
+    ),
+    (
+        "rcvbuf",
+        OptName::RcvBuf,
+        help(
+            "sockets",
+            "SO_RCVBUF; on vsock it sets the vsock buffer size",
+        ),
+    ),
+    ("so-rcvbuf", OptName::RcvBuf, ALIAS),
+    ("sndbuf", OptName::SndBuf, help("sockets", "SO_SNDBUF")),
+    ("so-sndbuf", OptName::SndBuf, ALIAS),
+    ("nodelay", OptName::NoDelay, help("TCP", "TCP_NODELAY")),
+    ("tcp-nodelay", OptName::NoDelay, ALIAS),
+    ("keepalive", OptName::KeepAlive, help("TCP", "SO_KEEPALIVE")),
+    ("so-keepalive", OptName::KeepAlive, ALIAS),
+    (
+        "keepidle",
+        OptName::KeepIdle,
+        help(
+            "TCP",
+            "seconds without data before the first keepalive probe (TCP_KEEPIDLE, 1-32767; implies `keepalive`)",
+        ),
+    ),
+    ("tcp-keepidle", OptName::KeepIdle, ALIAS),
+    (
+        "keepintvl",
+        OptName::KeepIntvl,
+        help(
+            "TCP",
+            "seconds between keepalive probes (TCP_KEEPINTVL, 1-32767; implies `keepalive`)",
+        ),
+    ),
+    ("tcp-keepintvl", OptName::KeepIntvl, ALIAS),
+    (
+        "keepcnt",
+        OptName::KeepCnt,
+        help(
+            "TCP",
+            "probes without answer before the connection is dropped (TCP_KEEPCNT, 1-127; implies `keepalive`)",
+        ),
+    ),
+    ("tcp-keepcnt", OptName::KeepCnt, ALIAS),
+    (
+        "unlink-early",
+        OptName::UnlinkEarly,
+        help(
+            "UNIX-LISTEN, VSOCK-UDS-LISTEN",
+            "remove a stale socket file before binding",
+        ),
+    ),
+    (
+        "retry",
+        OptName::Retry,
+        help(
+            "connect addresses",
+            "N more connect attempts after the first fails, `interval` apart",
+        ),
+    ),
+    (
+        "interval",
+        OptName::Interval,
+        help(
+            "connect addresses",
+            "pause between connect attempts (default 1 s)",
+        ),
+    ),
+    (
+        "allow",
+        OptName::Allow,
+        help(
+            "listeners (repeat it)",
+            "serve only peers that fit an entry: an IP network (`10.0.0.0/8`), `cid:N[-M]` (vsock), `uid:N[-M]` (UNIX); others are refused (TCP with a reset) before anything is dialed",
+        ),
+    ),
+    (
+        "socktype",
+        OptName::SockType,
+        help(
+            "UNIX-LISTEN, UNIX-CONNECT, VSOCK-LISTEN, VSOCK-CONNECT",
+            "`5` or `seqpacket`: a SOCK_SEQPACKET socket, each message kept whole (`1`: a stream)",
+        ),
+    ),
+    ("so-type", OptName::SockType, ALIAS),
+    (
+        "framing",
+        OptName::Framing,
+        help(
+            "stream addresses opposite a message address",
+            "each message travels on the stream behind a 2-byte big-endian length (DNS over TCP, RFC 7766)",
+        ),
+    ),
 ];
 
+/// What an option's help says: whom it applies to and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionHelp {
+    pub applies_to: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn help(applies_to: &'static str, meaning: &'static str) -> Option<OptionHelp> {
+    Some(OptionHelp {
+        applies_to,
+        meaning,
+    })
+}
+
+/// The help column of an alias row: the alias shares its option's help.
+const ALIAS: Option<OptionHelp> = None;
+
+/// One option as the help shows it, read from the table of option names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionDoc {
+    /// How the option is written: `fork`, `max-children=N`.
+    pub usage: String,
+    pub aliases: Vec<&'static str>,
+    pub help: OptionHelp,
+}
+
+/// Every option in table order, with its aliases and help.
+pub fn option_docs() -> Vec<OptionDoc> {
+    let mut docs: Vec<(OptName, OptionDoc)> = Vec::new();
+    for &(name, opt, help) in OPTION_NAMES {
+        match docs.iter_mut().find(|(o, _)| *o == opt) {
+            Some((_, doc)) => doc.aliases.push(name),
+            None => docs.push((
+                opt,
+                OptionDoc {
+                    usage: format!("{name}{}", opt.value_hint()),
+                    aliases: Vec::new(),
+                    help: help
+                        .unwrap_or_else(|| panic!("{name}: an option's first row has its help")),
+                },
+            )),
+        }
+    }
+    docs.into_iter().map(|(_, doc)| doc).collect()
+}
+
 /// Every option name, aliases included, and whether it is its option's first (canonical)
-/// spelling (for the help and README checks).
+/// spelling (for the help and manual checks).
 pub fn option_names() -> impl Iterator<Item = (&'static str, bool)> {
-    OPTION_NAMES.iter().enumerate().map(|(i, (name, opt))| {
-        let first = OPTION_NAMES[..i].iter().all(|(_, o)| o != opt);
+    OPTION_NAMES.iter().enumerate().map(|(i, (name, opt, _))| {
+        let first = OPTION_NAMES[..i].iter().all(|(_, o, _)| o != opt);
         (*name, first)
     })
 }
@@ -114,8 +269,8 @@ impl OptName {
     fn lookup(name: &str) -> Option<OptName> {
         OPTION_NAMES
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, o)| *o)
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, o, _)| *o)
     }
 
     /// Whether the option means anything for this address type.
@@ -167,7 +322,7 @@ impl OptName {
             OptName::ConnectTimeout | OptName::Interval => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
             OptName::Allow => "=ENTRY",
-            OptName::SockType => "=5 or =seqpacket",
+            OptName::SockType => "=5",
             OptName::Framing => "=len16",
             _ => "",
         }
@@ -378,4 +533,25 @@ pub(super) fn apply_option(
         _ => unreachable!("value options handled above"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_row_of_each_option_carries_help() {
+        for (i, (name, opt, help)) in OPTION_NAMES.iter().enumerate() {
+            let first = OPTION_NAMES[..i].iter().all(|(_, o, _)| o != opt);
+            assert_eq!(
+                help.is_some(),
+                first,
+                "{name}: help on exactly an option's first row"
+            );
+        }
+        let docs = option_docs();
+        let reuseaddr = docs.iter().find(|d| d.usage == "reuseaddr").unwrap();
+        assert_eq!(reuseaddr.aliases, ["so-reuseaddr"]);
+        assert!(docs.iter().any(|d| d.usage == "max-children=N"));
+    }
 }

@@ -132,13 +132,13 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::proto::{Direction, Limit};
+    use crate::bench::proto::{Limit, TestDirection};
 
     fn params(streams: u32, len: usize) -> Params {
         Params {
             streams,
             len,
-            direction: Direction::Forward,
+            direction: TestDirection::Forward,
             limit: Limit::Time { ms: 1000 },
             verify: false,
             zerocopy: false,

@@ -9,9 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
-use super::end::{self, Peer};
+use super::end::{self, OtherEnd};
 use super::proto::{
-    self, ClientMsg, Direction, Hello, Params, ServerMsg, StreamCounts, VERSION, Workload,
+    self, ClientMsg, Hello, Params, ServerMsg, StreamCounts, TestDirection, VERSION, Workload,
 };
 use super::receive::Expect;
 pub use super::report::Output;
@@ -24,7 +24,7 @@ use super::send;
 use super::stream::{self, Stream};
 use crate::addr::Address;
 use crate::error::{Error, Result};
-use crate::net::dial::dial_blocking;
+use crate::net::blocking::dial_blocking;
 use crate::net::dial::escape_peer_text;
 
 /// How long a bench client's streams may stand still before the test fails (`--stall-timeout`).
@@ -212,7 +212,7 @@ pub fn run_test(
                                 &|| Some(started),
                                 tx,
                                 rx,
-                                Peer {
+                                OtherEnd {
                                     expect,
                                     idle,
                                     on_sent: Box::new(on_sent),
@@ -462,7 +462,7 @@ fn report_intervals(
     interval: Option<Duration>,
     meter: Meter<'_>,
     finished: &AtomicBool,
-    direction: Direction,
+    direction: TestDirection,
     output: Output,
 ) -> Vec<IntervalReport> {
     let Some(interval) = interval.filter(|i| !i.is_zero()) else {

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::client::run_test;
 use super::cpu::{CpuTimes, peak_rss};
-use super::proto::{Direction, Limit, Params, Workload};
+use super::proto::{Limit, Params, TestDirection, Workload};
 use super::report::{Output, TestReport};
 use super::rr::LatencyReport;
 use crate::addr::Address;
@@ -336,7 +336,7 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
     let params = Params {
         streams: plan.streams,
         len: plan.len,
-        direction: Direction::Forward,
+        direction: TestDirection::Forward,
         limit: Limit::Time {
             ms: (plan.seconds * 1000.0) as u64,
         },

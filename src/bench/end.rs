@@ -10,7 +10,7 @@ use super::stream::Stream;
 
 /// Where a stream end stands with the other end: what it expects to receive, how long it
 /// waits for a silent sender, and whom to tell its own sent count as soon as it has one.
-pub struct Peer<'a> {
+pub struct OtherEnd<'a> {
     pub expect: &'a Expect,
     pub idle: Duration,
     pub on_sent: Box<dyn FnOnce(u64) + Send + 'a>,
@@ -32,9 +32,9 @@ pub fn run_end(
     test_start: TestStart<'_>,
     sent: &AtomicU64,
     received: &AtomicU64,
-    peer: Peer<'_>,
+    peer: OtherEnd<'_>,
 ) -> StreamCounts {
-    let Peer {
+    let OtherEnd {
         expect,
         idle,
         on_sent,

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::proto::{Direction, Limit};
+use super::proto::{Limit, TestDirection};
 use super::report::{DirReport, IntervalReport, TestReport};
 
 /// `Thu, 26 Nov 2026 02:59:42 GMT` for a Unix time (iperf3's `start.timestamp.time`).
@@ -96,7 +96,7 @@ fn interval_entry(socket: u32, start: f64, end: f64, bytes: u64, sender: bool) -
     }))
 }
 
-fn interval(r: &IntervalReport, direction: Direction) -> Value {
+fn interval(r: &IntervalReport, direction: TestDirection) -> Value {
     // iperf3 lists the client's sending streams first; --reverse streams are the received.
     let up = direction.client_sends();
     let pick = |tx: u64, rx: u64| if up { tx } else { rx };
@@ -116,7 +116,7 @@ fn interval(r: &IntervalReport, direction: Direction) -> Value {
         up,
     );
     let mut doc = json!({ "streams": [], "sum": sum });
-    if direction == Direction::Bidir {
+    if direction == TestDirection::Bidir {
         streams.extend(
             r.streams
                 .iter()
@@ -157,7 +157,7 @@ pub fn document(r: &TestReport, started_unix: u64) -> Value {
         "duration": duration,
         "bytes": bytes,
         "blocks": 0,
-        "reverse": i32::from(p.direction == Direction::Reverse),
+        "reverse": i32::from(p.direction == TestDirection::Reverse),
         "tos": 0,
     });
     let main = if client_sends {
@@ -196,7 +196,7 @@ pub fn document(r: &TestReport, started_unix: u64) -> Value {
             "remote_system": s.system_pct,
         },
     });
-    if p.direction == Direction::Bidir {
+    if p.direction == TestDirection::Bidir {
         end_streams.extend(r.streams.iter().map(|s| {
             let d = s.server_to_client.clone().unwrap_or_default();
             json!({

@@ -38,7 +38,7 @@ use crate::sys::signal::{StopSignals, ignore_sigpipe};
 pub use client::DEFAULT_STALL_TIMEOUT;
 use client::run_test;
 use demo::{DemoPlan, Transport};
-use proto::{Direction, Limit, Params, Workload};
+use proto::{Limit, Params, TestDirection, Workload};
 use report::{Output, TestReport, print_sweep};
 
 /// How long a bench client waits for each connection when the address does not say.
@@ -307,9 +307,9 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 },
             };
             let direction = match (c.reverse, c.bidir) {
-                (true, _) => Direction::Reverse,
-                (_, true) => Direction::Bidir,
-                _ => Direction::Forward,
+                (true, _) => TestDirection::Reverse,
+                (_, true) => TestDirection::Bidir,
+                _ => TestDirection::Forward,
             };
             let workload = match (c.rr, c.crr) {
                 (true, _) => Workload::Rr,

@@ -19,7 +19,7 @@ pub const VERSION: u32 = 2;
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Direction {
+pub enum TestDirection {
     /// The client sends (default).
     Forward,
     /// The server sends (`--reverse`).
@@ -28,13 +28,13 @@ pub enum Direction {
     Bidir,
 }
 
-impl Direction {
+impl TestDirection {
     pub fn client_sends(self) -> bool {
-        matches!(self, Direction::Forward | Direction::Bidir)
+        matches!(self, TestDirection::Forward | TestDirection::Bidir)
     }
 
     pub fn server_sends(self) -> bool {
-        matches!(self, Direction::Reverse | Direction::Bidir)
+        matches!(self, TestDirection::Reverse | TestDirection::Bidir)
     }
 }
 
@@ -73,7 +73,7 @@ pub struct Params {
     pub streams: u32,
     /// Bytes per write and per read.
     pub len: usize,
-    pub direction: Direction,
+    pub direction: TestDirection,
     pub limit: Limit,
     /// Fill with a known pattern and check it on receipt.
     pub verify: bool,
@@ -375,7 +375,7 @@ mod tests {
         let p = Params {
             streams: 3,
             len: 1,
-            direction: Direction::Forward,
+            direction: TestDirection::Forward,
             limit: Limit::Bytes { total: 10 },
             verify: false,
             zerocopy: false,

@@ -79,9 +79,9 @@ fn valid_params() -> impl Strategy<Value = Params> {
         1u32..=MAX_STREAMS,
         1usize..=MAX_LEN,
         prop_oneof![
-            Just(Direction::Forward),
-            Just(Direction::Reverse),
-            Just(Direction::Bidir)
+            Just(TestDirection::Forward),
+            Just(TestDirection::Reverse),
+            Just(TestDirection::Bidir)
         ],
         prop_oneof![
             (1u64..=MAX_TIME_MS).prop_map(|ms| Limit::Time { ms }),

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::proto::{Cpu, Direction, Limit, Params, StreamCounts};
+use super::proto::{Cpu, Limit, Params, StreamCounts, TestDirection};
 use super::rr::LatencyReport;
 use crate::addr::Address;
 
@@ -261,9 +261,9 @@ pub(super) fn print_header(address: &Address, params: &Params) {
     let dir = match (params.workload, params.direction) {
         (super::proto::Workload::Rr, _) => "request/response",
         (super::proto::Workload::Crr, _) => "request/response, a connection each",
-        (_, Direction::Forward) => "client sends",
-        (_, Direction::Reverse) => "server sends",
-        (_, Direction::Bidir) => "both send",
+        (_, TestDirection::Forward) => "client sends",
+        (_, TestDirection::Reverse) => "server sends",
+        (_, TestDirection::Bidir) => "both send",
     };
     println!(
         "Connected to {} ({} stream{}, {} byte writes, {what}, {dir}{}{})",
@@ -281,7 +281,7 @@ pub(super) fn print_header(address: &Address, params: &Params) {
     println!("[ ID] Interval           Transfer     Bitrate");
 }
 
-pub(super) fn print_interval(r: &IntervalReport, direction: Direction) {
+pub(super) fn print_interval(r: &IntervalReport, direction: TestDirection) {
     if let Some(l) = &r.latency {
         println!("[SUM] {:6.2}-{:<6.2} sec  {}", r.start, r.end, l.text());
         return;
@@ -300,9 +300,9 @@ pub(super) fn print_interval(r: &IntervalReport, direction: Direction) {
     for s in &r.streams {
         let label = format!("{:3}", s.stream);
         match direction {
-            Direction::Forward => line(&label, s.tx_bytes, ""),
-            Direction::Reverse => line(&label, s.rx_bytes, ""),
-            Direction::Bidir => {
+            TestDirection::Forward => line(&label, s.tx_bytes, ""),
+            TestDirection::Reverse => line(&label, s.rx_bytes, ""),
+            TestDirection::Bidir => {
                 line(&label, s.tx_bytes, "  TX");
                 line(&label, s.rx_bytes, "  RX");
             }
@@ -312,9 +312,9 @@ pub(super) fn print_interval(r: &IntervalReport, direction: Direction) {
         let tx: u64 = r.streams.iter().map(|s| s.tx_bytes).sum();
         let rx: u64 = r.streams.iter().map(|s| s.rx_bytes).sum();
         match direction {
-            Direction::Forward => line("SUM", tx, ""),
-            Direction::Reverse => line("SUM", rx, ""),
-            Direction::Bidir => {
+            TestDirection::Forward => line("SUM", tx, ""),
+            TestDirection::Reverse => line("SUM", rx, ""),
+            TestDirection::Bidir => {
                 line("SUM", tx, "  TX");
                 line("SUM", rx, "  RX");
             }
@@ -349,7 +349,7 @@ pub(super) fn print_summary(r: &TestReport) {
         println!("[SUM] {:6.2}-{:<6.2} sec  {}  total", 0.0, end, l.text());
     }
     println!("[ ID] Interval           Transfer     Bitrate");
-    let bidir = r.params.direction == Direction::Bidir;
+    let bidir = r.params.direction == TestDirection::Bidir;
     let tags = if bidir {
         ("  (client->server)", "  (server->client)")
     } else {
@@ -450,7 +450,7 @@ mod tests {
         }
     }
 
-    fn params(direction: Direction) -> Params {
+    fn params(direction: TestDirection) -> Params {
         Params {
             streams: 2,
             len: 1024,
@@ -470,7 +470,7 @@ mod tests {
         let server = [counts(0, 0, 100), counts(1, 0, 300)];
         let r = build_report(
             &addr,
-            &params(Direction::Forward),
+            &params(TestDirection::Forward),
             vec![],
             &client,
             &server,
@@ -490,7 +490,7 @@ mod tests {
         };
         let r = build_report(
             &addr,
-            &params(Direction::Forward),
+            &params(TestDirection::Forward),
             vec![],
             &client,
             &server,
@@ -508,7 +508,7 @@ mod tests {
         let server = [counts(0, 100, 0), counts(1, 300, 0)];
         let r = build_report(
             &addr,
-            &params(Direction::Reverse),
+            &params(TestDirection::Reverse),
             vec![],
             &client,
             &server,
@@ -529,7 +529,7 @@ mod tests {
         let server = [counts(0, 10, 10)];
         let r = build_report(
             &addr,
-            &params(Direction::Bidir),
+            &params(TestDirection::Bidir),
             vec![],
             &[c],
             &server,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::budget::{Budget, Limits, Reservation};
 use super::cpu::CpuTimes;
-use super::end::{self, Peer};
+use super::end::{self, OtherEnd};
 use super::hello::{Hellos, Step};
 use super::proto::{
     self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
@@ -467,7 +467,7 @@ fn data(stream: Stream, session: &Session, id: u32) {
     } else {
         None
     };
-    let peer = Peer {
+    let peer = OtherEnd {
         expect: &session.expect[id as usize],
         idle,
         on_sent: Box::new(|n| {

@@ -14,7 +14,7 @@ use super::rcvbudget;
 pub enum Mode {
     /// Per direction, from what its source can do (the default): splice where the source has
     /// a real `splice_read` (TCP, UNIX, pipes), the buffer ring (`recv`) where it has none
-    /// (vsock: splice from it copies one page per call on new kernels; see README, Engine).
+    /// (vsock: splice from it copies one page per call on new kernels; see docs/architecture.md, Engine).
     Auto,
     /// Non-blocking splice(2) through a pipe, called inline once io_uring reports readiness.
     Splice,
@@ -129,7 +129,7 @@ impl Default for RelayOptions {
 
 /// Default pipe and buffer size when `-b` is not given: the largest an unprivileged user may
 /// ask for by default (fs.pipe-max-size). Fewer, larger splices per byte measured better than
-/// 256 KiB and 64 KiB (README, Performance). A pipe holds page references, not copies: its own
+/// 256 KiB and 64 KiB (docs/performance.md). A pipe holds page references, not copies: its own
 /// cost is a 256-slot ring (about 10 KiB).
 pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 
@@ -137,7 +137,7 @@ pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 /// `pin`), else only when the workers leave cores free. Pinning pays on cores the relay has
 /// to itself; when the workers occupy every core, the relay shares each of them with
 /// whatever else runs, and a pinned worker cannot be moved off a contested core (measured:
-/// README, Performance).
+/// docs/architecture.md, Pinning).
 pub fn pin_policy(pin: Option<bool>, threads: usize, cores: usize) -> bool {
     pin.unwrap_or(threads < cores)
 }

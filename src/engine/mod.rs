@@ -22,6 +22,7 @@
 
 pub mod accept;
 mod cap;
+mod clock;
 mod close;
 mod config;
 pub mod conn;

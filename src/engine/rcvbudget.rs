@@ -7,7 +7,7 @@
 //! few connections that is what makes one stream fast; with a thousand busy ones the queues
 //! together pass `tcp_mem`'s pressure threshold, the kernel prunes and drops on every socket
 //! of the machine, and loopback senders wait out retransmission timeouts. Measured on the
-//! development VM (README, Performance): 1,000 streams through vsplice moved 11-12 Gbit/s
+//! development VM (docs/architecture.md, Receive budget): 1,000 streams through vsplice moved 11-12 Gbit/s
 //! with autotuned queues and 24-27 Gbit/s with each queue capped at 256 KiB to 1 MiB (this
 //! budget gives 383 KiB), while one stream lost ~7% under such a cap. So the cap applies only
 //! when the budget split over the connections that are moving data is below what autotuning

@@ -103,7 +103,7 @@ impl Ring {
         let cq = entries.saturating_mul(16).max(4096);
         let uring = if let Some(idle_ms) = sqpoll {
             // A kernel thread polls the submission queue. Tuning only: on two cores it took a
-            // core from the relay's peers (README, Performance).
+            // core from the relay's peers (perf/results/2026-11-25-2core-earlier-runs.md).
             IoUring::builder()
                 .setup_cqsize(cq)
                 .setup_sqpoll(idle_ms)

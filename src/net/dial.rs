@@ -5,8 +5,9 @@
 //! tries each target in turn, bounds each attempt by `connect-timeout`, starts a new round
 //! `interval` later up to `retry` times, and for `VSOCK-UDS-CONNECT` speaks the hybrid-vsock
 //! handshake (`CONNECT <port>\n`, answered by `OK <n>\n`). It never blocks: it says what to
-//! wait for ([`Progress::Wait`]), and a driver waits, with poll(2) in [`dial_blocking`] or
-//! with io_uring in the workers.
+//! wait for ([`Progress::Wait`]), and a driver waits, with poll(2) in
+//! [`crate::net::blocking::dial_blocking`] or with io_uring in the workers. The handshake's
+//! reply parsing is in [`crate::net::hybrid`].
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -14,11 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::{Address, Kind};
-use crate::error::Error;
 use crate::net::endpoint::Endpoint;
+use crate::net::hybrid::MAX_REPLY;
+pub use crate::net::hybrid::{escape_peer_text, parse_handshake_reply};
 use crate::net::open::{connect_socket, connected_endpoint};
 use crate::net::resolve::{Lookup, connect_targets, needs_lookup};
-use crate::sys::socket::{ConnectProgress, SockAddr, Socket, wait_readable};
+use crate::sys::socket::{ConnectProgress, SockAddr, Socket};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +32,6 @@ const BUSY_PAUSE: Duration = Duration::from_millis(2);
 const NO_DESCRIPTOR_PAUSE: Duration = Duration::from_millis(20);
 /// How long a dial waits for descriptors when `connect-timeout` does not say.
 const NO_DESCRIPTOR_PATIENCE: Duration = Duration::from_secs(10);
-/// The longest handshake reply line accepted.
-const MAX_REPLY: usize = 128;
 
 /// What a waiting dial waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,28 +170,6 @@ const GHOST_REDIALS: u32 = 8;
 /// the listener may have accepted it (a fresh socket then leaves it behind, an empty
 /// connection at the backend), so its outcome is waited for first.
 const UNCONFIRMED_CHECKS: u32 = 8;
-
-/// Parses a hybrid-vsock reply line (without its newline): `OK <port>` means connected. A
-/// rejected reply is quoted with its control characters escaped (`\n`, `\u{1b}`), so a
-/// VMM's bytes cannot forge or hide log lines.
-/// A peer's text made safe to print in one log line or error: control characters (newline,
-/// ESC, BEL) are escaped, so a peer's bytes cannot forge or hide lines nor drive a terminal.
-pub fn escape_peer_text(text: &str) -> String {
-    text.escape_debug().to_string()
-}
-
-pub fn parse_handshake_reply(line: &[u8]) -> Result<u32, String> {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    let quoted = || escape_peer_text(text);
-    match text.strip_prefix("OK ") {
-        Some(port) => port
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| format!("unexpected reply \"{}\"", quoted())),
-        None => Err(format!("reply \"{}\"", quoted())),
-    }
-}
 
 impl Dial {
     pub fn new(address: Arc<Address>) -> Dial {
@@ -596,112 +574,5 @@ impl Dial {
             interest,
             deadline: Some(deadline),
         }
-    }
-}
-
-/// Dials on the calling thread, waiting with poll(2). Used where blocking is fine: opening the
-/// first address when it is not a listener, and the bench client.
-pub fn dial_blocking(address: Arc<Address>) -> Result<Endpoint, Error> {
-    let mut dial = Dial::new(address.clone());
-    let mut event = Event::Start;
-    loop {
-        match dial.advance(event) {
-            Progress::Connected(endpoint) => return Ok(endpoint),
-            Progress::Failed(why) => {
-                return Err(Error::Connect {
-                    address: address.text.clone(),
-                    source: io::Error::other(why),
-                });
-            }
-            Progress::Wait {
-                fd,
-                interest,
-                deadline,
-            } => {
-                event = match fd {
-                    None => {
-                        if let Some(d) = deadline {
-                            std::thread::sleep(d.saturating_duration_since(Instant::now()));
-                        }
-                        Event::Timeout
-                    }
-                    Some(_) => {
-                        let Some(fd) = dial.waiting_on() else {
-                            unreachable!("a wait on a descriptor names the phase's descriptor")
-                        };
-                        let ready = match interest {
-                            Interest::Readable => wait_readable(fd, deadline),
-                            Interest::Writable => crate::sys::socket::wait_writable(fd, deadline),
-                        };
-                        match ready {
-                            Ok(true) => Event::Ready,
-                            _ => Event::Timeout,
-                        }
-                    }
-                };
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handshake_replies() {
-        assert_eq!(parse_handshake_reply(b"OK 1073741824"), Ok(1073741824));
-        assert_eq!(parse_handshake_reply(b"OK 5\r"), Ok(5));
-        assert_eq!(
-            parse_handshake_reply(b"ERR no listener"),
-            Err("reply \"ERR no listener\"".to_string())
-        );
-        assert_eq!(
-            parse_handshake_reply(b"OK x"),
-            Err("unexpected reply \"OK x\"".to_string())
-        );
-    }
-
-    #[test]
-    fn a_vmm_reply_with_control_bytes_cannot_forge_log_lines() {
-        let forged = b"ERR x\r\n2026/11/26 vsplice[1] N conn 1 closed: finished\x1b[2K";
-        let why = parse_handshake_reply(forged).unwrap_err();
-        assert!(!why.chars().any(char::is_control), "escaped: {why:?}");
-        assert!(why.contains("\\n2026"), "{why}");
-        assert!(why.contains("\\u{1b}"), "{why}");
-        let why = parse_handshake_reply(b"OK 5\nx").unwrap_err();
-        assert!(!why.chars().any(char::is_control), "{why:?}");
-    }
-
-    #[test]
-    fn refused_connect_fails_with_the_target_named() {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let addr = Arc::new(Address::parse(&format!("TCP:127.0.0.1:{port}")).unwrap());
-        let err = dial_blocking(addr).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!(
-                "TCP:127.0.0.1:{port}: connect to 127.0.0.1:{port} failed: Connection refused (os error 111)"
-            )
-        );
-    }
-
-    #[test]
-    fn retry_rounds_reach_a_late_listener() {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let late = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(150));
-            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-            let _ = l.accept();
-        });
-        let addr = Arc::new(
-            Address::parse(&format!("TCP:127.0.0.1:{port},retry=20,interval=0.05")).unwrap(),
-        );
-        dial_blocking(addr).expect("a retry reaches the listener");
-        late.join().unwrap();
     }
 }

@@ -230,6 +230,23 @@ impl Listener {
         })
     }
 
+    /// A listener on a socket another process opened for `address` and handed over (a binary
+    /// upgrade): it removes the socket file at exit as the opener would have, if the path
+    /// still names this socket.
+    pub fn adopt(socket: Socket, address: &Address) -> Result<Listener, Error> {
+        let (local, socket_file) = listen_local(address)?;
+        let local = socket.local_addr().unwrap_or(local);
+        let socket_file = socket_file.and_then(|path| socket_file_id(&path).map(|id| (path, id)));
+        Ok(Listener {
+            socket,
+            address: address.clone(),
+            local,
+            socket_file,
+            peer_labels: true,
+            recent: Default::default(),
+        })
+    }
+
     fn bind_listen(local: &SockAddr, address: &Address) -> io::Result<Socket> {
         let opts = &address.options;
         let family = local.family();
@@ -311,8 +328,22 @@ impl Listener {
     }
 }
 
+/// Set once this process has handed its listening sockets to another (a binary upgrade):
+/// their socket files are the new process's now, and none is removed here.
+static SOCKET_FILES_HANDED_OVER: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Leaves every listener's socket file in place from now on: another process serves on
+/// these sockets (a binary upgrade handed them over).
+pub fn keep_socket_files() {
+    SOCKET_FILES_HANDED_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
+        if SOCKET_FILES_HANDED_OVER.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let Some((path, id)) = &self.socket_file {
             // unlink(2) cannot be told which inode to remove: a swap in the instant between
             // this check and the unlink would still lose its file; any time before is safe.

@@ -176,6 +176,11 @@ impl Acceptor {
         }
     }
 
+    /// The listening socket (the workers accept on a duplicate of it).
+    pub fn listening(&self) -> Option<&Socket> {
+        self.listen.as_ref().map(ListenSocket::socket)
+    }
+
     /// What the listening socket binds.
     pub fn key(&self) -> &BindKey {
         &self.key

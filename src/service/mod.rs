@@ -5,7 +5,8 @@
 //! line's two stages), [`crate::addr::allow`] decides which peers a listener serves, [`metrics`] keeps the
 //! Prometheus counters and serves them over HTTP, [`observer`] feeds them from the engine.
 //! [`run`](mod@run) runs every service on one engine (`acceptor`: a service's listening socket
-//! as an accept group of the engine; `server`: what a running `serve` holds; `reload`: SIGHUP). This module holds the `serve` subcommand.
+//! as an accept group of the engine; `server`: what a running `serve` holds; `reload`: SIGHUP;
+//! [`upgrade`]: SIGUSR2, the listening sockets handed to a new binary). This module holds the `serve` subcommand.
 
 mod acceptor;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod observer;
 mod reload;
 pub mod run;
 pub mod server;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,34 +28,63 @@ use config::ServePlan;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The TOML file that declares the services
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "upgrade")]
+    pub config: Option<PathBuf>,
     /// Only check the file: print a summary and exit 0, or the first error and exit 2
-    #[arg(long)]
+    #[arg(long, conflicts_with = "upgrade")]
     pub check: bool,
+    /// Write the process id here once serving (a binary upgrade's new process writes its own)
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Upgrade the running `serve` named by --pid-file to the binary now at its path
+    /// (SIGUSR2), and wait until the new process serves
+    #[arg(long, requires = "pid_file", conflicts_with = "config")]
+    pub upgrade: bool,
 }
 
 /// `vsplice serve`, resolved.
 #[derive(Debug)]
-pub struct ServeCommand {
-    pub plan: ServePlan,
-    pub check_only: bool,
+pub enum ServeCommand {
+    /// Serve the plan (or only print its summary).
+    Run {
+        plan: Box<ServePlan>,
+        check_only: bool,
+        pid_file: Option<PathBuf>,
+    },
+    /// Ask the process named by the pid file to upgrade itself.
+    Upgrade { pid_file: PathBuf },
 }
 
 /// Reads and checks the configuration file (stage two of the command line).
 pub fn plan(args: ServeArgs) -> Result<ServeCommand> {
-    Ok(ServeCommand {
-        plan: ServePlan::load(&args.config)?,
+    if let (true, Some(pid_file)) = (args.upgrade, &args.pid_file) {
+        return Ok(ServeCommand::Upgrade {
+            pid_file: pid_file.clone(),
+        });
+    }
+    let config = args
+        .config
+        .ok_or_else(|| Error::Usage("serve needs --config FILE".into()))?;
+    Ok(ServeCommand::Run {
+        plan: Box::new(ServePlan::load(&config)?),
         check_only: args.check,
+        pid_file: args.pid_file,
     })
 }
 
 pub fn run(command: ServeCommand) -> Result<ExitCode> {
-    if command.check_only {
-        print!("{}", command.plan.summary());
-        return Ok(ExitCode::SUCCESS);
+    match command {
+        ServeCommand::Run {
+            plan,
+            check_only: true,
+            ..
+        } => {
+            print!("{}", plan.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        ServeCommand::Run { plan, pid_file, .. } => run::run(&plan, pid_file.as_deref()),
+        ServeCommand::Upgrade { pid_file } => upgrade::request(&pid_file),
     }
-    run::run(&command.plan)
 }
 
 /// A command-line relay whose first address is `ACCEPT-FD:n,fork` runs as a one-service
@@ -87,8 +118,9 @@ pub fn accept_fd_relay(
             options,
         }],
     };
-    Ok(ServeCommand {
-        plan,
+    Ok(ServeCommand::Run {
+        plan: Box::new(plan),
         check_only: false,
+        pid_file: None,
     })
 }

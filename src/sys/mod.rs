@@ -3,13 +3,18 @@
 //! One module per kernel object: [`socket`] (non-blocking stream sockets of the three
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
 //! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
-//! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`], [`message`] (whole messages on SEQPACKET and datagram sockets),
-//! [`limits`] (RLIMIT_NOFILE, pipe quotas) and [`systemd`] (sd_notify, socket activation). Descriptors are `OwnedFd` from the moment the
+//! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`],
+//! [`message`] (whole messages on SEQPACKET and datagram sockets),
+//! [`limits`] (RLIMIT_NOFILE, pipe quotas), [`systemd`] (sd_notify, socket activation),
+//! [`handover`] (listening sockets passed to a new binary at an upgrade), and [`tsc`] (the
+//! CPU's time-stamp counter, not a system call: a clock read where the kernel's is one).
+//! Descriptors are `OwnedFd` from the moment the
 //! kernel returns them, so no error path leaks one. Nothing outside this module and the
 //! io_uring worker calls `libc` directly.
 
 pub mod bufring;
 pub mod eventfd;
+pub mod handover;
 pub mod limits;
 pub mod mapping;
 pub mod message;
@@ -18,6 +23,7 @@ pub mod signal;
 pub mod socket;
 pub mod stdio;
 pub mod systemd;
+pub mod tsc;
 pub mod zerocopy;
 
 use std::io;

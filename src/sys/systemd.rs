@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 
-use super::socket::{Socket, get_int_option};
+use super::handover::check_listening_stream;
+use super::socket::Socket;
 use super::{cvt, from_nix};
 
 /// The first inherited descriptor (SD_LISTEN_FDS_START).
@@ -30,6 +31,8 @@ pub const LISTEN_FDS_START: i32 = 3;
 pub struct Notifier {
     socket: UnixDatagram,
     target: UnixSocketAddr,
+    /// The same address for sendmsg(2), which carries descriptors (`FDSTORE=1`).
+    store: nix::sys::socket::UnixAddr,
 }
 
 impl Notifier {
@@ -45,9 +48,16 @@ impl Notifier {
     /// A notifier for a `NOTIFY_SOCKET` value: an absolute path, or `@name` for a name in
     /// the abstract namespace.
     pub fn new(notify_socket: &str) -> io::Result<Notifier> {
-        let target = match notify_socket.strip_prefix('@') {
-            Some(name) => UnixSocketAddr::from_abstract_name(name.as_bytes())?,
-            None if notify_socket.starts_with('/') => UnixSocketAddr::from_pathname(notify_socket)?,
+        use nix::sys::socket::UnixAddr;
+        let (target, store) = match notify_socket.strip_prefix('@') {
+            Some(name) => (
+                UnixSocketAddr::from_abstract_name(name.as_bytes())?,
+                UnixAddr::new_abstract(name.as_bytes()).map_err(from_nix)?,
+            ),
+            None if notify_socket.starts_with('/') => (
+                UnixSocketAddr::from_pathname(notify_socket)?,
+                UnixAddr::new(notify_socket).map_err(from_nix)?,
+            ),
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -57,7 +67,11 @@ impl Notifier {
         };
         // std's sockets are close-on-exec.
         let socket = UnixDatagram::unbound()?;
-        Ok(Notifier { socket, target })
+        Ok(Notifier {
+            socket,
+            target,
+            store,
+        })
     }
 
     /// Sends one message of `KEY=VALUE` lines.
@@ -83,6 +97,48 @@ impl Notifier {
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"))
     }
 
+    /// A process that took over from the main one (a binary upgrade) serves now: it names
+    /// itself the main process (needs `NotifyAccess=all`) and says it is ready.
+    pub fn took_over(&self, pid: u32, status: &str) -> io::Result<()> {
+        self.notify(&format!(
+            "MAINPID={pid}\nREADY=1\nSTATUS={}",
+            one_line(status)
+        ))
+    }
+
+    /// Keeps `fd` in the service manager's descriptor store under `name` (`FDSTORE=1` with
+    /// `FDNAME=`; needs `FileDescriptorStoreMax=` above 0): the next start of the service
+    /// gets it back in `LISTEN_FDS` with that name, so a restart keeps a listening socket
+    /// open (its clients wait in the backlog). A descriptor stored twice is kept once.
+    pub fn store_fd(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        if !fdname_is_valid(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("\"{name}\" cannot be an FDNAME (255 printable characters, no ':')"),
+            ));
+        }
+        let text = format!("FDSTORE=1\nFDNAME={name}");
+        let iov = [io::IoSlice::new(text.as_bytes())];
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg(
+            self.socket.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&self.store),
+        )
+        .map_err(from_nix)?;
+        Ok(())
+    }
+
+    /// Drops what the descriptor store keeps under `name`.
+    pub fn remove_stored(&self, name: &str) -> io::Result<()> {
+        self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
+    }
+
     /// Shutdown started (draining).
     pub fn stopping(&self) -> io::Result<()> {
         self.notify("STOPPING=1")
@@ -97,6 +153,23 @@ impl Notifier {
     pub fn watchdog(&self) -> io::Result<()> {
         self.notify("WATCHDOG=1")
     }
+}
+
+/// What systemd takes as a descriptor name (its `fdname_is_valid`): 1 to 255 ASCII
+/// characters, no control character, no ':'.
+pub fn fdname_is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| (b' '..0x7f).contains(&b) && b != b':')
+}
+
+/// How many descriptors the service manager keeps for this service (`$FDSTORE`, from
+/// `FileDescriptorStoreMax=`; systemd 254 and later); 0 when it keeps none.
+pub fn fd_store_max() -> usize {
+    std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn one_line(s: &str) -> String {
@@ -215,8 +288,9 @@ pub fn parse_listen_env(
         .collect())
 }
 
-/// Takes the sockets the service manager passed, before the process opens any descriptor
-/// of its own: call it first thing in `main`. Later, descriptors 3, 4, ... may be vsplice's
+/// Takes the sockets the service manager passed (and those an upgrading vsplice handed
+/// over: [`super::handover`]), before the process opens any descriptor of its own: call it
+/// first thing in `main`. Later, descriptors 3, 4, ... may be vsplice's
 /// own (its signalfds, its engine's rings), and a `LISTEN_FDS` larger than what was really
 /// passed would make them "inherited" too, with two owners that both close them. Each
 /// descriptor must be open and a listening stream socket, else the whole set is refused
@@ -224,6 +298,7 @@ pub fn parse_listen_env(
 /// them it meant is how a socket gets two owners). The result, sockets or error, waits for
 /// [`take_listen_fds`]; it matters only to a run that asks for an `ACCEPT-FD`.
 pub fn adopt_listen_fds() {
+    super::handover::adopt();
     let mut slot = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
     if !TAKEN.swap(true, Ordering::SeqCst) {
         *slot = Some(adopt());
@@ -300,42 +375,6 @@ fn adopt() -> io::Result<Vec<ActivatedSocket>> {
     Ok(out)
 }
 
-/// Checks that `fd` is a listening stream socket; otherwise says what it is.
-fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("not readable by fstat ({e})"))?;
-    let kind = match stat.st_mode & libc::S_IFMT {
-        libc::S_IFSOCK => None,
-        libc::S_IFREG => Some("a regular file"),
-        libc::S_IFDIR => Some("a directory"),
-        libc::S_IFIFO => Some("a pipe"),
-        libc::S_IFCHR => Some("a character device"),
-        libc::S_IFBLK => Some("a block device"),
-        _ => Some("not a socket"),
-    };
-    if let Some(kind) = kind {
-        return Err(kind.into());
-    }
-    let ty = get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)
-        .map_err(|e| format!("a socket whose type cannot be read ({e})"))?;
-    // A SEQPACKET listener is taken: whether the other address can carry its messages is
-    // checked where both are known (service::server).
-    if ty != libc::SOCK_STREAM && ty != libc::SOCK_SEQPACKET {
-        return Err(match ty {
-            libc::SOCK_DGRAM => "a SOCK_DGRAM (datagram) socket".into(),
-            other => format!("a socket of type {other}, not SOCK_STREAM or SOCK_SEQPACKET"),
-        });
-    }
-    let listening = get_int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
-        .map_err(|e| format!("a stream socket whose state cannot be read ({e})"))?;
-    if listening == 0 {
-        return Err(
-            "a stream socket that is not listening (a connection: use Accept=no and ListenStream=)"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 /// Turns an inherited descriptor into a listening socket vsplice can accept on: checks that
 /// it is a listening stream socket and makes it non-blocking (managers pass blocking ones).
 pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
@@ -350,30 +389,42 @@ pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
     Ok(Socket::from_owned(fd))
 }
 
-/// SIGHUP, the reload signal (`ExecReload=kill -HUP $MAINPID`), on a signalfd: blocked so it
-/// no longer ends the process. Create it on the main thread before other threads start.
+/// A signal that means a request rather than a stop, on a signalfd: SIGHUP (reload,
+/// `ExecReload=kill -HUP $MAINPID`) or SIGUSR2 (binary upgrade). Blocked so it no longer
+/// ends the process. Create it on the main thread before other threads start. The stop
+/// signals' signalfd ([`super::signal::StopSignals`]) reads these too: take this one first.
 #[derive(Debug)]
-pub struct ReloadSignal(nix::sys::signalfd::SignalFd);
+pub struct CaughtSignal(nix::sys::signalfd::SignalFd);
 
-impl ReloadSignal {
-    pub fn install() -> io::Result<ReloadSignal> {
-        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+impl CaughtSignal {
+    /// SIGHUP, the reload signal.
+    pub fn hangup() -> io::Result<CaughtSignal> {
+        CaughtSignal::catch(nix::sys::signal::Signal::SIGHUP)
+    }
+
+    /// SIGUSR2, the upgrade signal.
+    pub fn upgrade() -> io::Result<CaughtSignal> {
+        CaughtSignal::catch(nix::sys::signal::Signal::SIGUSR2)
+    }
+
+    fn catch(signal: nix::sys::signal::Signal) -> io::Result<CaughtSignal> {
+        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
         use nix::sys::signalfd::{SfdFlags, SignalFd};
         let mut set = SigSet::empty();
-        set.add(Signal::SIGHUP);
+        set.add(signal);
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(from_nix)?;
         SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map(ReloadSignal)
+            .map(CaughtSignal)
             .map_err(from_nix)
     }
 
-    /// Whether a SIGHUP arrived since the last call.
+    /// Whether the signal arrived since the last call.
     pub fn take(&self) -> bool {
         matches!(self.0.read_signal(), Ok(Some(_)))
     }
 }
 
-impl AsFd for ReloadSignal {
+impl AsFd for CaughtSignal {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.0.as_fd()
     }
@@ -455,6 +506,52 @@ mod tests {
         assert_eq!(recv(&by_name), "STATUS=draining");
         assert!(Notifier::new("relative").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stored_descriptor_reaches_the_notify_socket_with_its_name() {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::AsRawFd;
+        let name = format!("vsplice-fdstore-test-{}", std::process::id());
+        let receiver =
+            UnixDatagram::bind_addr(&UnixSocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = Notifier::new(&format!("@{name}")).unwrap();
+        n.store_fd("listen=127.0.0.1%3A1", l.as_fd()).unwrap();
+        let mut buf = [0u8; 256];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            receiver.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fds: Vec<_> = msg
+            .cmsgs()
+            .unwrap()
+            .filter_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => Some(fds),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let len = msg.bytes;
+        assert_eq!(fds.len(), 1);
+        // SAFETY: SCM_RIGHTS just gave this process the descriptor; nothing else owns it.
+        let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let same = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert_eq!(same(got.as_fd()), same(l.as_fd()), "the same socket");
+        assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=listen=127.0.0.1%3A1");
+        let e = n.store_fd("a:b", l.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("\"a:b\""), "{e}");
+        n.remove_stored("x").unwrap();
+        assert!(fdname_is_valid("listen=[%3A%3A]%3A22"));
+        assert!(fdname_is_valid("listen=unix%3A/run/with space"));
+        assert!(!fdname_is_valid("listen=[::]:22"));
+        assert!(!fdname_is_valid("tab\there"));
     }
 
     #[test]

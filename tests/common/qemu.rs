@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// The guest's CID.
 pub const GUEST_CID: u32 = 4;
 
-/// vhost-device-vsock version the tests were written against (its behaviour is in README).
+/// vhost-device-vsock version the tests were written against (its behaviour is in docs/hybrid-vsock.md).
 pub const BACKEND_VERSION: &str = "0.3.0";
 
 /// Modules to load, in dependency order.

@@ -193,16 +193,32 @@ pub struct RunFigures {
     /// GiB moved; 0 for no relay. Steadier than the rate on a shared machine: another
     /// process's load stretches the run, not the relay's own work.
     pub cpu_s_per_gib: f64,
+    /// The relay's system CPU time alone, per GiB (part of `cpu_s_per_gib`).
+    pub sys_s_per_gib: f64,
+    /// The relay's context switches (voluntary and involuntary, every thread) per MiB moved:
+    /// how often it slept or was put off the CPU, what a one-CPU guest pays dearly for.
+    pub switches_per_mib: f64,
     /// The relay's log (vsplice's, for the data path it chose).
     pub log: String,
 }
 
 /// CPU seconds (user and system) of every child that was waited for.
 pub fn children_cpu() -> f64 {
+    let (user, system, _) = children_usage();
+    user + system
+}
+
+/// User and system CPU seconds and context switches (voluntary and involuntary) of every
+/// child that was waited for.
+pub fn children_usage() -> (f64, f64, f64) {
     use nix::sys::resource::{UsageWho, getrusage};
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    secs(usage.user_time()) + secs(usage.system_time())
+    (
+        secs(usage.user_time()),
+        secs(usage.system_time()),
+        (usage.voluntary_context_switches() + usage.involuntary_context_switches()) as f64,
+    )
 }
 
 /// Moves `bytes` from a client at `from` through `via` to a sink listening at `to`.
@@ -224,7 +240,7 @@ pub fn traced_run(
         c.args(["-f", "-c", "-o"]).arg(trace.unwrap()).arg(program);
         c
     };
-    let cpu_before = children_cpu();
+    let before = children_usage();
     let sink = to.listen();
     let sink = std::thread::spawn(move || {
         let mut s = sink.accept().expect("sink accept");
@@ -338,9 +354,12 @@ pub fn traced_run(
     };
     let secs = end.duration_since(start).as_secs_f64();
     let gib = bytes as f64 / (1u64 << 30) as f64;
+    let after = children_usage();
     Ok(RunFigures {
         gbit: bytes as f64 * 8.0 / secs / 1e9,
-        cpu_s_per_gib: (children_cpu() - cpu_before) / gib,
+        cpu_s_per_gib: (after.0 + after.1 - before.0 - before.1) / gib,
+        sys_s_per_gib: (after.1 - before.1) / gib,
+        switches_per_mib: (after.2 - before.2) / (gib * 1024.0),
         log,
     })
 }

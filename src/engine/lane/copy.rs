@@ -155,7 +155,7 @@ impl CopyBuffer {
     /// retries a short send on readiness without a trip to user space), so a direction costs
     /// one completion per buffer however small the peer's window is. On vsock the window is
     /// the peer's credit (256 KiB by default), and a plain non-blocking write came back short
-    /// at every credit update: README, Engine, "vsock as a destination".
+    /// at every credit update: docs/performance.md, "vsock as a destination".
     pub fn drain_sqe(&mut self, sink: RawFd, len: usize, whole: bool) -> squeue::Entry {
         let start = self.start;
         let ptr = self.data()[start..].as_mut_ptr();

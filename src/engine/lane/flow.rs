@@ -84,7 +84,7 @@ pub enum FillPolicy {
 /// page: interactive messages stay below it, while the chunks of a stream that shares the
 /// bandwidth with many others stay above it even when they are far below the pipe's size
 /// (with 16 to 256 busy streams on 2 cores, a threshold of 1/16 of a 1 MiB pipe sent most of
-/// them through a readiness round trip per chunk; README, Performance).
+/// them through a readiness round trip per chunk; perf/results/2026-11-26-2core-scale-many-streams.md).
 pub const TRICKLE: usize = 4096;
 
 impl FillPolicy {

@@ -42,7 +42,7 @@ const RING_BUFFERS: u16 = 8;
 
 /// The smallest ring-path buffer for a vsock source: vsock's default buffer size
 /// (`SO_VM_SOCKETS_BUFFER_SIZE`, the credit window a peer may fill), so one receive can take
-/// all the socket holds. In one guest-lab run (README, "vsock in the guest") the default path
+/// all the socket holds. In one guest-lab run (perf/results/2026-12-04-vsock-guest.md) the default path
 /// from vsock sources moved 1.26-1.44x what it did with `-b`/8 = 128 KiB buffers.
 pub const VSOCK_RING_BUFFER: usize = 256 * 1024;
 
@@ -86,6 +86,11 @@ impl Lane {
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
         let mode = Lane::mode_for(options.mode, source, sink);
+        // A whole send shows no progress until it completes, and the inactivity timeout
+        // counts completions: with a timeout, sends report each part that went out, so a
+        // slow reader that keeps reading is never taken for an idle one.
+        let whole_sends =
+            !discard && sink.is_some_and(Endpoint::is_socket) && options.idle_timeout.is_none();
         // The ring path receives with multishot recv: sockets only. The direction takes its
         // buffer group when its source has bytes, not now.
         if matches!(mode, Mode::Recv | Mode::RecvZc)
@@ -94,7 +99,9 @@ impl Lane {
         {
             let size = ring_buffer_size(options.pipe_size, source);
             let zerocopy = mode == Mode::RecvZc;
-            return Lane::Ring(RingLane::new(RING_BUFFERS, size, discard, zerocopy));
+            return Lane::Ring(
+                RingLane::new(RING_BUFFERS, size, discard, zerocopy).whole_sends(whole_sends),
+            );
         }
         // Auto on a vsock source without buffer rings: the copy path's large reads.
         let splice = matches!(mode, Mode::Splice | Mode::UringSplice);
@@ -110,11 +117,6 @@ impl Lane {
         let mut flow = Flow::new(capacity, options.fill_policy);
         flow.await_readiness_first();
         let uring_splice = mode == Mode::UringSplice;
-        // A whole send shows no progress until it completes, and the inactivity timeout
-        // counts completions: with a timeout, sends report each part that went out, so a
-        // slow reader that keeps reading is never taken for an idle one.
-        let whole_sends =
-            !discard && sink.is_some_and(Endpoint::is_socket) && options.idle_timeout.is_none();
         Lane::Staged(
             StagedLane::new(flow, staging, discard, uring_splice)
                 .sockets(source.is_some_and(Endpoint::is_socket), whole_sends),
@@ -131,7 +133,7 @@ impl Lane {
     ///   in the kernel;
     /// - splice otherwise.
     ///
-    /// Measured in the guest lab: README, Engine.
+    /// Measured in the guest lab: docs/architecture.md, Engine.
     pub fn mode_for(mode: Mode, source: Option<&Endpoint>, sink: Option<&Endpoint>) -> Mode {
         match mode {
             Mode::Auto if source.is_some_and(Endpoint::is_vsock) => Mode::Recv,

@@ -36,6 +36,9 @@ pub struct RingLane {
     discard: bool,
     /// Filled buffers go out with SEND_ZC (`recv-zc`) until the socket refuses it.
     zerocopy: bool,
+    /// The sink is a socket that takes each filled buffer as one whole SEND (see
+    /// [`RingLane::whole_sends`]).
+    whole_sends: bool,
     /// A buffer fully sent with SEND_ZC, handed back to the ring when the kernel's
     /// notification says it no longer reads it.
     awaiting_notification: Option<u16>,
@@ -55,10 +58,23 @@ impl RingLane {
             lease: None,
             discard,
             zerocopy: zerocopy && !discard,
+            whole_sends: false,
             awaiting_notification: None,
             last_fill: Instant::now(),
             recheck_at: None,
         }
+    }
+
+    /// Sends each filled buffer to a socket sink as one SEND with `MSG_WAITALL` (where it
+    /// does not go zero-copy): the kernel waits for room and sends the rest itself, so a
+    /// buffer costs one completion however often the sink's window fills. A plain write comes
+    /// back short each time it does: into vsock at every credit update (the peer's window,
+    /// 256 KiB by default, the size of a vsock source's buffer), into a UNIX socket whenever
+    /// its send buffer is full. As the copy path does (`copy.rs`); and as there, not under
+    /// `-T`, where a whole send would hide a slow reader's progress from the idle timeout.
+    pub fn whole_sends(mut self, whole: bool) -> RingLane {
+        self.whole_sends = whole && !self.discard;
+        self
     }
 
     pub fn flow(&self) -> &RecvFlow {
@@ -148,6 +164,11 @@ impl RingLane {
                             .buf_index(Some(slot.index()))
                             .flags(libc::MSG_NOSIGNAL)
                             .build(),
+                        None if self.whole_sends => {
+                            opcode::Send::new(types::Fd(sink), data, len as u32)
+                                .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+                                .build()
+                        }
                         None => opcode::Write::new(types::Fd(sink), data, len as u32)
                             .offset(u64::MAX)
                             .build(),

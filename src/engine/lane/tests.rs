@@ -309,6 +309,83 @@ fn a_ring_direction_takes_its_group_when_bytes_come_and_gives_it_back_once_drain
 }
 
 #[test]
+fn a_ring_direction_into_a_socket_sends_each_filled_buffer_whole_however_small_its_send_buffer() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::new(&ring, 0, 0);
+    if !registry.ring_groups_supported(&ring) {
+        eprintln!("no provided-buffer rings on this kernel: nothing to test");
+        return;
+    }
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let (source, mut peer) = unix_endpoint();
+    // The sink's send buffer holds a fraction of one 16 KiB ring buffer: a plain write of a
+    // buffer comes back short every time.
+    let (ours, mut sink_peer) = UnixStream::pair().unwrap();
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut sink = Endpoint::socket(Socket::from_owned(OwnedFd::from(ours)), "unix".into());
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        sink_peer.read_to_end(&mut got).unwrap();
+        got
+    });
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let writer = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            send(&mut peer, &sent);
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let options = options(Mode::Recv);
+    let mut lane = Lane::Ring(RingLane::new(8, 16 * 1024, false, false).whole_sends(true));
+    let mut inflight = 0u16;
+    let mut last_active = Instant::now();
+    let mut cx = Cx {
+        ops: ConnOps::new(&mut ring, 7, &mut inflight),
+        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+        registry: &mut registry,
+        pipes: &mut pipes,
+        last_active: &mut last_active,
+        now: Instant::now(),
+        options: &options,
+        id: 1,
+        dir: FORWARD,
+        turn: 16,
+    };
+    let mut pending = std::collections::VecDeque::new();
+    let (mut fills, mut sends, mut turns) = (0, 0, 0);
+    while lane.pump(&mut cx) != Pumped::Ended {
+        turns += 1;
+        assert!(turns < 2_000, "the direction never ended");
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        match op {
+            Op::Fill(_) if result > 0 => fills += 1,
+            Op::Drain(_) => {
+                assert!(result > 0, "send failed: {result}");
+                sends += 1;
+            }
+            _ => {}
+        }
+        lane.complete(op, result, flags, &mut cx);
+    }
+    writer.join().unwrap();
+    assert_eq!(lane.state(), FlowState::Finished);
+    assert_eq!(
+        sends, fills,
+        "one send per filled buffer, none came back short ({fills} buffers filled)"
+    );
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "every byte in order");
+    lane.release(cx.registry, cx.ops.ring(), cx.pipes);
+    cx.registry.free_idle_groups(cx.ops.ring());
+}
+
+#[test]
 fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_the_pool() {
     let mut ring = Ring::new(8, None).unwrap();
     let mut registry = Registry::empty();

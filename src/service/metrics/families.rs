@@ -79,8 +79,8 @@ struct DirectionLabels {
     direction: DirectionLabel,
 }
 
-/// One metric family, defined once: the registry registers it from here, and README's table
-/// (Running as a service, Metrics) is checked against this list by a test, so the name, type,
+/// One metric family, defined once: the registry registers it from here, and the metrics table
+/// of `docs/service.md` (Running as a service, Metrics) is checked against this list by a test, so the name, type,
 /// help and labels an operator reads cannot drift from what a scrape shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricDef {
@@ -91,7 +91,7 @@ pub struct MetricDef {
     pub unit: Option<&'static str>,
     /// The `# HELP` text.
     pub help: &'static str,
-    /// What the labels are (README's third column).
+    /// What the labels are (the metrics table's fourth column, in `docs/service.md`).
     pub labels: &'static str,
 }
 
@@ -496,11 +496,25 @@ impl ServiceMetrics {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The service's counters in one line, for the log a process leaves at exit (a process
+    /// that handed over at an upgrade serves no scrape any more).
+    pub fn summary(&self) -> String {
+        let closed: u64 = self.closed.iter().map(Counter::get).sum();
+        format!(
+            "accepted {}, denied {}, closed {closed}, open {}, bytes {} first-to-second, {} second-to-first",
+            self.accepted.get(),
+            self.denied.get(),
+            self.active.get(),
+            self.bytes[0].get(),
+            self.bytes[1].get()
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    /// README's metrics table, row for row, as [`METRICS`] defines it.
+    /// The metrics table of `docs/service.md`, row for row, as [`METRICS`] defines it.
     fn readme_table() -> String {
         METRICS
             .iter()
@@ -517,8 +531,8 @@ mod tests {
     }
 
     #[test]
-    fn readme_lists_every_metric_with_the_name_type_help_and_labels_a_scrape_shows() {
-        let readme = include_str!("../../../README.md");
+    fn the_service_doc_lists_every_metric_with_the_name_type_help_and_labels_a_scrape_shows() {
+        let readme = include_str!("../../../docs/service.md");
         let rows: String = readme
             .lines()
             .filter(|l| l.starts_with("| `vsplice_"))
@@ -527,7 +541,7 @@ mod tests {
         assert_eq!(
             rows,
             readme_table(),
-            "README's metrics table differs from METRICS; it should read:\n{}",
+            "docs/service.md's metrics table differs from METRICS; it should read:\n{}",
             readme_table()
         );
     }

@@ -13,7 +13,7 @@
 //! is let go after [`LINGER`].
 
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,6 +42,8 @@ pub const LINGER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct MetricsServer {
     local: SockAddr,
+    /// A duplicate of the listening socket, for a binary upgrade to hand over.
+    listening: OwnedFd,
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -49,10 +51,19 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Listens on `address` and serves `metrics` from a new thread.
     pub fn start(address: &Address, metrics: Arc<Metrics>) -> Result<MetricsServer> {
-        let mut listener = Listener::open(address)?;
+        MetricsServer::start_on(Listener::open(address)?, metrics)
+    }
+
+    /// Serves `metrics` on `listener` (opened here or handed over) from a new thread.
+    pub fn start_on(mut listener: Listener, metrics: Arc<Metrics>) -> Result<MetricsServer> {
         // Nothing prints a scraper's address: save the getpeername.
         listener.set_peer_labels(false);
         let local = listener.local_addr().clone();
+        let listening = listener
+            .socket()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("metrics: duplicating the listening socket", e))?;
         let stop = Arc::new(EventFd::new().map_err(|e| Error::io("metrics: eventfd", e))?);
         let thread = {
             let stop = stop.clone();
@@ -63,6 +74,7 @@ impl MetricsServer {
         };
         Ok(MetricsServer {
             local,
+            listening,
             stop,
             thread: Some(thread),
         })
@@ -71,6 +83,11 @@ impl MetricsServer {
     /// Where it listens (the port the kernel picked for port 0).
     pub fn local_addr(&self) -> &SockAddr {
         &self.local
+    }
+
+    /// The listening socket (a duplicate: the server thread accepts on its own).
+    pub fn listening(&self) -> &OwnedFd {
+        &self.listening
     }
 }
 
