@@ -75,9 +75,12 @@ pub fn run(plan: RelayPlan) -> Result<ExitCode> {
     }
     let second = Arc::new(plan.second.clone());
     if plan.first.is_listener() {
+        // UDP sessions are made on this thread (net::udp), not accepted by the workers.
         let strategy = match plan.first.options.fork {
-            true => AcceptStrategy::from_env(),
-            false => AcceptStrategy::Thread,
+            true if !matches!(plan.first.kind, Kind::UdpListen { .. }) => {
+                AcceptStrategy::from_env()
+            }
+            _ => AcceptStrategy::Thread,
         };
         let reuseport = strategy == AcceptStrategy::ReusePort
             && matches!(plan.first.kind, Kind::TcpListen { .. });

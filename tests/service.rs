@@ -1591,13 +1591,11 @@ fn a_listen_fds_count_larger_than_what_was_passed_is_refused_naming_the_missing_
     );
 }
 
-#[test]
-fn a_passed_seqpacket_listener_is_refused_naming_its_descriptor_and_type() {
+fn passed_seqpacket_listener(dir: &Scratch) -> (std::os::fd::OwnedFd, std::path::PathBuf) {
     use nix::sys::socket::{
         AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
     };
     use std::os::fd::AsRawFd;
-    let dir = Scratch::new("seqpacket");
     let path = dir.path("seqpacket.sock");
     let fd = socket(
         AddressFamily::Unix,
@@ -1608,12 +1606,63 @@ fn a_passed_seqpacket_listener_is_refused_naming_its_descriptor_and_type() {
     .unwrap();
     bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
     listen(&fd, Backlog::new(8).unwrap()).unwrap();
-    let relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"]);
-    let log = refused(relay);
+    (fd, path)
+}
+
+#[test]
+fn a_passed_seqpacket_listener_paired_with_a_stream_is_refused_naming_both_addresses() {
+    let dir = Scratch::new("seqpacket");
+    let (fd, _path) = passed_seqpacket_listener(&dir);
+    let mut relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", "TCP:127.0.0.1:1"]);
+    let status = relay.wait_exit(std::time::Duration::from_secs(20));
+    let log = relay.log();
+    assert_eq!(status.code(), Some(2), "a usage error; stderr:\n{log}");
     assert!(
-        log.contains("descriptor 3, which is a SOCK_SEQPACKET socket"),
+        log.contains("descriptor 3")
+            && log.contains("\"ACCEPT-FD:3,fork\" carries messages")
+            && log.contains("\"TCP:127.0.0.1:1\" is a stream"),
         "{log}"
     );
+}
+
+#[test]
+fn a_passed_seqpacket_listener_relays_messages_to_a_seqpacket_address() {
+    use common::messages::{Framing, Sequence, check_sequence, send_sequence};
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept, bind, connect, listen, socket,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    let dir = Scratch::new("seqpacket-pass");
+    let (fd, front) = passed_seqpacket_listener(&dir);
+    let back = dir.path("back.sock");
+    let seqpacket = || {
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap()
+    };
+    let backend = seqpacket();
+    bind(backend.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
+    listen(&backend, Backlog::new(8).unwrap()).unwrap();
+    let connect_to = format!("UNIX-CONNECT:{},socktype=seqpacket", back.display());
+    let relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", &connect_to]);
+    let client = seqpacket();
+    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let seq = Sequence {
+        seed: 7,
+        count: 20_000,
+        max: 65535,
+        empty: true,
+    };
+    let sender = std::thread::spawn(move || send_sequence(client.as_fd(), seq, Framing::Packets));
+    let server = accept(&backend).unwrap();
+    common::messages::recv_timeout(server.as_fd(), 60);
+    let checked = check_sequence(server.as_fd(), seq, Framing::Packets);
+    sender.join().unwrap().unwrap();
+    assert_eq!(checked, Ok(()), "relay log:\n{}", relay.log());
 }
 
 #[test]
@@ -1871,6 +1920,102 @@ fn proxy_keys_of_a_service_read_and_write_headers_count_bad_ones_and_follow_a_re
     assert!(relay.stop().success(), "{}", relay.log());
 }
 
+#[test]
+fn a_seqpacket_service_relays_messages_whole_and_counts_them_by_direction() {
+    use common::Relay;
+    use common::messages::{Framing, Sequence, check_sequence, send_sequence};
+    use nix::sys::socket::{
+        AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept, bind, connect,
+        listen, shutdown, socket,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::time::{Duration, Instant};
+
+    let dir = Scratch::new("seqpacket-service");
+    let (front, back) = (dir.path("front.sock"), dir.path("back.sock"));
+    let metrics_port = common::free_port();
+    let seqpacket = || {
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap()
+    };
+    let backend = seqpacket();
+    bind(backend.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
+    listen(&backend, Backlog::new(8).unwrap()).unwrap();
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"TCP4-LISTEN:{metrics_port},bind=127.0.0.1\"\n[[service]]\n\
+             name = \"agent\"\nlisten = \"UNIX-LISTEN:{},socktype=seqpacket,fork\"\n\
+             connect = \"UNIX-CONNECT:{},socktype=seqpacket\"\n",
+            front.display(),
+            back.display()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::serve(&config, 1);
+    let up = Sequence {
+        seed: 41,
+        count: 20_000,
+        max: 65535,
+        empty: true,
+    };
+    let client = seqpacket();
+    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let sender = std::thread::spawn(move || {
+        send_sequence(client.as_fd(), up, Framing::Packets).unwrap();
+        shutdown(client.as_raw_fd(), Shutdown::Write).unwrap();
+        client
+    });
+    let server = accept(&backend).unwrap();
+    common::messages::recv_timeout(server.as_fd(), 60);
+    assert_eq!(
+        check_sequence(server.as_fd(), up, Framing::Packets),
+        Ok(()),
+        "{}",
+        relay.log()
+    );
+    let reply = Sequence {
+        seed: 42,
+        count: 3,
+        max: 100,
+        empty: false,
+    };
+    send_sequence(server.as_fd(), reply, Framing::Packets).unwrap();
+    drop(server);
+    let client = sender.join().unwrap();
+    common::messages::recv_timeout(client.as_fd(), 60);
+    assert_eq!(
+        check_sequence(client.as_fd(), reply, Framing::Packets),
+        Ok(())
+    );
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wanted = "vsplice_messages_total{direction=first_to_second,service=agent}";
+    let samples = loop {
+        let samples = scrape_and_parse(&url);
+        if sample(&samples, wanted) == Some(20_000.0) {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "not counted: {samples:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(
+            &samples,
+            "vsplice_messages_total{direction=second_to_first,service=agent}"
+        ),
+        Some(3.0),
+        "{samples:#?}"
+    );
+    assert!(relay.stop().success(), "{}", relay.log());
+}
+
 /// `accept-proxy` on an inherited socket (`ACCEPT-FD`, systemd socket activation): the header
 /// is read and taken off, the declared client goes on in the relay's `send-proxy=v1`.
 #[test]
@@ -1915,4 +2060,35 @@ fn accept_fd_with_accept_proxy_passes_the_declared_client_on() {
     let status = activator.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}:\n{text}");
+}
+
+#[test]
+fn serve_check_refuses_a_udp_listen_service_naming_it() {
+    let (code, _, err) = serve_check(
+        "[[service]]\nname = \"dns\"\nlisten = \"UDP4-LISTEN:5353,fork\"\n\
+         connect = \"TCP:127.0.0.1:53,framing=len16\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("service \"dns\"") && err.contains("UDP4-LISTEN:5353,fork"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_check_refuses_a_seqpacket_service_whose_other_end_is_an_unframed_stream() {
+    let (code, _, err) = serve_check(
+        "[[service]]\nname = \"agent\"\nlisten = \"UNIX-LISTEN:/run/x.sock,socktype=5,fork\"\n\
+         connect = \"TCP:127.0.0.1:9000\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("carries messages") && err.contains("\"TCP:127.0.0.1:9000\" is a stream"),
+        "{err}"
+    );
+    let (code, out, err) = serve_check(
+        "[[service]]\nname = \"agent\"\nlisten = \"UNIX-LISTEN:/run/x.sock,socktype=5,fork\"\n\
+         connect = \"TCP:127.0.0.1:9000,framing=len16\"\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -55,6 +55,10 @@ const SCENARIOS: &[Scenario] = &[
         "send_proxy_v2_gives_a_python_backend_the_vsock_clients_cid_and_port",
         send_proxy_vsock_tlv,
     ),
+    (
+        "vsock_seqpacket_messages_cross_both_ways_with_every_boundary_kept",
+        seqpacket_guest::vsock_seqpacket_both_ways,
+    ),
 ];
 
 /// `send-proxy=v2` on a relay from a vsock listener: a Python backend that runs docs/proxy-protocol.md's

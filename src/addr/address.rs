@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::error::AddressError;
-use super::kind::{Kind, KindTag};
+use super::kind::{Kind, KindTag, SocketType};
 use super::lex::lex;
 use super::options::{Options, apply_option};
 use super::param::{
@@ -66,6 +66,15 @@ impl Address {
         if tag.is_proxy() {
             check_proxy(tag, &options)?;
         }
+        if options.framing.is_some() && options.socktype == Some(SocketType::Seqpacket) {
+            return Err(AddressError::OptionValue {
+                option: "framing".into(),
+                value: "len16".into(),
+                why: "framing carries messages over a stream, and socktype=seqpacket keeps \
+                      them without it: use one of the two"
+                    .into(),
+            });
+        }
         Ok(Address {
             text: text.to_string(),
             kind,
@@ -119,6 +128,15 @@ impl Address {
                 }
                 Kind::VsockUdsListen { path, port }
             }
+            (KindTag::UdpConnect(family), [host, port]) => Kind::UdpConnect {
+                host: parse_host(host, name)?,
+                port: parse_port(port)?,
+                family,
+            },
+            (KindTag::UdpListen(family), [port]) => Kind::UdpListen {
+                port: parse_port(port)?,
+                family,
+            },
             (KindTag::Stdio, []) => Kind::Stdio,
             (KindTag::Socks5Server, []) => Kind::Socks5Server,
             (KindTag::HttpConnectServer, []) => Kind::HttpConnectServer,
@@ -147,5 +165,11 @@ impl Address {
 
     pub fn is_connector(&self) -> bool {
         self.kind.tag().is_connector()
+    }
+
+    /// Whether the address carries messages, each with its boundaries (SOCK_SEQPACKET), as
+    /// far as its text says (an inherited descriptor's type is read when it is taken).
+    pub fn is_message(&self) -> bool {
+        self.options.socktype == Some(SocketType::Seqpacket) || self.kind.tag().is_udp()
     }
 }

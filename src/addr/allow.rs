@@ -251,7 +251,7 @@ impl Allow {
     pub fn fits(&self, tag: KindTag) -> Result<(), String> {
         let wanted = match tag {
             KindTag::VsockListen => "vsock",
-            KindTag::TcpListen(_) => "TCP",
+            KindTag::TcpListen(_) | KindTag::UdpListen(_) => "TCP",
             KindTag::UnixListen | KindTag::VsockUdsListen => "UNIX",
             KindTag::AcceptFd => return Ok(()),
             _ => {

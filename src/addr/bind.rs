@@ -27,7 +27,10 @@ fn split_host_port(text: &str) -> (&str, Option<&str>) {
 
 pub(super) fn parse_bind(tag: KindTag, value: &str) -> Result<Bind, String> {
     match tag {
-        KindTag::TcpConnect(_) | KindTag::TcpListen(_) => {
+        KindTag::TcpConnect(_)
+        | KindTag::TcpListen(_)
+        | KindTag::UdpConnect(_)
+        | KindTag::UdpListen(_) => {
             let (host, port) = split_host_port(value);
             let port = match port {
                 Some(p) => Some(parse_port(p).map_err(|e| e.to_string())?),

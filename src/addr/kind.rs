@@ -58,6 +58,17 @@ pub enum Kind {
     Socks5Server,
     /// As [`Kind::Socks5Server`], for `CONNECT host:port HTTP/1.1`.
     HttpConnectServer,
+    /// A UDP socket connected to `host:port`: each datagram is a message.
+    UdpConnect {
+        host: String,
+        port: u16,
+        family: Family,
+    },
+    /// A UDP socket bound to `port`: each sender address is a session.
+    UdpListen {
+        port: u16,
+        family: Family,
+    },
 }
 
 /// Address types without their parameters: the rows of the keyword table.
@@ -75,6 +86,8 @@ pub enum KindTag {
     AcceptFd,
     Socks5Server,
     HttpConnectServer,
+    UdpConnect(Family),
+    UdpListen(Family),
 }
 
 /// Keywords and their aliases, as socat spells them, with each address type's help, written
@@ -178,6 +191,42 @@ const KEYWORDS: &[(&str, KindTag, Option<&str>)] = &[
         KindTag::HttpConnectServer,
         Some("second address only: the same for `CONNECT host:port HTTP/1.1` requests"),
     ),
+    (
+        "UDP",
+        KindTag::UdpConnect(Family::Any),
+        Some("a UDP socket connected to host:port; each datagram is a message"),
+    ),
+    ("UDP-CONNECT", KindTag::UdpConnect(Family::Any), ALIAS),
+    (
+        "UDP4",
+        KindTag::UdpConnect(Family::V4),
+        Some("like `UDP`, IPv4 only"),
+    ),
+    ("UDP4-CONNECT", KindTag::UdpConnect(Family::V4), ALIAS),
+    (
+        "UDP6",
+        KindTag::UdpConnect(Family::V6),
+        Some("like `UDP`, IPv6 only"),
+    ),
+    ("UDP6-CONNECT", KindTag::UdpConnect(Family::V6), ALIAS),
+    (
+        "UDP-LISTEN",
+        KindTag::UdpListen(Family::Any),
+        Some(
+            "first address only: a session per sender (with `fork`: every sender; without: the first), ended after `-T` idle seconds (60 s by default for UDP)",
+        ),
+    ),
+    ("UDP-L", KindTag::UdpListen(Family::Any), ALIAS),
+    (
+        "UDP4-LISTEN",
+        KindTag::UdpListen(Family::V4),
+        Some("like `UDP-LISTEN`, IPv4 only"),
+    ),
+    (
+        "UDP6-LISTEN",
+        KindTag::UdpListen(Family::V6),
+        Some("like `UDP-LISTEN`, IPv6 only"),
+    ),
 ];
 
 /// The help column of an alias row: the alias shares its address type's help.
@@ -256,14 +305,20 @@ impl KindTag {
             KindTag::AcceptFd => "ACCEPT-FD",
             KindTag::Socks5Server => "SOCKS5-SERVER",
             KindTag::HttpConnectServer => "HTTP-CONNECT-SERVER",
+            KindTag::UdpConnect(Family::Any) => "UDP",
+            KindTag::UdpConnect(Family::V4) => "UDP4",
+            KindTag::UdpConnect(Family::V6) => "UDP6",
+            KindTag::UdpListen(Family::Any) => "UDP-LISTEN",
+            KindTag::UdpListen(Family::V4) => "UDP4-LISTEN",
+            KindTag::UdpListen(Family::V6) => "UDP6-LISTEN",
         }
     }
 
     /// The parameters the address type takes, as shown in "needs ..." messages.
     pub fn form(self) -> &'static str {
         match self {
-            KindTag::TcpConnect(_) => "host:port",
-            KindTag::TcpListen(_) | KindTag::VsockListen => "port",
+            KindTag::TcpConnect(_) | KindTag::UdpConnect(_) => "host:port",
+            KindTag::TcpListen(_) | KindTag::VsockListen | KindTag::UdpListen(_) => "port",
             KindTag::UnixConnect | KindTag::UnixListen => "path",
             KindTag::VsockConnect => "cid:port",
             KindTag::VsockUdsConnect | KindTag::VsockUdsListen => "path:port",
@@ -280,6 +335,7 @@ impl KindTag {
                 | KindTag::VsockListen
                 | KindTag::VsockUdsListen
                 | KindTag::AcceptFd
+                | KindTag::UdpListen(_)
         )
     }
 
@@ -290,6 +346,7 @@ impl KindTag {
                 | KindTag::UnixConnect
                 | KindTag::VsockConnect
                 | KindTag::VsockUdsConnect
+                | KindTag::UdpConnect(_)
         )
     }
 
@@ -298,8 +355,19 @@ impl KindTag {
         matches!(self, KindTag::Socks5Server | KindTag::HttpConnectServer)
     }
 
+    /// Whether the address is UDP (its datagrams are messages).
+    pub fn is_udp(self) -> bool {
+        matches!(self, KindTag::UdpConnect(_) | KindTag::UdpListen(_))
+    }
+
     pub(super) fn is_tcp(self) -> bool {
         matches!(self, KindTag::TcpConnect(_) | KindTag::TcpListen(_))
+    }
+
+    /// Whether the address is a stream socket (or may be one: an inherited descriptor), which
+    /// `framing=` can carry messages over.
+    pub(super) fn is_stream_socket(self) -> bool {
+        !matches!(self, KindTag::Stdio) && !self.is_udp()
     }
 
     pub(super) fn is_socket(self) -> bool {
@@ -322,8 +390,25 @@ impl Kind {
             Kind::AcceptFd { .. } => KindTag::AcceptFd,
             Kind::Socks5Server => KindTag::Socks5Server,
             Kind::HttpConnectServer => KindTag::HttpConnectServer,
+            Kind::UdpConnect { family, .. } => KindTag::UdpConnect(*family),
+            Kind::UdpListen { family, .. } => KindTag::UdpListen(*family),
         }
     }
+}
+
+/// The socket type an address asks for (`socktype=`, socat's numbers: 1 stream, 5 seqpacket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketType {
+    Stream,
+    /// SOCK_SEQPACKET: a connection that keeps each message's boundaries.
+    Seqpacket,
+}
+
+/// How messages travel over a stream (`framing=`): `len16` is a 2-byte big-endian length,
+/// then the message (DNS over TCP, RFC 1035 4.2.2, RFC 7766).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Len16,
 }
 
 /// Where a socket binds before it listens or connects (`bind=`), typed by address family.

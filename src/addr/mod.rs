@@ -24,13 +24,13 @@ pub use size::{check_idle_timeout, parse_duration, parse_size};
 
 pub use address::Address;
 pub use error::AddressError;
-pub use kind::{Bind, Family, KeywordDoc, Kind, KindTag, keyword_docs};
+pub use kind::{Bind, Family, Framing, KeywordDoc, Kind, KindTag, SocketType, keyword_docs};
 pub use options::Secret;
 pub use options::{
     DEFAULT_PROXY_TIMEOUT, OptionDoc, OptionHelp, Options, ProxyOptions, ProxyVersion,
     check_combinations as check_proxy_options, option_docs, option_names,
 };
-pub use pair::check_pair;
+pub use pair::{check_message_pair, check_pair};
 pub use param::{UNIX_PATH_MAX, strip_brackets};
 pub use secret::load_password;
 

@@ -10,7 +10,7 @@ use super::allow::{Allow, AllowRule};
 use super::bind::parse_bind;
 use super::dest::{DestList, DestRule};
 use super::error::AddressError;
-use super::kind::{Bind, KindTag};
+use super::kind::{Bind, Framing, KindTag, SocketType};
 use super::lex::RawOption;
 use super::size::{parse_duration, parse_size};
 
@@ -39,6 +39,10 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// Peers a listener serves (`allow=`, repeated for several entries); `None`: everyone.
     pub allow: Option<Allow>,
+    /// `socktype=`: SOCK_SEQPACKET on UNIX and vsock addresses; `None`: a stream.
+    pub socktype: Option<SocketType>,
+    /// `framing=len16`: a stream that carries messages, each behind its 2-byte length.
+    pub framing: Option<Framing>,
     /// Write a PROXY protocol header first on each dialed connection (`send-proxy[=v1|v2]`).
     pub send_proxy: Option<ProxyVersion>,
     /// Add a CRC32C TLV to a v2 header (`proxy-crc`).
@@ -122,6 +126,8 @@ enum OptName {
     AcceptProxy,
     ProxyTimeout,
     AllowSource,
+    SockType,
+    Framing,
 }
 
 /// Option names and their aliases, with each option's help, written once for `--help`, the
@@ -161,7 +167,7 @@ const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
         "bind",
         OptName::Bind,
         help(
-            "TCP (`host[:port]`), UNIX-CONNECT (`path`), VSOCK (`[cid][:port]`)",
+            "TCP, UDP (`host[:port]`), UNIX-CONNECT (`path`), VSOCK (`[cid][:port]`)",
             "local address",
         ),
     ),
@@ -319,6 +325,23 @@ const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
             "serve only declared clients that fit an entry (the entries of `allow`, which still checks the real peer)",
         ),
     ),
+    (
+        "socktype",
+        OptName::SockType,
+        help(
+            "UNIX-LISTEN, UNIX-CONNECT, VSOCK-LISTEN, VSOCK-CONNECT",
+            "`5` or `seqpacket`: a SOCK_SEQPACKET socket, each message kept whole (`1`: a stream)",
+        ),
+    ),
+    ("so-type", OptName::SockType, ALIAS),
+    (
+        "framing",
+        OptName::Framing,
+        help(
+            "stream addresses opposite a message address",
+            "each message travels on the stream behind a 2-byte big-endian length (DNS over TCP, RFC 7766)",
+        ),
+    ),
 ];
 
 /// What an option's help says: whom it applies to and what it does.
@@ -402,6 +425,8 @@ impl OptName {
                 tag,
                 KindTag::TcpConnect(_)
                     | KindTag::TcpListen(_)
+                    | KindTag::UdpConnect(_)
+                    | KindTag::UdpListen(_)
                     | KindTag::UnixConnect
                     | KindTag::VsockConnect
                     | KindTag::VsockListen
@@ -413,6 +438,14 @@ impl OptName {
             OptName::UnlinkEarly => {
                 matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
             }
+            OptName::SockType => matches!(
+                tag,
+                KindTag::UnixConnect
+                    | KindTag::UnixListen
+                    | KindTag::VsockConnect
+                    | KindTag::VsockListen
+            ),
+            OptName::Framing => tag.is_stream_socket(),
         }
     }
 
@@ -432,6 +465,8 @@ impl OptName {
             OptName::Dest => "=HOST:PORT",
             OptName::User => "=NAME",
             OptName::PasswordFile => "=PATH",
+            OptName::SockType => "=5",
+            OptName::Framing => "=len16",
             _ => "",
         }
     }
@@ -487,6 +522,27 @@ fn parse_in_range(option: &str, value: &str, min: u32, max: u32) -> Result<u32, 
             option,
             value,
             format!("not a number {min}-{max}"),
+        )),
+    }
+}
+
+/// `socktype=`'s value: socat's numbers (1 stream, 5 seqpacket) or their names.
+fn parse_socktype(tag: KindTag, option: &str, value: &str) -> Result<SocketType, AddressError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "stream" => Ok(SocketType::Stream),
+        "5" | "seqpacket" => Ok(SocketType::Seqpacket),
+        "2" | "dgram" | "datagram" => Err(option_value_error(
+            option,
+            value,
+            format!(
+                "{} has no datagram type (vsock has none; for datagrams use UDP addresses)",
+                tag.name()
+            ),
+        )),
+        _ => Err(option_value_error(
+            option,
+            value,
+            "expected 1 (stream) or 5 (seqpacket)",
         )),
     }
 }
@@ -676,6 +732,17 @@ pub(super) fn apply_option(
                 .unwrap_or_default();
             rules.push(rule);
             opts.allow_source = Allow::from_rules(rules);
+        }
+        OptName::SockType => opts.socktype = Some(parse_socktype(tag, name, value)?),
+        OptName::Framing => {
+            if !value.eq_ignore_ascii_case("len16") {
+                return Err(option_value_error(
+                    name,
+                    value,
+                    "the only framing is len16 (a 2-byte big-endian length before each message)",
+                ));
+            }
+            opts.framing = Some(Framing::Len16);
         }
         _ => unreachable!("value options handled above"),
     }

@@ -64,11 +64,67 @@ pub fn check_pair(first: &Address, second: &Address) -> Result<(), String> {
             first.text
         ));
     }
+    // An inherited descriptor's type is known only once it is taken: checked then.
+    let inherited = |a: &Address| matches!(a.kind, Kind::AcceptFd { .. });
+    if !inherited(first) && !inherited(second) {
+        check_message_pair(first, first.is_message(), second, second.is_message())?;
+    }
+    if matches!(second.kind, Kind::UdpListen { .. }) {
+        return Err(format!(
+            "\"{}\" must be the first address: UDP-LISTEN makes a session per sender, for \
+             the second address to be opened for",
+            second.text
+        ));
+    }
     if first.is_listener() && second.is_listener() {
         return Err(format!(
             "both addresses listen (\"{}\" and \"{}\"): one of them must connect or be STDIO",
             first.text, second.text
         ));
+    }
+    Ok(())
+}
+
+/// Checks that messages can cross between the two addresses (`*_message`: whether each end
+/// keeps message boundaries): a message end and a stream end only with `framing=` on the
+/// stream (without it each message's boundary would be lost on the stream), and `framing=`
+/// only opposite a message end.
+pub fn check_message_pair(
+    first: &Address,
+    first_message: bool,
+    second: &Address,
+    second_message: bool,
+) -> Result<(), String> {
+    let framed = |a: &Address| a.options.framing.is_some();
+    match (first_message, second_message) {
+        (true, false) | (false, true) => {
+            let (message, stream) = match first_message {
+                true => (first, second),
+                false => (second, first),
+            };
+            if !framed(stream) {
+                return Err(format!(
+                    "\"{}\" carries messages and \"{}\" is a stream, which would merge them: \
+                     add framing=len16 to \"{}\" (a 2-byte length before each message) or \
+                     make both ends message sockets",
+                    message.text, stream.text, stream.text
+                ));
+            }
+        }
+        _ => {
+            if let Some(a) = [first, second].into_iter().find(|a| framed(a)) {
+                return Err(format!(
+                    "option \"framing\" on \"{}\" frames messages, but the other address \
+                     (\"{}\") carries none: framing goes opposite a SEQPACKET or UDP address",
+                    a.text,
+                    if std::ptr::eq(a, first) {
+                        &second.text
+                    } else {
+                        &first.text
+                    }
+                ));
+            }
+        }
     }
     Ok(())
 }

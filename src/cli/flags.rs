@@ -62,7 +62,8 @@ pub struct Cli {
     /// too, or -T]
     #[arg(short = 't', value_name = "SECONDS", value_parser = duration_arg)]
     pub half_close_timeout: Option<Duration>,
-    /// Close a connection after this long without a byte moved (at least 1 ms)
+    /// Close a connection after this long without a byte moved (at least 1 ms); a UDP session
+    /// after this long without a datagram [default: none; 60 s when an address is UDP]
     #[arg(short = 'T', value_name = "SECONDS", value_parser = idle_timeout_arg)]
     pub idle_timeout: Option<Duration>,
     /// On SIGTERM/SIGINT, stop accepting and let open connections finish for this long, then

@@ -96,6 +96,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "an egress proxy for the enclave with CID 16: SOCKS5, to port 443 of example.com's hosts only",
     ),
     (
+        "vsplice UDP-LISTEN:53,bind=127.0.0.1,fork VSOCK-CONNECT:2:53,framing=len16",
+        "in an enclave or guest: DNS queries -> the host over vsock, framed as DNS over TCP",
+    ),
+    (
         "systemd-socket-activate -l 2222 vsplice ACCEPT-FD:3,fork VSOCK-CONNECT:3:22",
         "serve a listening socket that systemd opened",
     ),

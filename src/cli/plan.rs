@@ -75,6 +75,9 @@ fn pin_setting(cli: &Cli) -> Option<bool> {
     (cli.pin || cli.no_pin).then_some(cli.pin)
 }
 
+/// How long a UDP session lives without a datagram when `-T` is not given.
+pub const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Resolves parsed arguments into a plan.
 pub fn plan(cli: Cli) -> Result<Plan> {
     if let Some(Command::Bench(args)) = cli.command {
@@ -108,6 +111,12 @@ pub fn plan(cli: Cli) -> Result<Plan> {
         return Ok(Plan::Serve(Box::new(serve)));
     }
     let mut engine = engine_config(&cli);
+    // A UDP session has no end of its own: it ends when idle (socat's -T), by default 60 s.
+    if engine.relay.idle_timeout.is_none()
+        && (first.kind.tag().is_udp() || second.kind.tag().is_udp())
+    {
+        engine.relay.idle_timeout = Some(UDP_IDLE_TIMEOUT);
+    }
     engine.relay.single_connection = !first.options.fork;
     engine.receive_budget = ReceiveBudget::resolve(cli.receive_budget);
     engine.relay.user_rcvbuf = [

@@ -10,7 +10,7 @@ use super::job::Job;
 
 #[derive(Debug)]
 pub enum Message {
-    Relay(Job, Arc<RelayOptions>),
+    Relay(Box<Job>, Arc<RelayOptions>),
     /// Accept on this group's listener.
     Listen(Arc<AcceptGroup>),
     /// Stop accepting on this group's listener (and detach from it).

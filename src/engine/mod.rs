@@ -166,7 +166,11 @@ impl Engine {
         let index = self.next % self.workers.len();
         self.next = self.next.wrapping_add(1);
         let worker = &mut self.workers[index];
-        if worker.jobs.send(Message::Relay(job, options)).is_err() {
+        if worker
+            .jobs
+            .send(Message::Relay(Box::new(job), options))
+            .is_err()
+        {
             // The worker is gone (it only exits when stopped); the job is dropped with it.
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
             return;

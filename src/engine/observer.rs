@@ -14,6 +14,8 @@ pub trait ConnObserver: Send + Sync + std::fmt::Debug {
     /// `bytes` more were delivered in direction `dir` (not counted for a discarding
     /// direction).
     fn delivered(&self, dir: Direction, bytes: u64);
+    /// `messages` more were delivered whole in direction `dir` (message relays only).
+    fn messages(&self, _dir: Direction, _messages: u64) {}
     /// The second address answered, `latency` after the connection was handed over.
     fn dialed(&self, latency: Duration);
     /// The second address could not be reached; the connection then closes.

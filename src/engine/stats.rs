@@ -24,6 +24,17 @@ pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, s
     } else {
         String::new()
     };
+    // Message relays count messages beside bytes.
+    let messages = match &conn.phase {
+        super::conn::Phase::Closing { relaying, .. } => relaying
+            .lanes
+            .map(|lane| lane.as_ref().and_then(super::lane::Lane::messages)),
+        _ => PerDir::default(),
+    };
+    let messages = match messages.as_pair() {
+        (None, None) => String::new(),
+        (f, b) => format!(" ({} + {} messages)", f.unwrap_or(0), b.unwrap_or(0)),
+    };
     if reason.is_failure() {
         shared.failed.fetch_add(1, Ordering::Relaxed);
         if options.single_connection {
@@ -35,7 +46,7 @@ pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, s
     } else {
         shared.served.fetch_add(1, Ordering::Relaxed);
         notice!(
-            "conn {id} ({label}) closed: {reason}; {forward} + {backward} bytes in {secs:.3} s"
+            "conn {id} ({label}) closed: {reason}; {forward} + {backward} bytes{messages} in {secs:.3} s"
         );
     }
     shared.bytes[0].fetch_add(forward, Ordering::Relaxed);

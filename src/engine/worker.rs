@@ -257,12 +257,17 @@ impl Worker {
             .observer
             .as_ref()
             .filter(|_| !parts.lane.discard());
-        let before = observer.map(|_| parts.lane.delivered());
+        let before = observer.map(|_| (parts.lane.delivered(), parts.lane.messages()));
         let result = f(parts.lane, &mut cx);
-        if let (Some(observer), Some(before)) = (observer, before) {
-            let moved = parts.lane.delivered().saturating_sub(before);
+        if let (Some(observer), Some((bytes, messages))) = (observer, before) {
+            let moved = parts.lane.delivered().saturating_sub(bytes);
             if moved > 0 {
                 observer.delivered(dir, moved);
+            }
+            if let (Some(after), Some(before)) = (parts.lane.messages(), messages) {
+                if after > before {
+                    observer.messages(dir, after - before);
+                }
             }
         }
         Some(result)
@@ -307,7 +312,7 @@ impl Worker {
             match message {
                 Message::Stop => self.begin_stop(),
                 Message::Relay(job, options) => {
-                    self.admit(job, options);
+                    self.admit(*job, options);
                 }
                 Message::Listen(group) => self.listen(group),
                 Message::Unlisten(group) => self.unlisten(Some(&group)),

@@ -39,7 +39,8 @@ pub fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Optio
         .then(|| socket.peer_addr().map(|a| a.to_string()).ok())
         .flatten()
         .unwrap_or_else(|| format!("client of {name}"));
-    Some(Endpoint::socket(socket, label))
+    let framed = listen.options.framing.is_some();
+    Some(Endpoint::socket(socket, label).with_framing(framed))
 }
 
 /// Closes a refused socket so that a TCP peer reads a reset (`SO_LINGER` 0); on other

@@ -31,17 +31,77 @@ pub struct Endpoint {
     domain: Option<libc::c_int>,
     /// End of file was passed on to this endpoint's reader ([`Endpoint::shutdown_write`]).
     write_shut: bool,
+    /// The socket's type (SO_TYPE): a SEQPACKET or datagram socket carries messages.
+    sock_type: Option<libc::c_int>,
+    /// A stream that carries messages, each behind a 2-byte length (`framing=len16`).
+    framed: bool,
+    /// A message received before the endpoint was handed over (a UDP session's first
+    /// datagram), for its direction to send first.
+    first_messages: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Endpoint {
     pub fn socket(socket: Socket, label: String) -> Endpoint {
         let domain = socket.get_int(libc::SOL_SOCKET, libc::SO_DOMAIN).ok();
+        let sock_type = socket.get_int(libc::SOL_SOCKET, libc::SO_TYPE).ok();
         Endpoint {
             io: Io::Socket(socket),
             label,
             domain,
             write_shut: false,
+            sock_type,
+            framed: false,
+            first_messages: Default::default(),
         }
+    }
+
+    /// Carries `messages`, received before the handover, for the direction reading this end
+    /// to send first, in order.
+    pub fn with_first_messages(self, messages: Vec<Vec<u8>>) -> Endpoint {
+        *self
+            .first_messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = messages;
+        self
+    }
+
+    /// The messages received before the handover, once.
+    pub fn take_first_messages(&self) -> Vec<Vec<u8>> {
+        std::mem::take(
+            &mut *self
+                .first_messages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Marks a stream endpoint as carrying messages behind 2-byte lengths (`framing=len16`).
+    pub fn with_framing(mut self, framed: bool) -> Endpoint {
+        self.framed = framed;
+        self
+    }
+
+    /// Whether the socket keeps message boundaries (SOCK_SEQPACKET or SOCK_DGRAM).
+    pub fn is_message(&self) -> bool {
+        matches!(
+            self.sock_type,
+            Some(libc::SOCK_SEQPACKET | libc::SOCK_DGRAM)
+        )
+    }
+
+    /// Whether this is a datagram socket (UDP).
+    pub fn is_datagram(&self) -> bool {
+        self.sock_type == Some(libc::SOCK_DGRAM)
+    }
+
+    /// Whether this stream carries messages behind 2-byte lengths (`framing=len16`).
+    pub fn is_framed(&self) -> bool {
+        self.framed
+    }
+
+    /// Whether this is an AF_UNIX socket.
+    pub fn is_unix(&self) -> bool {
+        self.domain == Some(libc::AF_UNIX)
     }
 
     /// Whether this is an AF_VSOCK socket (hybrid vsock is a UNIX socket, and is not).
@@ -60,6 +120,9 @@ impl Endpoint {
             label: "STDIO".to_string(),
             domain: None,
             write_shut: false,
+            sock_type: None,
+            framed: false,
+            first_messages: Default::default(),
         })
     }
 

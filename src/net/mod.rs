@@ -15,3 +15,4 @@ pub mod own;
 pub mod peer;
 pub mod resolve;
 pub mod sockopt;
+pub mod udp;

@@ -14,7 +14,8 @@ use super::admit::admit;
 pub use super::resolve::connect_targets;
 use super::resolve::resolve_host;
 use super::sockopt::{apply_connected_options, apply_pre_options, bind_address};
-use crate::addr::{Address, Bind, Family, Kind, Options};
+use super::udp::{Pending, Recent, next_session};
+use crate::addr::{Address, Bind, Family, Kind, SocketType};
 use crate::error::Error;
 use crate::net::endpoint::Endpoint;
 use crate::sys::socket::{SockAddr, Socket};
@@ -26,7 +27,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// A fresh socket for connecting `address` to `target`, with its pre-connect options and bind.
 pub fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket> {
     let family = target.family();
-    let socket = Socket::new(family)?;
+    let socket = Socket::of_type(family, sock_type(address))?;
     apply_pre_options(&socket, family, &address.options, false)?;
     if let Some(bind) = &address.options.bind {
         socket.bind(&bind_address(bind, family)?)?;
@@ -43,7 +44,24 @@ pub fn connected_endpoint(
     if matches!(address.kind, Kind::TcpConnect { .. }) {
         apply_connected_options(&socket, &address.options)?;
     }
-    Ok(Endpoint::socket(socket, target.to_string()))
+    let framed = address.options.framing.is_some();
+    Ok(Endpoint::socket(socket, target.to_string()).with_framing(framed))
+}
+
+/// The receive buffer of a UDP-LISTEN socket (where the process may set it).
+const UDP_LISTEN_RCVBUF: libc::c_int = 4 << 20;
+
+/// The socket type of an address: a datagram socket for UDP, otherwise what its options ask
+/// for (`socktype=`; a stream without).
+fn sock_type(address: &Address) -> nix::sys::socket::SockType {
+    use nix::sys::socket::SockType;
+    if address.kind.tag().is_udp() {
+        return SockType::Datagram;
+    }
+    match address.options.socktype {
+        Some(SocketType::Seqpacket) => SockType::SeqPacket,
+        Some(SocketType::Stream) | None => SockType::Stream,
+    }
 }
 
 /// A listening socket and what it needs to clean up.
@@ -57,6 +75,9 @@ pub struct Listener {
     socket_file: Option<(PathBuf, FileId)>,
     /// Label accepted connections with their peer address (a getpeername per connection).
     peer_labels: bool,
+    /// UDP-LISTEN: the senders whose sessions started recently, and datagrams taken for
+    /// sessions not made yet.
+    recent: std::cell::RefCell<(Recent, Pending)>,
 }
 
 /// A file's identity: device and inode, as lstat(2) gives them.
@@ -96,7 +117,7 @@ fn not_a_socket(path: &std::path::Path) -> Option<&'static str> {
 pub fn listen_local(address: &Address) -> Result<(SockAddr, Option<PathBuf>), Error> {
     let opts = &address.options;
     Ok(match &address.kind {
-        Kind::TcpListen { port, family } => {
+        Kind::TcpListen { port, family } | Kind::UdpListen { port, family } => {
             let local = match &opts.bind {
                 Some(Bind::Inet { port: Some(p), .. }) if p != port => {
                     return Err(Error::Usage(format!(
@@ -169,7 +190,7 @@ impl Listener {
                 Err(e) => return Err(fail(e)),
             }
         }
-        let (socket, local) = match Self::bind_listen(&local, opts) {
+        let (socket, local) = match Self::bind_listen(&local, address) {
             Ok(s) => (s, local),
             // A machine without IPv6 still serves the dual-stack default over IPv4.
             Err(e)
@@ -177,6 +198,9 @@ impl Listener {
                     && matches!(
                         address.kind,
                         Kind::TcpListen {
+                            family: Family::Any,
+                            ..
+                        } | Kind::UdpListen {
                             family: Family::Any,
                             ..
                         }
@@ -188,7 +212,7 @@ impl Listener {
                     _ => 0,
                 };
                 let v4 = SockAddr::Inet(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-                (Self::bind_listen(&v4, opts).map_err(fail)?, v4)
+                (Self::bind_listen(&v4, address).map_err(fail)?, v4)
             }
             Err(e) => return Err(fail(e)),
         };
@@ -202,6 +226,7 @@ impl Listener {
             local,
             socket_file,
             peer_labels: true,
+            recent: Default::default(),
         })
     }
 
@@ -218,12 +243,14 @@ impl Listener {
             local,
             socket_file,
             peer_labels: true,
+            recent: Default::default(),
         })
     }
 
-    fn bind_listen(local: &SockAddr, opts: &Options) -> io::Result<Socket> {
+    fn bind_listen(local: &SockAddr, address: &Address) -> io::Result<Socket> {
+        let opts = &address.options;
         let family = local.family();
-        let socket = Socket::new(family)?;
+        let socket = Socket::of_type(family, sock_type(address))?;
         apply_pre_options(&socket, family, opts, true)?;
         if family == AddressFamily::Inet6 {
             // Dual stack for the unspecified address, so TCP-LISTEN serves IPv4 too.
@@ -234,6 +261,15 @@ impl Listener {
             }
         }
         socket.bind(local)?;
+        if address.kind.tag().is_udp() {
+            // Every sender's first datagrams queue here until its session is made: a larger
+            // queue than the default, where the process may (SO_RCVBUFFORCE), unless the
+            // address sets its own. No listen(2): sessions are made per sender (net::udp).
+            if opts.rcvbuf.is_none() {
+                let _ = socket.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, UDP_LISTEN_RCVBUF);
+            }
+            return Ok(socket);
+        }
         let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
         socket.listen(backlog.min(i32::MAX as u32) as i32)?;
         Ok(socket)
@@ -242,6 +278,9 @@ impl Listener {
     /// Accepts one pending connection that its allow list admits ([`super::admit`]) as an
     /// endpoint; `Ok(None)` when none is pending. Refused peers are closed on the way.
     pub fn accept(&self) -> io::Result<Option<Endpoint>> {
+        if self.address.kind.tag().is_udp() {
+            return self.accept_datagram();
+        }
         loop {
             let Some(socket) = self.socket.accept()? else {
                 return Ok(None);
@@ -249,6 +288,23 @@ impl Listener {
             let name = &self.address.text;
             if let Some(endpoint) = admit(&self.address, name, socket, self.peer_labels) {
                 return Ok(Some(endpoint));
+            }
+        }
+    }
+
+    /// UDP-LISTEN: the next sender's session, its first datagram carried along (see
+    /// [`super::udp`]).
+    fn accept_datagram(&self) -> io::Result<Option<Endpoint>> {
+        loop {
+            let mut state = self.recent.borrow_mut();
+            let (recent, pending) = &mut *state;
+            let Some(session) = next_session(&self.socket, &self.local, pending, recent)? else {
+                return Ok(None);
+            };
+            drop(state);
+            let name = &self.address.text;
+            if let Some(endpoint) = admit(&self.address, name, session.socket, self.peer_labels) {
+                return Ok(Some(endpoint.with_first_messages(session.first)));
             }
         }
     }

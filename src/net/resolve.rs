@@ -45,10 +45,12 @@ pub fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<Soc
 /// Where a connect address connects to, freshly resolved.
 pub fn connect_targets(address: &Address) -> io::Result<Vec<SockAddr>> {
     match &address.kind {
-        Kind::TcpConnect { host, port, family } => Ok(resolve_host(host, *port, *family)?
-            .into_iter()
-            .map(SockAddr::Inet)
-            .collect()),
+        Kind::TcpConnect { host, port, family } | Kind::UdpConnect { host, port, family } => {
+            Ok(resolve_host(host, *port, *family)?
+                .into_iter()
+                .map(SockAddr::Inet)
+                .collect())
+        }
         Kind::UnixConnect { path } | Kind::VsockUdsConnect { path, .. } => {
             Ok(vec![SockAddr::Unix(path.clone())])
         }
@@ -71,7 +73,9 @@ type Answer = io::Result<Vec<SockAddr>>;
 /// Whether resolving `address` may block (its host is a name, not an IP literal).
 pub fn needs_lookup(address: &Address) -> bool {
     match &address.kind {
-        Kind::TcpConnect { host, .. } => host.parse::<IpAddr>().is_err(),
+        Kind::TcpConnect { host, .. } | Kind::UdpConnect { host, .. } => {
+            host.parse::<IpAddr>().is_err()
+        }
         _ => false,
     }
 }

@@ -491,6 +491,17 @@ fn resolve_service(
     }
     proxy_keys(src, raw, &mut listen, &mut connect)?;
     crate::addr::check_pair(&listen, &connect).map_err(|e| src.at(&raw.name, "", e))?;
+    if let crate::addr::Kind::UdpListen { .. } = listen.kind {
+        return Err(src.at(
+            &raw.name,
+            "listen",
+            format!(
+                "service \"{name}\": \"{}\": UDP-LISTEN is served by the relay command \
+                 (vsplice {} ...), not yet by serve",
+                listen.text, listen.text
+            ),
+        ));
+    }
     let own = relay_options(
         src,
         [

@@ -70,6 +70,14 @@ impl ConnObserver for ServiceObserver {
         self.metrics.add_bytes(direction, bytes);
     }
 
+    fn messages(&self, dir: EngineDirection, messages: u64) {
+        let direction = match dir {
+            EngineDirection::Forward => DirectionLabel::first_to_second,
+            EngineDirection::Backward => DirectionLabel::second_to_first,
+        };
+        self.metrics.add_messages(direction, messages);
+    }
+
     fn dialed(&self, latency: Duration) {
         self.metrics.on_dial(latency);
     }

@@ -64,6 +64,19 @@ impl Server {
                 })?;
                 let socket = inherited_listener(owned)
                     .map_err(|e| Error::io(format!("{}: descriptor {fd}", s.listen.text), e))?;
+                // Its type is known now: messages must be able to cross to the other address.
+                let seqpacket = socket
+                    .get_int(libc::SOL_SOCKET, libc::SO_TYPE)
+                    .is_ok_and(|t| t == libc::SOCK_SEQPACKET);
+                crate::addr::check_message_pair(
+                    &s.listen,
+                    seqpacket,
+                    &s.connect,
+                    s.connect.is_message(),
+                )
+                .map_err(|e| {
+                    Error::Usage(format!("service \"{}\": descriptor {fd}: {e}", s.name))
+                })?;
                 Ok(ListenSocket::Inherited(socket))
             }
             _ => {

@@ -239,7 +239,7 @@ fn own(number: RawFd, what: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Checks that `fd` is a listening stream socket; otherwise says what it is (the check
+/// Checks that `fd` is a listening stream (or SEQPACKET) socket; otherwise says what it is (the check
 /// inherited descriptors get, from the service manager or from an upgrading vsplice).
 pub(crate) fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
     let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("not readable by fstat ({e})"))?;
@@ -257,13 +257,12 @@ pub(crate) fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
     }
     let ty = get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)
         .map_err(|e| format!("a socket whose type cannot be read ({e})"))?;
-    if ty != libc::SOCK_STREAM {
+    // A SEQPACKET listener is taken: whether the other address can carry its messages is
+    // checked where both are known (service::server).
+    if ty != libc::SOCK_STREAM && ty != libc::SOCK_SEQPACKET {
         return Err(match ty {
             libc::SOCK_DGRAM => "a SOCK_DGRAM (datagram) socket".into(),
-            libc::SOCK_SEQPACKET => {
-                "a SOCK_SEQPACKET socket (its message boundaries would be merged)".into()
-            }
-            other => format!("a socket of type {other}, not SOCK_STREAM"),
+            other => format!("a socket of type {other}, not SOCK_STREAM or SOCK_SEQPACKET"),
         });
     }
     let listening = get_int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)

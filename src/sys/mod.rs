@@ -4,6 +4,7 @@
 //! families), [`pipe`] (a pipe that owns and closes both ends, plus `splice`), [`eventfd`],
 //! [`signal`] (signalfd and the process signal setup), [`bufring`] (memory shared with
 //! io_uring for provided buffers), [`mapping`] (the staging buffers' own memory), [`stdio`],
+//! [`message`] (whole messages on SEQPACKET and datagram sockets),
 //! [`limits`] (RLIMIT_NOFILE, pipe quotas), [`systemd`] (sd_notify, socket activation),
 //! [`handover`] (listening sockets passed to a new binary at an upgrade), and [`tsc`] (the
 //! CPU's time-stamp counter, not a system call: a clock read where the kernel's is one).
@@ -16,6 +17,7 @@ pub mod eventfd;
 pub mod handover;
 pub mod limits;
 pub mod mapping;
+pub mod message;
 pub mod pipe;
 pub mod signal;
 pub mod socket;

@@ -21,7 +21,7 @@ use nix::sys::socket::{
 use super::{cvt, from_nix};
 
 /// A socket address of any family vsplice speaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SockAddr {
     Inet(SocketAddr),
     Unix(PathBuf),
@@ -137,9 +137,15 @@ pub struct Socket {
 impl Socket {
     /// Creates a non-blocking, close-on-exec stream socket.
     pub fn new(family: AddressFamily) -> io::Result<Socket> {
+        Socket::of_type(family, SockType::Stream)
+    }
+
+    /// Creates a non-blocking, close-on-exec socket of type `ty` (a stream, a SEQPACKET
+    /// connection, a datagram socket).
+    pub fn of_type(family: AddressFamily, ty: SockType) -> io::Result<Socket> {
         let fd = ns::socket(
             family,
-            SockType::Stream,
+            ty,
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             None,
         )
@@ -315,6 +321,17 @@ impl Socket {
             other => other?,
         }
         Ok(true)
+    }
+
+    /// Receives one datagram without waiting: its length and sender; `Ok(None)` when none
+    /// is queued. `buf` should hold the largest datagram (64 KiB): a longer one is cut.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<Option<(usize, SockAddr)>> {
+        match ns::recvfrom::<SockaddrStorage>(self.fd.as_raw_fd(), buf) {
+            Ok((n, Some(from))) => Ok(SockAddr::from_storage(&from).map(|a| (n, a))),
+            Ok((_, None)) => Ok(None),
+            Err(nix::Error::EAGAIN) => Ok(None),
+            Err(e) => Err(from_nix(e)),
+        }
     }
 
     pub fn into_owned(self) -> OwnedFd {

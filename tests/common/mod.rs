@@ -11,8 +11,10 @@
 pub mod bench_plain;
 pub mod debs;
 pub mod lab;
+pub mod messages;
 pub mod proxy_reader;
 pub mod qemu;
+pub mod seqpacket_guest;
 pub mod speed;
 pub mod splice_probe;
 

@@ -12,12 +12,15 @@ mod copy;
 mod cx;
 pub mod end;
 pub mod flow;
+pub mod message;
+pub mod messages;
 pub mod recv;
 mod ring;
 mod splice;
 mod staged;
 #[cfg(test)]
 mod tests;
+mod whole_send;
 
 use self::flow::{Flow, FlowState};
 use super::config::{Mode, RelayOptions};
@@ -29,6 +32,7 @@ use crate::net::endpoint::Endpoint;
 
 pub use self::copy::CopyBuffer;
 pub use self::cx::{Cx, Pumped};
+pub use self::message::MessageLane;
 pub use self::ring::{RING_IDLE_GRACE, RingLane};
 pub use self::splice::{PipePool, PipeStage};
 pub use self::staged::{COPY_IDLE_GRACE, StagedLane, Staging};
@@ -57,6 +61,8 @@ pub fn ring_buffer_size(pipe_size: usize, source: Option<&Endpoint>) -> usize {
 pub enum Lane {
     Staged(StagedLane),
     Ring(RingLane),
+    /// Messages, each kept whole (SEQPACKET, datagrams, framed streams).
+    Message(MessageLane),
 }
 
 impl Lane {
@@ -71,6 +77,12 @@ impl Lane {
         ring: &Ring,
     ) -> Lane {
         let discard = !options.directions[dir.index()];
+        // Message ends keep their boundaries whatever the mode: the message path.
+        if let Some(source) = source.filter(|_| {
+            source.is_some_and(Endpoint::is_message) || sink.is_some_and(Endpoint::is_message)
+        }) {
+            return Lane::Message(MessageLane::setup(source, sink, discard));
+        }
         let source_splices = source.is_some_and(Endpoint::can_splice_read);
         let sink_splices = discard || sink.is_some_and(Endpoint::can_splice_write);
         let mode = Lane::mode_for(options.mode, source, sink);
@@ -135,6 +147,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.discard(),
             Lane::Ring(l) => l.discard(),
+            Lane::Message(l) => l.discard(),
         }
     }
 
@@ -142,6 +155,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.flow().state(),
             Lane::Ring(l) => l.flow().state(),
+            Lane::Message(l) => l.machine().state(),
         }
     }
 
@@ -149,6 +163,15 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.flow().delivered(),
             Lane::Ring(l) => l.flow().delivered(),
+            Lane::Message(l) => l.machine().delivered(),
+        }
+    }
+
+    /// Messages delivered, on the message path; `None` on the byte paths.
+    pub fn messages(&self) -> Option<u64> {
+        match self {
+            Lane::Message(l) => Some(l.machine().messages()),
+            _ => None,
         }
     }
 
@@ -157,7 +180,7 @@ impl Lane {
     pub fn parkable(&self) -> bool {
         match self {
             Lane::Staged(l) => l.is_idle_pipe(),
-            Lane::Ring(_) => false,
+            Lane::Ring(_) | Lane::Message(_) => false,
         }
     }
 
@@ -168,6 +191,7 @@ impl Lane {
             Lane::Ring(l) if l.zerocopy() => "recv-zc",
             Lane::Ring(_) => "recv",
             Lane::Staged(l) => l.path_name(),
+            Lane::Message(_) => "messages",
         }
     }
 
@@ -176,6 +200,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.pump(cx),
             Lane::Ring(l) => l.pump(cx),
+            Lane::Message(l) => l.pump(cx),
         }
     }
 
@@ -190,6 +215,8 @@ impl Lane {
             (Lane::Ring(l), Op::Readable(_) | Op::Fill(_) | Op::Drain(_)) => {
                 l.complete(op, result, flags, cx)
             }
+            (Lane::Message(l), Op::Readable(_)) => l.readable(),
+            (Lane::Message(l), Op::Writable(_)) => l.writable(),
             _ => {}
         }
     }
@@ -199,6 +226,7 @@ impl Lane {
         match self {
             Lane::Staged(l) => l.release(registry, ring, pipes),
             Lane::Ring(l) => l.release(registry, ring),
+            Lane::Message(_) => {}
         }
     }
 }

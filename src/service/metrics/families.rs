@@ -220,6 +220,13 @@ pub const METRICS: &[MetricDef] = &[
         "`service`, `direction` (`first_to_second`, `second_to_first`)",
     ),
     def(
+        "messages",
+        MetricKind::Counter,
+        None,
+        "Messages relayed whole (SEQPACKET, UDP, framed streams), by direction",
+        "`service`, `direction` (`first_to_second`, `second_to_first`)",
+    ),
+    def(
         "connection_duration",
         MetricKind::Histogram,
         Some("seconds"),
@@ -338,6 +345,7 @@ pub struct Metrics {
     proxy_requests: Family<ResultLabels, Counter>,
     proxy_errors: Family<ProxyErrorLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    messages: Family<DirectionLabels, Counter>,
     durations: HistogramFamily,
     dial_latency: HistogramFamily,
     engine: EngineGauges,
@@ -368,6 +376,7 @@ impl Metrics {
             proxy_requests: Family::default(),
             proxy_errors: Family::default(),
             bytes: Family::default(),
+            messages: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             dial_latency: Family::new_with_constructor(latency_histogram),
             engine: EngineGauges::default(),
@@ -384,6 +393,7 @@ impl Metrics {
         register(r, "proxy_requests", m.proxy_requests.clone());
         register(r, "proxy_header_errors", m.proxy_errors.clone());
         register(r, "bytes", m.bytes.clone());
+        register(r, "messages", m.messages.clone());
         register(r, "connection_duration", m.durations.clone());
         register(r, "dial_latency", m.dial_latency.clone());
         let e = &m.engine;
@@ -414,6 +424,12 @@ impl Metrics {
                 self.bytes
                     .get_or_create_owned(&direction(DirectionLabel::first_to_second)),
                 self.bytes
+                    .get_or_create_owned(&direction(DirectionLabel::second_to_first)),
+            ],
+            messages: [
+                self.messages
+                    .get_or_create_owned(&direction(DirectionLabel::first_to_second)),
+                self.messages
                     .get_or_create_owned(&direction(DirectionLabel::second_to_first)),
             ],
             duration: self.durations.get_or_create_owned(&label),
@@ -461,6 +477,7 @@ pub struct ServiceMetrics {
     denied: Counter,
     active: Gauge,
     bytes: [Counter; 2],
+    messages: [Counter; 2],
     duration: Histogram,
     dial_latency: Histogram,
     /// One counter per [`ReasonLabel`], resolved up front: a close touches no lock.
@@ -522,6 +539,11 @@ impl ServiceMetrics {
     /// Bytes delivered in one direction.
     pub fn add_bytes(&self, direction: DirectionLabel, bytes: u64) {
         self.bytes[direction as usize].inc_by(bytes);
+    }
+
+    /// Messages delivered whole in one direction.
+    pub fn add_messages(&self, direction: DirectionLabel, messages: u64) {
+        self.messages[direction as usize].inc_by(messages);
     }
 
     /// A connection counted by [`ServiceMetrics::on_accept`] ended after `lasted`.

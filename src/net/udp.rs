@@ -1,0 +1,139 @@
+//! UDP-LISTEN's sessions: one per sender address, as socat's `UDP-LISTEN` with `fork` makes
+//! them, without processes.
+//!
+//! The listening socket receives a sender's first datagram. A session socket is then bound
+//! to the same local address (`SO_REUSEADDR` on both) and connected to the sender: the kernel
+//! delivers that sender's later datagrams to the connected socket (it matches more of the
+//! datagram's addresses than the listener does), so the session relays like any connected
+//! message socket, and the datagrams that reached the listener before it was connected travel
+//! with it ([`Session::first`]). A session ends after `-T` seconds without a datagram (default
+//! 60 s for UDP).
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::sys::socket::{SockAddr, Socket};
+
+/// How long after a session starts a datagram from its sender that still reaches the
+/// listener is taken for one sent before the session was connected.
+pub const SESSION_SETTLE: Duration = Duration::from_secs(2);
+
+/// The largest datagram: UDP's length field.
+pub const DATAGRAM_MAX: usize = 65536;
+
+/// A new session: its connected socket and the datagrams its sender sent before it was
+/// connected, in order.
+#[derive(Debug)]
+pub struct Session {
+    pub socket: Socket,
+    pub peer: SockAddr,
+    pub first: Vec<Vec<u8>>,
+}
+
+/// Datagrams the listener took for senders whose session is not made yet, in arrival order;
+/// at most [`PENDING_MAX`] (a flood past it is dropped, as UDP may).
+pub type Pending = std::collections::VecDeque<(SockAddr, Vec<u8>)>;
+
+/// The most datagrams held for sessions not made yet.
+pub const PENDING_MAX: usize = 1024;
+
+/// The senders whose sessions started recently.
+#[derive(Debug, Default)]
+pub struct Recent(HashMap<SockAddr, Instant>);
+
+impl Recent {
+    /// Whether `peer`'s session started less than [`SESSION_SETTLE`] before `now`; records a
+    /// new one otherwise.
+    pub fn settling(&mut self, peer: &SockAddr, now: Instant) -> bool {
+        self.0
+            .retain(|_, at| now.saturating_duration_since(*at) < SESSION_SETTLE);
+        if self.0.contains_key(peer) {
+            return true;
+        }
+        self.0.insert(peer.clone(), now);
+        false
+    }
+}
+
+/// Moves what the listener holds into `pending` (up to its bound), oldest first.
+fn drain(listener: &Socket, pending: &mut Pending) -> io::Result<()> {
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    while let Some((len, peer)) = listener.recv_from(&mut buf)? {
+        if pending.len() >= PENDING_MAX {
+            crate::limited!(
+                Warn,
+                "UDP: more than {PENDING_MAX} datagrams wait for sessions: dropped one from {peer}"
+            );
+            continue;
+        }
+        pending.push_back((peer, buf[..len].to_vec()));
+    }
+    Ok(())
+}
+
+/// Opens the next sender's session from what `listener` (bound to `local`) received;
+/// `Ok(None)` when nothing waits. Every datagram its sender sent before the session socket
+/// was connected travels with it, in order, so none is lost to the handover.
+pub fn next_session(
+    listener: &Socket,
+    local: &SockAddr,
+    pending: &mut Pending,
+    recent: &mut Recent,
+) -> io::Result<Option<Session>> {
+    loop {
+        if pending.is_empty() {
+            drain(listener, pending)?;
+        }
+        let Some((peer, first)) = pending.pop_front() else {
+            return Ok(None);
+        };
+        if recent.settling(&peer, Instant::now()) {
+            crate::debug!("{local}: a datagram from {peer} after its session was made: dropped");
+            continue;
+        }
+        let socket = Socket::of_type(local.family(), nix::sys::socket::SockType::Datagram)?;
+        socket.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        socket.bind(local)?;
+        match socket.connect(&peer)? {
+            crate::sys::socket::ConnectProgress::Connected => {}
+            _ => return Err(io::Error::other("a UDP connect did not complete at once")),
+        }
+        // From here on the kernel gives this sender's datagrams to the session socket: what
+        // the listener still holds from it came before, and goes first.
+        drain(listener, pending)?;
+        let mut firsts = vec![first];
+        pending.retain(|(from, data)| {
+            if *from == peer {
+                firsts.push(data.clone());
+                false
+            } else {
+                true
+            }
+        });
+        return Ok(Some(Session {
+            socket,
+            peer,
+            first: firsts,
+        }));
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_makes_one_session_until_it_settled() {
+        let mut recent = Recent::default();
+        let a = SockAddr::Inet("127.0.0.1:5000".parse().unwrap());
+        let b = SockAddr::Inet("127.0.0.1:5001".parse().unwrap());
+        let t = Instant::now();
+        assert!(!recent.settling(&a, t));
+        assert!(recent.settling(&a, t + Duration::from_millis(10)));
+        assert!(!recent.settling(&b, t), "another sender is another session");
+        assert!(
+            !recent.settling(&a, t + SESSION_SETTLE),
+            "a later session of the same sender"
+        );
+    }
+}
