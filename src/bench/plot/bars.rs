@@ -10,8 +10,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{COLORS, SIZE, axis, plot_err};
-use crate::error::{Error, Result};
+use super::axis;
+use super::style::{COLORS, SIZE, plot_err};
+use crate::error::Result;
 
 /// One bar: its label and value (None: nothing to draw).
 pub type Bar = (String, Option<f64>);
@@ -106,6 +107,5 @@ pub fn pair(path: &Path, title: &str, panels: [(&str, &str, &[Bar]); 2]) -> Resu
     for (area, (name, unit, items)) in [left, right].iter().zip(panels) {
         panel(area, path, name, unit, items)?;
     }
-    root.present()
-        .map_err(|e| Error::Bench(format!("--plot {}: {e}", path.display())))
+    root.present().map_err(|e| plot_err(path, e))
 }

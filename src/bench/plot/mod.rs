@@ -1,38 +1,23 @@
 //! `--plot FILE.svg`: pictures of a bench run, drawn with `plotters` (SVG backend, so the
 //! pictures are text that a test can parse and a README can show).
 //!
-//! What is drawn depends on the run: a latency spectrum for `--rr`/`--crr` ([`spectrum`]),
-//! throughput per interval with the sum of the streams ([`throughput`]), Gbit/s by write size
-//! for `--sweep`, and the demo's paths side by side ([`bars`]): Gbit/s and relay CPU-s/GiB, or
+//! What is drawn depends on the run: a latency spectrum for `--rr`/`--crr` (`spectrum.rs`),
+//! throughput per interval with the sum of the streams (`throughput.rs`), Gbit/s by write size
+//! for `--sweep`, and the demo's paths side by side (`bars.rs`): Gbit/s and relay CPU-s/GiB, or
 //! one latency line per path with `--rr`/`--crr`. The axis maths is pure and lives in
 //! [`axis`]; this file only picks the picture.
 
 pub mod axis;
 mod bars;
 mod spectrum;
+mod style;
 mod throughput;
 
 use std::path::Path;
 
-use plotters::style::RGBColor;
-
 use super::report::TestReport;
 use super::rr::LatencyReport;
-use crate::error::{Error, Result};
-
-const SIZE: (u32, u32) = (900, 500);
-const COLORS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
-
-fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Bench(format!("--plot {}: {e}", path.display()))
-}
+use crate::error::Result;
 
 /// The legend of a latency line: its name and transactions per second.
 fn latency_name(name: &str, l: &LatencyReport) -> String {

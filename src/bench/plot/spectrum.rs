@@ -8,7 +8,8 @@ use std::path::Path;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
 use plotters::prelude::*;
 
-use super::{COLORS, SIZE, axis, plot_err};
+use super::axis;
+use super::style::{COLORS, SIZE, plot_err};
 use crate::error::Result;
 
 /// The percentile axis for plotters: positions from [`axis::x_range`], ticks at

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::{COLORS, SIZE, axis, plot_err};
+use super::axis;
+use super::style::{COLORS, SIZE, plot_err};
 use crate::bench::report::TestReport;
 use crate::error::Result;
 
