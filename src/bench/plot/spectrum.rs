@@ -58,6 +58,7 @@ pub fn draw(path: &Path, title: &str, lines: &[Line<'_>]) -> Result<()> {
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
+        .margin_right(40)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(PercentileAxis, 0.0..top)
