@@ -929,6 +929,24 @@ fn plot_of_an_rr_run_is_a_latency_spectrum_from_p50_to_p99_999() {
     assert_eq!(p.lines.len(), 1, "one line for the one run: {:?}", p.lines);
     assert!(p.has_containing("trans/s"), "{:?}", p.texts);
     assert_eq!(p.bars, 0, "a spectrum, not bars");
+    let crr = dir.path("crr.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.3",
+        "--crr",
+        "--plot",
+        crr.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p = Picture::read(&crr);
+    assert!(
+        p.has_containing("--crr latency by percentile"),
+        "{:?}",
+        p.texts
+    );
+    assert!(p.has("99.999%") && p.has("latency (µs)"), "{:?}", p.texts);
+    assert_eq!(p.lines.len(), 1, "{:?}", p.lines);
 }
 
 #[test]
