@@ -843,18 +843,116 @@ fn iperf3_json_has_iperf3s_shape_and_answers_its_usual_paths() {
     assert_eq!(code, 2, "{err}");
 }
 
-/// A file that is an SVG picture with something drawn in it.
-fn assert_svg(path: &std::path::Path, shape: &str) {
-    let svg = std::fs::read_to_string(path).unwrap();
-    assert!(svg.trim_start().starts_with("<svg"), "{}", path.display());
-    assert!(svg.trim_end().ends_with("</svg>"), "{}", path.display());
-    assert!(svg.contains(shape), "{}: no {shape}", path.display());
+/// What a `--plot` picture says: its texts (titles, axis labels, tick labels, legends), the
+/// data lines drawn (polylines of more than two points in a series' width: axes, ticks and
+/// legend swatches have two) and the bars (filled rectangles in a series' colour).
+struct Picture {
+    texts: Vec<String>,
+    lines: Vec<String>,
+    bars: usize,
+}
+
+impl Picture {
+    /// Parses `path` as XML (a malformed file fails here) with an `<svg>` root.
+    fn read(path: &std::path::Path) -> Picture {
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc = roxmltree::Document::parse(&text)
+            .unwrap_or_else(|e| panic!("{} is not well-formed XML: {e}", path.display()));
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let mut picture = Picture {
+            texts: Vec::new(),
+            lines: Vec::new(),
+            bars: 0,
+        };
+        for node in doc.descendants().filter(|n| n.is_element()) {
+            match node.tag_name().name() {
+                "text" => picture
+                    .texts
+                    .push(node.text().unwrap_or("").trim().to_string()),
+                "polyline" => {
+                    let points = node.attribute("points").unwrap_or("").split_whitespace();
+                    if node.attribute("stroke-width") != Some("1") && points.count() > 2 {
+                        picture
+                            .lines
+                            .push(node.attribute("stroke").unwrap_or("").to_string());
+                    }
+                }
+                "rect" => {
+                    let fill = node.attribute("fill").unwrap_or("");
+                    if !matches!(fill, "#FFFFFF" | "#000000" | "none" | "") {
+                        picture.bars += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        picture
+    }
+
+    fn has(&self, text: &str) -> bool {
+        self.texts.iter().any(|t| t == text)
+    }
+
+    fn has_containing(&self, text: &str) -> bool {
+        self.texts.iter().any(|t| t.contains(text))
+    }
 }
 
 #[test]
-fn plot_writes_an_svg_for_each_kind_of_run() {
+fn plot_of_an_rr_run_is_a_latency_spectrum_from_p50_to_p99_999() {
     let (_server, addr) = tcp_server();
-    let dir = Scratch::new("bench-plot");
+    let dir = Scratch::new("bench-plot-rr");
+    let rr = dir.path("rr.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.5",
+        "--rr",
+        "--plot",
+        rr.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p = Picture::read(&rr);
+    for label in [
+        "percentile",
+        "latency (µs)",
+        "50%",
+        "90%",
+        "99%",
+        "99.9%",
+        "99.99%",
+        "99.999%",
+    ] {
+        assert!(p.has(label), "no {label:?} in {:?}", p.texts);
+    }
+    assert!(p.has("0"), "the latency axis starts at zero: {:?}", p.texts);
+    assert_eq!(p.lines.len(), 1, "one line for the one run: {:?}", p.lines);
+    assert!(p.has_containing("trans/s"), "{:?}", p.texts);
+    assert_eq!(p.bars, 0, "a spectrum, not bars");
+    let crr = dir.path("crr.svg");
+    let (code, _, err) = client(&[
+        &addr,
+        "--time",
+        "0.3",
+        "--crr",
+        "--plot",
+        crr.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p = Picture::read(&crr);
+    assert!(
+        p.has_containing("--crr latency by percentile"),
+        "{:?}",
+        p.texts
+    );
+    assert!(p.has("99.999%") && p.has("latency (µs)"), "{:?}", p.texts);
+    assert_eq!(p.lines.len(), 1, "{:?}", p.lines);
+}
+
+#[test]
+fn plot_of_a_throughput_run_draws_each_stream_and_their_sum_from_zero() {
+    let (_server, addr) = tcp_server();
+    let dir = Scratch::new("bench-plot-run");
     let run = dir.path("run.svg");
     let (code, _, err) = client(&[
         &addr,
@@ -869,7 +967,24 @@ fn plot_writes_an_svg_for_each_kind_of_run() {
         run.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_svg(&run, "<polyline");
+    let p = Picture::read(&run);
+    for label in [
+        "seconds",
+        "Gbit/s",
+        "stream 1 client->server",
+        "stream 2 server->client",
+        "sum of 2 streams client->server",
+        "sum of 2 streams server->client",
+    ] {
+        assert!(p.has(label), "no {label:?} in {:?}", p.texts);
+    }
+    assert!(p.has("0.0"), "both axes start at zero: {:?}", p.texts);
+    assert_eq!(
+        p.lines.len(),
+        6,
+        "2 streams and a sum, each way: {:?}",
+        p.lines
+    );
     let sweep = dir.path("sweep.svg");
     let (code, _, err) = client(&[
         &addr,
@@ -881,18 +996,14 @@ fn plot_writes_an_svg_for_each_kind_of_run() {
         sweep.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_svg(&sweep, "<rect");
-    let rr = dir.path("rr.svg");
-    let (code, _, err) = client(&[
-        &addr,
-        "--time",
-        "0.3",
-        "--rr",
-        "--plot",
-        rr.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    assert_svg(&rr, "p99.9");
+    let p = Picture::read(&sweep);
+    assert_eq!(p.bars, 2, "a bar per write size");
+    assert!(p.has("4K") && p.has("64K"), "{:?}", p.texts);
+}
+
+#[test]
+fn plot_of_the_demo_draws_the_paths_side_by_side_in_two_panels() {
+    let dir = Scratch::new("bench-plot-demo");
     let demo = dir.path("demo.svg");
     let out = Command::new(vsplice_bin())
         .args(["bench", "demo", "--time", "0.3", "--no-socat", "--plot"])
@@ -904,7 +1015,38 @@ fn plot_writes_an_svg_for_each_kind_of_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_svg(&demo, "vsplice");
+    let p = Picture::read(&demo);
+    for label in ["Gbit/s", "CPU-s/GiB"] {
+        assert!(p.has(label), "no {label:?} in {:?}", p.texts);
+    }
+    let count = |t: &str| p.texts.iter().filter(|x| *x == t).count();
+    assert_eq!(count("direct"), 2, "in each panel: {:?}", p.texts);
+    assert_eq!(count("vsplice"), 2, "in each panel: {:?}", p.texts);
+    assert_eq!(count("none"), 1, "the direct path has no relay CPU");
+    assert_eq!(p.bars, 3, "two Gbit/s bars and vsplice's CPU");
+    let rr = dir.path("demo-rr.svg");
+    let out = Command::new(vsplice_bin())
+        .args([
+            "bench",
+            "demo",
+            "--time",
+            "0.3",
+            "--no-socat",
+            "--rr",
+            "--plot",
+        ])
+        .arg(&rr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = Picture::read(&rr);
+    assert!(p.has("99.999%"), "{:?}", p.texts);
+    assert_eq!(p.lines.len(), 2, "a latency line per path: {:?}", p.lines);
+    assert!(p.has_containing("vsplice: ") && p.has_containing("direct: "));
 }
 
 /// The thread count of a process, from /proc/PID/status.

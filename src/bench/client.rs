@@ -319,7 +319,7 @@ pub fn run_test(
     let latency = (!params.workload.is_stream()).then(|| {
         let mut total = total_latency.into_inner().unwrap();
         total.add(rr::take_all(&latencies)).expect("same bounds");
-        LatencyReport::new(&total, wall.as_secs_f64())
+        LatencyReport::new(&total, wall.as_secs_f64()).with_spectrum(&total)
     });
 
     proto::send_line(&mut control.writer(), &ClientMsg::Done)

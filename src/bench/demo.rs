@@ -391,27 +391,27 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         runs.push(median(via_socat));
     }
     if let Some(path) = &plan.plot {
-        let rr = !plan.workload.is_stream();
-        let items: Vec<(String, f64)> = runs
+        let paths: Vec<super::plot::DemoPath<'_>> = runs
             .iter()
-            .map(|r| {
-                let v = match &r.latency {
-                    Some(l) if rr => l.transactions_per_second,
-                    _ => r.gbit_per_s,
-                };
-                (
-                    r.path.replace("client -> ", "").replace(" -> server", ""),
-                    v,
-                )
+            .map(|r| super::plot::DemoPath {
+                name: r
+                    .path
+                    .replace("client -> ", "")
+                    .replace(" -> server", "")
+                    .replace("server (direct)", "direct"),
+                gbit_per_s: r.gbit_per_s,
+                relay_cpu_s_per_gib: r.relay_cpu_s_per_gib,
+                latency: r.latency.as_ref(),
             })
             .collect();
-        let (title, unit) = if rr {
-            ("transactions per second, 1 stream", "transactions/s")
-        } else {
-            ("throughput, direct and through relays", "Gbit/s")
-        };
-        let title = format!("vsplice bench demo ({}): {title}", plan.transport.name());
-        super::plot::demo(path, &title, unit, &items)?;
+        let title = format!(
+            "vsplice bench demo ({}, {} stream{}, {:.0} s per run)",
+            plan.transport.name(),
+            plan.streams,
+            if plan.streams == 1 { "" } else { "s" },
+            plan.seconds
+        );
+        super::plot::demo(path, &title, &paths)?;
     }
     if plan.json {
         let doc = DemoDocument {

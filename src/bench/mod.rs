@@ -159,8 +159,8 @@ pub struct ClientArgs {
     /// both ends, 4K-256M; the sizes read back are reported (the default is 256K)
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
     pub vsock_buffer: Option<usize>,
-    /// Draw the run as an SVG picture: throughput per interval per stream, Gbit/s by write
-    /// size for --sweep, latency percentiles for --rr/--crr
+    /// Draw the run as an SVG picture: throughput per interval per stream and their sum,
+    /// Gbit/s by write size for --sweep, the latency spectrum (p50 to p99.999) for --rr/--crr
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
     /// The server sends, the client receives
@@ -229,7 +229,8 @@ pub struct DemoArgs {
     /// The relay's data path
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// Draw the paths side by side as an SVG bar chart
+    /// Draw the paths side by side as SVG: Gbit/s and relay CPU-s/GiB bars, or a latency
+    /// spectrum per path with --rr/--crr
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
     /// Leave socat out even if it is installed

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::plot::axis;
 use super::proto::StreamCounts;
 use super::receive::{Expect, MISSING_GRACE};
 use super::send::SendLimit;
@@ -73,6 +74,10 @@ pub struct LatencyReport {
     pub p99_9_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    /// The whole test's latency spectrum for `--plot`: (percentile as a fraction, µs) at
+    /// [`axis::sample_quantiles`]; empty for intervals, and not part of the JSON.
+    #[serde(skip)]
+    pub spectrum: Vec<(f64, u64)>,
 }
 
 impl LatencyReport {
@@ -92,7 +97,22 @@ impl LatencyReport {
             p99_9_us: q(0.999),
             max_us: if n == 0 { 0 } else { h.max() },
             mean_us: if n == 0 { 0.0 } else { h.mean() },
+            spectrum: Vec::new(),
         }
+    }
+
+    /// The report with `h`'s latency spectrum from p50 to p99.999 (for `--plot`): the value
+    /// at each of [`axis::sample_quantiles`], none for an empty histogram.
+    pub fn with_spectrum(mut self, h: &Histogram<u64>) -> LatencyReport {
+        self.spectrum = if h.is_empty() {
+            Vec::new()
+        } else {
+            axis::sample_quantiles()
+                .into_iter()
+                .map(|q| (q, h.value_at_quantile(q)))
+                .collect()
+        };
+        self
     }
 
     /// `12345 trans  12345.0 trans/s  p50 12  p90 15  p99 40  p99.9 90  max 400 us`
@@ -313,6 +333,14 @@ mod tests {
         assert!(r.p50_us <= r.p90_us && r.p90_us <= r.p99_us);
         assert!(r.p99_us <= r.p99_9_us && r.p99_9_us <= r.max_us);
         assert!((2990..=3010).contains(&r.max_us), "{r:?}");
+        assert!(r.spectrum.is_empty(), "only asked for");
+        let s = r.with_spectrum(&all).spectrum;
+        assert_eq!(s.len(), axis::SAMPLES);
+        assert!(
+            s.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{s:?}"
+        );
+        assert_eq!(s[0].1, all.value_at_quantile(0.5));
         assert_eq!(take_all(&streams).len(), 0, "taking empties the streams");
     }
 }
