@@ -20,4 +20,8 @@ pub trait ConnObserver: Send + Sync + std::fmt::Debug {
     fn dial_failed(&self, error: &DialError);
     /// The connection ended after `lasted`.
     fn closed(&self, reason: &CloseReason, lasted: Duration);
+    /// The service the connections belong to, for the close line's `service` field.
+    fn service(&self) -> Option<&str> {
+        None
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
-use super::format::{render, style};
+use super::format::{Format, Style, render, style};
 use super::level::Level;
 use super::limit::take_summaries;
 
@@ -167,14 +167,25 @@ pub fn flush(timeout: Duration) -> bool {
 
 /// A last message printed at exit (the error that ends the process): after what is queued,
 /// and written by the logger thread if it runs, so a stuck standard error cannot hold the
-/// exit for longer than [`FLUSH_TIMEOUT`].
+/// exit for longer than [`FLUSH_TIMEOUT`]. In text format it is the bare `text` (as socat
+/// prints its fatal errors); as JSON or into the journal, an error line like any other.
 pub fn final_message(text: &str) {
+    let style = style();
+    let line = if style
+        == (Style {
+            format: Format::Text,
+            journal: false,
+        }) {
+        format!("{text}\n")
+    } else {
+        render(style, Level::Error, text, &[])
+    };
     if let Some(Some(q)) = QUEUE.get() {
-        q.push(format!("{text}\n"));
+        q.push(line);
         q.flush(FLUSH_TIMEOUT);
     } else {
         // Nothing runs yet (usage errors): the plain, synchronous write.
-        let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
 }
 
