@@ -215,3 +215,49 @@ fn under_systemd_an_error_reads_3_and_json_lines_keep_the_prefix_before_the_obje
     let object: serde_json::Value = serde_json::from_str(&line[3..]).unwrap();
     assert_eq!(object["level"], "error", "{object}");
 }
+
+#[test]
+fn under_serve_the_json_close_line_names_its_service() {
+    let reply = payload(4 << 20, 23);
+    let sent = payload(4 << 20, 24);
+    let server = Listen::tcp();
+    let upstream = server.connect_address();
+    let server = ExchangeServer::spawn(server, reply.data.clone(), 1);
+    let port = free_port();
+    let dir = common::Scratch::new("logs-serve");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"echo\"\nlisten = \"TCP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"{upstream}\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut relay = Relay::spawn(
+        &["serve", "--config", config, "--log-format", "json"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    relay.wait_for_log("serving 1 services", LONG);
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let got = exchange(Box::new(client), sent.data.clone()).expect("client exchange");
+    assert_eq!(got.sha, reply.sha, "client got the server's bytes");
+    assert_eq!(
+        server.next(LONG).sha,
+        sent.sha,
+        "server got the client's bytes"
+    );
+    relay.wait_for_log("closed: finished", LONG);
+    relay.stop();
+    let log = relay.log();
+    let lines = json_lines(&log);
+    let close = lines
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("closed: finished"))
+        .unwrap_or_else(|| panic!("no close line:\n{log}"));
+    assert_eq!(close["service"], "echo", "{close}");
+    assert_eq!(close["bytes_first_to_second"], 4u64 << 20, "{close}");
+    assert_eq!(close["bytes_second_to_first"], 4u64 << 20, "{close}");
+}
