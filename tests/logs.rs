@@ -105,10 +105,7 @@ fn at_the_most_verbose_level_a_16_mib_connection_logs_a_handful_of_lines_not_one
         .filter(|l| l["message"].as_str().unwrap().contains("conn "))
         .count();
     // 16 MiB each way is hundreds of pipe- or buffer-sized chunks.
-    assert!(
-        about_conn >= 1 && about_conn < 50,
-        "{about_conn} lines:\n{log}"
-    );
+    assert!((1..50).contains(&about_conn), "{about_conn} lines:\n{log}");
 }
 
 /// Starts vsplice on `args` with standard error in a file, `JOURNAL_STREAM` set to `journal`

@@ -1,9 +1,9 @@
 //! Leveled diagnostics on standard error, socat style: errors always, and each `-d` adds a
-//! level (warnings, notices, info, debug). The macros ([`error!`](crate::error),
-//! [`warn!`](crate::warn), [`notice!`](crate::notice), [`info!`](crate::info),
-//! [`debug!`](crate::debug), [`limited!`](crate::limited)) emit `tracing` events, with
+//! level (warnings, notices, info, debug). The macros ([`error!`](macro@crate::error),
+//! [`warn!`](macro@crate::warn), [`notice!`](macro@crate::notice), [`info!`](macro@crate::info),
+//! [`debug!`](macro@crate::debug), [`limited!`](crate::limited)) emit `tracing` events, with
 //! structured fields where an operator needs them (`notice!(conn_id = id, "...")`); one
-//! `tracing-subscriber` formatter ([`format`]) writes them as socat's text lines
+//! `tracing-subscriber` formatter ([`format`](mod@format)) writes them as socat's text lines
 //! (`2026/11/25 15:04:05 vsplice[1234] W message`), as JSON objects (`--log-format json`), and
 //! with sd-daemon's `<N>` priority prefix when standard error is the journal.
 //!
