@@ -79,6 +79,15 @@ pub struct Cli {
     /// More diagnostics on stderr (repeat: -d warnings, -dd notices, -ddd info, -dddd debug)
     #[arg(short = 'd', action = ArgAction::Count, global = true)]
     pub debug: u8,
+    /// Shape of diagnostic lines: text (socat's) or json (one object a line, with fields)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// Print byte counts per connection and in total at exit, on stderr
     #[arg(short = 'S')]
     pub stats: bool,
@@ -149,6 +158,13 @@ pub enum Generate {
     /// docs/manual.md's generated parts, in Markdown: the address syntax and types, the address
     /// and global options, the exit status and signals (each between markers the file keeps)
     ReadmeTables,
+}
+
+/// `--log-format`: how diagnostic lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The shells `vsplice generate completions` writes for.

@@ -36,6 +36,10 @@ pub fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(args);
     crate::log::set_verbosity(cli.debug);
+    crate::log::set_format(match cli.log_format {
+        flags::LogFormat::Text => crate::log::Format::Text,
+        flags::LogFormat::Json => crate::log::Format::Json,
+    });
     match plan(cli).and_then(run) {
         Ok(code) => {
             // The last lines sit in the log queue; a stuck standard error holds the exit

@@ -34,4 +34,8 @@ pub trait ConnObserver: Send + Sync + std::fmt::Debug {
     fn prelude_ended(&self, prelude: &'static str, result: &'static str) {
         let _ = (prelude, result);
     }
+    /// The service the connections belong to, for the close line's `service` field.
+    fn service(&self) -> Option<&str> {
+        None
+    }
 }

@@ -35,17 +35,52 @@ pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, s
         (None, None) => String::new(),
         (f, b) => format!(" ({} + {} messages)", f.unwrap_or(0), b.unwrap_or(0)),
     };
+    // The operator's fields (JSON lines carry them; the text line says the same in words).
+    let service = options.observer.as_ref().and_then(|o| o.service());
+    let peer = conn.first.label();
+    let upstream = conn.second.as_ref().map(|s| s.label());
     if reason.is_failure() {
         shared.failed.fetch_add(1, Ordering::Relaxed);
         if options.single_connection {
-            error!("{reason}");
+            error!(
+                service,
+                conn_id = id,
+                peer,
+                upstream,
+                bytes_first_to_second = forward,
+                bytes_second_to_first = backward,
+                reason = %reason,
+                duration_s = secs,
+                "{reason}"
+            );
         } else {
             // A peer can cause one per connection (failed dials, resets): rate-limited.
-            limited!(Warn, "conn {id} ({label}) closed: {reason}");
+            limited!(
+                Warn,
+                fields(
+                    service,
+                    conn_id = id,
+                    peer,
+                    upstream,
+                    bytes_first_to_second = forward,
+                    bytes_second_to_first = backward,
+                    reason = %reason,
+                    duration_s = secs
+                ),
+                "conn {id} ({label}) closed: {reason}"
+            );
         }
     } else {
         shared.served.fetch_add(1, Ordering::Relaxed);
         notice!(
+            service,
+            conn_id = id,
+            peer,
+            upstream,
+            bytes_first_to_second = forward,
+            bytes_second_to_first = backward,
+            reason = %reason,
+            duration_s = secs,
             "conn {id} ({label}) closed: {reason}; {forward} + {backward} bytes{messages} in {secs:.3} s"
         );
     }

@@ -62,6 +62,10 @@ impl ServiceObserver {
 }
 
 impl ConnObserver for ServiceObserver {
+    fn service(&self) -> Option<&str> {
+        Some(self.metrics.name())
+    }
+
     fn delivered(&self, dir: EngineDirection, bytes: u64) {
         let direction = match dir {
             EngineDirection::Forward => DirectionLabel::first_to_second,
