@@ -452,6 +452,9 @@ fn an_activated_socket_serves_socks5_through_accept_fd() {
             &format!("SOCKS5-SERVER,dest=127.0.0.1:{}", origin.port),
         ],
     );
+    // systemd-socket-activate binds the port only once it runs, and says so: a client that
+    // comes first is refused (seen in CI). It starts vsplice at the first connection.
+    relay.wait_for_log("Listening on", std::time::Duration::from_secs(20));
     let socks_at = format!("127.0.0.1:{port}");
     let ok = format!("http://127.0.0.1:{}/bytes/100000", origin.port);
     let denied = format!("http://127.0.0.1:{}/bytes/1", origin.port + 1);
