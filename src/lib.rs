@@ -4,8 +4,14 @@
 //!
 //! Layout: [`addr`] parses the address grammar (pure); [`cli`] parses the command line in two
 //! stages; [`net`] opens addresses (resolve, socket options, listen, dial) into endpoints;
-//! [`engine`] runs connections on io_uring workers; [`relay`] is the accept loop; [`bench`](mod@bench)
+//! [`engine`] runs connections on io_uring workers; `relay` (crate-private) is the accept loop; [`bench`](mod@bench)
 //! measures; [`sys`] holds every raw system call behind safe wrappers.
+//!
+//! What is `pub` here is what the binary, the integration tests and the benches use; the wire
+//! protocols and the relay command are crate-private, and `unreachable_pub` keeps every item
+//! that nothing outside its module tree can reach at `pub(crate)` or narrower.
+
+#![warn(unreachable_pub)]
 
 pub mod addr;
 pub mod bench;
@@ -14,8 +20,8 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod net;
-pub mod protocols;
-pub mod relay;
+pub(crate) mod protocols;
+pub(crate) mod relay;
 pub mod service;
 pub mod sys;
 

@@ -52,7 +52,7 @@ fn wanted_descriptors(first: &Address) -> u64 {
     }
 }
 
-pub fn run(plan: RelayPlan) -> Result<ExitCode> {
+pub(crate) fn run(plan: RelayPlan) -> Result<ExitCode> {
     ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
     let signals = StopSignals::install().map_err(|e| Error::io("installing signal handling", e))?;
     match limits::raise_nofile(wanted_descriptors(&plan.first)) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A direction holds its buffer only while it has bytes to move (taken when its source is
 /// readable, given back when it drains), so idle connections cost none; past this cap a
 /// waking direction waits until others give theirs back, as it waits for descriptors.
-pub const COPY_MEMORY_CAP: usize = 1 << 30;
+pub(super) const COPY_MEMORY_CAP: usize = 1 << 30;
 
 /// Bytes of staging buffers held now, all workers together.
 static COPY_MEMORY: AtomicUsize = AtomicUsize::new(0);
@@ -28,12 +28,12 @@ fn claim_within(counter: &AtomicUsize, bytes: usize, cap: usize) -> bool {
 
 /// Claims `bytes` of staging memory under [`COPY_MEMORY_CAP`]; false when there is no room
 /// now (nothing is lost: the direction tries again later).
-pub fn claim_buffer_memory(bytes: usize) -> bool {
+pub(super) fn claim_buffer_memory(bytes: usize) -> bool {
     claim_within(&COPY_MEMORY, bytes, COPY_MEMORY_CAP)
 }
 
 /// Gives back `bytes` claimed with [`claim_buffer_memory`].
-pub fn release_buffer_memory(bytes: usize) {
+pub(super) fn release_buffer_memory(bytes: usize) {
     COPY_MEMORY.fetch_sub(bytes, Ordering::Relaxed);
 }
 

@@ -19,20 +19,20 @@ use std::time::{Duration, Instant};
 use crate::sys::tsc;
 
 /// How long the clock reads the real clock before it trusts the counter's rate.
-pub const CALIBRATION: Duration = Duration::from_millis(20);
+pub(super) const CALIBRATION: Duration = Duration::from_millis(20);
 
 /// Counter time after which the clock reads the real clock again.
-pub const REANCHOR: Duration = Duration::from_millis(50);
+pub(super) const REANCHOR: Duration = Duration::from_millis(50);
 
 /// The largest disagreement between counter and real clock taken for measuring error.
-pub const TOLERANCE: Duration = Duration::from_millis(5);
+pub(super) const TOLERANCE: Duration = Duration::from_millis(5);
 
 /// Disagreements with the real clock after which the counter is not used any more.
-pub const MISSES: u8 = 3;
+pub(super) const MISSES: u8 = 3;
 
 /// A worker's clock (see the module doc).
 #[derive(Debug)]
-pub struct Clock {
+pub(super) struct Clock {
     counter: Option<Counter>,
     /// The last answer: answers never go backward.
     last: Instant,
@@ -53,7 +53,7 @@ struct Counter {
 
 impl Clock {
     /// A clock on this CPU's counter where it is invariant, else on the real clock alone.
-    pub fn new() -> Clock {
+    pub(super) fn new() -> Clock {
         Clock::with_counter(tsc::invariant(), Instant::now(), tsc::read())
     }
 
@@ -73,12 +73,12 @@ impl Clock {
 
     /// Whether answers come from the counter now.
     #[cfg(test)]
-    pub fn counting(&self) -> bool {
+    pub(super) fn counting(&self) -> bool {
         self.counter.is_some_and(|c| c.ns_per_count.is_some())
     }
 
     /// The time now.
-    pub fn now(&mut self) -> Instant {
+    pub(super) fn now(&mut self) -> Instant {
         let count = if self.counter.is_some() {
             tsc::read()
         } else {

@@ -65,7 +65,7 @@ pub enum PreludeStage {
 }
 
 /// A handshake running on the first end before the second is opened (see
-/// [`crate::protocols::prelude`] and the worker's `prelude.rs`).
+/// `protocols::prelude` and the worker's `prelude.rs`).
 #[derive(Debug)]
 pub struct Preluding {
     pub job: PreludeJob,

@@ -9,7 +9,7 @@ use super::config::RelayOptions;
 use super::job::Job;
 
 #[derive(Debug)]
-pub enum Message {
+pub(super) enum Message {
     Relay(Box<Job>, Arc<RelayOptions>),
     /// Accept on this group's listener.
     Listen(Arc<AcceptGroup>),

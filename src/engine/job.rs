@@ -20,7 +20,7 @@ pub enum Second {
 }
 
 /// A handshake the worker runs on the first end before it opens the second (see
-/// [`crate::protocols::prelude`]): the machine, how long it may take, and which declared
+/// `protocols::prelude`): the machine, how long it may take, and which declared
 /// sources the listener serves.
 #[derive(Debug)]
 pub struct PreludeJob {

@@ -23,12 +23,12 @@ use crate::net::endpoint::Endpoint;
 use crate::{debug, info};
 
 /// A connection idle this long may be parked when descriptors run short.
-pub const PARK_IDLE: Duration = Duration::from_millis(500);
+pub(super) const PARK_IDLE: Duration = Duration::from_millis(500);
 /// How often a worker looks for connections to park while descriptors run short.
 const PARK_SWEEP: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
-pub struct Parking {
+pub(super) struct Parking {
     /// Live connections in the process above which idle ones are parked.
     above: usize,
     next_sweep: Instant,
@@ -40,7 +40,7 @@ impl Parking {
     /// The policy for a process allowed `nofile` descriptors, and the size of the fixed-file
     /// table to register: as large as the limit allows (direct descriptors do not count
     /// against it).
-    pub fn new(nofile: u64) -> (Parking, u32) {
+    pub(super) fn new(nofile: u64) -> (Parking, u32) {
         let table = nofile.min(1 << 16) as u32 & !1;
         let reserve = (nofile / 4).min(512);
         let above = ((nofile.saturating_sub(reserve) / 2) * 3 / 4) as usize;
@@ -64,12 +64,12 @@ impl Parking {
     }
 
     /// When the next sweep is due, while parking is wanted.
-    pub fn due(&self, registry: &Registry, shared: &Shared) -> Option<Instant> {
+    pub(super) fn due(&self, registry: &Registry, shared: &Shared) -> Option<Instant> {
         (self.wanted(registry, shared) > 0).then_some(self.next_sweep)
     }
 
     /// Parks the connections idle for PARK_IDLE (longest idle first) while parking is wanted.
-    pub fn sweep(
+    pub(super) fn sweep(
         &mut self,
         conns: &mut Slab<Conn>,
         registry: &mut Registry,
@@ -112,7 +112,7 @@ impl Parking {
     }
 
     /// A parked connection closed (its pair was released).
-    pub fn unparked(&mut self, shared: &Shared) {
+    pub(super) fn unparked(&mut self, shared: &Shared) {
         self.parked -= 1;
         shared.parked.fetch_sub(1, Ordering::Relaxed);
     }
@@ -169,7 +169,7 @@ static ABORT: libc::linger = libc::linger {
 /// are released (and the sockets closed) only after they returned. A kernel that refuses the
 /// request (older kernels; AF_UNIX and AF_VSOCK sockets, which have no reset anyway) leaves
 /// the close as it was: a FIN. Nothing for other connections.
-pub fn arm_reset(conn: &mut Conn, ring: &mut Ring, key: usize) {
+pub(super) fn arm_reset(conn: &mut Conn, ring: &mut Ring, key: usize) {
     let Phase::Closing {
         reason, relaying, ..
     } = &conn.phase

@@ -19,7 +19,7 @@ const BUDGET_SWEEP: Duration = Duration::from_millis(100);
 const BUSY_WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
-pub struct ReceiveSweep {
+pub(super) struct ReceiveSweep {
     budget: Option<ReceiveBudget>,
     /// The receive-buffer cap this worker last applied to all its connections.
     cap: Option<usize>,
@@ -29,7 +29,7 @@ pub struct ReceiveSweep {
 }
 
 impl ReceiveSweep {
-    pub fn new(budget: Option<ReceiveBudget>) -> ReceiveSweep {
+    pub(super) fn new(budget: Option<ReceiveBudget>) -> ReceiveSweep {
         ReceiveSweep {
             budget,
             cap: None,
@@ -46,12 +46,18 @@ impl ReceiveSweep {
     }
 
     /// When the next sweep is due, while sweeps are wanted.
-    pub fn due(&self, shared: &Shared) -> Option<Instant> {
+    pub(super) fn due(&self, shared: &Shared) -> Option<Instant> {
         self.wanted(shared).then_some(self.next_sweep)
     }
 
     /// Recounts the busy connections and updates the cap, when a sweep is due.
-    pub fn sweep(&mut self, conns: &mut Slab<Conn>, shared: &Shared, worker: usize, now: Instant) {
+    pub(super) fn sweep(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        shared: &Shared,
+        worker: usize,
+        now: Instant,
+    ) {
         if now < self.next_sweep || !self.wanted(shared) {
             return;
         }
@@ -68,7 +74,13 @@ impl ReceiveSweep {
 
     /// Counts a connection that starts relaying as busy at once (the next sweep recounts),
     /// so a burst of connections is capped as it arrives, and gives it the worker's cap.
-    pub fn on_start(&mut self, conns: &mut Slab<Conn>, key: usize, shared: &Shared, worker: usize) {
+    pub(super) fn on_start(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        shared: &Shared,
+        worker: usize,
+    ) {
         let Some(budget) = self.budget else {
             return;
         };

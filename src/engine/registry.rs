@@ -29,23 +29,23 @@ const IDLE_GROUP_BYTES: usize = 32 << 20;
 
 /// Free slots of a worker's sparse registered-buffer table.
 #[derive(Debug)]
-pub struct BufferSlots {
+pub(super) struct BufferSlots {
     free: Vec<u16>,
 }
 
 impl BufferSlots {
     /// A table of `n` slots, all free.
-    pub fn new(n: u16) -> BufferSlots {
+    pub(super) fn new(n: u16) -> BufferSlots {
         BufferSlots {
             free: (0..n).rev().collect(),
         }
     }
 
-    pub fn take(&mut self) -> Option<u16> {
+    pub(super) fn take(&mut self) -> Option<u16> {
         self.free.pop()
     }
 
-    pub fn give(&mut self, slot: u16) {
+    pub(super) fn give(&mut self, slot: u16) {
         self.free.push(slot);
     }
 }

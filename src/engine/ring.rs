@@ -25,7 +25,7 @@ pub enum Target<'a> {
 }
 
 /// A POLL_ADD for `events` on `target`.
-pub fn poll_sqe(target: Target<'_>, events: libc::c_short) -> squeue::Entry {
+pub(super) fn poll_sqe(target: Target<'_>, events: libc::c_short) -> squeue::Entry {
     let events = events as u32;
     match target {
         Target::Fd(fd) => opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), events).build(),
@@ -34,7 +34,7 @@ pub fn poll_sqe(target: Target<'_>, events: libc::c_short) -> squeue::Entry {
 }
 
 /// An IORING_OP_SPLICE of up to `len` bytes (non-blocking; one end is a pipe).
-pub fn splice_sqe(from: Target<'_>, to: Target<'_>, len: usize) -> squeue::Entry {
+pub(super) fn splice_sqe(from: Target<'_>, to: Target<'_>, len: usize) -> squeue::Entry {
     let len = len.min(u32::MAX as usize) as u32;
     let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
     match (from, to) {
@@ -66,7 +66,7 @@ pub fn splice_sqe(from: Target<'_>, to: Target<'_>, len: usize) -> squeue::Entry
 }
 
 /// A write-side shutdown of `target`.
-pub fn shutdown_sqe(target: Target<'_>) -> squeue::Entry {
+pub(super) fn shutdown_sqe(target: Target<'_>) -> squeue::Entry {
     match target {
         Target::Fd(fd) => opcode::Shutdown::new(types::Fd(fd.as_raw_fd()), libc::SHUT_WR).build(),
         Target::Fixed(slot) => opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_WR).build(),
@@ -74,7 +74,7 @@ pub fn shutdown_sqe(target: Target<'_>) -> squeue::Entry {
 }
 
 /// A completion's result as the data paths take it: bytes moved, or the errno.
-pub fn outcome(result: i32) -> Result<usize, i32> {
+pub(super) fn outcome(result: i32) -> Result<usize, i32> {
     if result < 0 {
         Err(-result)
     } else {
@@ -83,12 +83,12 @@ pub fn outcome(result: i32) -> Result<usize, i32> {
 }
 
 /// The errno of an I/O error (EIO when it carries none).
-pub fn errno_of(e: &io::Error) -> i32 {
+pub(super) fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// One completion: user data, result, flags.
-pub type Completion = (u64, i32, u32);
+pub(super) type Completion = (u64, i32, u32);
 
 pub struct Ring {
     uring: IoUring,

@@ -11,7 +11,12 @@ use super::shared::Shared;
 use crate::{error, limited, notice};
 
 /// Logs the end of `conn` and counts it.
-pub fn record_close(conn: &Conn, reason: &CloseReason, delivered: PerDir<u64>, shared: &Shared) {
+pub(super) fn record_close(
+    conn: &Conn,
+    reason: &CloseReason,
+    delivered: PerDir<u64>,
+    shared: &Shared,
+) {
     let id = conn.id;
     let options = &conn.options;
     let (&forward, &backward) = delivered.as_pair();

@@ -14,7 +14,7 @@ use crate::net::endpoint::Endpoint;
 use crate::sys::socket::Socket;
 
 /// An endpoint on a non-blocking UNIX stream socket, and its peer.
-pub fn unix_endpoint() -> (Endpoint, UnixStream) {
+pub(super) fn unix_endpoint() -> (Endpoint, UnixStream) {
     let (ours, peer) = UnixStream::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     let socket = Socket::from_owned(OwnedFd::from(ours));
@@ -22,7 +22,7 @@ pub fn unix_endpoint() -> (Endpoint, UnixStream) {
 }
 
 /// An endpoint on a non-blocking loopback TCP socket, and its peer.
-pub fn tcp_endpoint() -> (Endpoint, TcpStream) {
+pub(super) fn tcp_endpoint() -> (Endpoint, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (ours, _) = listener.accept().unwrap();
@@ -32,7 +32,7 @@ pub fn tcp_endpoint() -> (Endpoint, TcpStream) {
 }
 
 /// The default relay options on `mode`.
-pub fn options(mode: super::Mode) -> Arc<RelayOptions> {
+pub(super) fn options(mode: super::Mode) -> Arc<RelayOptions> {
     Arc::new(RelayOptions {
         mode,
         ..RelayOptions::default()
@@ -40,7 +40,7 @@ pub fn options(mode: super::Mode) -> Arc<RelayOptions> {
 }
 
 /// A relaying connection between two endpoints, without lanes.
-pub fn relaying_conn(first: Endpoint, second: Endpoint, options: Arc<RelayOptions>) -> Conn {
+pub(super) fn relaying_conn(first: Endpoint, second: Endpoint, options: Arc<RelayOptions>) -> Conn {
     Conn::new(
         1,
         1,
@@ -52,6 +52,6 @@ pub fn relaying_conn(first: Endpoint, second: Endpoint, options: Arc<RelayOption
 }
 
 /// Writes `data` to a peer.
-pub fn send(peer: &mut impl Write, data: &[u8]) {
+pub(super) fn send(peer: &mut impl Write, data: &[u8]) {
     peer.write_all(data).unwrap();
 }

@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TimerKind {
+pub(super) enum TimerKind {
     /// The deadline of dial wait number `epoch`.
     Dial(u32),
     /// A prelude's deadline (its stage's, checked when it fires).
@@ -21,7 +21,7 @@ pub enum TimerKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Timer {
+pub(super) struct Timer {
     pub at: Instant,
     pub key: usize,
     pub serial: u64,
@@ -29,17 +29,17 @@ pub struct Timer {
 }
 
 #[derive(Debug, Default)]
-pub struct Timers {
+pub(super) struct Timers {
     heap: BinaryHeap<Reverse<Timer>>,
 }
 
 impl Timers {
-    pub fn push(&mut self, timer: Timer) {
+    pub(super) fn push(&mut self, timer: Timer) {
         self.heap.push(Reverse(timer));
     }
 
     /// The earliest timer due at `now`, taken off the heap.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         let Reverse(timer) = *self.heap.peek()?;
         if timer.at > now {
             return None;
@@ -50,7 +50,7 @@ impl Timers {
 
     /// When the worker must wake up next: the earliest timer, or the earliest of the
     /// policies' sweeps (`None` for a policy with nothing to do); `None`: only on I/O.
-    pub fn next_deadline(
+    pub(super) fn next_deadline(
         &self,
         sweeps: impl IntoIterator<Item = Option<Instant>>,
     ) -> Option<Instant> {

@@ -5,7 +5,7 @@
 
 /// A user name and the password read from `password-file=`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub user: Vec<u8>,
     pub password: Vec<u8>,
 }
@@ -29,7 +29,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl Credentials {
     /// Whether a client's user and password are these.
-    pub fn check(&self, user: &[u8], password: &[u8]) -> bool {
+    pub(crate) fn check(&self, user: &[u8], password: &[u8]) -> bool {
         // Both compared, always: `&` not `&&`.
         same(&self.user, user) & same(&self.password, password)
     }

@@ -15,13 +15,13 @@ use super::auth::Credentials;
 use super::target::{Target, check_name};
 
 /// The longest request head accepted, blank line included.
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// The most header lines a head may have.
 const MAX_HEADERS: usize = 64;
 
 /// The answers a proxy gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Established,
     BadRequest,
     Forbidden,
@@ -31,7 +31,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             Status::Established => 200,
             Status::BadRequest => 400,
@@ -55,7 +55,7 @@ impl Status {
 }
 
 /// The response head for `status`. Anything but 200 closes the connection.
-pub fn response(status: Status) -> Vec<u8> {
+pub(crate) fn response(status: Status) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", status.code(), status.reason());
     match status {
         Status::Established => {}
@@ -70,7 +70,7 @@ pub fn response(status: Status) -> Vec<u8> {
 
 /// What the bytes received so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// The head has not ended yet: read more.
     NeedMore,
     /// A CONNECT for `target`; its head was `consumed` bytes.
@@ -130,7 +130,7 @@ fn authorized(value: &[u8], credentials: &Credentials) -> bool {
 }
 
 /// Looks at the bytes received and not yet consumed.
-pub fn parse(input: &[u8], credentials: Option<&Credentials>) -> Parsed {
+pub(crate) fn parse(input: &[u8], credentials: Option<&Credentials>) -> Parsed {
     let window = &input[..input.len().min(MAX_HEAD)];
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);

@@ -14,10 +14,10 @@
 //! The layer sits just above `addr` (it names addresses and allow lists) and below `net`
 //! (the dial writes PROXY headers).
 
-pub mod auth;
-pub mod http_connect;
-pub mod prelude;
-pub mod proxy_protocol;
-pub mod proxy_server;
-pub mod socks5;
-pub mod target;
+pub(crate) mod auth;
+pub(crate) mod http_connect;
+pub(crate) mod prelude;
+pub(crate) mod proxy_protocol;
+pub(crate) mod proxy_server;
+pub(crate) mod socks5;
+pub(crate) mod target;

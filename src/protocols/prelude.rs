@@ -121,4 +121,4 @@ pub trait Prelude: Send + std::fmt::Debug {
 }
 
 /// The largest number of bytes a driver shows a machine at once, whatever it wants.
-pub const MAX_SHOW: usize = 4096;
+pub(crate) const MAX_SHOW: usize = 4096;

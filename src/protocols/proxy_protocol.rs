@@ -32,26 +32,26 @@ use crate::addr::ProxyVersion;
 use crate::sys::socket::{PeerCredentials, SockAddr};
 
 /// The v2 signature.
-pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest v1 line, CRLF included (the spec's 107 bytes).
-pub const V1_MAX: usize = 107;
+pub(crate) const V1_MAX: usize = 107;
 /// The largest v2 header accepted, TLVs included.
-pub const V2_MAX: usize = 4096;
+pub(crate) const V2_MAX: usize = 4096;
 /// vsplice's TLV type (application range 0xE0-0xEF, avoiding 0xE0, 0xEA, 0xEC, 0xEE).
-pub const PP2_TYPE_VSPLICE: u8 = 0xE3;
+pub(crate) const PP2_TYPE_VSPLICE: u8 = 0xE3;
 /// Subtype: a vsock connection: source CID, source port, destination CID, destination port.
-pub const SUBTYPE_VSOCK: u8 = 0x01;
+pub(crate) const SUBTYPE_VSOCK: u8 = 0x01;
 /// Subtype: a UNIX client's credentials: uid, gid, pid.
-pub const SUBTYPE_CREDENTIALS: u8 = 0x02;
-pub const PP2_TYPE_CRC32C: u8 = 0x03;
-pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+pub(crate) const SUBTYPE_CREDENTIALS: u8 = 0x02;
+pub(crate) const PP2_TYPE_CRC32C: u8 = 0x03;
+pub(crate) const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
 /// The longest unique id the spec allows.
-pub const UNIQUE_ID_MAX: usize = 128;
+pub(crate) const UNIQUE_ID_MAX: usize = 128;
 const UNIX_PATH_LEN: usize = 108;
 
 /// What to put in a header besides the addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Extras {
+pub(crate) struct Extras {
     /// `PP2_TYPE_CRC32C` (v2 only).
     pub crc: bool,
     /// `PP2_TYPE_UNIQUE_ID` (v2 only; cut at 128 bytes).
@@ -90,7 +90,7 @@ fn inet_pair(origin: &Origin) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 /// The header describing `origin` (`None`: no client known).
-pub fn encode(version: ProxyVersion, origin: Option<&Origin>, extras: &Extras) -> Vec<u8> {
+pub(crate) fn encode(version: ProxyVersion, origin: Option<&Origin>, extras: &Extras) -> Vec<u8> {
     match version {
         ProxyVersion::V1 => encode_v1(origin),
         ProxyVersion::V2 => encode_v2(origin, extras),
@@ -210,7 +210,7 @@ fn encode_v2(origin: Option<&Origin>, extras: &Extras) -> Vec<u8> {
 
 /// A whole header, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Its length in bytes: what follows is the client's stream.
     pub len: usize,
     /// The declared client; `None`: `LOCAL`, `UNKNOWN`, or an address family not carried.
@@ -220,7 +220,7 @@ pub struct Header {
 
 /// What the bytes received so far are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// The start of a header: all of it belongs to the header; more is needed.
     NeedMore,
     Done(Header),
@@ -239,7 +239,7 @@ fn error(reason: &'static str, detail: impl Into<String>) -> Parsed {
 }
 
 /// Parses the start of a connection's stream as a PROXY header (v1 or v2, by signature).
-pub fn parse(bytes: &[u8]) -> Parsed {
+pub(crate) fn parse(bytes: &[u8]) -> Parsed {
     let v1 = b"PROXY ";
     if bytes.len() >= V2_SIGNATURE.len() && bytes.starts_with(&V2_SIGNATURE) {
         parse_v2(bytes)
@@ -473,7 +473,7 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
 
 /// `accept-proxy` as a prelude: reads one header, yields the declared origin.
 #[derive(Debug, Default)]
-pub struct AcceptProxy {
+pub(crate) struct AcceptProxy {
     seen: Vec<u8>,
 }
 

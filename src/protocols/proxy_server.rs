@@ -29,7 +29,7 @@ enum Protocol {
 
 /// One client's proxy handshake.
 #[derive(Debug)]
-pub struct ProxyServer {
+pub(crate) struct ProxyServer {
     proxy: Arc<Address>,
     protocol: Protocol,
     credentials: Option<Credentials>,
@@ -38,7 +38,7 @@ pub struct ProxyServer {
 }
 
 /// The `result` labels a proxy request ends with (`vsplice_proxy_requests_total`).
-pub const RESULTS: &[&str] = &[
+pub(crate) const RESULTS: &[&str] = &[
     "connected",
     "denied",
     "dial_failed",
@@ -51,7 +51,7 @@ pub const RESULTS: &[&str] = &[
 
 /// The `result` label of a request that prelude `prelude` ended with `result` (a failure's
 /// reason or the dial's outcome); `None` for preludes that are not proxies.
-pub fn result_label(prelude: &str, result: &str) -> Option<&'static str> {
+pub(crate) fn result_label(prelude: &str, result: &str) -> Option<&'static str> {
     if !matches!(prelude, "socks5" | "http-connect") {
         return None;
     }
@@ -69,7 +69,7 @@ fn fail(reason: &'static str, detail: impl Into<String>, reply: Vec<u8>) -> Step
 impl ProxyServer {
     /// The handshake of proxy address `proxy` (`SOCKS5-SERVER` or `HTTP-CONNECT-SERVER`,
     /// its password loaded).
-    pub fn new(proxy: Arc<Address>) -> ProxyServer {
+    pub(crate) fn new(proxy: Arc<Address>) -> ProxyServer {
         let credentials = match (&proxy.options.proxy.user, &proxy.options.proxy.password) {
             (Some(user), Some(password)) => Some(Credentials {
                 user: user.as_bytes().to_vec(),
@@ -197,7 +197,7 @@ impl ProxyServer {
 }
 
 /// How long a proxy's dial may take per address when `connect-timeout` is not given.
-pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Prelude for ProxyServer {
     fn name(&self) -> &'static str {

@@ -10,11 +10,11 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// The longest host name accepted (SOCKS5 carries at most 255 bytes; DNS names are shorter).
-pub const MAX_NAME: usize = 255;
+pub(crate) const MAX_NAME: usize = 255;
 
 /// A requested destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// An IP literal (without brackets) or a checked host name.
     pub host: String,
     pub port: u16,
@@ -22,7 +22,7 @@ pub struct Target {
 
 impl Target {
     /// The IP address the host is, when it is a literal.
-    pub fn ip(&self) -> Option<IpAddr> {
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
 }
@@ -53,7 +53,7 @@ pub enum FailureClass {
 
 /// Checks a host name a client sent: 1-255 bytes of `[A-Za-z0-9._-]`, not starting with `-`
 /// or `.`. An IP literal written as a name passes too (and is then treated as that address).
-pub fn check_name(name: &[u8]) -> Result<String, String> {
+pub(crate) fn check_name(name: &[u8]) -> Result<String, String> {
     if name.is_empty() {
         return Err("empty host name".into());
     }

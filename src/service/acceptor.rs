@@ -61,7 +61,7 @@ impl Service {
 }
 
 /// The per-relay options of one service's connections: the command line's, from the file.
-pub fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver>) -> RelayOptions {
+pub(super) fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver>) -> RelayOptions {
     let o = &service.options;
     let size = o.buffer.unwrap_or(DEFAULT_PIPE_SIZE);
     RelayOptions {
@@ -84,7 +84,7 @@ pub fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver>) -> R
 /// The configuration of the one engine all services share: what is global to it. The
 /// splice pipes of every service come from the workers' pools, sized by the file's
 /// top-level `buffer` (a service's own `buffer` sizes its copy buffers and buffer rings).
-pub fn engine_config(plan: &ServePlan, threads: usize) -> EngineConfig {
+pub(super) fn engine_config(plan: &ServePlan, threads: usize) -> EngineConfig {
     let size = plan.global.defaults.buffer.unwrap_or(DEFAULT_PIPE_SIZE);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = plan.global.pin;
@@ -100,7 +100,7 @@ pub fn engine_config(plan: &ServePlan, threads: usize) -> EngineConfig {
     }
 }
 
-pub fn receive_budget(plan: &ServePlan) -> Option<crate::engine::rcvbudget::ReceiveBudget> {
+pub(super) fn receive_budget(plan: &ServePlan) -> Option<crate::engine::rcvbudget::ReceiveBudget> {
     crate::engine::rcvbudget::ReceiveBudget::resolve(plan.global.receive_budget)
 }
 

@@ -28,7 +28,7 @@ use crate::net::bindkey::BindKey;
 use crate::{notice, warn};
 
 /// Reloads `server.plan.file`; returns a summary ("1 added, 1 removed, 0 changed").
-pub fn reload(server: &mut Server) -> Result<String> {
+pub(super) fn reload(server: &mut Server) -> Result<String> {
     let plan = ServePlan::load(&server.plan.file).map_err(Error::from)?;
     warn_about_global_changes(&server.plan, &plan);
     // The sockets the running services listen on, and which service holds each.

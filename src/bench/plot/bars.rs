@@ -15,7 +15,7 @@ use super::style::{COLORS, SIZE, plot_err};
 use crate::error::Result;
 
 /// One bar: its label and value (None: nothing to draw).
-pub type Bar = (String, Option<f64>);
+pub(super) type Bar = (String, Option<f64>);
 
 fn number(v: f64) -> String {
     if v >= 100.0 {
@@ -88,7 +88,7 @@ where
 }
 
 /// One chart of bars in `path`.
-pub fn single(path: &Path, title: &str, unit: &str, items: &[Bar]) -> Result<()> {
+pub(super) fn single(path: &Path, title: &str, unit: &str, items: &[Bar]) -> Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     panel(&root, path, title, unit, items)?;
@@ -97,7 +97,7 @@ pub fn single(path: &Path, title: &str, unit: &str, items: &[Bar]) -> Result<()>
 
 /// Two panels of bars side by side in `path`, under one `title`: each panel its own title,
 /// unit and bars.
-pub fn pair(path: &Path, title: &str, panels: [(&str, &str, &[Bar]); 2]) -> Result<()> {
+pub(super) fn pair(path: &Path, title: &str, panels: [(&str, &str, &[Bar]); 2]) -> Result<()> {
     let root = SVGBackend::new(path, (SIZE.0 + 200, SIZE.1)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let root = root

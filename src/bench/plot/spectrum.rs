@@ -40,13 +40,13 @@ impl ValueFormatter<f64> for PercentileAxis {
 }
 
 /// One line of the spectrum: its legend and its (percentile fraction, µs) points.
-pub struct Line<'a> {
+pub(super) struct Line<'a> {
     pub name: String,
     pub points: &'a [(f64, u64)],
 }
 
 /// Draws `lines` as a latency spectrum into `path`.
-pub fn draw(path: &Path, title: &str, lines: &[Line<'_>]) -> Result<()> {
+pub(super) fn draw(path: &Path, title: &str, lines: &[Line<'_>]) -> Result<()> {
     let top = axis::y_top(
         lines
             .iter()

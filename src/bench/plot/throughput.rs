@@ -78,7 +78,7 @@ fn lines(r: &TestReport) -> Vec<Line> {
 }
 
 /// Draws `r`'s intervals into `path`.
-pub fn draw(path: &Path, r: &TestReport) -> Result<()> {
+pub(super) fn draw(path: &Path, r: &TestReport) -> Result<()> {
     if r.intervals.is_empty() {
         return Err(plot_err(
             path,

@@ -36,7 +36,7 @@ struct Shared {
 
 /// A helper thread that sends one message at a time, whole, into one socket.
 #[derive(Debug)]
-pub struct WholeSender {
+pub(super) struct WholeSender {
     shared: Arc<Shared>,
     socket: OwnedFd,
     busy: bool,
@@ -45,7 +45,7 @@ pub struct WholeSender {
 impl WholeSender {
     /// Starts the thread on a duplicate of `sink`, which it makes blocking (every receive on
     /// the socket passes MSG_DONTWAIT itself).
-    pub fn start(sink: BorrowedFd<'_>) -> io::Result<WholeSender> {
+    pub(super) fn start(sink: BorrowedFd<'_>) -> io::Result<WholeSender> {
         let socket = sink.try_clone_to_owned()?;
         message::set_blocking(socket.as_fd())?;
         let shared = Arc::new(Shared {
@@ -66,17 +66,17 @@ impl WholeSender {
     }
 
     /// The eventfd that turns readable when a send finished.
-    pub fn done_fd(&self) -> BorrowedFd<'_> {
+    pub(super) fn done_fd(&self) -> BorrowedFd<'_> {
         self.shared.done.as_fd()
     }
 
     /// Whether a message was handed over and its result not yet taken.
-    pub fn busy(&self) -> bool {
+    pub(super) fn busy(&self) -> bool {
         self.busy
     }
 
     /// Hands `message` to the thread.
-    pub fn submit(&mut self, message: Vec<u8>) {
+    pub(super) fn submit(&mut self, message: Vec<u8>) {
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         slot.job = Some(message);
         slot.result = None;
@@ -85,7 +85,7 @@ impl WholeSender {
     }
 
     /// The result of the message handed over, once its send finished.
-    pub fn take_result(&mut self) -> Option<Result<usize, i32>> {
+    pub(super) fn take_result(&mut self) -> Option<Result<usize, i32>> {
         self.shared.done.drain();
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         let result = slot.result.take();

@@ -36,12 +36,12 @@ pub(super) struct Accepting {
 }
 
 impl Accepting {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.listens.is_empty()
     }
 
     /// The earliest retry due.
-    pub fn due(&self) -> Option<Instant> {
+    pub(super) fn due(&self) -> Option<Instant> {
         self.listens.iter().filter_map(|(_, l)| l.retry_at).min()
     }
 }
