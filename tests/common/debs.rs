@@ -21,6 +21,12 @@ pointing at a folder where an earlier run unpacked them";
 /// One apt run at a time on the private lists: tests of one binary fetch side by side.
 static APT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// One [`DebRoot::ensure`] at a time: each empties and refills the root's one downloads
+/// folder, so two side by side (the zsh and fish tests on a fresh lab, seen in CI: "apt-get
+/// download fish left no .deb") would delete each other's packages. Separate from
+/// [`APT_LOCK`], which `ensure` takes inside it for each apt run.
+static ENSURE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A folder that Debian packages are unpacked into, side by side, as if it were `/`.
 ///
 /// Every root reads its own apt lists, kept under `dir/apt` and fetched on first use: a
@@ -152,6 +158,7 @@ impl DebRoot {
 
     /// Downloads and unpacks those of `packages` not unpacked yet.
     pub fn ensure(&self, packages: &[&str]) -> Result<(), String> {
+        let _one = ENSURE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: Vec<&str> = packages.iter().copied().filter(|p| !self.has(p)).collect();
         if wanted.is_empty() {
             return Ok(());
