@@ -667,13 +667,7 @@ pub(super) fn apply_option(
         OptName::Allow => {
             let rule =
                 AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
-            let mut rules = opts
-                .allow
-                .take()
-                .map(|a| a.rules().to_vec())
-                .unwrap_or_default();
-            rules.push(rule);
-            let allow = Allow::from_rules(rules).expect("one rule at least");
+            let allow = with_rule(opts.allow.take(), rule);
             allow
                 .fits(tag)
                 .map_err(|why| option_value_error(name, value, why))?;
@@ -725,13 +719,7 @@ pub(super) fn apply_option(
         OptName::AllowSource => {
             let rule =
                 AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
-            let mut rules = opts
-                .allow_source
-                .take()
-                .map(|a| a.rules().to_vec())
-                .unwrap_or_default();
-            rules.push(rule);
-            opts.allow_source = Allow::from_rules(rules);
+            opts.allow_source = Some(with_rule(opts.allow_source.take(), rule));
         }
         OptName::SockType => opts.socktype = Some(parse_socktype(tag, name, value)?),
         OptName::Framing => {
@@ -747,6 +735,13 @@ pub(super) fn apply_option(
         _ => unreachable!("value options handled above"),
     }
     Ok(())
+}
+
+/// `allow` (or `allow-source`) with one more entry: a repeated option adds to its list.
+fn with_rule(allow: Option<Allow>, rule: AllowRule) -> Allow {
+    let mut rules = allow.map(|a| a.rules().to_vec()).unwrap_or_default();
+    rules.push(rule);
+    Allow::from_rules(rules).expect("one rule at least")
 }
 
 /// Checks the options that only mean something together with another (run after all
