@@ -182,6 +182,7 @@ fn vsock(c: &mut Criterion) {
             zerocopy: false,
             workload: Default::default(),
             vsock_buffer: None,
+            messages: false,
         };
         group.bench_function(BenchmarkId::new("len", len), |b| {
             b.iter(|| {

@@ -144,6 +144,7 @@ mod tests {
             zerocopy: false,
             workload: Workload::Rr,
             vsock_buffer: None,
+            messages: false,
         }
     }
 

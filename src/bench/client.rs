@@ -102,7 +102,7 @@ pub fn run_test(
         },
     )
     .map_err(|e| bench_err("sending the test parameters", e))?;
-    let mut replies = BufReader::new(control.reader());
+    let mut replies = BufReader::with_capacity(proto::CONTROL_CHUNK, control.reader());
     expect(
         proto::recv_line(&mut replies, proto::MAX_LINE),
         ServerMsg::Ready,

@@ -344,6 +344,7 @@ fn run_in(plan: &DemoPlan, exe: &str, dir: &std::path::Path, base: u32) -> Resul
         zerocopy: false,
         workload: plan.workload,
         vsock_buffer: None,
+        messages: false,
     };
     if !plan.json {
         let cpus = std::thread::available_parallelism()

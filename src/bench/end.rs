@@ -91,6 +91,8 @@ pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
         received: a.received + b.received,
         recv_seconds: a.recv_seconds.max(b.recv_seconds),
         transactions: a.transactions + b.transactions,
+        sent_messages: a.sent_messages + b.sent_messages,
+        received_messages: a.received_messages + b.received_messages,
         vsock_buffer: a.vsock_buffer.or(b.vsock_buffer),
         error: a.error.or(b.error),
     }

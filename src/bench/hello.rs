@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::proto::{self, Hello};
 use crate::net::endpoint::Endpoint;
+use crate::sys::message::{self, Received, ZeroMeans};
 use crate::sys::pipe;
 
 /// How long a connection has, from its accept, to send its whole hello line.
@@ -40,8 +41,12 @@ impl Pending {
     }
 
     /// Reads what arrived, a byte at a time, so that not one byte after the newline (the data
-    /// that follows a data hello) is consumed.
+    /// that follows a data hello) is consumed; on a SEQPACKET connection, the one message
+    /// that is the hello.
     fn advance(mut self) -> (Option<Pending>, Step) {
+        if self.endpoint.is_message() {
+            return self.advance_message();
+        }
         let mut byte = [0u8; 1];
         loop {
             match pipe::read(self.fd(), &mut byte) {
@@ -71,6 +76,43 @@ impl Pending {
                 }
                 Err(e) => return (None, Step::Failed(self.endpoint, e)),
             }
+        }
+    }
+}
+
+impl Pending {
+    /// A SEQPACKET hello: one message, the line and its newline (a client sends it whole).
+    fn advance_message(self) -> (Option<Pending>, Step) {
+        let mut buf = [0u8; proto::MAX_HELLO + 2];
+        loop {
+            return match message::recv_message(self.fd(), &mut buf, ZeroMeans::End) {
+                Ok(Received::Nothing) => (Some(self), Step::Waiting),
+                Ok(Received::End) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before its hello",
+                    );
+                    (None, Step::Failed(self.endpoint, e))
+                }
+                Ok(Received::Message(n)) if n > proto::MAX_HELLO + 1 => {
+                    (None, Step::Failed(self.endpoint, proto::hello_too_long()))
+                }
+                Ok(Received::Message(n)) => match buf[..n].split_last() {
+                    Some((b'\n', line)) => match proto::parse_hello(line) {
+                        Ok(hello) => (None, Step::Hello(self.endpoint, hello)),
+                        Err(e) => (None, Step::Failed(self.endpoint, e)),
+                    },
+                    _ => {
+                        let e = io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a hello message without its newline (not a vsplice bench client?)",
+                        );
+                        (None, Step::Failed(self.endpoint, e))
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => (None, Step::Failed(self.endpoint, e)),
+            };
         }
     }
 }

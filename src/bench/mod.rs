@@ -12,6 +12,7 @@ pub mod demo;
 pub mod end;
 pub mod hello;
 pub mod iperf3;
+pub mod message;
 pub mod pattern;
 pub mod plot;
 pub mod proto;
@@ -129,6 +130,10 @@ pub struct ServerArgs {
     /// Buffer bytes all tests at once may make the server hold (streams x write size)
     #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = size_arg)]
     pub max_buffered: usize,
+    /// Listen for SOCK_SEQPACKET tests (UNIX-LISTEN, VSOCK-LISTEN; the same as the address
+    /// option socktype=seqpacket)
+    #[arg(long)]
+    pub seqpacket: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,6 +195,11 @@ pub struct ClientArgs {
     /// reading or sending)
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = time_arg)]
     pub stall_timeout: Duration,
+    /// SOCK_SEQPACKET (UNIX-CONNECT, VSOCK-CONNECT; the same as socktype=seqpacket): every
+    /// write is one message of --len bytes (at most 256K), messages per second are reported
+    /// beside throughput, and one merged or split message fails the test
+    #[arg(long, conflicts_with_all = ["zerocopy", "rr", "crr"])]
+    pub seqpacket: bool,
 }
 
 /// The shape of `--json` output.
@@ -282,11 +292,42 @@ fn parse_address(text: &str) -> Result<Address> {
     Ok(address)
 }
 
+/// Applies `--seqpacket` to a bench address: only UNIX and vsock (not hybrid) addresses have
+/// SOCK_SEQPACKET. Returns whether the address is SEQPACKET now (the flag, or its own
+/// `socktype=seqpacket`).
+fn seqpacket(address: &mut Address, flag: bool) -> Result<bool> {
+    use crate::addr::{KindTag, SocketType};
+    if flag {
+        let has_seqpacket = matches!(
+            address.kind.tag(),
+            KindTag::UnixConnect
+                | KindTag::UnixListen
+                | KindTag::VsockConnect
+                | KindTag::VsockListen
+        );
+        if !has_seqpacket {
+            return Err(Error::Usage(format!(
+                "--seqpacket: \"{}\" has no SOCK_SEQPACKET (UNIX and VSOCK addresses have)",
+                address.text
+            )));
+        }
+        if address.options.socktype == Some(SocketType::Stream) {
+            return Err(Error::Usage(format!(
+                "--seqpacket: \"{}\" asks for a stream (socktype=1)",
+                address.text
+            )));
+        }
+        address.options.socktype = Some(SocketType::Seqpacket);
+    }
+    Ok(address.options.socktype == Some(SocketType::Seqpacket))
+}
+
 /// Stage two for `vsplice bench`.
 pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
     match args.command {
         BenchCommand::Server(a) => {
-            let address = parse_address(&a.address)?;
+            let mut address = parse_address(&a.address)?;
+            seqpacket(&mut address, a.seqpacket)?;
             if !address.is_listener() {
                 return Err(Error::Usage(format!(
                     "bench server needs a listening address (VSOCK-LISTEN, TCP-LISTEN, UNIX-LISTEN, VSOCK-UDS-LISTEN), not \"{}\"",
@@ -329,6 +370,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 (_, true) => Workload::Crr,
                 _ => Workload::Stream,
             };
+            let messages = seqpacket(&mut address, c.seqpacket)?;
             let len = c
                 .len
                 .unwrap_or(if workload.is_stream() { 128 << 10 } else { 1 });
@@ -341,6 +383,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 zerocopy: c.zerocopy,
                 workload,
                 vsock_buffer: c.vsock_buffer.map(|b| b as u64),
+                messages,
             };
             for len in std::iter::once(len).chain(c.sweep.iter().copied()) {
                 Params {

@@ -85,6 +85,10 @@ pub struct Params {
     /// SO_VM_SOCKETS_BUFFER_SIZE (and _MAX) for vsock data sockets at both ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_buffer: Option<u64>,
+    /// SOCK_SEQPACKET (`--seqpacket`): every write is one message, every receive must be one
+    /// whole message of the length sent (left out of the JSON for streams).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub messages: bool,
 }
 
 /// The largest stream count a test may ask for.
@@ -93,6 +97,14 @@ pub const MAX_STREAMS: u32 = 20_000;
 pub const MAX_LEN: usize = 16 << 20;
 /// The most buffer memory a test may make one end hold: streams x write size.
 pub const MAX_BUFFERED: u64 = 2 << 30;
+/// The largest message of a `--seqpacket` test: vsock's default buffer (a UNIX SEQPACKET
+/// socket takes up to its send buffer, about 208K by default; a larger message fails that
+/// stream with the kernel's EMSGSIZE).
+pub const MAX_MESSAGE: usize = 256 << 10;
+/// Control lines go out in pieces of at most this many bytes, and are read with buffers of
+/// at least this size: over SOCK_SEQPACKET each piece is one message, and a read never cuts
+/// one (a hello, at most [`MAX_HELLO`] and its newline, is always one piece).
+pub const CONTROL_CHUNK: usize = 8 << 10;
 /// The longest test, as iperf3 allows: one day.
 pub const MAX_TIME_MS: u64 = 86_400_000;
 /// The largest byte budget: 1 PiB.
@@ -145,6 +157,29 @@ impl Params {
                     self.len, self.streams
                 ),
             );
+        }
+        if self.messages {
+            if !self.workload.is_stream() {
+                return bad(
+                    "seqpacket",
+                    "measures messages one way or both, not --rr/--crr transactions".into(),
+                );
+            }
+            if self.zerocopy {
+                return bad(
+                    "zerocopy",
+                    "is for streams: SEQPACKET messages are sent copied".into(),
+                );
+            }
+            if self.len > MAX_MESSAGE {
+                return bad(
+                    "len",
+                    format!(
+                        "{} is more than the largest --seqpacket message, {MAX_MESSAGE} (256K)",
+                        self.len
+                    ),
+                );
+            }
         }
         if let Some(b) = self.vsock_buffer {
             if !(4096..=MAX_VSOCK_BUFFER).contains(&b) {
@@ -228,11 +263,20 @@ pub struct StreamCounts {
     /// Request/response transactions (`--rr`, `--crr`).
     #[serde(default)]
     pub transactions: u64,
+    /// Messages sent and received whole (`--seqpacket`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sent_messages: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub received_messages: u64,
     /// The vsock buffer this end's socket has, read back (when asked for and vsock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_buffer: Option<u64>,
     /// Anything that went wrong on this stream at this end (I/O error, pattern mismatch).
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Messages the server sends on the control connection.
@@ -266,11 +310,13 @@ pub enum ClientMsg {
     Done,
 }
 
-/// Writes one message as a JSON line.
+/// Writes one message as a JSON line, in pieces of at most [`CONTROL_CHUNK`] bytes (one
+/// write each: over SOCK_SEQPACKET, one message each).
 pub fn send_line<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line)
+    line.chunks(CONTROL_CHUNK)
+        .try_for_each(|piece| w.write_all(piece))
 }
 
 /// Reads one JSON line of at most `max` bytes; end of file is an `UnexpectedEof` error, a
@@ -381,6 +427,7 @@ mod tests {
             zerocopy: false,
             workload: Workload::Stream,
             vsock_buffer: None,
+            messages: false,
         };
         assert_eq!(p.stream_bytes(0), Some(4));
         assert_eq!(p.stream_bytes(1), Some(3));

@@ -100,6 +100,7 @@ fn valid_params() -> impl Strategy<Value = Params> {
                 zerocopy,
                 workload: Workload::Stream,
                 vsock_buffer: None,
+                messages: false,
             },
         )
 }

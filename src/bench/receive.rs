@@ -5,6 +5,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::message::{Boundaries, receive_message};
 use super::pattern;
 use super::proto::{Limit, Params, StreamCounts};
 use super::stream::{Stream, describe};
@@ -140,7 +141,12 @@ pub fn receive(
     test_start: TestStart<'_>,
 ) -> StreamCounts {
     let begun = Instant::now();
-    let mut buf = vec![0u8; len.max(4096)];
+    // A SEQPACKET stream: every receive is one message, judged against the one sent (the
+    // buffer is a byte longer than any message sent, so a longer one shows).
+    let mut boundaries = stream
+        .is_message()
+        .then(|| Boundaries::new(len, ending, id));
+    let mut buf = vec![0u8; len.max(4096) + 1];
     let mut received: u64 = 0;
     let mut r = stream.reader();
     let mut error = None;
@@ -169,7 +175,11 @@ pub fn receive(
         if received >= want {
             break;
         }
-        match r.read(&mut buf) {
+        let got = match boundaries.as_mut() {
+            Some(b) => receive_message(stream, &mut buf, b, received),
+            None => r.read(&mut buf),
+        };
+        match got {
             Ok(0) => break,
             Ok(n) => {
                 if verify && error.is_none() {
@@ -243,6 +253,7 @@ pub fn receive(
         stream: id,
         received,
         recv_seconds,
+        received_messages: boundaries.map_or(0, |b| b.messages),
         error,
         ..StreamCounts::default()
     }

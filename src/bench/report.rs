@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::message::{MessageRates, rate_text};
 use super::proto::{Cpu, Limit, Params, StreamCounts, TestDirection};
 use super::rr::LatencyReport;
 use crate::addr::Address;
@@ -17,6 +18,9 @@ pub struct DirReport {
     pub receiver_bytes: u64,
     pub receiver_seconds: f64,
     pub receiver_bits_per_second: f64,
+    /// Whole messages each end counted (`--seqpacket`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<MessageRates>,
 }
 
 impl DirReport {
@@ -29,18 +33,54 @@ impl DirReport {
             receiver_bytes: received,
             receiver_seconds: recv_s,
             receiver_bits_per_second: rate(received, recv_s),
+            messages: None,
         }
     }
 
-    fn sum<'a>(parts: impl Iterator<Item = &'a DirReport>) -> DirReport {
+    fn sum<'a>(parts: impl Iterator<Item = &'a DirReport> + Clone) -> DirReport {
         let (mut sent, mut send_s, mut received, mut recv_s) = (0, 0f64, 0, 0f64);
-        for p in parts {
+        for p in parts.clone() {
             sent += p.sender_bytes;
             send_s = send_s.max(p.sender_seconds);
             received += p.receiver_bytes;
             recv_s = recv_s.max(p.receiver_seconds);
         }
-        DirReport::new(sent, send_s, received, recv_s)
+        let messages = parts.filter_map(|p| p.messages.as_ref());
+        DirReport {
+            messages: MessageRates::sum(messages, send_s, recv_s),
+            ..DirReport::new(sent, send_s, received, recv_s)
+        }
+    }
+
+    /// With the messages each end counted (`--seqpacket`); a count that differs is an error
+    /// of the stream (`what`: "the client sent").
+    fn with_messages(
+        mut self,
+        params: &Params,
+        (sent, received): (&StreamCounts, &StreamCounts),
+        what: (&str, &str),
+        errors: &mut Vec<String>,
+    ) -> DirReport {
+        if !params.messages {
+            return self;
+        }
+        if sent.sent_messages != received.received_messages {
+            errors.push(format!(
+                "stream {}: {} {} messages but {} {}",
+                sent.stream + 1,
+                what.0,
+                sent.sent_messages,
+                what.1,
+                received.received_messages
+            ));
+        }
+        self.messages = Some(MessageRates::new(
+            sent.sent_messages,
+            sent.send_seconds,
+            received.received_messages,
+            received.recv_seconds,
+        ));
+        self
     }
 }
 
@@ -204,7 +244,12 @@ pub(super) fn build_report(
                     s.received
                 ));
             }
-            DirReport::new(c.sent, c.send_seconds, s.received, s.recv_seconds)
+            DirReport::new(c.sent, c.send_seconds, s.received, s.recv_seconds).with_messages(
+                params,
+                (c, &s),
+                ("the client sent", "the server received"),
+                &mut errors,
+            )
         });
         let down = params.direction.server_sends().then(|| {
             if s.sent != c.received {
@@ -215,7 +260,12 @@ pub(super) fn build_report(
                     c.received
                 ));
             }
-            DirReport::new(s.sent, s.send_seconds, c.received, c.recv_seconds)
+            DirReport::new(s.sent, s.send_seconds, c.received, c.recv_seconds).with_messages(
+                params,
+                (&s, c),
+                ("the server sent", "the client received"),
+                &mut errors,
+            )
         });
         streams.push(StreamReport {
             stream: id + 1,
@@ -265,8 +315,13 @@ pub(super) fn print_header(address: &Address, params: &Params) {
         (_, TestDirection::Reverse) => "server sends",
         (_, TestDirection::Bidir) => "both send",
     };
+    let writes = if params.messages {
+        "byte SEQPACKET messages"
+    } else {
+        "byte writes"
+    };
     println!(
-        "Connected to {} ({} stream{}, {} byte writes, {what}, {dir}{}{})",
+        "Connected to {} ({} stream{}, {} {writes}, {what}, {dir}{}{})",
         address.text,
         params.streams,
         if params.streams == 1 { "" } else { "s" },
@@ -323,15 +378,31 @@ pub(super) fn print_interval(r: &IntervalReport, direction: TestDirection) {
 }
 
 fn print_dir(label: &str, d: &DirReport, tag: &str) {
+    // `--seqpacket`: each end's message count and rate after its bitrate.
+    let (sent, received) = match &d.messages {
+        Some(m) => (
+            format!(
+                "  {:>10} msgs  {:>13}",
+                m.sender_messages,
+                rate_text(m.sender_messages_per_second)
+            ),
+            format!(
+                "  {:>10} msgs  {:>13}",
+                m.receiver_messages,
+                rate_text(m.receiver_messages_per_second)
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     println!(
-        "[{label}] {:6.2}-{:<6.2} sec  {:>12}  {:>16}  sender{tag}",
+        "[{label}] {:6.2}-{:<6.2} sec  {:>12}  {:>16}{sent}  sender{tag}",
         0.0,
         d.sender_seconds,
         gbytes(d.sender_bytes),
         rate(d.sender_bits_per_second)
     );
     println!(
-        "[{label}] {:6.2}-{:<6.2} sec  {:>12}  {:>16}  receiver{tag}",
+        "[{label}] {:6.2}-{:<6.2} sec  {:>12}  {:>16}{received}  receiver{tag}",
         0.0,
         d.receiver_seconds,
         gbytes(d.receiver_bytes),
@@ -396,9 +467,17 @@ pub(super) fn print_summary(r: &TestReport) {
 
 /// Prints a sweep as one table, one row per write size.
 pub fn print_sweep(reports: &[TestReport]) {
+    // `--seqpacket`: the receivers' messages per second too.
+    let messages = reports.iter().any(|r| r.params.messages);
     println!(
-        "{:>9}  {:>13}  {:>13}  {:>10}  {:>10}  {:>11}",
-        "len", "sender Gb/s", "receiver Gb/s", "client CPU", "server CPU", "Gb/s / core"
+        "{:>9}  {:>13}  {:>13}  {:>10}  {:>10}  {:>11}{}",
+        "len",
+        "sender Gb/s",
+        "receiver Gb/s",
+        "client CPU",
+        "server CPU",
+        "Gb/s / core",
+        if messages { "  receiver msgs/s" } else { "" }
     );
     for r in reports {
         let dirs: Vec<&DirReport> = r
@@ -408,8 +487,17 @@ pub fn print_sweep(reports: &[TestReport]) {
             .collect();
         let send: f64 = dirs.iter().map(|d| d.sender_bits_per_second).sum();
         let recv: f64 = dirs.iter().map(|d| d.receiver_bits_per_second).sum();
+        let per_second: f64 = dirs
+            .iter()
+            .filter_map(|d| d.messages.as_ref())
+            .map(|m| m.receiver_messages_per_second)
+            .sum();
+        let rate_column = match messages {
+            true => format!("  {:>16.0}", per_second),
+            false => String::new(),
+        };
         println!(
-            "{:>9}  {:>13.2}  {:>13.2}  {:>9.1}%  {:>9.1}%  {:>11}{}",
+            "{:>9}  {:>13.2}  {:>13.2}  {:>9.1}%  {:>9.1}%  {:>11}{rate_column}{}",
             human_size(r.params.len),
             send / 1e9,
             recv / 1e9,
@@ -446,6 +534,8 @@ mod tests {
             recv_seconds: 2.0,
             transactions: 0,
             vsock_buffer: None,
+            sent_messages: 0,
+            received_messages: 0,
             error: None,
         }
     }
@@ -460,6 +550,7 @@ mod tests {
             zerocopy: false,
             workload: crate::bench::proto::Workload::Stream,
             vsock_buffer: None,
+            messages: false,
         }
     }
 

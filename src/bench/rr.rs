@@ -148,6 +148,8 @@ fn counts(id: u32, n: u64, len: usize, started: Instant, error: Option<String>) 
         recv_seconds: s,
         transactions: n,
         vsock_buffer: None,
+        sent_messages: 0,
+        received_messages: 0,
         error,
     }
 }

@@ -60,6 +60,12 @@ pub fn send(
         stream: id,
         sent,
         send_seconds: started.elapsed().as_secs_f64(),
+        // Every message but a byte budget's last is `len` bytes, and only whole ones count.
+        sent_messages: if stream.is_message() {
+            sent.div_ceil(len as u64)
+        } else {
+            0
+        },
         error,
         ..StreamCounts::default()
     }
@@ -103,6 +109,12 @@ fn send_copy(
         while off < n {
             match w.write(&buf[off..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                // One write, one message: a part of one would leave its rest as another.
+                Ok(k) if stream.is_message() && k != n => {
+                    return Err(io::Error::other(format!(
+                        "a message of {n} bytes went out as {k} (SEQPACKET send cut it)"
+                    )));
+                }
                 Ok(k) => {
                     off += k;
                     *sent += k as u64;

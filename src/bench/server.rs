@@ -213,6 +213,16 @@ fn admit(server: &Arc<Server>, endpoint: crate::net::endpoint::Endpoint, hello: 
             if let Err(bad) = params.check() {
                 return refuse(endpoint, format!("parameter {bad}"));
             }
+            if params.messages != endpoint.is_message() {
+                let (asked, here) = match params.messages {
+                    true => ("SEQPACKET messages", "streams"),
+                    false => ("a stream", "SEQPACKET"),
+                };
+                return refuse(
+                    endpoint,
+                    format!("the test asks for {asked}, this server's sockets are {here}"),
+                );
+            }
             let reservation = match server.budget.reserve(&params) {
                 Ok(r) => r,
                 Err(why) => return refuse(endpoint, why),
@@ -333,7 +343,7 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
         Limit::Bytes { .. } => Duration::from_secs(3600),
     };
     stream.set_timeouts(test_time + SETUP_TIMEOUT)?;
-    let mut reader = BufReader::new(stream.reader());
+    let mut reader = BufReader::with_capacity(proto::CONTROL_CHUNK, stream.reader());
     // Our senders' counts first (the client reads them only after sending its own, so
     // neither end waits on the other), then the client's, for our receivers.
     session.wait(

@@ -25,11 +25,14 @@ use crate::sys::zerocopy;
 pub struct Stream {
     pub(super) file: File,
     family: &'static str,
+    /// SOCK_SEQPACKET: every write is one message, every read one whole message.
+    messages: bool,
 }
 
 impl Stream {
     pub fn from_endpoint(endpoint: Endpoint) -> io::Result<Stream> {
         let label = endpoint.label().to_string();
+        let messages = endpoint.is_message();
         let socket = endpoint
             .into_socket()
             .ok_or_else(|| io::Error::other("the bench needs a socket address, not STDIO"))?;
@@ -46,6 +49,7 @@ impl Stream {
         Ok(Stream {
             file: File::from(fd),
             family,
+            messages,
         })
     }
 
@@ -100,6 +104,11 @@ impl Stream {
                 ),
             )
         })
+    }
+
+    /// A SOCK_SEQPACKET connection (`--seqpacket`).
+    pub fn is_message(&self) -> bool {
+        self.messages
     }
 
     pub fn is_vsock(&self) -> bool {

@@ -43,6 +43,25 @@ const CONTROL_WORDS: usize = 8;
 
 /// Receives one message into `buf` without waiting.
 pub fn recv_message(fd: BorrowedFd<'_>, buf: &mut [u8], zero: ZeroMeans) -> io::Result<Received> {
+    recv_message_flags(fd, buf, zero, libc::MSG_DONTWAIT)
+}
+
+/// Receives one message into `buf`, waiting on a blocking socket as long as its
+/// `SO_RCVTIMEO` allows ([`Received::Nothing`] when that time ran out).
+pub fn recv_message_waiting(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    zero: ZeroMeans,
+) -> io::Result<Received> {
+    recv_message_flags(fd, buf, zero, 0)
+}
+
+fn recv_message_flags(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    zero: ZeroMeans,
+    wait: libc::c_int,
+) -> io::Result<Received> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -56,7 +75,7 @@ pub fn recv_message(fd: BorrowedFd<'_>, buf: &mut [u8], zero: ZeroMeans) -> io::
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&control) as _;
     }
-    let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
+    let flags = wait | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
     // SAFETY: `msg` points at `iov` (describing `buf`, writable for its length) and at
     // `control` (writable for msg_controllen bytes), all live for the call; `fd` is borrowed.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
