@@ -59,6 +59,10 @@ const SCENARIOS: &[Scenario] = &[
         "vsock_seqpacket_messages_cross_both_ways_with_every_boundary_kept",
         seqpacket_guest::vsock_seqpacket_both_ways,
     ),
+    (
+        "bench_seqpacket_over_vsock",
+        seqpacket_guest::bench_seqpacket_over_vsock,
+    ),
 ];
 
 /// `send-proxy=v2` on a relay from a vsock listener: a Python backend that runs docs/proxy-protocol.md's
