@@ -84,36 +84,41 @@ impl Pending {
     /// A SEQPACKET hello: one message, the line and its newline (a client sends it whole).
     fn advance_message(self) -> (Option<Pending>, Step) {
         let mut buf = [0u8; proto::MAX_HELLO + 2];
-        loop {
-            return match message::recv_message(self.fd(), &mut buf, ZeroMeans::End) {
-                Ok(Received::Nothing) => (Some(self), Step::Waiting),
-                Ok(Received::End) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed before its hello",
-                    );
-                    (None, Step::Failed(self.endpoint, e))
-                }
-                Ok(Received::Message(n)) if n > proto::MAX_HELLO + 1 => {
-                    (None, Step::Failed(self.endpoint, proto::hello_too_long()))
-                }
-                Ok(Received::Message(n)) => match buf[..n].split_last() {
-                    Some((b'\n', line)) => match proto::parse_hello(line) {
-                        Ok(hello) => (None, Step::Hello(self.endpoint, hello)),
-                        Err(e) => (None, Step::Failed(self.endpoint, e)),
-                    },
-                    _ => {
-                        let e = io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "a hello message without its newline (not a vsplice bench client?)",
-                        );
-                        (None, Step::Failed(self.endpoint, e))
-                    }
-                },
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => (None, Step::Failed(self.endpoint, e)),
-            };
+        let got = loop {
+            match message::recv_message(self.fd(), &mut buf, ZeroMeans::End) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                got => break got,
+            }
+        };
+        let hello = match got {
+            Ok(Received::Nothing) => return (Some(self), Step::Waiting),
+            Ok(Received::End) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before its hello",
+            )),
+            Ok(Received::Message(n)) => hello_message(&buf[..n.min(buf.len())], n),
+            Err(e) => Err(e),
+        };
+        match hello {
+            Ok(hello) => (None, Step::Hello(self.endpoint, hello)),
+            Err(e) => (None, Step::Failed(self.endpoint, e)),
         }
+    }
+}
+
+/// Judges a SEQPACKET hello: the message's bytes as received and its whole length (more than
+/// the bytes when it did not fit), which must be a line of at most [`proto::MAX_HELLO`] bytes
+/// and its newline.
+fn hello_message(bytes: &[u8], len: usize) -> io::Result<Hello> {
+    if len > proto::MAX_HELLO + 1 {
+        return Err(proto::hello_too_long());
+    }
+    match bytes.split_last() {
+        Some((b'\n', line)) => proto::parse_hello(line),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a hello message without its newline (not a vsplice bench client?)",
+        )),
     }
 }
 
@@ -225,6 +230,46 @@ mod tests {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             other => panic!("a pending client read {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_seqpacket_hello_is_one_message_and_leaves_the_next_one_unread() {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (server, client) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let endpoint = Endpoint::socket(Socket::from_owned(server), "seqpacket".into());
+        assert!(endpoint.is_message());
+        let mut client = std::fs::File::from(client);
+        proto::send_line(&mut client, &data_hello("m")).unwrap();
+        client.write_all(b"DATA").unwrap();
+        let mut hellos = Hellos::default();
+        let Step::Hello(endpoint, hello) = hellos.add(endpoint, Instant::now()).remove(0) else {
+            panic!("the hello is whole at once");
+        };
+        assert_eq!(hello, data_hello("m"));
+        let mut next = [0u8; 16];
+        let got = message::recv_message(endpoint.read_fd().unwrap(), &mut next, ZeroMeans::End);
+        assert_eq!(got.unwrap(), Received::Message(4));
+        assert_eq!(&next[..4], b"DATA");
+    }
+
+    #[test]
+    fn a_seqpacket_hello_without_newline_or_too_long_is_refused() {
+        let line = b"{\"type\":\"data\",\"cookie\":\"c\",\"stream\":0}\n";
+        assert_eq!(
+            hello_message(line, line.len()).unwrap(),
+            data_hello("c"),
+            "a whole hello"
+        );
+        let cut = hello_message(&line[..line.len() - 1], line.len() - 1).unwrap_err();
+        assert!(cut.to_string().contains("without its newline"), "{cut}");
+        let long = hello_message(line, proto::MAX_HELLO + 2).unwrap_err();
+        assert!(long.to_string().contains("too long"), "{long}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 
 use serde::Serialize;
 
+use super::proto::{Params, StreamCounts};
 use super::receive::Ending;
 use super::stream::Stream;
 use crate::sys::message::{Received, ZeroMeans, recv_message_waiting};
@@ -152,6 +153,52 @@ impl MessageRates {
     }
 }
 
+/// The messages of one direction of one stream (`--seqpacket`; `None` for streams), from the
+/// sending end's counts and the receiving one's; a count that differs is an error of the
+/// stream. `sender` names the sending end ("client" or "server").
+pub fn counted(
+    params: &Params,
+    (sent, received): (&StreamCounts, &StreamCounts),
+    sender: &str,
+    errors: &mut Vec<String>,
+) -> Option<MessageRates> {
+    if !params.messages {
+        return None;
+    }
+    if sent.sent_messages != received.received_messages {
+        let receiver = if sender == "client" {
+            "server"
+        } else {
+            "client"
+        };
+        errors.push(format!(
+            "stream {}: the {sender} sent {} messages but the {receiver} received {}",
+            sent.stream + 1,
+            sent.sent_messages,
+            received.received_messages
+        ));
+    }
+    Some(MessageRates::new(
+        sent.sent_messages,
+        sent.send_seconds,
+        received.received_messages,
+        received.recv_seconds,
+    ))
+}
+
+/// The text after a summary line's bitrate: the sender's and the receiver's messages and
+/// rate, or nothing for streams.
+pub fn columns(m: Option<&MessageRates>) -> (String, String) {
+    let Some(m) = m else {
+        return (String::new(), String::new());
+    };
+    let column = |n: u64, per_second: f64| format!("  {n:>10} msgs  {:>13}", rate_text(per_second));
+    (
+        column(m.sender_messages, m.sender_messages_per_second),
+        column(m.receiver_messages, m.receiver_messages_per_second),
+    )
+}
+
 /// A message rate as printed: `12.3 kmsg/s`.
 pub fn rate_text(per_second: f64) -> String {
     if per_second >= 1e6 {
@@ -201,6 +248,51 @@ mod tests {
         let split = b.check(99, 100).unwrap_err();
         assert!(split.ends_with("(split)"), "{split}");
         assert_eq!(b.messages, 1, "neither was counted");
+    }
+
+    #[test]
+    fn message_counts_that_differ_between_the_ends_are_an_error_naming_both() {
+        let params = Params {
+            streams: 1,
+            len: 100,
+            direction: crate::bench::proto::TestDirection::Reverse,
+            limit: crate::bench::proto::Limit::Time { ms: 1000 },
+            verify: false,
+            zerocopy: false,
+            workload: Default::default(),
+            vsock_buffer: None,
+            messages: true,
+        };
+        let sent = StreamCounts {
+            sent_messages: 10,
+            send_seconds: 2.0,
+            ..StreamCounts::default()
+        };
+        let received = StreamCounts {
+            received_messages: 9,
+            recv_seconds: 3.0,
+            ..StreamCounts::default()
+        };
+        let mut errors = Vec::new();
+        let m = counted(&params, (&sent, &received), "server", &mut errors).unwrap();
+        assert_eq!(
+            errors,
+            ["stream 1: the server sent 10 messages but the client received 9"]
+        );
+        assert_eq!(m.sender_messages_per_second, 5.0);
+        assert_eq!(m.receiver_messages_per_second, 3.0);
+        let (tx, rx) = columns(Some(&m));
+        assert!(tx.contains("10 msgs") && tx.contains("0.0 kmsg/s"), "{tx}");
+        assert!(rx.contains("9 msgs"), "{rx}");
+        let streams = Params {
+            messages: false,
+            ..params
+        };
+        assert_eq!(
+            counted(&streams, (&sent, &received), "server", &mut errors),
+            None
+        );
+        assert_eq!(columns(None), (String::new(), String::new()));
     }
 
     #[test]

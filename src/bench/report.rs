@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::message::{MessageRates, rate_text};
+use super::message::{self, MessageRates};
 use super::proto::{Cpu, Limit, Params, StreamCounts, TestDirection};
 use super::rr::LatencyReport;
 use crate::addr::Address;
@@ -50,37 +50,6 @@ impl DirReport {
             messages: MessageRates::sum(messages, send_s, recv_s),
             ..DirReport::new(sent, send_s, received, recv_s)
         }
-    }
-
-    /// With the messages each end counted (`--seqpacket`); a count that differs is an error
-    /// of the stream (`what`: "the client sent").
-    fn with_messages(
-        mut self,
-        params: &Params,
-        (sent, received): (&StreamCounts, &StreamCounts),
-        what: (&str, &str),
-        errors: &mut Vec<String>,
-    ) -> DirReport {
-        if !params.messages {
-            return self;
-        }
-        if sent.sent_messages != received.received_messages {
-            errors.push(format!(
-                "stream {}: {} {} messages but {} {}",
-                sent.stream + 1,
-                what.0,
-                sent.sent_messages,
-                what.1,
-                received.received_messages
-            ));
-        }
-        self.messages = Some(MessageRates::new(
-            sent.sent_messages,
-            sent.send_seconds,
-            received.received_messages,
-            received.recv_seconds,
-        ));
-        self
     }
 }
 
@@ -244,12 +213,10 @@ pub(super) fn build_report(
                     s.received
                 ));
             }
-            DirReport::new(c.sent, c.send_seconds, s.received, s.recv_seconds).with_messages(
-                params,
-                (c, &s),
-                ("the client sent", "the server received"),
-                &mut errors,
-            )
+            DirReport {
+                messages: message::counted(params, (c, &s), "client", &mut errors),
+                ..DirReport::new(c.sent, c.send_seconds, s.received, s.recv_seconds)
+            }
         });
         let down = params.direction.server_sends().then(|| {
             if s.sent != c.received {
@@ -260,12 +227,10 @@ pub(super) fn build_report(
                     c.received
                 ));
             }
-            DirReport::new(s.sent, s.send_seconds, c.received, c.recv_seconds).with_messages(
-                params,
-                (&s, c),
-                ("the server sent", "the client received"),
-                &mut errors,
-            )
+            DirReport {
+                messages: message::counted(params, (&s, c), "server", &mut errors),
+                ..DirReport::new(s.sent, s.send_seconds, c.received, c.recv_seconds)
+            }
         });
         streams.push(StreamReport {
             stream: id + 1,
@@ -378,22 +343,7 @@ pub(super) fn print_interval(r: &IntervalReport, direction: TestDirection) {
 }
 
 fn print_dir(label: &str, d: &DirReport, tag: &str) {
-    // `--seqpacket`: each end's message count and rate after its bitrate.
-    let (sent, received) = match &d.messages {
-        Some(m) => (
-            format!(
-                "  {:>10} msgs  {:>13}",
-                m.sender_messages,
-                rate_text(m.sender_messages_per_second)
-            ),
-            format!(
-                "  {:>10} msgs  {:>13}",
-                m.receiver_messages,
-                rate_text(m.receiver_messages_per_second)
-            ),
-        ),
-        None => (String::new(), String::new()),
-    };
+    let (sent, received) = message::columns(d.messages.as_ref());
     println!(
         "[{label}] {:6.2}-{:<6.2} sec  {:>12}  {:>16}{sent}  sender{tag}",
         0.0,
