@@ -12,7 +12,6 @@ use std::os::fd::AsFd;
 use serde::Serialize;
 
 use super::proto::{Params, StreamCounts};
-use super::receive::Ending;
 use super::stream::Stream;
 use crate::sys::message::{Received, ZeroMeans, recv_message_waiting};
 
@@ -28,11 +27,9 @@ pub struct Boundaries {
 }
 
 impl Boundaries {
-    pub fn new(len: usize, ending: Ending, stream: u32) -> Boundaries {
-        let total = match ending {
-            Ending::Bytes(total) => Some(total),
-            Ending::After(_) => None,
-        };
+    /// Messages of `len` bytes on stream `stream`, `total` bytes in all under a byte budget
+    /// (`None`: a timed test, every message `len` bytes).
+    pub fn new(len: usize, total: Option<u64>, stream: u32) -> Boundaries {
         Boundaries {
             len,
             total,
@@ -211,11 +208,10 @@ pub fn rate_text(per_second: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_time_test_expects_every_message_at_the_write_size() {
-        let mut b = Boundaries::new(1000, Ending::After(Duration::from_secs(1)), 0);
+        let mut b = Boundaries::new(1000, None, 0);
         for i in 0..5 {
             assert_eq!(b.expected(i * 1000), 1000);
             b.check(1000, i * 1000).unwrap();
@@ -225,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_byte_budget_ends_with_one_short_message_and_nothing_after() {
-        let mut b = Boundaries::new(1000, Ending::Bytes(2500), 1);
+        let mut b = Boundaries::new(1000, Some(2500), 1);
         b.check(1000, 0).unwrap();
         b.check(1000, 1000).unwrap();
         assert_eq!(b.expected(2000), 500);
@@ -238,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_merged_or_split_message_is_an_error_naming_it() {
-        let mut b = Boundaries::new(100, Ending::After(Duration::from_secs(1)), 2);
+        let mut b = Boundaries::new(100, None, 2);
         b.check(100, 0).unwrap();
         let merged = b.check(200, 100).unwrap_err();
         assert_eq!(

@@ -56,6 +56,14 @@ pub enum Ending {
 }
 
 impl Ending {
+    /// The stream's bytes in all, when the test has a byte budget.
+    pub fn total(self) -> Option<u64> {
+        match self {
+            Ending::Bytes(total) => Some(total),
+            Ending::After(_) => None,
+        }
+    }
+
     pub fn of(params: &Params, id: u32) -> Ending {
         match params.limit {
             Limit::Time { ms } => Ending::After(Duration::from_millis(ms)),
@@ -145,7 +153,7 @@ pub fn receive(
     // buffer is a byte longer than any message sent, so a longer one shows).
     let mut boundaries = stream
         .is_message()
-        .then(|| Boundaries::new(len, ending, id));
+        .then(|| Boundaries::new(len, ending.total(), id));
     let mut buf = vec![0u8; len.max(4096) + 1];
     let mut received: u64 = 0;
     let mut r = stream.reader();
