@@ -338,3 +338,26 @@ fn a_stream_client_at_a_seqpacket_server_gets_an_error_not_a_hang() {
     assert_ne!(code, 2, "not a usage error: {err}");
     assert!(!err.is_empty(), "{out}");
 }
+
+/// 128 streams make the server's results line longer than two control messages (8 KiB): over
+/// SEQPACKET it goes in pieces, each one message, and the client reads it whole.
+#[test]
+fn control_lines_longer_than_one_message_cross_seqpacket_in_pieces() {
+    let (_server, _dir, path) = seqpacket_server();
+    let doc = json_client(&[
+        &format!("UNIX-CONNECT:{path}"),
+        "--seqpacket",
+        "--streams",
+        "128",
+        "--bytes",
+        "8M",
+        "--len",
+        "4K",
+    ]);
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 0, "{doc}");
+    let streams = doc["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 128);
+    let results = serde_json::to_string(&doc["streams"]).unwrap();
+    assert!(results.len() > 16 << 10, "{} bytes", results.len());
+    assert_eq!(messages(&doc["sum_client_to_server"]), 128 * 16);
+}

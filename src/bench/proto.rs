@@ -417,6 +417,35 @@ mod tests {
     }
 
     #[test]
+    fn a_control_line_longer_than_a_chunk_goes_in_pieces_of_at_most_a_chunk() {
+        /// Records each write's length, as a SEQPACKET socket would take each as a message.
+        struct Writes(Vec<usize>);
+        impl Write for Writes {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.push(buf.len());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let bytes = vec![1_234_567_890u64; 4000];
+        let mut w = Writes(Vec::new());
+        send_line(&mut w, &ServerMsg::Sent { bytes }).unwrap();
+        let total: usize = w.0.iter().sum();
+        assert!(total > 2 * CONTROL_CHUNK, "{total}");
+        assert!(w.0.iter().all(|&n| n <= CONTROL_CHUNK), "{:?}", w.0);
+        assert_eq!(w.0.len(), total.div_ceil(CONTROL_CHUNK));
+        let mut w = Writes(Vec::new());
+        send_line(&mut w, &ServerMsg::Start).unwrap();
+        assert_eq!(
+            w.0,
+            [b"{\"type\":\"start\"}\n".len()],
+            "a short line is one write"
+        );
+    }
+
+    #[test]
     fn byte_limits_split_over_streams() {
         let p = Params {
             streams: 3,
