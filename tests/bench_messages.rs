@@ -361,3 +361,32 @@ fn control_lines_longer_than_one_message_cross_seqpacket_in_pieces() {
     assert!(results.len() > 16 << 10, "{} bytes", results.len());
     assert_eq!(messages(&doc["sum_client_to_server"]), 128 * 16);
 }
+
+/// A client that asks a stream server for a SEQPACKET test (by hand: vsplice's own client
+/// cannot, its socket type follows the address) is refused with a message saying so.
+#[test]
+fn a_stream_server_refuses_a_test_that_asks_for_messages() {
+    use std::io::{BufRead, BufReader, Write};
+    let port = free_port();
+    let _server = Server::start(&[&format!("TCP-LISTEN:{port},bind=127.0.0.1")]);
+    let mut control = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let hello = serde_json::json!({
+        "type": "control",
+        "version": 2,
+        "cookie": "seqpacket-on-tcp",
+        "params": {
+            "streams": 1, "len": 1000, "direction": "forward",
+            "limit": {"time": {"ms": 1000}}, "verify": false, "zerocopy": false,
+            "messages": true
+        }
+    });
+    control.write_all(format!("{hello}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&control).read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["type"], "error", "{line}");
+    assert_eq!(
+        reply["message"],
+        "the test asks for SEQPACKET messages, this server's sockets are streams"
+    );
+}
