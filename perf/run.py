@@ -148,6 +148,19 @@ def tcp_listening(port):
         return False
 
 
+def wait_listening(proc, listen):
+    """Returns proc once it listens on `listen` (a relay that says nothing when it is ready)."""
+    deadline = time.time() + 15
+    while not (tcp_listening(listen[1]) if listen[0] == "tcp" else os.path.exists(listen[1])):
+        if proc.p.poll() is not None or time.time() > deadline:
+            proc.stop()
+            proc.log.seek(0)
+            raise RuntimeError(f"{proc.name} did not listen: " +
+                               proc.log.read().decode(errors="replace"))
+        time.sleep(0.02)
+    return proc
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -334,12 +347,20 @@ def start_relay_process(kind, listen, upstream, extra):
 
     if kind.startswith("vsplice "):
         # --vsplice-variant: the same binary with other options, e.g. "vsplice -b 256K".
-        return Proc([VSPLICE, "-dd", *extra, *kind.split()[1:], vs_addr(listen, True),
-                     vs_addr(upstream, False)], ready="listening on", name=kind)
+        # Leading NAME=value words are environment variables (VSPLICE_ACCEPT=...).
+        words = kind.split()[1:]
+        env = dict(os.environ)
+        while words and "=" in words[0] and words[0].split("=", 1)[0].isupper():
+            name, value = words.pop(0).split("=", 1)
+            env[name] = value
+        return wait_listening(Proc([VSPLICE, *extra, *words, vs_addr(listen, True),
+                                    vs_addr(upstream, False)], name=kind, env=env), listen)
     if kind in ("vsplice", "vsplice-old"):
+        # Default verbosity, as a user runs it: -dd would log a line per connection (a
+        # write and a log-thread wake-up each), which HAProxy without `log` does not pay.
         binary = VSPLICE if kind == "vsplice" else VSPLICE_OLD
-        return Proc([binary, "-dd", *extra, vs_addr(listen, True), vs_addr(upstream, False)],
-                    ready="listening on", name=kind)
+        return wait_listening(Proc([binary, *extra, vs_addr(listen, True), vs_addr(upstream, False)],
+                                   name=kind), listen)
     if kind == "vsplice-serve":
         # The same relay declared in a config file: one [[service]], run by `vsplice serve`
         # (with a metrics endpoint, as a deployment would have; nobody scrapes it here).
@@ -358,15 +379,7 @@ def start_relay_process(kind, listen, upstream, extra):
         if listen[0] == "unix" and os.path.exists(listen[1]):
             os.unlink(listen[1])
         # -db: in the foreground, one process (its threads), which /proc/PID/stat covers.
-        proc = Proc([binary, "-db", "-f", path], name="haproxy", env=env)
-        deadline = time.time() + 15
-        while not (tcp_listening(listen[1]) if listen[0] == "tcp" else os.path.exists(listen[1])):
-            if proc.p.poll() is not None or time.time() > deadline:
-                proc.stop()
-                proc.log.seek(0)
-                raise RuntimeError("haproxy did not listen: " + proc.log.read().decode(errors="replace"))
-            time.sleep(0.02)
-        return proc
+        return wait_listening(Proc([binary, "-db", "-f", path], name="haproxy", env=env), listen)
     if kind == "baseline":
         return Proc([BASELINE, plain(listen), plain(upstream)], ready="listening on", name="baseline")
     if kind == "epoll":
@@ -808,7 +821,8 @@ def main():
                          "io_uring and vsplice's machinery from that of the thread-per-core model")
     ap.add_argument("--vsplice-variant", action="append", default=[], metavar="ARGS",
                     help="also run this binary with these extra options as relay 'vsplice ARGS' "
-                         "interleaved with the others (repeatable), e.g. --vsplice-variant='-b 256K'")
+                         "interleaved with the others (repeatable), e.g. --vsplice-variant='-b 256K'; leading "
+                         "NAME=value words set environment variables")
     ap.add_argument("--haproxy", action="store_true",
                     help="also run HAProxy (Debian's package, fetched into the lab folder "
                          "$VSPLICE_LAB_DIR like the test labs' tools) as relay 'haproxy': mode "
