@@ -785,16 +785,25 @@ def haproxy_table(all_results):
 
 def ab_table(all_results):
     """vsplice against vsplice-old: medians and new/old ratios."""
-    lines = ["| case | vsplice | vsplice-old | new/old | CPU-s/GiB new | CPU-s/GiB old | new/old |",
+    lines = ["| case | vsplice | vsplice-old | new/old | CPU new (s/GiB, ms/1k conn) | CPU old | new/old |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for case, res in all_results.items():
         new, old = res["vsplice"], res["vsplice-old"]
         ratio = f"{new['figure'] / old['figure']:.3f}" if old["figure"] else "-"
+        p_fig = paired(res, "vsplice", "vsplice-old", "rounds")
+        p_cost = paired(res, "vsplice", "vsplice-old", "cost_rounds")
+        if p_fig:
+            ratio += f" (paired {p_fig:.3f})"
         if "cpu_s_per_gib" in new and "cpu_s_per_gib" in old:
             cps = (f"{new['cpu_s_per_gib']:.3f} | {old['cpu_s_per_gib']:.3f} | "
                    f"{new['cpu_s_per_gib'] / old['cpu_s_per_gib']:.3f}")
+        elif "cpu_ms_per_kconn" in new and "cpu_ms_per_kconn" in old:
+            cps = (f"{new['cpu_ms_per_kconn']:.1f} ms/1k conn | {old['cpu_ms_per_kconn']:.1f} | "
+                   f"{new['cpu_ms_per_kconn'] / old['cpu_ms_per_kconn']:.3f}")
         else:
             cps = "- | - | -"
+        if p_cost and cps != "- | - | -":
+            cps += f" (paired {p_cost:.3f})"
         lines.append(f"| {case} | {new['figure']:.2f} {new['unit']} | {old['figure']:.2f} {old['unit']} | "
                      f"{ratio} | {cps} |")
     return "\n".join(lines)
