@@ -14,6 +14,7 @@ iperf3 and socat from Debian when missing (as root).
     perf/run.py --vsplice-old /tmp/old/target/release/vsplice   # A/B: an older build interleaved
     perf/run.py --cases scale --epoll-relay   # also a thread-per-core epoll splice relay
     perf/run.py --cases scale --cgroups       # each relay in its own CPU cgroup, as under systemd
+    perf/run.py --cases single,scale,crr --haproxy   # also HAProxy (Debian's package), splicing
 
 Cases:
   single     TCP->TCP, one iperf3 stream
@@ -39,6 +40,7 @@ import argparse
 import atexit
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -79,6 +81,84 @@ def ensure_tools():
     log("building vsplice (release)")
     subprocess.run(["cargo", "build", "--release", "--bin", "vsplice", "--example", "baseline-relay",
                     "--example", "epoll-relay", "--example", "loadgen"], cwd=ROOT, check=True)
+
+
+LAB_DIR = os.environ.get("VSPLICE_LAB_DIR") or os.path.join(ROOT, "target", "vsplice-lab")
+# HAProxy's threads (--haproxy): one per core, as vsplice's workers.
+HAPROXY_THREADS = os.cpu_count() or 1
+
+
+def haproxy_command():
+    """Debian's HAProxy, unpacked (never installed) into the lab's package root by the same
+    code that fetches the test labs' tools (tests/common/debs.rs: `apt-get download` with
+    private lists from the machine's mirror, `dpkg -x`, the libraries it lacks): the
+    proxy_protocol test that needs HAProxy fetches it, so when it is not there yet, that test
+    runs once. Returns (argv0, env)."""
+    root = os.path.join(LAB_DIR, "debs", "root")
+    binary = os.path.join(root, "usr", "sbin", "haproxy")
+    if not os.access(binary, os.X_OK):
+        log(f"fetching haproxy from Debian into {root} (cargo test --test proxy_protocol)")
+        env = dict(os.environ, VSPLICE_LAB_DIR=LAB_DIR)
+        r = subprocess.run(["cargo", "test", "--test", "proxy_protocol", "--",
+                            "haproxy_reads_vsplices_v1_and_v2_headers_and_logs_the_true_client"],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"--haproxy: no {binary} after the fetch: {r.stdout[-1500:]}{r.stderr[-1500:]}")
+    libs = [os.path.join(root, d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")]
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(d for d in libs if os.path.isdir(d)))
+    return binary, env
+
+
+def haproxy_config(listen, upstream):
+    """HAProxy as the issue measured it: mode tcp, a thread per core, splicing both ways
+    (splice-auto lets it splice when its buffers would otherwise fill; splice-request and
+    splice-response ask for it always)."""
+    def addr(a):
+        return f"127.0.0.1:{a[1]}" if a[0] == "tcp" else a[1]
+
+    # Two descriptors a connection plus a pipe pair for a quarter of them (maxpipes'
+    # default), under the hard descriptor limit HAProxy may raise itself to.
+    maxconn = min(20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 3)
+    return f"""global
+    nbthread {HAPROXY_THREADS}
+    maxconn {maxconn}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    option splice-auto
+    option splice-request
+    option splice-response
+listen perf
+    bind {addr(listen)}
+    server upstream {addr(upstream)}
+"""
+
+
+def tcp_listening(port):
+    """Whether something listens on 127.0.0.1:port, from /proc/net/tcp (no connect: a probe
+    connection would reach the upstream, and iperf3's server counts it as a failed test)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            return any(line.split()[1] == want and line.split()[3] == "0A"
+                       for line in list(f)[1:])
+    except (OSError, IndexError):
+        return False
+
+
+def wait_listening(proc, listen):
+    """Returns proc once it listens on `listen` (a relay that says nothing when it is ready)."""
+    deadline = time.time() + 15
+    while not (tcp_listening(listen[1]) if listen[0] == "tcp" else os.path.exists(listen[1])):
+        if proc.p.poll() is not None or time.time() > deadline:
+            proc.stop()
+            proc.log.seek(0)
+            raise RuntimeError(f"{proc.name} did not listen: " +
+                               proc.log.read().decode(errors="replace"))
+        time.sleep(0.02)
+    return proc
 
 
 def free_port():
@@ -150,12 +230,14 @@ def machine_ticks():
 
 
 class Proc:
-    def __init__(self, argv, ready=None, stderr_ready=True, name=None, user=None):
+    def __init__(self, argv, ready=None, stderr_ready=True, name=None, user=None, env=None):
         self.name = name or os.path.basename(argv[0])
         self.log = tempfile.TemporaryFile()
         kwargs = {}
         if user is not None:
             kwargs["user"] = user
+        if env is not None:
+            kwargs["env"] = env
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                   stderr=subprocess.STDOUT, **kwargs)
         if ready:
@@ -263,10 +345,22 @@ def start_relay_process(kind, listen, upstream, extra):
     def plain(a):
         return f"127.0.0.1:{a[1]}" if a[0] == "tcp" else a[1]
 
+    if kind.startswith("vsplice "):
+        # --vsplice-variant: the same binary with other options, e.g. "vsplice -b 256K".
+        # Leading NAME=value words are environment variables (VSPLICE_ACCEPT=...).
+        words = kind.split()[1:]
+        env = dict(os.environ)
+        while words and "=" in words[0] and words[0].split("=", 1)[0].isupper():
+            name, value = words.pop(0).split("=", 1)
+            env[name] = value
+        return wait_listening(Proc([VSPLICE, *extra, *words, vs_addr(listen, True),
+                                    vs_addr(upstream, False)], name=kind, env=env), listen)
     if kind in ("vsplice", "vsplice-old"):
+        # Default verbosity, as a user runs it: -dd would log a line per connection (a
+        # write and a log-thread wake-up each), which HAProxy without `log` does not pay.
         binary = VSPLICE if kind == "vsplice" else VSPLICE_OLD
-        return Proc([binary, "-dd", *extra, vs_addr(listen, True), vs_addr(upstream, False)],
-                    ready="listening on", name=kind)
+        return wait_listening(Proc([binary, *extra, vs_addr(listen, True), vs_addr(upstream, False)],
+                                   name=kind), listen)
     if kind == "vsplice-serve":
         # The same relay declared in a config file: one [[service]], run by `vsplice serve`
         # (with a metrics endpoint, as a deployment would have; nobody scrapes it here).
@@ -277,6 +371,15 @@ def start_relay_process(kind, listen, upstream, extra):
                     f'connect = "{vs_addr(upstream, False)}"\n')
         return Proc([VSPLICE, "serve", "--config", path, "-dd", *extra], ready="serving 1 services",
                     name=kind)
+    if kind == "haproxy":
+        binary, env = haproxy_command()
+        fd, path = tempfile.mkstemp(prefix="vsplice-perf-haproxy-", suffix=".cfg")
+        with os.fdopen(fd, "w") as f:
+            f.write(haproxy_config(listen, upstream))
+        if listen[0] == "unix" and os.path.exists(listen[1]):
+            os.unlink(listen[1])
+        # -db: in the foreground, one process (its threads), which /proc/PID/stat covers.
+        return wait_listening(Proc([binary, "-db", "-f", path], name="haproxy", env=env), listen)
     if kind == "baseline":
         return Proc([BASELINE, plain(listen), plain(upstream)], ready="listening on", name="baseline")
     if kind == "epoll":
@@ -352,7 +455,12 @@ def crr(port, seconds, concurrency=8):
                         "--concurrency", str(concurrency)], capture_output=True, text=True,
                        timeout=seconds + 60)
     d = json.loads(r.stdout)
+    CRR_CONNECTIONS.append(d["connections"])
     return None, d["per_second"]
+
+
+# Connections made by the last crr runs (relay CPU per 1,000 connections).
+CRR_CONNECTIONS = []
 
 
 RELAYS = ["vsplice", "baseline", "socat", "direct"]
@@ -448,6 +556,10 @@ def run_case(case, args, vsplice_extra):
                     results[k].append(measure(relays[k], fn))
                 if STREAMS_WITH_DATA:
                     results[k][-1]["streams_with_data"] = STREAMS_WITH_DATA.pop()
+                if CRR_CONNECTIONS:
+                    conns = CRR_CONNECTIONS.pop()
+                    if conns and "cpu_s" in results[k][-1]:
+                        results[k][-1]["cpu_ms_per_kconn"] = results[k][-1]["cpu_s"] * 1e6 / conns
             log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
                 f"{k} {results[k][-1]['figure']:.2f}" for k in RELAYS))
         peaks = {k: tree_peak_rss(relays[k].pid) for k in relays_with_processes()}
@@ -459,7 +571,8 @@ def run_case(case, args, vsplice_extra):
     for k in RELAYS:
         rows = results[k]
         s = {"figure": statistics.median(r["figure"] for r in rows), "unit": unit,
-             "rounds": [r["figure"] for r in rows]}
+             "rounds": [r["figure"] for r in rows],
+             "cost_rounds": [r.get("cpu_s_per_gib", r.get("cpu_ms_per_kconn")) for r in rows]}
         moving = [r["streams_with_data"] for r in rows if "streams_with_data" in r]
         if moving:
             s["streams_with_data"] = min(moving)
@@ -467,6 +580,9 @@ def run_case(case, args, vsplice_extra):
             cps = [r["cpu_s_per_gib"] for r in rows if "cpu_s_per_gib" in r]
             if cps:
                 s["cpu_s_per_gib"] = statistics.median(cps)
+            per_conn = [r["cpu_ms_per_kconn"] for r in rows if "cpu_ms_per_kconn" in r]
+            if per_conn:
+                s["cpu_ms_per_kconn"] = statistics.median(per_conn)
             s["cpu_pct"] = statistics.median(r["cpu_pct"] for r in rows)
         mcps = [r["machine_cpu_s_per_gib"] for r in rows if "machine_cpu_s_per_gib" in r]
         if mcps:
@@ -625,18 +741,69 @@ def table(all_results):
     return "\n".join(lines)
 
 
+def paired(res, a, b, key):
+    """Median over rounds of a's figure (key "rounds") or cost ("cost_rounds") over b's in the
+    same round: on a loaded machine a round's disturbance hits neighbours alike."""
+    xs = [x / y for x, y in zip(res[a][key], res[b][key]) if x and y]
+    return statistics.median(xs) if xs else None
+
+
+def haproxy_table(all_results):
+    """vsplice against HAProxy and the plain relay: medians, ratios of medians and paired
+    (per-round) ratios; cost is relay CPU-s per GiB, or relay CPU-ms per 1,000 connections."""
+    lines = ["| case | vsplice | HAProxy | plain relay | vsplice / HAProxy (paired) | vsplice / plain (paired) "
+             "| cost vsplice | cost HAProxy | cost plain | cost vsplice / HAProxy (paired) | cost vsplice / plain (paired) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def cost(r):
+        if "cpu_s_per_gib" in r:
+            return r["cpu_s_per_gib"], "CPU-s/GiB"
+        if "cpu_ms_per_kconn" in r:
+            return r["cpu_ms_per_kconn"], "CPU-ms/1k conn"
+        return None, ""
+
+    def ratio(x, y, p):
+        if not x or not y:
+            return "-"
+        return f"{x / y:.2f} ({p:.2f})" if p else f"{x / y:.2f}"
+
+    for case, res in all_results.items():
+        v, h, b = res["vsplice"], res["haproxy"], res["baseline"]
+        cv, unit = cost(v)
+        ch, cb = cost(h)[0], cost(b)[0]
+        fmt = (lambda c: f"{c:.3f}" if c is not None else "-") if unit == "CPU-s/GiB" else \
+            (lambda c: f"{c:.1f}" if c is not None else "-")
+        lines.append(
+            f"| {case} | {v['figure']:.2f} {v['unit']} | {h['figure']:.2f} | {b['figure']:.2f} "
+            f"| {ratio(v['figure'], h['figure'], paired(res, 'vsplice', 'haproxy', 'rounds'))} "
+            f"| {ratio(v['figure'], b['figure'], paired(res, 'vsplice', 'baseline', 'rounds'))} "
+            f"| {fmt(cv)} {unit} | {fmt(ch)} | {fmt(cb)} "
+            f"| {ratio(cv, ch, paired(res, 'vsplice', 'haproxy', 'cost_rounds'))} "
+            f"| {ratio(cv, cb, paired(res, 'vsplice', 'baseline', 'cost_rounds'))} |")
+    return "\n".join(lines)
+
+
 def ab_table(all_results):
     """vsplice against vsplice-old: medians and new/old ratios."""
-    lines = ["| case | vsplice | vsplice-old | new/old | CPU-s/GiB new | CPU-s/GiB old | new/old |",
+    lines = ["| case | vsplice | vsplice-old | new/old | CPU new (s/GiB, ms/1k conn) | CPU old | new/old |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for case, res in all_results.items():
         new, old = res["vsplice"], res["vsplice-old"]
         ratio = f"{new['figure'] / old['figure']:.3f}" if old["figure"] else "-"
+        p_fig = paired(res, "vsplice", "vsplice-old", "rounds")
+        p_cost = paired(res, "vsplice", "vsplice-old", "cost_rounds")
+        if p_fig:
+            ratio += f" (paired {p_fig:.3f})"
         if "cpu_s_per_gib" in new and "cpu_s_per_gib" in old:
             cps = (f"{new['cpu_s_per_gib']:.3f} | {old['cpu_s_per_gib']:.3f} | "
                    f"{new['cpu_s_per_gib'] / old['cpu_s_per_gib']:.3f}")
+        elif "cpu_ms_per_kconn" in new and "cpu_ms_per_kconn" in old:
+            cps = (f"{new['cpu_ms_per_kconn']:.1f} ms/1k conn | {old['cpu_ms_per_kconn']:.1f} | "
+                   f"{new['cpu_ms_per_kconn'] / old['cpu_ms_per_kconn']:.3f}")
         else:
             cps = "- | - | -"
+        if p_cost and cps != "- | - | -":
+            cps += f" (paired {p_cost:.3f})"
         lines.append(f"| {case} | {new['figure']:.2f} {new['unit']} | {old['figure']:.2f} {old['unit']} | "
                      f"{ratio} | {cps} |")
     return "\n".join(lines)
@@ -661,6 +828,15 @@ def main():
                     help="also run perf/epoll_relay.rs (the plain relay's splice, but a thread "
                          "per core on edge-triggered epoll) as relay 'epoll': tells the cost of "
                          "io_uring and vsplice's machinery from that of the thread-per-core model")
+    ap.add_argument("--vsplice-variant", action="append", default=[], metavar="ARGS",
+                    help="also run this binary with these extra options as relay 'vsplice ARGS' "
+                         "interleaved with the others (repeatable), e.g. --vsplice-variant='-b 256K'; leading "
+                         "NAME=value words set environment variables")
+    ap.add_argument("--haproxy", action="store_true",
+                    help="also run HAProxy (Debian's package, fetched into the lab folder "
+                         "$VSPLICE_LAB_DIR like the test labs' tools) as relay 'haproxy': mode "
+                         "tcp, a thread per core, splice-auto, splice-request, splice-response; "
+                         "the output gains a vsplice/HAProxy table")
     ap.add_argument("--cgroups", action="store_true",
                     help="each relay in a CPU cgroup of its own, the endpoints in another (as "
                          "systemd runs services); needs root")
@@ -673,6 +849,11 @@ def main():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.epoll_relay:
         RELAYS.insert(RELAYS.index("baseline") + 1, "epoll")
+    for variant in reversed(args.vsplice_variant):
+        RELAYS.insert(1, "vsplice " + " ".join(variant.split()))
+    if args.haproxy:
+        RELAYS.insert(RELAYS.index("baseline"), "haproxy")
+        log("haproxy: " + haproxy_command()[0])
     if args.vsplice_old:
         global VSPLICE_OLD
         VSPLICE_OLD = os.path.abspath(args.vsplice_old)
@@ -719,6 +900,11 @@ def main():
         if VSPLICE_OLD:
             print(f"\nA/B: vsplice ({VSPLICE}) against vsplice-old ({VSPLICE_OLD})\n")
             print(ab_table(results))
+        if args.haproxy:
+            print(f"\nvsplice against HAProxy (nbthread {HAPROXY_THREADS}, splice-auto, "
+                  "splice-request, splice-response) and the plain relay; paired = median of "
+                  "the per-round ratios\n")
+            print(haproxy_table(results))
         if args.vsplice_serve:
             print("\nvsplice serve (config file) against the command-line relay\n")
             print("| case | serve | CLI | serve/CLI | CPU-s/GiB serve | CPU-s/GiB CLI | serve/CLI |")

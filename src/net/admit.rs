@@ -8,7 +8,7 @@
 //! for the backend's answer. (A UNIX or vsock peer cannot be reset; it reads end of file.)
 
 use crate::addr::allow::Peer;
-use crate::addr::{Address, Kind};
+use crate::addr::{Address, Family, Kind};
 use crate::limited;
 use crate::net::endpoint::Endpoint;
 use crate::net::sockopt::apply_connected_options;
@@ -35,12 +35,29 @@ pub fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Optio
             limited!(Warn, "{name}: socket options: {e}");
         }
     }
-    let label = label
-        .then(|| socket.peer_addr().map(|a| a.to_string()).ok())
-        .flatten()
+    let peer = label.then(|| socket.peer_addr().ok()).flatten();
+    let label = peer
+        .as_ref()
+        .map(ToString::to_string)
         .unwrap_or_else(|| format!("client of {name}"));
     let framed = listen.options.framing.is_some();
-    Some(Endpoint::socket(socket, label).with_framing(framed))
+    let endpoint = match &listen.kind {
+        // A TCP listener's connections are TCP streams: no need to ask the kernel
+        // (inherited listeners, ACCEPT-FD, are asked). The family is the peer address's
+        // when it was looked up, else the listener's: AF_INET6 for a dual-stack listener
+        // (a bind to an IPv4 host makes it AF_INET). The endpoint only tells TCP from UNIX
+        // and vsock by it, which either says.
+        Kind::TcpListen { family, .. } => {
+            let domain = match (peer, family) {
+                (Some(peer), _) => peer.family() as libc::c_int,
+                (None, Family::V4) => libc::AF_INET,
+                (None, Family::V6 | Family::Any) => libc::AF_INET6,
+            };
+            Endpoint::socket_of(socket, label, domain, libc::SOCK_STREAM)
+        }
+        _ => Endpoint::socket(socket, label),
+    };
+    Some(endpoint.with_framing(framed))
 }
 
 /// Closes a refused socket so that a TCP peer reads a reset (`SO_LINGER` 0); on other

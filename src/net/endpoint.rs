@@ -41,9 +41,31 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A socket whose family and type are asked of the kernel (SO_DOMAIN, SO_TYPE).
     pub fn socket(socket: Socket, label: String) -> Endpoint {
         let domain = socket.get_int(libc::SOL_SOCKET, libc::SO_DOMAIN).ok();
         let sock_type = socket.get_int(libc::SOL_SOCKET, libc::SO_TYPE).ok();
+        Endpoint::socket_with(socket, label, domain, sock_type)
+    }
+
+    /// A socket whose family (`AF_*`) and type (`SOCK_*`) the caller knows: it made the
+    /// socket, or accepted it on a listener of a known kind. Saves the two `getsockopt`
+    /// calls of [`Endpoint::socket`], a tenth of a short relayed connection's system calls.
+    pub fn socket_of(
+        socket: Socket,
+        label: String,
+        domain: libc::c_int,
+        sock_type: libc::c_int,
+    ) -> Endpoint {
+        Endpoint::socket_with(socket, label, Some(domain), Some(sock_type))
+    }
+
+    fn socket_with(
+        socket: Socket,
+        label: String,
+        domain: Option<libc::c_int>,
+        sock_type: Option<libc::c_int>,
+    ) -> Endpoint {
         Endpoint {
             io: Io::Socket(socket),
             label,
@@ -167,7 +189,7 @@ impl Endpoint {
     /// (no descriptor), or a socket that cannot say.
     pub fn peer_end(&self) -> Option<PeerEnd> {
         match &self.io {
-            Io::Socket(s) => s.peer_end().ok(),
+            Io::Socket(s) => s.peer_end_in(self.domain).ok(),
             Io::Stdio { .. } | Io::Parked => None,
         }
     }

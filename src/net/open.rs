@@ -45,7 +45,12 @@ pub fn connected_endpoint(
         apply_connected_options(&socket, &address.options)?;
     }
     let framed = address.options.framing.is_some();
-    Ok(Endpoint::socket(socket, target.to_string()).with_framing(framed))
+    // `connect_socket` made it of the target's family and the address's type.
+    let (domain, ty) = (
+        target.family() as libc::c_int,
+        sock_type(address) as libc::c_int,
+    );
+    Ok(Endpoint::socket_of(socket, target.to_string(), domain, ty).with_framing(framed))
 }
 
 /// The receive buffer of a UDP-LISTEN socket (where the process may set it).

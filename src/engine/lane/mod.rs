@@ -115,7 +115,19 @@ impl Lane {
             Staging::Copy(b) => b.capacity(),
         };
         let mut flow = Flow::new(capacity, options.fill_policy);
-        flow.await_readiness_first();
+        // The first address's peer (a listener's client) usually speaks first, and by the
+        // time the second address is connected its first bytes have arrived: a direct
+        // non-blocking splice takes them at once, where waiting for readiness first costs a
+        // POLL_ADD and its completion per connection (an empty source answers EAGAIN and
+        // the direction waits as usual). The second address's peer has not been sent
+        // anything yet, so that direction waits first; so does every other path.
+        let speaks_first = dir == Direction::Forward
+            && mode == Mode::Splice
+            && matches!(staging, Staging::Pipe(_))
+            && source.is_some_and(Endpoint::is_socket);
+        if !speaks_first {
+            flow.await_readiness_first();
+        }
         let uring_splice = mode == Mode::UringSplice;
         Lane::Staged(
             StagedLane::new(flow, staging, discard, uring_splice)

@@ -598,3 +598,65 @@ fn socket_copy_lane(size: usize) -> Lane {
             .sockets(true, true),
     )
 }
+
+#[test]
+fn the_first_addresss_direction_takes_bytes_already_there_and_the_second_waits_for_readiness() {
+    let mut ring = Ring::new(8, None).unwrap();
+    let mut registry = Registry::empty();
+    let mut pipes = PipePool::new(4);
+    let devnull = devnull();
+    let options = options(Mode::Splice);
+    for (dir, moves_at_once) in [(Direction::Forward, true), (Direction::Backward, false)] {
+        let (source, mut peer) = unix_endpoint();
+        let (mut sink, _sink_peer) = unix_endpoint();
+        send(&mut peer, b"the client speaks first");
+        let mut lane = Lane::setup(
+            dir,
+            Some(&source),
+            Some(&sink),
+            &options,
+            &mut registry,
+            &ring,
+        );
+        let mut inflight = 0u16;
+        let mut last_active = Instant::now();
+        let mut cx = Cx {
+            ops: ConnOps::new(&mut ring, 3, &mut inflight),
+            ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
+            registry: &mut registry,
+            pipes: &mut pipes,
+            last_active: &mut last_active,
+            now: Instant::now(),
+            options: &options,
+            id: 1,
+            dir,
+            turn: 16,
+        };
+        assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+        if moves_at_once {
+            assert_eq!(
+                lane.delivered(),
+                23,
+                "{dir}: spliced through before any poll"
+            );
+        } else {
+            assert_eq!(lane.delivered(), 0, "{dir}: nothing moves before readiness");
+        }
+        assert!(
+            cx.ops.in_flight(Op::Readable(dir)),
+            "{dir}: then it waits for more"
+        );
+        // Take the poll's completion back, so the next round's connection starts clean.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut batch = Vec::new();
+        if !moves_at_once {
+            while batch.is_empty() {
+                assert!(Instant::now() < deadline, "the poll never completed");
+                cx.ops
+                    .ring_mut()
+                    .wait(false, Some(deadline), Instant::now(), 0);
+                cx.ops.ring_mut().reap(&mut batch);
+            }
+        }
+    }
+}
