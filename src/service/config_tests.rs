@@ -1,4 +1,10 @@
 use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::addr::Kind;
+use crate::engine::Mode;
+use crate::error::Error;
 
 fn plan(text: &str) -> ServePlan {
     resolve(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}"))
