@@ -7,9 +7,9 @@
 //! the address type, so that a typo fails before anything is opened.
 
 mod address;
-pub mod allow;
+pub(crate) mod allow;
 mod bind;
-pub mod dest;
+pub(crate) mod dest;
 mod error;
 mod kind;
 mod lex;
@@ -17,7 +17,7 @@ mod options;
 mod pair;
 mod param;
 mod secret;
-pub mod size;
+pub(crate) mod size;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
 pub use size::{check_idle_timeout, parse_duration, parse_size};

@@ -76,7 +76,7 @@ fn pin_setting(cli: &Cli) -> Option<bool> {
 }
 
 /// How long a UDP session lives without a datagram when `-T` is not given.
-pub const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Resolves parsed arguments into a plan.
 pub fn plan(cli: Cli) -> Result<Plan> {

@@ -59,7 +59,7 @@ use crate::sys::socket::Socket;
 
 /// How a forking listener's connections are accepted (the module's table compares them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptStrategy {
+pub(crate) enum AcceptStrategy {
     /// Every worker accepts on the one listening socket, one single-shot ACCEPT at a time
     /// (the default).
     Shared,
@@ -73,7 +73,7 @@ pub enum AcceptStrategy {
 
 impl AcceptStrategy {
     /// Whether workers keep a multishot ACCEPT armed (where no `max-children` applies).
-    pub fn multishot(self) -> bool {
+    pub(crate) fn multishot(self) -> bool {
         matches!(
             self,
             AcceptStrategy::SharedMultishot | AcceptStrategy::ReusePort
@@ -83,7 +83,7 @@ impl AcceptStrategy {
     /// From `VSPLICE_ACCEPT` (`shared`, `shared-multishot`, `reuseport`, `thread`), a switch
     /// for measuring;
     /// unset or unknown: [`AcceptStrategy::Shared`].
-    pub fn from_env() -> AcceptStrategy {
+    pub(crate) fn from_env() -> AcceptStrategy {
         match std::env::var("VSPLICE_ACCEPT").as_deref() {
             Ok("reuseport") => AcceptStrategy::ReusePort,
             Ok("shared-multishot") => AcceptStrategy::SharedMultishot,
@@ -105,7 +105,7 @@ pub trait Admit: Send + Sync {
 
 /// How many more open connections than the least loaded worker a worker may have and still
 /// accept on a shared listener.
-pub const BALANCE_SLACK: usize = 0;
+pub(crate) const BALANCE_SLACK: usize = 0;
 
 /// One listening address the workers accept on.
 pub struct AcceptGroup {

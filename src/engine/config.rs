@@ -61,7 +61,7 @@ pub struct EngineConfig {
     /// Pin worker threads to cores.
     pub pin_workers: bool,
     /// Memory the relay's TCP receive queues may hold together; past it, connections get
-    /// fixed receive buffers (see [`rcvbudget`]). `None`: autotuning always.
+    /// fixed receive buffers (see `rcvbudget`). `None`: autotuning always.
     pub receive_budget: Option<rcvbudget::ReceiveBudget>,
 }
 

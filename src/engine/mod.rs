@@ -1,39 +1,39 @@
 //! The relay engine: N worker threads, each pinned to a core and owning one io_uring, that
-//! accept connections themselves ([`accept`]: an ACCEPT on every worker's ring, on the
+//! accept connections themselves (`accept`: an ACCEPT on every worker's ring, on the
 //! listeners given by [`Engine::listen`]) or serve those handed to them ([`Engine::submit`]).
 //!
 //! A connection stays on the worker that accepted it, or is handed over once, through a
 //! crossbeam channel plus an eventfd the worker's ring polls; it never migrates. Inside a
-//! worker every connection is a [`conn::Conn`] in a [`conn::Phase`], with two directions,
+//! worker every connection is a `conn::Conn` in a `conn::Phase`, with two directions,
 //! each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on the buffer-ring
 //! paths) driven by one of the data paths ([`Mode`], one file each under `lane/`):
 //! non-blocking splice(2) after readiness, io_uring SPLICE after readiness, io_uring reads
 //! and writes through a registered buffer (the fallback where splice cannot work), or
 //! multishot receive into a provided-buffer ring followed by writes or SEND_ZC. Readiness
 //! is always waited for with io_uring POLL_ADD, so an idle connection costs no kernel
-//! thread. [`rcvbudget`] bounds the memory the relay's TCP receive queues hold when many
+//! thread. `rcvbudget` bounds the memory the relay's TCP receive queues hold when many
 //! connections are busy.
 //!
-//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), `ring` (the
+//! Map: `accept` (listeners the workers accept on, `max-children` slots), `ring` (the
 //! io_uring, submission, wait, reap), `registry` (what is registered with it, as owned
-//! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
+//! tokens), `conn` (a connection and its phases), `lane/` (the data paths), `timers`,
 //! `park` and `rcvsweep` (the worker's two policies), `stats` (close logging and counters),
 //! `worker` (the loop that ties them together).
 
-pub mod accept;
+pub(crate) mod accept;
 mod cap;
 mod clock;
 mod close;
 mod config;
-pub mod conn;
+pub(crate) mod conn;
 mod direction;
 mod ends;
 mod inbox;
 mod job;
-pub mod lane;
+pub(crate) mod lane;
 mod observer;
 mod park;
-pub mod rcvbudget;
+pub(crate) mod rcvbudget;
 mod rcvsweep;
 mod registry;
 mod ring;
@@ -42,7 +42,7 @@ mod stats;
 #[cfg(test)]
 mod testing;
 mod timers;
-pub mod token;
+pub(crate) mod token;
 mod worker;
 
 pub use close::CloseReason;

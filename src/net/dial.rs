@@ -8,8 +8,8 @@
 //! preamble if it has one (a `send-proxy` header) as the first bytes, whole, within the same
 //! bound as the handshake. It never blocks: it says what to
 //! wait for ([`Progress::Wait`]), and a driver waits, with poll(2) in
-//! [`crate::net::blocking::dial_blocking`] or with io_uring in the workers. The handshake's
-//! reply parsing is in [`crate::net::hybrid`].
+//! `crate::net::blocking::dial_blocking` or with io_uring in the workers. The handshake's
+//! reply parsing is in `crate::net::hybrid`.
 //!
 //! The rooms: this file is the machine (its phases, rounds, retries and deadlines);
 //! `dial/outcome.rs` the words between it and a driver (event, progress, the typed

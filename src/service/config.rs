@@ -14,11 +14,7 @@ mod plan;
 mod raw;
 mod resolve;
 
-pub use plan::{
-    ConfigError, DEFAULT_DRAIN_TIMEOUT, GlobalOptions, OneWay, ServePlan, ServiceOptions,
-    ServicePlan,
-};
-pub use resolve::resolve;
+pub(crate) use plan::{GlobalOptions, OneWay, ServePlan, ServiceOptions, ServicePlan};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

@@ -2,6 +2,8 @@ use super::*;
 use std::path::Path;
 use std::time::Duration;
 
+use super::plan::DEFAULT_DRAIN_TIMEOUT;
+use super::resolve::resolve;
 use crate::addr::Kind;
 use crate::engine::Mode;
 use crate::error::Error;

@@ -17,7 +17,7 @@ pub enum Interest {
     Writable,
 }
 
-/// What happened since the last [`Dial::advance`].
+/// What happened since the last [`Dial::advance`](super::Dial::advance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Start,

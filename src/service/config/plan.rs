@@ -13,7 +13,7 @@ use crate::engine::Mode;
 use crate::error::Error;
 
 /// How long connections may go on after a stop before they are cut, when the file says nothing.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A configuration error: where it is and what is wrong. Exit status 2.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,7 +32,7 @@ impl ServePlan {
 }
 
 /// Stage two: reads `text` (the contents of `file`) into a checked plan.
-pub fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
+pub(crate) fn resolve(file: &Path, text: &str) -> Result<ServePlan, ConfigError> {
     let src = Source { file, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let defaults = relay_options(
