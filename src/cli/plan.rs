@@ -6,7 +6,7 @@
 use crate::addr::Address;
 use crate::addr::check_pair;
 use crate::bench::BenchPlan;
-use crate::engine::flow::FillPolicy;
+use crate::engine::FillPolicy;
 use crate::engine::rcvbudget::ReceiveBudget;
 use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions};
 use crate::error::{Error, Result};

@@ -5,7 +5,7 @@
 //! A connection stays on the worker that accepted it, or is handed over once, through a
 //! crossbeam channel plus an eventfd the worker's ring polls; it never migrates. Inside a
 //! worker every connection is a `conn::Conn` in a `conn::Phase`, with two directions,
-//! each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on the buffer-ring
+//! each a pure state machine (`flow::Flow`, or `recv::RecvFlow` on the buffer-ring
 //! paths) driven by one of the data paths ([`Mode`], one file each under `lane/`):
 //! non-blocking splice(2) after readiness, io_uring SPLICE after readiness, io_uring reads
 //! and writes through a registered buffer (the fallback where splice cannot work), or
@@ -49,7 +49,7 @@ pub use close::CloseReason;
 pub use config::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions, pin_policy};
 pub use direction::Direction;
 pub use job::{Job, PreludeJob, Second, prelude_for};
-pub use lane::{flow, recv};
+pub use lane::flow::FillPolicy;
 pub use observer::ConnObserver;
 pub use shared::Shared;
 

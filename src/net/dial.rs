@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::{Address, Kind};
-pub use crate::net::hybrid::{escape_peer_text, parse_handshake_reply};
+pub use crate::net::hybrid::parse_handshake_reply;
 use crate::net::open::{connect_socket, connected_endpoint};
 use crate::net::own::OwnAddresses;
 use crate::net::resolve::{Lookup, connect_targets, needs_lookup};

@@ -14,7 +14,7 @@ use crate::sys::socket::{PeerEnd, TcpState};
 
 /// How a source ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndOfFile {
+pub(crate) enum EndOfFile {
     /// The peer finished sending: pass end of file on.
     Clean,
     /// The peer's connection failed (the error number): cut the other side with a reset.

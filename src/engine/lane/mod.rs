@@ -11,10 +11,10 @@
 mod copy;
 mod cx;
 pub(crate) mod end;
-pub mod flow;
+pub(crate) mod flow;
 pub(crate) mod message;
 pub(crate) mod messages;
-pub mod recv;
+pub(crate) mod recv;
 mod ring;
 mod splice;
 mod staged;
