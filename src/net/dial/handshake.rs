@@ -54,8 +54,9 @@ impl Handshake {
         self.socket.as_raw_fd()
     }
 
-    /// Writes what is left of the preamble.
-    pub(super) fn write_preamble(&mut self) -> Step {
+    /// Sends what is left of the request without blocking: `Ok` once all of it is written,
+    /// else the error that stopped it (EAGAIN: the socket is full for now).
+    fn send_rest(&mut self) -> nix::Result<()> {
         while self.sent < self.request.len() {
             match nix::sys::socket::send(
                 self.socket.as_raw_fd(),
@@ -63,28 +64,30 @@ impl Handshake {
                 nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
             ) {
                 Ok(n) => self.sent += n,
-                Err(nix::Error::EAGAIN) => return Step::Wait(Interest::Writable),
                 Err(nix::Error::EINTR) => {}
-                Err(e) => return Step::Failed(format!("writing the PROXY header: {e}")),
+                Err(e) => return Err(e),
             }
         }
-        Step::Done
+        Ok(())
+    }
+
+    /// Writes what is left of the preamble.
+    pub(super) fn write_preamble(&mut self) -> Step {
+        match self.send_rest() {
+            Ok(()) => Step::Done,
+            Err(nix::Error::EAGAIN) => Step::Wait(Interest::Writable),
+            Err(e) => Step::Failed(format!("writing the PROXY header: {e}")),
+        }
     }
 
     /// Drives the `CONNECT <port>` / `OK <n>` exchange. The reply is read with MSG_PEEK first
     /// so that not one byte past its newline is consumed: whatever the VMM sends after `OK`
     /// belongs to the relayed stream.
     pub(super) fn exchange(&mut self) -> Step {
-        while self.sent < self.request.len() {
-            match nix::sys::socket::send(
-                self.socket.as_raw_fd(),
-                &self.request[self.sent..],
-                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(n) => self.sent += n,
-                Err(nix::Error::EAGAIN) => return Step::Wait(Interest::Writable),
-                Err(e) => return Step::Failed(format!("sending CONNECT: {e}")),
-            }
+        match self.send_rest() {
+            Ok(()) => {}
+            Err(nix::Error::EAGAIN) => return Step::Wait(Interest::Writable),
+            Err(e) => return Step::Failed(format!("sending CONNECT: {e}")),
         }
         let mut peek = [0u8; MAX_REPLY];
         let room = MAX_REPLY - self.reply.len();
