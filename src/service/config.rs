@@ -2,7 +2,7 @@
 //! opened.
 //!
 //! Two stages, like the command line: serde reads the text into raw structures that keep
-//! every value's position ([`toml::Spanned`]), then [`resolve()`] gives each value meaning with
+//! every value's position ([`toml::Spanned`]), then `resolve.rs` gives each value meaning with
 //! the same code the command line uses (the address grammar, the size and duration parsers,
 //! [`crate::addr::check_pair`]). Every error names the file, the line and the key; unknown
 //! keys are errors, not silently ignored, so a typo never leaves an option unset.

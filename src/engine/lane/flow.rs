@@ -31,7 +31,7 @@ pub(crate) enum Step {
     ShutdownWrite,
     /// End of stream passed on; nothing more to do.
     Finished,
-    /// A transfer failed; see [`Flow::failure`].
+    /// A transfer failed (the error is the flow state's, `FlowState::Failed`).
     Failed,
 }
 
