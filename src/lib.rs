@@ -8,8 +8,10 @@
 //! measures; [`sys`] holds every raw system call behind safe wrappers.
 //!
 //! What is `pub` here is what the binary, the integration tests and the benches use; the wire
-//! protocols and the relay command are crate-private, and `unreachable_pub` keeps every item
-//! that nothing outside its module tree can reach at `pub(crate)` or narrower.
+//! protocols and the relay command are crate-private, and so is every submodule those three
+//! do not name (each top-level module re-exports the few items they need), and
+//! `unreachable_pub` keeps every item that nothing outside its module tree can reach at
+//! `pub(crate)` or narrower, so the compiler reports dead code instead of keeping it public.
 
 #![warn(unreachable_pub)]
 

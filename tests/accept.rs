@@ -100,8 +100,7 @@ fn max_children_holds(env: &[(&str, &str)]) {
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,max-children=3");
     let upstream = format!("TCP:127.0.0.1:{}", backend.port);
-    let mut relay = Relay::spawn_env(&["--threads", "2", &listen, &upstream], env);
-    relay.wait_for_log("listening on", Duration::from_secs(20));
+    let mut relay = Relay::spawn_env(&["--threads", "2", &listen, &upstream], env).listening();
     three_at_most_at_once(&mut relay, backend, port, CLIENTS);
     assert_eq!(relay.log().matches("closed: finished").count(), CLIENTS);
 }
@@ -137,8 +136,8 @@ fn spread_over_workers(env: &[(&str, &str)]) {
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
     let upstream = format!("TCP:127.0.0.1:{}", backend.port);
-    let mut relay = Relay::spawn_env(&["-dd", "--threads", "2", &listen, &upstream], env);
-    relay.wait_for_log("listening on", Duration::from_secs(20));
+    let mut relay =
+        Relay::spawn_env(&["-dd", "--threads", "2", &listen, &upstream], env).listening();
     let errors = clients_at_once(port, CLIENTS, 4096);
     assert!(errors.is_empty(), "{errors:?}\n{}", relay.log());
     backend.thread.join().unwrap();
@@ -169,8 +168,8 @@ fn a_burst_of_long_connections_lands_one_on_each_worker() {
         let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
         let upstream = format!("TCP:127.0.0.1:{}", backend.port);
         let threads = WORKERS.to_string();
-        let mut relay = Relay::spawn_env(&["-dd", "--threads", &threads, &listen, &upstream], &[]);
-        relay.wait_for_log("listening on", Duration::from_secs(20));
+        let mut relay =
+            Relay::spawn_env(&["-dd", "--threads", &threads, &listen, &upstream], &[]).listening();
         let errors = clients_at_once(port, WORKERS, 4096);
         assert!(errors.is_empty(), "{errors:?}\n{}", relay.log());
         backend.thread.join().unwrap();
@@ -234,8 +233,8 @@ fn the_old_acceptor_thread_still_relays_when_asked_for() {
     let mut relay = Relay::spawn_env(
         &["--threads", "2", &listen, &upstream],
         &[("VSPLICE_ACCEPT", "thread")],
-    );
-    relay.wait_for_log("listening on", Duration::from_secs(20));
+    )
+    .listening();
     let errors = clients_at_once(port, 8, 4096);
     assert!(errors.is_empty(), "{errors:?}");
     backend.thread.join().unwrap();

@@ -280,8 +280,8 @@ fn a_name_that_resolves_into_a_denied_network_is_refused() {
             &format!("TCP-LISTEN:{port},fork,bind=127.0.0.1"),
             &format!("SOCKS5-SERVER,dest=*.example.test:{p},dest=127.0.0.1:1"),
         ],
-    );
-    relay.wait_for_log("listening on", Duration::from_secs(20));
+    )
+    .listening();
     let socks_at = format!("127.0.0.1:{port}");
     let url = format!("http://rebind.example.test:{p}/bytes/10");
     let out = curl(&["--socks5-hostname", &socks_at, &url]);
@@ -311,8 +311,8 @@ fn a_name_that_resolves_into_a_denied_network_is_refused() {
             &format!("TCP-LISTEN:{port},fork,bind=127.0.0.1"),
             &format!("SOCKS5-SERVER,dest=127.0.0.0/8:{p}"),
         ],
-    );
-    relay.wait_for_log("listening on", Duration::from_secs(20));
+    )
+    .listening();
     let socks_at = format!("127.0.0.1:{port}");
     let url = format!("http://named.example.test:{p}/bytes/1000");
     let out = curl(&["--socks5-hostname", &socks_at, "-o", "/dev/null", &url]);

@@ -156,17 +156,6 @@ fn sigpipe_from_outside_does_not_stop_the_relay() {
 
 // ---- truncation reaches the other side as a reset (issue 9, defect 7) ----
 
-/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: std::net::TcpStream) {
-    let abort = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &abort)
-        .expect("SO_LINGER");
-    drop(stream);
-}
-
 /// Reads until end of file or an error: (bytes read, the error if one ended it).
 fn read_until_end(stream: &mut std::net::TcpStream) -> (usize, Option<std::io::Error>) {
     use std::io::Read;
@@ -224,7 +213,7 @@ fn backend_reset_reaches_the_client(extra: &[&str], len: usize) {
     // checking its connect is a failed dial, not a cut stream).
     relay.wait_for_log("conn 1: relaying", std::time::Duration::from_secs(60));
     server.write_all(&payload(len, 7).data).unwrap();
-    reset(server);
+    close_with_reset(server);
     let (got, error) = read_until_end(&mut client);
     let kind = error.as_ref().map(std::io::Error::kind);
     assert_eq!(
@@ -258,7 +247,7 @@ fn client_reset_reaches_the_backend(extra: &[&str]) {
     let mut client = std::net::TcpStream::connect(&address).unwrap();
     client.write_all(&payload(MIB, 8).data).unwrap();
     let (mut server, _) = backend.accept().unwrap();
-    reset(client);
+    close_with_reset(client);
     let (got, error) = read_until_end(&mut server);
     let kind = error.as_ref().map(std::io::Error::kind);
     assert_eq!(
@@ -398,7 +387,7 @@ fn a_backend_that_resets_as_it_accepts_reaches_every_client_as_a_reset() {
     let resetter = std::thread::spawn(move || {
         for _ in 0..ROUNDS {
             let (s, _) = backend.accept().expect("backend accept");
-            reset(s);
+            close_with_reset(s);
         }
     });
     for round in 0..ROUNDS {
@@ -582,7 +571,7 @@ fn relay_with_parked_connections() -> (
 fn parked_connections_cut_by_backend_resets_reach_their_clients_as_resets() {
     let (mut relay, backend, port, mut clients, servers) = relay_with_parked_connections();
     for server in servers {
-        reset(server);
+        close_with_reset(server);
     }
     for (i, client) in clients.iter_mut().enumerate() {
         assert_eq!(

@@ -7,41 +7,17 @@
 mod common;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
 use std::time::Duration;
 
-use common::messages::{Framing, Sequence, check_sequence, recv_timeout, send_sequence};
-use common::*;
-use nix::sys::socket::{
-    AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept, bind, connect, listen,
-    shutdown, socket,
+use common::messages::{
+    Framing, Sequence, check_sequence, recv_timeout, send_sequence, seqpacket_connect,
+    seqpacket_listen,
 };
+use common::*;
+use nix::sys::socket::{Shutdown, accept, shutdown};
 
 const COUNT: usize = 20_000;
 const LONG: Duration = Duration::from_secs(120);
-
-fn seqpacket() -> OwnedFd {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap()
-}
-
-fn seqpacket_listen(path: &Path) -> OwnedFd {
-    let fd = seqpacket();
-    bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(64).unwrap()).unwrap();
-    fd
-}
-
-fn seqpacket_connect(path: &Path) -> OwnedFd {
-    let fd = seqpacket();
-    connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    fd
-}
 
 fn accept_one(listener: &OwnedFd) -> OwnedFd {
     accept(listener).unwrap()
@@ -73,7 +49,7 @@ fn unix_seqpacket_messages_cross_both_ways_at_once_with_every_boundary_kept() {
     let dir = Scratch::new("seqpacket");
     let front = dir.path("front.sock");
     let back = dir.path("back.sock");
-    let backend = seqpacket_listen(&back);
+    let backend = seqpacket_listen(&back, 64);
     let mut relay = Relay::start(&[
         &format!("UNIX-LISTEN:{},socktype=seqpacket", front.display()),
         &format!("UNIX-CONNECT:{},socktype=5", back.display()),
@@ -171,7 +147,7 @@ fn a_message_larger_than_the_other_end_takes_cuts_that_connection_only() {
     let dir = Scratch::new("seqpacket-big");
     let front = dir.path("front.sock");
     let back = dir.path("back.sock");
-    let backend = seqpacket_listen(&back);
+    let backend = seqpacket_listen(&back, 64);
     // The backend side's send buffer (16 KiB, doubled by the kernel) takes no 60 KB message.
     let relay = Relay::start(&[
         &format!("UNIX-LISTEN:{},socktype=seqpacket,fork", front.display()),
@@ -329,7 +305,7 @@ fn udp_to_udp_with_fork_makes_a_session_per_sender_for_fifty_senders_at_once() {
 fn udp_datagrams_cross_to_unix_seqpacket_and_back_one_message_each() {
     let dir = Scratch::new("udp-seqpacket");
     let back = dir.path("back.sock");
-    let backend = seqpacket_listen(&back);
+    let backend = seqpacket_listen(&back, 64);
     let front = free_port();
     let mut relay = Relay::start(&[
         &format!("UDP4-LISTEN:{front},bind=127.0.0.1"),
@@ -607,7 +583,7 @@ fn one_way_discards_the_other_directions_messages() {
     let dir = Scratch::new("seqpacket-oneway");
     let front = dir.path("front.sock");
     let back = dir.path("back.sock");
-    let backend = seqpacket_listen(&back);
+    let backend = seqpacket_listen(&back, 64);
     let mut relay = Relay::start(&[
         "-u",
         &format!("UNIX-LISTEN:{},socktype=seqpacket", front.display()),

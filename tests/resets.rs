@@ -98,13 +98,7 @@ fn read_then_reset(mut stream: TcpStream, data: &[u8]) {
         got == data[..READ_BEFORE_RESET],
         "the bytes before the reset arrived unchanged"
     );
-    let abort = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &abort)
-        .expect("SO_LINGER");
-    drop(stream);
+    close_with_reset(stream);
 }
 
 /// Which side of the relay resets.

@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 
+use common::debs::socket_activate;
 use common::{Scratch, vsplice_bin};
 
 fn serve_check(config: &str) -> (i32, String, String) {
@@ -212,34 +213,6 @@ fn metrics_scraped_over_http_pass_a_real_openmetrics_parser() {
         );
     }
     drop(ssh);
-}
-
-/// `systemd-socket-activate` (Debian package `systemd`; no PID 1 needed): the installed one,
-/// or else one unpacked from Debian's package into the labs' cache (tests/common/debs.rs),
-/// run with the library path of its private `libsystemd-shared` (and of any library the
-/// machine lacks, unpacked too).
-fn socket_activate() -> Command {
-    static UNPACKED: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
-    if let Some(installed) = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("systemd-socket-activate"))
-            .find(|p| p.is_file())
-    }) {
-        return Command::new(installed);
-    }
-    // Once per test process: tests run in parallel and unpack into one folder.
-    let (binary, library_path) = UNPACKED.get_or_init(|| {
-        let debs = common::lab::deb_root();
-        debs.ensure(&["systemd"])
-            .unwrap_or_else(|e| panic!("systemd-socket-activate is not installed, and {e}"));
-        let binary = debs.path("usr/bin/systemd-socket-activate");
-        debs.ensure_libraries(&binary, "systemd")
-            .unwrap_or_else(|e| panic!("systemd-socket-activate's libraries: {e}"));
-        (binary, debs.library_path())
-    });
-    let mut command = Command::new(binary);
-    command.env("LD_LIBRARY_PATH", library_path);
-    command
 }
 
 /// Set in the environment of the process `systemd-socket-activate` starts: this test binary
@@ -1592,21 +1565,8 @@ fn a_listen_fds_count_larger_than_what_was_passed_is_refused_naming_the_missing_
 }
 
 fn passed_seqpacket_listener(dir: &Scratch) -> (std::os::fd::OwnedFd, std::path::PathBuf) {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
-    };
-    use std::os::fd::AsRawFd;
     let path = dir.path("seqpacket.sock");
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(8).unwrap()).unwrap();
-    (fd, path)
+    (common::messages::seqpacket_listen(&path, 8), path)
 }
 
 #[test]
@@ -1627,30 +1587,18 @@ fn a_passed_seqpacket_listener_paired_with_a_stream_is_refused_naming_both_addre
 
 #[test]
 fn a_passed_seqpacket_listener_relays_messages_to_a_seqpacket_address() {
-    use common::messages::{Framing, Sequence, check_sequence, send_sequence};
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept, bind, connect, listen, socket,
+    use common::messages::{
+        Framing, Sequence, check_sequence, send_sequence, seqpacket_connect, seqpacket_listen,
     };
-    use std::os::fd::{AsFd, AsRawFd};
+    use nix::sys::socket::accept;
+    use std::os::fd::AsFd;
     let dir = Scratch::new("seqpacket-pass");
     let (fd, front) = passed_seqpacket_listener(&dir);
     let back = dir.path("back.sock");
-    let seqpacket = || {
-        socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap()
-    };
-    let backend = seqpacket();
-    bind(backend.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
-    listen(&backend, Backlog::new(8).unwrap()).unwrap();
+    let backend = seqpacket_listen(&back, 8);
     let connect_to = format!("UNIX-CONNECT:{},socktype=seqpacket", back.display());
     let relay = hand_activated(&[fd], "1", None, &["ACCEPT-FD:3,fork", &connect_to]);
-    let client = seqpacket();
-    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let client = seqpacket_connect(&front);
     let seq = Sequence {
         seed: 7,
         count: 20_000,
@@ -1923,29 +1871,17 @@ fn proxy_keys_of_a_service_read_and_write_headers_count_bad_ones_and_follow_a_re
 #[test]
 fn a_seqpacket_service_relays_messages_whole_and_counts_them_by_direction() {
     use common::Relay;
-    use common::messages::{Framing, Sequence, check_sequence, send_sequence};
-    use nix::sys::socket::{
-        AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept, bind, connect,
-        listen, shutdown, socket,
+    use common::messages::{
+        Framing, Sequence, check_sequence, send_sequence, seqpacket_connect, seqpacket_listen,
     };
+    use nix::sys::socket::{Shutdown, accept, shutdown};
     use std::os::fd::{AsFd, AsRawFd};
     use std::time::{Duration, Instant};
 
     let dir = Scratch::new("seqpacket-service");
     let (front, back) = (dir.path("front.sock"), dir.path("back.sock"));
     let metrics_port = common::free_port();
-    let seqpacket = || {
-        socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap()
-    };
-    let backend = seqpacket();
-    bind(backend.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
-    listen(&backend, Backlog::new(8).unwrap()).unwrap();
+    let backend = seqpacket_listen(&back, 8);
     let config = dir.path("vsplice.toml");
     std::fs::write(
         &config,
@@ -1965,8 +1901,7 @@ fn a_seqpacket_service_relays_messages_whole_and_counts_them_by_direction() {
         max: 65535,
         empty: true,
     };
-    let client = seqpacket();
-    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let client = seqpacket_connect(&front);
     let sender = std::thread::spawn(move || {
         send_sequence(client.as_fd(), up, Framing::Packets).unwrap();
         shutdown(client.as_raw_fd(), Shutdown::Write).unwrap();

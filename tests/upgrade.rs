@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::debs::socket_activate;
 use common::{MIB, Relay, Scratch, payload, vsplice_bin};
 use nix::sys::signal::Signal;
 
@@ -610,30 +611,6 @@ fn an_upgrade_during_a_drain_is_refused_with_a_log_line() {
     assert!(failures.is_empty(), "{failures:#?}\n{}", relay.log());
     assert!(relay.wait_exit(GUARD).success(), "{}", relay.log());
     assert!(!relay.log().contains("upgrade: started"), "{}", relay.log());
-}
-
-/// `systemd-socket-activate` (Debian package `systemd`), as tests/service.rs finds it.
-fn socket_activate() -> Command {
-    static UNPACKED: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
-    if let Some(installed) = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("systemd-socket-activate"))
-            .find(|p| p.is_file())
-    }) {
-        return Command::new(installed);
-    }
-    let (binary, library_path) = UNPACKED.get_or_init(|| {
-        let debs = common::lab::deb_root();
-        debs.ensure(&["systemd"])
-            .unwrap_or_else(|e| panic!("systemd-socket-activate is not installed, and {e}"));
-        let binary = debs.path("usr/bin/systemd-socket-activate");
-        debs.ensure_libraries(&binary, "systemd")
-            .unwrap_or_else(|e| panic!("systemd-socket-activate's libraries: {e}"));
-        (binary, debs.library_path())
-    });
-    let mut command = Command::new(binary);
-    command.env("LD_LIBRARY_PATH", library_path);
-    command
 }
 
 #[test]

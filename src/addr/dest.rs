@@ -69,7 +69,7 @@ fn parse_ports(text: &str) -> Option<RangeInclusive<u16>> {
 }
 
 /// Addresses a name entry never reaches: the machine itself and its link.
-pub fn is_internal(ip: IpAddr) -> bool {
+pub(crate) fn is_internal(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_loopback()

@@ -1,15 +1,15 @@
 //! The address grammar: socat-style address strings turned into resolved [`Address`] values.
 //!
 //! Parsing is pure (no name lookups, no sockets), so every rule and error message here is
-//! unit-tested. Stage one ([`lex`]) splits the text; stage two ([`Address::parse`]) gives the
+//! unit-tested. Stage one ([`lex()`]) splits the text; stage two ([`Address::parse`]) gives the
 //! pieces meaning: it picks the address type from the keyword table (socat's aliases, case
 //! insensitive), checks parameter counts and ranges, and checks that every option applies to
 //! the address type, so that a typo fails before anything is opened.
 
 mod address;
-pub mod allow;
+pub(crate) mod allow;
 mod bind;
-pub mod dest;
+pub(crate) mod dest;
 mod error;
 mod kind;
 mod lex;
@@ -17,7 +17,7 @@ mod options;
 mod pair;
 mod param;
 mod secret;
-pub mod size;
+pub(crate) mod size;
 
 pub use lex::{LexError, RawAddress, RawOption, lex};
 pub use size::{check_idle_timeout, parse_duration, parse_size};

@@ -50,7 +50,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The shortest inactivity timeout (`-T`, `idle-timeout`). A connection is idle between any
 /// two reads, so a timeout of zero, or under the millisecond, cuts every connection.
-pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(1);
+pub(crate) const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// Checks an inactivity timeout, `token` being how it was written: the one check for the
 /// command line's `-T` and the file's `idle-timeout`, so the two cannot drift apart.

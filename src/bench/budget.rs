@@ -35,14 +35,14 @@ struct Used {
 
 /// The server's bounds and what its tests hold now.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     limits: Limits,
     used: Mutex<Used>,
 }
 
 /// One test's share of the [`Budget`], given back when dropped.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     budget: Arc<Budget>,
     streams: u64,
     buffered: u64,
@@ -59,7 +59,7 @@ impl Drop for Reservation {
 
 /// The buffer bytes a test makes the server hold: per stream, a write-size buffer for each
 /// way it sends or receives (a ring of 8 for zerocopy with `--verify`).
-pub fn server_buffers(params: &Params) -> u64 {
+pub(crate) fn server_buffers(params: &Params) -> u64 {
     let len = params.len as u64;
     let per_stream = match params.workload {
         Workload::Rr | Workload::Crr => len,
@@ -84,7 +84,7 @@ pub fn server_buffers(params: &Params) -> u64 {
 }
 
 impl Budget {
-    pub fn new(limits: Limits) -> Arc<Budget> {
+    pub(crate) fn new(limits: Limits) -> Arc<Budget> {
         Arc::new(Budget {
             limits,
             used: Mutex::default(),
@@ -93,7 +93,7 @@ impl Budget {
 
     /// Reserves a test's share, or says which bound it would pass (the text goes to the
     /// client).
-    pub fn reserve(self: &Arc<Budget>, params: &Params) -> Result<Reservation, String> {
+    pub(crate) fn reserve(self: &Arc<Budget>, params: &Params) -> Result<Reservation, String> {
         let l = self.limits;
         let streams = u64::from(params.streams);
         let buffered = server_buffers(params);

@@ -25,7 +25,7 @@ use super::stream::{self, Stream};
 use crate::addr::Address;
 use crate::error::{Error, Result};
 use crate::net::blocking::dial_blocking;
-use crate::net::dial::escape_peer_text;
+use crate::net::hybrid::escape_peer_text;
 
 /// How long a bench client's streams may stand still before the test fails (`--stall-timeout`).
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);

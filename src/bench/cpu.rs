@@ -7,14 +7,14 @@ use super::proto::Cpu;
 
 /// User and system CPU time consumed so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CpuTimes {
+pub(crate) struct CpuTimes {
     pub user: Duration,
     pub system: Duration,
 }
 
 impl CpuTimes {
     /// This process, all threads.
-    pub fn of_self() -> CpuTimes {
+    pub(crate) fn of_self() -> CpuTimes {
         let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
         match usage {
             Ok(u) => {
@@ -33,7 +33,7 @@ impl CpuTimes {
     /// Another process and all its descendants (a forking relay such as socat does its work
     /// in children): own time from /proc/PID/stat, the time of children it already reaped
     /// (cutime, cstime), and the live children's, recursively.
-    pub fn of_pid(pid: u32) -> Option<CpuTimes> {
+    pub(crate) fn of_pid(pid: u32) -> Option<CpuTimes> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the parenthesised command name: utime, stime, cutime, cstime are
         // fields 14-17 of the whole line.
@@ -56,12 +56,12 @@ impl CpuTimes {
         Some(total)
     }
 
-    pub fn total(&self) -> Duration {
+    pub(crate) fn total(&self) -> Duration {
         self.user + self.system
     }
 
     /// The time used since `earlier`, as a share of `wall`.
-    pub fn since(&self, earlier: CpuTimes, wall: Duration) -> Cpu {
+    pub(crate) fn since(&self, earlier: CpuTimes, wall: Duration) -> Cpu {
         let wall = wall.as_secs_f64().max(1e-9);
         Cpu {
             user_pct: 100.0 * (self.user.saturating_sub(earlier.user)).as_secs_f64() / wall,
@@ -94,7 +94,7 @@ fn clock_ticks() -> i64 {
 }
 
 /// Peak resident set size of a process in bytes (VmHWM).
-pub fn peak_rss(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

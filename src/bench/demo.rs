@@ -65,7 +65,7 @@ pub struct DemoPlan {
 
 /// One measured path.
 #[derive(Debug, Clone, Serialize)]
-pub struct DemoRun {
+pub(crate) struct DemoRun {
     pub path: String,
     pub gbit_per_s: f64,
     pub client_cpu_pct: f64,
@@ -281,7 +281,7 @@ fn median(mut runs: Vec<DemoRun>) -> DemoRun {
     runs.swap_remove(runs.len() / 2)
 }
 
-pub fn run(plan: &DemoPlan) -> Result<()> {
+pub(crate) fn run(plan: &DemoPlan) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("finding the vsplice binary", e))?
         .display()

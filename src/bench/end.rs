@@ -10,7 +10,7 @@ use super::stream::Stream;
 
 /// Where a stream end stands with the other end: what it expects to receive, how long it
 /// waits for a silent sender, and whom to tell its own sent count as soon as it has one.
-pub struct OtherEnd<'a> {
+pub(crate) struct OtherEnd<'a> {
     pub expect: &'a Expect,
     pub idle: Duration,
     pub on_sent: Box<dyn FnOnce(u64) + Send + 'a>,
@@ -23,7 +23,7 @@ pub struct OtherEnd<'a> {
 /// sending ends (0 at once for an end that does not send), so the control connection can
 /// carry it while the receiver still runs.
 #[allow(clippy::too_many_arguments)]
-pub fn run_end(
+pub(crate) fn run_end(
     stream: &Stream,
     id: u32,
     params: &Params,
@@ -83,7 +83,7 @@ pub fn run_end(
 }
 
 /// Merges a stream's sender and receiver counts (bidirectional streams have both).
-pub fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
+pub(crate) fn merge(a: StreamCounts, b: StreamCounts) -> StreamCounts {
     StreamCounts {
         stream: a.stream,
         sent: a.sent + b.sent,

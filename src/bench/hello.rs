@@ -15,13 +15,13 @@ use crate::sys::message::{self, Received, ZeroMeans};
 use crate::sys::pipe;
 
 /// How long a connection has, from its accept, to send its whole hello line.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections whose hello is still on its way.
-pub const MAX_PENDING: usize = 256;
+pub(crate) const MAX_PENDING: usize = 256;
 
 /// An accepted connection whose hello is on its way (its socket is non-blocking).
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     endpoint: Endpoint,
     line: Vec<u8>,
     deadline: Instant,
@@ -29,7 +29,7 @@ pub struct Pending {
 
 /// Where a pending hello stands after `Pending::advance`.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     Waiting,
     Hello(Endpoint, Hello),
     Failed(Endpoint, io::Error),
@@ -124,7 +124,7 @@ fn hello_message(bytes: &[u8], len: usize) -> io::Result<Hello> {
 
 /// The connections whose hellos are on their way, oldest first.
 #[derive(Debug, Default)]
-pub struct Hellos {
+pub(crate) struct Hellos {
     pending: VecDeque<Pending>,
 }
 
@@ -132,7 +132,7 @@ impl Hellos {
     /// Takes a freshly accepted connection and reads what it sent already. Returns what is
     /// to be done now: its hello if complete, and the oldest connection's failure when the
     /// set was full.
-    pub fn add(&mut self, endpoint: Endpoint, now: Instant) -> Vec<Step> {
+    pub(crate) fn add(&mut self, endpoint: Endpoint, now: Instant) -> Vec<Step> {
         let mut steps = Vec::new();
         let fresh = Pending {
             endpoint,
@@ -157,19 +157,19 @@ impl Hellos {
     }
 
     /// The descriptors to wait on, in order.
-    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+    pub(crate) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         self.pending.iter().map(Pending::fd)
     }
 
     /// How long until the next hello's time is up (None: no hello pending).
-    pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_deadline(&self, now: Instant) -> Option<Duration> {
         let first = self.pending.iter().map(|p| p.deadline).min()?;
         Some(first.saturating_duration_since(now))
     }
 
     /// Reads the connections `ready` marks (in [`Hellos::fds`] order) and closes those past
     /// their deadline; returns the finished hellos and the failures.
-    pub fn advance(&mut self, ready: &[bool], now: Instant) -> Vec<Step> {
+    pub(crate) fn advance(&mut self, ready: &[bool], now: Instant) -> Vec<Step> {
         let mut steps = Vec::new();
         let mut kept = VecDeque::with_capacity(self.pending.len());
         for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {

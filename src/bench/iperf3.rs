@@ -129,7 +129,7 @@ fn interval(r: &IntervalReport, direction: TestDirection) -> Value {
 }
 
 /// The iperf3 `-J` document for one test.
-pub fn document(r: &TestReport, started_unix: u64) -> Value {
+pub(crate) fn document(r: &TestReport, started_unix: u64) -> Value {
     let p = &r.params;
     let client_sends = p.direction.client_sends();
     let connected: Vec<Value> = r

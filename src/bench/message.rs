@@ -17,7 +17,7 @@ use crate::sys::message::{Received, ZeroMeans, recv_message_waiting};
 
 /// What one stream's receiver knows about the messages it is to get.
 #[derive(Debug, Clone)]
-pub struct Boundaries {
+pub(crate) struct Boundaries {
     len: usize,
     /// The stream's bytes in all, when the test has a byte budget.
     total: Option<u64>,
@@ -29,7 +29,7 @@ pub struct Boundaries {
 impl Boundaries {
     /// Messages of `len` bytes on stream `stream`, `total` bytes in all under a byte budget
     /// (`None`: a timed test, every message `len` bytes).
-    pub fn new(len: usize, total: Option<u64>, stream: u32) -> Boundaries {
+    pub(crate) fn new(len: usize, total: Option<u64>, stream: u32) -> Boundaries {
         Boundaries {
             len,
             total,
@@ -39,7 +39,7 @@ impl Boundaries {
     }
 
     /// The length of the next message, `received` bytes into the stream (0: none is due).
-    pub fn expected(&self, received: u64) -> usize {
+    pub(crate) fn expected(&self, received: u64) -> usize {
         match self.total {
             Some(total) => total.saturating_sub(received).min(self.len as u64) as usize,
             None => self.len,
@@ -49,7 +49,7 @@ impl Boundaries {
     /// Judges a message of `got` bytes (its whole length, as `MSG_TRUNC` reports it) that
     /// came `received` bytes into the stream: counted when it is the message sent, else the
     /// error that ends the stream.
-    pub fn check(&mut self, got: usize, received: u64) -> Result<(), String> {
+    pub(crate) fn check(&mut self, got: usize, received: u64) -> Result<(), String> {
         let want = self.expected(received);
         let number = self.messages + 1;
         let stream = self.stream + 1;
@@ -75,7 +75,7 @@ impl Boundaries {
 /// than the write size), judged by `boundaries`: its length, 0 at the end of the stream (the
 /// bench sends no empty messages), `WouldBlock` when the receive timeout ran out, and
 /// `InvalidData` for a message that is not the one sent.
-pub fn receive_message(
+pub(crate) fn receive_message(
     stream: &Stream,
     buf: &mut [u8],
     boundaries: &mut Boundaries,
@@ -153,7 +153,7 @@ impl MessageRates {
 /// The messages of one direction of one stream (`--seqpacket`; `None` for streams), from the
 /// sending end's counts and the receiving one's; a count that differs is an error of the
 /// stream. `sender` names the sending end ("client" or "server").
-pub fn counted(
+pub(crate) fn counted(
     params: &Params,
     (sent, received): (&StreamCounts, &StreamCounts),
     sender: &str,
@@ -185,7 +185,7 @@ pub fn counted(
 
 /// The text after a summary line's bitrate: the sender's and the receiver's messages and
 /// rate, or nothing for streams.
-pub fn columns(m: Option<&MessageRates>) -> (String, String) {
+pub(crate) fn columns(m: Option<&MessageRates>) -> (String, String) {
     let Some(m) = m else {
         return (String::new(), String::new());
     };
@@ -197,7 +197,7 @@ pub fn columns(m: Option<&MessageRates>) -> (String, String) {
 }
 
 /// A message rate as printed: `12.3 kmsg/s`.
-pub fn rate_text(per_second: f64) -> String {
+pub(crate) fn rate_text(per_second: f64) -> String {
     if per_second >= 1e6 {
         format!("{:.2} Mmsg/s", per_second / 1e6)
     } else {

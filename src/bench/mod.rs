@@ -2,28 +2,28 @@
 //! both ends' figures, byte counts checked, optional pattern verification and MSG_ZEROCOPY,
 //! write-size sweeps, and a self-contained demo of the relay's cost.
 //!
-//! [`proto`] is the wire protocol, [`stream`] the sender and receiver loops, [`server`] and
-//! [`client`] the two ends, [`demo`] the one-command demonstration, [`cpu`] the accounting.
+//! [`proto`] is the wire protocol, `stream` the sender and receiver loops, `server` and
+//! [`client`] the two ends, `demo` the one-command demonstration, `cpu` the accounting.
 
-pub mod budget;
+pub(crate) mod budget;
 pub mod client;
-pub mod cpu;
-pub mod demo;
-pub mod end;
-pub mod hello;
-pub mod iperf3;
-pub mod message;
-pub mod pattern;
-pub mod plot;
+pub(crate) mod cpu;
+pub(crate) mod demo;
+pub(crate) mod end;
+pub(crate) mod hello;
+pub(crate) mod iperf3;
+pub(crate) mod message;
+pub(crate) mod pattern;
+pub(crate) mod plot;
 pub mod proto;
 #[cfg(test)]
 mod proto_props;
-pub mod receive;
-pub mod report;
-pub mod rr;
-pub mod send;
-pub mod server;
-pub mod stream;
+pub(crate) mod receive;
+pub(crate) mod report;
+pub(crate) mod rr;
+pub(crate) mod send;
+pub(crate) mod server;
+pub(crate) mod stream;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ fn byte_at(stream: u32, offset: u64) -> u8 {
 }
 
 /// Fills `buf` with the pattern of `stream` starting at `offset`.
-pub fn fill(stream: u32, offset: u64, buf: &mut [u8]) {
+pub(crate) fn fill(stream: u32, offset: u64, buf: &mut [u8]) {
     let s = seed(stream);
     let mut i = 0;
     // Leading bytes up to a word boundary.
@@ -31,7 +31,7 @@ pub fn fill(stream: u32, offset: u64, buf: &mut [u8]) {
 }
 
 /// Checks `buf` against the pattern; returns the absolute offset of the first wrong byte.
-pub fn check(stream: u32, offset: u64, buf: &[u8]) -> Result<(), u64> {
+pub(crate) fn check(stream: u32, offset: u64, buf: &[u8]) -> Result<(), u64> {
     let s = seed(stream);
     let mut i = 0;
     while i < buf.len() && (offset + i as u64) % 8 != 0 {

@@ -13,21 +13,21 @@ use super::stream::{Stream, describe};
 /// How many bytes a receiver is to get: [`Expect::UNKNOWN`] until the sender's count arrives
 /// over control; 0 calls the stream off.
 #[derive(Debug)]
-pub struct Expect(AtomicU64);
+pub(crate) struct Expect(AtomicU64);
 
 impl Expect {
-    pub const UNKNOWN: u64 = u64::MAX;
+    pub(crate) const UNKNOWN: u64 = u64::MAX;
 
-    pub fn new() -> Expect {
+    pub(crate) fn new() -> Expect {
         Expect(AtomicU64::new(Expect::UNKNOWN))
     }
 
-    pub fn set(&self, bytes: u64) {
+    pub(crate) fn set(&self, bytes: u64) {
         self.0.store(bytes, Ordering::SeqCst);
     }
 
     /// Ends the receiver at once (the test failed elsewhere).
-    pub fn call_off(&self) {
+    pub(crate) fn call_off(&self) {
         self.set(0);
     }
 
@@ -43,28 +43,28 @@ impl Default for Expect {
 }
 
 /// How often a waiting receiver looks at its [`Expect`].
-pub const TICK: Duration = Duration::from_millis(100);
+pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// How long a receiver waits for the bytes still missing once it knows the sender's count.
-pub const MISSING_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const MISSING_GRACE: Duration = Duration::from_secs(30);
 
 /// How a receiver's stream is to end, as far as it knows before the sender's count comes:
 /// after this many bytes (`--bytes`), or at this long after the test's start (`--time`).
 #[derive(Debug, Clone, Copy)]
-pub enum Ending {
+pub(crate) enum Ending {
     Bytes(u64),
     After(Duration),
 }
 
 impl Ending {
     /// The stream's bytes in all, when the test has a byte budget.
-    pub fn total(self) -> Option<u64> {
+    pub(crate) fn total(self) -> Option<u64> {
         match self {
             Ending::Bytes(total) => Some(total),
             Ending::After(_) => None,
         }
     }
 
-    pub fn of(params: &Params, id: u32) -> Ending {
+    pub(crate) fn of(params: &Params, id: u32) -> Ending {
         match params.limit {
             Limit::Time { ms } => Ending::After(Duration::from_millis(ms)),
             Limit::Bytes { .. } => Ending::Bytes(params.stream_bytes(id).unwrap_or(0)),
@@ -78,7 +78,7 @@ impl Ending {
 /// the start went out, and that wait is no part of the transfer (in the guest lab it made a
 /// 256 MiB test's receiver time up to a tenth longer than its sender's). `None` if the test
 /// has not started.
-pub type TestStart<'a> = &'a (dyn Fn() -> Option<Instant> + Sync);
+pub(crate) type TestStart<'a> = &'a (dyn Fn() -> Option<Instant> + Sync);
 
 /// A `--time` receiver reads the clock every read once the test's end is this near, so it
 /// has the time of its last byte; before that, only every [`Stamps::step`] bytes.
@@ -137,7 +137,7 @@ impl Stamps {
 /// while the count is unknown). Returns this stream's counts (receiver side), timed from
 /// the test's start to its last byte.
 #[allow(clippy::too_many_arguments)]
-pub fn receive(
+pub(crate) fn receive(
     stream: &Stream,
     id: u32,
     len: usize,

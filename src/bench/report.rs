@@ -416,7 +416,7 @@ pub(super) fn print_summary(r: &TestReport) {
 }
 
 /// Prints a sweep as one table, one row per write size.
-pub fn print_sweep(reports: &[TestReport]) {
+pub(crate) fn print_sweep(reports: &[TestReport]) {
     // `--seqpacket`: the receivers' messages per second too.
     let messages = reports.iter().any(|r| r.params.messages);
     println!(
@@ -461,7 +461,7 @@ pub fn print_sweep(reports: &[TestReport]) {
     }
 }
 
-pub fn human_size(n: usize) -> String {
+pub(crate) fn human_size(n: usize) -> String {
     if n >= 1 << 20 && n % (1 << 20) == 0 {
         format!("{}M", n >> 20)
     } else if n >= 1024 && n % 1024 == 0 {

@@ -24,16 +24,16 @@ use super::stream::Stream;
 const MAX_US: u64 = 3_600_000_000;
 
 /// An empty latency histogram: 1 µs to an hour, three significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")
 }
 
 /// One stream's latencies since the reporter last took them.
-pub type Latencies = Mutex<Histogram<u64>>;
+pub(crate) type Latencies = Mutex<Histogram<u64>>;
 
 /// The counters one stream's transactions go to: latencies, and bytes each way (for the
 /// interval rows).
-pub struct Meters<'a> {
+pub(crate) struct Meters<'a> {
     pub latencies: &'a Latencies,
     pub sent: &'a AtomicU64,
     pub received: &'a AtomicU64,
@@ -53,7 +53,7 @@ impl Meters<'_> {
 }
 
 /// Moves what every stream recorded into one histogram (and out of the streams').
-pub fn take_all(streams: &[Latencies]) -> Histogram<u64> {
+pub(crate) fn take_all(streams: &[Latencies]) -> Histogram<u64> {
     let mut all = histogram();
     for s in streams {
         let mut h = s.lock().unwrap();
@@ -164,7 +164,7 @@ fn failed(e: &io::Error, what: &str) -> String {
 }
 
 /// The client's `--rr` loop on one connection.
-pub fn client_rr(
+pub(crate) fn client_rr(
     stream: &Stream,
     id: u32,
     len: usize,
@@ -186,7 +186,7 @@ pub fn client_rr(
 
 /// The client's `--crr` loop: `connect` opens a fresh connection to the stream (with its
 /// hello sent) for every transaction.
-pub fn client_crr(
+pub(crate) fn client_crr(
     connect: &dyn Fn() -> io::Result<Stream>,
     id: u32,
     len: usize,
@@ -239,7 +239,7 @@ fn transactions(
 /// one response out, then the client's close awaited (as netperf's TCP_CRR): a server that
 /// closed first could have its close overtake the response on a relay or VMM that widens a
 /// close into a reset.
-pub fn serve_one(stream: &Stream, len: usize, answered: impl FnOnce()) -> io::Result<()> {
+pub(crate) fn serve_one(stream: &Stream, len: usize, answered: impl FnOnce()) -> io::Result<()> {
     let mut buf = vec![0u8; len];
     stream.reader().read_exact(&mut buf)?;
     answered();
@@ -250,7 +250,7 @@ pub fn serve_one(stream: &Stream, len: usize, answered: impl FnOnce()) -> io::Re
 
 /// The server's `--rr` loop: answers each `len`-byte request until it has the bytes the
 /// client says it sent (`expect`), or the client's end of file.
-pub fn serve_rr(
+pub(crate) fn serve_rr(
     stream: &Stream,
     id: u32,
     len: usize,

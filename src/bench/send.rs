@@ -13,14 +13,14 @@ use crate::sys::zerocopy;
 
 /// When a sender stops.
 #[derive(Debug, Clone, Copy)]
-pub enum SendLimit {
+pub(crate) enum SendLimit {
     Until(Instant),
     Bytes(u64),
 }
 
 /// Sends until the limit and leaves the write side open. Returns this stream's counts
 /// (sender side).
-pub fn send(
+pub(crate) fn send(
     stream: &Stream,
     id: u32,
     len: usize,
@@ -215,7 +215,7 @@ fn send_zerocopy(
 }
 
 /// What a sender of stream `id` may send, for a test that started at `started`.
-pub fn limit_for(params: &Params, id: u32, started: Instant) -> SendLimit {
+pub(crate) fn limit_for(params: &Params, id: u32, started: Instant) -> SendLimit {
     match params.limit {
         Limit::Time { ms } => SendLimit::Until(started + Duration::from_millis(ms)),
         Limit::Bytes { .. } => SendLimit::Bytes(params.stream_bytes(id).unwrap_or(0)),

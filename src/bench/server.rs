@@ -108,7 +108,11 @@ struct Server {
 }
 
 /// Serves until SIGINT/SIGTERM, within `limits` over all tests at once.
-pub fn serve(listener: Listener, signals: &StopSignals, limits: Limits) -> std::io::Result<()> {
+pub(crate) fn serve(
+    listener: Listener,
+    signals: &StopSignals,
+    limits: Limits,
+) -> std::io::Result<()> {
     let server = Arc::new(Server {
         sessions: Mutex::default(),
         budget: Budget::new(limits),

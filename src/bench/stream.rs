@@ -22,7 +22,7 @@ use crate::sys::zerocopy;
 
 /// A connected, blocking socket.
 #[derive(Debug)]
-pub struct Stream {
+pub(crate) struct Stream {
     pub(super) file: File,
     family: &'static str,
     /// SOCK_SEQPACKET: every write is one message, every read one whole message.
@@ -30,7 +30,7 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn from_endpoint(endpoint: Endpoint) -> io::Result<Stream> {
+    pub(crate) fn from_endpoint(endpoint: Endpoint) -> io::Result<Stream> {
         let label = endpoint.label().to_string();
         let messages = endpoint.is_message();
         let socket = endpoint
@@ -54,7 +54,7 @@ impl Stream {
     }
 
     /// Bounds every blocking read and write, so a vanished peer gives an error, not a hang.
-    pub fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+    pub(crate) fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
@@ -94,7 +94,7 @@ impl Stream {
         Ok(())
     }
 
-    pub fn enable_zerocopy(&self) -> io::Result<()> {
+    pub(crate) fn enable_zerocopy(&self) -> io::Result<()> {
         zerocopy::enable(self.file.as_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -107,17 +107,17 @@ impl Stream {
     }
 
     /// A SOCK_SEQPACKET connection (`--seqpacket`).
-    pub fn is_message(&self) -> bool {
+    pub(crate) fn is_message(&self) -> bool {
         self.messages
     }
 
-    pub fn is_vsock(&self) -> bool {
+    pub(crate) fn is_vsock(&self) -> bool {
         self.family == "vsock"
     }
 
     /// Sets the vsock buffer (SO_VM_SOCKETS_BUFFER_MAX_SIZE, then _SIZE, which the kernel
     /// clamps to the maximum) and reads back what took effect. Only for vsock sockets.
-    pub fn set_vsock_buffer(&self, size: u64) -> io::Result<u64> {
+    pub(crate) fn set_vsock_buffer(&self, size: u64) -> io::Result<u64> {
         const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
         const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
         let fd = self.file.as_raw_fd();
@@ -149,11 +149,11 @@ impl Stream {
         Ok(got)
     }
 
-    pub fn reader(&self) -> &File {
+    pub(crate) fn reader(&self) -> &File {
         &self.file
     }
 
-    pub fn writer(&self) -> &File {
+    pub(crate) fn writer(&self) -> &File {
         &self.file
     }
 }

@@ -9,8 +9,8 @@ use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::addr::{parse_duration, parse_size};
 use crate::bench::BenchArgs;
+use crate::engine::FillPolicy;
 use crate::engine::Mode;
-use crate::engine::flow::FillPolicy;
 
 fn size_arg(s: &str) -> std::result::Result<usize, String> {
     let n = parse_size(s)?;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use super::flags::{Cli, Generate, Shell};
 
 /// The text `what` asks for.
-pub fn text(what: Generate) -> String {
+pub(crate) fn text(what: Generate) -> String {
     match what {
         Generate::Man => super::man::render(),
         Generate::Completions { shell } => completions(shell),
@@ -22,7 +22,7 @@ pub fn text(what: Generate) -> String {
 }
 
 /// The completion script for `shell`.
-pub fn completions(shell: Shell) -> String {
+pub(crate) fn completions(shell: Shell) -> String {
     let shell = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
         Shell::Zsh => clap_complete::Shell::Zsh,
@@ -34,7 +34,7 @@ pub fn completions(shell: Shell) -> String {
 }
 
 /// Writes the text to standard output.
-pub fn run(what: Generate) -> Result<ExitCode> {
+pub(crate) fn run(what: Generate) -> Result<ExitCode> {
     std::io::stdout()
         .lock()
         .write_all(text(what).as_bytes())

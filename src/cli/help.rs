@@ -12,13 +12,13 @@ use crate::addr::{KeywordDoc, OptionDoc, keyword_docs, option_docs};
 
 /// One block of a section: a paragraph, or a term with its explanation.
 #[derive(Debug, Clone, Copy)]
-pub enum Block {
+pub(crate) enum Block {
     Para(&'static str),
     Item(&'static str, &'static str),
 }
 
 /// How an address is written, before the table of types.
-pub const ADDRESS_SYNTAX: &[Block] = &[
+pub(crate) const ADDRESS_SYNTAX: &[Block] = &[
     Block::Para(
         "An address is `KEYWORD:param:param,option,option=value`. Keywords and option names \
          are case-insensitive. Quoting follows socat: `\"...\"` and `'...'` quote (the quotes \
@@ -33,14 +33,14 @@ pub const ADDRESS_SYNTAX: &[Block] = &[
 ];
 
 /// What follows the table of options.
-pub const OPTIONS_NOTE: &[Block] = &[Block::Para(
+pub(crate) const OPTIONS_NOTE: &[Block] = &[Block::Para(
     "An option that does not apply to the address type is an error, never silently ignored. \
      Every malformed address or option fails before anything is opened, with exit status 2 and \
      a message that names the token.",
 )];
 
 /// `vsplice serve`, in a few paragraphs (`docs/service.md` has the whole story).
-pub const SERVICE_MODE: &[Block] = &[
+pub(crate) const SERVICE_MODE: &[Block] = &[
     Block::Para(
         "`vsplice serve --config FILE` runs every relay a TOML file declares in one process, \
          on one engine: each `[[service]]` has a `name`, a `listen` address (with `fork`), a \
@@ -59,14 +59,14 @@ pub const SERVICE_MODE: &[Block] = &[
 ];
 
 /// `vsplice bench`, in one paragraph before its subcommands.
-pub const BENCH: &[Block] = &[Block::Para(
+pub(crate) const BENCH: &[Block] = &[Block::Para(
     "`vsplice bench` measures throughput (iperf style), request-response latency and \
      connection rates over vsock, TCP or UNIX sockets, with or without a relay in the path: a \
      `server` on one side, a `client` on the other, or `demo` on one machine.",
 )];
 
 /// Example command lines and what each does.
-pub const EXAMPLES: &[(&str, &str)] = &[
+pub(crate) const EXAMPLES: &[(&str, &str)] = &[
     (
         "vsplice VSOCK-LISTEN:5201,fork TCP:localhost:5201",
         "guests' connections to vsock port 5201 -> a TCP service on this host",
@@ -118,7 +118,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
 ];
 
 /// What the exit status says.
-pub const EXIT_STATUS: &[Block] = &[
+pub(crate) const EXIT_STATUS: &[Block] = &[
     Block::Item(
         "0",
         "the relay ended normally, or a signal asked it to end (the signals are listed below)",
@@ -136,7 +136,7 @@ pub const EXIT_STATUS: &[Block] = &[
 ];
 
 /// What each signal does.
-pub const SIGNALS: &[Block] = &[
+pub(crate) const SIGNALS: &[Block] = &[
     Block::Item(
         "SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGIO, SIGPWR",
         "drain: stop accepting, let open connections finish for `--drain-timeout` (or the \
@@ -155,12 +155,12 @@ pub const SIGNALS: &[Block] = &[
 ];
 
 /// Every address type and option (aliases included), read from the grammar's tables.
-pub struct AddressDocs {
+pub(crate) struct AddressDocs {
     pub types: Vec<KeywordDoc>,
     pub options: Vec<OptionDoc>,
 }
 
-pub fn address_docs() -> AddressDocs {
+pub(crate) fn address_docs() -> AddressDocs {
     AddressDocs {
         types: keyword_docs(),
         options: option_docs(),
@@ -168,12 +168,12 @@ pub fn address_docs() -> AddressDocs {
 }
 
 /// Text without its markup, for `--help`.
-pub fn plain(text: &str) -> String {
+pub(crate) fn plain(text: &str) -> String {
     text.replace('`', "")
 }
 
 /// `text` wrapped to `width` columns, every line indented by `indent` spaces.
-pub fn wrap(text: &str, indent: usize, width: usize) -> String {
+pub(crate) fn wrap(text: &str, indent: usize, width: usize) -> String {
     let mut out = String::new();
     let mut line = String::new();
     for word in text.split_whitespace() {
@@ -206,7 +206,7 @@ fn aliases_in_parens<S: AsRef<str>>(aliases: &[S]) -> String {
 
 /// The text after `-h`'s flags: every address type and option with its aliases, and the
 /// example command lines.
-pub fn short_help() -> String {
+pub(crate) fn short_help() -> String {
     let docs = address_docs();
     let mut out = String::from(
         "Addresses (socat syntax: KEYWORD:param:param,option,option=value; case-insensitive):\n",
@@ -250,7 +250,7 @@ fn blocks_text(blocks: &[Block], out: &mut String) {
 }
 
 /// `blocks` as `--help` shows them, for a subcommand's `--help` (`serve`, `bench`).
-pub fn blocks_help(blocks: &[Block]) -> String {
+pub(crate) fn blocks_help(blocks: &[Block]) -> String {
     let mut out = String::new();
     blocks_text(blocks, &mut out);
     out.trim_end().to_string()
@@ -258,7 +258,7 @@ pub fn blocks_help(blocks: &[Block]) -> String {
 
 /// The text after `--help`'s flags: the address syntax, every address type and option with
 /// its help, the examples, the exit status and the signals.
-pub fn long_help() -> String {
+pub(crate) fn long_help() -> String {
     let docs = address_docs();
     let mut out = String::from("Addresses:\n");
     blocks_text(ADDRESS_SYNTAX, &mut out);

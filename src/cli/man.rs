@@ -98,7 +98,7 @@ fn subcommand(page: &mut String, roff: &mut Roff, cmd: &clap::Command) {
 }
 
 /// The whole page.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut cmd = Cli::command();
     cmd.build();
     let man = Man::new(cmd.clone())

@@ -1,9 +1,9 @@
-//! The command line. [`flags`] is the one definition of every flag (clap's derive: name, help
-//! and parser side by side); [`argv`] fixes up the words before clap reads them; [`mod@plan`]
+//! The command line. `flags` is the one definition of every flag (clap's derive: name, help
+//! and parser side by side); `argv` fixes up the words before clap reads them; `plan`
 //! resolves what clap parsed into checked objects, so every usage error (exit status 2) comes
-//! before anything is opened; [`help`] holds the text beyond the flags (address types and
-//! options read from the grammar's tables, examples, exit status, signals), which [`man`],
-//! [`readme`] and `--help` render; [`generate`] is `vsplice generate man|completions|readme-tables`.
+//! before anything is opened; `help` holds the text beyond the flags (address types and
+//! options read from the grammar's tables, examples, exit status, signals), which `man`,
+//! `readme` and `--help` render; `generate` is `vsplice generate man|completions|readme-tables`.
 
 use std::process::ExitCode;
 
@@ -11,13 +11,13 @@ use clap::Parser;
 
 use crate::error::Result;
 
-pub mod argv;
-pub mod flags;
-pub mod generate;
-pub mod help;
-pub mod man;
-pub mod plan;
-pub mod readme;
+pub(crate) mod argv;
+pub(crate) mod flags;
+pub(crate) mod generate;
+pub(crate) mod help;
+pub(crate) mod man;
+pub(crate) mod plan;
+pub(crate) mod readme;
 
 pub use argv::options_after_bench;
 pub use flags::{Cli, Command};

@@ -6,7 +6,7 @@
 use crate::addr::Address;
 use crate::addr::check_pair;
 use crate::bench::BenchPlan;
-use crate::engine::flow::FillPolicy;
+use crate::engine::FillPolicy;
 use crate::engine::rcvbudget::ReceiveBudget;
 use crate::engine::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions};
 use crate::error::{Error, Result};
@@ -76,7 +76,7 @@ fn pin_setting(cli: &Cli) -> Option<bool> {
 }
 
 /// How long a UDP session lives without a datagram when `-T` is not given.
-pub const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Resolves parsed arguments into a plan.
 pub fn plan(cli: Cli) -> Result<Plan> {

@@ -74,7 +74,7 @@ fn address_options() -> String {
 }
 
 /// How a flag is written: `-b SIZE`, `--drain-timeout SECONDS`, `--pin`.
-pub fn flag_usage(arg: &clap::Arg) -> String {
+pub(crate) fn flag_usage(arg: &clap::Arg) -> String {
     let name = match (arg.get_short(), arg.get_long()) {
         (Some(c), _) => format!("-{c}"),
         (None, Some(l)) => format!("--{l}"),
@@ -92,7 +92,7 @@ pub fn flag_usage(arg: &clap::Arg) -> String {
 }
 
 /// What a flag does: its help, its values and its default.
-pub fn flag_help(arg: &clap::Arg) -> String {
+pub(crate) fn flag_help(arg: &clap::Arg) -> String {
     let mut help = arg
         .get_long_help()
         .or(arg.get_help())
@@ -150,7 +150,7 @@ fn exit_status() -> String {
 type Table = (&'static str, fn() -> String);
 
 /// The generated tables, by name.
-pub const TABLES: &[Table] = &[
+pub(crate) const TABLES: &[Table] = &[
     ("address-types", address_types),
     ("address-options", address_options),
     ("global-options", global_options),
@@ -158,12 +158,12 @@ pub const TABLES: &[Table] = &[
 ];
 
 /// One table between its markers, as `docs/manual.md` holds it.
-pub fn marked(name: &str, table: &str) -> String {
+pub(crate) fn marked(name: &str, table: &str) -> String {
     format!("{}\n{table}{END}\n", BEGIN.replace("{}", name))
 }
 
 /// Every table between its markers, for `vsplice generate readme-tables`.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     TABLES
         .iter()
         .map(|(name, table)| marked(name, &table()))
@@ -172,7 +172,8 @@ pub fn render() -> String {
 }
 
 /// The block `docs/manual.md` holds for table `name`, markers included; `None` when it lacks it.
-pub fn block_in<'a>(readme: &'a str, name: &str) -> Option<&'a str> {
+#[cfg(test)]
+fn block_in<'a>(readme: &'a str, name: &str) -> Option<&'a str> {
     let begin = BEGIN.replace("{}", name);
     let start = readme.find(&begin)?;
     let end = start + readme[start..].find(END)? + END.len() + 1;

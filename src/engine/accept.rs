@@ -59,7 +59,7 @@ use crate::sys::socket::Socket;
 
 /// How a forking listener's connections are accepted (the module's table compares them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptStrategy {
+pub(crate) enum AcceptStrategy {
     /// Every worker accepts on the one listening socket, one single-shot ACCEPT at a time
     /// (the default).
     Shared,
@@ -73,7 +73,7 @@ pub enum AcceptStrategy {
 
 impl AcceptStrategy {
     /// Whether workers keep a multishot ACCEPT armed (where no `max-children` applies).
-    pub fn multishot(self) -> bool {
+    pub(crate) fn multishot(self) -> bool {
         matches!(
             self,
             AcceptStrategy::SharedMultishot | AcceptStrategy::ReusePort
@@ -83,7 +83,7 @@ impl AcceptStrategy {
     /// From `VSPLICE_ACCEPT` (`shared`, `shared-multishot`, `reuseport`, `thread`), a switch
     /// for measuring;
     /// unset or unknown: [`AcceptStrategy::Shared`].
-    pub fn from_env() -> AcceptStrategy {
+    pub(crate) fn from_env() -> AcceptStrategy {
         match std::env::var("VSPLICE_ACCEPT").as_deref() {
             Ok("reuseport") => AcceptStrategy::ReusePort,
             Ok("shared-multishot") => AcceptStrategy::SharedMultishot,
@@ -94,7 +94,7 @@ impl AcceptStrategy {
 }
 
 /// What a listener's owner does with each accepted socket, on the worker that accepted it.
-pub trait Admit: Send + Sync {
+pub(crate) trait Admit: Send + Sync {
     /// The most connections of this listener open at once; read at every reservation, so a
     /// reload may change it (but not whether there is one: that needs a new group).
     fn max_children(&self) -> Option<usize>;
@@ -105,10 +105,10 @@ pub trait Admit: Send + Sync {
 
 /// How many more open connections than the least loaded worker a worker may have and still
 /// accept on a shared listener.
-pub const BALANCE_SLACK: usize = 0;
+pub(crate) const BALANCE_SLACK: usize = 0;
 
 /// One listening address the workers accept on.
-pub struct AcceptGroup {
+pub(crate) struct AcceptGroup {
     pub name: String,
     /// One shared listener, or one per worker (SO_REUSEPORT): worker `i` uses `i % len`.
     listeners: Vec<OwnedFd>,
@@ -147,7 +147,7 @@ impl std::fmt::Debug for AcceptGroup {
 impl AcceptGroup {
     /// A group over `listeners` (the group closes them when it drops). `max_children` is
     /// read from `admit` once here to decide whether accepts reserve slots.
-    pub fn new(name: String, listeners: Vec<OwnedFd>, admit: Box<dyn Admit>) -> AcceptGroup {
+    pub(crate) fn new(name: String, listeners: Vec<OwnedFd>, admit: Box<dyn Admit>) -> AcceptGroup {
         assert!(!listeners.is_empty(), "a group needs a listener");
         AcceptGroup {
             name,
@@ -186,19 +186,19 @@ impl AcceptGroup {
     }
 
     /// Makes unlimited accepts multishot (see [`AcceptStrategy`] for when).
-    pub fn with_multishot(mut self, on: bool) -> AcceptGroup {
+    pub(crate) fn with_multishot(mut self, on: bool) -> AcceptGroup {
         self.multishot = on && !self.limited;
         self
     }
 
     /// The listening descriptor worker `index` accepts on.
-    pub fn listener_for(&self, index: usize) -> RawFd {
+    pub(crate) fn listener_for(&self, index: usize) -> RawFd {
         self.listeners[index % self.listeners.len()].as_raw_fd()
     }
 
     /// Takes a slot if one is free. Worker `index` is marked waiting first, and unmarked
     /// when it got one, so a slot freed meanwhile wakes it.
-    pub fn reserve(&self, index: usize) -> bool {
+    pub(crate) fn reserve(&self, index: usize) -> bool {
         let Some(max) = self.admit.max_children() else {
             return true;
         };
@@ -218,7 +218,7 @@ impl AcceptGroup {
     /// Gives a slot back: the connection holding it closed, or the accept that held it
     /// returned without one. Unless `rearm_self` (the caller will take it itself), wakes the
     /// workers waiting for a slot.
-    pub fn release(&self, index: usize, rearm_self: bool) {
+    pub(crate) fn release(&self, index: usize, rearm_self: bool) {
         if !self.limited {
             return;
         }
@@ -230,7 +230,7 @@ impl AcceptGroup {
     }
 
     /// Wakes the workers (other than `index`) that wait for a slot.
-    pub fn wake_waiting(&self, index: usize) {
+    pub(crate) fn wake_waiting(&self, index: usize) {
         for i in self.waiting.members() {
             if i != index && self.waiting.remove(i) {
                 self.wake(i);
@@ -246,7 +246,7 @@ impl AcceptGroup {
 
     /// Slots taken now (connections open plus accepts armed).
     #[cfg(test)]
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::SeqCst)
     }
 
@@ -254,7 +254,7 @@ impl AcceptGroup {
     /// per-worker listeners (multishot, the kernel spreads), else only while it is at most
     /// [`BALANCE_SLACK`] connections ahead of the least loaded worker. One held back is woken
     /// by [`AcceptGroup::opened`] once it is no longer ahead.
-    pub fn may_arm(&self, index: usize) -> bool {
+    pub(crate) fn may_arm(&self, index: usize) -> bool {
         let Some(open) = self.open.get() else {
             return true;
         };
@@ -273,7 +273,7 @@ impl AcceptGroup {
 
     /// Worker `index` opened one of the group's connections: wakes the workers held back
     /// that are no longer ahead of the least loaded one.
-    pub fn opened(&self, index: usize) {
+    pub(crate) fn opened(&self, index: usize) {
         let Some(open) = self.open.get() else {
             return;
         };
@@ -292,7 +292,7 @@ impl AcceptGroup {
 
     /// One of the group's connections on worker `index` closed (that worker re-arms itself
     /// if it was held back).
-    pub fn closed(&self, index: usize) {
+    pub(crate) fn closed(&self, index: usize) {
         if let Some(c) = self.open.get().and_then(|o| o.get(index)) {
             c.fetch_sub(1, Ordering::SeqCst);
         }
@@ -300,21 +300,21 @@ impl AcceptGroup {
 
     /// This group's connections open on each worker now.
     #[cfg(test)]
-    pub fn open_per_worker(&self) -> Vec<usize> {
+    pub(crate) fn open_per_worker(&self) -> Vec<usize> {
         self.open
             .get()
             .map(|o| o.iter().map(|c| c.load(Ordering::SeqCst)).collect())
             .unwrap_or_default()
     }
 
-    pub fn count_accepted(&self, index: usize) {
+    pub(crate) fn count_accepted(&self, index: usize) {
         if let Some(c) = self.accepted.get().and_then(|a| a.get(index)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Connections accepted by each worker so far.
-    pub fn accepted_per_worker(&self) -> Vec<u64> {
+    pub(crate) fn accepted_per_worker(&self) -> Vec<u64> {
         self.accepted
             .get()
             .map(|a| a.iter().map(|c| c.load(Ordering::Relaxed)).collect())

@@ -61,7 +61,7 @@ pub struct EngineConfig {
     /// Pin worker threads to cores.
     pub pin_workers: bool,
     /// Memory the relay's TCP receive queues may hold together; past it, connections get
-    /// fixed receive buffers (see [`rcvbudget`]). `None`: autotuning always.
+    /// fixed receive buffers (see `rcvbudget`). `None`: autotuning always.
     pub receive_budget: Option<rcvbudget::ReceiveBudget>,
 }
 
@@ -131,13 +131,13 @@ impl Default for RelayOptions {
 /// ask for by default (fs.pipe-max-size). Fewer, larger splices per byte measured better than
 /// 256 KiB and 64 KiB (docs/performance.md). A pipe holds page references, not copies: its own
 /// cost is a 256-slot ring (about 10 KiB).
-pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
+pub(crate) const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 
 /// Whether workers are pinned: `pin` when the user said (`--pin`/`--no-pin`, the config's
 /// `pin`), else only when the workers leave cores free. Pinning pays on cores the relay has
 /// to itself; when the workers occupy every core, the relay shares each of them with
 /// whatever else runs, and a pinned worker cannot be moved off a contested core (measured:
 /// docs/architecture.md, Pinning).
-pub fn pin_policy(pin: Option<bool>, threads: usize, cores: usize) -> bool {
+pub(crate) fn pin_policy(pin: Option<bool>, threads: usize, cores: usize) -> bool {
     pin.unwrap_or(threads < cores)
 }

@@ -27,7 +27,7 @@ use crate::protocols::prelude::{Origin, Prelude};
 
 /// Dial bookkeeping while the second address connects.
 #[derive(Debug)]
-pub struct Dialing {
+pub(crate) struct Dialing {
     pub dial: Dial,
     /// Incremented per wait, so a timer of an earlier wait is recognised as stale.
     pub epoch: u32,
@@ -41,7 +41,7 @@ pub struct Dialing {
 }
 
 impl Dialing {
-    pub fn new(dial: Dial) -> Dialing {
+    pub(crate) fn new(dial: Dial) -> Dialing {
         Dialing {
             dial,
             epoch: 0,
@@ -54,7 +54,7 @@ impl Dialing {
 
 /// What a prelude does now: reads the client's bytes, or writes a reply to it.
 #[derive(Debug)]
-pub enum PreludeStage {
+pub(crate) enum PreludeStage {
     Reading,
     /// Writing `bytes[sent..]`; then reading on (`relay_after` false) or relaying.
     Writing {
@@ -67,7 +67,7 @@ pub enum PreludeStage {
 /// A handshake running on the first end before the second is opened (see
 /// `protocols::prelude` and the worker's `prelude.rs`).
 #[derive(Debug)]
-pub struct Preluding {
+pub(crate) struct Preluding {
     pub job: PreludeJob,
     pub stage: PreludeStage,
     /// When the stage must be over (`proxy-timeout` from its start).
@@ -78,7 +78,7 @@ pub struct Preluding {
 
 /// Both ends open: the directions' data paths.
 #[derive(Debug, Default)]
-pub struct Relaying {
+pub(crate) struct Relaying {
     /// `None`: a direction that does not run.
     pub lanes: PerDir<Option<Lane>>,
     /// One direction ended and the `-t` countdown runs.
@@ -89,7 +89,7 @@ pub struct Relaying {
 
 /// Where a connection is in its life; each phase carries what only it has.
 #[derive(Debug)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Running a handshake on the first end before the second is opened.
     Prelude(Box<Preluding>),
     /// Waiting for the second address to connect.
@@ -102,13 +102,17 @@ pub enum Phase {
         reason: CloseReason,
         relaying: Relaying,
         /// The dial of a connection closed while dialing: its socket may be polled still.
+        #[expect(
+            dead_code,
+            reason = "held, never read: the dial's socket stays open until its in-flight poll returns"
+        )]
         dialing: Option<Box<Dialing>>,
     },
 }
 
 /// A relayed connection.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Distinguishes this connection from earlier ones of the same slab key.
     pub serial: u64,
     /// Number for logs.
@@ -129,7 +133,7 @@ pub struct Conn {
 }
 
 /// One direction of a relaying connection, split into disjoint borrows.
-pub struct LaneParts<'a> {
+pub(crate) struct LaneParts<'a> {
     pub lane: &'a mut Lane,
     pub ends: Ends<'a>,
     pub inflight: &'a mut u16,
@@ -139,7 +143,7 @@ pub struct LaneParts<'a> {
 }
 
 impl Conn {
-    pub fn new(
+    pub(crate) fn new(
         serial: u64,
         id: u64,
         options: Arc<RelayOptions>,
@@ -163,29 +167,29 @@ impl Conn {
         }
     }
 
-    pub fn is_relaying(&self) -> bool {
+    pub(crate) fn is_relaying(&self) -> bool {
         matches!(self.phase, Phase::Relaying(_))
     }
 
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing { .. })
     }
 
-    pub fn relaying(&self) -> Option<&Relaying> {
+    pub(crate) fn relaying(&self) -> Option<&Relaying> {
         match &self.phase {
             Phase::Relaying(r) => Some(r),
             _ => None,
         }
     }
 
-    pub fn preluding_mut(&mut self) -> Option<&mut Preluding> {
+    pub(crate) fn preluding_mut(&mut self) -> Option<&mut Preluding> {
         match &mut self.phase {
             Phase::Prelude(p) => Some(p),
             _ => None,
         }
     }
 
-    pub fn dialing_mut(&mut self) -> Option<&mut Dialing> {
+    pub(crate) fn dialing_mut(&mut self) -> Option<&mut Dialing> {
         match &mut self.phase {
             Phase::Dialing(d) => Some(d),
             _ => None,
@@ -193,7 +197,7 @@ impl Conn {
     }
 
     /// The end direction `dir` reads from and the one it writes to.
-    pub fn source_and_sink(&self, dir: Direction) -> (Option<&Endpoint>, Option<&Endpoint>) {
+    pub(crate) fn source_and_sink(&self, dir: Direction) -> (Option<&Endpoint>, Option<&Endpoint>) {
         match dir {
             Direction::Forward => (Some(&self.first), self.second.as_ref()),
             Direction::Backward => (self.second.as_ref(), Some(&self.first)),
@@ -201,7 +205,7 @@ impl Conn {
     }
 
     /// Direction `dir`'s lane and ends, while relaying.
-    pub fn lane_parts<'a>(
+    pub(crate) fn lane_parts<'a>(
         &'a mut self,
         dir: Direction,
         devnull: BorrowedFd<'a>,
@@ -243,7 +247,7 @@ impl Conn {
     }
 
     /// Ends the connection's life with `reason`; false when it was closing already.
-    pub fn begin_close(&mut self, reason: CloseReason) -> bool {
+    pub(crate) fn begin_close(&mut self, reason: CloseReason) -> bool {
         if self.is_closing() {
             return false;
         }
@@ -264,7 +268,7 @@ impl Conn {
 
     /// Whether the connection can be parked: relaying, idle for `idle`, both ends sockets,
     /// both directions on pipes holding nothing and doing nothing but wait for their source.
-    pub fn parkable(&self, now: Instant, idle: Duration) -> bool {
+    pub(crate) fn parkable(&self, now: Instant, idle: Duration) -> bool {
         let waits_only =
             Op::Readable(Direction::Forward).bit() | Op::Readable(Direction::Backward).bit();
         let Phase::Relaying(relaying) = &self.phase else {
@@ -284,7 +288,7 @@ impl Conn {
     /// Brings the receive buffers of the connection's TCP sockets in line with the worker's
     /// cap (see [`super::rcvbudget::target`]), except where the user set `rcvbuf` on that
     /// address. A parked connection's sockets have no descriptors: they keep what they had.
-    pub fn apply_receive_cap(&mut self, cap: Option<usize>) {
+    pub(crate) fn apply_receive_cap(&mut self, cap: Option<usize>) {
         let Some(bytes) = super::rcvbudget::target(self.receive_cap, cap) else {
             return;
         };
@@ -302,7 +306,7 @@ impl Conn {
 
     /// The connection for logs: its ends, and the declared origin of a client behind a proxy
     /// (`SOURCE via PROXY`).
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         let first = match &self.origin {
             Some(origin) => format!("{} via {}", origin.source, self.first.label()),
             None => self.first.label().to_string(),
@@ -316,7 +320,7 @@ impl Conn {
 
 /// What the connection should do after a direction changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     KeepGoing,
     /// One direction finished and `-t` is set: close if the other has not finished by then.
     StartLinger,
@@ -326,7 +330,7 @@ pub enum Verdict {
 /// Decides the connection's fate from the state of its directions (`None` = no such
 /// direction). `lingering` is whether the `-t` countdown already runs; `linger` whether `-t`
 /// was given.
-pub fn verdict(states: [Option<FlowState>; 2], linger: bool, lingering: bool) -> Verdict {
+pub(crate) fn verdict(states: [Option<FlowState>; 2], linger: bool, lingering: bool) -> Verdict {
     for (i, state) in states.iter().enumerate() {
         if let Some(FlowState::Failed(error)) = state {
             return Verdict::Close(CloseReason::Failed {

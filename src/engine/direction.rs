@@ -32,35 +32,27 @@ impl Direction {
 
 /// One value per direction, indexed by [`Direction`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PerDir<T>([T; 2]);
+pub(crate) struct PerDir<T>([T; 2]);
 
 impl<T> PerDir<T> {
-    pub fn new(forward: T, backward: T) -> PerDir<T> {
-        PerDir([forward, backward])
-    }
-
-    pub fn from_fn(mut f: impl FnMut(Direction) -> T) -> PerDir<T> {
+    pub(crate) fn from_fn(mut f: impl FnMut(Direction) -> T) -> PerDir<T> {
         PerDir([f(Direction::Forward), f(Direction::Backward)])
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (Direction, &T)> {
-        Direction::BOTH.into_iter().zip(self.0.iter())
-    }
-
-    pub fn values(&self) -> std::slice::Iter<'_, T> {
+    pub(crate) fn values(&self) -> std::slice::Iter<'_, T> {
         self.0.iter()
     }
 
-    pub fn into_values(self) -> std::array::IntoIter<T, 2> {
+    pub(crate) fn into_values(self) -> std::array::IntoIter<T, 2> {
         self.0.into_iter()
     }
 
     /// (forward, backward).
-    pub fn as_pair(&self) -> (&T, &T) {
+    pub(crate) fn as_pair(&self) -> (&T, &T) {
         (&self.0[0], &self.0[1])
     }
 
-    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> PerDir<U> {
+    pub(crate) fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> PerDir<U> {
         PerDir([f(&self.0[0]), f(&self.0[1])])
     }
 }

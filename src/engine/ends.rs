@@ -9,7 +9,7 @@ use super::ring::Target;
 use crate::net::endpoint::Endpoint;
 
 /// The two ends of one direction, as its data path sees them.
-pub struct Ends<'a> {
+pub(crate) struct Ends<'a> {
     source: Option<&'a Endpoint>,
     sink: Option<&'a mut Endpoint>,
     /// Fixed-file slots of [source, sink] while the connection is parked.
@@ -21,7 +21,7 @@ pub struct Ends<'a> {
 }
 
 impl<'a> Ends<'a> {
-    pub fn new(
+    pub(crate) fn new(
         source: Option<&'a Endpoint>,
         sink: Option<&'a mut Endpoint>,
         fixed: Option<[u32; 2]>,
@@ -38,16 +38,17 @@ impl<'a> Ends<'a> {
     }
 
     /// Whether the sockets live in the fixed-file table (only io_uring requests name them).
-    pub fn parked(&self) -> bool {
+    pub(crate) fn parked(&self) -> bool {
         self.fixed.is_some()
     }
 
-    pub fn discard(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn discard(&self) -> bool {
         self.discard
     }
 
     /// Where the direction reads.
-    pub fn source(&self) -> Option<Target<'_>> {
+    pub(crate) fn source(&self) -> Option<Target<'_>> {
         match self.fixed {
             Some([source, _]) => Some(Target::Fixed(source)),
             None => self.source.and_then(Endpoint::read_fd).map(Target::Fd),
@@ -55,7 +56,7 @@ impl<'a> Ends<'a> {
     }
 
     /// Where the direction writes (`/dev/null` when it discards).
-    pub fn destination(&self) -> Option<Target<'_>> {
+    pub(crate) fn destination(&self) -> Option<Target<'_>> {
         if self.discard {
             return Some(Target::Fd(self.devnull));
         }
@@ -70,7 +71,7 @@ impl<'a> Ends<'a> {
     }
 
     /// The source's descriptor (never parked on the paths that ask).
-    pub fn source_fd(&self) -> Option<RawFd> {
+    pub(crate) fn source_fd(&self) -> Option<RawFd> {
         match self.source() {
             Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
             _ => None,
@@ -78,7 +79,7 @@ impl<'a> Ends<'a> {
     }
 
     /// The destination's descriptor (never parked on the paths that ask).
-    pub fn destination_fd(&self) -> Option<RawFd> {
+    pub(crate) fn destination_fd(&self) -> Option<RawFd> {
         match self.destination() {
             Some(Target::Fd(fd)) => Some(fd.as_raw_fd()),
             _ => None,
@@ -89,7 +90,7 @@ impl<'a> Ends<'a> {
     /// source socket, which our write side of is still open unless the other direction
     /// passed end of file on to it. A parked socket has no descriptor to ask: its end counts
     /// as clean (parked connections exist only while descriptors run short).
-    pub fn source_end(&self) -> EndOfFile {
+    pub(crate) fn source_end(&self) -> EndOfFile {
         match self.source {
             Some(source) => end::classify(source.peer_end(), source.write_open()),
             None => EndOfFile::Clean,
@@ -98,7 +99,7 @@ impl<'a> Ends<'a> {
 
     /// Passes end of file on to the destination, now (a discarding direction has nothing to
     /// pass on).
-    pub fn shutdown_write(&mut self) -> Result<(), i32> {
+    pub(crate) fn shutdown_write(&mut self) -> Result<(), i32> {
         if self.discard {
             return Ok(());
         }

@@ -48,7 +48,7 @@ pub struct Job {
 /// default 10 s); `None`: none. The one place that maps addresses to handshakes, for the
 /// relay command and service mode alike. One handshake per connection: `check_pair` refuses
 /// `accept-proxy` in front of a proxy.
-pub fn prelude_for(listen: &Address, second: &Arc<Address>) -> Option<PreludeJob> {
+pub(crate) fn prelude_for(listen: &Address, second: &Arc<Address>) -> Option<PreludeJob> {
     if second.is_proxy() {
         return Some(PreludeJob {
             machine: Box::new(ProxyServer::new(second.clone())),

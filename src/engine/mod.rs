@@ -1,39 +1,39 @@
 //! The relay engine: N worker threads, each pinned to a core and owning one io_uring, that
-//! accept connections themselves ([`accept`]: an ACCEPT on every worker's ring, on the
-//! listeners given by [`Engine::listen`]) or serve those handed to them ([`Engine::submit`]).
+//! accept connections themselves (`accept`: an ACCEPT on every worker's ring, on the
+//! listeners given by `Engine::listen`) or serve those handed to them ([`Engine::submit`]).
 //!
 //! A connection stays on the worker that accepted it, or is handed over once, through a
 //! crossbeam channel plus an eventfd the worker's ring polls; it never migrates. Inside a
-//! worker every connection is a [`conn::Conn`] in a [`conn::Phase`], with two directions,
-//! each a pure state machine ([`flow::Flow`], or [`recv::RecvFlow`] on the buffer-ring
+//! worker every connection is a `conn::Conn` in a `conn::Phase`, with two directions,
+//! each a pure state machine (`flow::Flow`, or `recv::RecvFlow` on the buffer-ring
 //! paths) driven by one of the data paths ([`Mode`], one file each under `lane/`):
 //! non-blocking splice(2) after readiness, io_uring SPLICE after readiness, io_uring reads
 //! and writes through a registered buffer (the fallback where splice cannot work), or
 //! multishot receive into a provided-buffer ring followed by writes or SEND_ZC. Readiness
 //! is always waited for with io_uring POLL_ADD, so an idle connection costs no kernel
-//! thread. [`rcvbudget`] bounds the memory the relay's TCP receive queues hold when many
+//! thread. `rcvbudget` bounds the memory the relay's TCP receive queues hold when many
 //! connections are busy.
 //!
-//! Map: [`accept`] (listeners the workers accept on, `max-children` slots), `ring` (the
+//! Map: `accept` (listeners the workers accept on, `max-children` slots), `ring` (the
 //! io_uring, submission, wait, reap), `registry` (what is registered with it, as owned
-//! tokens), [`conn`] (a connection and its phases), `lane/` (the data paths), `timers`,
+//! tokens), `conn` (a connection and its phases), `lane/` (the data paths), `timers`,
 //! `park` and `rcvsweep` (the worker's two policies), `stats` (close logging and counters),
 //! `worker` (the loop that ties them together).
 
-pub mod accept;
+pub(crate) mod accept;
 mod cap;
 mod clock;
 mod close;
 mod config;
-pub mod conn;
+pub(crate) mod conn;
 mod direction;
 mod ends;
 mod inbox;
 mod job;
-pub mod lane;
+pub(crate) mod lane;
 mod observer;
 mod park;
-pub mod rcvbudget;
+pub(crate) mod rcvbudget;
 mod rcvsweep;
 mod registry;
 mod ring;
@@ -42,16 +42,18 @@ mod stats;
 #[cfg(test)]
 mod testing;
 mod timers;
-pub mod token;
+pub(crate) mod token;
 mod worker;
 
-pub use close::CloseReason;
-pub use config::{DEFAULT_PIPE_SIZE, EngineConfig, Mode, RelayOptions, pin_policy};
-pub use direction::Direction;
-pub use job::{Job, PreludeJob, Second, prelude_for};
-pub use lane::{flow, recv};
+pub(crate) use close::CloseReason;
+pub(crate) use config::{DEFAULT_PIPE_SIZE, pin_policy};
+pub use config::{EngineConfig, Mode, RelayOptions};
+pub(crate) use direction::Direction;
+pub(crate) use job::prelude_for;
+pub use job::{Job, Second};
+pub use lane::flow::FillPolicy;
 pub use observer::ConnObserver;
-pub use shared::Shared;
+pub(crate) use shared::Shared;
 
 use inbox::Message;
 
@@ -155,13 +157,13 @@ impl Engine {
 
     /// Hands a connection to the next worker without waking it yet: a batch of accepted
     /// connections costs one wake-up per worker, given by [`Engine::wake_all`].
-    pub fn queue(&mut self, job: Job) {
+    pub(crate) fn queue(&mut self, job: Job) {
         let options = self.options.clone();
         self.queue_with(job, options);
     }
 
     /// As [`Engine::queue`], for a connection of a relay with its own options.
-    pub fn queue_with(&mut self, job: Job, options: Arc<RelayOptions>) {
+    pub(crate) fn queue_with(&mut self, job: Job, options: Arc<RelayOptions>) {
         self.shared.live.fetch_add(1, Ordering::SeqCst);
         let index = self.next % self.workers.len();
         self.next = self.next.wrapping_add(1);
@@ -180,7 +182,7 @@ impl Engine {
 
     /// Makes every worker accept on `group`'s listener for itself, until
     /// [`Engine::unlisten`]. Fails if the group was started before.
-    pub fn listen(&self, group: Arc<accept::AcceptGroup>) -> io::Result<()> {
+    pub(crate) fn listen(&self, group: Arc<accept::AcceptGroup>) -> io::Result<()> {
         let wakes = self.workers.iter().map(|w| w.wake.clone()).collect();
         if !group.attach(wakes) {
             return Err(io::Error::other("an accept group starts once"));
@@ -197,7 +199,7 @@ impl Engine {
     /// Stops accepting on `group`: every worker cancels its ACCEPT there, and this returns
     /// once all of them are back, so closing the listener afterwards is safe and nothing
     /// more is accepted. Connections already accepted go on.
-    pub fn unlisten(&self, group: &Arc<accept::AcceptGroup>) {
+    pub(crate) fn unlisten(&self, group: &Arc<accept::AcceptGroup>) {
         for w in &self.workers {
             if w.jobs.send(Message::Unlisten(group.clone())).is_err() {
                 // The worker is gone and holds nothing any more. (It detached the group
@@ -210,7 +212,7 @@ impl Engine {
     }
 
     /// Wakes every worker that was handed work since its last wake-up.
-    pub fn wake_all(&mut self) {
+    pub(crate) fn wake_all(&mut self) {
         for w in &mut self.workers {
             if std::mem::take(&mut w.unwoken) {
                 w.wake.notify();
@@ -218,12 +220,8 @@ impl Engine {
         }
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-
-    pub fn threads(&self) -> usize {
-        self.workers.len()
     }
 
     /// Lets open connections finish: returns once none is left (true), when `timeout` has
@@ -231,7 +229,7 @@ impl Engine {
     /// `interrupt_fd` is readable or a connection closes, and at least once a second (so a
     /// caller can feed a watchdog there). What is still open afterwards is cut by
     /// [`Engine::stop`].
-    pub fn drain(
+    pub(crate) fn drain(
         &self,
         timeout: Duration,
         interrupt_fd: BorrowedFd<'_>,
@@ -268,7 +266,7 @@ impl Engine {
 
     /// Closes, with resets, every connection relaying with `options` (compared by identity:
     /// one service's connections), on every worker; returns at once.
-    pub fn cut(&self, options: &Arc<RelayOptions>) {
+    pub(crate) fn cut(&self, options: &Arc<RelayOptions>) {
         for w in &self.workers {
             if w.jobs.send(Message::Cut(options.clone())).is_ok() {
                 w.wake.notify();

@@ -163,7 +163,7 @@ static ABORT: libc::linger = libc::linger {
 };
 
 /// Arms a reset on both sockets of a parked connection that is being cut (see
-/// [`CloseReason::truncates`](super::conn::CloseReason::truncates)): SO_LINGER 0 set with
+/// [`CloseReason::truncates`](super::close::CloseReason::truncates)): SO_LINGER 0 set with
 /// IORING_OP_URING_CMD (SOCKET_URING_OP_SETSOCKOPT, Linux 6.7) on its fixed slots, since it
 /// has no descriptors for setsockopt(2). The requests are the connection's own, so its slots
 /// are released (and the sockets closed) only after they returned. A kernel that refuses the

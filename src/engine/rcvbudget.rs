@@ -16,10 +16,10 @@
 
 /// Above this per-socket share, autotuning is left alone (`tcp_wmem`'s default maximum, and
 /// about what one loopback stream's receive queue reaches).
-pub const AUTOTUNE_ENOUGH: usize = 4 << 20;
+pub(crate) const AUTOTUNE_ENOUGH: usize = 4 << 20;
 
 /// No socket is capped below this (a few full-sized segments).
-pub const FLOOR: usize = 64 << 10;
+pub(crate) const FLOOR: usize = 64 << 10;
 
 /// Memory the relay's TCP receive queues may hold together, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl ReceiveBudget {
 /// Whether a worker whose connections were last capped at `applied` should cap them all
 /// again for `new`: when a cap starts or ends, or has at least halved or doubled, so a burst
 /// of connections costs a few sweeps, not one per connection.
-pub fn worth_a_sweep(applied: Option<usize>, new: Option<usize>) -> bool {
+pub(crate) fn worth_a_sweep(applied: Option<usize>, new: Option<usize>) -> bool {
     match (applied, new) {
         (None, None) => false,
         (None, Some(_)) | (Some(_), None) => true,
@@ -84,7 +84,7 @@ pub fn worth_a_sweep(applied: Option<usize>, new: Option<usize>) -> bool {
 /// The receive buffer a connection whose sockets are capped at `current` should get under
 /// the worker's cap `cap`: the cap, or, once no cap applies, [`AUTOTUNE_ENOUGH`] for sockets
 /// that were capped (a fixed buffer cannot go back to autotuning). `None`: leave it.
-pub fn target(current: Option<usize>, cap: Option<usize>) -> Option<usize> {
+pub(crate) fn target(current: Option<usize>, cap: Option<usize>) -> Option<usize> {
     let want = cap.or(current.map(|_| AUTOTUNE_ENOUGH));
     (want != current).then_some(want).flatten()
 }

@@ -53,10 +53,10 @@ impl BufferSlots {
 /// A memory region registered in a fixed-buffer slot (READ_FIXED, WRITE_FIXED, SEND_ZC).
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a registered buffer is released with Registry::release_buffer"]
-pub struct FixedBuffer(u16);
+pub(crate) struct FixedBuffer(u16);
 
 impl FixedBuffer {
-    pub fn index(&self) -> u16 {
+    pub(crate) fn index(&self) -> u16 {
         self.0
     }
 }
@@ -64,14 +64,14 @@ impl FixedBuffer {
 /// A provided-buffer ring registered under its group id; owns the ring's memory.
 #[derive(Debug)]
 #[must_use = "a buffer group is released with Registry::release_group"]
-pub struct BufferGroup(BufRing);
+pub(crate) struct BufferGroup(BufRing);
 
 impl BufferGroup {
-    pub fn ring(&self) -> &BufRing {
+    pub(crate) fn ring(&self) -> &BufRing {
         &self.0
     }
 
-    pub fn ring_mut(&mut self) -> &mut BufRing {
+    pub(crate) fn ring_mut(&mut self) -> &mut BufRing {
         &mut self.0
     }
 }
@@ -82,22 +82,22 @@ impl BufferGroup {
 /// its registration until it is freed.
 #[derive(Debug)]
 #[must_use = "a group lease goes back with Registry::return_group or Registry::free_group"]
-pub struct GroupLease {
+pub(crate) struct GroupLease {
     group: BufferGroup,
     fixed: Option<FixedBuffer>,
 }
 
 impl GroupLease {
-    pub fn group(&self) -> &BufferGroup {
+    pub(crate) fn group(&self) -> &BufferGroup {
         &self.group
     }
 
-    pub fn group_mut(&mut self) -> &mut BufferGroup {
+    pub(crate) fn group_mut(&mut self) -> &mut BufferGroup {
         &mut self.group
     }
 
     /// The slot of the group's memory when it is registered for SEND_ZC.
-    pub fn fixed(&self) -> Option<&FixedBuffer> {
+    pub(crate) fn fixed(&self) -> Option<&FixedBuffer> {
         self.fixed.as_ref()
     }
 
@@ -113,18 +113,18 @@ impl GroupLease {
 /// Two slots of the fixed-file table (2p and 2p+1) holding a parked connection's sockets.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a park pair is released with Registry::release_pair"]
-pub struct ParkPair(u32);
+pub(crate) struct ParkPair(u32);
 
 impl ParkPair {
     /// The fixed-file slots of [first, second] socket.
-    pub fn slots(&self) -> [u32; 2] {
+    pub(crate) fn slots(&self) -> [u32; 2] {
         [self.0 * 2, self.0 * 2 + 1]
     }
 }
 
 /// The free parts of a worker's registered tables.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     worker: usize,
     /// `None` when the ring could not register a sparse buffer table.
     buffers: Option<BufferSlots>,
@@ -140,7 +140,7 @@ pub struct Registry {
 impl Registry {
     /// Registers a sparse buffer table and a fixed-file table of `file_slots` slots (what
     /// the kernel refuses is simply not used).
-    pub fn new(ring: &Ring, worker: usize, file_slots: u32) -> Registry {
+    pub(crate) fn new(ring: &Ring, worker: usize, file_slots: u32) -> Registry {
         let pairs = match ring.submitter().register_files_sparse(file_slots) {
             Ok(()) => (0..file_slots / 2).rev().collect(),
             Err(e) => {
@@ -171,7 +171,7 @@ impl Registry {
     /// A registry with no tables: nothing is registered, every request is refused (tests,
     /// and rings that could register nothing).
     #[cfg(test)]
-    pub fn empty() -> Registry {
+    pub(crate) fn empty() -> Registry {
         Registry {
             worker: 0,
             buffers: None,
@@ -187,7 +187,7 @@ impl Registry {
     /// The memory must stay allocated until the token is given back to
     /// [`Registry::release_buffer`]; its owner guarantees that by keeping the memory and the
     /// token together and releasing the token first.
-    pub fn register_buffer(&mut self, ring: &Ring, iov: libc::iovec) -> Option<FixedBuffer> {
+    pub(crate) fn register_buffer(&mut self, ring: &Ring, iov: libc::iovec) -> Option<FixedBuffer> {
         let slot = self.buffers.as_mut()?.take()?;
         // SAFETY: the region's owner keeps it allocated until it releases the token, which
         // clears the slot (see above), and releases it only with no request in flight.
@@ -211,7 +211,7 @@ impl Registry {
     }
 
     /// Clears a fixed-buffer slot and makes it free again.
-    pub fn release_buffer(&mut self, ring: &Ring, buffer: FixedBuffer) {
+    pub(crate) fn release_buffer(&mut self, ring: &Ring, buffer: FixedBuffer) {
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -230,7 +230,12 @@ impl Registry {
 
     /// A registered provided-buffer ring of `count` buffers of `size` bytes; `None` when the
     /// kernel (or the group-id supply) says no.
-    pub fn new_group(&mut self, ring: &Ring, count: u16, size: usize) -> Option<BufferGroup> {
+    pub(crate) fn new_group(
+        &mut self,
+        ring: &Ring,
+        count: u16,
+        size: usize,
+    ) -> Option<BufferGroup> {
         let bgid = self.groups.pop()?;
         let bufs = BufRing::new(bgid, count, size);
         // SAFETY: the ring memory lives in the token, which `release_group` unregisters
@@ -253,7 +258,7 @@ impl Registry {
     }
 
     /// Unregisters a buffer group (no request uses it any more) and frees its memory.
-    pub fn release_group(&mut self, ring: &Ring, group: BufferGroup) {
+    pub(crate) fn release_group(&mut self, ring: &Ring, group: BufferGroup) {
         let bgid = group.0.bgid();
         if ring.submitter().unregister_buf_ring(bgid).is_ok() {
             self.groups.push(bgid);
@@ -267,7 +272,7 @@ impl Registry {
     /// Whether the kernel takes provided-buffer rings: the first call registers a small one
     /// and unregisters it, later calls answer from memory. A ring-path direction is set up
     /// only where they work (it takes its group later, when its source has bytes).
-    pub fn ring_groups_supported(&mut self, ring: &Ring) -> bool {
+    pub(crate) fn ring_groups_supported(&mut self, ring: &Ring) -> bool {
         if let Some(supported) = self.groups_supported {
             return supported;
         }
@@ -287,7 +292,7 @@ impl Registry {
     /// `zerocopy`, its memory is registered for SEND_ZC where a fixed-buffer slot is free.
     /// `None`: no room under the cap (or the kernel said no) now; nothing is lost, the
     /// direction tries again later.
-    pub fn take_group(
+    pub(crate) fn take_group(
         &mut self,
         ring: &Ring,
         count: u16,
@@ -345,7 +350,7 @@ impl Registry {
     /// Takes back a group whose buffers are all provided to the kernel again and which no
     /// request uses: kept idle for the next direction that wakes, or freed past the pool's
     /// bound.
-    pub fn return_group(&mut self, ring: &Ring, lease: GroupLease) {
+    pub(crate) fn return_group(&mut self, ring: &Ring, lease: GroupLease) {
         let idle_bytes: usize = self.idle_groups.iter().map(GroupLease::bytes).sum();
         if self.idle_groups.len() < IDLE_GROUPS && idle_bytes + lease.bytes() <= IDLE_GROUP_BYTES {
             self.idle_groups.push(lease);
@@ -356,7 +361,7 @@ impl Registry {
 
     /// Frees a group no request uses (its slot first, then the group) and its claim on the
     /// staging cap.
-    pub fn free_group(&mut self, ring: &Ring, lease: GroupLease) {
+    pub(crate) fn free_group(&mut self, ring: &Ring, lease: GroupLease) {
         let bytes = lease.bytes();
         if let Some(slot) = lease.fixed {
             self.release_buffer(ring, slot);
@@ -366,25 +371,26 @@ impl Registry {
     }
 
     /// Frees every idle group (the worker ends, or the cap needs their room).
-    pub fn free_idle_groups(&mut self, ring: &Ring) {
+    pub(crate) fn free_idle_groups(&mut self, ring: &Ring) {
         for lease in std::mem::take(&mut self.idle_groups) {
             self.free_group(ring, lease);
         }
     }
 
     /// Idle groups in the pool now.
-    pub fn idle_groups(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn idle_groups(&self) -> usize {
         self.idle_groups.len()
     }
 
     /// Whether connections can be parked at all (the ring has a fixed-file table).
-    pub fn can_park(&self) -> bool {
+    pub(crate) fn can_park(&self) -> bool {
         !self.pairs.is_empty()
     }
 
     /// Installs the two sockets `fds` in a free pair of fixed-file slots (the caller then
     /// closes its descriptors). `Ok(None)`: no free pair.
-    pub fn park(&mut self, ring: &Ring, fds: [RawFd; 2]) -> io::Result<Option<ParkPair>> {
+    pub(crate) fn park(&mut self, ring: &Ring, fds: [RawFd; 2]) -> io::Result<Option<ParkPair>> {
         let Some(pair) = self.pairs.pop() else {
             return Ok(None);
         };
@@ -398,7 +404,7 @@ impl Registry {
     }
 
     /// Clears a pair's slots, which drops the kernel's references: the sockets close.
-    pub fn release_pair(&mut self, ring: &Ring, pair: ParkPair) {
+    pub(crate) fn release_pair(&mut self, ring: &Ring, pair: ParkPair) {
         let cleared = ring
             .submitter()
             .register_files_update(pair.0 * 2, &[-1, -1]);

@@ -19,7 +19,7 @@ use crate::warn;
 /// Where a request reads or writes: a descriptor, or a slot of the ring's fixed-file table
 /// (the sockets of a parked connection).
 #[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
+pub(crate) enum Target<'a> {
     Fd(BorrowedFd<'a>),
     Fixed(u32),
 }
@@ -90,7 +90,7 @@ pub(super) fn errno_of(e: &io::Error) -> i32 {
 /// One completion: user data, result, flags.
 pub(super) type Completion = (u64, i32, u32);
 
-pub struct Ring {
+pub(crate) struct Ring {
     uring: IoUring,
     /// Submissions that found the queue full and the kernel busy, in the groups they were
     /// pushed in.
@@ -99,7 +99,7 @@ pub struct Ring {
 
 impl Ring {
     /// A ring with `entries` submission slots and a completion queue sixteen times as large.
-    pub fn new(entries: u32, sqpoll: Option<u32>) -> io::Result<Ring> {
+    pub(crate) fn new(entries: u32, sqpoll: Option<u32>) -> io::Result<Ring> {
         let cq = entries.saturating_mul(16).max(4096);
         let uring = if let Some(idle_ms) = sqpoll {
             // A kernel thread polls the submission queue. Tuning only: on two cores it took a
@@ -125,7 +125,7 @@ impl Ring {
     }
 
     /// For registrations (see `registry.rs`).
-    pub fn submitter(&self) -> Submitter<'_> {
+    pub(crate) fn submitter(&self) -> Submitter<'_> {
         self.uring.submitter()
     }
 
@@ -135,7 +135,7 @@ impl Ring {
     ///
     /// # Safety
     /// Every descriptor and buffer `sqe` names must stay valid until its completion is reaped.
-    pub unsafe fn push(&mut self, sqe: &squeue::Entry) {
+    pub(crate) unsafe fn push(&mut self, sqe: &squeue::Entry) {
         // SAFETY: forwarded from this function's contract.
         unsafe { self.push_group(std::slice::from_ref(sqe)) }
     }
@@ -146,7 +146,7 @@ impl Ring {
     ///
     /// # Safety
     /// As [`Ring::push`], for every entry.
-    pub unsafe fn push_group(&mut self, sqes: &[squeue::Entry]) {
+    pub(crate) unsafe fn push_group(&mut self, sqes: &[squeue::Entry]) {
         if self.overflow.is_empty() {
             // SAFETY: forwarded from this function's contract.
             if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
@@ -178,7 +178,7 @@ impl Ring {
     }
 
     /// Arms the multishot poll on the worker's wake-up eventfd.
-    pub fn arm_wake(&mut self, wake: &EventFd) {
+    pub(crate) fn arm_wake(&mut self, wake: &EventFd) {
         let sqe = opcode::PollAdd::new(types::Fd(wake.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
@@ -188,7 +188,7 @@ impl Ring {
     }
 
     /// Asks the kernel to cancel the request of `op` on connection `key`.
-    pub fn cancel(&mut self, key: usize, op: Op) {
+    pub(crate) fn cancel(&mut self, key: usize, op: Op) {
         let sqe = opcode::AsyncCancel::new(token::encode(key, op))
             .build()
             .user_data(token::CANCEL);
@@ -199,7 +199,13 @@ impl Ring {
     /// Submits what is queued and waits: not at all when `busy` (work is ready to run), until
     /// `deadline` when one is given (counted from `now`, the loop's clock), otherwise until a
     /// completion arrives.
-    pub fn wait(&mut self, busy: bool, deadline: Option<Instant>, now: Instant, worker: usize) {
+    pub(crate) fn wait(
+        &mut self,
+        busy: bool,
+        deadline: Option<Instant>,
+        now: Instant,
+        worker: usize,
+    ) {
         self.flush_overflow();
         let result = if busy || !self.overflow.is_empty() {
             self.uring.submit()
@@ -220,7 +226,7 @@ impl Ring {
     }
 
     /// Moves the completions that are ready into `batch` (cleared first); false when none.
-    pub fn reap(&mut self, batch: &mut Vec<Completion>) -> bool {
+    pub(crate) fn reap(&mut self, batch: &mut Vec<Completion>) -> bool {
         batch.clear();
         batch.extend(
             self.uring
@@ -232,14 +238,14 @@ impl Ring {
 }
 
 /// Submission on behalf of one connection: every request is recorded in its in-flight set.
-pub struct ConnOps<'a> {
+pub(crate) struct ConnOps<'a> {
     ring: &'a mut Ring,
     key: usize,
     inflight: &'a mut u16,
 }
 
 impl<'a> ConnOps<'a> {
-    pub fn new(ring: &'a mut Ring, key: usize, inflight: &'a mut u16) -> ConnOps<'a> {
+    pub(crate) fn new(ring: &'a mut Ring, key: usize, inflight: &'a mut u16) -> ConnOps<'a> {
         ConnOps {
             ring,
             key,
@@ -248,7 +254,7 @@ impl<'a> ConnOps<'a> {
     }
 
     /// Queues `sqe` as the connection's request `op`.
-    pub fn push(&mut self, op: Op, sqe: squeue::Entry) {
+    pub(crate) fn push(&mut self, op: Op, sqe: squeue::Entry) {
         let sqe = sqe.user_data(token::encode(self.key, op));
         debug_assert_eq!(*self.inflight & op.bit(), 0, "{op:?} already in flight");
         *self.inflight |= op.bit();
@@ -261,7 +267,7 @@ impl<'a> ConnOps<'a> {
     /// Queues `first` and then `then`, linked (`IOSQE_IO_LINK`): `then` starts only once
     /// `first` completed in full, and is cancelled (ECANCELED) when `first` fails or comes
     /// back short. Both are recorded in the connection's in-flight set.
-    pub fn push_linked(&mut self, first: (Op, squeue::Entry), then: (Op, squeue::Entry)) {
+    pub(crate) fn push_linked(&mut self, first: (Op, squeue::Entry), then: (Op, squeue::Entry)) {
         let head = first
             .1
             .user_data(token::encode(self.key, first.0))
@@ -277,26 +283,26 @@ impl<'a> ConnOps<'a> {
 
     /// Asks the kernel to cancel the connection's request `op`; its completion still comes
     /// (and clears it from the in-flight set).
-    pub fn cancel(&mut self, op: Op) {
+    pub(crate) fn cancel(&mut self, op: Op) {
         self.ring.cancel(self.key, op);
     }
 
-    pub fn in_flight(&self, op: Op) -> bool {
+    pub(crate) fn in_flight(&self, op: Op) -> bool {
         *self.inflight & op.bit() != 0
     }
 
-    pub fn ring(&self) -> &Ring {
+    pub(crate) fn ring(&self) -> &Ring {
         self.ring
     }
 
     #[cfg(test)]
-    pub fn ring_mut(&mut self) -> &mut Ring {
+    pub(crate) fn ring_mut(&mut self) -> &mut Ring {
         self.ring
     }
 
     /// The completion of `op` arrived (what the worker does for each completion).
     #[cfg(test)]
-    pub fn returned(&mut self, op: Op) {
+    pub(crate) fn returned(&mut self, op: Op) {
         *self.inflight &= !op.bit();
     }
 }

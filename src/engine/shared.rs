@@ -9,7 +9,7 @@ use crate::sys::eventfd::EventFd;
 
 /// Counters shared by all workers and the acceptor.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Connections handed to workers and not yet closed.
     pub live: AtomicUsize,
     /// Connections that ended well / badly.
@@ -32,7 +32,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new() -> io::Result<Shared> {
+    pub(crate) fn new() -> io::Result<Shared> {
         Ok(Shared {
             live: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -49,7 +49,7 @@ impl Shared {
 
 impl Shared {
     /// Tells the acceptor a connection closed, when it waits for that.
-    pub fn notify_closed(&self) {
+    pub(crate) fn notify_closed(&self) {
         if self.wake_on_close.load(Ordering::Relaxed) {
             self.closed.notify();
         }

@@ -1,6 +1,6 @@
 //! What a closing connection leaves behind: its log line, its `-S` statistics line, and its
 //! share of the process-wide counters (served, failed, bytes per direction); and
-//! [`ConnObserver`], through which a relay's owner hears of each connection as it goes.
+//! [`ConnObserver`](super::observer::ConnObserver), through which a relay's owner hears of each connection as it goes.
 
 use std::sync::atomic::Ordering;
 

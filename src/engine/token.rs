@@ -5,18 +5,18 @@
 //! still touch) can be reused.
 
 /// The worker's wake-up poll on its eventfd.
-pub const WAKE: u64 = u64::MAX;
+pub(crate) const WAKE: u64 = u64::MAX;
 /// Cancellation requests; their own completions carry nothing the worker needs.
-pub const CANCEL: u64 = u64::MAX - 1;
+pub(crate) const CANCEL: u64 = u64::MAX - 1;
 
 /// The tag of a worker's ACCEPT on one of its listeners (above every connection tag).
-pub const ACCEPT_TAG: u8 = 0xa0;
+pub(crate) const ACCEPT_TAG: u8 = 0xa0;
 
 use super::direction::Direction;
 
 /// What an in-flight request on a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// The second address's connect or handshake readiness.
     Dial,
     /// The first end's readiness for a prelude's read or reply.
@@ -36,7 +36,7 @@ pub enum Op {
 
 impl Op {
     /// A small number, unique per operation of one connection (bit index in its in-flight set).
-    pub fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Op::Dial => 0,
             Op::Prelude => 11,
@@ -48,7 +48,7 @@ impl Op {
         }
     }
 
-    pub fn from_tag(tag: u8) -> Option<Op> {
+    pub(crate) fn from_tag(tag: u8) -> Option<Op> {
         match tag {
             0 => return Some(Op::Dial),
             9 | 10 => return Some(Op::ArmReset(tag - 9)),
@@ -69,24 +69,24 @@ impl Op {
     }
 
     /// This operation's bit in a connection's in-flight set.
-    pub fn bit(self) -> u16 {
+    pub(crate) fn bit(self) -> u16 {
         1 << self.tag()
     }
 }
 
 /// Encodes a connection request.
-pub fn encode(key: usize, op: Op) -> u64 {
+pub(crate) fn encode(key: usize, op: Op) -> u64 {
     ((key as u64) << 8) | u64::from(op.tag())
 }
 
 /// Encodes an ACCEPT on the worker's listener `slot`.
-pub fn encode_accept(slot: usize) -> u64 {
+pub(crate) fn encode_accept(slot: usize) -> u64 {
     ((slot as u64) << 8) | u64::from(ACCEPT_TAG)
 }
 
 /// What a completion belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Token {
+pub(crate) enum Token {
     Wake,
     Cancel,
     Conn { key: usize, op: Op },
@@ -94,7 +94,7 @@ pub enum Token {
     Unknown(u64),
 }
 
-pub fn decode(user_data: u64) -> Token {
+pub(crate) fn decode(user_data: u64) -> Token {
     match user_data {
         WAKE => Token::Wake,
         CANCEL => Token::Cancel,

@@ -43,13 +43,13 @@ pub fn set_format(format: Format) {
 
 /// The shape of lines: the format, and whether standard error is the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Style {
+pub(crate) struct Style {
     pub format: Format,
     pub journal: bool,
 }
 
 /// The process's style: `--log-format`, and the journal check (made once).
-pub fn style() -> Style {
+pub(crate) fn style() -> Style {
     static JOURNAL: OnceLock<bool> = OnceLock::new();
     let format = match FORMAT.load(Ordering::Relaxed) {
         1 => Format::Json,
@@ -68,7 +68,7 @@ pub fn style() -> Style {
 }
 
 /// Whether `JOURNAL_STREAM`'s `DEVICE:INODE` (decimal) names the file `dev`, `ino`.
-pub fn is_journal_stream(value: &str, dev: u64, ino: u64) -> bool {
+pub(crate) fn is_journal_stream(value: &str, dev: u64, ino: u64) -> bool {
     let Some((d, i)) = value.split_once(':') else {
         return false;
     };
@@ -77,7 +77,7 @@ pub fn is_journal_stream(value: &str, dev: u64, ino: u64) -> bool {
 
 /// A structured field's value, typed for JSON.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     U64(u64),
     I64(i64),
     F64(f64),
@@ -98,7 +98,12 @@ impl Value {
 }
 
 /// One line, with its newline, in `style`.
-pub fn render(style: Style, level: Level, message: &str, fields: &[(&str, Value)]) -> String {
+pub(crate) fn render(
+    style: Style,
+    level: Level,
+    message: &str,
+    fields: &[(&str, Value)],
+) -> String {
     let mut line = String::with_capacity(64 + message.len());
     if style.journal {
         let _ = write!(line, "<{}>", level.priority());
@@ -132,7 +137,7 @@ pub fn render(style: Style, level: Level, message: &str, fields: &[(&str, Value)
 
 /// The `tracing-subscriber` event formatter: an event's message and fields, in [`style`].
 #[derive(Debug, Default)]
-pub struct Lines;
+pub(crate) struct Lines;
 
 impl<S, N> FormatEvent<S, N> for Lines
 where

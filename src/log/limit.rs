@@ -15,7 +15,7 @@ static SUPPRESSING: Mutex<Vec<&'static RateLimit>> = Mutex::new(Vec::new());
 
 /// The summaries of what each limiter suppressed since the last call (the logger thread
 /// writes them once a second).
-pub fn take_summaries() -> Vec<String> {
+pub(crate) fn take_summaries() -> Vec<String> {
     let style = super::format::style();
     let limits = SUPPRESSING.lock().unwrap_or_else(|e| e.into_inner());
     limits

@@ -3,22 +3,22 @@
 //! [`warn!`](macro@crate::warn), [`notice!`](macro@crate::notice), [`info!`](macro@crate::info),
 //! [`debug!`](macro@crate::debug), [`limited!`](crate::limited)) emit `tracing` events, with
 //! structured fields where an operator needs them (`notice!(conn_id = id, "...")`); one
-//! `tracing-subscriber` formatter ([`format`](mod@format)) writes them as socat's text lines
+//! `tracing-subscriber` formatter (`format`) writes them as socat's text lines
 //! (`2026/11/25 15:04:05 vsplice[1234] W message`), as JSON objects (`--log-format json`), and
 //! with sd-daemon's `<N>` priority prefix when standard error is the journal.
 //!
-//! The `-d` threshold is checked by the macros before an event is built ([`level`]: vsplice's
+//! The `-d` threshold is checked by the macros before an event is built (`level`: vsplice's
 //! five levels and how they map onto `tracing`'s). Formatted lines go through a bounded queue
-//! that one logger thread writes ([`queue`]): no caller ever blocks on standard error, a line
+//! that one logger thread writes (`queue`): no caller ever blocks on standard error, a line
 //! that does not fit is dropped and counted ([`dropped_total`] feeds a metric), and [`flush`]
 //! on the exit paths waits a bounded time for the last lines. Lines a peer can cause once per
-//! connection go through [`limited!`](crate::limited) ([`limit`]). The subscriber is installed
+//! connection go through [`limited!`](crate::limited) (`limit`). The subscriber is installed
 //! on first use, so library callers that never parsed a command line still get their errors.
 
-pub mod format;
-pub mod level;
-pub mod limit;
-pub mod queue;
+pub(crate) mod format;
+pub(crate) mod level;
+pub(crate) mod limit;
+pub(crate) mod queue;
 
 use std::sync::OnceLock;
 

@@ -192,7 +192,7 @@ pub fn final_message(text: &str) {
 /// The subscriber's `MakeWriter`: each formatted event (one `write` of one whole line)
 /// goes into the queue.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ToQueue;
+pub(crate) struct ToQueue;
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ToQueue {
     type Writer = ToQueue;

@@ -17,7 +17,7 @@ use crate::sys::socket::Socket;
 /// Checks `socket`, accepted on `listen`, against its allow list and makes it an endpoint;
 /// `None`: refused (logged, and closed with a reset). `name` names the listener in logs;
 /// `label` asks for the peer's address as the endpoint's label (a getpeername).
-pub fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Option<Endpoint> {
+pub(crate) fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -> Option<Endpoint> {
     if let Some(allow) = &listen.options.allow {
         let peer = Peer::of(&socket);
         if !peer.as_ref().is_ok_and(|p| allow.permits(p)) {

@@ -10,7 +10,7 @@ use crate::sys::socket::SockAddr;
 
 /// The socket a listening address binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BindKey {
+pub(crate) enum BindKey {
     /// A socket this process binds at this local address.
     Local(SockAddr),
     /// A listening socket inherited as this descriptor (`ACCEPT-FD`).
@@ -19,7 +19,7 @@ pub enum BindKey {
 
 impl BindKey {
     /// Resolves `address` (a `bind=` host name is looked up now, as opening it would).
-    pub fn of(address: &Address) -> Result<BindKey, Error> {
+    pub(crate) fn of(address: &Address) -> Result<BindKey, Error> {
         match address.kind {
             Kind::AcceptFd { fd } => Ok(BindKey::Fd(fd)),
             _ => super::open::listen_local(address).map(|(local, _)| BindKey::Local(local)),
@@ -30,7 +30,7 @@ impl BindKey {
     /// bind would fail with "Address already in use" (or, with `reuseport`, share the port).
     /// A wildcard takes its port on every address of its family (the IPv6 wildcard, opened
     /// dual-stack, on IPv4 too); port 0 asks for a free port and meets nothing.
-    pub fn collides(&self, other: &BindKey) -> bool {
+    pub(crate) fn collides(&self, other: &BindKey) -> bool {
         use std::net::IpAddr;
         fn covers(wide: IpAddr, ip: IpAddr) -> bool {
             wide == ip

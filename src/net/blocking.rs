@@ -13,7 +13,7 @@ use crate::sys::socket::wait_readable;
 
 /// Dials on the calling thread, waiting with poll(2). Used where blocking is fine: opening the
 /// first address when it is not a listener, and the bench client.
-pub fn dial_blocking(address: Arc<Address>) -> Result<Endpoint, Error> {
+pub(crate) fn dial_blocking(address: Arc<Address>) -> Result<Endpoint, Error> {
     let mut dial = Dial::new(address.clone());
     let mut event = Event::Start;
     loop {

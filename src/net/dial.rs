@@ -8,23 +8,31 @@
 //! preamble if it has one (a `send-proxy` header) as the first bytes, whole, within the same
 //! bound as the handshake. It never blocks: it says what to
 //! wait for ([`Progress::Wait`]), and a driver waits, with poll(2) in
-//! [`crate::net::blocking::dial_blocking`] or with io_uring in the workers. The handshake's
-//! reply parsing is in [`crate::net::hybrid`].
+//! `crate::net::blocking::dial_blocking` or with io_uring in the workers. The handshake's
+//! reply parsing is in `crate::net::hybrid`.
+//!
+//! The rooms: this file is the machine (its phases, rounds, retries and deadlines);
+//! `dial/outcome.rs` the words between it and a driver (event, progress, the typed
+//! [`DialError`]); `dial/handshake.rs` the bytes written and read on a connected socket
+//! before it is handed over.
+
+mod handshake;
+mod outcome;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::{Address, Kind};
-use crate::net::endpoint::Endpoint;
-use crate::net::hybrid::MAX_REPLY;
-pub use crate::net::hybrid::{escape_peer_text, parse_handshake_reply};
+pub use crate::net::hybrid::parse_handshake_reply;
 use crate::net::open::{connect_socket, connected_endpoint};
 use crate::net::own::OwnAddresses;
 use crate::net::resolve::{Lookup, connect_targets, needs_lookup};
 pub use crate::protocols::target::FailureClass;
 use crate::sys::socket::{ConnectProgress, SockAddr, Socket};
+use handshake::{Handshake, Step};
+pub use outcome::{DialError, Event, Interest, Progress};
 
 /// How long a hybrid-vsock handshake may take when `connect-timeout` is not given.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,106 +44,6 @@ const BUSY_PAUSE: Duration = Duration::from_millis(2);
 const NO_DESCRIPTOR_PAUSE: Duration = Duration::from_millis(20);
 /// How long a dial waits for descriptors when `connect-timeout` does not say.
 const NO_DESCRIPTOR_PATIENCE: Duration = Duration::from_secs(10);
-
-/// What a waiting dial waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interest {
-    Readable,
-    Writable,
-}
-
-/// What happened since the last [`Dial::advance`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    Start,
-    /// The descriptor of the last `Wait` became ready.
-    Ready,
-    /// The deadline of the last `Wait` passed.
-    Timeout,
-}
-
-/// What the driver should do next.
-#[derive(Debug)]
-pub enum Progress {
-    /// Wait for `fd` (if any) to become ready, or until `deadline`; then advance again.
-    Wait {
-        fd: Option<RawFd>,
-        interest: Interest,
-        deadline: Option<Instant>,
-    },
-    Connected(Endpoint),
-    /// Every attempt failed (the last failure).
-    Failed(DialError),
-}
-
-/// Why a dial failed: the last attempt's failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DialError {
-    /// The host name could not be resolved (the resolver's message).
-    Resolve(String),
-    /// Connecting to `target` failed.
-    Connect { target: SockAddr, why: String },
-    /// The hybrid-vsock VMM at `path` did not connect guest port `port`.
-    GuestPort {
-        port: u32,
-        path: String,
-        why: String,
-    },
-    /// The address named no target.
-    NoAddress,
-    /// The name resolved only to addresses the proxy's `dest=` list does not allow.
-    NotAllowed { host: String, addresses: String },
-    /// The dial was advanced after it had ended.
-    Finished,
-}
-
-impl std::fmt::Display for DialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DialError::Resolve(e) => write!(f, "cannot resolve: {e}"),
-            DialError::Connect { target, why } => write!(f, "connect to {target} failed: {why}"),
-            DialError::GuestPort { port, path, why } => {
-                write!(f, "guest port {port} refused via {path}: {why}")
-            }
-            DialError::NoAddress => f.write_str("no address to connect to"),
-            DialError::NotAllowed { host, addresses } => {
-                write!(
-                    f,
-                    "{host} resolved to {addresses}, which no dest= entry allows"
-                )
-            }
-            DialError::Finished => f.write_str("dial already finished"),
-        }
-    }
-}
-
-impl std::error::Error for DialError {}
-
-impl DialError {
-    /// The class of the failure, from the last attempt's OS error.
-    pub fn class(&self) -> FailureClass {
-        let why = match self {
-            DialError::NotAllowed { .. } => return FailureClass::NotAllowed,
-            DialError::Resolve(why) if why.contains("timed out") => {
-                return FailureClass::TimedOut;
-            }
-            DialError::Resolve(_) => return FailureClass::Unreachable,
-            DialError::Connect { why, .. } | DialError::GuestPort { why, .. } => why,
-            DialError::NoAddress | DialError::Finished => return FailureClass::Other,
-        };
-        let code = why
-            .rsplit_once("(os error ")
-            .and_then(|(_, rest)| rest.strip_suffix(')'))
-            .and_then(|n| n.parse::<i32>().ok());
-        match code {
-            Some(libc::ECONNREFUSED) => FailureClass::Refused,
-            Some(libc::ETIMEDOUT) => FailureClass::TimedOut,
-            Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => FailureClass::Unreachable,
-            None if why.contains("timed out") => FailureClass::TimedOut,
-            _ => FailureClass::Other,
-        }
-    }
-}
 
 #[derive(Debug)]
 enum Phase {
@@ -172,17 +80,6 @@ enum Phase {
         deadline: Option<Instant>,
     },
     Done,
-}
-
-/// A hybrid-vsock handshake in progress on a connected socket.
-#[derive(Debug)]
-struct Handshake {
-    socket: Socket,
-    target: SockAddr,
-    request: Vec<u8>,
-    sent: usize,
-    reply: Vec<u8>,
-    deadline: Instant,
 }
 
 /// The connect state machine for one connection's second address.
@@ -551,14 +448,8 @@ impl Dial {
                     .options
                     .connect_timeout
                     .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-            let handshake = Handshake {
-                socket,
-                target,
-                request: format!("CONNECT {port}\n").into_bytes(),
-                sent: 0,
-                reply: Vec::new(),
-                deadline,
-            };
+            let request = format!("CONNECT {port}\n").into_bytes();
+            let handshake = Handshake::new(socket, target, request, deadline);
             return self.handshake(handshake, Event::Ready);
         }
         self.transport_ready(socket, target)
@@ -573,14 +464,7 @@ impl Dial {
                     .options
                     .connect_timeout
                     .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-            let h = Handshake {
-                socket,
-                target,
-                request: self.preamble.clone(),
-                sent: 0,
-                reply: Vec::new(),
-                deadline,
-            };
+            let h = Handshake::new(socket, target, self.preamble.clone(), deadline);
             return self.write_preamble(h, Event::Ready);
         }
         self.hand_over(socket, target)
@@ -592,30 +476,22 @@ impl Dial {
             self.attempt_failed(&h.target, "PROXY header not written before the timeout");
             return self.try_next();
         }
-        while h.sent < h.request.len() {
-            match nix::sys::socket::send(
-                h.socket.as_raw_fd(),
-                &h.request[h.sent..],
-                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(n) => h.sent += n,
-                Err(nix::Error::EAGAIN) => {
-                    let (fd, deadline) = (h.socket.as_raw_fd(), h.deadline);
-                    self.phase = Phase::Preamble(h);
-                    return Progress::Wait {
-                        fd: Some(fd),
-                        interest: Interest::Writable,
-                        deadline: Some(deadline),
-                    };
-                }
-                Err(nix::Error::EINTR) => {}
-                Err(e) => {
-                    self.attempt_failed(&h.target, &format!("writing the PROXY header: {e}"));
-                    return self.try_next();
+        match h.write_preamble() {
+            Step::Done => self.hand_over(h.socket, h.target),
+            Step::Wait(interest) => {
+                let (fd, deadline) = (h.fd(), h.deadline);
+                self.phase = Phase::Preamble(h);
+                Progress::Wait {
+                    fd: Some(fd),
+                    interest,
+                    deadline: Some(deadline),
                 }
             }
+            Step::Failed(why) => {
+                self.attempt_failed(&h.target, &why);
+                self.try_next()
+            }
         }
-        self.hand_over(h.socket, h.target)
     }
 
     fn hand_over(&mut self, socket: Socket, target: SockAddr) -> Progress {
@@ -631,76 +507,26 @@ impl Dial {
         }
     }
 
-    /// Drives the `CONNECT <port>` / `OK <n>` exchange. The reply is read with MSG_PEEK first
-    /// so that not one byte past its newline is consumed: whatever the VMM sends after `OK`
-    /// belongs to the relayed stream.
+    /// Steps the hybrid-vsock handshake (bounded by its deadline); accepted, the stream is
+    /// the backend's.
     fn handshake(&mut self, mut h: Handshake, event: Event) -> Progress {
-        let fail = |this: &mut Dial, target: &SockAddr, why: String| {
-            this.attempt_failed(target, &why);
-            this.try_next()
-        };
         if event == Event::Timeout || Instant::now() >= h.deadline {
-            return fail(
-                self,
-                &h.target,
-                "no reply to CONNECT before the timeout".into(),
-            );
+            self.attempt_failed(&h.target, "no reply to CONNECT before the timeout");
+            return self.try_next();
         }
-        while h.sent < h.request.len() {
-            match nix::sys::socket::send(
-                h.socket.as_raw_fd(),
-                &h.request[h.sent..],
-                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(n) => h.sent += n,
-                Err(nix::Error::EAGAIN) => return self.await_handshake(h, Interest::Writable),
-                Err(e) => return fail(self, &h.target, format!("sending CONNECT: {e}")),
+        match h.exchange() {
+            Step::Done => self.transport_ready(h.socket, h.target),
+            Step::Wait(interest) => self.await_handshake(h, interest),
+            Step::Failed(why) => {
+                self.attempt_failed(&h.target, &why);
+                self.try_next()
             }
         }
-        let mut peek = [0u8; MAX_REPLY];
-        let room = MAX_REPLY - h.reply.len();
-        let peeked = match nix::sys::socket::recv(
-            h.socket.as_raw_fd(),
-            &mut peek[..room],
-            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(0) => return fail(self, &h.target, "connection closed without a reply".into()),
-            Ok(n) => n,
-            Err(nix::Error::EAGAIN) => 0,
-            Err(e) => return fail(self, &h.target, format!("reading the reply: {e}")),
-        };
-        if peeked > 0 {
-            let newline = peek[..peeked].iter().position(|&b| b == b'\n');
-            // Consume exactly the reply bytes: up to and including the newline, or all of
-            // what was peeked when it holds no newline yet.
-            let take = newline.map_or(peeked, |i| i + 1);
-            let mut line = vec![0u8; take];
-            match nix::unistd::read(h.socket.as_fd(), &mut line) {
-                Ok(n) if n == take => {}
-                Ok(n) => {
-                    let why = format!("short read of the reply ({n} of {take})");
-                    return fail(self, &h.target, why);
-                }
-                Err(e) => return fail(self, &h.target, format!("reading the reply: {e}")),
-            }
-            h.reply.extend_from_slice(&line);
-            if newline.is_some() {
-                h.reply.pop();
-                return match parse_handshake_reply(&h.reply) {
-                    Ok(_) => self.transport_ready(h.socket, h.target),
-                    Err(why) => fail(self, &h.target, why),
-                };
-            }
-            if h.reply.len() >= MAX_REPLY {
-                return fail(self, &h.target, "reply line too long".into());
-            }
-        }
-        self.await_handshake(h, Interest::Readable)
     }
 
     /// Keeps the handshake until its socket is ready for `interest`, or its deadline.
     fn await_handshake(&mut self, h: Handshake, interest: Interest) -> Progress {
-        let (fd, deadline) = (h.socket.as_raw_fd(), h.deadline);
+        let (fd, deadline) = (h.fd(), h.deadline);
         self.phase = Phase::Handshake(h);
         Progress::Wait {
             fd: Some(fd),

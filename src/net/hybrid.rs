@@ -7,7 +7,7 @@ pub(crate) const MAX_REPLY: usize = 128;
 
 /// A peer's text made safe to print in one log line or error: control characters (newline,
 /// ESC, BEL) are escaped, so a peer's bytes cannot forge or hide lines nor drive a terminal.
-pub fn escape_peer_text(text: &str) -> String {
+pub(crate) fn escape_peer_text(text: &str) -> String {
     text.escape_debug().to_string()
 }
 

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use nix::sys::socket::AddressFamily;
 
 use super::admit::admit;
-pub use super::resolve::connect_targets;
 use super::resolve::resolve_host;
 use super::sockopt::{apply_connected_options, apply_pre_options, bind_address};
 use super::udp::{Pending, Recent, next_session};
@@ -22,10 +21,10 @@ use crate::sys::socket::{SockAddr, Socket};
 
 /// Backlog when none is given. socat uses 5; a relay that serves bursts of connections needs
 /// more (vsock has no SYN retry, so a full backlog refuses the connection outright).
-pub const DEFAULT_BACKLOG: u32 = 1024;
+pub(crate) const DEFAULT_BACKLOG: u32 = 1024;
 
 /// A fresh socket for connecting `address` to `target`, with its pre-connect options and bind.
-pub fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket> {
+pub(crate) fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket> {
     let family = target.family();
     let socket = Socket::of_type(family, sock_type(address))?;
     apply_pre_options(&socket, family, &address.options, false)?;
@@ -36,7 +35,7 @@ pub fn connect_socket(address: &Address, target: &SockAddr) -> io::Result<Socket
 }
 
 /// Wraps a connected socket as an endpoint, with its post-connect options.
-pub fn connected_endpoint(
+pub(crate) fn connected_endpoint(
     address: &Address,
     socket: Socket,
     target: &SockAddr,
@@ -119,7 +118,7 @@ fn not_a_socket(path: &std::path::Path) -> Option<&'static str> {
 /// Where a listening address binds, resolved as [`Listener::open`] binds it (a `bind=` host
 /// looked up now, the unspecified address of the family without one, the full path of a
 /// hybrid vsock listener), and the socket file it creates, if any.
-pub fn listen_local(address: &Address) -> Result<(SockAddr, Option<PathBuf>), Error> {
+pub(crate) fn listen_local(address: &Address) -> Result<(SockAddr, Option<PathBuf>), Error> {
     let opts = &address.options;
     Ok(match &address.kind {
         Kind::TcpListen { port, family } | Kind::UdpListen { port, family } => {
@@ -340,7 +339,7 @@ static SOCKET_FILES_HANDED_OVER: std::sync::atomic::AtomicBool =
 
 /// Leaves every listener's socket file in place from now on: another process serves on
 /// these sockets (a binary upgrade handed them over).
-pub fn keep_socket_files() {
+pub(crate) fn keep_socket_files() {
     SOCKET_FILES_HANDED_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
@@ -362,6 +361,7 @@ impl Drop for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::resolve::connect_targets;
 
     #[test]
     fn tcp_listener_is_dual_stack_and_reports_its_port() {

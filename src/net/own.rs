@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 /// The host's interface addresses, read on first use.
 #[derive(Debug, Default)]
-pub struct OwnAddresses {
+pub(crate) struct OwnAddresses {
     addresses: OnceCell<Option<Vec<IpAddr>>>,
 }
 
@@ -30,7 +30,7 @@ fn read() -> Option<Vec<IpAddr>> {
 
 impl OwnAddresses {
     /// Whether `ip` is an address of one of the host's interfaces.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         match self.addresses.get_or_init(read) {
             Some(list) => list.iter().any(|a| a.to_canonical() == ip),

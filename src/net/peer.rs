@@ -10,7 +10,7 @@ use crate::sys::socket::{SockAddr, Socket};
 
 /// Who an accepted socket's client is, for a `send-proxy` header: its peer, the local
 /// address it reached, and for UNIX its credentials; `None` when the peer cannot be read.
-pub fn origin_of(socket: &Socket) -> Option<Origin> {
+pub(crate) fn origin_of(socket: &Socket) -> Option<Origin> {
     let source = socket.peer_addr().ok()?;
     let credentials = match source {
         SockAddr::Unix(_) => socket.peer_credentials().ok(),

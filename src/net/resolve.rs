@@ -20,7 +20,7 @@ use crate::sys::socket::SockAddr;
 
 /// The addresses `host` names (a literal, or a DNS lookup on the calling thread), of
 /// `family`.
-pub fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<SocketAddr>> {
+pub(crate) fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<SocketAddr>> {
     let all: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => (host, port).to_socket_addrs()?.collect(),
@@ -43,7 +43,7 @@ pub fn resolve_host(host: &str, port: u16, family: Family) -> io::Result<Vec<Soc
 }
 
 /// Where a connect address connects to, freshly resolved.
-pub fn connect_targets(address: &Address) -> io::Result<Vec<SockAddr>> {
+pub(crate) fn connect_targets(address: &Address) -> io::Result<Vec<SockAddr>> {
     match &address.kind {
         Kind::TcpConnect { host, port, family } | Kind::UdpConnect { host, port, family } => {
             Ok(resolve_host(host, *port, *family)?
@@ -71,7 +71,7 @@ const RESOLVER_THREADS: usize = 4;
 type Answer = io::Result<Vec<SockAddr>>;
 
 /// Whether resolving `address` may block (its host is a name, not an IP literal).
-pub fn needs_lookup(address: &Address) -> bool {
+pub(crate) fn needs_lookup(address: &Address) -> bool {
     match &address.kind {
         Kind::TcpConnect { host, .. } | Kind::UdpConnect { host, .. } => {
             host.parse::<IpAddr>().is_err()
@@ -91,7 +91,7 @@ struct Shared {
 }
 
 /// A lookup under way on a resolver thread. Dropping it abandons the answer.
-pub struct Lookup {
+pub(crate) struct Lookup {
     done: Arc<Shared>,
 }
 
@@ -130,7 +130,7 @@ fn pool() -> Option<&'static Sender<Request>> {
 impl Lookup {
     /// Starts resolving `address` on a resolver thread. Fails only when no eventfd or thread
     /// can be had; the caller then resolves inline.
-    pub fn start(address: Arc<Address>) -> io::Result<Lookup> {
+    pub(crate) fn start(address: Arc<Address>) -> io::Result<Lookup> {
         let done = Arc::new(Shared {
             ready: EventFd::new()?,
             answer: Mutex::new(None),
@@ -145,17 +145,17 @@ impl Lookup {
     }
 
     /// The descriptor that becomes readable when the answer is in.
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.done.ready.as_raw_fd()
     }
 
     /// As [`Lookup::fd`], borrowed.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.done.ready.as_fd()
     }
 
     /// The answer, once the resolver gave it.
-    pub fn take(&self) -> Option<Answer> {
+    pub(crate) fn take(&self) -> Option<Answer> {
         self.done
             .answer
             .lock()

@@ -14,7 +14,7 @@ const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
 const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
 
 /// Options that must be set before bind/listen/connect.
-pub fn apply_pre_options(
+pub(crate) fn apply_pre_options(
     socket: &Socket,
     family: AddressFamily,
     opts: &Options,
@@ -51,7 +51,7 @@ fn clamp_int(n: usize) -> libc::c_int {
 }
 
 /// Options that apply to a connected TCP socket (set on every accepted or connected one).
-pub fn apply_connected_options(socket: &Socket, opts: &Options) -> io::Result<()> {
+pub(crate) fn apply_connected_options(socket: &Socket, opts: &Options) -> io::Result<()> {
     if opts.nodelay {
         socket.set_int(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     }
@@ -75,7 +75,7 @@ pub fn apply_connected_options(socket: &Socket, opts: &Options) -> io::Result<()
 }
 
 /// The local address a `bind=` option asks for, matched to the target's family.
-pub fn bind_address(bind: &Bind, family: AddressFamily) -> io::Result<SockAddr> {
+pub(crate) fn bind_address(bind: &Bind, family: AddressFamily) -> io::Result<SockAddr> {
     match bind {
         Bind::Inet { host, port } => {
             let want = if family == AddressFamily::Inet6 {

@@ -17,35 +17,34 @@ use crate::sys::socket::{SockAddr, Socket};
 
 /// How long after a session starts a datagram from its sender that still reaches the
 /// listener is taken for one sent before the session was connected.
-pub const SESSION_SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SESSION_SETTLE: Duration = Duration::from_secs(2);
 
 /// The largest datagram: UDP's length field.
-pub const DATAGRAM_MAX: usize = 65536;
+pub(crate) const DATAGRAM_MAX: usize = 65536;
 
 /// A new session: its connected socket and the datagrams its sender sent before it was
 /// connected, in order.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     pub socket: Socket,
-    pub peer: SockAddr,
     pub first: Vec<Vec<u8>>,
 }
 
 /// Datagrams the listener took for senders whose session is not made yet, in arrival order;
 /// at most [`PENDING_MAX`] (a flood past it is dropped, as UDP may).
-pub type Pending = std::collections::VecDeque<(SockAddr, Vec<u8>)>;
+pub(crate) type Pending = std::collections::VecDeque<(SockAddr, Vec<u8>)>;
 
 /// The most datagrams held for sessions not made yet.
-pub const PENDING_MAX: usize = 1024;
+pub(crate) const PENDING_MAX: usize = 1024;
 
 /// The senders whose sessions started recently.
 #[derive(Debug, Default)]
-pub struct Recent(HashMap<SockAddr, Instant>);
+pub(crate) struct Recent(HashMap<SockAddr, Instant>);
 
 impl Recent {
     /// Whether `peer`'s session started less than [`SESSION_SETTLE`] before `now`; records a
     /// new one otherwise.
-    pub fn settling(&mut self, peer: &SockAddr, now: Instant) -> bool {
+    pub(crate) fn settling(&mut self, peer: &SockAddr, now: Instant) -> bool {
         self.0
             .retain(|_, at| now.saturating_duration_since(*at) < SESSION_SETTLE);
         if self.0.contains_key(peer) {
@@ -75,7 +74,7 @@ fn drain(listener: &Socket, pending: &mut Pending) -> io::Result<()> {
 /// Opens the next sender's session from what `listener` (bound to `local`) received;
 /// `Ok(None)` when nothing waits. Every datagram its sender sent before the session socket
 /// was connected travels with it, in order, so none is lost to the handover.
-pub fn next_session(
+pub(crate) fn next_session(
     listener: &Socket,
     local: &SockAddr,
     pending: &mut Pending,
@@ -113,7 +112,6 @@ pub fn next_session(
         });
         return Ok(Some(Session {
             socket,
-            peer,
             first: firsts,
         }));
     }

@@ -24,13 +24,13 @@ use crate::sys::socket::Socket;
 use crate::warn;
 
 /// A service's listening socket: opened here, or inherited from the service manager.
-pub enum ListenSocket {
+pub(crate) enum ListenSocket {
     Opened(Box<Listener>),
     Inherited(Socket),
 }
 
 impl ListenSocket {
-    pub fn socket(&self) -> &Socket {
+    pub(crate) fn socket(&self) -> &Socket {
         match self {
             ListenSocket::Opened(l) => l.socket(),
             ListenSocket::Inherited(s) => s,
@@ -40,7 +40,7 @@ impl ListenSocket {
 
 /// One service as its acceptor runs it: the plan, and what its connections carry.
 #[derive(Debug)]
-pub struct Service {
+pub(crate) struct Service {
     pub plan: ServicePlan,
     pub options: Arc<RelayOptions>,
     pub observer: Arc<ServiceObserver>,
@@ -48,9 +48,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(plan: &ServicePlan, observer: Arc<ServiceObserver>) -> Service {
-        // The workers keep `max-children` with their own slots; nobody waits for closes.
-        observer.set_wake_on_close(false);
+    pub(crate) fn new(plan: &ServicePlan, observer: Arc<ServiceObserver>) -> Service {
         Service {
             options: Arc::new(relay_options(plan, observer.clone())),
             connect: Arc::new(plan.connect.clone()),
@@ -105,7 +103,7 @@ pub(super) fn receive_budget(plan: &ServePlan) -> Option<crate::engine::rcvbudge
 }
 
 /// A service's listener as the engine's workers accept on it.
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     engine: Arc<Mutex<Engine>>,
     current: Arc<Mutex<Arc<Service>>>,
     /// The workers accept on this group (its listener is a duplicate of `listen`'s).
@@ -132,7 +130,7 @@ impl Admit for ServiceAdmit {
 }
 
 impl Acceptor {
-    pub fn start(
+    pub(crate) fn start(
         listen: ListenSocket,
         key: BindKey,
         service: Arc<Service>,
@@ -179,24 +177,24 @@ impl Acceptor {
     }
 
     /// The listening socket (the workers accept on a duplicate of it).
-    pub fn listening(&self) -> Option<&Socket> {
+    pub(crate) fn listening(&self) -> Option<&Socket> {
         self.listen.as_ref().map(ListenSocket::socket)
     }
 
     /// What the listening socket binds.
-    pub fn key(&self) -> &BindKey {
+    pub(crate) fn key(&self) -> &BindKey {
         &self.key
     }
 
     /// The service new connections get.
-    pub fn service(&self) -> Arc<Service> {
+    pub(crate) fn service(&self) -> Arc<Service> {
         lock(&self.current).clone()
     }
 
     /// Serves `service` from the next accepted connection on. When it gains or loses a
     /// `max-children` the workers re-arm their accepts for it (clients wait in the backlog
     /// meanwhile); a changed limit applies from the next accept.
-    pub fn switch(&self, service: Arc<Service>) {
+    pub(crate) fn switch(&self, service: Arc<Service>) {
         let was_limited = lock(&self.current).plan.max_children().is_some();
         let limited = service.plan.max_children().is_some();
         *lock(&self.current) = service;
@@ -213,7 +211,7 @@ impl Acceptor {
     }
 
     /// Stops accepting and gives the listening socket back.
-    pub fn stop(mut self) -> Option<ListenSocket> {
+    pub(crate) fn stop(mut self) -> Option<ListenSocket> {
         self.stop_group();
         self.listen.take()
     }

@@ -1,4 +1,12 @@
 use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use super::plan::DEFAULT_DRAIN_TIMEOUT;
+use super::resolve::resolve;
+use crate::addr::Kind;
+use crate::engine::Mode;
+use crate::error::Error;
 
 fn plan(text: &str) -> ServePlan {
     resolve(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}"))

@@ -1,21 +1,21 @@
 //! Service mode (`vsplice serve`): many relays declared in one TOML file, run by one process.
 //!
-//! The pieces stand apart from the engine so each is tested alone: [`config`] turns the file
-//! into a checked [`config::ServePlan`] (raw TOML, then resolved values, like the command
-//! line's two stages), [`crate::addr::allow`] decides which peers a listener serves, [`metrics`] keeps the
-//! Prometheus counters and serves them over HTTP, [`observer`] feeds them from the engine.
-//! [`run`](mod@run) runs every service on one engine (`acceptor`: a service's listening socket
+//! The pieces stand apart from the engine so each is tested alone: `config` turns the file
+//! into a checked `config::ServePlan` (raw TOML, then resolved values, like the command
+//! line's two stages), `crate::addr::allow` decides which peers a listener serves, [`metrics`] keeps the
+//! Prometheus counters and serves them over HTTP, `observer` feeds them from the engine.
+//! `run` runs every service on one engine (`acceptor`: a service's listening socket
 //! as an accept group of the engine; `server`: what a running `serve` holds; `reload`: SIGHUP;
-//! [`upgrade`]: SIGUSR2, the listening sockets handed to a new binary). This module holds the `serve` subcommand.
+//! `upgrade`: SIGUSR2, the listening sockets handed to a new binary). This module holds the `serve` subcommand.
 
 mod acceptor;
-pub mod config;
+pub(crate) mod config;
 pub mod metrics;
-pub mod observer;
+pub(crate) mod observer;
 mod reload;
-pub mod run;
-pub mod server;
-pub mod upgrade;
+pub(crate) mod run;
+pub(crate) mod server;
+pub(crate) mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

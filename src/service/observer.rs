@@ -4,7 +4,7 @@
 //! open connections for `max-children` and for logs. Everything here runs on worker threads
 //! in the data path: atomics only, plus one eventfd write per close when someone waits.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::metrics::{DirectionLabel, ReasonLabel as Reason, ServiceMetrics};
@@ -12,52 +12,36 @@ use crate::engine::ConnObserver;
 use crate::engine::{CloseReason, Direction as EngineDirection};
 use crate::net::dial::DialError;
 use crate::protocols::proxy_server;
-use crate::sys::eventfd::EventFd;
 
 /// One service's view of its connections (kept across reloads while the name stays).
 #[derive(Debug)]
-pub struct ServiceObserver {
+pub(crate) struct ServiceObserver {
     metrics: ServiceMetrics,
     /// Connections accepted and not yet closed.
     live: AtomicUsize,
-    /// Whether a close notifies `closed` (the acceptor waits for one under `max-children`).
-    wake_on_close: AtomicBool,
-    closed: EventFd,
 }
 
 impl ServiceObserver {
-    pub fn new(metrics: ServiceMetrics) -> std::io::Result<ServiceObserver> {
+    pub(crate) fn new(metrics: ServiceMetrics) -> std::io::Result<ServiceObserver> {
         Ok(ServiceObserver {
             metrics,
             live: AtomicUsize::new(0),
-            wake_on_close: AtomicBool::new(false),
-            closed: EventFd::new()?,
         })
     }
 
-    pub fn metrics(&self) -> &ServiceMetrics {
+    pub(crate) fn metrics(&self) -> &ServiceMetrics {
         &self.metrics
     }
 
     /// A connection was accepted and is about to be handed to the engine.
-    pub fn on_accept(&self) {
+    pub(crate) fn on_accept(&self) {
         self.live.fetch_add(1, Ordering::SeqCst);
         self.metrics.on_accept();
     }
 
     /// Connections of this service open now.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)
-    }
-
-    /// Makes closes wake whoever polls [`ServiceObserver::closed`].
-    pub fn set_wake_on_close(&self, wake: bool) {
-        self.wake_on_close.store(wake, Ordering::SeqCst);
-    }
-
-    /// Readable after a close, while [`ServiceObserver::set_wake_on_close`] is on.
-    pub fn closed(&self) -> &EventFd {
-        &self.closed
     }
 }
 
@@ -105,14 +89,11 @@ impl ConnObserver for ServiceObserver {
     fn closed(&self, reason: &CloseReason, lasted: Duration) {
         self.metrics.on_close(reason_label(reason), lasted);
         self.live.fetch_sub(1, Ordering::SeqCst);
-        if self.wake_on_close.load(Ordering::Relaxed) {
-            self.closed.notify();
-        }
     }
 }
 
 /// The `reason` label of a close: the engine's own reasons, one label each.
-pub fn reason_label(reason: &CloseReason) -> Reason {
+pub(crate) fn reason_label(reason: &CloseReason) -> Reason {
     match reason {
         CloseReason::Done => Reason::eof,
         CloseReason::Failed { .. } => Reason::error,
@@ -127,7 +108,7 @@ pub fn reason_label(reason: &CloseReason) -> Reason {
 /// The `errno` label of a failed dial: the symbolic errno of the last attempt
 /// (`ECONNREFUSED`), `ETIMEDOUT` for a connect that timed out, `resolve` for a name that did
 /// not resolve, `other` otherwise.
-pub fn errno_label(error: &DialError) -> String {
+pub(crate) fn errno_label(error: &DialError) -> String {
     let why = match error {
         DialError::Resolve(_) => return "resolve".to_string(),
         DialError::Connect { why, .. } | DialError::GuestPort { why, .. } => why,

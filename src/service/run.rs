@@ -31,7 +31,7 @@ use crate::sys::signal::{StopSignals, ignore_sigpipe};
 use crate::sys::systemd::{CaughtSignal, Notifier, Watchdog, fd_store_max, take_listen_fds};
 use crate::{notice, warn};
 
-pub fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
+pub(crate) fn run(plan: &ServePlan, pid_file: Option<&Path>) -> Result<ExitCode> {
     ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
     let mut handed = handover::take()
         .map_err(|e| Error::io("taking the sockets of an upgrade", e))?

@@ -20,7 +20,7 @@ use crate::notice;
 use crate::sys::systemd::{inherited_listener, why_no_listen_fds};
 
 /// Everything a running `serve` holds.
-pub struct Server {
+pub(crate) struct Server {
     pub plan: ServePlan,
     pub engine: Arc<Mutex<Engine>>,
     pub shared: Arc<Shared>,
@@ -36,7 +36,7 @@ pub struct Server {
 
 impl Server {
     /// The observer of service `name`, created with its metrics on first use.
-    pub fn observer(&mut self, name: &str) -> Result<Arc<ServiceObserver>> {
+    pub(crate) fn observer(&mut self, name: &str) -> Result<Arc<ServiceObserver>> {
         if let Some(o) = self.observers.get(name) {
             return Ok(o.clone());
         }
@@ -49,7 +49,7 @@ impl Server {
     }
 
     /// Opens (or takes from the service manager) the listening socket of `s`.
-    pub fn open_listener(&mut self, s: &ServicePlan) -> Result<ListenSocket> {
+    pub(crate) fn open_listener(&mut self, s: &ServicePlan) -> Result<ListenSocket> {
         match s.listen.kind {
             Kind::AcceptFd { fd } => {
                 let owned = self.inherited.remove(&fd).ok_or_else(|| {
@@ -88,7 +88,7 @@ impl Server {
     }
 
     /// Starts an acceptor for `s` on `listen`, the socket `key` names.
-    pub fn start_service(
+    pub(crate) fn start_service(
         &mut self,
         s: &ServicePlan,
         listen: ListenSocket,
@@ -102,7 +102,7 @@ impl Server {
     }
 
     /// Connections open in the whole engine.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.shared.live.load(Ordering::SeqCst)
     }
 }

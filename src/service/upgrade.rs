@@ -37,11 +37,11 @@ use crate::sys::systemd::inherited_listener;
 
 /// How long a new process has to say it serves, unless `VSPLICE_UPGRADE_TIMEOUT` (seconds)
 /// says otherwise.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The bound on the new process's readiness ([`READY_TIMEOUT`], or
 /// `VSPLICE_UPGRADE_TIMEOUT` seconds).
-pub fn ready_timeout() -> Duration {
+pub(crate) fn ready_timeout() -> Duration {
     std::env::var("VSPLICE_UPGRADE_TIMEOUT")
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -50,7 +50,7 @@ pub fn ready_timeout() -> Duration {
 }
 
 /// The name a listening socket travels under: what it binds.
-pub fn socket_name(key: &BindKey) -> String {
+pub(crate) fn socket_name(key: &BindKey) -> String {
     match key {
         BindKey::Local(addr) => format!("listen={addr}"),
         BindKey::Fd(n) => format!("fd={n}"),
@@ -58,18 +58,18 @@ pub fn socket_name(key: &BindKey) -> String {
 }
 
 /// The name of the metrics endpoint's socket.
-pub fn metrics_name(key: &BindKey) -> String {
+pub(crate) fn metrics_name(key: &BindKey) -> String {
     format!("metrics={}", socket_name(key))
 }
 
 /// The `FDNAME=` a listening socket is kept under in systemd's descriptor store: its
 /// [`socket_name`], escaped (systemd's names have no ':').
-pub fn store_name(name: &str) -> String {
+pub(crate) fn store_name(name: &str) -> String {
     handover::escape(name)
 }
 
 /// The socket name behind a `LISTEN_FDNAMES` entry, if it is one [`store_name`] made.
-pub fn stored_name(fdname: &str) -> Option<String> {
+pub(crate) fn stored_name(fdname: &str) -> Option<String> {
     handover::unescape(fdname)
         .ok()
         .filter(|n| n.starts_with("listen=") || n.starts_with("metrics="))
@@ -78,7 +78,7 @@ pub fn stored_name(fdname: &str) -> Option<String> {
 /// The path of the running binary, read at start: `/proc/self/exe` names the file this
 /// process was started from, and after a package manager replaced it, the same path plus
 /// " (deleted)"; the path is what the upgrade runs.
-pub fn own_binary() -> io::Result<PathBuf> {
+pub(crate) fn own_binary() -> io::Result<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let exe = std::fs::read_link("/proc/self/exe").or_else(|_| std::env::current_exe())?;
     Ok(
@@ -91,7 +91,7 @@ pub fn own_binary() -> io::Result<PathBuf> {
 
 /// Where a started upgrade stands.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     Waiting,
     /// The new process serves.
     Ready {
@@ -104,7 +104,7 @@ pub enum Progress {
 
 /// A new process started by SIGUSR2 that has not said it serves yet.
 #[derive(Debug)]
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     child: Child,
     ready: std::fs::File,
     said: Vec<u8>,
@@ -115,7 +115,7 @@ pub struct Upgrade {
 impl Upgrade {
     /// Starts `binary` with `args` and every listening socket `server` (and `metrics`, the
     /// metrics endpoint's socket) holds.
-    pub fn start(
+    pub(crate) fn start(
         server: &Server,
         metrics: Option<(BindKey, BorrowedFd<'_>)>,
         binary: &Path,
@@ -174,22 +174,22 @@ impl Upgrade {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Readable when the new process says something (or ends).
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.ready.as_fd()
     }
 
     /// When it will have had its time.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }
 
     /// Reads what the new process said; reaps it if it failed.
-    pub fn check(&mut self) -> Progress {
+    pub(crate) fn check(&mut self) -> Progress {
         let mut buf = [0u8; 64];
         loop {
             match self.ready.read(&mut buf) {
@@ -247,7 +247,7 @@ impl Upgrade {
 
     /// Asks a new process that has not said it serves to stop (this process stops): it
     /// drains what it accepted meanwhile.
-    pub fn abandon(mut self) {
+    pub(crate) fn abandon(mut self) {
         self.kill_group(nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.try_wait();
     }
@@ -264,7 +264,7 @@ impl Upgrade {
 /// The sockets the old process handed to this one (or the service manager kept in its
 /// descriptor store across a restart), until the services take them.
 #[derive(Debug, Default)]
-pub struct Handed {
+pub(crate) struct Handed {
     /// The process that handed them over (an upgrade; not a restart).
     pub parent: Option<u32>,
     sockets: HashMap<String, OwnedFd>,
@@ -272,7 +272,7 @@ pub struct Handed {
 }
 
 impl Handed {
-    pub fn new(handover: Handover) -> Handed {
+    pub(crate) fn new(handover: Handover) -> Handed {
         Handed {
             parent: Some(handover.parent),
             sockets: handover
@@ -287,7 +287,7 @@ impl Handed {
     /// Adds the sockets the service manager passed back from its descriptor store (named
     /// as [`store_name`] names them); returns the descriptors that carry no such name (a
     /// socket unit's, for `ACCEPT-FD`).
-    pub fn add_stored(
+    pub(crate) fn add_stored(
         &mut self,
         passed: Vec<(i32, Option<String>, OwnedFd)>,
     ) -> Vec<(i32, OwnedFd)> {
@@ -304,7 +304,7 @@ impl Handed {
     }
 
     /// The service manager's descriptors the old process held (by their `ACCEPT-FD` number).
-    pub fn take_inherited(&mut self) -> Vec<(i32, OwnedFd)> {
+    pub(crate) fn take_inherited(&mut self) -> Vec<(i32, OwnedFd)> {
         let numbers: Vec<(String, i32)> = self
             .sockets
             .keys()
@@ -320,12 +320,20 @@ impl Handed {
     }
 
     /// The handed-over socket that binds `key`, as a listener for `address`.
-    pub fn take_listener(&mut self, key: &BindKey, address: &Address) -> Result<Option<Listener>> {
+    pub(crate) fn take_listener(
+        &mut self,
+        key: &BindKey,
+        address: &Address,
+    ) -> Result<Option<Listener>> {
         self.take_named(&socket_name(key), address)
     }
 
     /// The metrics endpoint's socket, if it still binds `key`.
-    pub fn take_metrics(&mut self, key: &BindKey, address: &Address) -> Result<Option<Listener>> {
+    pub(crate) fn take_metrics(
+        &mut self,
+        key: &BindKey,
+        address: &Address,
+    ) -> Result<Option<Listener>> {
         self.take_named(&metrics_name(key), address)
     }
 
@@ -340,14 +348,14 @@ impl Handed {
 
     /// Closes the handed-over sockets no service took (the old process still holds them
     /// until it exits); returns their names.
-    pub fn close_unused(&mut self) -> Vec<String> {
+    pub(crate) fn close_unused(&mut self) -> Vec<String> {
         let mut names: Vec<String> = self.sockets.drain().map(|(name, _)| name).collect();
         names.sort();
         names
     }
 
     /// Tells the old process, if there is one, that this one serves.
-    pub fn say_ready(self) -> io::Result<()> {
+    pub(crate) fn say_ready(self) -> io::Result<()> {
         match self.ready {
             Some(ready) => std::fs::File::from(ready).write_all(handover::READY_LINE),
             None => Ok(()),
@@ -356,13 +364,13 @@ impl Handed {
 }
 
 /// A handed-over listener as a service's socket.
-pub fn service_socket(listener: Listener) -> ListenSocket {
+pub(crate) fn service_socket(listener: Listener) -> ListenSocket {
     ListenSocket::Opened(Box::new(listener))
 }
 
 /// Writes `pid` to `path` (through a file beside it, renamed over it: a reader never sees
 /// half a number).
-pub fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+pub(crate) fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{pid}.tmp"));
     std::fs::write(&tmp, format!("{pid}\n"))?;
@@ -370,7 +378,7 @@ pub fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
 }
 
 /// The pid a pid file names.
-pub fn read_pid_file(path: &Path) -> io::Result<u32> {
+pub(crate) fn read_pid_file(path: &Path) -> io::Result<u32> {
     let text = std::fs::read_to_string(path)?;
     parse_pid(&text).ok_or_else(|| {
         io::Error::new(
@@ -381,12 +389,12 @@ pub fn read_pid_file(path: &Path) -> io::Result<u32> {
 }
 
 /// A pid file's text: one positive number, blanks around it allowed.
-pub fn parse_pid(text: &str) -> Option<u32> {
+pub(crate) fn parse_pid(text: &str) -> Option<u32> {
     text.trim().parse().ok().filter(|p| *p > 1)
 }
 
 /// Removes `path` if it still names `pid` (after an upgrade it names the new process).
-pub fn remove_pid_file_if_ours(path: &Path, pid: u32) {
+pub(crate) fn remove_pid_file_if_ours(path: &Path, pid: u32) {
     if read_pid_file(path).ok() == Some(pid) {
         let _ = std::fs::remove_file(path);
     }
@@ -394,7 +402,7 @@ pub fn remove_pid_file_if_ours(path: &Path, pid: u32) {
 
 /// `vsplice serve --upgrade --pid-file FILE`: signals the process the file names and waits
 /// until the file names the new one (exit 0), or says the upgrade did not happen (exit 1).
-pub fn request(pid_file: &Path) -> Result<ExitCode> {
+pub(crate) fn request(pid_file: &Path) -> Result<ExitCode> {
     let context = |e: io::Error| Error::io(format!("--pid-file {}", pid_file.display()), e);
     let old = read_pid_file(pid_file).map_err(context)?;
     let pid = nix::unistd::Pid::from_raw(old as i32);

@@ -13,7 +13,7 @@ use super::mapping::Mapping;
 /// them (back) to the kernel. The ring memory is page-aligned and shared with the kernel; it
 /// must stay registered under `bgid` only while this value lives (the worker unregisters it
 /// before dropping it).
-pub struct BufRing {
+pub(crate) struct BufRing {
     bgid: u16,
     count: u16,
     size: usize,
@@ -39,7 +39,7 @@ impl std::fmt::Debug for BufRing {
 
 impl BufRing {
     /// A ring of `count` (a power of two) buffers of `size` bytes, every buffer provided.
-    pub fn new(bgid: u16, count: u16, size: usize) -> BufRing {
+    pub(crate) fn new(bgid: u16, count: u16, size: usize) -> BufRing {
         assert!(count.is_power_of_two(), "ring sizes are powers of two");
         let bytes = std::mem::size_of::<io_uring::types::BufRingEntry>() * usize::from(count);
         let layout = std::alloc::Layout::from_size_align(bytes.max(4096), 4096).expect("layout");
@@ -62,26 +62,26 @@ impl BufRing {
         this
     }
 
-    pub fn bgid(&self) -> u16 {
+    pub(crate) fn bgid(&self) -> u16 {
         self.bgid
     }
 
-    pub fn count(&self) -> u16 {
+    pub(crate) fn count(&self) -> u16 {
         self.count
     }
 
     /// Bytes of one buffer.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.size
     }
 
     /// Bytes of all the buffers together.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.buffers.len()
     }
 
     /// The buffers' memory as one region, to register as a fixed buffer (SEND_ZC).
-    pub fn buffers_iovec(&mut self) -> libc::iovec {
+    pub(crate) fn buffers_iovec(&mut self) -> libc::iovec {
         libc::iovec {
             iov_base: self.buffers.as_ptr().cast(),
             iov_len: self.buffers.len(),
@@ -89,12 +89,12 @@ impl BufRing {
     }
 
     /// Address of the ring entries, for IORING_REGISTER_PBUF_RING.
-    pub fn ring_addr(&self) -> u64 {
+    pub(crate) fn ring_addr(&self) -> u64 {
         self.ring.as_ptr() as u64
     }
 
     /// Address of byte `offset` of buffer `bid` (what a write of received bytes sends).
-    pub fn data(&self, bid: u16, offset: usize) -> *const u8 {
+    pub(crate) fn data(&self, bid: u16, offset: usize) -> *const u8 {
         assert!(
             bid < self.count && offset <= self.size,
             "buffer {bid}+{offset} out of range"
@@ -108,7 +108,7 @@ impl BufRing {
     }
 
     /// Hands buffer `bid` (back) to the kernel.
-    pub fn provide(&mut self, bid: u16) {
+    pub(crate) fn provide(&mut self, bid: u16) {
         assert!(bid < self.count, "buffer {bid} out of range");
         let mask = self.count - 1;
         let slot = usize::from(self.tail & mask);

@@ -10,22 +10,22 @@ use super::from_nix;
 
 /// A counter the kernel can poll; `notify` adds one, `drain` reads and resets it.
 #[derive(Debug)]
-pub struct EventFd(NixEventFd);
+pub(crate) struct EventFd(NixEventFd);
 
 impl EventFd {
-    pub fn new() -> io::Result<EventFd> {
+    pub(crate) fn new() -> io::Result<EventFd> {
         NixEventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
             .map(EventFd)
             .map_err(from_nix)
     }
 
     /// Wakes whoever polls this eventfd. Never blocks: a saturated counter is still readable.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         let _ = self.0.write(1);
     }
 
     /// Resets the counter, returning how many notifications were pending.
-    pub fn drain(&self) -> u64 {
+    pub(crate) fn drain(&self) -> u64 {
         self.0.read().unwrap_or(0)
     }
 }

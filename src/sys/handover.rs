@@ -19,7 +19,7 @@
 //! socket) and made close-on-exec; a set that fails a check is refused whole.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::Mutex;
@@ -30,28 +30,28 @@ use super::socket::get_int_option;
 use super::{cvt, from_nix};
 
 /// The old process's pid.
-pub const ENV_PID: &str = "VSPLICE_UPGRADE_PID";
+pub(crate) const ENV_PID: &str = "VSPLICE_UPGRADE_PID";
 /// The handed-over descriptors' numbers.
-pub const ENV_FDS: &str = "VSPLICE_UPGRADE_FDS";
+pub(crate) const ENV_FDS: &str = "VSPLICE_UPGRADE_FDS";
 /// Their names.
-pub const ENV_FDNAMES: &str = "VSPLICE_UPGRADE_FDNAMES";
+pub(crate) const ENV_FDNAMES: &str = "VSPLICE_UPGRADE_FDNAMES";
 /// The readiness pipe's write end.
-pub const ENV_READY_FD: &str = "VSPLICE_UPGRADE_READY_FD";
+pub(crate) const ENV_READY_FD: &str = "VSPLICE_UPGRADE_READY_FD";
 /// The most descriptors one handover carries.
-pub const MAX_FDS: usize = 4096;
+pub(crate) const MAX_FDS: usize = 4096;
 /// What the new process writes to the readiness pipe once it serves.
-pub const READY_LINE: &[u8] = b"READY=1\n";
+pub(crate) const READY_LINE: &[u8] = b"READY=1\n";
 
 /// One listening socket handed over by the old process.
 #[derive(Debug)]
-pub struct HandedSocket {
+pub(crate) struct HandedSocket {
     pub name: String,
     pub fd: OwnedFd,
 }
 
 /// What the old process handed to this one.
 #[derive(Debug)]
-pub struct Handover {
+pub(crate) struct Handover {
     /// The old process (our parent when we started).
     pub parent: u32,
     pub sockets: Vec<HandedSocket>,
@@ -60,12 +60,12 @@ pub struct Handover {
 }
 
 /// The handed-over sockets (number and name) and the readiness pipe's number.
-pub type Wanted = (Vec<(RawFd, String)>, RawFd);
+pub(crate) type Wanted = (Vec<(RawFd, String)>, RawFd);
 
 /// The handover's variables, read as text: which descriptors are ours and their names, and
 /// the readiness pipe. `Ok(None)` when no handover is meant for a process whose parent is
 /// `ppid` (no variables, or another process's).
-pub fn parse_env(
+pub(crate) fn parse_env(
     pid: Option<&str>,
     fds: Option<&str>,
     names: Option<&str>,
@@ -122,7 +122,7 @@ pub fn parse_env(
 
 /// A name as it travels in `VSPLICE_UPGRADE_FDNAMES`: `%`, `:`, `,` and control characters
 /// as `%XX`.
-pub fn escape(name: &str) -> String {
+pub(crate) fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         match c {
@@ -137,7 +137,7 @@ pub fn escape(name: &str) -> String {
 }
 
 /// The reverse of [`escape`]; an error names a bad escape.
-pub fn unescape(text: &str) -> Result<String, String> {
+pub(crate) fn unescape(text: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -167,7 +167,7 @@ pub(crate) fn adopt() {
 }
 
 /// What `adopt` took at the start of the process (once; later calls get `Ok(None)`).
-pub fn take() -> io::Result<Option<Handover>> {
+pub(crate) fn take() -> io::Result<Option<Handover>> {
     let mut slot = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
     match slot.take() {
         Some(taken) => {
@@ -277,14 +277,14 @@ pub(crate) fn check_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
 }
 
 /// A pipe for the readiness line: (read end, write end), both close-on-exec.
-pub fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
         .map_err(from_nix)
 }
 
 /// Spawns `command` with `inherit` (descriptors of this process, close-on-exec otherwise)
 /// open in the child under the same numbers; the caller keeps its own.
-pub fn spawn_inheriting(command: &mut Command, inherit: &[RawFd]) -> io::Result<Child> {
+pub(crate) fn spawn_inheriting(command: &mut Command, inherit: &[RawFd]) -> io::Result<Child> {
     let fds = inherit.to_vec();
     // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
     // calls are allowed: it calls fcntl(2) and nothing else (no allocation: `fds` was built
@@ -301,11 +301,6 @@ pub fn spawn_inheriting(command: &mut Command, inherit: &[RawFd]) -> io::Result<
         });
     }
     command.spawn()
-}
-
-/// The raw numbers of `fds`, for [`spawn_inheriting`].
-pub fn numbers<'a>(fds: impl IntoIterator<Item = &'a OwnedFd>) -> Vec<RawFd> {
-    fds.into_iter().map(|f| f.as_raw_fd()).collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::from_nix;
 
 /// The descriptor limits before and after [`raise_nofile`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NofileChange {
+pub(crate) struct NofileChange {
     pub before: u64,
     pub after: u64,
 }
@@ -21,7 +21,7 @@ fn read_proc_u64(path: &str) -> Option<u64> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, and, when `want` is larger and the process
 /// may (root), the hard limit too, up to the kernel's `fs.nr_open`.
-pub fn raise_nofile(want: u64) -> io::Result<NofileChange> {
+pub(crate) fn raise_nofile(want: u64) -> io::Result<NofileChange> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(from_nix)?;
     let mut target_hard = hard;
     if want > hard {
@@ -44,12 +44,12 @@ pub fn raise_nofile(want: u64) -> io::Result<NofileChange> {
 }
 
 /// The largest pipe an unprivileged process may ask for (`fs.pipe-max-size`).
-pub fn pipe_max_size() -> usize {
+pub(crate) fn pipe_max_size() -> usize {
     read_proc_u64("/proc/sys/fs/pipe-max-size").unwrap_or(1 << 20) as usize
 }
 
 /// The system's page size (the unit of `net.ipv4.tcp_mem` and of the pipe quotas).
-pub fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()

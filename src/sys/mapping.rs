@@ -7,7 +7,7 @@
 use std::ptr::NonNull;
 
 /// `len` bytes of anonymous private memory, zero-filled on first touch, unmapped on drop.
-pub struct Mapping {
+pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -25,7 +25,7 @@ impl std::fmt::Debug for Mapping {
 impl Mapping {
     /// `len` (non-zero) bytes of fresh memory; aborts as an allocation failure would when the
     /// kernel has none.
-    pub fn new(len: usize) -> Mapping {
+    pub(crate) fn new(len: usize) -> Mapping {
         // SAFETY: an anonymous private mapping at an address the kernel chooses touches no
         // memory of ours.
         let raw = unsafe {
@@ -46,21 +46,17 @@ impl Mapping {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The first byte: stable for the mapping's life (it never moves), so it may be handed to
     /// the kernel for as long as the owner keeps this value.
-    pub fn as_ptr(&self) -> *mut u8 {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `len` mapped, readable and writable bytes, borrowed mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }

@@ -15,7 +15,7 @@ use super::cvt;
 
 /// What a receive of 0 bytes means on a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZeroMeans {
+pub(crate) enum ZeroMeans {
     /// The end of the stream (vsock SEQPACKET: its kernel drops zero-length messages).
     End,
     /// A zero-length message (datagrams: UDP has no end of stream).
@@ -27,7 +27,7 @@ pub enum ZeroMeans {
 
 /// What one receive found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
+pub(crate) enum Received {
     /// A message of this many bytes (more than the buffer when it did not fit: its tail is
     /// lost, and the caller must treat it as an error).
     Message(usize),
@@ -42,13 +42,17 @@ pub enum Received {
 const CONTROL_WORDS: usize = 8;
 
 /// Receives one message into `buf` without waiting.
-pub fn recv_message(fd: BorrowedFd<'_>, buf: &mut [u8], zero: ZeroMeans) -> io::Result<Received> {
+pub(crate) fn recv_message(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    zero: ZeroMeans,
+) -> io::Result<Received> {
     recv_message_flags(fd, buf, zero, libc::MSG_DONTWAIT)
 }
 
 /// Receives one message into `buf`, waiting on a blocking socket as long as its
 /// `SO_RCVTIMEO` allows ([`Received::Nothing`] when that time ran out).
-pub fn recv_message_waiting(
+pub(crate) fn recv_message_waiting(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     zero: ZeroMeans,
@@ -100,7 +104,7 @@ fn recv_message_flags(
 
 /// Reads what a stream holds into `buf` without waiting: the bytes read (0 at its end), or
 /// `None` when it holds nothing now.
-pub fn recv_stream(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+pub(crate) fn recv_stream(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is writable for its length for the call; `fd` is borrowed.
     let n = unsafe {
         libc::recv(
@@ -122,7 +126,7 @@ pub fn recv_stream(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usiz
 
 /// Sends `buf` as one message (or, on a stream, as much of it as goes): the bytes sent, or
 /// the error (EAGAIN when nothing could go now on a non-blocking socket).
-pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     let flags = libc::MSG_NOSIGNAL;
     // SAFETY: `buf` is readable for its length for the call; `fd` is borrowed.
     let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
@@ -135,14 +139,14 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 
 /// Makes every message received on `fd` carry its sender's credentials (`SO_PASSCRED`), so
 /// that [`ZeroMeans::AskCredentials`] can tell a zero-length message from the end.
-pub fn pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
 }
 
 /// Clears `O_NONBLOCK` on `fd`'s open file (shared by its duplicates), so sends wait in the
 /// kernel until the whole message is queued. Receives must then pass `MSG_DONTWAIT`
 /// themselves, as [`recv_message`] and [`recv_stream`] do.
-pub fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a borrowed, open descriptor touch no memory of ours.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
     // SAFETY: as above.

@@ -15,7 +15,7 @@ use super::from_nix;
 
 /// A kernel pipe with both ends owned.
 #[derive(Debug)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
@@ -27,14 +27,14 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 impl Pipe {
     /// Pipes open in the process now: held by connections or kept in a pool for reuse.
-    pub fn open_count() -> usize {
+    pub(crate) fn open_count() -> usize {
         OPEN.load(Ordering::Relaxed)
     }
 
     /// Creates a non-blocking pipe and asks for `size` bytes of capacity. When the kernel
     /// refuses the size (an unprivileged user over `pipe-user-pages-soft`, or above
     /// `pipe-max-size`), the pipe keeps what it got: [`Pipe::capacity`] says how much.
-    pub fn new(size: usize) -> io::Result<Pipe> {
+    pub(crate) fn new(size: usize) -> io::Result<Pipe> {
         let (read, write) =
             nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(from_nix)?;
         let size = size.clamp(4096, i32::MAX as usize) as i32;
@@ -51,17 +51,17 @@ impl Pipe {
     }
 
     /// The end data is spliced out of.
-    pub fn reader(&self) -> BorrowedFd<'_> {
+    pub(crate) fn reader(&self) -> BorrowedFd<'_> {
         self.read.as_fd()
     }
 
     /// The end data is spliced into.
-    pub fn writer(&self) -> BorrowedFd<'_> {
+    pub(crate) fn writer(&self) -> BorrowedFd<'_> {
         self.write.as_fd()
     }
 
     /// Bytes the pipe holds when full (a power-of-two number of pages).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 }
@@ -74,7 +74,7 @@ impl Drop for Pipe {
 
 /// Moves up to `len` bytes from `from` to `to` without blocking; one of them must be a pipe.
 /// Returns `Ok(0)` at end of input and `ErrorKind::WouldBlock` when nothing can move now.
-pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     nix::fcntl::splice(
         from,
         None,
@@ -87,12 +87,12 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
 }
 
 /// Plain `read(2)`, used to empty a pipe into a buffer when a direction falls back to copying.
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     nix::unistd::read(fd, buf).map_err(from_nix)
 }
 
 /// Plain `write(2)`.
-pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     nix::unistd::write(fd, buf).map_err(from_nix)
 }
 

@@ -15,7 +15,7 @@ use super::from_nix;
 
 /// The signals that ask vsplice to stop: those sent from outside whose default action ends
 /// the process. SIGHUP will get a meaning of its own (reload); until then it stops too.
-pub const STOP_SIGNALS: [Signal; 10] = [
+pub(crate) const STOP_SIGNALS: [Signal; 10] = [
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -37,7 +37,7 @@ fn stop_signals() -> SigSet {
 }
 
 /// Ignores SIGPIPE for the whole process.
-pub fn ignore_sigpipe() -> io::Result<()> {
+pub(crate) fn ignore_sigpipe() -> io::Result<()> {
     // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety rules apply.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
         .map(drop)
@@ -47,10 +47,10 @@ pub fn ignore_sigpipe() -> io::Result<()> {
 /// A signalfd for the stop signals. Create it on the main thread before any other thread
 /// starts: the signals are blocked in the calling thread and threads inherit that mask.
 #[derive(Debug)]
-pub struct StopSignals(SignalFd);
+pub(crate) struct StopSignals(SignalFd);
 
 impl StopSignals {
-    pub fn install() -> io::Result<StopSignals> {
+    pub(crate) fn install() -> io::Result<StopSignals> {
         let set = stop_signals();
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(from_nix)?;
         SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -60,7 +60,7 @@ impl StopSignals {
 
     /// Waits until `fd` is readable or a stop signal arrives; returns the signal's number in
     /// the second case.
-    pub fn wait_with(&self, fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    pub(crate) fn wait_with(&self, fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let mut fds = [
             PollFd::new(fd, PollFlags::POLLIN),
@@ -73,7 +73,7 @@ impl StopSignals {
     }
 
     /// Returns the pending stop signal's number, if one arrived.
-    pub fn take(&self) -> Option<i32> {
+    pub(crate) fn take(&self) -> Option<i32> {
         match self.0.read_signal() {
             Ok(Some(info)) => Some(info.ssi_signo as i32),
             _ => None,
@@ -90,6 +90,6 @@ impl AsFd for StopSignals {
 /// Blocks every signal in the calling thread, for a helper thread that may start before
 /// [`StopSignals::install`]: a thread with a stop signal unblocked would take it with its
 /// default action (the end of the process) instead of leaving it to the signalfd.
-pub fn block_all_in_this_thread() -> io::Result<()> {
+pub(crate) fn block_all_in_this_thread() -> io::Result<()> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None).map_err(from_nix)
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// Takes ownership of fds 0 and 1 (input, output). Only once per process: later calls fail.
-pub fn take() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn take() -> io::Result<(OwnedFd, OwnedFd)> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(io::Error::other("STDIO is already in use"));
     }
@@ -27,7 +27,7 @@ use super::from_nix;
 
 /// The file type behind a descriptor, as far as the data path cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdKind {
+pub(crate) enum FdKind {
     Pipe,
     Socket,
     RegularFile,
@@ -36,7 +36,7 @@ pub enum FdKind {
     Other,
 }
 
-pub fn kind_of(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
+pub(crate) fn kind_of(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
     let st = fstat(fd.as_fd()).map_err(from_nix)?;
     let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     Ok(match fmt {
@@ -50,7 +50,7 @@ pub fn kind_of(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
 
 /// Whether splice(2) can read from `fd` (it may still fail at run time; the engine then
 /// falls back to copying).
-pub fn can_splice_from(fd: BorrowedFd<'_>) -> bool {
+pub(crate) fn can_splice_from(fd: BorrowedFd<'_>) -> bool {
     matches!(
         kind_of(fd),
         Ok(FdKind::Pipe | FdKind::Socket | FdKind::RegularFile)
@@ -59,7 +59,7 @@ pub fn can_splice_from(fd: BorrowedFd<'_>) -> bool {
 
 /// Whether splice(2) can write to `fd`: not to terminals, and not to files opened with
 /// O_APPEND (the kernel refuses those with EINVAL).
-pub fn can_splice_to(fd: BorrowedFd<'_>) -> bool {
+pub(crate) fn can_splice_to(fd: BorrowedFd<'_>) -> bool {
     match kind_of(fd) {
         Ok(FdKind::Pipe | FdKind::Socket) => true,
         Ok(FdKind::RegularFile) => match fcntl(fd, FcntlArg::F_GETFL) {

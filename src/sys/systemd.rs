@@ -289,7 +289,7 @@ pub fn parse_listen_env(
 }
 
 /// Takes the sockets the service manager passed (and those an upgrading vsplice handed
-/// over: [`super::handover`]), before the process opens any descriptor of its own: call it
+/// over: `super::handover`), before the process opens any descriptor of its own: call it
 /// first thing in `main`. Later, descriptors 3, 4, ... may be vsplice's
 /// own (its signalfds, its engine's rings), and a `LISTEN_FDS` larger than what was really
 /// passed would make them "inherited" too, with two owners that both close them. Each
@@ -392,7 +392,7 @@ pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
 /// A signal that means a request rather than a stop, on a signalfd: SIGHUP (reload,
 /// `ExecReload=kill -HUP $MAINPID`) or SIGUSR2 (binary upgrade). Blocked so it no longer
 /// ends the process. Create it on the main thread before other threads start. The stop
-/// signals' signalfd ([`super::signal::StopSignals`]) reads these too: take this one first.
+/// signals' signalfd (`super::signal::StopSignals`) reads these too: take this one first.
 #[derive(Debug)]
 pub struct CaughtSignal(nix::sys::signalfd::SignalFd);
 

@@ -8,7 +8,7 @@
 
 /// Whether this CPU has a counter that [`read`] may use: x86-64 with the invariant TSC flag
 /// (CPUID leaf 0x8000_0007, EDX bit 8). Elsewhere false, and the engine reads the real clock.
-pub fn invariant() -> bool {
+pub(crate) fn invariant() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: CPUID exists on every x86-64 CPU and only reports; the extended leaf is
@@ -27,7 +27,7 @@ pub fn invariant() -> bool {
 }
 
 /// The counter's value now; 0 where [`invariant`] is false.
-pub fn read() -> u64 {
+pub(crate) fn read() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: RDTSC exists on every x86-64 CPU, reads a register and touches no memory.

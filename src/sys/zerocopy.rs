@@ -12,7 +12,7 @@ const MSG_ZEROCOPY: libc::c_int = 0x400_0000;
 const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
 
 /// Turns SO_ZEROCOPY on; sockets that cannot do it say EOPNOTSUPP (UNIX sockets, older vsock).
-pub fn enable(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn enable(fd: BorrowedFd<'_>) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: the pointer and length describe `one`, live for the call.
     cvt(unsafe {
@@ -29,7 +29,7 @@ pub fn enable(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// One blocking MSG_ZEROCOPY send. Each call, even a partial one, uses one notification
 /// sequence number.
-pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live slice for the call; the kernel pins its pages until the
     // completion notification, which callers wait for before changing the buffer.
     let n = unsafe {
@@ -49,7 +49,7 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 
 /// Reads the completion notifications queued now, without blocking. Returns how many sends
 /// they complete (each notification covers an inclusive range of sequence numbers).
-pub fn reap(fd: BorrowedFd<'_>) -> io::Result<u32> {
+pub(crate) fn reap(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut completed = 0u32;
     loop {
         let mut control = [0u64; 16];

@@ -341,6 +341,34 @@ pub fn tool(package: &str, binary: &str) -> Result<Command, String> {
     Ok(cmd)
 }
 
+/// `systemd-socket-activate` (Debian package `systemd`; no PID 1 needed): the installed one,
+/// or else one unpacked from Debian's package into the labs' cache (this file),
+/// run with the library path of its private `libsystemd-shared` (and of any library the
+/// machine lacks, unpacked too).
+pub fn socket_activate() -> Command {
+    static UNPACKED: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    if let Some(installed) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("systemd-socket-activate"))
+            .find(|p| p.is_file())
+    }) {
+        return Command::new(installed);
+    }
+    // Once per test process: tests run in parallel and unpack into one folder.
+    let (binary, library_path) = UNPACKED.get_or_init(|| {
+        let debs = super::lab::deb_root();
+        debs.ensure(&["systemd"])
+            .unwrap_or_else(|e| panic!("systemd-socket-activate is not installed, and {e}"));
+        let binary = debs.path("usr/bin/systemd-socket-activate");
+        debs.ensure_libraries(&binary, "systemd")
+            .unwrap_or_else(|e| panic!("systemd-socket-activate's libraries: {e}"));
+        (binary, debs.library_path())
+    });
+    let mut command = Command::new(binary);
+    command.env("LD_LIBRARY_PATH", library_path);
+    command
+}
+
 /// One `deb` source of the machine's apt configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AptSource {

@@ -5,7 +5,12 @@
 //! (UNIX or vsock SEQPACKET, connected UDP) and, with [`Framing::Len16`], on streams.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
+};
 
 /// How messages travel on the test's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,4 +334,30 @@ pub fn answer_each(
         write_one(fd, &down.message(i), framing).map_err(|e| format!("answer {i}: {e}"))?;
     }
     Ok(())
+}
+
+/// A UNIX SEQPACKET socket (close-on-exec), not yet bound or connected.
+pub fn unix_seqpacket() -> OwnedFd {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+/// A UNIX SEQPACKET socket listening at `path`, with room for `backlog` pending clients.
+pub fn seqpacket_listen(path: &Path, backlog: i32) -> OwnedFd {
+    let fd = unix_seqpacket();
+    bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(backlog).unwrap()).unwrap();
+    fd
+}
+
+/// A UNIX SEQPACKET socket connected to `path`.
+pub fn seqpacket_connect(path: &Path) -> OwnedFd {
+    let fd = unix_seqpacket();
+    connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    fd
 }

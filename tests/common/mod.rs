@@ -442,6 +442,17 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FREE_PORT_LOW}..{ephemeral_low}");
 }
 
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+pub fn close_with_reset(stream: TcpStream) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &abort)
+        .expect("SO_LINGER");
+    drop(stream);
+}
+
 /// A scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -479,16 +490,19 @@ pub struct Relay {
 impl Relay {
     /// Starts `vsplice -dd ARGS` and waits until it logs that it listens.
     pub fn start(args: &[&str]) -> Relay {
-        let relay = Relay::spawn(args, Stdio::null(), Stdio::null());
-        relay.wait_for_log("listening on", Duration::from_secs(20));
-        relay
+        Relay::spawn(args, Stdio::null(), Stdio::null()).listening()
     }
 
     /// As [`Relay::start`], with the vsplice binary at `bin` (another build, to compare).
     pub fn start_bin(bin: &Path, args: &[&str]) -> Relay {
-        let relay = Relay::spawn_with(Command::new(bin), args, Stdio::null(), Stdio::null());
-        relay.wait_for_log("listening on", Duration::from_secs(20));
-        relay
+        Relay::spawn_with(Command::new(bin), args, Stdio::null(), Stdio::null()).listening()
+    }
+
+    /// This relay once it has logged "listening on" (20 s at most): the one way every test
+    /// waits for a relay it spawned to be ready for clients.
+    pub fn listening(self) -> Relay {
+        self.wait_for_log("listening on", Duration::from_secs(20));
+        self
     }
 
     /// Starts `vsplice serve --config CONFIG -dd` and waits until it serves `services`.
@@ -523,9 +537,7 @@ impl Relay {
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nofile={nofile}:{nofile}"))
             .arg(vsplice_bin());
-        let relay = Relay::spawn_with(cmd, args, Stdio::null(), Stdio::null());
-        relay.wait_for_log("listening on", Duration::from_secs(20));
-        relay
+        Relay::spawn_with(cmd, args, Stdio::null(), Stdio::null()).listening()
     }
 
     /// Starts `vsplice -dd ARGS` as user and group 65534 (nobody) through util-linux
@@ -535,9 +547,7 @@ impl Relay {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(vsplice_bin());
-        let relay = Relay::spawn_with(cmd, args, Stdio::null(), Stdio::null());
-        relay.wait_for_log("listening on", Duration::from_secs(20));
-        relay
+        Relay::spawn_with(cmd, args, Stdio::null(), Stdio::null()).listening()
     }
 
     /// Starts `COMMAND ARGS -dd` (a wrapper that execs vsplice), without waiting.

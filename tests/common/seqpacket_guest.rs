@@ -6,34 +6,16 @@
 //! none).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept, bind, connect, listen,
-    shutdown, socket,
+use nix::sys::socket::{Shutdown, accept, shutdown};
+
+use super::messages::{
+    Framing, Sequence, check_sequence, recv_timeout, send_sequence, seqpacket_connect,
+    seqpacket_listen,
 };
-
-use super::messages::{Framing, Sequence, check_sequence, recv_timeout, send_sequence};
 use super::{Relay, Scratch};
-
-fn unix_seqpacket() -> OwnedFd {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap()
-}
-
-fn listen_at(path: &Path) -> OwnedFd {
-    let fd = unix_seqpacket();
-    bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(16).unwrap()).unwrap();
-    fd
-}
 
 /// Sends `out` and checks `back` on `fd` at once, then half-closes.
 fn exchange(fd: OwnedFd, out: Sequence, back: Sequence) -> Result<(), String> {
@@ -56,7 +38,7 @@ pub fn vsock_seqpacket_both_ways() {
     let dir = Scratch::new("vsock-seqpacket");
     let front = dir.path("front.sock");
     let back = dir.path("back.sock");
-    let server = listen_at(&back);
+    let server = seqpacket_listen(&back, 16);
     let mut inner = Relay::start(&[
         "VSOCK-LISTEN:6201,socktype=seqpacket",
         &format!("UNIX-CONNECT:{},socktype=seqpacket", back.display()),
@@ -78,8 +60,7 @@ pub fn vsock_seqpacket_both_ways() {
         empty: false,
     };
     let serving = std::thread::spawn(move || exchange(accept(&server).unwrap(), down, up));
-    let client = unix_seqpacket();
-    connect(client.as_raw_fd(), &UnixAddr::new(&front).unwrap()).unwrap();
+    let client = seqpacket_connect(&front);
     let at_client = exchange(client, up, down);
     let at_server = serving.join().unwrap();
     let logs =

@@ -268,8 +268,8 @@ pub fn traced_run(
             match trace {
                 Some(_) => {
                     let bin = std::path::Path::new(super::vsplice_bin());
-                    let relay = Relay::spawn_with(strace(bin), &all, Stdio::null(), Stdio::null());
-                    relay.wait_for_log("listening on", Duration::from_secs(20));
+                    let relay = Relay::spawn_with(strace(bin), &all, Stdio::null(), Stdio::null())
+                        .listening();
                     Running::Vsplice(relay)
                 }
                 None => Running::Vsplice(Relay::start(&all)),

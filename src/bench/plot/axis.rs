@@ -7,12 +7,12 @@
 //! past that a run of seconds holds too few transactions for a percentile to mean anything.
 
 /// The lowest percentile drawn (as a fraction).
-pub const FIRST: f64 = 0.5;
+pub(crate) const FIRST: f64 = 0.5;
 /// The highest percentile drawn (as a fraction).
-pub const LAST: f64 = 0.99999;
+pub(crate) const LAST: f64 = 0.99999;
 
 /// The labelled ticks of the percentile axis: each fraction with its label.
-pub const TICKS: [(f64, &str); 6] = [
+pub(crate) const TICKS: [(f64, &str); 6] = [
     (0.5, "50%"),
     (0.9, "90%"),
     (0.99, "99%"),
@@ -22,41 +22,41 @@ pub const TICKS: [(f64, &str); 6] = [
 ];
 
 /// How many percentiles a spectrum samples between [`FIRST`] and [`LAST`].
-pub const SAMPLES: usize = 97;
+pub(crate) const SAMPLES: usize = 97;
 
 /// Where percentile `p` (a fraction below 1) sits on the x axis: `log10(1 / (1 - p))`.
-pub fn percentile_x(p: f64) -> f64 {
+pub(crate) fn percentile_x(p: f64) -> f64 {
     -(1.0 - p).log10()
 }
 
 /// The percentile (a fraction) at position `x` of the axis; the inverse of [`percentile_x`].
-pub fn x_percentile(x: f64) -> f64 {
+pub(crate) fn x_percentile(x: f64) -> f64 {
     1.0 - 10f64.powf(-x)
 }
 
 /// The x range of the axis, [`FIRST`] to [`LAST`].
-pub fn x_range() -> std::ops::Range<f64> {
+pub(crate) fn x_range() -> std::ops::Range<f64> {
     percentile_x(FIRST)..percentile_x(LAST)
 }
 
 /// The pixel at which position `x` of the axis lands, for an axis from `range.start` at
 /// pixel `limit.0` to `range.end` at pixel `limit.1` (linear in `x`, so logarithmic in
 /// `1 / (1 - p)`).
-pub fn pixel(x: f64, range: &std::ops::Range<f64>, limit: (i32, i32)) -> i32 {
+pub(crate) fn pixel(x: f64, range: &std::ops::Range<f64>, limit: (i32, i32)) -> i32 {
     let span = (range.end - range.start).max(f64::MIN_POSITIVE);
     let at = (x - range.start) / span * f64::from(limit.1 - limit.0);
     limit.0 + at.round() as i32
 }
 
 /// The x positions of the labelled ticks, left to right.
-pub fn tick_positions() -> Vec<f64> {
+pub(crate) fn tick_positions() -> Vec<f64> {
     TICKS.iter().map(|&(p, _)| percentile_x(p)).collect()
 }
 
 /// The label of the tick at `x`, or an empty string between ticks (plotters asks for labels
 /// at its key points, which are the ticks; a float that went through the mapping is matched
 /// within a rounding error).
-pub fn tick_label(x: f64) -> &'static str {
+pub(crate) fn tick_label(x: f64) -> &'static str {
     TICKS
         .iter()
         .find(|&&(p, _)| (percentile_x(p) - x).abs() < 1e-6)
@@ -65,7 +65,7 @@ pub fn tick_label(x: f64) -> &'static str {
 
 /// The percentiles a spectrum samples: [`SAMPLES`] fractions evenly spaced on the axis (not
 /// in `p`), from [`FIRST`] to [`LAST`], both included.
-pub fn sample_quantiles() -> Vec<f64> {
+pub(crate) fn sample_quantiles() -> Vec<f64> {
     let r = x_range();
     let step = (r.end - r.start) / (SAMPLES - 1) as f64;
     (0..SAMPLES)
@@ -81,7 +81,7 @@ pub fn sample_quantiles() -> Vec<f64> {
 
 /// The top of a y axis that starts at zero: `max` with headroom (`max * 1.15`), and 1 when
 /// nothing was measured, so an empty or all-zero series still gets an axis.
-pub fn y_top(max: f64) -> f64 {
+pub(crate) fn y_top(max: f64) -> f64 {
     if max.is_finite() && max > 0.0 {
         max * 1.15
     } else {

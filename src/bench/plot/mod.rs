@@ -7,7 +7,7 @@
 //! one latency line per path with `--rr`/`--crr`. The axis maths is pure and lives in
 //! [`axis`]; this file only picks the picture.
 
-pub mod axis;
+pub(crate) mod axis;
 mod bars;
 mod spectrum;
 mod style;
@@ -25,7 +25,7 @@ fn latency_name(name: &str, l: &LatencyReport) -> String {
 }
 
 /// A `--rr`/`--crr` run's latency spectrum, or a throughput run's intervals.
-pub fn run(path: &Path, r: &TestReport) -> Result<()> {
+pub(crate) fn run(path: &Path, r: &TestReport) -> Result<()> {
     let Some(l) = &r.latency else {
         return throughput::draw(path, r);
     };
@@ -51,7 +51,7 @@ fn workload_name(r: &TestReport) -> &'static str {
 }
 
 /// Receiver Gbit/s for each write size of a sweep.
-pub fn sweep(path: &Path, reports: &[TestReport]) -> Result<()> {
+pub(crate) fn sweep(path: &Path, reports: &[TestReport]) -> Result<()> {
     let items: Vec<bars::Bar> = reports
         .iter()
         .map(|r| {
@@ -69,7 +69,7 @@ pub fn sweep(path: &Path, reports: &[TestReport]) -> Result<()> {
 }
 
 /// One path of the demo, as the pictures need it.
-pub struct DemoPath<'a> {
+pub(crate) struct DemoPath<'a> {
     pub name: String,
     pub gbit_per_s: f64,
     /// The relay's CPU-seconds per GiB moved (None for the direct path).
@@ -79,7 +79,7 @@ pub struct DemoPath<'a> {
 
 /// The demo's paths side by side: two panels of bars (Gbit/s, relay CPU-s/GiB), or with
 /// `--rr`/`--crr` (every path has latencies) one latency line per path.
-pub fn demo(path: &Path, title: &str, paths: &[DemoPath<'_>]) -> Result<()> {
+pub(crate) fn demo(path: &Path, title: &str, paths: &[DemoPath<'_>]) -> Result<()> {
     let latencies: Option<Vec<spectrum::Line<'_>>> = paths
         .iter()
         .map(|p| {

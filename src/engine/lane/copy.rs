@@ -16,7 +16,7 @@ use crate::sys::mapping::Mapping;
 /// A buffer for the copy path, held only while bytes are staged. Staged bytes live at
 /// `data[start..start + staged]`.
 #[derive(Debug)]
-pub struct CopyBuffer {
+pub(crate) struct CopyBuffer {
     size: usize,
     /// Its own mapping, so a buffer given back leaves the process's RSS at once.
     data: Option<Mapping>,
@@ -33,7 +33,7 @@ pub struct CopyBuffer {
 impl CopyBuffer {
     /// A buffer of `size` bytes, allocated now and unregistered (outside the cap: the
     /// fallback from splice holds one while it empties a pipe).
-    pub fn new(size: usize) -> CopyBuffer {
+    pub(crate) fn new(size: usize) -> CopyBuffer {
         CopyBuffer {
             size,
             data: Some(Mapping::new(size.max(1))),
@@ -46,7 +46,7 @@ impl CopyBuffer {
 
     /// A buffer of `size` bytes that holds no memory until [`CopyBuffer::take`]; then it is
     /// registered in a fixed-buffer slot when one is free.
-    pub fn lazy(size: usize) -> CopyBuffer {
+    pub(crate) fn lazy(size: usize) -> CopyBuffer {
         CopyBuffer {
             size,
             data: None,
@@ -58,7 +58,7 @@ impl CopyBuffer {
     }
 
     /// A buffer of `size` bytes, allocated and registered now.
-    pub fn registered(size: usize, registry: &mut Registry, ring: &Ring) -> CopyBuffer {
+    pub(crate) fn registered(size: usize, registry: &mut Registry, ring: &Ring) -> CopyBuffer {
         let mut buffer = CopyBuffer::new(size);
         buffer.register = true;
         buffer.register_now(registry, ring);
@@ -80,7 +80,7 @@ impl CopyBuffer {
 
     /// Makes sure the buffer holds memory before a fill; false when the process-wide cap
     /// (`cap::COPY_MEMORY_CAP`) leaves no room now (nothing is lost: try again later).
-    pub fn take(&mut self, registry: &mut Registry, ring: &Ring) -> bool {
+    pub(crate) fn take(&mut self, registry: &mut Registry, ring: &Ring) -> bool {
         if self.data.is_some() {
             return true;
         }
@@ -97,7 +97,7 @@ impl CopyBuffer {
     }
 
     /// Frees the memory of an empty buffer with no request in flight (the caller knows).
-    pub fn give_back(&mut self, registry: &mut Registry, ring: &Ring) {
+    pub(crate) fn give_back(&mut self, registry: &mut Registry, ring: &Ring) {
         if let Some(slot) = self.slot.take() {
             registry.release_buffer(ring, slot);
         }
@@ -114,16 +114,16 @@ impl CopyBuffer {
             .expect("a filling or draining copy direction holds its buffer")
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.size
     }
 
     /// Whether the buffer holds memory now.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         self.data.is_some()
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         self.data()
     }
 
@@ -133,7 +133,12 @@ impl CopyBuffer {
     /// is empty, so the direction then waits for readiness without holding the buffer in a
     /// pending read. (Not `RWF_NOWAIT` on a read: kernels before sockets took `FMODE_NOWAIT`,
     /// Debian 12's 6.1 among them, refuse that with EOPNOTSUPP.)
-    pub fn fill_sqe(&mut self, source: RawFd, max: usize, nowait: bool) -> (usize, squeue::Entry) {
+    pub(crate) fn fill_sqe(
+        &mut self,
+        source: RawFd,
+        max: usize,
+        nowait: bool,
+    ) -> (usize, squeue::Entry) {
         let max = max.min(self.size);
         let ptr = self.data().as_mut_ptr();
         let sqe = match &self.slot {
@@ -156,7 +161,7 @@ impl CopyBuffer {
     /// one completion per buffer however small the peer's window is. On vsock the window is
     /// the peer's credit (256 KiB by default), and a plain non-blocking write came back short
     /// at every credit update: docs/performance.md, "vsock as a destination".
-    pub fn drain_sqe(&mut self, sink: RawFd, len: usize, whole: bool) -> squeue::Entry {
+    pub(crate) fn drain_sqe(&mut self, sink: RawFd, len: usize, whole: bool) -> squeue::Entry {
         let start = self.start;
         let ptr = self.data()[start..].as_mut_ptr();
         if whole {
@@ -175,17 +180,17 @@ impl CopyBuffer {
     }
 
     /// `n` staged bytes went out.
-    pub fn drained(&mut self, n: usize) {
+    pub(crate) fn drained(&mut self, n: usize) {
         self.start += n;
     }
 
     /// Nothing is staged any more: the next fill starts at the beginning.
-    pub fn rewind(&mut self) {
+    pub(crate) fn rewind(&mut self) {
         self.start = 0;
     }
 
     /// Clears the buffer's slot (no request uses it any more) and frees it.
-    pub fn release(mut self, registry: &mut Registry, ring: &Ring) {
+    pub(crate) fn release(mut self, registry: &mut Registry, ring: &Ring) {
         self.give_back(registry, ring);
     }
 }

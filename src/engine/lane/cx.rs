@@ -13,7 +13,7 @@ use super::splice::PipePool;
 
 /// What a lane may use while it runs: its connection's ends and submissions, and the
 /// worker's registry and pipe pool.
-pub struct Cx<'a> {
+pub(crate) struct Cx<'a> {
     pub ops: ConnOps<'a>,
     pub ends: Ends<'a>,
     pub registry: &'a mut Registry,
@@ -32,7 +32,7 @@ pub struct Cx<'a> {
 impl Cx<'_> {
     /// How the direction's source ended, once a read returned 0 (see [`end::classify`]);
     /// a reset is logged here, for both data paths.
-    pub fn source_end(&self) -> end::EndOfFile {
+    pub(crate) fn source_end(&self) -> end::EndOfFile {
         let end = self.ends.source_end();
         if end != end::EndOfFile::Clean {
             crate::debug!(
@@ -45,7 +45,7 @@ impl Cx<'_> {
     }
 
     /// Records that bytes moved now (inactivity timeout, parking, receive budget).
-    pub fn moved(&mut self, outcome: Result<usize, i32>) {
+    pub(crate) fn moved(&mut self, outcome: Result<usize, i32>) {
         if matches!(outcome, Ok(n) if n > 0) {
             *self.last_active = self.now;
         }
@@ -54,7 +54,7 @@ impl Cx<'_> {
 
 /// How a pump ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pumped {
+pub(crate) enum Pumped {
     /// Waits for a completion.
     Waiting,
     /// Used up its turn with work left: run it again after the others.

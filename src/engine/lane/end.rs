@@ -14,7 +14,7 @@ use crate::sys::socket::{PeerEnd, TcpState};
 
 /// How a source ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndOfFile {
+pub(crate) enum EndOfFile {
     /// The peer finished sending: pass end of file on.
     Clean,
     /// The peer's connection failed (the error number): cut the other side with a reset.
@@ -23,7 +23,7 @@ pub enum EndOfFile {
 
 /// Classifies an end of file from what the source socket reports (`None`: nothing to ask,
 /// such as standard input) and whether our write side of that socket is still open.
-pub fn classify(peer: Option<PeerEnd>, our_write_open: bool) -> EndOfFile {
+pub(crate) fn classify(peer: Option<PeerEnd>, our_write_open: bool) -> EndOfFile {
     let Some(peer) = peer else {
         return EndOfFile::Clean;
     };

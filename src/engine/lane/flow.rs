@@ -14,7 +14,7 @@ use super::end::EndOfFile;
 
 /// What the driver should do next for this direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Move up to `max` bytes from the source into the (empty) staging area.
     Fill { max: usize },
     /// Move the `len` staged bytes to the destination.
@@ -31,7 +31,7 @@ pub enum Step {
     ShutdownWrite,
     /// End of stream passed on; nothing more to do.
     Finished,
-    /// A transfer failed; see [`Flow::failure`].
+    /// A transfer failed (the error is the flow state's, `FlowState::Failed`).
     Failed,
 }
 
@@ -74,7 +74,7 @@ pub enum FillPolicy {
     /// Always fill again until the source says EAGAIN: the most throughput, one failing
     /// system call per burst.
     Eager,
-    /// Fill again after a short fill of at least [`TRICKLE`] bytes (or 1/16 of a smaller
+    /// Fill again after a short fill of at least `TRICKLE` bytes (or 1/16 of a smaller
     /// staging area): a stream is flowing; wait for readiness after a smaller one (a
     /// trickle). The default.
     Adaptive,
@@ -85,7 +85,7 @@ pub enum FillPolicy {
 /// bandwidth with many others stay above it even when they are far below the pipe's size
 /// (with 16 to 256 busy streams on 2 cores, a threshold of 1/16 of a 1 MiB pipe sent most of
 /// them through a readiness round trip per chunk; perf/results/2026-11-26-2core-scale-many-streams.md).
-pub const TRICKLE: usize = 4096;
+pub(crate) const TRICKLE: usize = 4096;
 
 impl FillPolicy {
     fn idle_below(self, capacity: usize) -> usize {
@@ -99,7 +99,7 @@ impl FillPolicy {
 
 /// The lifecycle of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowState {
+pub(crate) enum FlowState {
     /// The source may still produce bytes.
     Open,
     /// The source reached end of file; staged bytes still go out, then the shutdown.
@@ -111,7 +111,7 @@ pub enum FlowState {
 
 /// One direction's bookkeeping.
 #[derive(Debug, Clone)]
-pub struct Flow {
+pub(crate) struct Flow {
     state: FlowState,
     capacity: usize,
     staged: usize,
@@ -128,7 +128,7 @@ pub struct Flow {
 
 impl Flow {
     /// A new direction whose staging area holds `capacity` bytes.
-    pub fn new(capacity: usize, policy: FillPolicy) -> Flow {
+    pub(crate) fn new(capacity: usize, policy: FillPolicy) -> Flow {
         assert!(capacity > 0, "staging capacity must be positive");
         Flow {
             state: FlowState::Open,
@@ -142,43 +142,44 @@ impl Flow {
         }
     }
 
-    pub fn state(&self) -> FlowState {
+    pub(crate) fn state(&self) -> FlowState {
         self.state
     }
 
     /// Bytes sitting in the staging area.
-    pub fn staged(&self) -> usize {
+    pub(crate) fn staged(&self) -> usize {
         self.staged
     }
 
     /// Bytes delivered to the destination so far.
-    pub fn delivered(&self) -> u64 {
+    pub(crate) fn delivered(&self) -> u64 {
         self.delivered
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
-    pub fn failure(&self) -> Option<FlowError> {
+    #[cfg(test)]
+    pub(crate) fn failure(&self) -> Option<FlowError> {
         match self.state {
             FlowState::Failed(e) => Some(e),
             _ => None,
         }
     }
 
-    pub fn is_over(&self) -> bool {
+    pub(crate) fn is_over(&self) -> bool {
         matches!(self.state, FlowState::Finished | FlowState::Failed(_))
     }
 
     /// Changes the staging capacity (a different pipe or a buffer). Staged bytes must fit.
-    pub fn set_capacity(&mut self, capacity: usize) {
+    pub(crate) fn set_capacity(&mut self, capacity: usize) {
         assert!(capacity >= self.staged.max(1), "staged bytes must fit");
         self.capacity = capacity;
     }
 
     /// The next thing to do; a pure function of the state.
-    pub fn next(&self) -> Step {
+    pub(crate) fn next(&self) -> Step {
         match self.state {
             FlowState::Finished => Step::Finished,
             FlowState::Failed(_) => Step::Failed,
@@ -209,12 +210,12 @@ impl Flow {
     /// Whether a fill follows once the `len` bytes of a drain about to go out are delivered
     /// in full: the source is open and was not found empty. A driver may then send that fill
     /// linked behind the drain, so that it runs in the kernel as soon as the drain is done.
-    pub fn fills_after_drain(&self, len: usize) -> bool {
+    pub(crate) fn fills_after_drain(&self, len: usize) -> bool {
         self.state == FlowState::Open && !self.source_idle && !self.sink_full && len == self.staged
     }
 
     /// Records the result of `step`: a byte count, or an OS error number.
-    pub fn complete(&mut self, step: Step, result: Result<usize, i32>) {
+    pub(crate) fn complete(&mut self, step: Step, result: Result<usize, i32>) {
         if self.is_over() {
             return;
         }
@@ -255,7 +256,7 @@ impl Flow {
 
     /// Records what the source said about its end of file: a clean end is passed on, a reset
     /// fails the direction as a failed read (and so cuts the connection with resets).
-    pub fn confirm_end(&mut self, end: EndOfFile) {
+    pub(crate) fn confirm_end(&mut self, end: EndOfFile) {
         if self.state != FlowState::SourceEnded {
             return;
         }
@@ -267,24 +268,24 @@ impl Flow {
 
     /// Waits for readiness before the first fill: a fresh connection's source is usually
     /// still empty, and a poll on a ready source completes at once anyway.
-    pub fn await_readiness_first(&mut self) {
+    pub(crate) fn await_readiness_first(&mut self) {
         if self.state == FlowState::Open && self.staged == 0 {
             self.source_idle = true;
         }
     }
 
     /// The source became readable (or reported an error or hang-up: the next fill tells).
-    pub fn readable(&mut self) {
+    pub(crate) fn readable(&mut self) {
         self.source_idle = false;
     }
 
     /// The destination became writable.
-    pub fn writable(&mut self) {
+    pub(crate) fn writable(&mut self) {
         self.sink_full = false;
     }
 
     /// Marks the direction failed from outside (for example, its staging area could not be set up).
-    pub fn fail(&mut self, op: FlowOp, errno: i32) {
+    pub(crate) fn fail(&mut self, op: FlowOp, errno: i32) {
         if !self.is_over() {
             self.state = FlowState::Failed(FlowError { op, errno });
         }

@@ -29,10 +29,10 @@ use crate::warn;
 /// The largest message a direction between message sockets carries: vsock's default buffer
 /// (a larger SEQPACKET message cannot reach a default vsock peer at all) and more than a UNIX
 /// SEQPACKET socket's default send buffer lets a sender write.
-pub const MESSAGE_MAX: usize = 256 * 1024;
+pub(crate) const MESSAGE_MAX: usize = 256 * 1024;
 
 /// The largest message behind a 2-byte length, and the largest datagram.
-pub const FRAMED_MAX: usize = u16::MAX as usize;
+pub(crate) const FRAMED_MAX: usize = u16::MAX as usize;
 
 /// How one end carries messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl Shape {
 
 /// A direction on the message path.
 #[derive(Debug)]
-pub struct MessageLane {
+pub(crate) struct MessageLane {
     machine: Messages,
     source: Shape,
     sink: Shape,
@@ -92,7 +92,7 @@ impl MessageLane {
     /// The lane between `source` and `sink` (at least one of them keeps message boundaries;
     /// the other, if a stream, is framed). Sets up the sockets for it: credentials on a UNIX
     /// SEQPACKET source, whole blocking sends into a vsock SEQPACKET sink.
-    pub fn setup(source: &Endpoint, sink: Option<&Endpoint>, discard: bool) -> MessageLane {
+    pub(crate) fn setup(source: &Endpoint, sink: Option<&Endpoint>, discard: bool) -> MessageLane {
         let source_shape = Shape::of(source);
         let sink_shape = sink.map_or(Shape::Packets(ZeroMeans::End), Shape::of);
         if source_shape == Shape::Packets(ZeroMeans::AskCredentials) {
@@ -128,24 +128,24 @@ impl MessageLane {
         lane
     }
 
-    pub fn machine(&self) -> &Messages {
+    pub(crate) fn machine(&self) -> &Messages {
         &self.machine
     }
 
-    pub fn discard(&self) -> bool {
+    pub(crate) fn discard(&self) -> bool {
         self.discard
     }
 
-    pub fn readable(&mut self) {
+    pub(crate) fn readable(&mut self) {
         self.machine.readable();
     }
 
-    pub fn writable(&mut self) {
+    pub(crate) fn writable(&mut self) {
         self.machine.writable();
     }
 
     /// Runs the direction until it must wait, ends, or uses up its turn.
-    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+    pub(crate) fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
         let dir = cx.dir;
         let mut turn = cx.turn;
         loop {

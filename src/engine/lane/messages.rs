@@ -7,7 +7,7 @@ use super::flow::{FlowError, FlowOp, FlowState};
 
 /// The length of the first complete frame in `buf` (its payload follows the 2-byte length),
 /// or `None` while it is incomplete.
-pub fn len16_frame(buf: &[u8]) -> Option<usize> {
+pub(crate) fn len16_frame(buf: &[u8]) -> Option<usize> {
     let [hi, lo, rest @ ..] = buf else {
         return None;
     };
@@ -17,7 +17,7 @@ pub fn len16_frame(buf: &[u8]) -> Option<usize> {
 
 /// What a receive gave the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Got {
+pub(crate) enum Got {
     /// A whole message of this many bytes, ready to go out.
     Message(usize),
     /// Nothing now: wait for readiness.
@@ -30,7 +30,7 @@ pub enum Got {
 
 /// What a send gave the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
+pub(crate) enum Put {
     /// The message (or the rest of its frame) went out.
     Whole,
     /// A stream took part of a frame: the rest goes after readiness.
@@ -44,7 +44,7 @@ pub enum Put {
 
 /// What the driver does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Receive,
     Send,
     WaitReadable,
@@ -59,7 +59,7 @@ pub enum Step {
 
 /// One message direction's bookkeeping.
 #[derive(Debug, Clone)]
-pub struct Messages {
+pub(crate) struct Messages {
     state: FlowState,
     /// The length of the message held for sending, if any.
     held: Option<usize>,
@@ -77,7 +77,7 @@ impl Default for Messages {
 }
 
 impl Messages {
-    pub fn new() -> Messages {
+    pub(crate) fn new() -> Messages {
         Messages {
             state: FlowState::Open,
             held: None,
@@ -89,26 +89,26 @@ impl Messages {
         }
     }
 
-    pub fn state(&self) -> FlowState {
+    pub(crate) fn state(&self) -> FlowState {
         self.state
     }
 
     /// Bytes delivered (message bytes, without frame headers).
-    pub fn delivered(&self) -> u64 {
+    pub(crate) fn delivered(&self) -> u64 {
         self.bytes
     }
 
     /// Messages delivered.
-    pub fn messages(&self) -> u64 {
+    pub(crate) fn messages(&self) -> u64 {
         self.messages
     }
 
     /// The length of the message held for sending, if any.
-    pub fn held(&self) -> Option<usize> {
+    pub(crate) fn held(&self) -> Option<usize> {
         self.held
     }
 
-    pub fn next(&self) -> Step {
+    pub(crate) fn next(&self) -> Step {
         match self.state {
             FlowState::Finished => return Step::Finished,
             FlowState::Failed(_) => return Step::Failed,
@@ -128,11 +128,11 @@ impl Messages {
         }
     }
 
-    pub fn readable(&mut self) {
+    pub(crate) fn readable(&mut self) {
         self.source_idle = false;
     }
 
-    pub fn writable(&mut self) {
+    pub(crate) fn writable(&mut self) {
         self.sink_full = false;
     }
 
@@ -140,7 +140,7 @@ impl Messages {
         self.state = FlowState::Failed(FlowError { op, errno });
     }
 
-    pub fn received(&mut self, got: Got) {
+    pub(crate) fn received(&mut self, got: Got) {
         match got {
             Got::Message(len) => self.held = Some(len),
             Got::Nothing => self.source_idle = true,
@@ -149,7 +149,7 @@ impl Messages {
         }
     }
 
-    pub fn sent(&mut self, put: Put) {
+    pub(crate) fn sent(&mut self, put: Put) {
         match put {
             Put::Whole => {
                 let len = self.held.take().unwrap_or(0);
@@ -162,14 +162,14 @@ impl Messages {
         }
     }
 
-    pub fn confirm_end(&mut self, end: EndOfFile) {
+    pub(crate) fn confirm_end(&mut self, end: EndOfFile) {
         match end {
             EndOfFile::Clean => self.end_confirmed = true,
             EndOfFile::Reset(errno) => self.fail(FlowOp::Read, errno),
         }
     }
 
-    pub fn shut_down(&mut self, result: Result<(), i32>) {
+    pub(crate) fn shut_down(&mut self, result: Result<(), i32>) {
         match result {
             Ok(()) | Err(libc::ENOTCONN) => self.state = FlowState::Finished,
             Err(errno) => self.fail(FlowOp::Shutdown, errno),

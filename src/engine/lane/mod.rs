@@ -10,11 +10,11 @@
 
 mod copy;
 mod cx;
-pub mod end;
-pub mod flow;
-pub mod message;
-pub mod messages;
-pub mod recv;
+pub(crate) mod end;
+pub(crate) mod flow;
+pub(crate) mod message;
+pub(crate) mod messages;
+pub(crate) mod recv;
 mod ring;
 mod splice;
 mod staged;
@@ -30,12 +30,12 @@ use super::ring::Ring;
 use super::token::Op;
 use crate::net::endpoint::Endpoint;
 
-pub use self::copy::CopyBuffer;
-pub use self::cx::{Cx, Pumped};
-pub use self::message::MessageLane;
-pub use self::ring::{RING_IDLE_GRACE, RingLane};
-pub use self::splice::{PipePool, PipeStage};
-pub use self::staged::{COPY_IDLE_GRACE, StagedLane, Staging};
+pub(crate) use self::copy::CopyBuffer;
+pub(crate) use self::cx::{Cx, Pumped};
+pub(crate) use self::message::MessageLane;
+pub(crate) use self::ring::RingLane;
+pub(crate) use self::splice::{PipePool, PipeStage};
+pub(crate) use self::staged::{StagedLane, Staging};
 
 /// Buffers per direction on the ring path (`--mode recv`); each is `-b` divided by this.
 const RING_BUFFERS: u16 = 8;
@@ -44,10 +44,10 @@ const RING_BUFFERS: u16 = 8;
 /// (`SO_VM_SOCKETS_BUFFER_SIZE`, the credit window a peer may fill), so one receive can take
 /// all the socket holds. In one guest-lab run (perf/results/2026-12-04-vsock-guest.md) the default path
 /// from vsock sources moved 1.26-1.44x what it did with `-b`/8 = 128 KiB buffers.
-pub const VSOCK_RING_BUFFER: usize = 256 * 1024;
+pub(crate) const VSOCK_RING_BUFFER: usize = 256 * 1024;
 
 /// The size of each ring-path buffer for a direction reading `source` under `-b pipe_size`.
-pub fn ring_buffer_size(pipe_size: usize, source: Option<&Endpoint>) -> usize {
+pub(crate) fn ring_buffer_size(pipe_size: usize, source: Option<&Endpoint>) -> usize {
     let size = (pipe_size / usize::from(RING_BUFFERS)).max(4096);
     if source.is_some_and(Endpoint::is_vsock) {
         size.max(VSOCK_RING_BUFFER)
@@ -58,7 +58,7 @@ pub fn ring_buffer_size(pipe_size: usize, source: Option<&Endpoint>) -> usize {
 
 /// One direction of a connection, on one of the data paths.
 #[derive(Debug)]
-pub enum Lane {
+pub(crate) enum Lane {
     Staged(StagedLane),
     Ring(RingLane),
     /// Messages, each kept whole (SEQPACKET, datagrams, framed streams).
@@ -68,7 +68,7 @@ pub enum Lane {
 impl Lane {
     /// The lane for direction `dir` between `source` and `sink`, on the relay's mode where
     /// the ends allow it (the ring path takes sockets only; splice needs both ends able).
-    pub fn setup(
+    pub(crate) fn setup(
         dir: Direction,
         source: Option<&Endpoint>,
         sink: Option<&Endpoint>,
@@ -146,7 +146,7 @@ impl Lane {
     /// - splice otherwise.
     ///
     /// Measured in the guest lab: docs/architecture.md, Engine.
-    pub fn mode_for(mode: Mode, source: Option<&Endpoint>, sink: Option<&Endpoint>) -> Mode {
+    pub(crate) fn mode_for(mode: Mode, source: Option<&Endpoint>, sink: Option<&Endpoint>) -> Mode {
         match mode {
             Mode::Auto if source.is_some_and(Endpoint::is_vsock) => Mode::Recv,
             Mode::Auto if sink.is_some_and(Endpoint::is_vsock) => Mode::Copy,
@@ -155,7 +155,7 @@ impl Lane {
         }
     }
 
-    pub fn discard(&self) -> bool {
+    pub(crate) fn discard(&self) -> bool {
         match self {
             Lane::Staged(l) => l.discard(),
             Lane::Ring(l) => l.discard(),
@@ -163,7 +163,7 @@ impl Lane {
         }
     }
 
-    pub fn state(&self) -> FlowState {
+    pub(crate) fn state(&self) -> FlowState {
         match self {
             Lane::Staged(l) => l.flow().state(),
             Lane::Ring(l) => l.flow().state(),
@@ -171,7 +171,7 @@ impl Lane {
         }
     }
 
-    pub fn delivered(&self) -> u64 {
+    pub(crate) fn delivered(&self) -> u64 {
         match self {
             Lane::Staged(l) => l.flow().delivered(),
             Lane::Ring(l) => l.flow().delivered(),
@@ -180,7 +180,7 @@ impl Lane {
     }
 
     /// Messages delivered, on the message path; `None` on the byte paths.
-    pub fn messages(&self) -> Option<u64> {
+    pub(crate) fn messages(&self) -> Option<u64> {
         match self {
             Lane::Message(l) => Some(l.machine().messages()),
             _ => None,
@@ -189,7 +189,7 @@ impl Lane {
 
     /// Whether the lane lets its connection be parked: a splice lane holding no pipe and
     /// nothing in flight (ring lanes keep descriptors).
-    pub fn parkable(&self) -> bool {
+    pub(crate) fn parkable(&self) -> bool {
         match self {
             Lane::Staged(l) => l.is_idle_pipe(),
             Lane::Ring(_) | Lane::Message(_) => false,
@@ -197,7 +197,7 @@ impl Lane {
     }
 
     /// The data path's name for logs.
-    pub fn path_name(&self) -> &'static str {
+    pub(crate) fn path_name(&self) -> &'static str {
         match self {
             l if l.discard() => "discard",
             Lane::Ring(l) if l.zerocopy() => "recv-zc",
@@ -208,7 +208,7 @@ impl Lane {
     }
 
     /// Runs the direction until it must wait, ends, or uses up its turn.
-    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+    pub(crate) fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
         match self {
             Lane::Staged(l) => l.pump(cx),
             Lane::Ring(l) => l.pump(cx),
@@ -217,7 +217,7 @@ impl Lane {
     }
 
     /// Takes the completion of the lane's request `op`.
-    pub fn complete(&mut self, op: Op, result: i32, flags: u32, cx: &mut Cx<'_>) {
+    pub(crate) fn complete(&mut self, op: Op, result: i32, flags: u32, cx: &mut Cx<'_>) {
         match (self, op) {
             (Lane::Staged(l), Op::Readable(_)) => l.readable(),
             (Lane::Staged(l), Op::Writable(_)) => l.writable(),
@@ -234,7 +234,7 @@ impl Lane {
     }
 
     /// Gives back what the lane holds (no request of it is in flight any more).
-    pub fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
+    pub(crate) fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
         match self {
             Lane::Staged(l) => l.release(registry, ring, pipes),
             Lane::Ring(l) => l.release(registry, ring),

@@ -19,7 +19,7 @@ use super::flow::{FlowError, FlowOp, FlowState};
 
 /// Whether a direction holds its buffer group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hold {
+pub(crate) enum Hold {
     /// Holds none: waits for its source to be readable.
     Idle,
     /// Its source is readable: it needs a group (and waits while the cap leaves no room).
@@ -33,7 +33,7 @@ pub enum Hold {
 
 /// What the driver should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecvStep {
+pub(crate) enum RecvStep {
     /// Wait for the source to be readable (POLL_ADD), holding no buffers.
     WaitReadable,
     /// Take a buffer group (from the pool, or a new one under the cap).
@@ -63,7 +63,7 @@ pub enum RecvStep {
 
 /// A direction's receive/send bookkeeping.
 #[derive(Debug, Clone)]
-pub struct RecvFlow {
+pub(crate) struct RecvFlow {
     state: FlowState,
     hold: Hold,
     /// Buffers of a group.
@@ -87,7 +87,7 @@ pub struct RecvFlow {
 impl RecvFlow {
     /// A direction whose groups hold `buffers` buffers; it holds none yet and waits for its
     /// source to be readable first.
-    pub fn new(buffers: usize) -> RecvFlow {
+    pub(crate) fn new(buffers: usize) -> RecvFlow {
         assert!(buffers > 0, "a ring needs buffers");
         RecvFlow {
             state: FlowState::Open,
@@ -105,30 +105,32 @@ impl RecvFlow {
         }
     }
 
-    pub fn state(&self) -> FlowState {
+    pub(crate) fn state(&self) -> FlowState {
         self.state
     }
 
-    pub fn delivered(&self) -> u64 {
+    pub(crate) fn delivered(&self) -> u64 {
         self.delivered
     }
 
-    pub fn is_receiving(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_receiving(&self) -> bool {
         self.receiving
     }
 
     /// Buffers of a group.
-    pub fn buffers(&self) -> usize {
+    pub(crate) fn buffers(&self) -> usize {
         self.buffers
     }
 
-    pub fn hold(&self) -> Hold {
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> Hold {
         self.hold
     }
 
     /// Holding a group with every buffer back in the kernel's hands, nothing queued or being
     /// sent, and the source still open: the group could go back (the driver decides when).
-    pub fn is_drained(&self) -> bool {
+    pub(crate) fn is_drained(&self) -> bool {
         self.hold == Hold::Held
             && self.state == FlowState::Open
             && self.queue.is_empty()
@@ -139,12 +141,12 @@ impl RecvFlow {
 
     /// Whether every buffer of the group is provided to the kernel again (nothing queued):
     /// the group can be reused as it is.
-    pub fn all_provided(&self) -> bool {
+    pub(crate) fn all_provided(&self) -> bool {
         self.queue.is_empty() && self.provided == self.buffers
     }
 
     /// The next thing to do; a pure function of the state.
-    pub fn next(&self) -> RecvStep {
+    pub(crate) fn next(&self) -> RecvStep {
         match self.state {
             FlowState::Finished => return RecvStep::Finished,
             FlowState::Failed(_) => return RecvStep::Failed,
@@ -193,7 +195,7 @@ impl RecvFlow {
     }
 
     /// The driver submitted the step `next` returned.
-    pub fn started(&mut self, step: RecvStep) {
+    pub(crate) fn started(&mut self, step: RecvStep) {
         match step {
             RecvStep::WaitReadable => self.polling = true,
             RecvStep::CancelReceive => self.cancelling = true,
@@ -206,7 +208,7 @@ impl RecvFlow {
 
     /// The source is readable (or its readiness wait ended some other way: the receive
     /// will tell): the direction wants its buffers.
-    pub fn readable(&mut self) {
+    pub(crate) fn readable(&mut self) {
         self.polling = false;
         if self.hold == Hold::Idle {
             self.hold = Hold::Wanted;
@@ -214,7 +216,7 @@ impl RecvFlow {
     }
 
     /// The driver took a group for a `Wanted` direction: every buffer is provided.
-    pub fn took_buffers(&mut self) {
+    pub(crate) fn took_buffers(&mut self) {
         if self.hold == Hold::Wanted {
             self.hold = Hold::Held;
             self.provided = self.buffers;
@@ -223,14 +225,14 @@ impl RecvFlow {
 
     /// The driver decided a drained direction gives its group back (see
     /// [`RecvFlow::is_drained`]); its receive is cancelled first.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if self.is_drained() {
             self.hold = Hold::Releasing;
         }
     }
 
     /// The driver gave the group back: the direction waits for its source again.
-    pub fn gave_back(&mut self) {
+    pub(crate) fn gave_back(&mut self) {
         if self.hold == Hold::Releasing {
             self.hold = Hold::Idle;
             self.provided = 0;
@@ -239,7 +241,7 @@ impl RecvFlow {
 
     /// One completion of the multishot receive: bytes in buffer `bid`, end of file (`Ok((_, 0))`),
     /// or an error number. `more` is false when the receive ended and must be armed again.
-    pub fn received(&mut self, result: Result<(u16, usize), i32>, more: bool) {
+    pub(crate) fn received(&mut self, result: Result<(u16, usize), i32>, more: bool) {
         if !more {
             self.receiving = false;
             self.cancelling = false;
@@ -279,7 +281,7 @@ impl RecvFlow {
     }
 
     /// The write completed. Returns the buffer to hand back to the ring, if it is now empty.
-    pub fn sent(&mut self, result: Result<usize, i32>) -> Option<u16> {
+    pub(crate) fn sent(&mut self, result: Result<usize, i32>) -> Option<u16> {
         self.sending = false;
         if self.is_over() {
             return None;
@@ -306,7 +308,7 @@ impl RecvFlow {
 
     /// Records what the source said about its end of file: a clean end is passed on, a reset
     /// fails the direction as a failed read (and so cuts the connection with resets).
-    pub fn confirm_end(&mut self, end: EndOfFile) {
+    pub(crate) fn confirm_end(&mut self, end: EndOfFile) {
         if self.state != FlowState::SourceEnded {
             return;
         }
@@ -317,7 +319,7 @@ impl RecvFlow {
     }
 
     /// The write shutdown completed.
-    pub fn shut_down(&mut self, result: Result<(), i32>) {
+    pub(crate) fn shut_down(&mut self, result: Result<(), i32>) {
         self.shutting = false;
         if self.is_over() {
             return;
@@ -328,7 +330,7 @@ impl RecvFlow {
         }
     }
 
-    pub fn fail(&mut self, op: FlowOp, errno: i32) {
+    pub(crate) fn fail(&mut self, op: FlowOp, errno: i32) {
         if !self.is_over() {
             self.state = FlowState::Failed(FlowError { op, errno });
         }

@@ -24,10 +24,10 @@ use crate::{debug, info};
 /// How long a drained direction keeps its group with no byte coming in before it gives it
 /// back: long enough that a stream pausing between chunks keeps it, short enough that idle
 /// connections hold none.
-pub const RING_IDLE_GRACE: Duration = Duration::from_millis(250);
+pub(crate) const RING_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
-pub struct RingLane {
+pub(crate) struct RingLane {
     flow: RecvFlow,
     /// Bytes of one buffer of the direction's groups.
     buffer_size: usize,
@@ -51,7 +51,7 @@ pub struct RingLane {
 impl RingLane {
     /// A lane receiving into groups of `count` buffers of `size` bytes, holding none yet;
     /// with `zerocopy`, filled buffers go out with SEND_ZC.
-    pub fn new(count: u16, size: usize, discard: bool, zerocopy: bool) -> RingLane {
+    pub(crate) fn new(count: u16, size: usize, discard: bool, zerocopy: bool) -> RingLane {
         RingLane {
             flow: RecvFlow::new(usize::from(count)),
             buffer_size: size,
@@ -72,42 +72,38 @@ impl RingLane {
     /// 256 KiB by default, the size of a vsock source's buffer), into a UNIX socket whenever
     /// its send buffer is full. As the copy path does (`copy.rs`); and as there, not under
     /// `-T`, where a whole send would hide a slow reader's progress from the idle timeout.
-    pub fn whole_sends(mut self, whole: bool) -> RingLane {
+    pub(crate) fn whole_sends(mut self, whole: bool) -> RingLane {
         self.whole_sends = whole && !self.discard;
         self
     }
 
-    pub fn flow(&self) -> &RecvFlow {
+    pub(crate) fn flow(&self) -> &RecvFlow {
         &self.flow
     }
 
-    pub fn discard(&self) -> bool {
+    pub(crate) fn discard(&self) -> bool {
         self.discard
     }
 
     /// Whether filled buffers go out with SEND_ZC (until the socket refuses it).
-    pub fn zerocopy(&self) -> bool {
+    pub(crate) fn zerocopy(&self) -> bool {
         self.zerocopy
     }
 
+    #[cfg(test)]
     /// Whether the lane holds a buffer group now.
-    pub fn holds_buffers(&self) -> bool {
+    pub(crate) fn holds_buffers(&self) -> bool {
         self.lease.is_some()
     }
 
     /// Moves the last byte received `by` into the past (tests of the idle release).
     #[cfg(test)]
-    pub fn age(&mut self, by: Duration) {
+    pub(crate) fn age(&mut self, by: Duration) {
         self.last_fill -= by;
     }
 
-    /// The source is readable (its POLL_ADD completed).
-    pub fn readable(&mut self) {
-        self.flow.readable();
-    }
-
     /// Arms the multishot receive and writes filled buffers in order, until it must wait.
-    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+    pub(crate) fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
         let dir = cx.dir;
         loop {
             // Ring lanes are never parked: their ends are descriptors.
@@ -235,7 +231,7 @@ impl RingLane {
     }
 
     /// A completion: readiness (Readable), a receive (Fill) or a write or SEND_ZC (Drain).
-    pub fn complete(&mut self, op: Op, result: i32, flags: u32, cx: &mut Cx<'_>) {
+    pub(crate) fn complete(&mut self, op: Op, result: i32, flags: u32, cx: &mut Cx<'_>) {
         match op {
             Op::Readable(_) => self.flow.readable(),
             Op::Fill(_) => {
@@ -304,7 +300,7 @@ impl RingLane {
     /// Frees what the lane holds (no request of it is in flight any more). Not to the pool:
     /// a closing connection does not take its last receive completions, so the kernel may
     /// have filled buffers the lane never saw and the group's ring may be short of them.
-    pub fn release(mut self, registry: &mut Registry, ring: &Ring) {
+    pub(crate) fn release(mut self, registry: &mut Registry, ring: &Ring) {
         if let Some(lease) = self.lease.take() {
             registry.free_group(ring, lease);
         }

@@ -19,7 +19,7 @@ use crate::sys::pipe::{self, Pipe};
 /// `buffer`), so an idle pipe is kept with the size it was asked for and only handed to a
 /// direction that asks for that size.
 #[derive(Debug)]
-pub struct PipePool {
+pub(crate) struct PipePool {
     idle: Vec<(usize, Pipe)>,
     max_idle: usize,
     /// Pipes created over the pool's life (for diagnostics).
@@ -27,7 +27,7 @@ pub struct PipePool {
 }
 
 impl PipePool {
-    pub fn new(max_idle: usize) -> PipePool {
+    pub(crate) fn new(max_idle: usize) -> PipePool {
         PipePool {
             idle: Vec::new(),
             max_idle,
@@ -36,7 +36,7 @@ impl PipePool {
     }
 
     /// An empty pipe asked for with `size`: a pooled one of that size, or a new one.
-    pub fn take(&mut self, size: usize) -> io::Result<Pipe> {
+    pub(crate) fn take(&mut self, size: usize) -> io::Result<Pipe> {
         if let Some(i) = self.idle.iter().rposition(|(asked, _)| *asked == size) {
             return Ok(self.idle.swap_remove(i).1);
         }
@@ -47,37 +47,38 @@ impl PipePool {
     /// Returns an *empty* pipe asked for with `size` to the pool. It is closed instead when
     /// the pool is full, or when the kernel gave it less than `size` (an unprivileged user
     /// over the pipe quota): closing it frees quota, so a later pipe may get the full size.
-    pub fn give(&mut self, pipe: Pipe, size: usize) {
+    pub(crate) fn give(&mut self, pipe: Pipe, size: usize) {
         if self.idle.len() < self.max_idle && pipe.capacity() >= size {
             self.idle.push((size, pipe));
         }
     }
 
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
         self.idle.len()
     }
 }
 
 /// A splice direction's pipe, present only while bytes move.
 #[derive(Debug)]
-pub struct PipeStage {
+pub(crate) struct PipeStage {
     pipe: Option<Pipe>,
     /// The size its relay asks for.
     size: usize,
 }
 
 impl PipeStage {
-    pub fn new(size: usize) -> PipeStage {
+    pub(crate) fn new(size: usize) -> PipeStage {
         PipeStage { pipe: None, size }
     }
 
     /// Whether the direction holds no pipe now.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.pipe.is_none()
     }
 
     /// Borrows a pipe before a fill; `Some(capacity)` when a new one was taken.
-    pub fn ensure(&mut self, pool: &mut PipePool) -> io::Result<Option<usize>> {
+    pub(crate) fn ensure(&mut self, pool: &mut PipePool) -> io::Result<Option<usize>> {
         if self.pipe.is_some() {
             return Ok(None);
         }
@@ -88,7 +89,7 @@ impl PipeStage {
     }
 
     /// Gives the pipe back to the pool; the caller knows it is empty.
-    pub fn release(&mut self, pool: &mut PipePool) {
+    pub(crate) fn release(&mut self, pool: &mut PipePool) {
         if let Some(pipe) = self.pipe.take() {
             pool.give(pipe, self.size);
         }
@@ -101,33 +102,33 @@ impl PipeStage {
     }
 
     /// The most a fill may move: `max`, capped at the pipe's capacity.
-    pub fn fill_len(&self, max: usize) -> usize {
+    pub(crate) fn fill_len(&self, max: usize) -> usize {
         max.min(self.pipe().capacity())
     }
 
     /// Fill, direct form: splice(2) up to `max` bytes from `source` into the pipe now.
-    pub fn fill_now(&self, source: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+    pub(crate) fn fill_now(&self, source: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         pipe::splice(source, self.pipe().writer(), max)
     }
 
     /// Fill, io_uring form.
-    pub fn fill_sqe(&self, source: Target<'_>, max: usize) -> squeue::Entry {
+    pub(crate) fn fill_sqe(&self, source: Target<'_>, max: usize) -> squeue::Entry {
         splice_sqe(source, Target::Fd(self.pipe().writer()), max)
     }
 
     /// Drain, direct form: splice(2) `len` staged bytes to `sink` now.
-    pub fn drain_now(&self, sink: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    pub(crate) fn drain_now(&self, sink: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
         pipe::splice(self.pipe().reader(), sink, len)
     }
 
     /// Drain, io_uring form.
-    pub fn drain_sqe(&self, sink: Target<'_>, len: usize) -> squeue::Entry {
+    pub(crate) fn drain_sqe(&self, sink: Target<'_>, len: usize) -> squeue::Entry {
         splice_sqe(Target::Fd(self.pipe().reader()), sink, len)
     }
 
     /// Reads what the pipe holds into `buf` (which is as long as the staged bytes) and gives
     /// the pipe back: the switch to the copy path. Err: the errno of a failed read.
-    pub fn empty_into(&mut self, buf: &mut [u8], pool: &mut PipePool) -> Result<(), i32> {
+    pub(crate) fn empty_into(&mut self, buf: &mut [u8], pool: &mut PipePool) -> Result<(), i32> {
         let mut result = Ok(());
         if let Some(pipe) = &self.pipe {
             let mut got = 0;

@@ -17,7 +17,7 @@ use crate::{debug, info};
 
 /// A direction's staging area.
 #[derive(Debug)]
-pub enum Staging {
+pub(crate) enum Staging {
     /// Splice path: a pipe while bytes are in flight, none while idle.
     Pipe(PipeStage),
     /// Copy path: a buffer while bytes are in flight, none while idle.
@@ -33,7 +33,7 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
 }
 
 #[derive(Debug)]
-pub struct StagedLane {
+pub(crate) struct StagedLane {
     flow: Flow,
     staging: Staging,
     /// The io_uring transfer in flight, if any.
@@ -61,10 +61,15 @@ pub struct StagedLane {
 /// (a system call) and faults in a fresh one: per buffer, on a stream whose reads catch the
 /// source empty now and then (the QEMU lab's hybrid guest -> host in `--mode copy` spent 3.4
 /// CPU s/GiB so). As long as the buffer ring's grace.
-pub const COPY_IDLE_GRACE: Duration = RING_IDLE_GRACE;
+pub(crate) const COPY_IDLE_GRACE: Duration = RING_IDLE_GRACE;
 
 impl StagedLane {
-    pub fn new(flow: Flow, staging: Staging, discard: bool, uring_splice: bool) -> StagedLane {
+    pub(crate) fn new(
+        flow: Flow,
+        staging: Staging,
+        discard: bool,
+        uring_splice: bool,
+    ) -> StagedLane {
         StagedLane {
             flow,
             staging,
@@ -84,14 +89,14 @@ impl StagedLane {
     /// SEND (see [`CopyBuffer::drain_sqe`]), with the next read linked behind it when both
     /// hold. Other files (a terminal, a regular file) keep plain reads after readiness and
     /// plain writes.
-    pub fn sockets(mut self, nowait_reads: bool, whole_sends: bool) -> StagedLane {
+    pub(crate) fn sockets(mut self, nowait_reads: bool, whole_sends: bool) -> StagedLane {
         self.nowait_reads = nowait_reads;
         self.whole_sends = whole_sends;
         self
     }
 
     /// The data path's name for logs.
-    pub fn path_name(&self) -> &'static str {
+    pub(crate) fn path_name(&self) -> &'static str {
         match &self.staging {
             Staging::Pipe(_) if self.uring_splice => "uring-splice",
             Staging::Pipe(_) => "splice",
@@ -99,35 +104,36 @@ impl StagedLane {
         }
     }
 
-    pub fn flow(&self) -> &Flow {
+    pub(crate) fn flow(&self) -> &Flow {
         &self.flow
     }
 
-    pub fn staging(&self) -> &Staging {
+    #[cfg(test)]
+    pub(crate) fn staging(&self) -> &Staging {
         &self.staging
     }
 
-    pub fn discard(&self) -> bool {
+    pub(crate) fn discard(&self) -> bool {
         self.discard
     }
 
     /// On the splice path, holding no pipe and with no transfer in flight.
-    pub fn is_idle_pipe(&self) -> bool {
+    pub(crate) fn is_idle_pipe(&self) -> bool {
         matches!(&self.staging, Staging::Pipe(p) if p.is_idle()) && self.pending.is_none()
     }
 
-    pub fn readable(&mut self) {
+    pub(crate) fn readable(&mut self) {
         self.flow.readable();
     }
 
-    pub fn writable(&mut self) {
+    pub(crate) fn writable(&mut self) {
         self.flow.writable();
     }
 
     /// Runs the direction until it must wait, ends, or uses up its turn. A parked
     /// connection's sockets are fixed-file slots, which only io_uring requests can name, so
     /// parked connections splice with IORING_OP_SPLICE whatever the mode.
-    pub fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
+    pub(crate) fn pump(&mut self, cx: &mut Cx<'_>) -> Pumped {
         let dir = cx.dir;
         let mut turn = cx.turn;
         loop {
@@ -317,7 +323,7 @@ impl StagedLane {
     }
 
     /// Applies the result of the io_uring transfer `op`.
-    pub fn complete(&mut self, op: Op, outcome: Result<usize, i32>, cx: &mut Cx<'_>) {
+    pub(crate) fn complete(&mut self, op: Op, outcome: Result<usize, i32>, cx: &mut Cx<'_>) {
         let step = match (op, self.linked_fill) {
             // The fill linked behind a drain (which completed first: a link runs in order;
             // no other fill is pending while one is linked, `pump` waits for it).
@@ -409,7 +415,7 @@ impl StagedLane {
     /// is one whose completion the closed connection never took: a fill may have put bytes
     /// in the pipe that the flow does not count, so such a pipe is closed, never pooled
     /// (pooled, it handed one connection's bytes to the next).
-    pub fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
+    pub(crate) fn release(self, registry: &mut Registry, ring: &Ring, pipes: &mut PipePool) {
         match self.staging {
             Staging::Pipe(mut stage) if self.flow.staged() == 0 && self.pending.is_none() => {
                 stage.release(pipes)

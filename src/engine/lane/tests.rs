@@ -13,6 +13,8 @@ use super::super::ring::{ConnOps, Ring};
 use super::super::testing::{options, send, unix_endpoint};
 use super::super::token::{self, Op, Token};
 use super::flow::{FillPolicy, Flow, FlowState};
+use super::ring::RING_IDLE_GRACE;
+use super::staged::COPY_IDLE_GRACE;
 use super::*;
 use crate::net::endpoint::Endpoint;
 use crate::sys::socket::Socket;

@@ -103,8 +103,8 @@ impl Drop for WholeSender {
         self.shared.wake.notify_one();
         drop(slot);
         // Ends a send still waiting for room (the connection is closing).
-        // SAFETY: shutdown(2) on a descriptor this value owns; it touches no memory of ours.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ =
+            nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 

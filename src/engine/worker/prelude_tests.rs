@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::Address;
+use crate::engine::job::PreludeJob;
 use crate::engine::testing::{tcp_endpoint, unix_endpoint};
-use crate::engine::{Engine, EngineConfig, Job, PreludeJob, Second};
+use crate::engine::{Engine, EngineConfig, Job, Second};
 use crate::protocols::prelude::{DialEnd, Failure, Outcome, Prelude, Step};
 
 #[derive(Debug, Default)]

@@ -28,15 +28,15 @@ use crate::sys::eventfd::EventFd;
 use crate::sys::socket::{SockAddr, Socket};
 
 /// Clients served at once; past that a new client displaces the one that has waited longest.
-pub const MAX_CLIENTS: usize = 64;
+pub(crate) const MAX_CLIENTS: usize = 64;
 /// The longest request head read (request line and headers).
-pub const MAX_REQUEST_BYTES: usize = 8192;
+pub(crate) const MAX_REQUEST_BYTES: usize = 8192;
 /// Time a client has, from its accept, to send its request and take the answer.
-pub const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a client that has its whole answer may keep the connection open before it is
 /// closed: long enough to read what it still sends (closing with unread bytes would reset
 /// the connection and could destroy the answer), short enough that it frees its slot.
-pub const LINGER: Duration = Duration::from_secs(1);
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// The running endpoint; dropping it stops the server thread.
 #[derive(Debug)]
