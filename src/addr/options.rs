@@ -55,6 +55,9 @@ pub struct Options {
     pub proxy_timeout: Option<Duration>,
     /// Declared sources a listener with `accept-proxy` serves (`allow-source=`); `None`: all.
     pub allow_source: Option<Allow>,
+    /// `VSOCK-UDS-LISTEN`'s guest CID (`guest-cid=`): its connections are declared as from
+    /// this vsock CID to host port P, for `send-proxy`.
+    pub guest_cid: Option<u32>,
     /// The proxy addresses' options (boxed: most addresses have none).
     pub proxy: Box<ProxyOptions>,
 }
@@ -126,6 +129,7 @@ enum OptName {
     AcceptProxy,
     ProxyTimeout,
     AllowSource,
+    GuestCid,
     SockType,
     Framing,
 }
@@ -326,6 +330,14 @@ const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
         ),
     ),
     (
+        "guest-cid",
+        OptName::GuestCid,
+        help(
+            "VSOCK-UDS-LISTEN",
+            "the guest's CID, 3-4294967294: `send-proxy` declares each connection (the guest's, to host port P) as from vsock CID N to CID 2 port P; the guest's own port is unknown and written as 4294967295",
+        ),
+    ),
+    (
         "socktype",
         OptName::SockType,
         help(
@@ -438,6 +450,7 @@ impl OptName {
             OptName::UnlinkEarly => {
                 matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
             }
+            OptName::GuestCid => tag == KindTag::VsockUdsListen,
             OptName::SockType => matches!(
                 tag,
                 KindTag::UnixConnect
@@ -459,6 +472,7 @@ impl OptName {
             | OptName::KeepIdle
             | OptName::KeepIntvl => "=N",
             OptName::Bind => "=ADDRESS",
+            OptName::GuestCid => "=CID",
             OptName::ConnectTimeout | OptName::Interval | OptName::ProxyTimeout => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
             OptName::Allow | OptName::AllowSource => "=ENTRY",
@@ -522,6 +536,19 @@ fn parse_in_range(option: &str, value: &str, min: u32, max: u32) -> Result<u32, 
             option,
             value,
             format!("not a number {min}-{max}"),
+        )),
+    }
+}
+
+/// `guest-cid=`'s value: a guest's CID, not one of the reserved 0 (hypervisor), 1 (local),
+/// 2 (host) nor -1 (any).
+pub fn parse_guest_cid(option: &str, value: &str) -> Result<u32, AddressError> {
+    match value.parse::<u32>() {
+        Ok(n) if (3..u32::MAX).contains(&n) => Ok(n),
+        _ => Err(option_value_error(
+            option,
+            value,
+            "not a guest CID 3-4294967294 (0-2 and -1 are reserved)",
         )),
     }
 }
@@ -664,6 +691,7 @@ pub(super) fn apply_option(
             opts.keepalive = true;
         }
         OptName::Retry => opts.retry = parse_number(name, value)?,
+        OptName::GuestCid => opts.guest_cid = Some(parse_guest_cid(name, value)?),
         OptName::Allow => {
             let rule =
                 AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;
