@@ -325,7 +325,8 @@ fn guest_cid_declares_a_hybrid_vsock_connection_as_from_the_guests_cid_to_the_ho
     let dir = Scratch::new("hyb-guest-cid");
     let via_cli = |base: &Path| {
         let backend = free_port();
-        let (mut python, mut out) = proxy_reader::spawn(backend, &dir);
+        let (python, mut out) = proxy_reader::spawn(backend, &dir);
+        let mut python = KillOnDrop(python);
         let listen = format!("VSOCK-UDS-LISTEN:{}:5000,guest-cid=7", base.display());
         let relay = Relay::start(&[&listen, &format!("TCP:127.0.0.1:{backend},send-proxy")]);
         (relay, python_header(&mut python, &mut out, base))
@@ -340,12 +341,13 @@ fn guest_cid_declares_a_hybrid_vsock_connection_as_from_the_guests_cid_to_the_ho
 
     // Service mode: the `guest-cid` key.
     let backend = free_port();
-    let (mut python, mut out) = proxy_reader::spawn(backend, &dir);
+    let (python, mut out) = proxy_reader::spawn(backend, &dir);
+    let mut python = KillOnDrop(python);
     let base = dir.path("serve.vsock");
     let config = dir.path("vsplice.toml");
     let service = |extra: &str| {
         format!(
-            "[[service]]\nname = \"guest\"\nlisten = \"VSOCK-UDS-LISTEN:{}:5000\"\n\
+            "[[service]]\nname = \"guest\"\nlisten = \"VSOCK-UDS-LISTEN:{}:5000,fork\"\n\
              connect = \"TCP:127.0.0.1:{backend}\"\nsend-proxy = \"v2\"\n{extra}\n",
             base.display()
         )
@@ -379,7 +381,7 @@ fn guest_cid_declares_a_hybrid_vsock_connection_as_from_the_guests_cid_to_the_ho
         err.contains("guest-cid") && err.contains("3-4294967294"),
         "{err}"
     );
-    let tcp = "[[service]]\nname = \"t\"\nlisten = \"TCP-LISTEN:1\"\nconnect = \"TCP:127.0.0.1:2\"\nguest-cid = 3\n";
+    let tcp = "[[service]]\nname = \"t\"\nlisten = \"TCP-LISTEN:1,fork\"\nconnect = \"TCP:127.0.0.1:2\"\nguest-cid = 3\n";
     let (code, err) = check(tcp);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("only for a VSOCK-UDS-LISTEN"), "{err}");
@@ -387,10 +389,21 @@ fn guest_cid_declares_a_hybrid_vsock_connection_as_from_the_guests_cid_to_the_ho
     assert_eq!(code, Some(0));
 }
 
+/// A child process killed when the test ends, passed or not (a failed test must not leave
+/// the Python backend holding the test runner's output open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Connects to `BASE_5000` as the VMM would for a guest, sends a line, and returns what the
 /// Python backend read: its header and the bytes after it.
 fn python_header(
-    python: &mut std::process::Child,
+    python: &mut KillOnDrop,
     out: &mut BufReader<std::process::ChildStdout>,
     base: &Path,
 ) -> serde_json::Value {
@@ -400,6 +413,6 @@ fn python_header(
     guest.shutdown(std::net::Shutdown::Write).unwrap();
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let _ = python.wait();
+    let _ = python.0.wait();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
