@@ -16,8 +16,8 @@ use std::time::Duration;
 use common::{Relay, free_port, vsplice_bin, vsplice_json};
 use serde_json::Value;
 
-/// A bench server with `--accept-proxy` on 127.0.0.1, the lines it prints after "listening
-/// on", and its port.
+/// A bench server with `--accept-proxy` on 127.0.0.1, the lines it prints per test, and its
+/// port.
 fn accept_proxy_server() -> (Relay, Receiver<String>, u16) {
     let port = free_port();
     let mut server = Relay::spawn(
@@ -36,7 +36,8 @@ fn accept_proxy_server() -> (Relay, Receiver<String>, u16) {
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
+            // The rest of the "listening on" line is not a test's.
+            if line.starts_with("test ") && tx.send(line).is_err() {
                 return;
             }
         }
