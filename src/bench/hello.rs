@@ -5,10 +5,11 @@
 //! oldest is closed, so a flood of idle connections cannot keep a real client out for long.
 //!
 //! With `--accept-proxy` every connection first brings a PROXY protocol header (v1 or v2),
-//! read with the relay's own machine ([`AcceptProxy`], one parser for both) the way the
-//! relay's worker reads it: peek at most what the machine wants, read away exactly what it
-//! took, so not one byte of the hello is consumed. The header shares the hello's deadline; a
-//! connection without a valid header is refused ([`Step::Refused`]) with a line saying why.
+//! read with the relay's own machine (`protocols::proxy_protocol::AcceptProxy`: one parser
+//! for both) the way the relay's worker reads it: peek at most what the machine wants, read
+//! away exactly what it took, so not one byte of the hello is consumed. The header shares the
+//! hello's deadline; a connection without a valid header is refused ([`Step::Refused`]) with
+//! a line saying why.
 
 use std::collections::VecDeque;
 use std::io;
