@@ -154,7 +154,8 @@ fn a_seqpacket_sweep_reports_messages_per_second_by_size() {
     let (code, out, err) = client(&[&addr, "--seqpacket", "--time", "0.3", "--len", "512"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("512 byte SEQPACKET messages"), "{out}");
-    assert!(out.contains("msgs") && out.contains("kmsg/s"), "{out}");
+    // kmsg/s or Mmsg/s, as fast as the machine is.
+    assert!(out.contains("msgs") && out.contains("msg/s  sender"), "{out}");
 }
 
 #[test]

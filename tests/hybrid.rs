@@ -314,3 +314,116 @@ fn bench_over_hybrid_vsock() {
     assert_eq!(doc["sum_client_to_server"]["receiver_bytes"], 32 << 20);
     assert_eq!(doc["errors"].as_array().unwrap().len(), 0);
 }
+
+/// `guest-cid` on a hybrid vsock listener: the connection arrives from the VMM as a UNIX
+/// connection on `PATH_5000` (this test stands in for the VMM), and `send-proxy=v2` still
+/// gives a backend (docs/proxy-protocol.md's Python reader) the guest: vsock CID 7, its port
+/// unknown (4294967295), host CID 2, port 5000; the same through `vsplice serve` with the
+/// `guest-cid` key. `--check` refuses a reserved CID and the key on another listener.
+#[test]
+fn guest_cid_declares_a_hybrid_vsock_connection_as_from_the_guests_cid_to_the_host_port() {
+    let dir = Scratch::new("hyb-guest-cid");
+    let via_cli = |base: &Path| {
+        let backend = free_port();
+        let (python, mut out) = proxy_reader::spawn(backend, &dir);
+        let mut python = KillOnDrop(python);
+        let listen = format!("VSOCK-UDS-LISTEN:{}:5000,guest-cid=7", base.display());
+        let relay = Relay::start(&[&listen, &format!("TCP:127.0.0.1:{backend},send-proxy")]);
+        (relay, python_header(&mut python, &mut out, base))
+    };
+    let (_relay, got) = via_cli(&dir.path("cli.vsock"));
+    assert_eq!(
+        got["header"]["vsock"],
+        serde_json::json!([7, 4294967295u32, 2, 5000]),
+        "{got}"
+    );
+    assert_eq!(got["rest"], "hello from the guest", "{got}");
+
+    // Service mode: the `guest-cid` key.
+    let backend = free_port();
+    let (python, mut out) = proxy_reader::spawn(backend, &dir);
+    let mut python = KillOnDrop(python);
+    let base = dir.path("serve.vsock");
+    let config = dir.path("vsplice.toml");
+    let service = |extra: &str| {
+        format!(
+            "[[service]]\nname = \"guest\"\nlisten = \"VSOCK-UDS-LISTEN:{}:5000,fork\"\n\
+             connect = \"TCP:127.0.0.1:{backend}\"\nsend-proxy = \"v2\"\n{extra}\n",
+            base.display()
+        )
+    };
+    std::fs::write(&config, service("guest-cid = 9")).unwrap();
+    let _serve = Relay::serve(&config, 1);
+    let got = python_header(&mut python, &mut out, &base);
+    assert_eq!(
+        got["header"]["vsock"],
+        serde_json::json!([9, 4294967295u32, 2, 5000]),
+        "{got}"
+    );
+
+    // `--check`: a reserved CID, and the key on a listener that is not hybrid vsock.
+    let check = |text: &str| {
+        let file = dir.path("check.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(vsplice_bin())
+            .args(["serve", "--check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(&service("guest-cid = 2"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("guest-cid") && err.contains("3-4294967294"),
+        "{err}"
+    );
+    let tcp = "[[service]]\nname = \"t\"\nlisten = \"TCP-LISTEN:1,fork\"\nconnect = \"TCP:127.0.0.1:2\"\nguest-cid = 3\n";
+    let (code, err) = check(tcp);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("only for a VSOCK-UDS-LISTEN"), "{err}");
+    let file = dir.path("good.toml");
+    std::fs::write(&file, service("guest-cid = 3")).unwrap();
+    let out = std::process::Command::new(vsplice_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{summary}");
+    assert!(
+        summary.contains("guest-cid 3"),
+        "--check names it: {summary}"
+    );
+}
+
+/// A child process killed when the test ends, passed or not (a failed test must not leave
+/// the Python backend holding the test runner's output open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connects to `BASE_5000` as the VMM would for a guest, sends a line, and returns what the
+/// Python backend read: its header and the bytes after it.
+fn python_header(
+    python: &mut KillOnDrop,
+    out: &mut BufReader<std::process::ChildStdout>,
+    base: &Path,
+) -> serde_json::Value {
+    let delivered = PathBuf::from(format!("{}_5000", base.display()));
+    let mut guest = UnixStream::connect(&delivered).unwrap();
+    guest.write_all(b"hello from the guest").unwrap();
+    guest.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let _ = python.0.wait();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}

@@ -52,7 +52,7 @@ const SCENARIOS: &[Scenario] = &[
         vsock_dials_never_fail,
     ),
     (
-        "send_proxy_v2_gives_a_python_backend_the_vsock_clients_cid_and_port",
+        "send_proxy_v2_gives_a_python_backend_and_an_accept_proxy_bench_server_the_vsock_clients_cid",
         send_proxy_vsock_tlv,
     ),
     (
@@ -68,6 +68,8 @@ const SCENARIOS: &[Scenario] = &[
 /// `send-proxy=v2` on a relay from a vsock listener: a Python backend that runs docs/proxy-protocol.md's
 /// PROXY v2 reader (the very code of docs/proxy-protocol.md, parsing byte by byte) finds the client's CID and
 /// port and the address it reached in vsplice's TLV, the unique id, and then the client's bytes.
+/// Then a bench run from a vsock client through such a relay to `vsplice bench server
+/// --accept-proxy` (issue 20, item 4): the server reports the client as vsock CID 1.
 fn send_proxy_vsock_tlv() {
     let port = free_port();
     let scratch = Scratch::new("proxy-vsock");
@@ -98,6 +100,37 @@ fn send_proxy_vsock_tlv() {
         "{line}"
     );
     let _ = backend.wait();
+
+    let bench_port = free_port();
+    let mut server = Relay::spawn(
+        &[
+            "bench",
+            "server",
+            &format!("TCP-LISTEN:{bench_port},bind=127.0.0.1"),
+            "--accept-proxy",
+        ],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    server.wait_for_stdout("listening on");
+    let _bench_relay = Relay::start(&[
+        "VSOCK-LISTEN:5012,fork",
+        &format!("TCP:127.0.0.1:{bench_port},send-proxy=v2"),
+    ]);
+    for workload in [&["--bytes", "8M"][..], &["--crr", "--time", "1"][..]] {
+        let mut args = vec!["bench", "client", "VSOCK-CONNECT:1:5012", "--interval", "0"];
+        args.extend_from_slice(workload);
+        let doc = vsplice_json(&args);
+        let seen = &doc["server_saw_client"];
+        assert!(
+            seen["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("vsock:1:")),
+            "{workload:?}: {doc}"
+        );
+        assert_eq!(seen["proxy"], "v2", "{seen}");
+        assert_eq!(doc["errors"].as_array().map(Vec::len), Some(0), "{doc}");
+    }
 }
 
 /// Opens a client connection to a relay's listener.

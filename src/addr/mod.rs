@@ -28,7 +28,7 @@ pub use kind::{Bind, Family, Framing, KeywordDoc, Kind, KindTag, SocketType, key
 pub use options::Secret;
 pub use options::{
     DEFAULT_PROXY_TIMEOUT, OptionDoc, OptionHelp, Options, ProxyOptions, ProxyVersion,
-    check_combinations as check_proxy_options, option_docs, option_names,
+    check_combinations as check_proxy_options, option_docs, option_names, parse_guest_cid,
 };
 pub use pair::{check_message_pair, check_pair};
 pub use param::{UNIX_PATH_MAX, strip_brackets};

@@ -19,6 +19,7 @@ use super::lex::RawOption;
 use super::size::{parse_duration, parse_size};
 use names::OptName;
 pub use names::{OptionDoc, OptionHelp, option_docs, option_names};
+pub use value::parse_guest_cid;
 use value::{
     MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, option_value_error, parse_bool_value,
     parse_in_range, parse_number, parse_socktype,
@@ -65,6 +66,9 @@ pub struct Options {
     pub proxy_timeout: Option<Duration>,
     /// Declared sources a listener with `accept-proxy` serves (`allow-source=`); `None`: all.
     pub allow_source: Option<Allow>,
+    /// `VSOCK-UDS-LISTEN`'s guest CID (`guest-cid=`): its connections are declared as from
+    /// this vsock CID to host port P, for `send-proxy`.
+    pub guest_cid: Option<u32>,
     /// The proxy addresses' options (boxed: most addresses have none).
     pub proxy: Box<ProxyOptions>,
 }
@@ -223,6 +227,7 @@ pub(super) fn apply_option(
             opts.keepalive = true;
         }
         OptName::Retry => opts.retry = parse_number(name, value)?,
+        OptName::GuestCid => opts.guest_cid = Some(parse_guest_cid(name, value)?),
         OptName::Allow => {
             let rule =
                 AllowRule::parse(value).map_err(|why| option_value_error(name, value, why))?;

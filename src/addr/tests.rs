@@ -457,3 +457,28 @@ fn zero_values_that_would_break_a_connection_are_rejected_naming_the_option() {
         Some(Duration::ZERO)
     );
 }
+
+#[test]
+fn guest_cid_belongs_to_vsock_uds_listen_and_takes_a_guests_cid_only() {
+    let a = parse("VSOCK-UDS-LISTEN:/run/fc.vsock:5000,fork,guest-cid=3");
+    assert_eq!(a.options.guest_cid, Some(3));
+    let max = parse("VSOCK-UDS-LISTEN:/run/fc.vsock:5000,guest-cid=4294967294");
+    assert_eq!(max.options.guest_cid, Some(u32::MAX - 1));
+    for bad in ["0", "1", "2", "4294967295", "-1", "x", "4294967296"] {
+        let text = format!("VSOCK-UDS-LISTEN:/v:1,guest-cid={bad}");
+        let err = Address::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("guest-cid") && err.contains(bad) && err.contains("3-4294967294"),
+            "{text}: {err}"
+        );
+    }
+    for other in ["VSOCK-LISTEN:1", "UNIX-LISTEN:/p", "TCP-LISTEN:1"] {
+        let text = format!("{other},guest-cid=3");
+        let err = Address::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("guest-cid"), "{text}: {err}");
+    }
+    let err = Address::parse("VSOCK-UDS-LISTEN:/v:1,guest-cid")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("guest-cid=CID"), "{err}");
+}

@@ -330,8 +330,13 @@ pub fn run_test(
         .set_timeouts(RESULTS_WAIT + stall)
         .map_err(|e| bench_err("control connection", e))?;
     let results = proto::recv_line::<ServerMsg>(&mut replies, params.max_line());
-    let (server_counts, server_cpu) = match results {
-        Ok(ServerMsg::Results { streams, cpu, .. }) => (streams, cpu),
+    let (server_counts, server_cpu, seen) = match results {
+        Ok(ServerMsg::Results {
+            streams,
+            cpu,
+            client,
+            ..
+        }) => (streams, cpu, client),
         Ok(ServerMsg::Error { message }) => return Err(server_error(&message)),
         Ok(other) => return Err(Error::Bench(format!("unexpected server message {other:?}"))),
         Err(e) => return Err(bench_err("waiting for the server's results", e)),
@@ -346,6 +351,7 @@ pub fn run_test(
         server_cpu,
     );
     report.latency = latency;
+    report.server_saw_client = seen;
     if let Some(requested) = params.vsock_buffer {
         report.vsock_buffer = Some(VsockBufferReport {
             requested,

@@ -3,14 +3,25 @@
 //! and was admitted. Each hello has [`HELLO_TIMEOUT`] in all (not per read, so a peer that
 //! trickles a byte at a time is cut too), and at most [`MAX_PENDING`] wait at once: beyond, the
 //! oldest is closed, so a flood of idle connections cannot keep a real client out for long.
+//!
+//! With `--accept-proxy` every connection first brings a PROXY protocol header (v1 or v2),
+//! read with the relay's own machine (`protocols::proxy_protocol::AcceptProxy`: one parser
+//! for both) the way the relay's worker reads it: peek at most what the machine wants, read
+//! away exactly what it took, so not one byte of the hello is consumed. The header shares the
+//! hello's deadline; a connection without a valid header is refused ([`Step::Refused`]) with
+//! a line saying why.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use super::proto::{self, Hello};
+use nix::sys::socket::MsgFlags;
+
+use super::proto::{self, Hello, PeerSeen};
 use crate::net::endpoint::Endpoint;
+use crate::protocols::prelude::{MAX_SHOW, Prelude, Step as Machine};
+use crate::protocols::proxy_protocol::AcceptProxy;
 use crate::sys::message::{self, Received, ZeroMeans};
 use crate::sys::pipe;
 
@@ -19,20 +30,38 @@ pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections whose hello is still on its way.
 pub(crate) const MAX_PENDING: usize = 256;
 
+/// `--accept-proxy`: where a connection's PROXY header stands.
+#[derive(Debug)]
+enum Header {
+    /// None is read (no `--accept-proxy`).
+    Off,
+    /// Being read; `first` is its first byte once one came (`P`: v1).
+    Reading {
+        machine: AcceptProxy,
+        first: Option<u8>,
+    },
+    /// Read: who it declared.
+    Read(PeerSeen),
+}
+
 /// An accepted connection whose hello is on its way (its socket is non-blocking).
 #[derive(Debug)]
 pub(crate) struct Pending {
     endpoint: Endpoint,
     line: Vec<u8>,
     deadline: Instant,
+    header: Header,
 }
 
 /// Where a pending hello stands after `Pending::advance`.
 #[derive(Debug)]
 pub(crate) enum Step {
     Waiting,
-    Hello(Endpoint, Hello),
+    /// A whole hello; with `--accept-proxy`, who its PROXY header declared.
+    Hello(Endpoint, Hello, Option<PeerSeen>),
     Failed(Endpoint, io::Error),
+    /// No valid PROXY header (`--accept-proxy`): the connection is refused with this message.
+    Refused(Endpoint, String),
 }
 
 impl Pending {
@@ -40,11 +69,59 @@ impl Pending {
         self.endpoint.read_fd().expect("a socket")
     }
 
-    /// Reads what arrived, a byte at a time, so that not one byte after the newline (the data
-    /// that follows a data hello) is consumed; on a SEQPACKET connection, the one message
-    /// that is the hello.
+    /// Reads what arrived of the PROXY header: `Ok(true)` once it is whole (or none is
+    /// expected), `Ok(false)` while more must come, `Err` with the refusal's message.
+    fn read_header(&mut self) -> Result<bool, String> {
+        let Header::Reading { machine, first } = &mut self.header else {
+            return Ok(true);
+        };
+        let fd = self.endpoint.read_fd().expect("a socket");
+        let mut shown = [0u8; MAX_SHOW];
+        loop {
+            let want = machine.want().clamp(1, MAX_SHOW);
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            let n = match nix::sys::socket::recv(fd.as_raw_fd(), &mut shown[..want], flags) {
+                Ok(0) => return Err("closed before its PROXY header was whole".into()),
+                Ok(n) => n,
+                Err(nix::Error::EAGAIN) => return Ok(false),
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(format!("reading its PROXY header: {e}")),
+            };
+            first.get_or_insert(shown[0]);
+            let (take, outcome) = match machine.feed(&shown[..n]) {
+                Machine::More | Machine::Reply(_) => (n, None),
+                Machine::Done { used, outcome } => (used.min(n), Some(outcome)),
+                Machine::Fail(f) => {
+                    return Err(format!(
+                        "no valid PROXY protocol header ({}: {}); this server has \
+                         --accept-proxy: connect through a relay with send-proxy",
+                        f.reason, f.detail
+                    ));
+                }
+            };
+            consume(fd, take).map_err(|e| format!("reading its PROXY header: {e}"))?;
+            if let Some(outcome) = outcome {
+                self.header = Header::Read(PeerSeen {
+                    client: outcome.origin.map(|o| o.source.to_string()),
+                    proxy: if *first == Some(b'P') { "v1" } else { "v2" }.into(),
+                    via: self.endpoint.label().to_string(),
+                });
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Reads what arrived (the PROXY header first, if one is expected), then the hello a byte
+    /// at a time, so that not one byte after the newline (the data that follows a data hello)
+    /// is consumed.
     fn advance(mut self) -> (Option<Pending>, Step) {
+        match self.read_header() {
+            Ok(true) => {}
+            Ok(false) => return (Some(self), Step::Waiting),
+            Err(why) => return (None, Step::Refused(self.endpoint, why)),
+        }
         if self.endpoint.is_message() {
+            // `--accept-proxy` is refused with `--seqpacket`: no header to read first.
             return self.advance_message();
         }
         let mut byte = [0u8; 1];
@@ -58,8 +135,12 @@ impl Pending {
                     return (None, Step::Failed(self.endpoint, e));
                 }
                 Ok(_) if byte[0] == b'\n' => {
+                    let seen = match self.header {
+                        Header::Read(seen) => Some(seen),
+                        Header::Off | Header::Reading { .. } => None,
+                    };
                     let step = match proto::parse_hello(&self.line) {
-                        Ok(hello) => Step::Hello(self.endpoint, hello),
+                        Ok(hello) => Step::Hello(self.endpoint, hello, seen),
                         Err(e) => Step::Failed(self.endpoint, e),
                     };
                     return (None, step);
@@ -100,7 +181,7 @@ impl Pending {
             Err(e) => Err(e),
         };
         match hello {
-            Ok(hello) => (None, Step::Hello(self.endpoint, hello)),
+            Ok(hello) => (None, Step::Hello(self.endpoint, hello, None)),
             Err(e) => (None, Step::Failed(self.endpoint, e)),
         }
     }
@@ -122,13 +203,38 @@ fn hello_message(bytes: &[u8], len: usize) -> io::Result<Hello> {
     }
 }
 
+/// Reads away `n` bytes that were peeked (so they are there).
+fn consume(fd: BorrowedFd<'_>, n: usize) -> io::Result<()> {
+    let mut sink = [0u8; MAX_SHOW];
+    let mut left = n.min(MAX_SHOW);
+    while left > 0 {
+        match pipe::read(fd, &mut sink[..left]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(got) => left -= got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The connections whose hellos are on their way, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct Hellos {
     pending: VecDeque<Pending>,
+    /// Every connection brings a PROXY header first (`--accept-proxy`).
+    accept_proxy: bool,
 }
 
 impl Hellos {
+    /// Hellos that each come after a PROXY protocol header (`--accept-proxy`) or not.
+    pub(crate) fn new(accept_proxy: bool) -> Hellos {
+        Hellos {
+            pending: VecDeque::new(),
+            accept_proxy,
+        }
+    }
+
     /// Takes a freshly accepted connection and reads what it sent already. Returns what is
     /// to be done now: its hello if complete, and the oldest connection's failure when the
     /// set was full.
@@ -138,6 +244,14 @@ impl Hellos {
             endpoint,
             line: Vec::with_capacity(256),
             deadline: now + HELLO_TIMEOUT,
+            header: if self.accept_proxy {
+                Header::Reading {
+                    machine: AcceptProxy::default(),
+                    first: None,
+                }
+            } else {
+                Header::Off
+            },
         };
         let (left, step) = fresh.advance();
         if let Some(p) = left {
@@ -179,6 +293,14 @@ impl Hellos {
                 (Some(p), Step::Waiting)
             };
             match left {
+                Some(p) if now >= p.deadline && matches!(p.header, Header::Reading { .. }) => {
+                    let why = format!(
+                        "no complete PROXY protocol header within {} s (this server has \
+                         --accept-proxy)",
+                        HELLO_TIMEOUT.as_secs()
+                    );
+                    steps.push(Step::Refused(p.endpoint, why));
+                }
                 Some(p) if now >= p.deadline => {
                     let e = io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -232,6 +354,123 @@ mod tests {
         }
     }
 
+    /// A TCP connection as a `--accept-proxy` server holds it (a PROXY header needs a peer
+    /// that can be peeked: TCP), and the client's end.
+    fn tcp_connection() -> (Endpoint, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let endpoint = Endpoint::socket(Socket::from_owned(server.into()), peer.to_string());
+        (endpoint, client)
+    }
+
+    fn hello_line(cookie: &str) -> Vec<u8> {
+        let mut line = serde_json::to_vec(&data_hello(cookie)).unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    /// Gives loopback a moment to deliver what the client wrote (a test that waited too
+    /// little fails on "waits", never passes wrongly).
+    fn settle() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_v2_header_split_in_two_then_the_hello_yields_the_declared_client_and_no_hello_byte_is_lost()
+     {
+        use crate::protocols::prelude::Origin;
+        use crate::protocols::proxy_protocol::{Extras, encode};
+        use crate::sys::socket::SockAddr;
+        let origin = Origin {
+            source: SockAddr::Vsock { cid: 7, port: 1234 },
+            destination: Some(SockAddr::Vsock { cid: 2, port: 5201 }),
+            credentials: None,
+        };
+        let header = encode(
+            crate::addr::ProxyVersion::V2,
+            Some(&origin),
+            &Extras::default(),
+        );
+        let now = Instant::now();
+        let mut hellos = Hellos::new(true);
+        let (endpoint, mut client) = tcp_connection();
+        client.write_all(&header[..10]).unwrap();
+        settle();
+        assert!(
+            matches!(&hellos.add(endpoint, now)[..], []),
+            "half a header waits"
+        );
+        let mut rest = header[10..].to_vec();
+        rest.extend(hello_line("px"));
+        rest.extend(b"data after the hello");
+        client.write_all(&rest).unwrap();
+        settle();
+        match &hellos.advance(&[true], now)[..] {
+            [Step::Hello(endpoint, hello, Some(seen))] => {
+                assert_eq!(*hello, data_hello("px"));
+                assert_eq!(seen.client.as_deref(), Some("vsock:7:1234"));
+                assert_eq!(seen.proxy, "v2");
+                assert_eq!(seen.via, endpoint.label());
+                let mut after = [0u8; 20];
+                let fd = endpoint.read_fd().unwrap();
+                assert_eq!(pipe::read(fd, &mut after).unwrap(), 20);
+                assert_eq!(
+                    &after, b"data after the hello",
+                    "nothing past the hello was read"
+                );
+            }
+            other => panic!("a hello with its declared client, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_v1_header_is_read_and_a_hello_without_a_header_is_refused_naming_the_reason() {
+        let now = Instant::now();
+        let mut hellos = Hellos::new(true);
+        let (endpoint, mut client) = tcp_connection();
+        let mut bytes = b"PROXY TCP4 192.0.2.1 127.0.0.1 40000 5201\r\n".to_vec();
+        bytes.extend(hello_line("v1"));
+        client.write_all(&bytes).unwrap();
+        settle();
+        match &hellos.add(endpoint, now)[..] {
+            [Step::Hello(_, hello, Some(seen))] => {
+                assert_eq!(*hello, data_hello("v1"));
+                assert_eq!(seen.client.as_deref(), Some("192.0.2.1:40000"));
+                assert_eq!(seen.proxy, "v1");
+            }
+            other => panic!("a hello with its declared client, got {other:?}"),
+        }
+        let (endpoint, mut client) = tcp_connection();
+        client.write_all(&hello_line("bare")).unwrap();
+        settle();
+        match &hellos.add(endpoint, now)[..] {
+            [Step::Refused(_, why)] => {
+                assert!(
+                    why.contains("no valid PROXY protocol header (bad-signature"),
+                    "{why}"
+                );
+                assert!(why.contains("--accept-proxy"), "{why}");
+            }
+            other => panic!("a refusal, got {other:?}"),
+        }
+        // A header that never comes whole: refused at the deadline, saying so.
+        let (endpoint, mut client) = tcp_connection();
+        client.write_all(b"PROXY TCP4 1.2").unwrap();
+        settle();
+        assert!(hellos.add(endpoint, now).is_empty());
+        match &hellos.advance(&[true], now + HELLO_TIMEOUT)[..] {
+            [Step::Refused(_, why)] => {
+                assert!(
+                    why.contains("no complete PROXY protocol header within 5 s"),
+                    "{why}"
+                );
+            }
+            other => panic!("a refusal at the deadline, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_seqpacket_hello_is_one_message_and_leaves_the_next_one_unread() {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -248,7 +487,8 @@ mod tests {
         proto::send_line(&mut client, &data_hello("m")).unwrap();
         client.write_all(b"DATA").unwrap();
         let mut hellos = Hellos::default();
-        let Step::Hello(endpoint, hello) = hellos.add(endpoint, Instant::now()).remove(0) else {
+        let Step::Hello(endpoint, hello, None) = hellos.add(endpoint, Instant::now()).remove(0)
+        else {
             panic!("the hello is whole at once");
         };
         assert_eq!(hello, data_hello("m"));
@@ -308,7 +548,7 @@ mod tests {
         let (endpoint, mut whole) = connection(MAX_PENDING + 1);
         proto::send_line(&mut whole, &data_hello("fresh")).unwrap();
         match &hellos.add(endpoint, now)[..] {
-            [Step::Hello(e, hello)] => {
+            [Step::Hello(e, hello, None)] => {
                 assert_eq!(e.label(), format!("client {}", MAX_PENDING + 1));
                 assert_eq!(*hello, data_hello("fresh"));
             }
@@ -322,7 +562,7 @@ mod tests {
         let mut ready = vec![false; MAX_PENDING];
         ready[0] = true;
         match &hellos.advance(&ready, now)[..] {
-            [Step::Hello(e, hello)] => {
+            [Step::Hello(e, hello, None)] => {
                 assert_eq!(e.label(), "client 1");
                 assert_eq!(*hello, data_hello("late"));
             }

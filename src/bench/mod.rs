@@ -134,6 +134,11 @@ pub struct ServerArgs {
     /// option socktype=seqpacket)
     #[arg(long)]
     pub seqpacket: bool,
+    /// Read a PROXY protocol header (v1 or v2) before the hello on every connection, as from
+    /// a relay with `send-proxy`; report the client it declares. A connection without a valid
+    /// header within 5 s is refused with a message saying so
+    #[arg(long)]
+    pub accept_proxy: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -268,7 +273,8 @@ pub struct ClientPlan {
 
 #[derive(Debug)]
 pub enum BenchPlan {
-    Server(Address, budget::Limits),
+    /// The listening address, the limits, `--accept-proxy`.
+    Server(Address, budget::Limits, bool),
     Client(ClientPlan),
     Demo(DemoPlan),
 }
@@ -278,15 +284,19 @@ fn parse_address(text: &str) -> Result<Address> {
         text: text.to_string(),
         source,
     })?;
-    // The bench's own ends do not speak the PROXY protocol (a relay in front of the bench
-    // server may: its header then reaches the server as data).
+    // The bench client does not write a PROXY header (a relay in front of the server does);
+    // the server reads one with `--accept-proxy`, a flag of its own.
     let proxy = [
-        (address.options.send_proxy.is_some(), "send-proxy"),
-        (address.options.accept_proxy, "accept-proxy"),
+        (address.options.send_proxy.is_some(), "send-proxy", ""),
+        (
+            address.options.accept_proxy,
+            "accept-proxy",
+            " (bench server --accept-proxy reads the header)",
+        ),
     ];
-    if let Some((_, option)) = proxy.iter().find(|(set, _)| *set) {
+    if let Some((_, option, hint)) = proxy.iter().find(|(set, ..)| *set) {
         return Err(Error::Usage(format!(
-            "option \"{option}\" is not supported by the bench, in \"{text}\""
+            "option \"{option}\" is not supported by the bench, in \"{text}\"{hint}"
         )));
     }
     Ok(address)
@@ -327,7 +337,13 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
     match args.command {
         BenchCommand::Server(a) => {
             let mut address = parse_address(&a.address)?;
-            seqpacket(&mut address, a.seqpacket)?;
+            if seqpacket(&mut address, a.seqpacket)? && a.accept_proxy {
+                // A PROXY header is a stream's prefix; a message relay writes none.
+                return Err(Error::Usage(format!(
+                    "--accept-proxy: \"{}\" is SOCK_SEQPACKET, which carries no PROXY header",
+                    address.text
+                )));
+            }
             if !address.is_listener() {
                 return Err(Error::Usage(format!(
                     "bench server needs a listening address (VSOCK-LISTEN, TCP-LISTEN, UNIX-LISTEN, VSOCK-UDS-LISTEN), not \"{}\"",
@@ -339,7 +355,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
                 max_streams: a.max_streams,
                 max_buffered: a.max_buffered as u64,
             };
-            Ok(BenchPlan::Server(address, limits))
+            Ok(BenchPlan::Server(address, limits, a.accept_proxy))
         }
         BenchCommand::Client(c) => {
             let mut address = parse_address(&c.address)?;
@@ -438,7 +454,7 @@ pub fn plan(args: BenchArgs) -> Result<BenchPlan> {
 pub fn run(plan: BenchPlan) -> Result<ExitCode> {
     ignore_sigpipe().map_err(|e| Error::io("ignoring SIGPIPE", e))?;
     match plan {
-        BenchPlan::Server(address, limits) => {
+        BenchPlan::Server(address, limits, accept_proxy) => {
             let signals =
                 StopSignals::install().map_err(|e| Error::io("installing signal handling", e))?;
             let _ = crate::sys::limits::raise_nofile(1 << 16);
@@ -447,7 +463,8 @@ pub fn run(plan: BenchPlan) -> Result<ExitCode> {
                 "vsplice bench server listening on {}",
                 listener.local_addr()
             );
-            server::serve(listener, &signals, limits).map_err(|e| Error::io("bench server", e))?;
+            server::serve(listener, &signals, limits, accept_proxy)
+                .map_err(|e| Error::io("bench server", e))?;
             Ok(ExitCode::SUCCESS)
         }
         BenchPlan::Client(c) => run_client(c),

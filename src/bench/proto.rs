@@ -279,6 +279,30 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Who a test's client is, as a server with `--accept-proxy` saw it: what the PROXY header on
+/// the control connection declared, and the relay in front that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSeen {
+    /// The declared client (`127.0.0.1:40000`, `vsock:3:1234`, `unix:/path`); `None`: the
+    /// header declared none (`LOCAL`, `UNKNOWN`).
+    pub client: Option<String>,
+    /// The header's version, `v1` or `v2`.
+    pub proxy: String,
+    /// The socket's own peer: the relay that wrote the header.
+    pub via: String,
+}
+
+impl std::fmt::Display for PeerSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client = self.client.as_deref().unwrap_or("no client declared");
+        write!(
+            f,
+            "{client} (PROXY {} header from {})",
+            self.proxy, self.via
+        )
+    }
+}
+
 /// Messages the server sends on the control connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -293,6 +317,9 @@ pub enum ServerMsg {
         streams: Vec<StreamCounts>,
         cpu: Cpu,
         seconds: f64,
+        /// Who the server saw as the test's client (a server with `--accept-proxy`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<PeerSeen>,
     },
     Error {
         message: String,

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::message::{self, MessageRates};
-use super::proto::{Cpu, Limit, Params, StreamCounts, TestDirection};
+use super::proto::{Cpu, Limit, Params, PeerSeen, StreamCounts, TestDirection};
 use super::rr::LatencyReport;
 use crate::addr::Address;
 
@@ -126,6 +126,10 @@ pub struct TestReport {
     /// end whose sockets are not vsock, such as the host side of hybrid vsock).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock_buffer: Option<VsockBufferReport>,
+    /// Who the server saw as this client, as the PROXY header a relay in front wrote declared
+    /// it (a server with `--accept-proxy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_saw_client: Option<PeerSeen>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -261,6 +265,7 @@ pub(super) fn build_report(
         errors,
         latency: None,
         vsock_buffer: None,
+        server_saw_client: None,
     };
     let cores = (client_cpu.total_pct() + server_cpu.total_pct()) / 100.0;
     report.cpu.gbit_per_s_per_core =
@@ -407,6 +412,9 @@ pub(super) fn print_summary(r: &TestReport) {
             end(v.server)
         );
     }
+    if let Some(seen) = &r.server_saw_client {
+        println!("The server saw this client as {seen}");
+    }
     if let Some(e) = r.cpu.gbit_per_s_per_core {
         println!("Efficiency: {e:.2} Gbit/s per CPU core used (client + server)");
     }
@@ -458,6 +466,9 @@ pub(crate) fn print_sweep(reports: &[TestReport]) {
                 .map_or("-".to_string(), |e| format!("{e:.2}")),
             if r.errors.is_empty() { "" } else { "  ERRORS" }
         );
+    }
+    if let Some(seen) = reports.iter().find_map(|r| r.server_saw_client.as_ref()) {
+        println!("The server saw this client as {seen}");
     }
 }
 

@@ -6,6 +6,10 @@
 //!
 //! One thread accepts and reads every hello ([`super::hello`]); a connection gets a thread of
 //! its own only once its hello is admitted, within the server's [`super::budget`].
+//!
+//! With `--accept-proxy` (a bench run through a relay with `send-proxy`) every connection
+//! brings a PROXY header before its hello; the client its control connection declares is
+//! printed per test and sent back in the results, so the client's report shows it too.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -21,7 +25,7 @@ use super::cpu::CpuTimes;
 use super::end::{self, OtherEnd};
 use super::hello::{Hellos, Step};
 use super::proto::{
-    self, ClientMsg, Hello, Limit, Params, ServerMsg, StreamCounts, VERSION, Workload,
+    self, ClientMsg, Hello, Limit, Params, PeerSeen, ServerMsg, StreamCounts, VERSION, Workload,
 };
 use super::receive::{self, Expect};
 use super::rr;
@@ -107,17 +111,19 @@ struct Server {
     budget: Arc<Budget>,
 }
 
-/// Serves until SIGINT/SIGTERM, within `limits` over all tests at once.
+/// Serves until SIGINT/SIGTERM, within `limits` over all tests at once; with `accept_proxy`
+/// every connection brings a PROXY protocol header first.
 pub(crate) fn serve(
     listener: Listener,
     signals: &StopSignals,
     limits: Limits,
+    accept_proxy: bool,
 ) -> std::io::Result<()> {
     let server = Arc::new(Server {
         sessions: Mutex::default(),
         budget: Budget::new(limits),
     });
-    let mut hellos = Hellos::default();
+    let mut hellos = Hellos::new(accept_proxy);
     loop {
         let now = Instant::now();
         let timeout = match hellos.next_deadline(now) {
@@ -163,7 +169,11 @@ pub(crate) fn serve(
                 Step::Failed(endpoint, e) => {
                     info!("bench server: {}: {e}", endpoint.label());
                 }
-                Step::Hello(endpoint, hello) => admit(&server, endpoint, hello),
+                Step::Refused(endpoint, why) => {
+                    drain(&endpoint);
+                    refuse(endpoint, why);
+                }
+                Step::Hello(endpoint, hello, seen) => admit(&server, endpoint, hello, seen),
             }
         }
     }
@@ -177,6 +187,21 @@ fn refuse(endpoint: crate::net::endpoint::Endpoint, message: String) {
     line.push(b'\n');
     if let Some(fd) = endpoint.write_fd() {
         let _ = crate::sys::pipe::write(fd, &line);
+    }
+}
+
+/// Reads away what a refused connection sent already (at most 64 KiB), so that its close
+/// after the refusal line is a clean end the client reads the line before, not a reset.
+fn drain(endpoint: &crate::net::endpoint::Endpoint) {
+    let Some(fd) = endpoint.read_fd() else {
+        return;
+    };
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match crate::sys::pipe::read(fd, &mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 
@@ -198,8 +223,16 @@ fn spawn(name: &str, peer: String, f: impl FnOnce() -> std::io::Result<()> + Sen
 /// Decides on a complete hello, on the accepting thread: a test within the server's budget
 /// gets a control thread; a data connection of a running test, for a stream not yet joined,
 /// gets a data thread; anything else is closed here, costing no thread.
-fn admit(server: &Arc<Server>, endpoint: crate::net::endpoint::Endpoint, hello: Hello) {
-    let peer = endpoint.label().to_string();
+fn admit(
+    server: &Arc<Server>,
+    endpoint: crate::net::endpoint::Endpoint,
+    hello: Hello,
+    seen: Option<PeerSeen>,
+) {
+    let peer = match &seen {
+        Some(seen) => seen.to_string(),
+        None => endpoint.label().to_string(),
+    };
     match hello {
         Hello::Control {
             version,
@@ -240,11 +273,16 @@ fn admit(server: &Arc<Server>, endpoint: crate::net::endpoint::Endpoint, hello: 
                 }
                 sessions.insert(cookie.clone(), session.clone());
             }
+            if let Some(seen) = &seen {
+                // The server's text output: the client each test came from.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "test {cookie}: client {seen}");
+            }
             let server = server.clone();
             spawn("bench-control", peer, move || {
                 let stream = Stream::from_endpoint(endpoint)?;
                 stream.set_timeouts(SETUP_TIMEOUT)?;
-                control(stream, &server, cookie, session, reservation)
+                control(stream, &server, cookie, session, reservation, seen)
             });
         }
         Hello::Data { cookie, stream: id } => {
@@ -301,10 +339,11 @@ fn control(
     cookie: String,
     session: Arc<Session>,
     reservation: Reservation,
+    seen: Option<PeerSeen>,
 ) -> std::io::Result<()> {
     let params = session.params.clone();
     info!("bench server: test {cookie}: {params:?}");
-    let result = run_control(&stream, &session, &params);
+    let result = run_control(&stream, &session, &params, seen);
     // Whatever happened, no receiver waits for counts any more and data connections may go.
     session.expect.iter().for_each(Expect::call_off);
     session.update(|s| {
@@ -321,7 +360,12 @@ fn control(
 }
 
 /// Runs a test to its end; returns the results for the client.
-fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::Result<ServerMsg> {
+fn run_control(
+    stream: &Stream,
+    session: &Session,
+    params: &Params,
+    client: Option<PeerSeen>,
+) -> std::io::Result<ServerMsg> {
     let mut out = stream.writer();
     proto::send_line(&mut out, &ServerMsg::Ready)?;
     // `--crr` streams have no lasting data connections: one arrives per transaction.
@@ -406,6 +450,7 @@ fn run_control(stream: &Stream, session: &Session, params: &Params) -> std::io::
         streams,
         cpu,
         seconds: seconds.as_secs_f64(),
+        client,
     })
 }
 

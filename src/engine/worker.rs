@@ -367,9 +367,13 @@ impl Worker {
             prelude,
         } = job;
         let phase = Phase::Relaying(Relaying::default());
+        // A listener that knows its client better than the socket does (hybrid vsock's
+        // `guest-cid`) declared it; an `accept-proxy` header replaces it.
+        let origin = first.origin().cloned();
         let key = self
             .conns
             .insert(Conn::new(serial, id, options, first, None, phase));
+        self.conns[key].origin = origin;
         match prelude {
             Some(prelude) => self.start_prelude(key, prelude, second),
             None => self.open_second(key, second, None, Duration::ZERO),

@@ -6,13 +6,42 @@
 //! A refused peer never reaches the second address (nothing is dialed) and its socket is
 //! closed with `SO_LINGER` 0: a TCP peer reads a reset, not an end of stream it could take
 //! for the backend's answer. (A UNIX or vsock peer cannot be reset; it reads end of file.)
+//!
+//! A hybrid vsock listener with `guest-cid` ([`hybrid_origin`]) also declares who its
+//! connections are from: the socket says only "an unnamed UNIX peer" (the VMM), but the
+//! listener knows the guest's CID and the port it dialed.
 
 use crate::addr::allow::Peer;
 use crate::addr::{Address, Family, Kind};
 use crate::limited;
 use crate::net::endpoint::Endpoint;
 use crate::net::sockopt::apply_connected_options;
-use crate::sys::socket::Socket;
+use crate::protocols::prelude::Origin;
+use crate::sys::socket::{SockAddr, Socket};
+
+/// The guest's own port is not told by a hybrid vsock VMM: a `send-proxy` header says
+/// VMADDR_PORT_ANY (-1) for it.
+pub(crate) const UNKNOWN_GUEST_PORT: u32 = u32::MAX;
+
+/// Who the connections of a `VSOCK-UDS-LISTEN:PATH:P,guest-cid=N` listener are from: the guest
+/// (CID N, its port unknown) dialing the host (CID 2) on port P. `None` for any other
+/// listener, or without `guest-cid`.
+pub(crate) fn hybrid_origin(listen: &Address) -> Option<Origin> {
+    match (&listen.kind, listen.options.guest_cid) {
+        (Kind::VsockUdsListen { port, .. }, Some(cid)) => Some(Origin {
+            source: SockAddr::Vsock {
+                cid,
+                port: UNKNOWN_GUEST_PORT,
+            },
+            destination: Some(SockAddr::Vsock {
+                cid: libc::VMADDR_CID_HOST,
+                port: *port,
+            }),
+            credentials: None,
+        }),
+        _ => None,
+    }
+}
 
 /// Checks `socket`, accepted on `listen`, against its allow list and makes it an endpoint;
 /// `None`: refused (logged, and closed with a reset). `name` names the listener in logs;
@@ -57,7 +86,11 @@ pub(crate) fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -
         }
         _ => Endpoint::socket(socket, label),
     };
-    Some(endpoint.with_framing(framed))
+    Some(
+        endpoint
+            .with_framing(framed)
+            .with_origin(hybrid_origin(listen)),
+    )
 }
 
 /// Closes a refused socket so that a TCP peer reads a reset (`SO_LINGER` 0); on other
@@ -65,4 +98,34 @@ pub(crate) fn admit(listen: &Address, name: &str, socket: Socket, label: bool) -
 fn refuse(socket: Socket) {
     let _ = socket.reset_on_close();
     drop(socket);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hybrid_listener_with_guest_cid_declares_the_guest_dialing_the_host_port() {
+        let listen = Address::parse("VSOCK-UDS-LISTEN:/run/fc.vsock:5000,guest-cid=3").unwrap();
+        let origin = hybrid_origin(&listen).expect("declared");
+        assert_eq!(
+            origin.source,
+            SockAddr::Vsock {
+                cid: 3,
+                port: u32::MAX
+            }
+        );
+        assert_eq!(
+            origin.destination,
+            Some(SockAddr::Vsock { cid: 2, port: 5000 })
+        );
+        let plain = Address::parse("VSOCK-UDS-LISTEN:/run/fc.vsock:5000").unwrap();
+        assert_eq!(
+            hybrid_origin(&plain),
+            None,
+            "without guest-cid: the socket's peer"
+        );
+        let unix = Address::parse("UNIX-LISTEN:/run/x").unwrap();
+        assert_eq!(hybrid_origin(&unix), None);
+    }
 }

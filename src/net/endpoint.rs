@@ -8,6 +8,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::protocols::prelude::Origin;
 use crate::sys::socket::{PeerEnd, Socket};
 use crate::sys::stdio;
 
@@ -38,6 +39,9 @@ pub struct Endpoint {
     /// A message received before the endpoint was handed over (a UDP session's first
     /// datagram), for its direction to send first.
     first_messages: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Who the client is when the listener knows better than the socket's peer (the guest
+    /// behind a hybrid vsock listener with `guest-cid`); `None`: the socket's peer.
+    origin: Option<Origin>,
 }
 
 impl Endpoint {
@@ -74,7 +78,19 @@ impl Endpoint {
             sock_type,
             framed: false,
             first_messages: Default::default(),
+            origin: None,
         }
+    }
+
+    /// Declares who the client is, for a `send-proxy` header and the logs.
+    pub fn with_origin(mut self, origin: Option<Origin>) -> Endpoint {
+        self.origin = origin;
+        self
+    }
+
+    /// The declared client ([`Endpoint::with_origin`]), if any.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
     }
 
     /// Carries `messages`, received before the handover, for the direction reading this end
@@ -145,6 +161,7 @@ impl Endpoint {
             sock_type: None,
             framed: false,
             first_messages: Default::default(),
+            origin: None,
         })
     }
 

@@ -36,6 +36,7 @@ pub(super) enum OptName {
     AcceptProxy,
     ProxyTimeout,
     AllowSource,
+    GuestCid,
     SockType,
     Framing,
 }
@@ -236,6 +237,14 @@ const OPTION_NAMES: &[(&str, OptName, Option<OptionHelp>)] = &[
         ),
     ),
     (
+        "guest-cid",
+        OptName::GuestCid,
+        help(
+            "VSOCK-UDS-LISTEN",
+            "the guest's CID, 3-4294967294: `send-proxy` declares each connection (the guest's, to host port P) as from vsock CID N to CID 2 port P; the guest's own port is unknown and written as 4294967295",
+        ),
+    ),
+    (
         "socktype",
         OptName::SockType,
         help(
@@ -345,6 +354,7 @@ impl OptName {
             OptName::Retry | OptName::Interval => tag.is_connector(),
             OptName::Dest | OptName::User | OptName::PasswordFile => tag.is_proxy(),
             OptName::RcvBuf | OptName::SndBuf => tag.is_socket(),
+            OptName::GuestCid => tag == KindTag::VsockUdsListen,
             OptName::UnlinkEarly => {
                 matches!(tag, KindTag::UnixListen | KindTag::VsockUdsListen)
             }
@@ -369,6 +379,7 @@ impl OptName {
             | OptName::KeepIdle
             | OptName::KeepIntvl => "=N",
             OptName::Bind => "=ADDRESS",
+            OptName::GuestCid => "=CID",
             OptName::ConnectTimeout | OptName::Interval | OptName::ProxyTimeout => "=SECONDS",
             OptName::RcvBuf | OptName::SndBuf => "=SIZE",
             OptName::Allow | OptName::AllowSource => "=ENTRY",

@@ -80,3 +80,16 @@ pub(super) fn parse_socktype(
         )),
     }
 }
+
+/// `guest-cid=`'s value: a guest's CID, not one of the reserved 0 (hypervisor), 1 (local),
+/// 2 (host) nor -1 (any).
+pub fn parse_guest_cid(option: &str, value: &str) -> Result<u32, AddressError> {
+    match value.parse::<u32>() {
+        Ok(n) if (3..u32::MAX).contains(&n) => Ok(n),
+        _ => Err(option_value_error(
+            option,
+            value,
+            "not a guest CID 3-4294967294 (0-2 and -1 are reserved)",
+        )),
+    }
+}

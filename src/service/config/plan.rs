@@ -184,6 +184,9 @@ impl ServePlan {
             if let Some(m) = o.mode {
                 out.push_str(&format!("  mode {}", m.name()));
             }
+            if let Some(cid) = s.listen.options.guest_cid {
+                out.push_str(&format!("  guest-cid {cid}"));
+            }
             out.push('\n');
         }
         out

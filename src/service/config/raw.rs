@@ -59,6 +59,8 @@ pub(super) struct RawService {
     pub(super) allow_source: Option<Spanned<Vec<Spanned<String>>>>,
     /// The listen address's `proxy-timeout`.
     pub(super) proxy_timeout: Item,
+    /// A `VSOCK-UDS-LISTEN` listen address's `guest-cid`.
+    pub(super) guest_cid: Item,
 }
 
 /// Positions into the text, turned into line numbers for errors.

@@ -274,7 +274,8 @@ fn with_dest_key(
 
 /// The PROXY protocol keys, as the address options they stand for: `send-proxy = "v2"` on
 /// the connect address; `accept-proxy = true`, `allow-source = [...]`, `proxy-timeout` on
-/// the listen address. A key given also as an option in the address is an error.
+/// the listen address; `guest-cid = N` on a `VSOCK-UDS-LISTEN` listen address (who its
+/// connections are declared from). A key given also as an option in the address is an error.
 fn proxy_keys(
     src: &Source,
     raw: &RawService,
@@ -329,6 +330,22 @@ fn proxy_keys(
                 "an empty list would refuse everyone",
             )
         })?);
+    }
+    if let Some(v) = &raw.guest_cid {
+        if listen.options.guest_cid.is_some() {
+            return Err(src.at(v, "guest-cid", twice("guest-cid=")));
+        }
+        if !matches!(listen.kind, crate::addr::Kind::VsockUdsListen { .. }) {
+            let why = "only for a VSOCK-UDS-LISTEN listen address (hybrid vsock)";
+            return Err(src.at(v, "guest-cid", why));
+        }
+        let text = match v.get_ref() {
+            toml::Value::Integer(n) => n.to_string(),
+            other => other.to_string(),
+        };
+        let cid = crate::addr::parse_guest_cid("guest-cid", &text)
+            .map_err(|e| src.at(v, "guest-cid", e.to_string()))?;
+        listen.options.guest_cid = Some(cid);
     }
     for (address, key) in [(&*listen, &raw.listen), (&*connect, &raw.connect)] {
         crate::addr::check_proxy_options(&address.options)
