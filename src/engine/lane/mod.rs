@@ -42,7 +42,7 @@ const RING_BUFFERS: u16 = 8;
 
 /// The smallest ring-path buffer for a vsock source: vsock's default buffer size
 /// (`SO_VM_SOCKETS_BUFFER_SIZE`, the credit window a peer may fill), so one receive can take
-/// all the socket holds. In one guest-lab run (perf/results/2026-12-04-vsock-guest.md) the default path
+/// all the socket holds (`--mode recv`). In one guest-lab run (perf/results/2026-12-04-vsock-guest.md) the ring path
 /// from vsock sources moved 1.26-1.44x what it did with `-b`/8 = 128 KiB buffers.
 pub const VSOCK_RING_BUFFER: usize = 256 * 1024;
 
