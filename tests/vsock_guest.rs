@@ -220,9 +220,12 @@ fn relay_speed_table() {
         .map(|c| PathBuf::from(c.get_program()))
         .ok();
     let mut vias = vec![Via::Direct, Via::Vsplice(vec![])];
-    if let Some(before) = args.iter().position(|a| a == "--before") {
-        vias.push(Via::VspliceBuild(PathBuf::from(&args[before + 1])));
-    }
+    // `--before PATH` (repeatable): other vsplice builds, with their defaults, side by side.
+    vias.extend(
+        args.windows(2)
+            .filter(|w| w[0] == "--before")
+            .map(|w| Via::VspliceBuild(PathBuf::from(&w[1]))),
+    );
     // `--with "ARGS"` (repeatable) puts vsplice with ARGS in the table instead of every mode.
     let with: Vec<Vec<String>> = args
         .windows(2)
@@ -320,6 +323,19 @@ fn relay_speed_table() {
             speed::median(&mut r)
         })
         .collect();
+    // The same paired ratio for every relay of the table (builds and modes side by side).
+    let paired_all: Vec<Vec<f64>> = figures
+        .iter()
+        .map(|f| {
+            f.iter()
+                .map(|runs| {
+                    let mut r: Vec<f64> =
+                        runs.iter().zip(&f[copy_at]).map(|(v, c)| v / c).collect();
+                    speed::median(&mut r)
+                })
+                .collect()
+        })
+        .collect();
     let best: Vec<Vec<f64>> = figures
         .iter()
         .map(|f| {
@@ -401,6 +417,22 @@ fn relay_speed_table() {
     per_relay(&mut sys);
     println!("relay context switches (voluntary + involuntary, all threads) per MiB moved, median");
     per_relay(&mut switches);
+    println!("every relay / copying relay, median of the rounds' own ratios");
+    let mut header = format!("{:<16}", "pair");
+    for via in &vias {
+        header.push_str(&format!(
+            " | {:>14}",
+            via.label().replace("vsplice --mode ", "")
+        ));
+    }
+    println!("{header}");
+    for (p, (from, to)) in pairs.iter().enumerate() {
+        let mut row = format!("{:<16}", format!("{} -> {}", from.name(), to.name()));
+        for r in &paired_all[p] {
+            row.push_str(&format!(" | {r:>14.2}"));
+        }
+        println!("{row}");
+    }
 }
 
 /// The system calls of vsplice (its default, and `--with "ARGS"` variants) and of the copying

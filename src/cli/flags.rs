@@ -94,7 +94,7 @@ pub struct Cli {
     /// Worker threads, 1-1024 [default: one per core]
     #[arg(long, value_name = "N", value_parser = threads_arg)]
     pub threads: Option<usize>,
-    /// Data path [default: auto: recv from vsock, copy into vsock, splice between TCP/UNIX]
+    /// Data path [default: auto: copy from or into vsock, splice between TCP/UNIX]
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Pin each worker thread to a core [default: only when workers leave cores free]

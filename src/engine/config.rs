@@ -13,8 +13,9 @@ use super::rcvbudget;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Per direction, from what its source can do (the default): splice where the source has
-    /// a real `splice_read` (TCP, UNIX, pipes), the buffer ring (`recv`) where it has none
-    /// (vsock: splice from it copies one page per call on new kernels; see docs/architecture.md, Engine).
+    /// a real `splice_read` (TCP, UNIX, pipes), the copy path where it has none or the
+    /// destination is vsock (vsock: splice from it copies one page per call on new kernels;
+    /// see docs/architecture.md, Engine).
     Auto,
     /// Non-blocking splice(2) through a pipe, called inline once io_uring reports readiness.
     Splice,

@@ -161,7 +161,12 @@ impl Via {
             Via::Direct => "no relay".into(),
             Via::Vsplice(args) if args.is_empty() => "vsplice".into(),
             Via::Vsplice(args) => format!("vsplice {}", args.join(" ")),
-            Via::VspliceBuild(_) => "vsplice before".into(),
+            // `target/vsplice-base` (or a file named vsplice) is "vsplice before"; other
+            // builds (`--before` is repeatable) go by their file name.
+            Via::VspliceBuild(path) => match path.file_name().and_then(|n| n.to_str()) {
+                Some(name) if name != "vsplice-base" && name != "vsplice" => name.into(),
+                _ => "vsplice before".into(),
+            },
             Via::CopyRelay => "copying relay".into(),
             Via::Socat(_) => "socat -b 131072".into(),
         }

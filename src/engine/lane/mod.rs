@@ -42,7 +42,7 @@ const RING_BUFFERS: u16 = 8;
 
 /// The smallest ring-path buffer for a vsock source: vsock's default buffer size
 /// (`SO_VM_SOCKETS_BUFFER_SIZE`, the credit window a peer may fill), so one receive can take
-/// all the socket holds. In one guest-lab run (perf/results/2026-12-04-vsock-guest.md) the default path
+/// all the socket holds (`--mode recv`). In one guest-lab run (perf/results/2026-12-04-vsock-guest.md) the ring path
 /// from vsock sources moved 1.26-1.44x what it did with `-b`/8 = 128 KiB buffers.
 pub(crate) const VSOCK_RING_BUFFER: usize = 256 * 1024;
 
@@ -103,7 +103,6 @@ impl Lane {
                 RingLane::new(RING_BUFFERS, size, discard, zerocopy).whole_sends(whole_sends),
             );
         }
-        // Auto on a vsock source without buffer rings: the copy path's large reads.
         let splice = matches!(mode, Mode::Splice | Mode::UringSplice);
         let staging = if splice && source_splices && sink_splices {
             Staging::Pipe(PipeStage::new(options.pipe_size))
@@ -136,9 +135,12 @@ impl Lane {
     }
 
     /// The data path `mode` means for a direction from `source` to `sink`. `Auto` is:
-    /// - the buffer ring when the source is a vsock socket, which has no `splice_read` (the
-    ///   kernel's fallback copies, one page per call from 6.5 on); the ring receives up to a
-    ///   whole buffer per completion;
+    /// - the copy path when the source is a vsock socket, which has no `splice_read` (the
+    ///   kernel's fallback copies, one page per call from 6.5 on): one read takes what the
+    ///   socket holds into one buffer that is reused while it is hot, and goes out as one whole
+    ///   SEND. Its best runs beat the buffer ring's (`recv`, 8 buffers in turn) on all three
+    ///   vsock-source pairs in two runs (docs/performance.md, "the copy path for vsock
+    ///   sources");
     /// - the copy path when the destination is a vsock socket: vsock copies what it sends
     ///   whatever the path, and a non-blocking splice into it stops at every credit update
     ///   (about 700 splices per 32 MiB), where one whole SEND per buffer waits for the credit
@@ -148,8 +150,12 @@ impl Lane {
     /// Measured in the guest lab: docs/architecture.md, Engine.
     pub(crate) fn mode_for(mode: Mode, source: Option<&Endpoint>, sink: Option<&Endpoint>) -> Mode {
         match mode {
-            Mode::Auto if source.is_some_and(Endpoint::is_vsock) => Mode::Recv,
-            Mode::Auto if sink.is_some_and(Endpoint::is_vsock) => Mode::Copy,
+            Mode::Auto
+                if source.is_some_and(Endpoint::is_vsock)
+                    || sink.is_some_and(Endpoint::is_vsock) =>
+            {
+                Mode::Copy
+            }
             Mode::Auto => Mode::Splice,
             m => m,
         }

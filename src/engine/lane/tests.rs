@@ -450,6 +450,38 @@ fn a_vsock_source_gets_ring_buffers_that_hold_its_whole_credit_window() {
 }
 
 #[test]
+fn auto_takes_the_copy_path_to_or_from_vsock_and_splice_elsewhere_and_an_explicit_mode_stays() {
+    use nix::sys::socket::AddressFamily;
+    let (tcp, _peer) = super::super::testing::tcp_endpoint();
+    assert_eq!(
+        Lane::mode_for(Mode::Auto, Some(&tcp), Some(&tcp)),
+        Mode::Splice
+    );
+    // An unconnected vsock socket: its family is all this asks (nothing connects).
+    let Ok(vsock) = Socket::new(AddressFamily::Vsock) else {
+        eprintln!("no AF_VSOCK here: skipped");
+        return;
+    };
+    let vsock = Endpoint::socket(vsock, "vsock".into());
+    assert_eq!(
+        Lane::mode_for(Mode::Auto, Some(&vsock), Some(&tcp)),
+        Mode::Copy
+    );
+    assert_eq!(
+        Lane::mode_for(Mode::Auto, Some(&tcp), Some(&vsock)),
+        Mode::Copy
+    );
+    assert_eq!(
+        Lane::mode_for(Mode::Auto, Some(&vsock), Some(&vsock)),
+        Mode::Copy
+    );
+    assert_eq!(
+        Lane::mode_for(Mode::Recv, Some(&vsock), Some(&tcp)),
+        Mode::Recv
+    );
+}
+
+#[test]
 fn a_copy_direction_between_sockets_sends_whole_buffers_with_the_next_read_linked_behind_each() {
     use std::io::Read;
     let (source, mut peer) = unix_endpoint();
