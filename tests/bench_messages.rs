@@ -155,7 +155,10 @@ fn a_seqpacket_sweep_reports_messages_per_second_by_size() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("512 byte SEQPACKET messages"), "{out}");
     // kmsg/s or Mmsg/s, as fast as the machine is.
-    assert!(out.contains("msgs") && out.contains("msg/s  sender"), "{out}");
+    assert!(
+        out.contains("msgs") && out.contains("msg/s  sender"),
+        "{out}"
+    );
 }
 
 #[test]
