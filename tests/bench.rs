@@ -11,67 +11,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A running `vsplice bench server`, killed on drop.
-struct Server {
-    child: std::process::Child,
-}
-
-impl Server {
-    fn start(listen: &str) -> Server {
-        Server::start_with(listen, &[])
-    }
-
-    /// A server with options after its address (`--max-sessions 2`).
-    fn start_with(listen: &str, options: &[&str]) -> Server {
-        let mut child = Command::new(vsplice_bin())
-            .args(["bench", "server", listen])
-            .args(options)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut line = String::new();
-        use std::io::Read;
-        let mut byte = [0u8; 1];
-        while !line.contains("listening on") {
-            assert_eq!(out.read(&mut byte).unwrap(), 1, "server exited: {line}");
-            line.push(byte[0] as char);
-        }
-        Server { child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vsplice_bin())
-        .args(["bench", "client"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json_client(args: &[&str]) -> Value {
-    let mut all = vec!["bench", "client"];
-    all.extend_from_slice(args);
-    vsplice_json(&all)
-}
+use common::bench::{BenchServer as Server, bench_client as client, bench_json as json_client};
 
 fn tcp_server() -> (Server, String) {
     let port = free_port();
     (
-        Server::start(&format!("TCP-LISTEN:{port},bind=127.0.0.1")),
+        Server::listen(&format!("TCP-LISTEN:{port},bind=127.0.0.1")),
         format!("TCP:127.0.0.1:{port}"),
     )
 }
@@ -124,7 +69,7 @@ fn nearly_all_of_256_streams_move_data_in_a_three_second_test() {
 fn unix_bidirectional_streams_with_intervals() {
     let dir = Scratch::new("bench-unix");
     let path = dir.path("bench.sock");
-    let _server = Server::start(&format!("UNIX-LISTEN:{}", path.display()));
+    let _server = Server::listen(&format!("UNIX-LISTEN:{}", path.display()));
     let doc = json_client(&[
         &format!("UNIX-CONNECT:{}", path.display()),
         "--time",
@@ -173,7 +118,7 @@ fn zerocopy_with_verification_on_tcp() {
 fn zerocopy_where_unsupported_is_a_clear_error() {
     let dir = Scratch::new("bench-zc");
     let path = dir.path("bench.sock");
-    let _server = Server::start(&format!("UNIX-LISTEN:{}", path.display()));
+    let _server = Server::listen(&format!("UNIX-LISTEN:{}", path.display()));
     let (code, out, err) = client(&[
         &format!("UNIX-CONNECT:{}", path.display()),
         "--time",
@@ -228,12 +173,11 @@ fn through_a_relay_every_byte_arrives() {
 
 #[test]
 fn a_server_that_dies_mid_test_gives_a_clear_error_not_a_hang() {
-    let (mut server, addr) = tcp_server();
+    let (server, addr) = tcp_server();
     let started = Instant::now();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(800));
-        let _ = server.child.kill();
-        let _ = server.child.wait();
+        drop(server); // kills the server and waits for it
     });
     let (code, out, err) = client(&[&addr, "--time", "20", "--interval", "0"]);
     killer.join().unwrap();
@@ -314,7 +258,7 @@ fn protocol_version() -> u32 {
 }
 
 fn server_peak_rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -643,7 +587,7 @@ fn request_response_counts_and_percentiles_agree_at_both_ends() {
     let (_server, tcp) = tcp_server();
     let dir = Scratch::new("bench-rr");
     let path = dir.path("bench.sock");
-    let _unix_server = Server::start(&format!("UNIX-LISTEN:{}", path.display()));
+    let _unix_server = Server::listen(&format!("UNIX-LISTEN:{}", path.display()));
     let unix = format!("UNIX-CONNECT:{}", path.display());
     let port = free_port();
     let listen = format!("TCP-LISTEN:{port},bind=127.0.0.1,fork");
@@ -1051,7 +995,7 @@ fn plot_of_the_demo_draws_the_paths_side_by_side_in_two_panels() {
 
 /// The thread count of a process, from /proc/PID/status.
 fn threads_of(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
@@ -18,57 +18,7 @@ use nix::sys::socket::{
 };
 use serde_json::Value;
 
-/// A running `vsplice bench server`, killed on drop.
-struct Server {
-    child: std::process::Child,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(vsplice_bin())
-            .args(["bench", "server"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut line = String::new();
-        use std::io::Read;
-        let mut byte = [0u8; 1];
-        while !line.contains("listening on") {
-            assert_eq!(out.read(&mut byte).unwrap(), 1, "server exited: {line}");
-            line.push(byte[0] as char);
-        }
-        Server { child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vsplice_bin())
-        .args(["bench", "client"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json_client(args: &[&str]) -> Value {
-    let mut all = vec!["bench", "client"];
-    all.extend_from_slice(args);
-    vsplice_json(&all)
-}
+use common::bench::{BenchServer as Server, bench_client as client, bench_json as json_client};
 
 /// A SEQPACKET bench server on a fresh path; the server, its scratch folder and the path.
 fn seqpacket_server() -> (Server, Scratch, String) {

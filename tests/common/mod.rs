@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod bench_plain;
 pub mod debs;
 pub mod lab;
