@@ -215,36 +215,7 @@ const UDP_MAX: usize = 65507;
 
 /// A UDP echo server on loopback: every datagram goes back to its sender. Returns its port.
 fn udp_echo() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = socket.local_addr().unwrap().port();
-    // Fifty senders with two 64 KiB datagrams each in flight: room for all of them (UDP drops
-    // what finds a full queue; SO_RCVBUFFORCE passes rmem_max as root).
-    let size: libc::c_int = 16 << 20;
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: the pointer and length describe `size`, live for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 70_000];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                return;
-            };
-            let _ = socket.send_to(&buf[..n], from);
-        }
-    });
-    port
+    common::messages::udp_answerer(b"")
 }
 
 #[test]

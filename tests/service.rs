@@ -1998,14 +1998,24 @@ fn accept_fd_with_accept_proxy_passes_the_declared_client_on() {
 }
 
 #[test]
-fn serve_check_refuses_a_udp_listen_service_naming_it() {
+fn serve_check_takes_udp_beside_tcp_on_one_port_number_and_refuses_two_udp_services_on_one_port() {
+    let (code, out, err) = serve_check(
+        "[[service]]\nname = \"dns\"\nlisten = \"UDP4-LISTEN:5353,fork\"\n\
+         connect = \"TCP:127.0.0.1:53,framing=len16\"\n\
+         [[service]]\nname = \"dns-tcp\"\nlisten = \"TCP4-LISTEN:5353,fork\"\n\
+         connect = \"TCP:127.0.0.1:53\"\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("UDP4-LISTEN:5353,fork"), "{out}");
     let (code, _, err) = serve_check(
         "[[service]]\nname = \"dns\"\nlisten = \"UDP4-LISTEN:5353,fork\"\n\
-         connect = \"TCP:127.0.0.1:53,framing=len16\"\n",
+         connect = \"TCP:127.0.0.1:53,framing=len16\"\n\
+         [[service]]\nname = \"dns2\"\nlisten = \"UDP4-LISTEN:5353,bind=127.0.0.1,fork\"\n\
+         connect = \"TCP:127.0.0.1:54,framing=len16\"\n",
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("service \"dns\"") && err.contains("UDP4-LISTEN:5353,fork"),
+        err.contains("service \"dns2\"") && err.contains("UDP 127.0.0.1:5353"),
         "{err}"
     );
 }

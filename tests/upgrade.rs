@@ -421,7 +421,12 @@ fn between<'a>(line: &'a str, before: &str, after: &str) -> &'a str {
 
 /// What process `pid` accepted in all, from the counters it logs at exit.
 fn accepted_at_exit(relay: &Relay, pid: u32) -> usize {
-    let line = wait_line(relay, pid, "echo: last counters:");
+    accepted_at_exit_of(relay, pid, "echo")
+}
+
+/// What process `pid` accepted for `service`, from the counters it logs at exit.
+fn accepted_at_exit_of(relay: &Relay, pid: u32, service: &str) -> usize {
+    let line = wait_line(relay, pid, &format!("{service}: last counters:"));
     between(&line, "accepted ", ",").parse().unwrap()
 }
 
@@ -794,8 +799,88 @@ fn a_socket_from_systemds_descriptor_store_is_taken_by_its_name_and_stored_again
         nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(stored.as_fd().as_raw_fd())
             .unwrap();
     assert_eq!(local.port(), port);
-    assert!(
-        relay.log().contains("echo: serving on 127.0.0.1"),
+    // Logged before READY=1, but through the log thread: it may reach the file after.
+    relay.wait_for_log("echo: serving on 127.0.0.1", GUARD);
+}
+
+/// A UDP service across an upgrade: its socket is handed over, a session open before the
+/// upgrade runs on in the old process (its socket is connected to the sender, so the kernel
+/// keeps giving it that sender's datagrams) until it ends by its idle timeout, a new sender is
+/// served by the new process, and once the old process is gone the first sender gets a new
+/// session there: no datagram goes unanswered on the way.
+#[test]
+fn a_udp_services_socket_is_handed_over_and_an_open_session_runs_on_in_the_old_process() {
+    let _serial = one_at_a_time();
+    use std::net::UdpSocket;
+    subreaper();
+    let dir = Scratch::new("upgrade-udp");
+    let binary = dir.path("vsplice");
+    std::fs::copy(vsplice_bin(), &binary).unwrap();
+    let backend = common::messages::udp_answerer(b"echo:");
+    let port = common::free_port();
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "drain-timeout = \"120s\"\n[[service]]\nname = \"dns\"\n\
+             listen = \"UDP4-LISTEN:{port},bind=127.0.0.1,fork\"\n\
+             connect = \"UDP:127.0.0.1:{backend}\"\nidle-timeout = \"2s\"\n"
+        ),
+    )
+    .unwrap();
+    let pid_file = dir.path("vsplice.pid");
+    let relay = Relay::spawn_command(
+        Command::new(&binary),
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    relay.wait_for_log("serving 1 services", GUARD);
+    let old = relay.child.id();
+    let client = || {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(("127.0.0.1", port)).unwrap();
+        socket.set_read_timeout(Some(GUARD)).unwrap();
+        socket
+    };
+    let ask = |socket: &UdpSocket, message: &str| {
+        socket.send(message.as_bytes()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{message}: {e}\n{}", relay.log()));
+        assert_eq!(&buf[..n], format!("echo:{message}").as_bytes());
+    };
+    let early = client();
+    ask(&early, "before");
+    replace_binary(&binary, Path::new(vsplice_bin()));
+    kill(old, Signal::SIGUSR2);
+    let line = wait_line(&relay, old, "this one stopped accepting");
+    let new: u32 = between(&line, "upgrade: process ", " serves")
+        .parse()
+        .unwrap();
+    assert!(line.contains("1 connections left to drain"), "{line}");
+    ask(&early, "during the drain");
+    let late = client();
+    ask(&late, "new sender");
+    // The old process ends once the early session has been idle for 2 s.
+    wait_exited(old, &|| relay.log());
+    assert_eq!(
+        accepted_at_exit_of(&relay, old, "dns"),
+        1,
+        "{}",
+        relay.log()
+    );
+    ask(&early, "after the old process exited");
+    kill(new, Signal::SIGTERM);
+    wait_exited(new, &|| relay.log());
+    assert_eq!(
+        accepted_at_exit_of(&relay, new, "dns"),
+        2,
         "{}",
         relay.log()
     );

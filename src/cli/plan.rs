@@ -75,9 +75,6 @@ fn pin_setting(cli: &Cli) -> Option<bool> {
     (cli.pin || cli.no_pin).then_some(cli.pin)
 }
 
-/// How long a UDP session lives without a datagram when `-T` is not given.
-pub(crate) const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Resolves parsed arguments into a plan.
 pub fn plan(cli: Cli) -> Result<Plan> {
     if let Some(Command::Bench(args)) = cli.command {
@@ -115,7 +112,7 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     if engine.relay.idle_timeout.is_none()
         && (first.kind.tag().is_udp() || second.kind.tag().is_udp())
     {
-        engine.relay.idle_timeout = Some(UDP_IDLE_TIMEOUT);
+        engine.relay.idle_timeout = Some(crate::net::udp::UDP_IDLE_TIMEOUT);
     }
     engine.relay.single_connection = !first.options.fork;
     engine.receive_budget = ReceiveBudget::resolve(cli.receive_budget);

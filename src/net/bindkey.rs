@@ -2,7 +2,8 @@
 //! ([`super::open::listen_local`]: family, bind address and port, UNIX path, vsock CID and
 //! port) or the inherited descriptor, not the text it was written as. `TCP4-LISTEN:80,
 //! bind=127.0.0.1,fork` and `tcp4-listen:80,fork,bind=127.0.0.1` bind the same socket; a
-//! reload that meets the second where the first runs keeps the running socket.
+//! reload that meets the second where the first runs keeps the running socket. UDP has its
+//! own ports: `UDP-LISTEN:53` and `TCP-LISTEN:53` are two sockets that never collide.
 
 use crate::addr::{Address, Kind};
 use crate::error::Error;
@@ -13,6 +14,8 @@ use crate::sys::socket::SockAddr;
 pub(crate) enum BindKey {
     /// A socket this process binds at this local address.
     Local(SockAddr),
+    /// A UDP socket this process binds at this local address (`UDP-LISTEN`).
+    Datagram(SockAddr),
     /// A listening socket inherited as this descriptor (`ACCEPT-FD`).
     Fd(i32),
 }
@@ -22,7 +25,18 @@ impl BindKey {
     pub(crate) fn of(address: &Address) -> Result<BindKey, Error> {
         match address.kind {
             Kind::AcceptFd { fd } => Ok(BindKey::Fd(fd)),
+            Kind::UdpListen { .. } => {
+                super::open::listen_local(address).map(|(local, _)| BindKey::Datagram(local))
+            }
             _ => super::open::listen_local(address).map(|(local, _)| BindKey::Local(local)),
+        }
+    }
+
+    /// The local address a socket this process binds is bound at (`None`: inherited).
+    pub(crate) fn local(&self) -> Option<&SockAddr> {
+        match self {
+            BindKey::Local(local) | BindKey::Datagram(local) => Some(local),
+            BindKey::Fd(_) => None,
         }
     }
 
@@ -40,7 +54,8 @@ impl BindKey {
                 }
         }
         match (self, other) {
-            (BindKey::Local(SockAddr::Inet(a)), BindKey::Local(SockAddr::Inet(b))) => {
+            (BindKey::Local(SockAddr::Inet(a)), BindKey::Local(SockAddr::Inet(b)))
+            | (BindKey::Datagram(SockAddr::Inet(a)), BindKey::Datagram(SockAddr::Inet(b))) => {
                 let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
                 a.port() != 0 && a.port() == b.port() && (covers(x, y) || covers(y, x))
             }
@@ -109,6 +124,7 @@ mod tests {
             ),
             ("VSOCK-LISTEN:5", "VSOCK-LISTEN:5,bind=3"),
             ("UNIX-LISTEN:/a", "unix-l:/a,fork"),
+            ("UDP-LISTEN:53", "UDP4-LISTEN:53,bind=127.0.0.1"),
         ] {
             assert!(collide(a, b), "{a} {b}");
         }
@@ -123,6 +139,11 @@ mod tests {
             ("VSOCK-LISTEN:5,bind=3", "VSOCK-LISTEN:5,bind=4"),
             ("VSOCK-LISTEN:-1", "VSOCK-LISTEN:-1"),
             ("UNIX-LISTEN:/a", "UNIX-LISTEN:/b"),
+            ("UDP-LISTEN:53", "TCP-LISTEN:53"),
+            (
+                "UDP4-LISTEN:53,bind=127.0.0.1",
+                "TCP4-LISTEN:53,bind=127.0.0.1",
+            ),
         ] {
             assert!(!collide(a, b), "{a} {b}");
         }

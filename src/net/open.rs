@@ -13,7 +13,7 @@ use nix::sys::socket::AddressFamily;
 use super::admit::admit;
 use super::resolve::resolve_host;
 use super::sockopt::{apply_connected_options, apply_pre_options, bind_address};
-use super::udp::{Pending, Recent, next_session};
+use super::udp::{Pending, Recent, Session, next_held_session, next_session};
 use crate::addr::{Address, Bind, Family, Kind, SocketType};
 use crate::error::Error;
 use crate::net::endpoint::Endpoint;
@@ -300,17 +300,31 @@ impl Listener {
     /// [`super::udp`]).
     fn accept_datagram(&self) -> io::Result<Option<Endpoint>> {
         loop {
-            let mut state = self.recent.borrow_mut();
-            let (recent, pending) = &mut *state;
-            let Some(session) = next_session(&self.socket, &self.local, pending, recent)? else {
+            let Some(session) = self.next_session()? else {
                 return Ok(None);
             };
-            drop(state);
             let name = &self.address.text;
             if let Some(endpoint) = admit(&self.address, name, session.socket, self.peer_labels) {
                 return Ok(Some(endpoint.with_first_messages(session.first)));
             }
         }
+    }
+
+    /// UDP-LISTEN: the next sender's session, not yet admitted (its owner checks the allow
+    /// list it serves now); `Ok(None)` when no datagram waits.
+    pub(crate) fn next_session(&self) -> io::Result<Option<Session>> {
+        let mut state = self.recent.borrow_mut();
+        let (recent, pending) = &mut *state;
+        next_session(&self.socket, &self.local, pending, recent)
+    }
+
+    /// UDP-LISTEN: the session of a datagram this listener already took, reading nothing
+    /// new; `Ok(None)` when it holds none. Called until `None` by an owner that stops making
+    /// sessions, so no datagram it took is dropped.
+    pub(crate) fn next_held_session(&self) -> io::Result<Option<Session>> {
+        let mut state = self.recent.borrow_mut();
+        let (recent, pending) = &mut *state;
+        next_held_session(&self.socket, &self.local, pending, recent)
     }
 
     /// Whether accepted connections are labelled with their peer address. Off saves a

@@ -19,6 +19,10 @@ use crate::sys::socket::{SockAddr, Socket};
 /// listener is taken for one sent before the session was connected.
 pub(crate) const SESSION_SETTLE: Duration = Duration::from_secs(2);
 
+/// A relay with a UDP end closes a session after this long without a datagram, unless `-T`
+/// (or a service's `idle-timeout`) says otherwise: UDP has no end of its own.
+pub(crate) const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The largest datagram: UDP's length field.
 pub(crate) const DATAGRAM_MAX: usize = 65536;
 
@@ -80,8 +84,30 @@ pub(crate) fn next_session(
     pending: &mut Pending,
     recent: &mut Recent,
 ) -> io::Result<Option<Session>> {
+    session(listener, local, pending, recent, true)
+}
+
+/// Opens the session of the oldest datagram already taken from `listener`, reading nothing
+/// new first; `Ok(None)` when none is held. What a listener that stops making sessions
+/// calls until nothing it took is left (another owner of the socket reads on from there).
+pub(crate) fn next_held_session(
+    listener: &Socket,
+    local: &SockAddr,
+    pending: &mut Pending,
+    recent: &mut Recent,
+) -> io::Result<Option<Session>> {
+    session(listener, local, pending, recent, false)
+}
+
+fn session(
+    listener: &Socket,
+    local: &SockAddr,
+    pending: &mut Pending,
+    recent: &mut Recent,
+    read_first: bool,
+) -> io::Result<Option<Session>> {
     loop {
-        if pending.is_empty() {
+        if pending.is_empty() && read_first {
             drain(listener, pending)?;
         }
         let Some((peer, first)) = pending.pop_front() else {

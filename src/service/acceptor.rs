@@ -4,14 +4,17 @@
 //! service an acceptor serves can be switched while it runs (a reload that changed it):
 //! connections accepted afterwards get the new one, those already accepted keep theirs.
 //! Stopping an acceptor makes every worker stop accepting on the socket and gives it back,
-//! so a reload can hand it to a renamed service without closing it.
+//! so a reload can hand it to a renamed service without closing it. A `UDP-LISTEN` service
+//! has no connections to accept: its sessions are made by a thread of its own
+//! ([`super::sessions`]), which the acceptor starts, switches and stops the same way.
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use super::config::{ServePlan, ServicePlan};
 use super::observer::ServiceObserver;
-use crate::addr::Address;
+use super::sessions::{SessionMaker, SessionOwner};
+use crate::addr::{Address, Kind};
 use crate::engine::accept::{AcceptGroup, Admit};
 use crate::engine::{
     DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second, prelude_for,
@@ -20,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::net::admit::admit;
 use crate::net::bindkey::BindKey;
 use crate::net::open::Listener;
+use crate::net::udp::Session;
 use crate::sys::socket::Socket;
 use crate::warn;
 
@@ -67,7 +71,11 @@ pub(super) fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver
         pipe_size: size,
         copy_size: size,
         directions: o.directions(),
-        idle_timeout: o.idle_timeout,
+        // A UDP session has no end of its own: it ends when idle, by default after 60 s.
+        idle_timeout: o.idle_timeout.or_else(|| {
+            (service.listen.kind.tag().is_udp() || service.connect.kind.tag().is_udp())
+                .then_some(crate::net::udp::UDP_IDLE_TIMEOUT)
+        }),
         linger: o.linger,
         user_rcvbuf: [
             service.listen.options.rcvbuf.is_some(),
@@ -102,12 +110,21 @@ pub(super) fn receive_budget(plan: &ServePlan) -> Option<crate::engine::rcvbudge
     crate::engine::rcvbudget::ReceiveBudget::resolve(plan.global.receive_budget)
 }
 
+/// Who takes a service's new connections.
+enum Accepting {
+    /// The engine's workers, each with an ACCEPT on its ring (the group's listener is a
+    /// duplicate of the acceptor's).
+    Workers(Arc<AcceptGroup>),
+    /// A `UDP-LISTEN` service's session thread (on a duplicate of the acceptor's socket).
+    Sessions(SessionMaker),
+}
+
 /// A service's listener as the engine's workers accept on it.
 pub(crate) struct Acceptor {
     engine: Arc<Mutex<Engine>>,
     current: Arc<Mutex<Arc<Service>>>,
-    /// The workers accept on this group (its listener is a duplicate of `listen`'s).
-    group: Mutex<Option<Arc<AcceptGroup>>>,
+    /// Who accepts on the listener now.
+    group: Mutex<Option<Accepting>>,
     listen: Option<ListenSocket>,
     /// What `listen` binds, for a reload to match new listen addresses against.
     key: BindKey,
@@ -129,6 +146,30 @@ impl Admit for ServiceAdmit {
     }
 }
 
+impl SessionOwner for ServiceAdmit {
+    fn name(&self) -> String {
+        lock(&self.current).plan.name.clone()
+    }
+
+    fn full(&self) -> bool {
+        let service = lock(&self.current).clone();
+        service
+            .plan
+            .max_children()
+            .is_some_and(|max| service.observer.live() >= max)
+    }
+
+    fn admit(&self, session: Session) -> Option<(Job, Arc<RelayOptions>)> {
+        let service = lock(&self.current).clone();
+        let job = admit_job(&service, session.socket)?;
+        let job = Job {
+            first: job.first.with_first_messages(session.first),
+            ..job
+        };
+        Some((job, service.options.clone()))
+    }
+}
+
 impl Acceptor {
     pub(crate) fn start(
         listen: ListenSocket,
@@ -147,8 +188,9 @@ impl Acceptor {
         Ok(acceptor)
     }
 
-    /// Lets the workers accept on the listener for the current service.
-    fn start_group(&self) -> Result<Arc<AcceptGroup>> {
+    /// Lets the workers accept on the listener for the current service (or, for
+    /// `UDP-LISTEN`, starts its session thread).
+    fn start_group(&self) -> Result<Accepting> {
         let listen = self
             .listen
             .as_ref()
@@ -158,21 +200,33 @@ impl Acceptor {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| Error::io("duplicating a listening socket", e))?;
-        let name = lock(&self.current).plan.name.clone();
+        let plan = lock(&self.current).plan.clone();
+        if let Kind::UdpListen { .. } = plan.listen.kind {
+            let listener = Listener::adopt(Socket::from_owned(fd), &plan.listen)?;
+            let owner = Box::new(ServiceAdmit {
+                current: self.current.clone(),
+            });
+            let maker = SessionMaker::start(listener, owner, self.engine.clone())
+                .map_err(|e| Error::io(format!("{}: starting its UDP sessions", plan.name), e))?;
+            return Ok(Accepting::Sessions(maker));
+        }
         let admit = ServiceAdmit {
             current: self.current.clone(),
         };
-        let group = Arc::new(AcceptGroup::new(name, vec![fd], Box::new(admit)));
+        let group = Arc::new(AcceptGroup::new(plan.name, vec![fd], Box::new(admit)));
         lock(&self.engine)
             .listen(group.clone())
             .map_err(Error::Engine)?;
-        Ok(group)
+        Ok(Accepting::Workers(group))
     }
 
-    /// Makes the workers stop accepting; returns once none accepts on the listener.
+    /// Makes the workers (or the session thread) stop accepting; returns once none
+    /// accepts on the listener.
     fn stop_group(&self) {
-        if let Some(group) = lock(&self.group).take() {
-            lock(&self.engine).unlisten(&group);
+        match lock(&self.group).take() {
+            Some(Accepting::Workers(group)) => lock(&self.engine).unlisten(&group),
+            Some(Accepting::Sessions(maker)) => maker.stop(),
+            None => {}
         }
     }
 
@@ -198,7 +252,9 @@ impl Acceptor {
         let was_limited = lock(&self.current).plan.max_children().is_some();
         let limited = service.plan.max_children().is_some();
         *lock(&self.current) = service;
-        if was_limited != limited {
+        // The session thread reads the limit at every session.
+        let workers = matches!(*lock(&self.group), Some(Accepting::Workers(_)));
+        if workers && was_limited != limited {
             self.stop_group();
             match self.start_group() {
                 Ok(group) => *lock(&self.group) = Some(group),

@@ -6,7 +6,8 @@
 //! Prometheus counters and serves them over HTTP, `observer` feeds them from the engine.
 //! `run` runs every service on one engine (`acceptor`: a service's listening socket
 //! as an accept group of the engine; `server`: what a running `serve` holds; `reload`: SIGHUP;
-//! `upgrade`: SIGUSR2, the listening sockets handed to a new binary). This module holds the `serve` subcommand.
+//! `upgrade`: SIGUSR2, the listening sockets handed to a new binary; `sessions`: a
+//! `UDP-LISTEN` service's sessions). This module holds the `serve` subcommand.
 
 mod acceptor;
 pub(crate) mod config;
@@ -15,6 +16,7 @@ pub(crate) mod observer;
 mod reload;
 pub(crate) mod run;
 pub(crate) mod server;
+mod sessions;
 pub(crate) mod upgrade;
 
 use std::path::PathBuf;

@@ -333,7 +333,7 @@ fn store_sockets(
     let mut now = Vec::new();
     for acceptor in server.services.values() {
         // A socket unit's descriptor stays with the socket unit.
-        if let (BindKey::Local(_), Some(socket)) = (acceptor.key(), acceptor.listening()) {
+        if let (Some(_), Some(socket)) = (acceptor.key().local(), acceptor.listening()) {
             now.push((upgrade::socket_name(acceptor.key()), socket.as_fd()));
         }
     }

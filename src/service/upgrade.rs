@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::net::bindkey::BindKey;
 use crate::net::open::Listener;
 use crate::sys::handover::{self, Handover};
-use crate::sys::systemd::inherited_listener;
+use crate::sys::systemd::handed_over_listener;
 
 /// How long a new process has to say it serves, unless `VSPLICE_UPGRADE_TIMEOUT` (seconds)
 /// says otherwise.
@@ -53,6 +53,7 @@ pub(crate) fn ready_timeout() -> Duration {
 pub(crate) fn socket_name(key: &BindKey) -> String {
     match key {
         BindKey::Local(addr) => format!("listen={addr}"),
+        BindKey::Datagram(addr) => format!("udp-listen={addr}"),
         BindKey::Fd(n) => format!("fd={n}"),
     }
 }
@@ -70,9 +71,9 @@ pub(crate) fn store_name(name: &str) -> String {
 
 /// The socket name behind a `LISTEN_FDNAMES` entry, if it is one [`store_name`] made.
 pub(crate) fn stored_name(fdname: &str) -> Option<String> {
-    handover::unescape(fdname)
-        .ok()
-        .filter(|n| n.starts_with("listen=") || n.starts_with("metrics="))
+    handover::unescape(fdname).ok().filter(|n| {
+        n.starts_with("listen=") || n.starts_with("udp-listen=") || n.starts_with("metrics=")
+    })
 }
 
 /// The path of the running binary, read at start: `/proc/self/exe` names the file this
@@ -341,7 +342,7 @@ impl Handed {
         let Some(fd) = self.sockets.remove(name) else {
             return Ok(None);
         };
-        let socket = inherited_listener(fd)
+        let socket = handed_over_listener(fd)
             .map_err(|e| Error::io(format!("{}: handed-over socket", address.text), e))?;
         Listener::adopt(socket, address).map(Some)
     }
@@ -438,6 +439,12 @@ mod tests {
         let key =
             BindKey::of(&Address::parse("TCP4-LISTEN:8080,bind=127.0.0.1,fork").unwrap()).unwrap();
         assert_eq!(socket_name(&key), socket_name(&tcp));
+        let udp = BindKey::of(&Address::parse("UDP4-LISTEN:8080,bind=127.0.0.1").unwrap()).unwrap();
+        assert_eq!(socket_name(&udp), "udp-listen=127.0.0.1:8080");
+        assert_eq!(
+            stored_name(&store_name(&socket_name(&udp))),
+            Some(socket_name(&udp))
+        );
     }
 
     #[test]

@@ -206,7 +206,7 @@ fn adopt_now() -> io::Result<Option<Handover>> {
     let mut sockets = Vec::with_capacity(wanted.len());
     for (number, name) in wanted {
         let fd = own(number, &name)?;
-        check_listening_stream(fd.as_fd()).map_err(|what| {
+        check_handed_over(fd.as_fd()).map_err(|what| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{ENV_FDS}: descriptor {number} ({name}) is {what}"),
@@ -237,6 +237,22 @@ fn own(number: RawFd, what: &str) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(number) };
     fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(from_nix)?;
     Ok(fd)
+}
+
+/// Checks that `fd` is a socket an upgrading vsplice hands over: a listening stream (or
+/// SEQPACKET) socket, or a bound UDP socket (`UDP-LISTEN`); otherwise says what it is.
+pub(crate) fn check_handed_over(fd: BorrowedFd<'_>) -> Result<(), String> {
+    if get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE).is_ok_and(|t| t == libc::SOCK_DGRAM) {
+        use std::os::fd::AsRawFd;
+        return match nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(
+            fd.as_raw_fd(),
+        ) {
+            Ok(local) if local.as_sockaddr_in().is_some_and(|a| a.port() != 0) => Ok(()),
+            Ok(local) if local.as_sockaddr_in6().is_some_and(|a| a.port() != 0) => Ok(()),
+            _ => Err("a datagram socket that is not bound to a UDP port".into()),
+        };
+    }
+    check_listening_stream(fd)
 }
 
 /// Checks that `fd` is a listening stream (or SEQPACKET) socket; otherwise says what it is (the check

@@ -389,6 +389,16 @@ pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
     Ok(Socket::from_owned(fd))
 }
 
+/// Turns a descriptor an upgrading vsplice handed over into a socket to serve on: a
+/// listening stream socket, or the bound UDP socket of a `UDP-LISTEN` service; non-blocking.
+pub fn handed_over_listener(fd: OwnedFd) -> io::Result<Socket> {
+    super::handover::check_handed_over(fd.as_fd())
+        .map_err(|what| io::Error::new(io::ErrorKind::InvalidInput, what))?;
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(from_nix)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(from_nix)?;
+    Ok(Socket::from_owned(fd))
+}
+
 /// A signal that means a request rather than a stop, on a signalfd: SIGHUP (reload,
 /// `ExecReload=kill -HUP $MAINPID`) or SIGUSR2 (binary upgrade). Blocked so it no longer
 /// ends the process. Create it on the main thread before other threads start. The stop

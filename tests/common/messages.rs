@@ -227,6 +227,47 @@ pub fn recv_timeout(fd: BorrowedFd<'_>, secs: u64) {
     assert_eq!(r, 0, "SO_RCVTIMEO");
 }
 
+/// Gives a UDP server's socket room for fifty senders with two 64 KiB datagrams each in
+/// flight (UDP drops what finds a full queue; SO_RCVBUFFORCE passes rmem_max as root).
+pub fn widen_udp_receive_queue(socket: &std::net::UdpSocket) {
+    let size: libc::c_int = 16 << 20;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: the pointer and length describe `size`, live for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+    }
+}
+
+/// A UDP server on loopback that answers every datagram with `prefix` and the datagram.
+/// Returns its port.
+pub fn udp_answerer(prefix: &'static [u8]) -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    widen_udp_receive_queue(&socket);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let mut answer = prefix.to_vec();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&answer, from);
+        }
+    });
+    port
+}
+
 /// A UDP client's exchange through a relay: sends `out` one datagram at a time with at most
 /// `window` unanswered (one until the first answer: the first datagram opens the session),
 /// and checks that `back` comes back one datagram per message sent, in

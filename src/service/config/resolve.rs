@@ -208,17 +208,6 @@ fn resolve_service(
     }
     proxy_keys(src, raw, &mut listen, &mut connect)?;
     crate::addr::check_pair(&listen, &connect).map_err(|e| src.at(&raw.name, "", e))?;
-    if let crate::addr::Kind::UdpListen { .. } = listen.kind {
-        return Err(src.at(
-            &raw.name,
-            "listen",
-            format!(
-                "service \"{name}\": \"{}\": UDP-LISTEN is served by the relay command \
-                 (vsplice {} ...), not yet by serve",
-                listen.text, listen.text
-            ),
-        ));
-    }
     let own = relay_options(
         src,
         [
@@ -406,6 +395,7 @@ fn bind_key(
 fn shown(key: &BindKey) -> String {
     match key {
         BindKey::Local(local) => local.to_string(),
+        BindKey::Datagram(local) => format!("UDP {local}"),
         BindKey::Fd(fd) => format!("descriptor {fd}"),
     }
 }
