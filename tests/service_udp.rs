@@ -247,3 +247,80 @@ fn a_reload_sends_new_senders_to_the_new_target_while_an_open_session_keeps_its_
     assert_eq!(&answer, b"\x00\x05new:4");
     assert!(relay.stop().success(), "{}", relay.log());
 }
+
+/// Starts `args` (a vsplice command line) under `systemd-socket-activate --datagram` with a
+/// UDP socket on 127.0.0.1:`port`; the activator execs vsplice at the first datagram.
+fn activated_udp(port: u16, args: &[&str]) -> Relay {
+    let mut command = common::debs::socket_activate();
+    command
+        .arg("--datagram")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(common::vsplice_bin())
+        .args(args);
+    Relay::spawn_command(command, &[])
+}
+
+/// Twenty senders with 1,000 datagrams each through `port`, every one checked.
+fn twenty_senders(port: u16, relay: &Relay) {
+    let senders: Vec<_> = (0..20)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let socket = client("127.0.0.1", port);
+                let seq = Sequence {
+                    seed: 900 + c as u64,
+                    count: COUNT / 20,
+                    max: UDP_MAX,
+                    empty: true,
+                };
+                udp_exchange(&socket, seq, seq, 2)
+            })
+        })
+        .collect();
+    for (c, sender) in senders.into_iter().enumerate() {
+        assert_eq!(
+            sender.join().unwrap(),
+            Ok(()),
+            "sender {c}; log:\n{}",
+            relay.log()
+        );
+    }
+}
+
+#[test]
+fn a_udp_socket_passed_by_systemd_serves_sessions_on_the_command_line_and_in_serve() {
+    let backend = udp_answerer(b"");
+    let dir = Scratch::new("serve-udp-activated");
+    let config = dir.path("vsplice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"dns\"\nlisten = \"ACCEPT-FD:3,fork\"\n\
+             connect = \"UDP:127.0.0.1:{backend}\"\nallow = [\"127.0.0.1/32\"]\n"
+        ),
+    )
+    .unwrap();
+    let target = format!("UDP:127.0.0.1:{backend}");
+    for args in [
+        vec!["ACCEPT-FD:3,fork,allow=127.0.0.1/32", target.as_str()],
+        vec!["serve", "--config", config.to_str().unwrap()],
+    ] {
+        let port = free_port();
+        let mut relay = activated_udp(port, &args);
+        // The first datagram wakes the activator, which execs vsplice on the same socket.
+        // (Until the activator binds, a datagram meets a closed port: asked again.)
+        let first = client("127.0.0.1", port);
+        let deadline = Instant::now() + LONG;
+        while ask(&first, b"first", Duration::from_millis(200)).as_deref() != Some(b"first") {
+            assert!(Instant::now() < deadline, "{args:?}: {}", relay.log());
+        }
+        twenty_senders(port, &relay);
+        assert_eq!(
+            ask(&client("127.0.0.2", port), b"x", Duration::from_secs(1)),
+            None,
+            "outside the allow list: {args:?}"
+        );
+        relay.wait_for_log("refused by the allow list", LONG);
+        assert!(relay.stop().success(), "{args:?}: {}", relay.log());
+    }
+}

@@ -238,7 +238,16 @@ impl Listener {
     /// upgrade): it removes the socket file at exit as the opener would have, if the path
     /// still names this socket.
     pub fn adopt(socket: Socket, address: &Address) -> Result<Listener, Error> {
-        let (local, socket_file) = listen_local(address)?;
+        let (local, socket_file) = match address.kind {
+            // Bound by whoever passed it: its address is the socket's own.
+            Kind::AcceptFd { .. } => (
+                socket
+                    .local_addr()
+                    .map_err(|e| Error::io(format!("{}: getsockname", address.text), e))?,
+                None,
+            ),
+            _ => listen_local(address)?,
+        };
         let local = socket.local_addr().unwrap_or(local);
         let socket_file = socket_file.and_then(|path| socket_file_id(&path).map(|id| (path, id)));
         Ok(Listener {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::config::{ServePlan, ServicePlan};
 use super::observer::ServiceObserver;
 use super::sessions::{SessionMaker, SessionOwner};
-use crate::addr::{Address, Kind};
+use crate::addr::Address;
 use crate::engine::accept::{AcceptGroup, Admit};
 use crate::engine::{
     DEFAULT_PIPE_SIZE, Engine, EngineConfig, Job, Mode, RelayOptions, Second, prelude_for,
@@ -52,9 +52,15 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    pub(crate) fn new(plan: &ServicePlan, observer: Arc<ServiceObserver>) -> Service {
+    /// `datagram`: its listening socket is a UDP one (`UDP-LISTEN`, or a UDP socket passed
+    /// as `ACCEPT-FD`), whose sessions end when idle.
+    pub(crate) fn new(
+        plan: &ServicePlan,
+        observer: Arc<ServiceObserver>,
+        datagram: bool,
+    ) -> Service {
         Service {
-            options: Arc::new(relay_options(plan, observer.clone())),
+            options: Arc::new(relay_options(plan, observer.clone(), datagram)),
             connect: Arc::new(plan.connect.clone()),
             plan: plan.clone(),
             observer,
@@ -63,7 +69,11 @@ impl Service {
 }
 
 /// The per-relay options of one service's connections: the command line's, from the file.
-pub(super) fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver>) -> RelayOptions {
+pub(super) fn relay_options(
+    service: &ServicePlan,
+    observer: Arc<ServiceObserver>,
+    datagram: bool,
+) -> RelayOptions {
     let o = &service.options;
     let size = o.buffer.unwrap_or(DEFAULT_PIPE_SIZE);
     RelayOptions {
@@ -73,7 +83,7 @@ pub(super) fn relay_options(service: &ServicePlan, observer: Arc<ServiceObserver
         directions: o.directions(),
         // A UDP session has no end of its own: it ends when idle, by default after 60 s.
         idle_timeout: o.idle_timeout.or_else(|| {
-            (service.listen.kind.tag().is_udp() || service.connect.kind.tag().is_udp())
+            (datagram || service.listen.kind.tag().is_udp() || service.connect.kind.tag().is_udp())
                 .then_some(crate::net::udp::UDP_IDLE_TIMEOUT)
         }),
         linger: o.linger,
@@ -128,6 +138,8 @@ pub(crate) struct Acceptor {
     listen: Option<ListenSocket>,
     /// What `listen` binds, for a reload to match new listen addresses against.
     key: BindKey,
+    /// Whether `listen` is a UDP socket: its sessions are made by a thread of its own.
+    datagram: bool,
 }
 
 /// What a worker does with a socket it accepted for a service: the service it serves now.
@@ -181,6 +193,7 @@ impl Acceptor {
             engine,
             current: Arc::new(Mutex::new(service)),
             group: Mutex::new(None),
+            datagram: is_datagram(listen.socket()),
             listen: Some(listen),
             key,
         };
@@ -201,8 +214,14 @@ impl Acceptor {
             .try_clone_to_owned()
             .map_err(|e| Error::io("duplicating a listening socket", e))?;
         let plan = lock(&self.current).plan.clone();
-        if let Kind::UdpListen { .. } = plan.listen.kind {
-            let listener = Listener::adopt(Socket::from_owned(fd), &plan.listen)?;
+        if self.datagram {
+            let socket = Socket::from_owned(fd);
+            // Each session's socket binds the same address: the kernel allows it only when
+            // both ask (a socket passed by systemd may not have).
+            socket
+                .set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+                .map_err(|e| Error::io(format!("{}: SO_REUSEADDR", plan.name), e))?;
+            let listener = Listener::adopt(socket, &plan.listen)?;
             let owner = Box::new(ServiceAdmit {
                 current: self.current.clone(),
             });
@@ -233,6 +252,11 @@ impl Acceptor {
     /// The listening socket (the workers accept on a duplicate of it).
     pub(crate) fn listening(&self) -> Option<&Socket> {
         self.listen.as_ref().map(ListenSocket::socket)
+    }
+
+    /// Whether the listening socket is a UDP one.
+    pub(crate) fn datagram(&self) -> bool {
+        self.datagram
     }
 
     /// What the listening socket binds.
@@ -277,6 +301,13 @@ impl Drop for Acceptor {
     fn drop(&mut self) {
         self.stop_group();
     }
+}
+
+/// Whether `socket` is a datagram (UDP) socket.
+pub(crate) fn is_datagram(socket: &Socket) -> bool {
+    socket
+        .get_int(libc::SOL_SOCKET, libc::SO_TYPE)
+        .is_ok_and(|t| t == libc::SOCK_DGRAM)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

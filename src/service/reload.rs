@@ -80,7 +80,7 @@ pub(super) fn reload(server: &mut Server) -> Result<String> {
                 unchanged += 1;
             } else {
                 let observer = server.observer(&s.name)?;
-                acceptor.switch(Arc::new(Service::new(s, observer)));
+                acceptor.switch(Arc::new(Service::new(s, observer, acceptor.datagram())));
                 notice!("{}: changed; new connections get the new entry", s.name);
                 changed += 1;
             }

@@ -64,13 +64,14 @@ impl Server {
                 })?;
                 let socket = inherited_listener(owned)
                     .map_err(|e| Error::io(format!("{}: descriptor {fd}", s.listen.text), e))?;
-                // Its type is known now: messages must be able to cross to the other address.
-                let seqpacket = socket
+                // Its type is known now: messages (SEQPACKET, or UDP's datagrams) must be
+                // able to cross to the other address.
+                let messages = socket
                     .get_int(libc::SOL_SOCKET, libc::SO_TYPE)
-                    .is_ok_and(|t| t == libc::SOCK_SEQPACKET);
+                    .is_ok_and(|t| t == libc::SOCK_SEQPACKET || t == libc::SOCK_DGRAM);
                 crate::addr::check_message_pair(
                     &s.listen,
-                    seqpacket,
+                    messages,
                     &s.connect,
                     s.connect.is_message(),
                 )
@@ -95,7 +96,8 @@ impl Server {
         key: BindKey,
     ) -> Result<()> {
         let observer = self.observer(&s.name)?;
-        let service = Arc::new(Service::new(s, observer));
+        let datagram = super::acceptor::is_datagram(listen.socket());
+        let service = Arc::new(Service::new(s, observer, datagram));
         let acceptor = Acceptor::start(listen, key, service, self.engine.clone())?;
         self.services.insert(s.name.clone(), acceptor);
         Ok(())

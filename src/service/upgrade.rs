@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::net::bindkey::BindKey;
 use crate::net::open::Listener;
 use crate::sys::handover::{self, Handover};
-use crate::sys::systemd::handed_over_listener;
+use crate::sys::systemd::inherited_listener;
 
 /// How long a new process has to say it serves, unless `VSPLICE_UPGRADE_TIMEOUT` (seconds)
 /// says otherwise.
@@ -342,7 +342,7 @@ impl Handed {
         let Some(fd) = self.sockets.remove(name) else {
             return Ok(None);
         };
-        let socket = handed_over_listener(fd)
+        let socket = inherited_listener(fd)
             .map_err(|e| Error::io(format!("{}: handed-over socket", address.text), e))?;
         Listener::adopt(socket, address).map(Some)
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 
-use super::handover::check_listening_stream;
+use super::handover::check_handed_over;
 use super::socket::Socket;
 use super::{cvt, from_nix};
 
@@ -369,29 +369,17 @@ fn adopt() -> io::Result<Vec<ActivatedSocket>> {
         // cannot be one of vsplice's own: adopt_listen_fds runs before any is opened.
         let fd = unsafe { OwnedFd::from_raw_fd(number) };
         fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(from_nix)?;
-        check_listening_stream(fd.as_fd()).map_err(refuse)?;
+        check_handed_over(fd.as_fd()).map_err(refuse)?;
         out.push(ActivatedSocket { number, name, fd });
     }
     Ok(out)
 }
 
-/// Turns an inherited descriptor into a listening socket vsplice can accept on: checks that
-/// it is a listening stream socket and makes it non-blocking (managers pass blocking ones).
+/// Turns an inherited descriptor (from the service manager, or from an upgrading vsplice)
+/// into a socket to serve on: a listening stream socket, or a bound UDP socket (systemd's
+/// `ListenDatagram=`, a `UDP-LISTEN` service's); made non-blocking (managers pass blocking
+/// ones).
 pub fn inherited_listener(fd: OwnedFd) -> io::Result<Socket> {
-    check_listening_stream(fd.as_fd()).map_err(|what| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what}, not a listening stream socket"),
-        )
-    })?;
-    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(from_nix)?);
-    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(from_nix)?;
-    Ok(Socket::from_owned(fd))
-}
-
-/// Turns a descriptor an upgrading vsplice handed over into a socket to serve on: a
-/// listening stream socket, or the bound UDP socket of a `UDP-LISTEN` service; non-blocking.
-pub fn handed_over_listener(fd: OwnedFd) -> io::Result<Socket> {
     super::handover::check_handed_over(fd.as_fd())
         .map_err(|what| io::Error::new(io::ErrorKind::InvalidInput, what))?;
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(from_nix)?);
