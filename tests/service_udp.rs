@@ -33,6 +33,33 @@ fn ask(socket: &UdpSocket, message: &[u8], wait: Duration) -> Option<Vec<u8>> {
     socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
 }
 
+/// `senders` senders at once through `port`, each with its share of [`COUNT`] datagrams of
+/// random sizes (seeds from `seed` on), every datagram checked as it comes back.
+fn senders_at_once(port: u16, senders: usize, seed: u64, relay: &Relay) {
+    let threads: Vec<_> = (0..senders)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let socket = client("127.0.0.1", port);
+                let seq = Sequence {
+                    seed: seed + c as u64,
+                    count: COUNT / senders,
+                    max: UDP_MAX,
+                    empty: true,
+                };
+                udp_exchange(&socket, seq, seq, 2)
+            })
+        })
+        .collect();
+    for (c, sender) in threads.into_iter().enumerate() {
+        assert_eq!(
+            sender.join().unwrap(),
+            Ok(()),
+            "sender {c}; log:\n{}",
+            relay.log()
+        );
+    }
+}
+
 fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -83,28 +110,7 @@ fn a_udp_service_serves_fifty_senders_at_once_counts_their_messages_and_refuses_
     )
     .unwrap();
     let relay = Relay::serve(&config, 1);
-    let senders: Vec<_> = (0..SENDERS)
-        .map(|c| {
-            std::thread::spawn(move || {
-                let socket = client("127.0.0.1", front);
-                let seq = Sequence {
-                    seed: 500 + c as u64,
-                    count: COUNT / SENDERS,
-                    max: UDP_MAX,
-                    empty: true,
-                };
-                udp_exchange(&socket, seq, seq, 2)
-            })
-        })
-        .collect();
-    for (c, sender) in senders.into_iter().enumerate() {
-        assert_eq!(
-            sender.join().unwrap(),
-            Ok(()),
-            "sender {c}; log:\n{}",
-            relay.log()
-        );
-    }
+    senders_at_once(front, SENDERS, 500, &relay);
     let count = COUNT as f64;
     let text = wait_sample(
         metrics,
@@ -261,32 +267,6 @@ fn activated_udp(port: u16, args: &[&str]) -> Relay {
     Relay::spawn_command(command, &[])
 }
 
-/// Twenty senders with 1,000 datagrams each through `port`, every one checked.
-fn twenty_senders(port: u16, relay: &Relay) {
-    let senders: Vec<_> = (0..20)
-        .map(|c| {
-            std::thread::spawn(move || {
-                let socket = client("127.0.0.1", port);
-                let seq = Sequence {
-                    seed: 900 + c as u64,
-                    count: COUNT / 20,
-                    max: UDP_MAX,
-                    empty: true,
-                };
-                udp_exchange(&socket, seq, seq, 2)
-            })
-        })
-        .collect();
-    for (c, sender) in senders.into_iter().enumerate() {
-        assert_eq!(
-            sender.join().unwrap(),
-            Ok(()),
-            "sender {c}; log:\n{}",
-            relay.log()
-        );
-    }
-}
-
 #[test]
 fn a_udp_socket_passed_by_systemd_serves_sessions_on_the_command_line_and_in_serve() {
     let backend = udp_answerer(b"");
@@ -314,7 +294,7 @@ fn a_udp_socket_passed_by_systemd_serves_sessions_on_the_command_line_and_in_ser
         while ask(&first, b"first", Duration::from_millis(200)).as_deref() != Some(b"first") {
             assert!(Instant::now() < deadline, "{args:?}: {}", relay.log());
         }
-        twenty_senders(port, &relay);
+        senders_at_once(port, 20, 900, &relay);
         assert_eq!(
             ask(&client("127.0.0.2", port), b"x", Duration::from_secs(1)),
             None,
