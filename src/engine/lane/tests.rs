@@ -571,13 +571,65 @@ fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_afte
         lane.complete(op, result, flags, &mut cx);
     };
     assert_eq!(waited, COPY_IDLE_GRACE);
-    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    // The read itself waits in the kernel for the source (POLL_FIRST), in the buffer.
+    assert!(cx.ops.in_flight(Op::Fill(FORWARD)));
+    assert!(!cx.ops.in_flight(Op::Readable(FORWARD)));
     assert!(held(&lane), "kept through the wait");
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(held(&lane), "still within the grace");
     cx.now += COPY_IDLE_GRACE;
+    // Past the grace the waiting read is cancelled; its end gives the buffer back.
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), -libc::ECANCELED));
+    lane.complete(op, result, flags, &mut cx);
     assert!(!held(&lane), "given back after the grace");
+    // And the direction waits with a poll that holds no buffer.
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(!held(&lane));
+}
+
+#[test]
+fn a_copy_direction_whose_source_ran_dry_takes_the_next_bytes_in_one_waiting_read() {
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, mut sink_peer) = unix_endpoint();
+    let mut lane = socket_copy_lane(8192);
+    // Less than the buffer: the read drains the source.
+    send(&mut peer, &[7u8; 3000]);
+    let mut rig = Rig::new(Mode::Copy);
+    let mut cx = rig.cx(&source, &mut sink);
+    let mut pending = std::collections::VecDeque::new();
+    let mut fills = Vec::new();
+    loop {
+        if let Pumped::RecheckAfter(_) = lane.pump(&mut cx) {
+            break;
+        }
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        if let Op::Fill(_) = op {
+            fills.push(result);
+        }
+        lane.complete(op, result, flags, &mut cx);
+    }
+    // One POLL_ADD, one read of the 3000 bytes; no read that found the source empty: the
+    // read after the drain waits in the kernel.
+    assert_eq!(fills, vec![3000]);
+    assert!(cx.ops.in_flight(Op::Fill(FORWARD)));
+    send(&mut peer, &[8u8; 500]);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), 500));
+    lane.complete(op, result, flags, &mut cx);
+    while lane.pump(&mut cx) != Pumped::Waiting || cx.ops.in_flight(Op::Drain(FORWARD)) {
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        lane.complete(op, result, flags, &mut cx);
+        if op == Op::Drain(FORWARD) {
+            break;
+        }
+    }
+    let mut got = vec![0u8; 3500];
+    std::io::Read::read_exact(&mut sink_peer, &mut got).unwrap();
+    assert_eq!(&got[..3000], &[7u8; 3000][..]);
+    assert_eq!(&got[3000..], &[8u8; 500][..]);
 }
 
 /// What a lane test's [`Cx`] borrows: a ring, the worker's registry and pipe pool, the
