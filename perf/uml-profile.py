@@ -200,6 +200,41 @@ def report(console, script, pollfile, top=25):
         ratio = f"{vals[0] / vals[1]:.2f}" if len(vals) > 1 and vals[1] else "-"
         print(f"| {n} | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {ratio} |")
     print("| all | " + " | ".join(f"{total[v] * ms / per[v]['gib']:.1f}" for v in vias) + " | |")
+    # The same samples by subsystem, from the function's name (a rough cut, but one that
+    # adds up: every sample falls in one group).
+    groups = [
+        ("io_uring", ("io_", "__io_", "tctx_", "task_work", "sys_io_uring")),
+        ("memcpy / memset", ("memcpy", "memset")),
+        ("UML user-memory access", ("copy_chunk", "buffer_op", "do_op_one_page", "maybe_map", "virt_to_pte")),
+        ("guest user space", ("[guest user space]",)),
+        ("vsock", ("vsock", "virtio")),
+        ("TCP / IP", ("tcp", "inet", "ip_", "sk_", "skb", "sock", "__skb", "netif", "net_rx", "loopback")),
+        ("scheduler / wake-ups", ("sched", "schedule", "wake", "enqueue", "dequeue", "vruntime", "update_", "switch", "place_entity", "pick_")),
+        ("UML signals / timers", ("signal", "timer", "um_", "userspace")),
+        ("page allocator / slab", ("page", "kmem", "kfree", "slab", "alloc", "free")),
+    ]
+
+    def group(name):
+        bare = name.lstrip("_")
+        for label, keys in groups:
+            if label == "io_uring":
+                if bare.startswith(("io_", "tctx_", "task_work", "sys_io_uring")) or "io_uring" in name:
+                    return label
+            elif any(k in name for k in keys):
+                return label
+        return "other"
+
+    print()
+    print(f"| group | {head} | {vias[0]} / {vias[1] if len(vias) > 1 else '-'} |")
+    print("|---|" + "---:|" * (len(vias) + 1))
+    by_group = collections.defaultdict(collections.Counter)
+    for v in vias:
+        for n, c in samples[v].items():
+            by_group[group(n)][v] += c
+    for label in [g for g, _ in groups] + ["other"]:
+        vals = [by_group[label][v] * ms / per[v]["gib"] for v in vias]
+        ratio = f"{vals[0] / vals[1]:.2f}" if len(vals) > 1 and vals[1] else "-"
+        print(f"| {label} | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {ratio} |")
 
 
 FREQ = int(os.environ.get("PROFILE_FREQ", "4000"))

@@ -1,6 +1,7 @@
 //! The guest half of a host-side profile of the user-mode-linux kernel: one pair of socket
 //! families, vsplice and the copying relay taking turns (`--runs N`, `--mib M`, `--pair
-//! vsock-tcp`, `--with "ARGS"` for a vsplice variant besides them). Each run prints a
+//! vsock-tcp`, `--with "ARGS"` for a vsplice variant and `--build PATH` for another build
+//! besides them). Each run prints a
 //! `PROFILE-RUN` line with the guest's CLOCK_REALTIME in nanoseconds at the start and end of
 //! the span the speed table times (the client's connect to the sink's end of file; UML takes
 //! the clock from the host's, so the host's `perf record -k realtime` samples can be cut by
@@ -102,6 +103,12 @@ pub fn run() {
         args.windows(2)
             .filter(|w| w[0] == "--with")
             .map(|w| Via::Vsplice(w[1].split_whitespace().map(String::from).collect())),
+    );
+    // `--build PATH` (repeatable): another vsplice build, with its defaults.
+    vias.extend(
+        args.windows(2)
+            .filter(|w| w[0] == "--build")
+            .map(|w| Via::VspliceBuild(w[1].clone().into())),
     );
     print_text_symbols();
     let scratch = Scratch::new("profile");
