@@ -112,8 +112,19 @@ impl StagedLane {
     /// plain writes.
     pub(crate) fn sockets(mut self, nowait_reads: bool, whole_sends: bool) -> StagedLane {
         self.nowait_reads = nowait_reads;
-        self.poll_first = nowait_reads;
         self.whole_sends = whole_sends;
+        self
+    }
+
+    /// Copy path, socket source: after a read that emptied the source, the next read waits
+    /// in the kernel (POLL_FIRST, see [`CopyBuffer::fill_poll_first_sqe`]) instead of trying
+    /// at once. For vsock sources, whose bytes arrive through a deferred worker (the loopback
+    /// transport's, or the virtio device's interrupt), so a read right after the source ran
+    /// dry finds it empty. A TCP or UNIX sender delivers into the socket in its own system
+    /// call and may well have done so by then; measured with it on, TCP -> vsock was level
+    /// or 0.01-0.05 below (docs/performance.md, "where the time goes").
+    pub(crate) fn reads_wait_in_kernel(mut self, on: bool) -> StagedLane {
+        self.poll_first = on && self.nowait_reads;
         self
     }
 
