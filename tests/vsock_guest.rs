@@ -195,6 +195,7 @@ const MEASUREMENTS: &[Scenario] = &[
     ("relay_syscalls_on_vsock", relay_syscalls),
     ("splice_from_vsock_bytes_per_call", splice_probe::run),
     ("bench_against_a_plain_reader_and_writer", bench_plain::run),
+    ("relay_profile_on_vsock", uml_profile::run),
 ];
 
 /// The vsock pairs of the speed table, and TCP -> TCP for reference.

@@ -207,7 +207,21 @@ impl Lab {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
         std::fs::set_permissions(&init, perms).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let mut child = Command::new(&self.kernel)
+        // `VSPLICE_LAB_WRAP="perf record -e cpu-clock:u -k realtime -o FILE --"` runs the
+        // kernel under that command (a host-side profile of the guest kernel, which runs as
+        // ordinary host processes: `perf/uml-profile.sh`).
+        let wrap: Vec<String> = std::env::var("VSPLICE_LAB_WRAP")
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let mut command = match wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.kernel);
+                c
+            }
+            None => Command::new(&self.kernel),
+        };
+        let mut child = command
             .arg("mem=768M")
             .arg("rootfstype=hostfs")
             .arg("rootflags=/")

@@ -18,6 +18,7 @@ pub mod qemu;
 pub mod seqpacket_guest;
 pub mod speed;
 pub mod splice_probe;
+pub mod uml_profile;
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -205,6 +205,9 @@ pub struct RunFigures {
     pub switches_per_mib: f64,
     /// The relay's log (vsplice's, for the data path it chose).
     pub log: String,
+    /// The timed span (the client's connect to the sink's end of file) on the wall clock, for
+    /// lining a run up with a host-side profile (`uml_profile`).
+    pub span: (std::time::SystemTime, std::time::SystemTime),
 }
 
 /// CPU seconds (user and system) of every child that was waited for.
@@ -312,6 +315,7 @@ pub fn traced_run(
     };
     let data = vec![0x5au8; 128 * 1024];
     let start = Instant::now();
+    let began = std::time::SystemTime::now();
     let mut client = match via {
         Via::Direct => to.connect().expect("direct connect"),
         Via::Vsplice(_) | Via::VspliceBuild(_) => from.connect().expect("connect to vsplice"),
@@ -366,6 +370,7 @@ pub fn traced_run(
         sys_s_per_gib: (after.1 - before.1) / gib,
         switches_per_mib: (after.2 - before.2) / (gib * 1024.0),
         log,
+        span: (began, began + end.duration_since(start)),
     })
 }
 

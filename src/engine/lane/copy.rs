@@ -13,6 +13,10 @@ use super::super::registry::{FixedBuffer, Registry};
 use super::super::ring::Ring;
 use crate::sys::mapping::Mapping;
 
+/// `IORING_RECVSEND_POLL_FIRST` of include/uapi/linux/io_uring.h (the io-uring crate keeps
+/// its constants private): a receive's `ioprio` flag.
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
 /// A buffer for the copy path, held only while bytes are staged. Staged bytes live at
 /// `data[start..start + staged]`.
 #[derive(Debug)]
@@ -152,6 +156,26 @@ impl CopyBuffer {
                 .offset(u64::MAX)
                 .build(),
         };
+        (max, sqe)
+    }
+
+    /// A receive of up to `max` bytes from the socket `source` that waits in the kernel for the
+    /// socket to be readable first (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19): io_uring arms
+    /// its poll at once instead of trying a receive that would find the socket empty, and
+    /// receives in the wake-up's task work, so one completion brings the bytes. What a
+    /// RECV with MSG_DONTWAIT, its EAGAIN, a POLL_ADD and another RECV did in two trips
+    /// through user space. The read holds the buffer while it waits: the caller cancels it
+    /// when the source stays quiet (`StagedLane`, [`super::staged::COPY_IDLE_GRACE`]).
+    pub(crate) fn fill_poll_first_sqe(
+        &mut self,
+        source: RawFd,
+        max: usize,
+    ) -> (usize, squeue::Entry) {
+        let max = max.min(self.size);
+        let ptr = self.data().as_mut_ptr();
+        let sqe = opcode::Recv::new(types::Fd(source), ptr, max as u32)
+            .ioprio(IORING_RECVSEND_POLL_FIRST)
+            .build();
         (max, sqe)
     }
 

@@ -130,7 +130,8 @@ impl Lane {
         let uring_splice = mode == Mode::UringSplice;
         Lane::Staged(
             StagedLane::new(flow, staging, discard, uring_splice)
-                .sockets(source.is_some_and(Endpoint::is_socket), whole_sends),
+                .sockets(source.is_some_and(Endpoint::is_socket), whole_sends)
+                .reads_wait_in_kernel(source.is_some_and(Endpoint::is_vsock)),
         )
     }
 

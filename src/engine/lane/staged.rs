@@ -54,6 +54,21 @@ pub(crate) struct StagedLane {
     /// Copy path, socket source: the buffer is kept through a readiness wait until then
     /// (see [`COPY_IDLE_GRACE`]).
     keep_buffer_until: Option<Instant>,
+    /// Copy path, socket source: a fill that found the source empty is followed by one that
+    /// waits in the kernel (`IORING_RECVSEND_POLL_FIRST`, see
+    /// [`CopyBuffer::fill_poll_first_sqe`]); off when the kernel refuses the flag.
+    poll_first: bool,
+    /// The last fill returned less than it asked for: the source had no more then.
+    source_drained: bool,
+    /// The fill in flight is a POLL_FIRST one.
+    fill_polls_first: bool,
+    /// A POLL_FIRST fill has been waiting for the source since then; cancelled after
+    /// [`COPY_IDLE_GRACE`], which gives the buffer back.
+    waiting_fill_since: Option<Instant>,
+    /// When the timer that checks a waiting fill fires (one at a time).
+    recheck_at: Option<Instant>,
+    /// The waiting fill was cancelled for its grace: its ECANCELED means "source idle".
+    cancel_asked: bool,
 }
 
 /// How long a copy direction with a socket source keeps its buffer while it waits for its
@@ -80,6 +95,12 @@ impl StagedLane {
             nowait_reads: false,
             whole_sends: false,
             keep_buffer_until: None,
+            poll_first: false,
+            source_drained: false,
+            fill_polls_first: false,
+            waiting_fill_since: None,
+            recheck_at: None,
+            cancel_asked: false,
         }
     }
 
@@ -92,6 +113,18 @@ impl StagedLane {
     pub(crate) fn sockets(mut self, nowait_reads: bool, whole_sends: bool) -> StagedLane {
         self.nowait_reads = nowait_reads;
         self.whole_sends = whole_sends;
+        self
+    }
+
+    /// Copy path, socket source: after a read that emptied the source, the next read waits
+    /// in the kernel (POLL_FIRST, see [`CopyBuffer::fill_poll_first_sqe`]) instead of trying
+    /// at once. For vsock sources, whose bytes arrive through a deferred worker (the loopback
+    /// transport's, or the virtio device's interrupt), so a read right after the source ran
+    /// dry finds it empty. A TCP or UNIX sender delivers into the socket in its own system
+    /// call and may well have done so by then; measured with it on, TCP -> vsock was level
+    /// or 0.01-0.05 below (docs/performance.md, "where the time goes").
+    pub(crate) fn reads_wait_in_kernel(mut self, on: bool) -> StagedLane {
+        self.poll_first = on && self.nowait_reads;
         self
     }
 
@@ -145,7 +178,7 @@ impl StagedLane {
                     self.keep_buffer_until = None;
                     self.release_pipe(cx);
                 }
-                return Pumped::Waiting;
+                return self.watch_waiting_fill(cx);
             }
             let direct = !self.uring_splice && !cx.ends.parked();
             let step = self.flow.next();
@@ -231,6 +264,10 @@ impl StagedLane {
                             // linked behind this whole SEND, so one wake-up of the worker
                             // takes both (the read starts at the buffer's beginning only
                             // after every staged byte left it).
+                            // After a fill that emptied the source, that read waits for
+                            // readiness in the kernel (POLL_FIRST): in a one-CPU guest the
+                            // writer cannot have run meanwhile, and a read that finds it
+                            // empty costs a trip through user space and a POLL_ADD.
                             let source = cx.ends.source_fd();
                             match source {
                                 Some(source)
@@ -238,8 +275,13 @@ impl StagedLane {
                                         && self.whole_sends
                                         && self.flow.fills_after_drain(len) =>
                                 {
-                                    let (max, fill) =
-                                        buffer.fill_sqe(source, self.flow.capacity(), true);
+                                    let capacity = self.flow.capacity();
+                                    self.fill_polls_first = self.poll_first && self.source_drained;
+                                    let (max, fill) = if self.fill_polls_first {
+                                        buffer.fill_poll_first_sqe(source, capacity)
+                                    } else {
+                                        buffer.fill_sqe(source, capacity, true)
+                                    };
                                     self.linked_fill = Some(max);
                                     cx.ops
                                         .push_linked((Op::Drain(dir), sqe), (Op::Fill(dir), fill));
@@ -256,6 +298,22 @@ impl StagedLane {
                 Step::WaitReadable => {
                     let keep = self.nowait_reads
                         && matches!(&self.staging, Staging::Copy(b) if b.is_held());
+                    // A socket source whose buffer is still held: one read that waits in the
+                    // kernel for readiness instead of a POLL_ADD and then a read.
+                    if let (true, true, Staging::Copy(buffer), Some(source)) = (
+                        keep,
+                        self.poll_first,
+                        &mut self.staging,
+                        cx.ends.source_fd(),
+                    ) {
+                        self.flow.readable();
+                        let (max, sqe) = buffer.fill_poll_first_sqe(source, self.flow.capacity());
+                        self.pending = Some(Step::Fill { max });
+                        self.fill_polls_first = true;
+                        self.waiting_fill_since = Some(cx.now);
+                        cx.ops.push(Op::Fill(dir), sqe);
+                        return self.watch_waiting_fill(cx);
+                    }
                     if !keep {
                         self.release_pipe(cx);
                     }
@@ -329,8 +387,10 @@ impl StagedLane {
             // no other fill is pending while one is linked, `pump` waits for it).
             (Op::Fill(_), Some(max)) => {
                 self.linked_fill = None;
-                if outcome == Err(libc::ECANCELED) {
+                if outcome == Err(libc::ECANCELED) && !self.cancel_asked {
                     // The drain came back short or failed: the read never ran.
+                    self.fill_polls_first = false;
+                    self.waiting_fill_since = None;
                     return;
                 }
                 Step::Fill { max }
@@ -340,6 +400,32 @@ impl StagedLane {
                 None => return,
             },
         };
+        // The drain a POLL_FIRST fill is linked behind is done: the fill waits from now.
+        if let (Step::Drain { .. }, Some(_), true) = (step, self.linked_fill, self.fill_polls_first)
+        {
+            self.waiting_fill_since = Some(cx.now);
+        }
+        let mut outcome = outcome;
+        let mut give_back = false;
+        if let Step::Fill { max } = step {
+            let polled_first = std::mem::take(&mut self.fill_polls_first);
+            self.waiting_fill_since = None;
+            match outcome {
+                // Cancelled after its grace: the source is idle, and the buffer goes back.
+                Err(libc::ECANCELED) if std::mem::take(&mut self.cancel_asked) => {
+                    outcome = Err(libc::EAGAIN);
+                    give_back = true;
+                }
+                // A kernel without POLL_FIRST for receives (before 5.19): plain reads.
+                Err(libc::EINVAL) if polled_first => {
+                    self.poll_first = false;
+                    outcome = Err(libc::EAGAIN);
+                }
+                Ok(n) => self.source_drained = n < max,
+                _ => {}
+            }
+            self.cancel_asked = false;
+        }
         if self.splice_refused(outcome, cx) {
             self.fall_back_to_copy(cx);
             return;
@@ -367,7 +453,33 @@ impl StagedLane {
                 }
             }
         }
+        if give_back {
+            self.release_pipe(cx);
+        }
         cx.moved(outcome);
+    }
+
+    /// While a POLL_FIRST fill waits for its source: cancels it once the source was quiet
+    /// for [`COPY_IDLE_GRACE`] (its ECANCELED then gives the buffer back, and the direction
+    /// waits with a POLL_ADD that holds no buffer), and otherwise asks to be called again
+    /// then (one timer at a time).
+    fn watch_waiting_fill(&mut self, cx: &mut Cx<'_>) -> Pumped {
+        let Some(since) = self.waiting_fill_since else {
+            return Pumped::Waiting;
+        };
+        let due = since + COPY_IDLE_GRACE;
+        if cx.now >= due {
+            if !self.cancel_asked {
+                self.cancel_asked = true;
+                cx.ops.cancel(Op::Fill(cx.dir));
+            }
+            return Pumped::Waiting;
+        }
+        if self.recheck_at.is_some_and(|at| at > cx.now) {
+            return Pumped::Waiting;
+        }
+        self.recheck_at = Some(due);
+        Pumped::RecheckAfter(due - cx.now)
     }
 
     /// Whether splice(2) refused this pair of files: EINVAL before any byte moved, on the

@@ -571,13 +571,96 @@ fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_afte
         lane.complete(op, result, flags, &mut cx);
     };
     assert_eq!(waited, COPY_IDLE_GRACE);
+    // The read itself waits in the kernel for the source (POLL_FIRST), in the buffer.
+    assert!(cx.ops.in_flight(Op::Fill(FORWARD)));
+    assert!(!cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(held(&lane), "kept through the wait");
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    assert!(held(&lane), "still within the grace");
+    cx.now += COPY_IDLE_GRACE;
+    // Past the grace the waiting read is cancelled; its end gives the buffer back.
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), -libc::ECANCELED));
+    lane.complete(op, result, flags, &mut cx);
+    assert!(!held(&lane), "given back after the grace");
+    // And the direction waits with a poll that holds no buffer.
+    assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(!held(&lane));
+}
+
+#[test]
+fn a_copy_direction_from_a_polled_source_keeps_its_buffer_through_a_poll_and_gives_it_back_after_the_grace()
+ {
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, _sink_peer) = unix_endpoint();
+    let mut lane = socket_copy_lane_polling(4096);
+    let held = |lane: &Lane| matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()));
+    send(&mut peer, &[7u8; 4096]);
+    let mut rig = Rig::new(Mode::Copy);
+    let mut cx = rig.cx(&source, &mut sink);
+    let mut pending = std::collections::VecDeque::new();
+    let waited = loop {
+        match lane.pump(&mut cx) {
+            Pumped::RecheckAfter(after) => break after,
+            Pumped::Ended => panic!("ended"),
+            _ => {}
+        }
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        lane.complete(op, result, flags, &mut cx);
+    };
+    assert_eq!(waited, COPY_IDLE_GRACE);
+    assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
+    assert!(!cx.ops.in_flight(Op::Fill(FORWARD)));
     assert!(held(&lane), "kept through the wait");
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(held(&lane), "still within the grace");
     cx.now += COPY_IDLE_GRACE;
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(!held(&lane), "given back after the grace");
+}
+
+#[test]
+fn a_copy_direction_whose_source_ran_dry_takes_the_next_bytes_in_one_waiting_read() {
+    let (source, mut peer) = unix_endpoint();
+    let (mut sink, mut sink_peer) = unix_endpoint();
+    let mut lane = socket_copy_lane(8192);
+    // Less than the buffer: the read drains the source.
+    send(&mut peer, &[7u8; 3000]);
+    let mut rig = Rig::new(Mode::Copy);
+    let mut cx = rig.cx(&source, &mut sink);
+    let mut pending = std::collections::VecDeque::new();
+    let mut fills = Vec::new();
+    loop {
+        if let Pumped::RecheckAfter(_) = lane.pump(&mut cx) {
+            break;
+        }
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        if let Op::Fill(_) = op {
+            fills.push(result);
+        }
+        lane.complete(op, result, flags, &mut cx);
+    }
+    // One POLL_ADD, one read of the 3000 bytes; no read that found the source empty: the
+    // read after the drain waits in the kernel.
+    assert_eq!(fills, vec![3000]);
+    assert!(cx.ops.in_flight(Op::Fill(FORWARD)));
+    send(&mut peer, &[8u8; 500]);
+    let (op, result, flags) = next_completion(&mut cx, &mut pending);
+    assert_eq!((op, result), (Op::Fill(FORWARD), 500));
+    lane.complete(op, result, flags, &mut cx);
+    while lane.pump(&mut cx) != Pumped::Waiting || cx.ops.in_flight(Op::Drain(FORWARD)) {
+        let (op, result, flags) = next_completion(&mut cx, &mut pending);
+        lane.complete(op, result, flags, &mut cx);
+        if op == Op::Drain(FORWARD) {
+            break;
+        }
+    }
+    let mut got = vec![0u8; 3500];
+    std::io::Read::read_exact(&mut sink_peer, &mut got).unwrap();
+    assert_eq!(&got[..3000], &[7u8; 3000][..]);
+    assert_eq!(&got[3000..], &[8u8; 500][..]);
 }
 
 /// What a lane test's [`Cx`] borrows: a ring, the worker's registry and pipe pool, the
@@ -624,7 +707,21 @@ impl Rig {
 
 /// A copy direction between two sockets (reads that never wait, whole sends) with `size`
 /// bytes of buffer, waiting for readiness first as `Lane::setup` makes it.
+/// A copy direction between sockets whose reads wait in the kernel after the source ran
+/// dry, as for a vsock source (the UNIX sockets here stand in for it).
 fn socket_copy_lane(size: usize) -> Lane {
+    let mut flow = Flow::new(size, FillPolicy::Adaptive);
+    flow.await_readiness_first();
+    Lane::Staged(
+        StagedLane::new(flow, Staging::Copy(CopyBuffer::lazy(size)), false, false)
+            .sockets(true, true)
+            .reads_wait_in_kernel(true),
+    )
+}
+
+/// A copy direction between sockets whose source is not vsock: MSG_DONTWAIT reads, and a
+/// POLL_ADD once the source is found empty.
+fn socket_copy_lane_polling(size: usize) -> Lane {
     let mut flow = Flow::new(size, FillPolicy::Adaptive);
     flow.await_readiness_first();
     Lane::Staged(
