@@ -705,10 +705,9 @@ impl Rig {
     }
 }
 
-/// A copy direction between two sockets (reads that never wait, whole sends) with `size`
-/// bytes of buffer, waiting for readiness first as `Lane::setup` makes it.
-/// A copy direction between sockets whose reads wait in the kernel after the source ran
-/// dry, as for a vsock source (the UNIX sockets here stand in for it).
+/// A copy direction between two sockets (whole sends) with `size` bytes of buffer, waiting
+/// for readiness first as `Lane::setup` makes it, whose reads wait in the kernel after the
+/// source ran dry, as for a vsock source (the UNIX sockets here stand in for it).
 fn socket_copy_lane(size: usize) -> Lane {
     let mut flow = Flow::new(size, FillPolicy::Adaptive);
     flow.await_readiness_first();
