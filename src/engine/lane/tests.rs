@@ -35,10 +35,7 @@ fn pipe_lane(capacity: usize, readiness_first: bool) -> StagedLane {
 
 #[test]
 fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies_on() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
+    let mut rig = Rig::new(Mode::Splice);
     let (source, mut peer) = unix_endpoint();
     // splice(2) into a file opened for append fails with EINVAL; a write works.
     let path = std::env::temp_dir().join(format!("vsplice-lane-append-{}", std::process::id()));
@@ -49,24 +46,11 @@ fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies
         .open(&path)
         .unwrap();
     let mut sink = Endpoint::socket(Socket::from_owned(OwnedFd::from(file)), "append".into());
-    let options = options(Mode::Splice);
     let mut lane = pipe_lane(64 * 1024, false);
     send(&mut peer, b"hello, world");
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now() - Duration::from_secs(1);
-    let before = last_active;
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    rig.last_active = Instant::now() - Duration::from_secs(1);
+    let before = rig.last_active;
+    let mut cx = rig.cx(&source, &mut sink);
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(
         cx.ops.in_flight(Op::Drain(FORWARD)),
@@ -112,34 +96,13 @@ fn a_direction_that_splice_refuses_moves_its_staged_bytes_to_a_buffer_and_copies
 
 #[test]
 fn a_parked_direction_waits_and_splices_through_its_fixed_file_slots_whatever_the_mode() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
+    let mut rig = Rig::new(Mode::Splice);
     let (source, _source_peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
-    let options = options(Mode::Splice);
     let mut lane = pipe_lane(64 * 1024, true);
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 3, &mut inflight),
-        ends: Ends::new(
-            Some(&source),
-            Some(&mut sink),
-            Some([4, 5]),
-            false,
-            devnull.as_fd(),
-        ),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut cx = rig.cx_with(FORWARD, |devnull| {
+        Ends::new(Some(&source), Some(&mut sink), Some([4, 5]), false, devnull)
+    });
     // Parked and idle: it waits for its source, holding no pipe.
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
@@ -159,28 +122,11 @@ fn a_parked_direction_waits_and_splices_through_its_fixed_file_slots_whatever_th
 
 #[test]
 fn an_unparked_splice_direction_with_nothing_to_read_gives_its_pipe_back_and_polls() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
+    let mut rig = Rig::new(Mode::Splice);
     let (source, _source_peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
-    let options = options(Mode::Splice);
     let mut lane = pipe_lane(64 * 1024, false);
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 3, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut cx = rig.cx(&source, &mut sink);
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
     assert!(
@@ -220,32 +166,13 @@ fn next_completion(
 #[test]
 fn a_ring_direction_takes_its_group_when_bytes_come_and_gives_it_back_once_drained_and_quiet() {
     use std::io::Read;
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::new(&ring, 0, 0);
-    if !registry.ring_groups_supported(&ring) {
-        eprintln!("no provided-buffer rings on this kernel: nothing to test");
+    let Some(mut rig) = Rig::with_ring_groups(Mode::Recv) else {
         return;
-    }
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
+    };
     let (source, mut peer) = unix_endpoint();
     let (mut sink, mut sink_peer) = unix_endpoint();
-    let options = options(Mode::Recv);
     let mut lane = RingLane::new(8, 4096, false, false);
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
     // Idle: a readiness wait, no group.
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
@@ -314,14 +241,9 @@ fn a_ring_direction_takes_its_group_when_bytes_come_and_gives_it_back_once_drain
 fn a_ring_direction_into_a_socket_sends_each_filled_buffer_whole_however_small_its_send_buffer() {
     use std::io::Read;
     use std::os::unix::net::UnixStream;
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::new(&ring, 0, 0);
-    if !registry.ring_groups_supported(&ring) {
-        eprintln!("no provided-buffer rings on this kernel: nothing to test");
+    let Some(mut rig) = Rig::with_ring_groups(Mode::Recv) else {
         return;
-    }
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
+    };
     let (source, mut peer) = unix_endpoint();
     // The sink's send buffer holds a fraction of one 16 KiB ring buffer: a plain write of a
     // buffer comes back short every time.
@@ -342,22 +264,8 @@ fn a_ring_direction_into_a_socket_sends_each_filled_buffer_whole_however_small_i
             peer.shutdown(std::net::Shutdown::Write).unwrap();
         })
     };
-    let options = options(Mode::Recv);
     let mut lane = Lane::Ring(RingLane::new(8, 16 * 1024, false, false).whole_sends(true));
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
     let (mut fills, mut sends, mut turns) = (0, 0, 0);
     while lane.pump(&mut cx) != Pumped::Ended {
@@ -389,31 +297,14 @@ fn a_ring_direction_into_a_socket_sends_each_filled_buffer_whole_however_small_i
 
 #[test]
 fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_the_pool() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
+    let mut rig = Rig::new(Mode::UringSplice);
     let (source, mut peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
-    let options = options(Mode::UringSplice);
     let flow = Flow::new(64 * 1024, FillPolicy::Eager);
     let stage = Staging::Pipe(PipeStage::new(64 * 1024));
     let mut lane = StagedLane::new(flow, stage, false, true);
     send(&mut peer, b"the closed connection's bytes");
-    let mut inflight = 0u16;
-    let mut last_active = Instant::now();
-    let mut cx = Cx {
-        ops: ConnOps::new(&mut ring, 7, &mut inflight),
-        ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-        registry: &mut registry,
-        pipes: &mut pipes,
-        last_active: &mut last_active,
-        now: Instant::now(),
-        options: &options,
-        id: 1,
-        dir: FORWARD,
-        turn: 16,
-    };
+    let mut cx = rig.cx(&source, &mut sink);
     assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
     assert!(
         cx.ops.in_flight(Op::Fill(FORWARD)),
@@ -426,7 +317,7 @@ fn a_pipe_whose_fill_completed_after_its_connection_closed_never_goes_back_to_th
     assert_eq!((op, result), (Op::Fill(FORWARD), 29));
     lane.release(cx.registry, cx.ops.ring(), cx.pipes);
     assert_eq!(
-        pipes.idle(),
+        rig.pipes.idle(),
         0,
         "a pipe holding a closed connection's bytes is closed, not handed to the next one"
     );
@@ -688,18 +579,42 @@ impl Rig {
         }
     }
 
+    /// As [`Rig::new`], with a registry that has provided-buffer rings; `None` (and a line
+    /// saying so) on a kernel without them.
+    fn with_ring_groups(mode: Mode) -> Option<Rig> {
+        let mut rig = Rig::new(mode);
+        rig.registry = Registry::new(&rig.ring, 0, 0);
+        if !rig.registry.ring_groups_supported(&rig.ring) {
+            eprintln!("no provided-buffer rings on this kernel: nothing to test");
+            return None;
+        }
+        Some(rig)
+    }
+
     /// A [`Cx`] for connection 7's forward direction from `source` to `sink`.
     fn cx<'a>(&'a mut self, source: &'a Endpoint, sink: &'a mut Endpoint) -> Cx<'a> {
+        self.cx_with(FORWARD, |devnull| {
+            Ends::new(Some(source), Some(sink), None, false, devnull)
+        })
+    }
+
+    /// A [`Cx`] for connection 7's direction `dir` between the ends `ends` makes (it gets
+    /// the rig's /dev/null for a discarded direction).
+    fn cx_with<'a>(
+        &'a mut self,
+        dir: Direction,
+        ends: impl FnOnce(std::os::fd::BorrowedFd<'a>) -> Ends<'a>,
+    ) -> Cx<'a> {
         Cx {
             ops: ConnOps::new(&mut self.ring, 7, &mut self.inflight),
-            ends: Ends::new(Some(source), Some(sink), None, false, self.devnull.as_fd()),
+            ends: ends(self.devnull.as_fd()),
             registry: &mut self.registry,
             pipes: &mut self.pipes,
             last_active: &mut self.last_active,
             now: Instant::now(),
             options: &self.options,
             id: 1,
-            dir: FORWARD,
+            dir,
             turn: 16,
         }
     }
@@ -731,11 +646,7 @@ fn socket_copy_lane_polling(size: usize) -> Lane {
 
 #[test]
 fn the_first_addresss_direction_takes_bytes_already_there_and_the_second_waits_for_readiness() {
-    let mut ring = Ring::new(8, None).unwrap();
-    let mut registry = Registry::empty();
-    let mut pipes = PipePool::new(4);
-    let devnull = devnull();
-    let options = options(Mode::Splice);
+    let mut rig = Rig::new(Mode::Splice);
     for (dir, moves_at_once) in [(Direction::Forward, true), (Direction::Backward, false)] {
         let (source, mut peer) = unix_endpoint();
         let (mut sink, _sink_peer) = unix_endpoint();
@@ -744,24 +655,13 @@ fn the_first_addresss_direction_takes_bytes_already_there_and_the_second_waits_f
             dir,
             Some(&source),
             Some(&sink),
-            &options,
-            &mut registry,
-            &ring,
+            &rig.options.clone(),
+            &mut rig.registry,
+            &rig.ring,
         );
-        let mut inflight = 0u16;
-        let mut last_active = Instant::now();
-        let mut cx = Cx {
-            ops: ConnOps::new(&mut ring, 3, &mut inflight),
-            ends: Ends::new(Some(&source), Some(&mut sink), None, false, devnull.as_fd()),
-            registry: &mut registry,
-            pipes: &mut pipes,
-            last_active: &mut last_active,
-            now: Instant::now(),
-            options: &options,
-            id: 1,
-            dir,
-            turn: 16,
-        };
+        let mut cx = rig.cx_with(dir, |devnull| {
+            Ends::new(Some(&source), Some(&mut sink), None, false, devnull)
+        });
         assert_eq!(lane.pump(&mut cx), Pumped::Waiting);
         if moves_at_once {
             assert_eq!(
