@@ -446,21 +446,12 @@ fn a_copy_direction_keeps_its_buffer_through_a_short_wait_and_gives_it_back_afte
     let (source, mut peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
     let mut lane = socket_copy_lane(4096);
-    let held = |lane: &Lane| matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()));
     send(&mut peer, &[7u8; 4096]);
     let mut rig = Rig::new(Mode::Copy);
     let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
     // Move the 4 KiB until the direction waits for readiness again.
-    let waited = loop {
-        match lane.pump(&mut cx) {
-            Pumped::RecheckAfter(after) => break after,
-            Pumped::Ended => panic!("ended"),
-            _ => {}
-        }
-        let (op, result, flags) = next_completion(&mut cx, &mut pending);
-        lane.complete(op, result, flags, &mut cx);
-    };
+    let waited = run_until_recheck(&mut lane, &mut cx, &mut pending);
     assert_eq!(waited, COPY_IDLE_GRACE);
     // The read itself waits in the kernel for the source (POLL_FIRST), in the buffer.
     assert!(cx.ops.in_flight(Op::Fill(FORWARD)));
@@ -487,20 +478,11 @@ fn a_copy_direction_from_a_polled_source_keeps_its_buffer_through_a_poll_and_giv
     let (source, mut peer) = unix_endpoint();
     let (mut sink, _sink_peer) = unix_endpoint();
     let mut lane = socket_copy_lane_polling(4096);
-    let held = |lane: &Lane| matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()));
     send(&mut peer, &[7u8; 4096]);
     let mut rig = Rig::new(Mode::Copy);
     let mut cx = rig.cx(&source, &mut sink);
     let mut pending = std::collections::VecDeque::new();
-    let waited = loop {
-        match lane.pump(&mut cx) {
-            Pumped::RecheckAfter(after) => break after,
-            Pumped::Ended => panic!("ended"),
-            _ => {}
-        }
-        let (op, result, flags) = next_completion(&mut cx, &mut pending);
-        lane.complete(op, result, flags, &mut cx);
-    };
+    let waited = run_until_recheck(&mut lane, &mut cx, &mut pending);
     assert_eq!(waited, COPY_IDLE_GRACE);
     assert!(cx.ops.in_flight(Op::Readable(FORWARD)));
     assert!(!cx.ops.in_flight(Op::Fill(FORWARD)));
@@ -552,6 +534,29 @@ fn a_copy_direction_whose_source_ran_dry_takes_the_next_bytes_in_one_waiting_rea
     std::io::Read::read_exact(&mut sink_peer, &mut got).unwrap();
     assert_eq!(&got[..3000], &[7u8; 3000][..]);
     assert_eq!(&got[3000..], &[8u8; 500][..]);
+}
+
+/// Whether a copy direction holds its buffer now.
+fn held(lane: &Lane) -> bool {
+    matches!(lane, Lane::Staged(l) if matches!(l.staging(), Staging::Copy(b) if b.is_held()))
+}
+
+/// Pumps `lane` and hands it its completions until it asks to be called again later (a
+/// kept buffer's grace); returns after how long.
+fn run_until_recheck(
+    lane: &mut Lane,
+    cx: &mut Cx<'_>,
+    pending: &mut std::collections::VecDeque<(u64, i32, u32)>,
+) -> Duration {
+    loop {
+        match lane.pump(cx) {
+            Pumped::RecheckAfter(after) => return after,
+            Pumped::Ended => panic!("ended"),
+            _ => {}
+        }
+        let (op, result, flags) = next_completion(cx, pending);
+        lane.complete(op, result, flags, cx);
+    }
 }
 
 /// What a lane test's [`Cx`] borrows: a ring, the worker's registry and pipe pool, the
