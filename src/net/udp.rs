@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::sys::socket::{SockAddr, Socket};
@@ -75,6 +76,27 @@ fn drain(listener: &Socket, pending: &mut Pending) -> io::Result<()> {
     Ok(())
 }
 
+/// Empties what a just-connected session socket had queued: the datagrams of its own `peer`
+/// are returned in order; any other sender's go to the end of `pending` (up to its bound).
+fn take_queued(socket: &Socket, peer: &SockAddr, pending: &mut Pending) -> Vec<Vec<u8>> {
+    let mut own = Vec::new();
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    // An error here (an ICMP error queued already) is the session's to meet when it reads.
+    while let Ok(Some((len, from))) = socket.recv_from(&mut buf) {
+        if from == *peer {
+            own.push(buf[..len].to_vec());
+        } else if pending.len() < PENDING_MAX {
+            pending.push_back((from, buf[..len].to_vec()));
+        } else {
+            crate::limited!(
+                Warn,
+                "UDP: more than {PENDING_MAX} datagrams wait for sessions: dropped one from {from}"
+            );
+        }
+    }
+    own
+}
+
 /// Opens the next sender's session from what `listener` (bound to `local`) received;
 /// `Ok(None)` when nothing waits. Every datagram its sender sent before the session socket
 /// was connected travels with it, in order, so none is lost to the handover.
@@ -124,6 +146,15 @@ fn session(
             crate::sys::socket::ConnectProgress::Connected => {}
             _ => return Err(io::Error::other("a UDP connect did not complete at once")),
         }
+        // Between bind and connect the new socket was bound and not connected, so the kernel
+        // may have queued on it what other new senders sent (it matches them as well as the
+        // listener does), and a datagram whose lookup found it just before the connect may
+        // still come: from the filter on, only this sender's are queued, and what came before
+        // goes back to the pending queue for its own session, never into this one's.
+        if let SockAddr::Inet(to) = &peer {
+            crate::sys::sockfilter::accept_only_from(socket.as_fd(), *to)?;
+        }
+        let queued = take_queued(&socket, &peer, pending);
         // From here on the kernel gives this sender's datagrams to the session socket: what
         // the listener still holds from it came before, and goes first.
         drain(listener, pending)?;
@@ -136,6 +167,7 @@ fn session(
                 true
             }
         });
+        firsts.extend(queued);
         return Ok(Some(Session {
             socket,
             first: firsts,
@@ -145,6 +177,53 @@ fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sender on loopback and its address.
+    fn sender() -> (std::net::UdpSocket, SockAddr) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = SockAddr::Inet(socket.local_addr().unwrap());
+        (socket, addr)
+    }
+
+    #[test]
+    fn a_session_socket_hands_another_senders_datagrams_back_and_keeps_its_own_in_order() {
+        // A session socket bound and not yet connected received datagrams of two senders.
+        let session = Socket::of_type(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+        )
+        .unwrap();
+        session
+            .bind(&SockAddr::Inet("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let SockAddr::Inet(at) = session.local_addr().unwrap() else {
+            unreachable!("bound to IPv4")
+        };
+        let (a, a_addr) = sender();
+        let (b, b_addr) = sender();
+        for (from, data) in [(&b, b"b0"), (&a, b"a1"), (&b, b"b1"), (&a, b"a2")] {
+            from.send_to(data, at).unwrap();
+        }
+        assert!(matches!(
+            session.connect(&a_addr).unwrap(),
+            crate::sys::socket::ConnectProgress::Connected
+        ));
+        std::thread::sleep(Duration::from_millis(20));
+        let mut pending = Pending::new();
+        pending.push_back((a_addr.clone(), b"older".to_vec()));
+        let own = take_queued(&session, &a_addr, &mut pending);
+        assert_eq!(own, vec![b"a1".to_vec(), b"a2".to_vec()]);
+        let rest: Vec<_> = pending.into_iter().collect();
+        assert_eq!(
+            rest,
+            vec![
+                (a_addr, b"older".to_vec()),
+                (b_addr.clone(), b"b0".to_vec()),
+                (b_addr, b"b1".to_vec())
+            ],
+            "the other sender's datagrams wait for its own session, in order"
+        );
+    }
 
     #[test]
     fn a_sender_makes_one_session_until_it_settled() {

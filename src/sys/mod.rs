@@ -21,6 +21,7 @@ pub(crate) mod message;
 pub(crate) mod pipe;
 pub(crate) mod signal;
 pub mod socket;
+pub(crate) mod sockfilter;
 pub(crate) mod stdio;
 pub mod systemd;
 pub(crate) mod tsc;
