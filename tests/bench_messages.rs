@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use common::*;
 use nix::sys::socket::{
-    AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr, accept, bind,
-    connect, listen, recv, send, shutdown, socket,
+    Backlog, MsgFlags, Shutdown, UnixAddr, accept, bind, connect, listen, recv, send, shutdown,
 };
 use serde_json::Value;
 
@@ -140,16 +139,6 @@ fn through_a_seqpacket_relay_every_message_arrives_whole() {
     assert!(relay.stop().success());
 }
 
-fn seqpacket_socket() -> OwnedFd {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap()
-}
-
 /// Passes messages from `from` to `to` until the end, sending the data messages `merge` and
 /// `merge + 1` (counted after a data connection's hello) as one: a broken relay.
 fn pass(from: Arc<OwnedFd>, to: Arc<OwnedFd>, merge: usize) {
@@ -186,14 +175,14 @@ fn pass(from: Arc<OwnedFd>, to: Arc<OwnedFd>, merge: usize) {
 /// A SEQPACKET man in the middle at `front` for the server at `back` that merges two
 /// messages of every data connection from the client.
 fn merging_proxy(front: &Path, back: &Path, merge: usize) {
-    let listener = seqpacket_socket();
+    let listener = common::messages::unix_seqpacket();
     bind(listener.as_raw_fd(), &UnixAddr::new(front).unwrap()).unwrap();
     listen(&listener, Backlog::new(16).unwrap()).unwrap();
     let back = back.to_path_buf();
     std::thread::spawn(move || {
         while let Ok(near) = accept(&listener) {
             let near = Arc::new(near);
-            let far = seqpacket_socket();
+            let far = common::messages::unix_seqpacket();
             connect(far.as_raw_fd(), &UnixAddr::new(&back).unwrap()).unwrap();
             let far = Arc::new(far);
             let (a, b) = (near.clone(), far.clone());

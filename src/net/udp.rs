@@ -64,16 +64,22 @@ impl Recent {
 fn drain(listener: &Socket, pending: &mut Pending) -> io::Result<()> {
     let mut buf = vec![0u8; DATAGRAM_MAX];
     while let Some((len, peer)) = listener.recv_from(&mut buf)? {
-        if pending.len() >= PENDING_MAX {
-            crate::limited!(
-                Warn,
-                "UDP: more than {PENDING_MAX} datagrams wait for sessions: dropped one from {peer}"
-            );
-            continue;
-        }
-        pending.push_back((peer, buf[..len].to_vec()));
+        hold(pending, peer, &buf[..len]);
     }
     Ok(())
+}
+
+/// Holds `data` from `from` for its session, unless [`PENDING_MAX`] are held already (then
+/// it is dropped, as UDP may).
+fn hold(pending: &mut Pending, from: SockAddr, data: &[u8]) {
+    if pending.len() >= PENDING_MAX {
+        crate::limited!(
+            Warn,
+            "UDP: more than {PENDING_MAX} datagrams wait for sessions: dropped one from {from}"
+        );
+        return;
+    }
+    pending.push_back((from, data.to_vec()));
 }
 
 /// Empties what a just-connected session socket had queued: the datagrams of its own `peer`
@@ -85,13 +91,8 @@ fn take_queued(socket: &Socket, peer: &SockAddr, pending: &mut Pending) -> Vec<V
     while let Ok(Some((len, from))) = socket.recv_from(&mut buf) {
         if from == *peer {
             own.push(buf[..len].to_vec());
-        } else if pending.len() < PENDING_MAX {
-            pending.push_back((from, buf[..len].to_vec()));
         } else {
-            crate::limited!(
-                Warn,
-                "UDP: more than {PENDING_MAX} datagrams wait for sessions: dropped one from {from}"
-            );
+            hold(pending, from, &buf[..len]);
         }
     }
     own

@@ -183,17 +183,20 @@ impl SessionOwner for ServiceAdmit {
 }
 
 impl Acceptor {
+    /// Starts accepting on `listen` for `service`; `datagram`: `listen` is a UDP socket
+    /// ([`is_datagram`]), whose sessions a thread of its own makes.
     pub(crate) fn start(
         listen: ListenSocket,
         key: BindKey,
         service: Arc<Service>,
+        datagram: bool,
         engine: Arc<Mutex<Engine>>,
     ) -> Result<Acceptor> {
         let acceptor = Acceptor {
             engine,
             current: Arc::new(Mutex::new(service)),
             group: Mutex::new(None),
-            datagram: is_datagram(listen.socket()),
+            datagram,
             listen: Some(listen),
             key,
         };

@@ -98,7 +98,7 @@ impl Server {
         let observer = self.observer(&s.name)?;
         let datagram = super::acceptor::is_datagram(listen.socket());
         let service = Arc::new(Service::new(s, observer, datagram));
-        let acceptor = Acceptor::start(listen, key, service, self.engine.clone())?;
+        let acceptor = Acceptor::start(listen, key, service, datagram, self.engine.clone())?;
         self.services.insert(s.name.clone(), acceptor);
         Ok(())
     }
